@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds ranch-kernel, makes the Python environment with Jupyter, and installs the
+# kernelspec into it. Idempotent: re-running only redoes what changed.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$RANCH_ROOT"
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95+ (https://rustup.rs)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 not found: install Python 3.9+" >&2; exit 1; }
+
+echo "==> building ranch-kernel (release; cache: $CARGO_TARGET_DIR)"
+cargo build --release --locked -p ranch-kernel
+
+if [ ! -x "$RANCH_VENV/bin/python" ]; then
+  echo "==> creating Python environment $RANCH_VENV"
+  python3 -m venv "$RANCH_VENV"
+fi
+stamp="$RANCH_VENV/.requirements"
+if ! cmp -s install/requirements.txt "$stamp"; then
+  echo "==> installing Jupyter into $RANCH_VENV"
+  "$RANCH_VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$RANCH_VENV/bin/python" -m pip install --quiet -r install/requirements.txt
+  cp install/requirements.txt "$stamp"
+fi
+
+echo "==> installing the ranch kernelspec"
+install -m 755 "$CARGO_TARGET_DIR/release/ranch-kernel" "$RANCH_VENV/bin/ranch-kernel"
+"$RANCH_VENV/bin/ranch-kernel" install --sys-prefix

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's second command: every test. Builds and installs first (idempotent).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+"$RANCH_ROOT/install/build.sh"
+cd "$RANCH_ROOT"
+echo "==> cargo tests"
+cargo test --release --locked --workspace
+echo "==> end-to-end tests through Jupyter clients"
+"$RANCH_VENV/bin/python" -m pytest tests "$@"

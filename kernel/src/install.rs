@@ -1,0 +1,126 @@
+//! `ranch-kernel install` / `uninstall`: the kernelspec that Jupyter finds.
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+pub const KERNEL_NAME: &str = "ranch";
+pub const DISPLAY_NAME: &str = "Rust (ranch)";
+
+const LOGO_32: &[u8] = include_bytes!("../assets/logo-32x32.png");
+const LOGO_64: &[u8] = include_bytes!("../assets/logo-64x64.png");
+
+/// Where a kernelspec goes, as `jupyter kernelspec install` names the choices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    User,
+    SysPrefix,
+    Prefix(PathBuf),
+}
+
+impl Location {
+    /// The `kernels/` directory for this location.
+    pub fn kernels_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(match self {
+            Location::User => user_data_dir()?.join("kernels"),
+            Location::SysPrefix => sys_prefix()?.join("share/jupyter/kernels"),
+            Location::Prefix(p) => p.join("share/jupyter/kernels"),
+        })
+    }
+}
+
+/// Jupyter's user data dir: `$JUPYTER_DATA_DIR`, else `$XDG_DATA_HOME/jupyter`, else
+/// `~/.local/share/jupyter` (Linux) / `~/Library/Jupyter` (macOS).
+fn user_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("JUPYTER_DATA_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    if cfg!(target_os = "macos") {
+        return Ok(home()?.join("Library/Jupyter"));
+    }
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(d) if !d.is_empty() => Ok(PathBuf::from(d).join("jupyter")),
+        _ => Ok(home()?.join(".local/share/jupyter")),
+    }
+}
+
+fn home() -> anyhow::Result<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set")
+}
+
+/// The Python environment to install into: the active virtualenv/conda env, or the venv
+/// this binary was copied into (`<venv>/bin/ranch-kernel`).
+fn sys_prefix() -> anyhow::Result<PathBuf> {
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    let exe = std::env::current_exe()?;
+    if let Some(prefix) = exe.parent().and_then(Path::parent) {
+        if prefix.join("pyvenv.cfg").exists() {
+            return Ok(prefix.to_path_buf());
+        }
+    }
+    bail!("--sys-prefix needs an active Python environment (VIRTUAL_ENV or CONDA_PREFIX); activate one or use --prefix PATH")
+}
+
+/// The kernel.json contents. Written with `json!` so no key is ever `null`
+/// (jupyter_client rejects a spec with `"metadata": null` and then lists no kernels at all).
+pub fn kernel_json(exe: &Path) -> serde_json::Value {
+    json!({
+        "argv": [exe.to_string_lossy(), "--connection-file", "{connection_file}"],
+        "display_name": DISPLAY_NAME,
+        "language": "rust",
+        "interrupt_mode": "message",
+        "metadata": {},
+    })
+}
+
+/// Writes the kernelspec directory and returns its path.
+pub fn install(location: &Location) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?.canonicalize()?;
+    let dir = location.kernels_dir()?.join(KERNEL_NAME);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let spec = serde_json::to_string_pretty(&kernel_json(&exe))?;
+    std::fs::write(dir.join("kernel.json"), spec + "\n")?;
+    std::fs::write(dir.join("logo-32x32.png"), LOGO_32)?;
+    std::fs::write(dir.join("logo-64x64.png"), LOGO_64)?;
+    Ok(dir)
+}
+
+/// Removes the kernelspec; returns the removed directory, or `None` when there was none.
+pub fn uninstall(location: &Location) -> anyhow::Result<Option<PathBuf>> {
+    let dir = location.kernels_dir()?.join(KERNEL_NAME);
+    if !dir.join("kernel.json").exists() {
+        return Ok(None);
+    }
+    std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    Ok(Some(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_json_has_no_nulls_and_uses_message_interrupts() {
+        let spec = kernel_json(Path::new("/opt/ranch-kernel"));
+        let text = spec.to_string();
+        assert!(!text.contains("null"), "{text}");
+        assert_eq!(spec["interrupt_mode"], "message");
+        assert_eq!(spec["argv"][2], "{connection_file}");
+        assert_eq!(spec["language"], "rust");
+    }
+
+    #[test]
+    fn prefix_location() {
+        let dir = Location::Prefix("/p".into()).kernels_dir().unwrap();
+        assert_eq!(dir, Path::new("/p/share/jupyter/kernels"));
+    }
+
+    #[test]
+    fn logos_are_png() {
+        assert!(LOGO_32.starts_with(b"\x89PNG") && LOGO_64.starts_with(b"\x89PNG"));
+    }
+}

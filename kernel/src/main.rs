@@ -1,0 +1,85 @@
+use clap::{Parser, Subcommand};
+use ranch_kernel::install::{self, Location};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "ranch-kernel", version, about = "Jupyter kernel for Rust (evcxr) with %%ranch parallel cells")]
+struct Cli {
+    /// Connection file written by the Jupyter frontend; runs the kernel.
+    #[arg(short = 'f', long = "connection-file", value_name = "FILE")]
+    connection_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Args)]
+#[group(multiple = false)]
+struct Where {
+    /// Install for the current user (the default).
+    #[arg(long)]
+    user: bool,
+    /// Install into the active Python environment.
+    #[arg(long)]
+    sys_prefix: bool,
+    /// Install under PREFIX/share/jupyter.
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<PathBuf>,
+}
+
+impl Where {
+    fn location(&self) -> Location {
+        match (&self.prefix, self.sys_prefix) {
+            (Some(p), _) => Location::Prefix(p.clone()),
+            (None, true) => Location::SysPrefix,
+            _ => Location::User,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the `ranch` kernelspec so Jupyter can start this binary.
+    Install(Where),
+    /// Remove the `ranch` kernelspec.
+    Uninstall(Where),
+}
+
+fn main() {
+    // The evcxr child process is this same binary. Its output plumbing must be in place
+    // before evcxr's runtime loop takes over (a no-op in the kernel itself).
+    ranch_kernel::session::prepare_child_process();
+    // Never returns when this process is evcxr's child or its rustc wrapper.
+    evcxr::runtime_hook();
+
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.connection_file) {
+        (Some(Command::Install(w)), _) => install::install(&w.location()).map(|dir| {
+            println!("Installed kernelspec {} in {}", install::KERNEL_NAME, dir.display());
+        }),
+        (Some(Command::Uninstall(w)), _) => install::uninstall(&w.location()).map(|dir| match dir {
+            Some(dir) => println!("Removed kernelspec {} from {}", install::KERNEL_NAME, dir.display()),
+            None => println!("No kernelspec {} installed there", install::KERNEL_NAME),
+        }),
+        (None, Some(file)) => run_kernel(&file),
+        (None, None) => {
+            eprintln!("ranch-kernel: nothing to do. Jupyter starts it with --connection-file FILE; \
+                       run `ranch-kernel install` to register it (see --help).");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("ranch-kernel: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_kernel(file: &std::path::Path) -> anyhow::Result<()> {
+    let info = ranch_kernel::connection::load(file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let interp = ranch_kernel::session::EvcxrSession::start()?;
+        ranch_kernel::server::serve(info, Box::new(interp)).await
+    })?;
+    // Leave without running destructors of still-running background tasks.
+    std::process::exit(0)
+}

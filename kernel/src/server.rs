@@ -1,0 +1,343 @@
+//! The Jupyter kernel core: binds the five sockets and serves every request.
+//!
+//! Shell requests are served strictly in order (frontends rely on it for execution counts
+//! and busy/idle); control is served by its own task so interrupt and shutdown work while a
+//! cell runs. Every request is bracketed by IOPub `busy`/`idle`, and everything a request
+//! publishes is queued before its `idle`.
+
+use crate::engine::Engine;
+use crate::interpreter::{
+    CellContext, CellError, Completeness, InputProvider, Interpreter, MimeBundle, OutputSink, Stream,
+};
+use crate::iopub::Publisher;
+use crate::wire::{self, Incoming};
+use crate::{history::History, text};
+use jupyter_protocol::{ConnectionInfo, JupyterMessage, JupyterMessageContent, UnknownMessage};
+use jupyter_zmq_client as jzc;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+
+pub const PROTOCOL_VERSION: &str = "5.4";
+
+type Router = jzc::RouterSendConnection;
+
+struct Kernel {
+    iopub: Publisher,
+    engine: Engine,
+    stdin: Arc<Mutex<jzc::KernelStdinConnection>>,
+    execution_count: AtomicUsize,
+    history: std::sync::Mutex<History>,
+    /// Wakes a pending `input_request` when the user interrupts.
+    input_cancel: Arc<Notify>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Serves the kernel until a shutdown request; returns when it is time to exit.
+pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow::Result<()> {
+    let session = uuid::Uuid::new_v4().to_string();
+    let mut hb = jzc::create_kernel_heartbeat_connection(&info).await?;
+    let (shell_tx, shell_rx) = jzc::create_kernel_shell_connection(&info, &session).await?.split();
+    let (control_tx, control_rx) = jzc::create_kernel_control_connection(&info, &session).await?.split();
+    let stdin = jzc::create_kernel_stdin_connection(&info, &session).await?;
+    let iopub = Publisher::spawn(jzc::create_kernel_iopub_xpub_connection(&info, &session).await?, session);
+    iopub.status("starting", None);
+
+    let kernel = Arc::new(Kernel {
+        iopub,
+        engine: Engine::start(interp),
+        stdin: Arc::new(Mutex::new(stdin)),
+        execution_count: AtomicUsize::new(0),
+        history: Default::default(),
+        input_cancel: Arc::new(Notify::new()),
+        runtime: tokio::runtime::Handle::current(),
+    });
+
+    tokio::spawn(async move {
+        use zeromq::{SocketRecv, SocketSend};
+        // Echo, as the spec asks (the crate's helper answers "pong").
+        while let Ok(ping) = hb.socket.recv().await {
+            if hb.socket.send(ping).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let k = kernel.clone();
+    tokio::spawn(async move {
+        // SIGINT (interrupt_mode "signal", or Ctrl-C in a terminal) means interrupt, not exit.
+        let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else { return };
+        while sig.recv().await.is_some() {
+            k.interrupt();
+        }
+    });
+
+    let shell = tokio::spawn(serve_channel(kernel.clone(), shell_rx, shell_tx, "shell"));
+    let control = tokio::spawn(serve_channel(kernel.clone(), control_rx, control_tx, "control"));
+    tokio::select! { _ = shell => {}, _ = control => {} }
+    Ok(())
+}
+
+impl Kernel {
+    fn interrupt(&self) {
+        self.input_cancel.notify_waiters();
+        self.engine.interrupter().interrupt();
+    }
+}
+
+async fn serve_channel(k: Arc<Kernel>, mut rx: jzc::RouterRecvConnection, mut tx: Router, channel: &'static str) {
+    loop {
+        let incoming = match wire::read(&mut rx).await {
+            Ok(m) => m,
+            Err(wire::WireError::Rejected(why)) => {
+                crate::log!("{channel}: {why}");
+                continue;
+            }
+            Err(e) => {
+                crate::log!("{channel}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (msg, malformed) = match incoming {
+            Incoming::Request(m) => (m, None),
+            Incoming::Malformed { envelope, reason } => (envelope, Some(reason)),
+        };
+        k.iopub.status("busy", Some(&msg));
+        let exit = match malformed {
+            Some(reason) => {
+                crate::log!("{channel}: malformed {}: {reason}", msg.header.msg_type);
+                reply_malformed(&k, &mut tx, &msg, &reason).await;
+                false
+            }
+            None => handle(&k, &mut tx, &msg).await,
+        };
+        k.iopub.status("idle", Some(&msg));
+        if exit {
+            k.iopub.flush().await;
+            // Sends are queued, not flushed; give the sockets a moment before exiting.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+    }
+}
+
+async fn send_reply(tx: &mut Router, parent: &JupyterMessage, msg_type: &str, content: Value) {
+    let msg = UnknownMessage { msg_type: msg_type.into(), content }.as_child_of(parent);
+    if let Err(e) = tx.send(msg).await {
+        crate::log!("reply {msg_type} not delivered: {e}");
+    }
+}
+
+fn reply_type(msg_type: &str) -> String {
+    match msg_type.strip_suffix("_request") {
+        Some(base) => format!("{base}_reply"),
+        None => format!("{msg_type}_reply"),
+    }
+}
+
+async fn reply_malformed(k: &Kernel, tx: &mut Router, msg: &JupyterMessage, reason: &str) {
+    let mut content = json!({
+        "status": "error",
+        "ename": "BadRequest",
+        "evalue": format!("malformed {}: {reason}", msg.header.msg_type),
+        "traceback": [],
+    });
+    if msg.header.msg_type == "execute_request" {
+        content["execution_count"] = json!(k.execution_count.load(Ordering::SeqCst));
+        content["user_expressions"] = json!({});
+        content["payload"] = json!([]);
+    }
+    send_reply(tx, msg, &reply_type(&msg.header.msg_type), content).await;
+}
+
+/// Returns true when the kernel should exit.
+async fn handle(k: &Arc<Kernel>, tx: &mut Router, msg: &JupyterMessage) -> bool {
+    use JupyterMessageContent as C;
+    match &msg.content {
+        C::KernelInfoRequest(_) => send_reply(tx, msg, "kernel_info_reply", kernel_info()).await,
+        C::ExecuteRequest(req) => {
+            let reply = execute(k, msg, req).await;
+            send_reply(tx, msg, "execute_reply", reply).await;
+        }
+        C::CompleteRequest(req) => {
+            let pos = text::byte_offset(&req.code, req.cursor_pos);
+            let c = k.engine.complete(req.code.clone(), pos).await;
+            let reply = json!({
+                "status": "ok",
+                "matches": c.matches,
+                "cursor_start": text::char_offset(&req.code, c.start),
+                "cursor_end": text::char_offset(&req.code, c.end),
+                "metadata": {},
+            });
+            send_reply(tx, msg, "complete_reply", reply).await;
+        }
+        C::InspectRequest(req) => {
+            let pos = text::byte_offset(&req.code, req.cursor_pos);
+            let found = k.engine.inspect(req.code.clone(), pos).await;
+            let reply = json!({
+                "status": "ok",
+                "found": found.is_some(),
+                "data": found.unwrap_or_default(),
+                "metadata": {},
+            });
+            send_reply(tx, msg, "inspect_reply", reply).await;
+        }
+        C::IsCompleteRequest(req) => {
+            let reply = match k.engine.is_complete(req.code.clone()).await {
+                Completeness::Complete => json!({"status": "complete"}),
+                Completeness::Incomplete { indent } => json!({"status": "incomplete", "indent": indent}),
+                Completeness::Invalid => json!({"status": "invalid"}),
+            };
+            send_reply(tx, msg, "is_complete_reply", reply).await;
+        }
+        C::HistoryRequest(req) => {
+            let history = k.history.lock().unwrap().answer(req);
+            send_reply(tx, msg, "history_reply", json!({"status": "ok", "history": history})).await;
+        }
+        C::CommInfoRequest(_) => {
+            send_reply(tx, msg, "comm_info_reply", json!({"status": "ok", "comms": {}})).await;
+        }
+        C::CommOpen(open) => {
+            // No comm targets are registered: close it, as ipykernel does, so the
+            // frontend does not wait for one.
+            k.iopub.send("comm_close", json!({"comm_id": open.comm_id, "data": {}}), Some(msg));
+        }
+        C::CommMsg(_) | C::CommClose(_) => {}
+        C::InterruptRequest(_) => {
+            k.interrupt();
+            send_reply(tx, msg, "interrupt_reply", json!({"status": "ok"})).await;
+        }
+        C::ShutdownRequest(req) => {
+            k.interrupt();
+            let _ = tokio::time::timeout(Duration::from_secs(5), k.engine.shutdown()).await;
+            let content = json!({"status": "ok", "restart": req.restart});
+            send_reply(tx, msg, "shutdown_reply", content.clone()).await;
+            k.iopub.send("shutdown_reply", content, Some(msg));
+            return true;
+        }
+        _ => {
+            crate::log!("no handler for {} (ignored)", msg.header.msg_type);
+        }
+    }
+    false
+}
+
+pub fn kernel_info() -> Value {
+    json!({
+        "status": "ok",
+        "protocol_version": PROTOCOL_VERSION,
+        "implementation": "ranch",
+        "implementation_version": env!("CARGO_PKG_VERSION"),
+        "language_info": {
+            "name": "rust",
+            "version": "",
+            "mimetype": "text/rust",
+            "file_extension": ".rs",
+            "pygments_lexer": "rust",
+            "codemirror_mode": "rust",
+        },
+        "banner": "ranch: Rust in Jupyter (evcxr), with %%ranch and %in_ddp for parallel cells",
+        "help_links": [
+            {"text": "Rust standard library", "url": "https://doc.rust-lang.org/std/"},
+            {"text": "evcxr commands (:help)", "url": "https://github.com/evcxr/evcxr/blob/main/COMMON.md"},
+        ],
+        "supported_features": [],
+        "debugger": false,
+    })
+}
+
+struct IopubSink {
+    iopub: Publisher,
+    parent: JupyterMessage,
+}
+
+impl OutputSink for IopubSink {
+    fn stream(&self, stream: Stream, text: &str) {
+        if !text.is_empty() {
+            self.iopub.send("stream", json!({"name": stream.name(), "text": text}), Some(&self.parent));
+        }
+    }
+    fn display(&self, data: MimeBundle, metadata: MimeBundle) {
+        let content = json!({"data": data, "metadata": metadata, "transient": {}});
+        self.iopub.send("display_data", content, Some(&self.parent));
+    }
+}
+
+struct StdinInput {
+    stdin: Arc<Mutex<jzc::KernelStdinConnection>>,
+    parent: JupyterMessage,
+    cancel: Arc<Notify>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl InputProvider for StdinInput {
+    fn read_line(&self, prompt: &str, password: bool) -> Option<String> {
+        self.runtime.block_on(async {
+            let mut stdin = self.stdin.lock().await;
+            let request = UnknownMessage {
+                msg_type: "input_request".into(),
+                content: json!({"prompt": prompt, "password": password}),
+            }
+            .as_child_of(&self.parent);
+            stdin.send(request).await.ok()?;
+            tokio::select! {
+                reply = stdin.read() => match reply.ok()?.content {
+                    JupyterMessageContent::InputReply(r) => Some(r.value),
+                    _ => None,
+                },
+                _ = self.cancel.notified() => None,
+            }
+        })
+    }
+}
+
+async fn execute(k: &Arc<Kernel>, msg: &JupyterMessage, req: &jupyter_protocol::ExecuteRequest) -> Value {
+    let counts = !req.silent && req.store_history;
+    let n = if counts {
+        k.execution_count.fetch_add(1, Ordering::SeqCst) + 1
+    } else {
+        k.execution_count.load(Ordering::SeqCst)
+    };
+    if !req.silent {
+        k.iopub.send("execute_input", json!({"code": req.code, "execution_count": n}), Some(msg));
+    }
+    if counts {
+        k.history.lock().unwrap().record(n, &req.code);
+    }
+    let cx = CellContext {
+        sink: Arc::new(IopubSink { iopub: k.iopub.clone(), parent: msg.clone() }),
+        input: req.allow_stdin.then(|| {
+            Arc::new(StdinInput {
+                stdin: k.stdin.clone(),
+                parent: msg.clone(),
+                cancel: k.input_cancel.clone(),
+                runtime: k.runtime.clone(),
+            }) as Arc<dyn InputProvider>
+        }),
+        execution_count: n,
+    };
+    let outcome = k
+        .engine
+        .execute(req.code.clone(), cx)
+        .await
+        .unwrap_or_else(|| Err(CellError::new("KernelError", "the interpreter thread stopped")));
+    match outcome {
+        Ok(result) => {
+            if let Some(data) = result.filter(|_| !req.silent) {
+                let content = json!({"execution_count": n, "data": data, "metadata": {}, "transient": {}});
+                k.iopub.send("execute_result", content, Some(msg));
+            }
+            json!({"status": "ok", "execution_count": n, "user_expressions": {}, "payload": []})
+        }
+        Err(e) => {
+            let err = json!({"ename": e.ename, "evalue": e.evalue, "traceback": e.traceback});
+            k.iopub.send("error", err.clone(), Some(msg));
+            let mut reply = json!({"status": "error", "execution_count": n, "user_expressions": {}, "payload": []});
+            reply.as_object_mut().unwrap().extend(err.as_object().unwrap().clone());
+            reply
+        }
+    }
+}

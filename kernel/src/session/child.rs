@@ -1,0 +1,320 @@
+//! Runs inside evcxr's child process (this same binary with `EVCXR_IS_RUNTIME` set), before
+//! evcxr's runtime loop starts.
+//!
+//! The child's stdout and stderr are re-pointed at pipes read by a forwarder thread, which
+//! sends the user's output to the kernel as [`Event`]s as soon as it is written (partial
+//! lines included) and passes evcxr's own protocol lines through to evcxr unchanged. Rich
+//! output blocks become one display each; only the last group of blocks right before the
+//! cell completes is handed to evcxr, because that is the cell's value (its tail
+//! expression), which the kernel shows as `execute_result`.
+
+use super::events::{Event, SOCKET_ENV};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+const COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
+const PANIC: &str = "EVCXR_PANIC_NOTIFICATION";
+const BEGIN: &str = "EVCXR_BEGIN_CONTENT ";
+const END: &str = "EVCXR_END_CONTENT";
+const SENTINEL_PREFIX: &[u8] = b"EVCXR_";
+const PANIC_PREFIX: &[u8] = b"thread '";
+
+/// Sets up the child's output plumbing when this process is evcxr's child; otherwise does
+/// nothing. Must run before `evcxr::runtime_hook()` and before any other thread exists.
+pub fn prepare() {
+    if std::env::var_os("EVCXR_IS_RUNTIME").is_none() {
+        return;
+    }
+    // A child must not outlive its kernel, even in the middle of a long cell.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        std::process::exit(0);
+    }
+    // evcxr asks for backtraces, but cell code has no debug info, so they are noise.
+    if std::env::var_os("RANCH_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet in this process.
+        unsafe { std::env::set_var("RUST_BACKTRACE", "0") };
+    }
+    let Some(path) = std::env::var_os(SOCKET_ENV) else { return };
+    let Ok(events) = UnixStream::connect(&path) else { return };
+    if let Err(e) = redirect(events) {
+        eprintln!("[ranch-kernel child] output forwarding disabled: {e}");
+    }
+}
+
+fn redirect(events: UnixStream) -> nix::Result<()> {
+    let to_evcxr = File::from(nix::unistd::dup(std::io::stdout().as_fd())?);
+    let err_to_evcxr = File::from(nix::unistd::dup(std::io::stderr().as_fd())?);
+    let (out_r, out_w) = nix::unistd::pipe()?;
+    let (err_r, err_w) = nix::unistd::pipe()?;
+    nix::unistd::dup2_stdout(&out_w)?;
+    nix::unistd::dup2_stderr(&err_w)?;
+    drop((out_w, err_w));
+    let mut fwd = Forwarder::new(events, to_evcxr, err_to_evcxr);
+    std::thread::Builder::new()
+        .name("ranch-output".into())
+        .spawn(move || fwd.run(out_r, err_r))
+        .map_err(|_| nix::Error::EAGAIN)?;
+    Ok(())
+}
+
+struct Forwarder {
+    events: UnixStream,
+    to_evcxr: File,
+    /// Where our own diagnostics go when the kernel is unreachable.
+    err_to_evcxr: File,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    /// Stdout text collected from one read, sent as one event.
+    text: String,
+    /// Inside an `EVCXR_BEGIN_CONTENT` block: (mime, body so far).
+    block: Option<(String, String)>,
+    /// Consecutive complete blocks (one display); the last group may be the cell's value.
+    group: Vec<(String, String)>,
+    /// Lines of a panic message being read from stderr.
+    panic_lines: Option<Vec<String>>,
+    /// A complete panic message waiting for evcxr's panic notification.
+    panic: Option<String>,
+}
+
+impl Forwarder {
+    fn new(events: UnixStream, to_evcxr: File, err_to_evcxr: File) -> Self {
+        Forwarder {
+            events,
+            to_evcxr,
+            err_to_evcxr,
+            out: Vec::new(),
+            err: Vec::new(),
+            text: String::new(),
+            block: None,
+            group: Vec::new(),
+            panic_lines: None,
+            panic: None,
+        }
+    }
+
+    fn run(&mut self, out_r: OwnedFd, err_r: OwnedFd) {
+        let (mut out_f, mut err_f) = (File::from(out_r), File::from(err_r));
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let (out_ready, err_ready) = {
+                let mut fds = [
+                    PollFd::new(out_f.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(err_f.as_fd(), PollFlags::POLLIN),
+                ];
+                if poll(&mut fds, PollTimeout::NONE).is_err() {
+                    continue;
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if err_ready {
+                match err_f.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => self.on_stderr(&chunk[..n]),
+                }
+            }
+            if out_ready {
+                match out_f.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => self.on_stdout(&chunk[..n], &mut err_f),
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, event: Event) {
+        let mut line = serde_json::to_vec(&event).expect("events serialise");
+        line.push(b'\n');
+        if self.events.write_all(&line).is_err() {
+            let _ = writeln!(self.err_to_evcxr, "[ranch-kernel child] lost output: {event:?}");
+        }
+    }
+
+    fn pass_to_evcxr(&mut self, line: &str) {
+        let _ = self.to_evcxr.write_all(line.as_bytes());
+        let _ = self.to_evcxr.write_all(b"\n");
+        let _ = self.to_evcxr.flush();
+    }
+
+    fn flush_text(&mut self) {
+        if !self.text.is_empty() {
+            let text = std::mem::take(&mut self.text);
+            self.send(Event::Stdout(text));
+        }
+    }
+
+    /// Sends the held block group as an ordinary display: it was not the cell's value.
+    fn flush_group(&mut self) {
+        if !self.group.is_empty() {
+            let bundle = std::mem::take(&mut self.group)
+                .into_iter()
+                .map(|(mime, body)| (mime, serde_json::Value::String(body)))
+                .collect();
+            self.send(Event::Display(bundle));
+        }
+    }
+
+    fn on_stdout(&mut self, bytes: &[u8], err_f: &mut File) {
+        self.out.extend_from_slice(bytes);
+        while let Some(nl) = self.out.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.out.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            self.on_stdout_line(line, err_f);
+        }
+        // A partial line the user flushed shows now, unless it may be the start of one of
+        // evcxr's protocol lines or of a multi-byte character.
+        if self.block.is_none() && !self.out.is_empty() && !could_start(&self.out, SENTINEL_PREFIX) {
+            let valid = match std::str::from_utf8(&self.out) {
+                Ok(s) => s.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            if valid > 0 {
+                let part: Vec<u8> = self.out.drain(..valid).collect();
+                self.flush_group();
+                self.text.push_str(std::str::from_utf8(&part).expect("checked utf8"));
+            }
+        }
+        self.flush_text();
+    }
+
+    fn on_stdout_line(&mut self, line: String, err_f: &mut File) {
+        if let Some((mime, mut body)) = self.block.take() {
+            if line == END {
+                if self.group.iter().any(|(m, _)| *m == mime) {
+                    self.flush_text();
+                    self.flush_group();
+                }
+                self.group.push((mime, body));
+            } else if line == PANIC {
+                self.group.push((mime, body));
+                self.on_panic_notification(err_f);
+            } else {
+                if !body.is_empty() {
+                    body.push('\n');
+                }
+                body.push_str(&line);
+                self.block = Some((mime, body));
+            }
+            return;
+        }
+        if line == COMPLETE {
+            self.flush_text();
+            self.drain_stderr(err_f);
+            self.finish_stderr();
+            // The last group is the cell's value: evcxr turns it into the cell's result.
+            for (mime, body) in std::mem::take(&mut self.group) {
+                self.pass_to_evcxr(&format!("{BEGIN}{mime}"));
+                self.pass_to_evcxr(&body);
+                self.pass_to_evcxr(END);
+            }
+            self.send(Event::Done);
+            self.pass_to_evcxr(COMPLETE);
+        } else if line == PANIC {
+            self.on_panic_notification(err_f);
+        } else if let Some(mime) = line.strip_prefix(BEGIN) {
+            self.block = Some((mime.trim().to_string(), String::new()));
+        } else if line.as_bytes().starts_with(SENTINEL_PREFIX) {
+            // Input requests, `?` errors, lost variables: evcxr's business.
+            self.flush_text();
+            self.flush_group();
+            self.pass_to_evcxr(&line);
+        } else {
+            if !self.group.is_empty() {
+                self.flush_text();
+                self.flush_group();
+            }
+            self.text.push_str(&line);
+            self.text.push('\n');
+        }
+    }
+
+    fn on_panic_notification(&mut self, err_f: &mut File) {
+        self.flush_text();
+        self.flush_group();
+        self.drain_stderr(err_f);
+        let message = self
+            .panic
+            .take()
+            .or_else(|| self.panic_lines.take().map(|l| l.join("\n")))
+            .unwrap_or_default();
+        self.send(Event::Panic(message));
+        self.pass_to_evcxr(PANIC);
+    }
+
+    /// Reads whatever stderr the cell wrote before the line being handled on stdout.
+    fn drain_stderr(&mut self, err_f: &mut File) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let mut fds = [PollFd::new(err_f.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Ok(n) if n > 0 => match err_f.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => self.on_stderr(&chunk[..n]),
+                },
+                _ => return,
+            }
+        }
+    }
+
+    /// At the end of a cell nothing more belongs to it: a panic message nobody caught (a
+    /// background thread's) and a partial line are shown as they are.
+    fn finish_stderr(&mut self) {
+        let mut text = String::new();
+        if let Some(msg) = self.panic.take() {
+            text.push_str(&format!("panic: {msg}\n"));
+        }
+        if let Some(lines) = self.panic_lines.take() {
+            text.push_str(&lines.join("\n"));
+            text.push('\n');
+        }
+        text.push_str(&String::from_utf8_lossy(&std::mem::take(&mut self.err)));
+        if !text.is_empty() {
+            self.send(Event::Stderr(text));
+        }
+    }
+
+    fn on_stderr(&mut self, bytes: &[u8]) {
+        self.err.extend_from_slice(bytes);
+        let mut text = String::new();
+        while let Some(nl) = self.err.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = self.err.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&raw[..raw.len() - 1]).into_owned();
+            if let Some(lines) = &mut self.panic_lines {
+                if line.starts_with("note: run with `RUST_BACKTRACE") || line.starts_with("stack backtrace:") {
+                    self.panic = Some(lines.join("\n"));
+                    self.panic_lines = None;
+                } else {
+                    lines.push(line);
+                }
+            } else if line.starts_with("thread '") && line.contains("' panicked at ") {
+                self.panic_lines = Some(Vec::new());
+            } else if self.panic.is_some() && line.trim().is_empty() {
+                // The blank line some panic hooks print after the note.
+            } else {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if self.panic_lines.is_none() && !self.err.is_empty() && !could_start(&self.err, PANIC_PREFIX) {
+            let valid = match std::str::from_utf8(&self.err) {
+                Ok(s) => s.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            let part: Vec<u8> = self.err.drain(..valid).collect();
+            text.push_str(&String::from_utf8_lossy(&part));
+        }
+        if !text.is_empty() {
+            self.send(Event::Stderr(text));
+        }
+    }
+}
+
+/// Whether `buf` is a prefix of `prefix` or starts with it.
+fn could_start(buf: &[u8], prefix: &[u8]) -> bool {
+    let n = buf.len().min(prefix.len());
+    buf[..n] == prefix[..n]
+}

@@ -1,0 +1,301 @@
+//! The evcxr-backed interpreter: the only module that talks to evcxr.
+//!
+//! Plain cells go to one evcxr `CommandContext`. Its child process (this binary again)
+//! streams the cell's output to the kernel through [`events`]; panics, crashes, interrupts
+//! and compile errors become Jupyter errors that say what happened and what was lost.
+
+mod child;
+mod events;
+mod kernel_stderr;
+mod procs;
+mod render;
+
+use crate::interpreter::{
+    CellContext, CellError, CellOutcome, Completeness, Completions, Interpreter, Interrupter, MimeBundle,
+    Stream,
+};
+use crate::syntax;
+use events::{CurrentCell, Listener};
+use evcxr::{CommandContext, EvalCallbacks, EvalContext, EvalOutputs};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use child::prepare as prepare_child_process;
+
+/// What the interrupter shares with the running cell.
+#[derive(Default)]
+struct RunState {
+    running: AtomicBool,
+    interrupted: AtomicBool,
+    /// Whether the interrupt stopped a build (the child and its variables survive).
+    stopped_build: AtomicBool,
+    child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
+}
+
+struct EvcxrInterrupter(Arc<RunState>);
+
+impl Interrupter for EvcxrInterrupter {
+    fn interrupt(&self) {
+        let state = &self.0;
+        if !state.running.load(Ordering::SeqCst) {
+            return;
+        }
+        state.interrupted.store(true, Ordering::SeqCst);
+        // evcxr has no interrupt: stop a build if one runs, else the child running the code
+        // (evcxr then restarts it, and the session's variables are gone).
+        if procs::kill_cargo_builds() {
+            state.stopped_build.store(true, Ordering::SeqCst);
+            return;
+        }
+        if let Some(child) = &*state.child.lock().unwrap() {
+            let _ = child.lock().unwrap().kill();
+        }
+    }
+}
+
+pub struct EvcxrSession {
+    ctx: Option<CommandContext>,
+    start_error: Option<String>,
+    cell: Arc<CurrentCell>,
+    run: Arc<RunState>,
+    listener: Option<Listener>,
+}
+
+impl EvcxrSession {
+    /// Cheap: the evcxr context (rust-analyzer, the child process) starts in [`warm_up`].
+    pub fn start() -> anyhow::Result<EvcxrSession> {
+        let cell = Arc::new(CurrentCell::default());
+        if let Err(e) = kernel_stderr::capture_cargo_progress(cell.clone()) {
+            crate::log!("cargo progress will only reach the log: {e}");
+        }
+        let listener = match Listener::start(cell.clone()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                crate::log!("live output disabled, cannot listen for the evcxr child: {e}");
+                None
+            }
+        };
+        Ok(EvcxrSession { ctx: None, start_error: None, cell, run: Default::default(), listener })
+    }
+
+    fn context(&mut self) -> Result<&mut CommandContext, CellError> {
+        if self.ctx.is_none() && self.start_error.is_none() {
+            match self.create_context() {
+                Ok(ctx) => self.ctx = Some(ctx),
+                Err(e) => self.start_error = Some(e),
+            }
+        }
+        match (&mut self.ctx, &self.start_error) {
+            (Some(ctx), _) => Ok(ctx),
+            (None, e) => Err(CellError::new(
+                "KernelStartError",
+                format!(
+                    "evcxr could not start: {}. Check that cargo and rustc are on PATH, then restart the kernel.",
+                    e.as_deref().unwrap_or("unknown error")
+                ),
+            )),
+        }
+    }
+
+    fn create_context(&mut self) -> Result<CommandContext, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(exe);
+        if let Some(l) = &self.listener {
+            child.env(events::SOCKET_ENV, l.path());
+        }
+        let (eval, outputs) = EvalContext::with_subprocess_command(child).map_err(|e| e.to_string())?;
+        let mut ctx = CommandContext::with_eval_context(eval);
+        *self.run.child.lock().unwrap() = Some(ctx.process_handle());
+        // Whatever evcxr itself reads from the child (normally nothing: see `child`).
+        for (rx, stream) in [(outputs.stdout, Stream::Stdout), (outputs.stderr, Stream::Stderr)] {
+            let cell = self.cell.clone();
+            std::thread::spawn(move || {
+                for line in rx {
+                    cell.stream(stream, &format!("{line}\n"));
+                }
+            });
+        }
+        if let Err(e) = ctx.execute(":load_config --quiet") {
+            crate::log!("evcxr config not loaded: {e}");
+        }
+        Ok(ctx)
+    }
+
+    fn run_evcxr(&mut self, code: &str, cx: &CellContext) -> (Result<EvalOutputs, evcxr::Error>, Option<String>) {
+        let cell = self.cell.clone();
+        let run = self.run.clone();
+        let input = cx.input.clone();
+        let ctx = match self.context() {
+            Ok(ctx) => ctx,
+            Err(e) => return (Err(evcxr::Error::Message(e.evalue)), None),
+        };
+        let read_input = |prompt: &str, password: bool| match &input {
+            Some(i) => i.read_line(prompt, password).unwrap_or_default(),
+            None => String::new(),
+        };
+        let mut callbacks = EvalCallbacks { input_reader: &|req| read_input(&req.prompt, req.is_password) };
+        let seen = cell.begin(cx.sink.clone());
+        run.interrupted.store(false, Ordering::SeqCst);
+        run.stopped_build.store(false, Ordering::SeqCst);
+        run.running.store(true, Ordering::SeqCst);
+        let result = ctx.execute_with_callbacks(code, &mut callbacks);
+        run.running.store(false, Ordering::SeqCst);
+        let ran = result.as_ref().is_ok_and(|o| o.phases.iter().any(|p| p.name == "Execution"));
+        // Everything the cell wrote was sent before `Done`; wait for it so the cell's output
+        // precedes its reply.
+        cell.wait_done(seen, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
+        let panic = cell.end();
+        (result, panic)
+    }
+}
+
+impl Interpreter for EvcxrSession {
+    fn warm_up(&mut self) {
+        let _ = self.context();
+    }
+
+    fn execute(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
+        let prepared = syntax::with_stdout_flush(code);
+        let (result, panic) = self.run_evcxr(&prepared.code, cx);
+        let interrupted = self.run.interrupted.load(Ordering::SeqCst);
+        let stopped_build = self.run.stopped_build.load(Ordering::SeqCst);
+        match result {
+            Ok(outputs) => {
+                if let Some(message) = panic {
+                    return Err(panic_error(message));
+                }
+                if let Some(t) = outputs.timing {
+                    cx.sink.stream(Stream::Stdout, &format!("Took {}ms\n", t.as_millis()));
+                }
+                let data = bundle(outputs);
+                if prepared.shows_value {
+                    return Ok(data);
+                }
+                // No tail expression: the last rich output was a display, not a value.
+                if let Some(data) = data {
+                    cx.sink.display(data, Default::default());
+                }
+                Ok(None)
+            }
+            Err(_) if interrupted && stopped_build => Err(CellError::new(
+                "Interrupted",
+                "Interrupted while compiling: the build was stopped and nothing ran. \
+                 Session variables are unchanged.",
+            )),
+            Err(evcxr::Error::SubprocessTerminated(_)) if interrupted => Err(CellError::new(
+                "Interrupted",
+                "Interrupted: the process running the cell was restarted to stop it, so all \
+                 session variables were lost (fns, types, `use` and `:dep` are kept). \
+                 Re-run the cells that define the variables you need.",
+            )),
+            Err(evcxr::Error::SubprocessTerminated(why)) => Err(CellError::new(
+                "ProcessDied",
+                format!(
+                    "The process running the cell died ({}). It was restarted: all session \
+                     variables were lost (fns, types, `use` and `:dep` are kept).",
+                    why.trim()
+                ),
+            )),
+            Err(evcxr::Error::CompilationErrors(errors)) => Err(compile_errors(&errors, code, prepared.inserted)),
+            Err(evcxr::Error::TypeRedefinedVariablesLost(vars)) => Err(CellError::new(
+                "VariablesLost",
+                format!(
+                    "These variables were dropped because their type was redefined: {}",
+                    vars.join(", ")
+                ),
+            )),
+            Err(e) => Err(CellError::new("Error", e.to_string().trim().to_string())),
+        }
+    }
+
+    fn complete(&mut self, code: &str, cursor: usize) -> Completions {
+        let Ok(ctx) = self.context() else { return Completions::default() };
+        match ctx.completions(code, cursor) {
+            Ok(c) => Completions {
+                matches: c.completions.into_iter().map(|c| c.code).collect(),
+                start: c.start_offset,
+                end: c.end_offset,
+            },
+            Err(e) => {
+                crate::log!("completion failed: {e}");
+                Completions { matches: vec![], start: cursor, end: cursor }
+            }
+        }
+    }
+
+    fn inspect(&mut self, code: &str, cursor: usize) -> Option<MimeBundle> {
+        let ctx = self.context().ok()?;
+        let (plain, html) = ctx.hover_at(code, cursor).ok()?;
+        if plain.trim().is_empty() {
+            return None;
+        }
+        let mut data = MimeBundle::new();
+        data.insert("text/plain".into(), Value::String(plain));
+        if !html.trim().is_empty() {
+            data.insert("text/html".into(), Value::String(html));
+        }
+        Some(data)
+    }
+
+    fn is_complete(&mut self, code: &str) -> Completeness {
+        syntax::completeness(code)
+    }
+
+    fn interrupter(&self) -> Arc<dyn Interrupter> {
+        Arc::new(EvcxrInterrupter(self.run.clone()))
+    }
+
+    fn shutdown(&mut self) {
+        procs::kill_cargo_builds();
+        if let Some(child) = &*self.run.child.lock().unwrap() {
+            let mut child = child.lock().unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.listener = None;
+    }
+}
+
+/// evcxr's result: one entry per MIME type; JSON types carry JSON, not text.
+fn bundle(outputs: EvalOutputs) -> Option<MimeBundle> {
+    if outputs.is_empty() {
+        return None;
+    }
+    let data = outputs
+        .content_by_mime_type
+        .into_iter()
+        .map(|(mime, text)| {
+            let value = if mime.contains("json") {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            } else {
+                Value::String(text)
+            };
+            (mime, value)
+        })
+        .collect();
+    Some(data)
+}
+
+fn panic_error(message: String) -> CellError {
+    let message = if message.trim().is_empty() { "the cell panicked".to_string() } else { message };
+    CellError {
+        ename: "panic".into(),
+        traceback: vec![format!("\x1b[1;31mpanic\x1b[0m: {message}"), 
+            "Variables defined by this cell were dropped; earlier ones are kept.".into()],
+        evalue: message,
+    }
+}
+
+fn compile_errors(errors: &[evcxr::CompilationError], cell: &str, inserted: Option<syntax::Insertion>) -> CellError {
+    let errors: Vec<_> = errors.iter().filter(|e| e.level() == "error").collect();
+    let Some(first) = errors.first() else {
+        return CellError::new("CompilationError", "the cell did not compile");
+    };
+    CellError {
+        ename: "CompilationError".into(),
+        evalue: render::summary(first),
+        traceback: errors.iter().map(|e| render::compile_error(e, cell, inserted)).collect(),
+    }
+}

@@ -1,0 +1,202 @@
+//! What the kernel needs to know about a cell's Rust text, read with rust-analyzer's parser
+//! (`ra_ap_syntax`, already in evcxr's dependency graph).
+
+use crate::interpreter::Completeness;
+use ra_ap_syntax::{AstNode, Edition, SourceFile, SyntaxKind, ast};
+
+/// Byte offset where a cell's Rust code starts: evcxr accepts `:command` and `!shell` lines
+/// (and blank or `//` lines) only before the first line of Rust.
+pub fn rust_start(code: &str) -> usize {
+    let mut offset = 0;
+    for line in code.split_inclusive('\n') {
+        let t = line.trim_start();
+        let header = t.is_empty() || t.starts_with(':') || t.starts_with('!') || t.starts_with("//");
+        if !header {
+            break;
+        }
+        offset += line.len();
+    }
+    offset
+}
+
+const WRAP_PREFIX: &str = "fn __ranch_cell() {\n";
+
+/// The cell's statements as rust-analyzer sees them when the Rust part is a fn body.
+struct Body {
+    /// (start, end) byte ranges in the Rust part, for statements that run code (not items).
+    code_statements: Vec<(usize, usize)>,
+    /// The tail expression's byte range and whether it is a `print!` call.
+    tail: Option<(usize, usize, bool)>,
+}
+
+fn body(rust: &str) -> Option<Body> {
+    let text = format!("{WRAP_PREFIX}{rust}\n}}");
+    let file = SourceFile::parse(&text, Edition::Edition2024).tree();
+    let func = file.syntax().descendants().find_map(ast::Fn::cast)?;
+    let list = func.body()?.stmt_list()?;
+    let shift = WRAP_PREFIX.len();
+    let range = |n: &ra_ap_syntax::SyntaxNode| {
+        let r = n.text_range();
+        (usize::from(r.start()).saturating_sub(shift), usize::from(r.end()).saturating_sub(shift))
+    };
+    let code_statements = list
+        .statements()
+        .filter(|s| !matches!(s, ast::Stmt::Item(_)))
+        .map(|s| range(s.syntax()))
+        .collect();
+    let tail = list.tail_expr().map(|e| {
+        let (s, t) = range(e.syntax());
+        let is_print = matches!(&e, ast::Expr::MacroExpr(m)
+            if m.macro_call().and_then(|c| c.path()).is_some_and(|p| p.syntax().text() == "print"));
+        (s, t, is_print)
+    });
+    Some(Body { code_statements, tail })
+}
+
+/// Flushes the cell's stdout. Rust's stdout is line-buffered inside the cell's copy of std,
+/// so without it a trailing `print!` would only show up in some later cell.
+pub const FLUSH: &str = "::std::io::Write::flush(&mut ::std::io::stdout()).ok();";
+
+/// Where [`with_stdout_flush`] put text that was not in the user's cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insertion {
+    /// 1-based line of the cell.
+    pub line: usize,
+    /// 1-based column (in chars) before which the text was inserted.
+    pub column: usize,
+    /// Inserted chars on that line.
+    pub len: usize,
+}
+
+/// A cell ready for evcxr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub code: String,
+    /// Text the kernel inserted inside a line of the user's cell, if any.
+    pub inserted: Option<Insertion>,
+    /// Whether the cell's last rich output is its value (`execute_result`): true when it
+    /// ends in a tail expression, or is only `:commands`.
+    pub shows_value: bool,
+}
+
+/// Returns the cell with a stdout flush after its last statement (and before its tail
+/// expression).
+pub fn with_stdout_flush(code: &str) -> Prepared {
+    let start = rust_start(code);
+    let rust = &code[start..];
+    let unchanged = |shows_value| Prepared { code: code.to_string(), inserted: None, shows_value };
+    if rust.trim().is_empty() {
+        return unchanged(true);
+    }
+    let Some(b) = body(rust) else { return unchanged(true) };
+    match b.tail {
+        Some((_, end, true)) => {
+            // `print!(..)` as the tail is unit: end it and flush after it.
+            let at = start + end;
+            let code = format!("{}; {FLUSH}{}", &code[..at], &code[at..]);
+            Prepared { code, inserted: None, shows_value: false }
+        }
+        Some((s, _, false)) => {
+            let at = start + s;
+            let text = format!("{FLUSH} ");
+            let line = code[..at].matches('\n').count() + 1;
+            let column = code[..at].rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            let inserted = Some(Insertion { line, column, len: text.chars().count() });
+            Prepared { code: format!("{}{text}{}", &code[..at], &code[at..]), inserted, shows_value: true }
+        }
+        None if !b.code_statements.is_empty() => {
+            Prepared { code: format!("{code}\n{FLUSH}"), inserted: None, shows_value: false }
+        }
+        None => unchanged(false),
+    }
+}
+
+/// Jupyter's `is_complete`: `incomplete` while brackets, strings or block comments are open,
+/// `invalid` when a bracket closes what was never opened.
+pub fn completeness(code: &str) -> Completeness {
+    let rust = &code[rust_start(code)..];
+    if rust.trim().is_empty() {
+        return Completeness::Complete;
+    }
+    let parse = SourceFile::parse(rust, Edition::Edition2024);
+    let unterminated = parse.errors().iter().any(|e| e.to_string().contains("Missing trailing"));
+    let mut open = Vec::new();
+    for token in parse.tree().syntax().descendants_with_tokens().filter_map(|e| e.into_token()) {
+        let kind = token.kind();
+        match kind {
+            SyntaxKind::L_PAREN | SyntaxKind::L_BRACK | SyntaxKind::L_CURLY => open.push(kind),
+            SyntaxKind::R_PAREN | SyntaxKind::R_BRACK | SyntaxKind::R_CURLY => {
+                let want = match kind {
+                    SyntaxKind::R_PAREN => SyntaxKind::L_PAREN,
+                    SyntaxKind::R_BRACK => SyntaxKind::L_BRACK,
+                    _ => SyntaxKind::L_CURLY,
+                };
+                if open.pop() != Some(want) {
+                    return Completeness::Invalid;
+                }
+            }
+            _ => {}
+        }
+    }
+    if unterminated || !open.is_empty() {
+        Completeness::Incomplete { indent: "    ".repeat(open.len().min(8)) }
+    } else {
+        Completeness::Complete
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_come_first() {
+        let code = ":dep serde\n// note\n\nlet x = 1;\n:vars";
+        assert_eq!(&code[rust_start(code)..], "let x = 1;\n:vars");
+    }
+
+    #[test]
+    fn completeness_of_brackets_strings_and_comments() {
+        assert_eq!(completeness("let x = 1;"), Completeness::Complete);
+        assert_eq!(completeness(":dep serde"), Completeness::Complete);
+        assert!(matches!(completeness("fn f() {"), Completeness::Incomplete { .. }));
+        assert!(matches!(completeness("let v = vec![1,"), Completeness::Incomplete { .. }));
+        assert!(matches!(completeness("let s = \"abc"), Completeness::Incomplete { .. }));
+        assert!(matches!(completeness("/* open"), Completeness::Incomplete { .. }));
+        assert_eq!(completeness("let x = 1; }"), Completeness::Invalid);
+        assert_eq!(completeness("foo(]"), Completeness::Invalid);
+        assert_eq!(completeness("let s = \"{\";"), Completeness::Complete);
+    }
+
+    #[test]
+    fn flush_goes_before_the_tail() {
+        let p = with_stdout_flush("let x = 2;\nx * 3");
+        assert_eq!(p.code, format!("let x = 2;\n{FLUSH} x * 3"));
+        assert_eq!(p.inserted, Some(Insertion { line: 2, column: 1, len: FLUSH.len() + 1 }));
+        assert!(p.shows_value);
+    }
+
+    #[test]
+    fn flush_goes_after_statements() {
+        let p = with_stdout_flush(":dep x\nprint!(\"a\");");
+        assert_eq!(p.code, format!(":dep x\nprint!(\"a\");\n{FLUSH}"));
+        assert_eq!(p.inserted, None);
+        assert!(!p.shows_value);
+    }
+
+    #[test]
+    fn trailing_print_is_flushed() {
+        let p = with_stdout_flush("print!(\"a\")");
+        assert_eq!(p.code, format!("print!(\"a\"); {FLUSH}"));
+        assert!(!p.shows_value);
+    }
+
+    #[test]
+    fn items_and_commands_are_left_alone() {
+        for cell in ["fn f() {}\nstruct S;", ":vars", ""] {
+            assert_eq!(with_stdout_flush(cell).code, cell);
+        }
+        assert!(with_stdout_flush(":vars").shows_value);
+        assert!(!with_stdout_flush("fn f() {}").shows_value);
+    }
+}

@@ -1,0 +1,138 @@
+//! Reading requests off a ROUTER socket without losing any of them.
+//!
+//! `jupyter-zmq-client`'s `read()` fails for a request whose content does not match the
+//! typed struct, and then the client gets neither a reply nor busy/idle and hangs. Here the
+//! signature is verified the same way (a bad one is dropped and logged), but content is
+//! parsed leniently: missing optional-in-practice fields get ipykernel's defaults, and a
+//! request that still does not parse becomes [`Incoming::Malformed`] so the server can
+//! answer it with an error reply.
+
+use bytes::Bytes;
+use jupyter_protocol::{Header, JupyterMessage, JupyterMessageContent};
+use jupyter_zmq_client::{Connection, RawMessage};
+use serde_json::Value;
+use zeromq::SocketRecv;
+
+pub enum Incoming {
+    Request(JupyterMessage),
+    /// Signed correctly, but the content is not a valid request of its type.
+    Malformed { envelope: JupyterMessage, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("socket closed or failed: {0}")]
+    Socket(#[from] zeromq::ZmqError),
+    #[error("dropped message: {0}")]
+    Rejected(String),
+}
+
+pub async fn read<S: SocketRecv>(conn: &mut Connection<S>) -> Result<Incoming, WireError> {
+    let multipart = conn.socket.recv().await?;
+    let raw = RawMessage::from_multipart(multipart, &conn.mac)
+        .map_err(|e| WireError::Rejected(format!("{e} (bad signature or framing)")))?;
+    decode(raw.zmq_identities, &raw.jparts).map_err(WireError::Rejected)
+}
+
+fn decode(identities: Vec<Bytes>, parts: &[Bytes]) -> Result<Incoming, String> {
+    let header: Header =
+        serde_json::from_slice(&parts[0]).map_err(|e| format!("unreadable header: {e}"))?;
+    let parent_header = serde_json::from_slice(&parts[1]).ok();
+    let metadata = serde_json::from_slice(&parts[2]).unwrap_or(Value::Object(Default::default()));
+    let content: Value = serde_json::from_slice(&parts[3]).unwrap_or(Value::Null);
+    let envelope = |content| JupyterMessage {
+        zmq_identities: identities.clone(),
+        header: header.clone(),
+        parent_header: parent_header.clone(),
+        metadata: metadata.clone(),
+        content,
+        buffers: parts[4..].to_vec(),
+        channel: None,
+    };
+    let lenient = with_defaults(&header.msg_type, content);
+    match JupyterMessageContent::from_type_and_content(&header.msg_type, lenient) {
+        Ok(content) => Ok(Incoming::Request(envelope(content))),
+        Err(e) => Ok(Incoming::Malformed {
+            envelope: envelope(JupyterMessageContent::UnknownMessage(
+                jupyter_protocol::UnknownMessage {
+                    msg_type: header.msg_type.clone(),
+                    content: Value::Null,
+                },
+            )),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// ipykernel reads these fields with `.get(key, default)`; do the same so that minimal
+/// clients work.
+fn with_defaults(msg_type: &str, mut content: Value) -> Value {
+    let Value::Object(map) = &mut content else { return content };
+    let mut default = |k: &str, v: Value| {
+        map.entry(k.to_string()).or_insert(v);
+    };
+    match msg_type {
+        "execute_request" => {
+            let silent = map.get("silent").and_then(Value::as_bool).unwrap_or(false);
+            let mut default = |k: &str, v: Value| {
+                map.entry(k.to_string()).or_insert(v);
+            };
+            default("silent", Value::Bool(false));
+            default("store_history", Value::Bool(!silent));
+        }
+        "history_request" => {
+            default("output", Value::Bool(false));
+            default("raw", Value::Bool(true));
+            default("hist_access_type", Value::String("tail".into()));
+            default("n", Value::from(10));
+        }
+        "shutdown_request" => default("restart", Value::Bool(false)),
+        _ => {}
+    }
+    content
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(msg_type: &str, content: &str) -> Vec<Bytes> {
+        let header = format!(
+            r#"{{"msg_id":"1","username":"u","session":"s","date":"2026-01-01T00:00:00Z","msg_type":"{msg_type}","version":"5.3"}}"#
+        );
+        vec![header.into(), "{}".into(), "{}".into(), content.to_string().into()]
+    }
+
+    #[test]
+    fn execute_request_without_silent_gets_defaults() {
+        match decode(vec![], &parts("execute_request", r#"{"code":"1"}"#)).unwrap() {
+            Incoming::Request(m) => match m.content {
+                JupyterMessageContent::ExecuteRequest(r) => {
+                    assert!(!r.silent);
+                    assert!(r.store_history);
+                }
+                other => panic!("{other:?}"),
+            },
+            Incoming::Malformed { reason, .. } => panic!("{reason}"),
+        }
+    }
+
+    #[test]
+    fn execute_request_without_code_is_malformed() {
+        let got = decode(vec![], &parts("execute_request", r#"{"silent":false}"#)).unwrap();
+        assert!(matches!(got, Incoming::Malformed { .. }));
+    }
+
+    #[test]
+    fn unknown_types_pass_through() {
+        let got = decode(vec![], &parts("frobnicate_request", r#"{}"#)).unwrap();
+        assert!(matches!(got, Incoming::Request(_)));
+    }
+
+    #[test]
+    fn header_must_parse() {
+        let mut p = parts("execute_request", "{}");
+        p[0] = "not json".into();
+        assert!(decode(vec![], &p).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+"""End-to-end behaviour of plain cells, through a real Jupyter client."""
+import time
+
+import pytest
+
+from conftest import execute
+
+
+def test_execution_count_starts_at_one(fresh_kernel):
+    _, kc = fresh_kernel
+    first = execute(kc, "1 + 1")
+    assert first.reply["content"]["execution_count"] == 1
+    assert first.result() == "2"
+    assert execute(kc, "2 + 2").reply["content"]["execution_count"] == 2
+
+
+def test_stdout_streams_while_the_cell_runs(kernel):
+    code = """
+for i in 0..4 {
+    println!("tick {i}");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+}
+"""
+    run = execute(kernel, code)
+    assert run.reply["content"]["status"] == "ok"
+    assert run.stream() == "".join(f"tick {i}\n" for i in range(4))
+    ticks = [t for m, t in zip(run.outputs, run.arrival) if m["msg_type"] == "stream"]
+    # Lines arrive as they are printed, not all at the end.
+    assert ticks[-1] - ticks[0] > 0.8, ticks
+
+
+def test_partial_lines_stream_and_trailing_print_is_shown(kernel):
+    code = """
+use std::io::Write;
+print!("progress: 10%");
+std::io::stdout().flush().unwrap();
+std::thread::sleep(std::time::Duration::from_millis(700));
+print!(" done")
+"""
+    run = execute(kernel, code)
+    chunks = [(m["content"]["text"], t) for m, t in zip(run.outputs, run.arrival) if m["msg_type"] == "stream"]
+    assert "".join(c for c, _ in chunks) == "progress: 10% done"
+    assert chunks[0][0] == "progress: 10%"
+    assert chunks[-1][1] - chunks[0][1] > 0.4
+
+
+def test_stderr_goes_to_stderr(kernel):
+    run = execute(kernel, 'eprintln!("to stderr"); println!("to stdout");')
+    assert run.stream("stderr") == "to stderr\n"
+    assert run.stream("stdout") == "to stdout\n"
+
+
+def test_panic_is_an_error_and_keeps_earlier_variables(kernel):
+    execute(kernel, "let kept = 41;")
+    run = execute(kernel, 'let lost = 1;\npanic!("boom {}", 7);')
+    content = run.reply["content"]
+    assert content["status"] == "error"
+    assert content["ename"] == "panic"
+    assert "boom 7" in content["evalue"]
+    assert run.kinds() == ["error"], run.kinds()  # the panic text is not also dumped on stderr
+    assert execute(kernel, "kept + 1").result() == "42"
+
+
+def test_compile_error_points_at_the_users_line(kernel):
+    run = execute(kernel, 'let a = 1;\nlet b: i32 = "text";\na + b')
+    assert run.reply["content"]["status"] == "error"
+    assert run.reply["content"]["ename"] == "CompilationError"
+    text = run.error_text()
+    assert "mismatched types" in text
+    assert "cell:2:" in text, text
+    assert 'let b: i32 = "text";' in text
+
+
+def test_compile_error_in_the_tail_line_keeps_its_column(kernel):
+    run = execute(kernel, "let a = 1;\na + undefined_name")
+    text = run.error_text()
+    assert "cell:2:5" in text, text
+
+
+def test_every_display_block_is_shown(kernel):
+    code = '''
+println!("EVCXR_BEGIN_CONTENT text/html\\n<b>one</b>\\nEVCXR_END_CONTENT");
+println!("between");
+println!("EVCXR_BEGIN_CONTENT text/html\\n<b>two</b>\\nEVCXR_END_CONTENT");
+println!("EVCXR_BEGIN_CONTENT text/html\\n<b>three</b>\\nEVCXR_END_CONTENT");
+'''
+    run = execute(kernel, code)
+    assert [d["text/html"] for d in run.displays()] == ["<b>one</b>", "<b>two</b>", "<b>three</b>"]
+    assert run.stream() == "between\n"
+    assert run.result() is None
+
+
+def test_tail_value_is_the_execute_result(kernel):
+    run = execute(kernel, 'let v = vec![1, 2];\nformat!("{:?}", v)')
+    assert run.result() == '"[1, 2]"'
+    assert run.kinds() == ["execute_result"]
+
+
+def test_commands_keep_working(kernel):
+    execute(kernel, "let answer: u32 = 42;")
+    run = execute(kernel, ":vars")
+    assert "answer" in run.result("text/plain")
+    assert "u32" in run.result("text/plain")
+
+
+def test_dep_shows_cargo_progress_in_the_cell(kernel):
+    run = execute(kernel, ':dep itoa = "1"', timeout=300)
+    assert run.reply["content"]["status"] == "ok", run.error_text()
+    assert "Compiling itoa" in run.stream("stderr")
+    assert execute(kernel, "itoa::Buffer::new().format(1234).to_string()").result() == '"1234"'
+
+
+def test_input_request_round_trip(kernel):
+    code = 'let name = evcxr_input::get_string("name? ");\nformat!("hi {name}")'
+    execute(kernel, ':dep evcxr_input = "1"', timeout=300)
+    msg_id = kernel.execute(code, allow_stdin=True)
+    req = kernel.get_stdin_msg(timeout=120)
+    assert req["msg_type"] == "input_request"
+    assert req["content"]["prompt"] == "name? "
+    kernel.input("rust")
+    reply = kernel.get_shell_msg(timeout=60)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "ok"
+
+
+def test_interrupt_stops_a_running_cell_and_says_what_was_lost(fresh_kernel):
+    km, kc = fresh_kernel
+    execute(kc, "let before = 3;")
+    msg_id = kc.execute("loop { std::thread::sleep(std::time::Duration::from_millis(50)); }")
+    # Wait until the cell is really running (compiled), then interrupt.
+    time.sleep(6)
+    t0 = time.monotonic()
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=30)
+    elapsed = time.monotonic() - t0
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "Interrupted"
+    assert "variables were lost" in reply["content"]["evalue"]
+    assert elapsed < 2.0, elapsed
+    assert execute(kc, "1 + 2").result() == "3"
+
+
+def test_process_crash_is_reported(kernel):
+    run = execute(kernel, "std::process::abort();")
+    assert run.reply["content"]["status"] == "error"
+    assert run.reply["content"]["ename"] == "ProcessDied"
+    assert "variables were lost" in run.reply["content"]["evalue"]
+    assert execute(kernel, "5 * 5").result() == "25"
+
+
+def test_heartbeat(kernel):
+    assert kernel.hb_channel.is_beating()
+
+
+def test_comm_messages_get_answers(kernel):
+    msg_id = kernel.comm_info()
+    reply = kernel.get_shell_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"] == {"status": "ok", "comms": {}}
+    # comm_open to an unknown target is closed on iopub; nothing hangs.
+    msg = kernel.session.msg("comm_open", {"comm_id": "c1", "target_name": "nope", "data": {}})
+    kernel.shell_channel.send(msg)
+    closed = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and closed is None:
+        m = kernel.get_iopub_msg(timeout=10)
+        if m["msg_type"] == "comm_close" and m["content"]["comm_id"] == "c1":
+            closed = m
+    assert closed is not None
+    kernel.shell_channel.send(kernel.session.msg("comm_msg", {"comm_id": "c1", "data": {}}))
+    assert execute(kernel, "1").result() == "1"
+
+
+def test_restart_gives_a_fresh_working_kernel(fresh_kernel):
+    km, kc = fresh_kernel
+    execute(kc, "let gone = 1;")
+    km.restart_kernel(now=False)
+    kc.wait_for_ready(timeout=120)
+    run = execute(kc, "gone")
+    assert run.reply["content"]["status"] == "error"
+    assert execute(kc, "7").result() == "7"

@@ -1,0 +1,33 @@
+"""The example notebooks, executed headless with nbclient through the installed kernel."""
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def run(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, kernel_name="ranch", timeout=600).execute()
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def text(cell):
+    parts = []
+    for o in cell.outputs:
+        if o.output_type == "stream":
+            parts.append(o.text)
+        elif o.output_type in ("execute_result", "display_data"):
+            parts.append(o.data.get("text/plain") or o.data.get("text/html", ""))
+    return "".join(parts)
+
+
+def test_quickstart():
+    cells = run("quickstart.ipynb")
+    assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1))
+    assert text(cells[0]) == "Hello from Rust, 1 + 1 = 2\n"
+    assert text(cells[2]) == "5.0"
+    assert text(cells[3]) == "385"
+    assert [o.output_type for o in cells[4].outputs] == ["display_data", "display_data"]
+    assert "squares" in text(cells[5]) and "Vec<u64>" in text(cells[5])
