@@ -55,7 +55,8 @@ fn body(rust: &str) -> Option<Body> {
 
 /// Flushes the cell's stdout. Rust's stdout is line-buffered inside the cell's copy of std,
 /// so without it a trailing `print!` would only show up in some later cell.
-pub const FLUSH: &str = "::std::io::Write::flush(&mut ::std::io::stdout()).ok();";
+// No leading `::`: evcxr would read a line starting with `:` as one of its commands.
+pub const FLUSH: &str = "std::io::Write::flush(&mut std::io::stdout()).ok();";
 
 /// Where [`with_stdout_flush`] put text that was not in the user's cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

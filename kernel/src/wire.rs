@@ -84,7 +84,16 @@ fn with_defaults(msg_type: &str, mut content: Value) -> Value {
             default("output", Value::Bool(false));
             default("raw", Value::Bool(true));
             default("hist_access_type", Value::String("tail".into()));
-            default("n", Value::from(10));
+            let search = map.get("hist_access_type").and_then(Value::as_str) == Some("search");
+            let mut default = |k: &str, v: Value| {
+                map.entry(k.to_string()).or_insert(v);
+            };
+            // n = 0 means "all matches" for a search.
+            default("n", Value::from(if search { 0 } else { 10 }));
+            default("unique", Value::Bool(false));
+            default("pattern", Value::String("*".into()));
+            default("start", Value::from(0));
+            default("stop", Value::from(0));
         }
         "shutdown_request" => default("restart", Value::Bool(false)),
         _ => {}
@@ -127,6 +136,12 @@ mod tests {
     fn unknown_types_pass_through() {
         let got = decode(vec![], &parts("frobnicate_request", r#"{}"#)).unwrap();
         assert!(matches!(got, Incoming::Request(_)));
+    }
+
+    #[test]
+    fn history_search_without_n_or_unique_is_served() {
+        let got = decode(vec![], &parts("history_request", r#"{"hist_access_type":"search","pattern":"a*"}"#));
+        assert!(matches!(got.unwrap(), Incoming::Request(_)));
     }
 
     #[test]

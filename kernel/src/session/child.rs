@@ -290,7 +290,12 @@ impl Forwarder {
                 } else {
                     lines.push(line);
                 }
-            } else if line.starts_with("thread '") && line.contains("' panicked at ") {
+            } else if line.starts_with("thread '") && line.contains(" panicked at ") {
+                // Rust's panic hook writes "\nthread 'name' (tid) panicked at file:line:col:";
+                // the blank line before it belongs to the panic report too.
+                if text == "\n" || text.ends_with("\n\n") {
+                    text.pop();
+                }
                 self.panic_lines = Some(Vec::new());
             } else if self.panic.is_some() && line.trim().is_empty() {
                 // The blank line some panic hooks print after the note.
