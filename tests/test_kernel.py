@@ -180,3 +180,31 @@ def test_restart_gives_a_fresh_working_kernel(fresh_kernel):
     run = execute(kc, "gone")
     assert run.reply["content"]["status"] == "error"
     assert execute(kc, "7").result() == "7"
+
+
+def test_sigint_interrupts_like_interrupt_request(fresh_kernel):
+    import signal
+    km, kc = fresh_kernel
+    execute(kc, "1")  # compiled and warm
+    msg_id = kc.execute("loop { std::thread::sleep(std::time::Duration::from_millis(50)); }")
+    time.sleep(4)
+    # Signal the whole process group, as jupyter_client does for interrupt_mode "signal".
+    km.signal_kernel(signal.SIGINT)
+    reply = kc.get_shell_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["ename"] == "Interrupted", reply["content"]
+    assert execute(kc, "2 * 3").result() == "6"
+
+
+def test_failed_cell_aborts_the_cells_queued_behind_it(kernel):
+    # Both requests are sent before the first finishes, as JupyterLab's "Run All" does.
+    first = kernel.execute('std::thread::sleep(std::time::Duration::from_millis(500)); panic!("stop here")')
+    second = kernel.execute("1 + 1")
+    replies = {}
+    while len(replies) < 2:
+        m = kernel.get_shell_msg(timeout=120)
+        replies[m["parent_header"]["msg_id"]] = m["content"]
+    assert replies[first]["status"] == "error"
+    assert replies[second]["status"] == "aborted"
+    # Only what was queued is aborted: a cell sent as soon as the error arrived runs.
+    assert execute(kernel, "3 + 3").result() == "6"

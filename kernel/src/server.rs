@@ -87,9 +87,42 @@ impl Kernel {
     }
 }
 
+/// What the channel loop does after a request.
+#[derive(PartialEq)]
+enum Next {
+    Continue,
+    Exit,
+    /// A cell failed with `stop_on_error`: execute requests already queued behind it are
+    /// answered `aborted` without running ("Run All" stops at the first error). Holds the
+    /// time the error reply was sent.
+    AbortQueued(chrono::DateTime<chrono::Utc>),
+}
+
+/// After a failed cell, requests that are readable within this long and were sent (by
+/// their header date) before the error reply count as "already queued". The date check
+/// keeps a client that sends its next cell as soon as it reads the error (nbclient does)
+/// from having it aborted.
+const ABORT_WINDOW: Duration = Duration::from_millis(20);
+
+struct Aborting {
+    until: tokio::time::Instant,
+    failed_at: chrono::DateTime<chrono::Utc>,
+}
+
 async fn serve_channel(k: Arc<Kernel>, mut rx: jzc::RouterRecvConnection, mut tx: Router, channel: &'static str) {
+    let mut aborting: Option<Aborting> = None;
     loop {
-        let incoming = match wire::read(&mut rx).await {
+        let read = match &aborting {
+            Some(a) => match tokio::time::timeout_at(a.until, wire::read(&mut rx)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    aborting = None;
+                    continue;
+                }
+            },
+            None => wire::read(&mut rx).await,
+        };
+        let incoming = match read {
             Ok(m) => m,
             Err(wire::WireError::Rejected(why)) => {
                 crate::log!("{channel}: {why}");
@@ -106,20 +139,34 @@ async fn serve_channel(k: Arc<Kernel>, mut rx: jzc::RouterRecvConnection, mut tx
             Incoming::Malformed { envelope, reason } => (envelope, Some(reason)),
         };
         k.iopub.status("busy", Some(&msg));
-        let exit = match malformed {
+        let next = match malformed {
             Some(reason) => {
                 crate::log!("{channel}: malformed {}: {reason}", msg.header.msg_type);
                 reply_malformed(&k, &mut tx, &msg, &reason).await;
-                false
+                Next::Continue
+            }
+            None if msg.header.msg_type == "execute_request"
+                && aborting.as_ref().is_some_and(|a| msg.header.date <= a.failed_at) =>
+            {
+                let n = k.execution_count.load(Ordering::SeqCst);
+                let reply = json!({"status": "aborted", "execution_count": n, "user_expressions": {}, "payload": []});
+                send_reply(&mut tx, &msg, "execute_reply", reply).await;
+                Next::Continue
             }
             None => handle(&k, &mut tx, &msg).await,
         };
         k.iopub.status("idle", Some(&msg));
-        if exit {
-            k.iopub.flush().await;
-            // Sends are queued, not flushed; give the sockets a moment before exiting.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            return;
+        match next {
+            Next::Continue => {}
+            Next::AbortQueued(failed_at) => {
+                aborting = Some(Aborting { until: tokio::time::Instant::now() + ABORT_WINDOW, failed_at })
+            }
+            Next::Exit => {
+                k.iopub.flush().await;
+                // Sends are queued, not flushed; give the sockets a moment before exiting.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
         }
     }
 }
@@ -153,14 +200,18 @@ async fn reply_malformed(k: &Kernel, tx: &mut Router, msg: &JupyterMessage, reas
     send_reply(tx, msg, &reply_type(&msg.header.msg_type), content).await;
 }
 
-/// Returns true when the kernel should exit.
-async fn handle(k: &Arc<Kernel>, tx: &mut Router, msg: &JupyterMessage) -> bool {
+async fn handle(k: &Arc<Kernel>, tx: &mut Router, msg: &JupyterMessage) -> Next {
     use JupyterMessageContent as C;
     match &msg.content {
         C::KernelInfoRequest(_) => send_reply(tx, msg, "kernel_info_reply", kernel_info()).await,
         C::ExecuteRequest(req) => {
             let reply = execute(k, msg, req).await;
+            let failed = reply["status"] == "error";
+            let failed_at = chrono::Utc::now();
             send_reply(tx, msg, "execute_reply", reply).await;
+            if failed && req.stop_on_error {
+                return Next::AbortQueued(failed_at);
+            }
         }
         C::CompleteRequest(req) => {
             let pos = text::byte_offset(&req.code, req.cursor_pos);
@@ -216,13 +267,13 @@ async fn handle(k: &Arc<Kernel>, tx: &mut Router, msg: &JupyterMessage) -> bool 
             let content = json!({"status": "ok", "restart": req.restart});
             send_reply(tx, msg, "shutdown_reply", content.clone()).await;
             k.iopub.send("shutdown_reply", content, Some(msg));
-            return true;
+            return Next::Exit;
         }
         _ => {
             crate::log!("no handler for {} (ignored)", msg.header.msg_type);
         }
     }
-    false
+    Next::Continue
 }
 
 pub fn kernel_info() -> Value {

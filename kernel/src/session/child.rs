@@ -33,6 +33,12 @@ pub fn prepare() {
     if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
         std::process::exit(0);
     }
+    // Interrupts are the kernel's to handle (it stops the child itself, and reports what
+    // was lost); a SIGINT sent to the kernel's whole process group must not kill us first.
+    // SAFETY: setting a signal to "ignore" has no handler to be unsafe in.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
+    }
     // evcxr asks for backtraces, but cell code has no debug info, so they are noise.
     if std::env::var_os("RANCH_BACKTRACE").is_none() {
         // SAFETY: no other thread exists yet in this process.
