@@ -1,1 +1,21 @@
-//! ranch runtime
+//! `ranch`: what a cell run by `%%ranch N` calls.
+//!
+//! Inside a ranked launch every process knows its place from the environment the launcher
+//! sets (`RANK`, `WORLD_SIZE`, ...). Outside one, the same code describes a world of one
+//! process, so a cell can be tried as a plain cell first.
+//!
+//! ```
+//! let data: Vec<u32> = (0..10).collect();
+//! // In a plain cell: rank 0 of 1, and the shard is everything.
+//! assert_eq!(ranch::rank(), 0);
+//! assert_eq!(ranch::shard(&data), &data[..]);
+//! ```
+
+mod info;
+mod shard;
+
+#[doc(hidden)]
+pub mod __rt;
+
+pub use info::{gpu, local_rank, local_world_size, rank, world_size};
+pub use shard::{shard, shard_range};

@@ -290,12 +290,13 @@ fn panic_error(message: String) -> CellError {
 
 fn compile_errors(errors: &[evcxr::CompilationError], cell: &str, inserted: Option<syntax::Insertion>) -> CellError {
     let errors: Vec<_> = errors.iter().filter(|e| e.level() == "error").collect();
-    let Some(first) = errors.first() else {
+    if errors.is_empty() {
         return CellError::new("CompilationError", "the cell did not compile");
-    };
+    }
+    let diagnostics: Vec<_> = errors.iter().map(|e| render::diagnostic(e, inserted)).collect();
     CellError {
         ename: "CompilationError".into(),
-        evalue: render::summary(first),
-        traceback: errors.iter().map(|e| render::compile_error(e, cell, inserted)).collect(),
+        evalue: diagnostics[0].summary(),
+        traceback: diagnostics.iter().map(|d| d.render(cell)).collect(),
     }
 }

@@ -1,0 +1,81 @@
+//! Starting rank processes. [`Launcher`] is the seam for other ways of starting ranks
+//! (mpirun over several hosts later); [`LocalSpawner`] spawns them on this host.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Where each rank runs and what it is told.
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    pub exe: PathBuf,
+    pub world_size: usize,
+    /// Directory of this launch (shipped variables, results).
+    pub run_dir: PathBuf,
+    pub master_addr: String,
+    pub master_port: u16,
+    /// Environment for every rank (e.g. where libstd lives).
+    pub env: Vec<(String, String)>,
+    /// Per-rank extra environment (GPU pinning), indexed by rank.
+    pub rank_env: Vec<Vec<(String, String)>>,
+}
+
+pub trait Launcher {
+    /// Starts every rank with piped stdout/stderr. On error, nothing is left running.
+    fn launch(&self, plan: &LaunchPlan) -> std::io::Result<Vec<Child>>;
+}
+
+/// Spawns each rank as a fresh process (never a fork of the kernel) in its own process
+/// group, killed by the kernel's death.
+pub struct LocalSpawner;
+
+impl Launcher for LocalSpawner {
+    fn launch(&self, plan: &LaunchPlan) -> std::io::Result<Vec<Child>> {
+        let mut children: Vec<Child> = Vec::with_capacity(plan.world_size);
+        for rank in 0..plan.world_size {
+            let mut cmd = Command::new(&plan.exe);
+            cmd.current_dir(std::env::current_dir().unwrap_or_else(|_| "/".into()))
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", plan.world_size.to_string())
+                .env("LOCAL_WORLD_SIZE", plan.world_size.to_string())
+                .env("MASTER_ADDR", &plan.master_addr)
+                .env("MASTER_PORT", plan.master_port.to_string())
+                .env(ranch::__rt::RUN_DIR_ENV, &plan.run_dir)
+                .envs(plan.env.iter().map(|(k, v)| (k, v)))
+                .envs(plan.rank_env.get(rank).into_iter().flatten().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                    Ok(())
+                });
+            }
+            match cmd.spawn() {
+                Ok(child) => children.push(child),
+                Err(e) => {
+                    for mut c in children {
+                        kill_group(c.id(), nix::sys::signal::Signal::SIGKILL);
+                        let _ = c.wait();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(children)
+    }
+}
+
+/// Signals a rank's whole process group (the rank and anything it started).
+pub fn kill_group(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+/// A TCP port nobody listens on right now, for `MASTER_PORT`.
+pub fn free_port(addr: &str) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((addr, 0))?.local_addr()?.port())
+}

@@ -1,0 +1,191 @@
+//! The rank program of a `%%ranch` cell: a bin crate holding the session's items and
+//! dependencies, the shipped variables, and the cell body, with a `main` that reports the
+//! tail value and panics to the kernel.
+
+use crate::source::SessionItems;
+
+/// What the notebook session contributes.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSnapshot {
+    pub items: SessionItems,
+    /// `name = spec` lines of the session's dependencies (evcxr's `:show_deps`).
+    pub deps: Vec<String>,
+    /// evcxr's `[profile.dev]` section, verbatim.
+    pub profile: String,
+}
+
+/// One variable shipped from the session: its name and its type as evcxr knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipped {
+    pub name: String,
+    pub ty: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CellProgram {
+    /// The Rust of the cell, after the magic line and rank-only `:dep` lines.
+    pub body: String,
+    /// 1-based line of the cell where `body` starts.
+    pub body_cell_line: usize,
+    pub rank_deps: Vec<String>,
+    pub shipped: Vec<Shipped>,
+    pub ctx: Option<String>,
+    pub uses_question_mark: bool,
+}
+
+/// The generated crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankProgram {
+    pub cargo_toml: String,
+    pub main_rs: String,
+    /// 1-based line of `main.rs` holding the body's first line.
+    pub body_line: usize,
+    /// Lines of the body.
+    pub body_lines: usize,
+    /// 1-based line of the cell where the body starts.
+    pub body_cell_line: usize,
+}
+
+impl RankProgram {
+    /// The cell line of a `main.rs` line, when it is one of the body's.
+    pub fn cell_line(&self, main_line: usize) -> Option<usize> {
+        (main_line >= self.body_line && main_line < self.body_line + self.body_lines)
+            .then(|| main_line - self.body_line + self.body_cell_line)
+    }
+}
+
+pub const PACKAGE: &str = "ranch_rank";
+
+pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
+    let mut toml = format!(
+        "[package]\nname = \"{PACKAGE}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+         [[bin]]\nname = \"{PACKAGE}\"\npath = \"src/main.rs\"\n\n[dependencies]\n"
+    );
+    for dep in session.deps.iter().chain(&cell.rank_deps) {
+        toml.push_str(dep);
+        toml.push('\n');
+    }
+    toml.push('\n');
+    toml.push_str(&session.profile);
+    toml.push_str("\n[workspace]\n");
+
+    let mut main = String::new();
+    for attr in &session.items.inner_attrs {
+        main.push_str(attr);
+        main.push('\n');
+    }
+    // `main` is ours under another name, so a session `fn main` does not clash.
+    main.push_str("#![no_main]\n#![allow(unused_imports, unused_mut, unused_variables, dead_code, unreachable_code)]\n");
+    for item in &session.items.items {
+        main.push_str(item);
+        main.push('\n');
+    }
+    main.push_str(
+        "\n#[unsafe(export_name = \"main\")]\nextern \"C\" fn __ranch_main(_argc: i32, _argv: *const *const u8) -> i32 {\n\
+         \x20   ranch::__rt::install_panic_hook();\n\
+         \x20   match std::panic::catch_unwind(__ranch_cell) {\n\
+         \x20       Ok(()) => 0,\n\
+         \x20       Err(_) => 101,\n\
+         \x20   }\n}\n\n\
+         fn __ranch_cell() {\n\
+         \x20   use ranch::__rt::{DebugNothing as _, DebugVia as _, ViaNothing as _, ViaSerialize as _};\n",
+    );
+    for v in &cell.shipped {
+        let ty_literal = format!("{:?}", v.ty);
+        match v.ty.strip_prefix('&') {
+            // A borrowed value travels as its owned form and is borrowed again.
+            Some(inner) => {
+                let inner = inner.trim_start_matches("mut ").trim();
+                main.push_str(&format!(
+                    "    let __ranch_owned_{name}: <{inner} as ::std::borrow::ToOwned>::Owned = ranch::__rt::load(\"{name}\", {ty_literal});\n\
+                     \x20   let mut {name}: {ty} = ::std::borrow::Borrow::borrow(&__ranch_owned_{name});\n",
+                    name = v.name,
+                    ty = v.ty,
+                ));
+            }
+            None => main.push_str(&format!(
+                "    let mut {name}: {ty} = ranch::__rt::load(\"{name}\", {ty_literal});\n",
+                name = v.name,
+                ty = v.ty
+            )),
+        }
+    }
+    match &cell.ctx {
+        Some(ctx) => main.push_str(&format!("    let __ranch_ctx = {ctx};\n")),
+        None => main.push_str("    let __ranch_ctx = ();\n"),
+    }
+    if cell.uses_question_mark {
+        main.push_str(
+            "    let __ranch_value = match (|| -> ::std::result::Result<_, ::std::boxed::Box<dyn ::std::error::Error + Send + Sync>> { Ok({\n",
+        );
+    } else {
+        main.push_str("    let __ranch_value = {\n");
+    }
+    let body_line = main.lines().count() + 1;
+    main.push_str(&cell.body);
+    if !cell.body.ends_with('\n') {
+        main.push('\n');
+    }
+    if cell.uses_question_mark {
+        main.push_str("    }) })() {\n        Ok(v) => v,\n        Err(e) => panic!(\"the cell returned an error: {e}\"),\n    };\n");
+    } else {
+        main.push_str("    };\n");
+    }
+    main.push_str(
+        "    drop(__ranch_ctx);\n\
+         \x20   let __ranch_ship = ranch::__rt::Ship(&__ranch_value);\n\
+         \x20   ranch::__rt::emit(\n\
+         \x20       ::std::any::type_name_of_val(&__ranch_value),\n\
+         \x20       (&__ranch_ship).ranch_debug(),\n\
+         \x20       (&__ranch_ship).ranch_encode(),\n\
+         \x20   );\n}\n",
+    );
+    RankProgram {
+        cargo_toml: toml,
+        main_rs: main,
+        body_line,
+        body_lines: cell.body.lines().count().max(1),
+        body_cell_line: cell.body_cell_line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(body: &str, shipped: Vec<Shipped>) -> RankProgram {
+        let session = SessionSnapshot {
+            items: SessionItems {
+                inner_attrs: vec![],
+                items: vec!["fn cube(x: u64) -> u64 { x * x * x }".into()],
+                names: Default::default(),
+            },
+            deps: vec!["ranch = { path = \"/r\" }".into()],
+            profile: "[profile.dev]\nopt-level = 2\n".into(),
+        };
+        let cell = CellProgram { body: body.into(), body_cell_line: 2, shipped, ..Default::default() };
+        generate(&session, &cell)
+    }
+
+    #[test]
+    fn body_lines_map_back_to_the_cell() {
+        let p = program("let r = ranch::rank();\ncube(r as u64)", vec![]);
+        let lines: Vec<&str> = p.main_rs.lines().collect();
+        assert_eq!(lines[p.body_line - 1], "let r = ranch::rank();");
+        assert_eq!(p.cell_line(p.body_line + 1), Some(3));
+        assert_eq!(p.cell_line(p.body_line + 2), None);
+        assert!(p.cargo_toml.contains("ranch = { path = \"/r\" }\n"));
+        assert!(p.cargo_toml.contains("[profile.dev]\nopt-level = 2\n"));
+    }
+
+    #[test]
+    fn shipped_variables_are_loaded_with_their_types() {
+        let p = program("s.len() + v.len()", vec![
+            Shipped { name: "v".into(), ty: "Vec<f64>".into() },
+            Shipped { name: "s".into(), ty: "&str".into() },
+        ]);
+        assert!(p.main_rs.contains("let mut v: Vec<f64> = ranch::__rt::load(\"v\", \"Vec<f64>\");"));
+        assert!(p.main_rs.contains("<str as ::std::borrow::ToOwned>::Owned"));
+        assert!(p.main_rs.contains("let mut s: &str = ::std::borrow::Borrow::borrow(&__ranch_owned_s);"));
+    }
+}

@@ -1,0 +1,242 @@
+//! Reading Rust source with rust-analyzer's parser: the session's items out of the crate
+//! evcxr last built, and what a cell body refers to.
+
+use ra_ap_syntax::{AstNode, Edition, SourceFile, SyntaxKind, ast, ast::HasAttrs, ast::HasModuleItem, ast::HasName};
+use std::collections::BTreeSet;
+
+/// The session's crate attributes and items, as evcxr last compiled them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionItems {
+    /// Inner attributes (`#![...]`), which must stay at the top of a crate.
+    pub inner_attrs: Vec<String>,
+    /// Items (fns, types, impls, `use`s, macros), verbatim.
+    pub items: Vec<String>,
+    /// Names of the items (a user `fn main` would clash with the rank program's).
+    pub names: BTreeSet<String>,
+}
+
+/// Items evcxr generates into every cell crate; they are not the user's.
+fn is_generated(item: &ast::Item) -> bool {
+    let name = |n: Option<ast::Name>| n.map(|n| n.text().to_string()).unwrap_or_default();
+    match item {
+        ast::Item::Module(m) => name(m.name()) == "evcxr_internal_runtime",
+        ast::Item::Fn(f) => {
+            let n = name(f.name());
+            n.starts_with("run_user_code_") || n == "evcxr_variable_store" || n == "evcxr_analysis_wrapper"
+        }
+        ast::Item::Struct(s) => name(s.name()) == "EvcxrUserCodeError",
+        ast::Item::Impl(i) => i.self_ty().is_some_and(|t| t.syntax().text().to_string().contains("EvcxrUserCodeError")),
+        _ => false,
+    }
+}
+
+/// Splits evcxr's generated `lib.rs` into the user's attributes and items.
+pub fn session_items(lib_rs: &str) -> SessionItems {
+    let file = SourceFile::parse(lib_rs, Edition::Edition2024).tree();
+    let mut out = SessionItems::default();
+    for attr in file.attrs() {
+        let text = attr.syntax().text().to_string();
+        // evcxr's own lint allowances; the rank program states its own.
+        if !text.contains("allow(unused_imports, unused_mut, dead_code)") {
+            out.inner_attrs.push(text);
+        }
+    }
+    for item in file.items() {
+        if is_generated(&item) {
+            continue;
+        }
+        if let Some(name) = item_name(&item) {
+            out.names.insert(name);
+        }
+        out.items.push(item.syntax().text().to_string());
+    }
+    out
+}
+
+fn item_name(item: &ast::Item) -> Option<String> {
+    let n = match item {
+        ast::Item::Fn(x) => x.name(),
+        ast::Item::Struct(x) => x.name(),
+        ast::Item::Enum(x) => x.name(),
+        ast::Item::Union(x) => x.name(),
+        ast::Item::Trait(x) => x.name(),
+        ast::Item::TypeAlias(x) => x.name(),
+        ast::Item::Const(x) => x.name(),
+        ast::Item::Static(x) => x.name(),
+        ast::Item::Module(x) => x.name(),
+        ast::Item::MacroRules(x) => x.name(),
+        _ => None,
+    };
+    n.map(|n| n.text().to_string())
+}
+
+/// What the rank program needs to know about a cell body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyFacts {
+    /// Every identifier the body mentions (a superset of the variables it uses).
+    pub idents: BTreeSet<String>,
+    /// The body uses `?`, so it must run inside a function returning `Result`.
+    pub uses_question_mark: bool,
+    /// The body ends in a tail expression (its value is the rank's result).
+    pub has_tail: bool,
+}
+
+pub fn body_facts(body: &str) -> BodyFacts {
+    let text = format!("fn __ranch_body() {{\n{body}\n}}");
+    let file = SourceFile::parse(&text, Edition::Edition2024).tree();
+    let mut facts = BodyFacts::default();
+    for token in file.syntax().descendants_with_tokens().filter_map(|e| e.into_token()) {
+        match token.kind() {
+            SyntaxKind::IDENT => {
+                facts.idents.insert(token.text().to_string());
+            }
+            SyntaxKind::QUESTION => facts.uses_question_mark = true,
+            _ => {}
+        }
+    }
+    // Macro bodies are token trees: `println!("{x}")` mentions `x` only inside a string.
+    for token in file.syntax().descendants_with_tokens().filter_map(|e| e.into_token()) {
+        if token.kind() == SyntaxKind::STRING {
+            for name in format_args_names(token.text()) {
+                facts.idents.insert(name);
+            }
+        }
+    }
+    facts.has_tail = file
+        .syntax()
+        .descendants()
+        .find_map(ast::Fn::cast)
+        .and_then(|f| f.body())
+        .and_then(|b| b.stmt_list())
+        .and_then(|l| l.tail_expr())
+        .is_some();
+    facts
+}
+
+/// Names used as inline format arguments: `{x}`, `{x:?}`, `{x:>8}`.
+fn format_args_names(literal: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = literal;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        if rest.starts_with('{') {
+            rest = &rest[1..];
+            continue;
+        }
+        let end = rest.find(['}', ':']).unwrap_or(rest.len());
+        let name = rest[..end].trim();
+        if !name.is_empty() && name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+        {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+/// A `%%ranch` cell body split into its leading `:dep` lines (rank-only dependencies, as
+/// `name = spec` lines for Cargo.toml) and the Rust that follows. Also returns the 1-based
+/// line of the cell body where the Rust starts.
+pub fn split_rank_deps(body: &str) -> Result<(Vec<String>, String, usize), String> {
+    let mut deps = Vec::new();
+    let mut skipped_lines = 0;
+    let mut offset = 0;
+    for line in body.split_inclusive('\n') {
+        let t = line.trim();
+        if let Some(spec) = t.strip_prefix(":dep ") {
+            deps.push(dep_line(spec.trim())?);
+        } else if !(t.is_empty() || t.starts_with("//")) {
+            break;
+        }
+        skipped_lines += 1;
+        offset += line.len();
+    }
+    Ok((deps, body[offset..].to_string(), skipped_lines + 1))
+}
+
+/// `:dep serde = { version = "1" }` → `serde = { version = "1" }`; `:dep regex` → `regex = "*"`.
+fn dep_line(spec: &str) -> Result<String, String> {
+    let (name, value) = match spec.split_once('=') {
+        Some((n, v)) => (n.trim(), v.trim().to_string()),
+        None => (spec, "\"*\"".to_string()),
+    };
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    if !valid || value.is_empty() {
+        return Err(format!("cannot read `:dep {spec}`: write `:dep name = \"version\"` or `:dep name = {{ ... }}`"));
+    }
+    Ok(format!("{name} = {value}"))
+}
+
+/// The `[profile.dev]` section of evcxr's Cargo.toml, verbatim: the rank program must be
+/// built with the same profile for cargo to reuse the session's compiled dependencies.
+pub fn profile_section(cargo_toml: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in cargo_toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == "[profile.dev]";
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIB_RS: &str = r#"#![allow(unused_imports, unused_mut, dead_code)]
+#![feature(test)]
+fn cube(x: usize) -> usize { x * x * x }
+#[derive(Debug, Clone)] struct Cfg { steps: usize }
+use std::collections::HashMap;
+impl Cfg { fn twice(&self) -> usize { 2 * self.steps } }
+struct EvcxrUserCodeError {}
+impl<T: std::fmt::Display> From<T> for EvcxrUserCodeError { fn from(_: T) -> Self { Self {} } }
+mod evcxr_internal_runtime { pub struct VariableStore; }
+#[unsafe(no_mangle)]
+pub extern "C" fn run_user_code_7(x: *mut u8) -> *mut u8 { x }
+"#;
+
+    #[test]
+    fn keeps_user_items_and_drops_evcxrs() {
+        let s = session_items(LIB_RS);
+        assert_eq!(s.inner_attrs, ["#![feature(test)]"]);
+        let all = s.items.join("\n");
+        assert!(all.contains("fn cube") && all.contains("struct Cfg") && all.contains("impl Cfg"));
+        assert!(all.contains("#[derive(Debug, Clone)]"), "attributes stay with their item");
+        assert!(all.contains("use std::collections::HashMap;"));
+        assert!(!all.contains("Evcxr") && !all.contains("run_user_code") && !all.contains("evcxr_internal"));
+        assert!(s.names.contains("cube") && s.names.contains("Cfg"));
+    }
+
+    #[test]
+    fn body_facts_find_identifiers_question_marks_and_tails() {
+        let f = body_facts("let r = ranch::rank();\nprintln!(\"{data:?} {}\", cfg.steps);\nr * scale");
+        for name in ["r", "ranch", "cfg", "scale", "data"] {
+            assert!(f.idents.contains(name), "{name} in {:?}", f.idents);
+        }
+        assert!(f.has_tail && !f.uses_question_mark);
+        let g = body_facts("let x: u8 = \"5\".parse()?;");
+        assert!(g.uses_question_mark && !g.has_tail);
+    }
+
+    #[test]
+    fn rank_deps_come_first() {
+        let (deps, rust, line) = split_rank_deps(":dep rand = \"0.8\"\n:dep itoa\n\nlet x = 1;\n:dep late").unwrap();
+        assert_eq!(deps, ["rand = \"0.8\"", "itoa = \"*\""]);
+        assert_eq!(rust, "let x = 1;\n:dep late");
+        assert_eq!(line, 4);
+        assert!(split_rank_deps(":dep = 1").is_err());
+    }
+
+    #[test]
+    fn profile_is_copied_verbatim() {
+        let toml = "[package]\nname=\"ctx\"\n[profile.dev]\nopt-level = 2\ndebug = false\n[dependencies]\nx = \"1\"\n";
+        assert_eq!(profile_section(toml), "[profile.dev]\nopt-level = 2\ndebug = false\n");
+    }
+}

@@ -1,0 +1,330 @@
+//! Watching ranks run: live, rank-labelled output; failure policy; timeout; interrupt;
+//! and what each rank ended with.
+
+use crate::args::{GroupOutputs, OnError, See};
+use crate::launch::kill_group;
+use nix::sys::signal::Signal;
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where rank output goes (the kernel publishes it to the notebook).
+pub trait RankSink: Sync {
+    /// Text made of whole lines, each already prefixed with its rank.
+    fn output(&self, stream: Stream, text: &str);
+    /// A rich output block of one rank.
+    fn display(&self, rank: usize, data: Map<String, Value>);
+}
+
+/// Set by an interrupt; the supervisor stops every rank when it sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub on_error: OnError,
+    pub timeout: Option<Duration>,
+    pub group_outputs: GroupOutputs,
+    pub see: See,
+}
+
+/// How one rank ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    Success,
+    Panicked { message: String, line: Option<usize> },
+    ExitCode(i32),
+    Signal(i32),
+    /// Stopped by the supervisor (another rank failed, timeout, interrupt).
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct RankReport {
+    pub ending: Ending,
+    /// The last lines it wrote (stdout and stderr), for error reports.
+    pub last_lines: VecDeque<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    Timeout { running: Vec<usize> },
+    Interrupted,
+    /// `--on-error abort`: this rank failed first.
+    RankFailed(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub ranks: Vec<RankReport>,
+    pub stopped: Option<StopReason>,
+    /// From first spawn to last exit.
+    pub elapsed: Duration,
+}
+
+enum Event {
+    Lines(usize, Stream, Vec<String>),
+    Display(usize, Map<String, Value>),
+    Exit(usize, std::io::Result<ExitStatus>),
+}
+
+const LAST_LINES: usize = 10;
+/// Between the polite signal and SIGKILL.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// Supervises `children` (rank i at index i) until all have exited. `panic_line` maps a
+/// rank's panic location (line in its main.rs) to a cell line.
+pub fn supervise(
+    children: Vec<Child>,
+    run_dir: &Path,
+    policy: &Policy,
+    sink: &dyn RankSink,
+    cancel: &Cancel,
+    panic_line: &dyn Fn(u32) -> Option<usize>,
+) -> RunReport {
+    let started = Instant::now();
+    let n = children.len();
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let (tx, rx) = mpsc::channel::<Event>();
+    for (rank, mut child) in children.into_iter().enumerate() {
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let t1 = tx.clone();
+            let t2 = tx.clone();
+            let r1 = std::thread::spawn(move || read_lines(out, rank, Stream::Stdout, &t1));
+            let r2 = std::thread::spawn(move || read_lines(err, rank, Stream::Stderr, &t2));
+            let status = child.wait();
+            // Every line the rank wrote is delivered before its exit.
+            let _ = (r1.join(), r2.join());
+            let _ = tx.send(Event::Exit(rank, status));
+        });
+    }
+    drop(tx);
+
+    let mut ranks: Vec<Option<RankReport>> = vec![None; n];
+    let mut last_lines: Vec<VecDeque<String>> = vec![VecDeque::new(); n];
+    let mut grouped: Vec<[String; 2]> = vec![[String::new(), String::new()]; n];
+    let mut stopped: Option<StopReason> = None;
+    let mut kill_at: Option<Instant> = None;
+    let deadline = policy.timeout.map(|t| started + t);
+
+    let stop_all = |sig: Signal, ranks: &[Option<RankReport>]| {
+        for (r, pid) in pids.iter().enumerate() {
+            if ranks[r].is_none() {
+                kill_group(*pid, sig);
+            }
+        }
+    };
+
+    while ranks.iter().any(Option::is_none) {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(Event::Lines(rank, stream, lines)) => {
+                let tail = &mut last_lines[rank];
+                for l in &lines {
+                    if tail.len() == LAST_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(l.clone());
+                }
+                if policy.see.shows(rank) {
+                    let text: String = lines.iter().map(|l| format!("[{rank}] {l}\n")).collect();
+                    match policy.group_outputs {
+                        GroupOutputs::Order => sink.output(stream, &text),
+                        GroupOutputs::Rank => grouped[rank][stream as usize].push_str(&text),
+                    }
+                }
+            }
+            Ok(Event::Display(rank, data)) => {
+                if policy.see.shows(rank) {
+                    sink.display(rank, data);
+                }
+            }
+            Ok(Event::Exit(rank, status)) => {
+                let ending = if stopped.is_some() && !matches!(stopped, Some(StopReason::RankFailed(r)) if r == rank) {
+                    ending_of(status, run_dir, rank, panic_line, true)
+                } else {
+                    ending_of(status, run_dir, rank, panic_line, false)
+                };
+                let failed = ending != Ending::Success && ending != Ending::Stopped;
+                ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]) });
+                if failed && policy.on_error == OnError::Abort && stopped.is_none() {
+                    stopped = Some(StopReason::RankFailed(rank));
+                    stop_all(Signal::SIGTERM, &ranks);
+                    kill_at = Some(Instant::now() + GRACE);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        if stopped.is_none() && cancel.is_cancelled() {
+            stopped = Some(StopReason::Interrupted);
+            stop_all(Signal::SIGINT, &ranks);
+            kill_at = Some(now + GRACE);
+        }
+        if stopped.is_none() && deadline.is_some_and(|d| now >= d) {
+            let running = (0..n).filter(|&r| ranks[r].is_none()).collect();
+            stopped = Some(StopReason::Timeout { running });
+            stop_all(Signal::SIGTERM, &ranks);
+            kill_at = Some(now + GRACE);
+        }
+        if kill_at.is_some_and(|k| now >= k) {
+            stop_all(Signal::SIGKILL, &ranks);
+            kill_at = None;
+        }
+    }
+    // Whatever a rank started is gone with it.
+    for pid in &pids {
+        kill_group(*pid, Signal::SIGKILL);
+    }
+    if policy.group_outputs == GroupOutputs::Rank {
+        for (out, err) in grouped.iter().map(|[o, e]| (o, e)) {
+            if !out.is_empty() {
+                sink.output(Stream::Stdout, out);
+            }
+            if !err.is_empty() {
+                sink.output(Stream::Stderr, err);
+            }
+        }
+    }
+    RunReport {
+        ranks: ranks.into_iter().map(|r| r.expect("every rank exited")).collect(),
+        stopped,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn ending_of(
+    status: std::io::Result<ExitStatus>,
+    run_dir: &Path,
+    rank: usize,
+    panic_line: &dyn Fn(u32) -> Option<usize>,
+    stopped_by_us: bool,
+) -> Ending {
+    let panic = std::fs::read(ranch::__rt::panic_path(run_dir, rank))
+        .ok()
+        .and_then(|b| rmp_serde::from_slice::<ranch::__rt::PanicReport>(&b).ok());
+    if let Some(p) = panic {
+        return Ending::Panicked { message: p.message, line: panic_line(p.line) };
+    }
+    match status {
+        Ok(s) if s.success() => Ending::Success,
+        _ if stopped_by_us => Ending::Stopped,
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => Ending::ExitCode(code),
+            (None, Some(sig)) => Ending::Signal(sig),
+            _ => Ending::ExitCode(-1),
+        },
+        Err(_) => Ending::ExitCode(-1),
+    }
+}
+
+/// Reads a rank's pipe in chunks, sending whole lines (a last unterminated line at EOF
+/// too). On stdout, evcxr-style display blocks become [`Event::Display`].
+fn read_lines(mut pipe: impl Read, rank: usize, stream: Stream, tx: &mpsc::Sender<Event>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut display = DisplayParser::default();
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) | Err(_) => 0,
+            Ok(n) => n,
+        };
+        if n == 0 {
+            if !pending.is_empty() {
+                let last = String::from_utf8_lossy(&pending).into_owned();
+                send_lines(vec![last], rank, stream, &mut display, tx);
+            }
+            return;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let Some(end) = pending.iter().rposition(|&b| b == b'\n') else { continue };
+        let complete: Vec<u8> = pending.drain(..=end).collect();
+        let text = String::from_utf8_lossy(&complete[..complete.len() - 1]).into_owned();
+        let lines = text.split('\n').map(str::to_string).collect();
+        send_lines(lines, rank, stream, &mut display, tx);
+    }
+}
+
+fn send_lines(lines: Vec<String>, rank: usize, stream: Stream, display: &mut DisplayParser, tx: &mpsc::Sender<Event>) {
+    if stream == Stream::Stderr {
+        let _ = tx.send(Event::Lines(rank, stream, lines));
+        return;
+    }
+    let mut text = Vec::new();
+    for line in lines {
+        match display.feed(line) {
+            Fed::Text(l) => text.push(l),
+            Fed::Consumed => {}
+            Fed::Block(data) => {
+                if !text.is_empty() {
+                    let _ = tx.send(Event::Lines(rank, stream, std::mem::take(&mut text)));
+                }
+                let _ = tx.send(Event::Display(rank, data));
+            }
+        }
+    }
+    if !text.is_empty() {
+        let _ = tx.send(Event::Lines(rank, stream, text));
+    }
+}
+
+#[derive(Default)]
+struct DisplayParser {
+    block: Option<(String, String)>,
+}
+
+enum Fed {
+    Text(String),
+    Consumed,
+    Block(Map<String, Value>),
+}
+
+impl DisplayParser {
+    fn feed(&mut self, line: String) -> Fed {
+        if let Some((mime, mut body)) = self.block.take() {
+            if line == "EVCXR_END_CONTENT" {
+                let mut data = Map::new();
+                data.insert(mime, Value::String(body));
+                return Fed::Block(data);
+            }
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            body.push_str(&line);
+            self.block = Some((mime, body));
+            return Fed::Consumed;
+        }
+        match line.strip_prefix("EVCXR_BEGIN_CONTENT ") {
+            Some(mime) => {
+                self.block = Some((mime.trim().to_string(), String::new()));
+                Fed::Consumed
+            }
+            None => Fed::Text(line),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Support for the code ranch generates: the export cell run in the notebook session, the
+//! rank program's `main`, and the cell that binds `--out`. Not a stable API.
+//!
+//! Values cross processes as MessagePack (`rmp-serde`): compact, and self-describing, so
+//! types that deserialize through `deserialize_any` (e.g. `serde_json::Value`) work too.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+
+/// Directory of one launch: `vars/` holds shipped variables, `rank-<r>.result` results.
+pub const RUN_DIR_ENV: &str = "RANCH_RUN_DIR";
+
+fn run_dir() -> PathBuf {
+    std::env::var_os(RUN_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| ".".into())
+}
+
+// Autoref specialisation: `(&Ship(&x)).ranch_encode()` serialises when `x: Serialize`
+// and otherwise reports the type, so one compile tells which variables can be shipped.
+
+pub struct Ship<'a, T: ?Sized>(pub &'a T);
+
+pub trait ViaSerialize {
+    fn ranch_encode(&self) -> Result<Vec<u8>, String>;
+}
+impl<T: Serialize + ?Sized> ViaSerialize for Ship<'_, T> {
+    fn ranch_encode(&self) -> Result<Vec<u8>, String> {
+        rmp_serde::to_vec(self.0).map_err(|e| format!("serialisation failed: {e}"))
+    }
+}
+
+pub trait ViaNothing {
+    fn ranch_encode(&self) -> Result<Vec<u8>, String>;
+}
+impl<T: ?Sized> ViaNothing for &Ship<'_, T> {
+    fn ranch_encode(&self) -> Result<Vec<u8>, String> {
+        Err("its type does not implement serde::Serialize".into())
+    }
+}
+
+pub trait DebugVia {
+    fn ranch_debug(&self) -> Option<String>;
+}
+impl<T: std::fmt::Debug + ?Sized> DebugVia for Ship<'_, T> {
+    fn ranch_debug(&self) -> Option<String> {
+        Some(format!("{:?}", self.0))
+    }
+}
+pub trait DebugNothing {
+    fn ranch_debug(&self) -> Option<String>;
+}
+impl<T: ?Sized> DebugNothing for &Ship<'_, T> {
+    fn ranch_debug(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Writes an exported variable (`<dir>/<name>.bin`), or why it cannot be shipped
+/// (`<dir>/<name>.err`). Called from the export cell in the notebook session.
+pub fn export(dir: &str, name: &str, encoded: Result<Vec<u8>, String>) {
+    let dir = Path::new(dir);
+    let result = match encoded {
+        Ok(bytes) => std::fs::write(dir.join(format!("{name}.bin")), bytes),
+        Err(why) => std::fs::write(dir.join(format!("{name}.err")), why),
+    };
+    if let Err(e) = result {
+        eprintln!("ranch: cannot write exported variable {name} to {}: {e}", dir.display());
+    }
+}
+
+/// Reads a shipped variable in a rank program.
+pub fn load<T: DeserializeOwned>(name: &str, type_name: &str) -> T {
+    let path = run_dir().join("vars").join(format!("{name}.bin"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: cannot read variable `{name}` ({}): {e}", path.display()));
+    rmp_serde::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("ranch: cannot decode variable `{name}: {type_name}`: {e}"))
+}
+
+/// What a rank reports about its tail value.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RankResult {
+    pub type_name: String,
+    /// `Debug` text, when the type is `Debug`.
+    pub debug: Option<String>,
+    /// MessagePack bytes, when the type is `Serialize`.
+    pub value: Option<Vec<u8>>,
+}
+
+pub fn result_path(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!("rank-{rank}.result"))
+}
+
+pub fn panic_path(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!("rank-{rank}.panic"))
+}
+
+/// Records this rank's tail value for the kernel.
+pub fn emit(type_name: &str, debug: Option<String>, value: Result<Vec<u8>, String>) {
+    let result = RankResult { type_name: type_name.to_string(), debug, value: value.ok() };
+    let path = result_path(&run_dir(), crate::rank());
+    let bytes = rmp_serde::to_vec(&result).expect("RankResult serialises");
+    if let Err(e) = std::fs::write(&path, bytes) {
+        eprintln!("ranch: cannot write the result to {}: {e}", path.display());
+        std::process::exit(3);
+    }
+}
+
+/// Where and why a rank panicked, for the kernel's error report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PanicReport {
+    pub message: String,
+    pub file: String,
+    pub line: u32,
+}
+
+/// Records panics in a file the kernel reads, instead of printing Rust's report with
+/// locations in generated code.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
+            s.to_string()
+        } else if let Some(s) = info.payload().downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "Box<dyn Any>".to_string()
+        };
+        let (file, line) = info.location().map(|l| (l.file().to_string(), l.line())).unwrap_or_default();
+        let report = PanicReport { message, file, line };
+        let written = rmp_serde::to_vec(&report)
+            .ok()
+            .and_then(|b| std::fs::write(panic_path(&run_dir(), crate::rank()), b).ok());
+        if written.is_none() {
+            eprintln!("panicked: {}", report.message);
+        }
+    }));
+}
+
+/// The gathered values of a launch, in rank order: binds `--out NAME` in the session.
+pub fn collect<T: DeserializeOwned>(dir: &str, world_size: usize) -> Vec<T> {
+    (0..world_size)
+        .map(|r| {
+            let path = result_path(Path::new(dir), r);
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: no result of rank {r}: {e}"));
+            let result: RankResult = rmp_serde::from_slice(&bytes).expect("ranch: corrupt result file");
+            let value = result.value.unwrap_or_else(|| panic!("ranch: rank {r}'s value ({}) is not Serialize", result.type_name));
+            rmp_serde::from_slice(&value)
+                .unwrap_or_else(|e| panic!("ranch: rank {r}'s value does not decode as the requested type: {e}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specialisation_picks_serialize_when_available() {
+        struct Opaque;
+        assert!((&Ship(&vec![1u8, 2])).ranch_encode().is_ok());
+        assert!((&Ship(&Opaque)).ranch_encode().is_err());
+        assert_eq!((&Ship(&3u8)).ranch_debug().as_deref(), Some("3"));
+        assert_eq!((&Ship(&Opaque)).ranch_debug(), None);
+    }
+
+    #[test]
+    fn values_round_trip_through_export_and_collect() {
+        let dir = std::env::temp_dir().join(format!("ranch-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (r, v) in [(0usize, vec![1.5f64]), (1, vec![2.5, 3.5])] {
+            let res = RankResult { type_name: "Vec<f64>".into(), debug: None, value: Some(rmp_serde::to_vec(&v).unwrap()) };
+            std::fs::write(result_path(&dir, r), rmp_serde::to_vec(&res).unwrap()).unwrap();
+        }
+        let got: Vec<Vec<f64>> = collect(dir.to_str().unwrap(), 2);
+        assert_eq!(got, vec![vec![1.5], vec![2.5, 3.5]]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
