@@ -197,16 +197,30 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
     }
 }
 
-/// `--out res: Vec<f64>` arrives as two tokens; `--out` takes them as one value.
+/// `--out res: (u8, String)` arrives as several tokens; `--out` takes them as one value:
+/// the token after `NAME:`, and more until the type's brackets balance.
 fn join_out_type(tokens: Vec<String>) -> Vec<String> {
+    let depth = |s: &str| {
+        s.chars().fold(0i32, |d, c| match c {
+            '(' | '<' | '[' => d + 1,
+            ')' | '>' | ']' => d - 1,
+            _ => d,
+        })
+    };
     let mut out: Vec<String> = Vec::with_capacity(tokens.len());
     let mut iter = tokens.into_iter().peekable();
-    while let Some(t) = iter.next() {
-        let after_out = out.last().is_some_and(|p| p == "--out");
-        if after_out && t.ends_with(':') {
-            if let Some(ty) = iter.next_if(|n| !n.starts_with("--")) {
-                out.push(format!("{t} {ty}"));
-                continue;
+    while let Some(mut t) = iter.next() {
+        if out.last().is_some_and(|p| p == "--out") {
+            if t.ends_with(':') {
+                if let Some(ty) = iter.next_if(|n| !n.starts_with("--")) {
+                    t = format!("{t} {ty}");
+                }
+            }
+            while depth(&t) > 0 {
+                match iter.next_if(|n| !n.starts_with("--")) {
+                    Some(more) => t = format!("{t} {more}"),
+                    None => break,
+                }
             }
         }
         out.push(t);
@@ -260,6 +274,8 @@ mod tests {
         assert_eq!(run("2 --out r:u8").out.unwrap().ty.as_deref(), Some("u8"));
         assert_eq!(run("2 --out 'r: (u8, String)'").out.unwrap().ty.as_deref(), Some("(u8, String)"));
         assert_eq!(run("2 --out r").out.unwrap().ty, None);
+        assert_eq!(run("2 --out r: (u8, String) --see 0").out.unwrap().ty.as_deref(), Some("(u8, String)"));
+        assert_eq!(run("2 --out r:HashMap<String, Vec<u8>>").out.unwrap().ty.as_deref(), Some("HashMap<String, Vec<u8>>"));
     }
 
     #[test]

@@ -10,3 +10,4 @@ pub mod build;
 pub mod launch;
 pub mod supervise;
 pub mod merge;
+pub mod gpus;

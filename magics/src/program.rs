@@ -149,6 +149,20 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
     }
 }
 
+/// A type name from the rank program (`std::any::type_name`) as the notebook session
+/// would write it: the session's own items are at the crate root, and `alloc`/`core`
+/// paths are reachable through `std`.
+pub fn session_type_name(rank_type: &str) -> String {
+    rank_type
+        .replace(&format!("{PACKAGE}::"), "")
+        .replace("alloc::vec::Vec", "Vec")
+        .replace("alloc::string::String", "String")
+        .replace("alloc::boxed::Box", "Box")
+        .replace("core::option::Option", "Option")
+        .replace("alloc::", "std::")
+        .replace("core::", "std::")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +190,14 @@ mod tests {
         assert_eq!(p.cell_line(p.body_line + 2), None);
         assert!(p.cargo_toml.contains("ranch = { path = \"/r\" }\n"));
         assert!(p.cargo_toml.contains("[profile.dev]\nopt-level = 2\n"));
+    }
+
+    #[test]
+    fn rank_type_names_become_session_type_names() {
+        assert_eq!(session_type_name("alloc::vec::Vec<f64>"), "Vec<f64>");
+        assert_eq!(session_type_name("(usize, alloc::string::String)"), "(usize, String)");
+        assert_eq!(session_type_name("ranch_rank::Point"), "Point");
+        assert_eq!(session_type_name("core::option::Option<ranch_rank::geo::P>"), "Option<geo::P>");
     }
 
     #[test]

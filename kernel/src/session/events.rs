@@ -37,15 +37,22 @@ pub struct CurrentCell {
 }
 
 impl CurrentCell {
-    pub fn begin(&self, sink: Arc<dyn OutputSink>) -> u64 {
+    /// Routes output to `sink` until [`end`](Self::end).
+    pub fn begin(&self, sink: Arc<dyn OutputSink>) {
         *self.sink.lock().unwrap() = Some(sink);
-        *self.panic.lock().unwrap() = None;
+    }
+
+    pub fn end(&self) {
+        *self.sink.lock().unwrap() = None;
+    }
+
+    /// How many runs the child has finished so far (see [`wait_done`](Self::wait_done)).
+    pub fn done_count(&self) -> u64 {
         *self.done.0.lock().unwrap()
     }
 
-    /// Ends the cell; returns its panic message, if it panicked.
-    pub fn end(&self) -> Option<String> {
-        *self.sink.lock().unwrap() = None;
+    /// The message of the panic reported since the last call, if any.
+    pub fn take_panic(&self) -> Option<String> {
         self.panic.lock().unwrap().take()
     }
 

@@ -8,7 +8,9 @@ mod child;
 mod events;
 mod kernel_stderr;
 mod procs;
+mod ranch;
 mod render;
+mod runtime_crate;
 
 use crate::interpreter::{
     CellContext, CellError, CellOutcome, Completeness, Completions, Interpreter, Interrupter, MimeBundle,
@@ -32,6 +34,10 @@ struct RunState {
     /// Whether the interrupt stopped a build (the child and its variables survive).
     stopped_build: AtomicBool,
     child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
+    /// Set while a `%%ranch` cell's ranks run.
+    ranch_cancel: Mutex<Option<ranch_magics::supervise::Cancel>>,
+    /// Set while a `%%ranch` cell's rank program builds.
+    ranch_build: Mutex<Option<ranch_magics::build::BuildHandle>>,
 }
 
 struct EvcxrInterrupter(Arc<RunState>);
@@ -43,6 +49,15 @@ impl Interrupter for EvcxrInterrupter {
             return;
         }
         state.interrupted.store(true, Ordering::SeqCst);
+        // A `%%ranch` cell: stop its ranks or its build; the session is not touched.
+        if let Some(cancel) = &*state.ranch_cancel.lock().unwrap() {
+            cancel.cancel();
+            return;
+        }
+        if let Some(build) = &*state.ranch_build.lock().unwrap() {
+            build.stop();
+            return;
+        }
         // evcxr has no interrupt: stop a build if one runs, else the child running the code
         // (evcxr then restarts it, and the session's variables are gone).
         if procs::kill_cargo_builds() {
@@ -61,6 +76,9 @@ pub struct EvcxrSession {
     cell: Arc<CurrentCell>,
     run: Arc<RunState>,
     listener: Option<Listener>,
+    ranch: ranch::RanchState,
+    /// Bumped by every plain cell: the session's items may have changed.
+    generation: u64,
 }
 
 impl EvcxrSession {
@@ -77,7 +95,15 @@ impl EvcxrSession {
                 None
             }
         };
-        Ok(EvcxrSession { ctx: None, start_error: None, cell, run: Default::default(), listener })
+        Ok(EvcxrSession {
+            ctx: None,
+            start_error: None,
+            cell,
+            run: Default::default(),
+            listener,
+            ranch: Default::default(),
+            generation: 0,
+        })
     }
 
     fn context(&mut self) -> Result<&mut CommandContext, CellError> {
@@ -136,7 +162,8 @@ impl EvcxrSession {
             None => String::new(),
         };
         let mut callbacks = EvalCallbacks { input_reader: &|req| read_input(&req.prompt, req.is_password) };
-        let seen = cell.begin(cx.sink.clone());
+        let _ = cell.take_panic();
+        let seen = cell.done_count();
         run.interrupted.store(false, Ordering::SeqCst);
         run.stopped_build.store(false, Ordering::SeqCst);
         run.running.store(true, Ordering::SeqCst);
@@ -146,17 +173,24 @@ impl EvcxrSession {
         // Everything the cell wrote was sent before `Done`; wait for it so the cell's output
         // precedes its reply.
         cell.wait_done(seen, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
-        let panic = cell.end();
-        (result, panic)
-    }
-}
-
-impl Interpreter for EvcxrSession {
-    fn warm_up(&mut self) {
-        let _ = self.context();
+        (result, cell.take_panic())
     }
 
-    fn execute(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
+    fn execute_cell(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
+        if ranch::is_ranch_cell(code) {
+            return self.run_ranch(code, cx);
+        }
+        if let Some(magic) = unknown_magic(code) {
+            return Err(CellError::new(
+                "UsageError",
+                format!("unknown magic `{magic}`: ranch has `%%ranch N` (see `%%ranch --help`)"),
+            ));
+        }
+        self.generation += 1;
+        // Plain cells may call the runtime too (a world of one outside %%ranch).
+        if code.contains("ranch::") {
+            self.ensure_runtime()?;
+        }
         let prepared = syntax::with_stdout_flush(code);
         let (result, panic) = self.run_evcxr(&prepared.code, cx);
         let interrupted = self.run.interrupted.load(Ordering::SeqCst);
@@ -209,6 +243,20 @@ impl Interpreter for EvcxrSession {
             Err(e) => Err(CellError::new("Error", e.to_string().trim().to_string())),
         }
     }
+}
+
+impl Interpreter for EvcxrSession {
+    fn warm_up(&mut self) {
+        let _ = self.context();
+    }
+
+    fn execute(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
+        // Everything the cell causes, evcxr's own builds included, goes to this cell.
+        self.cell.begin(cx.sink.clone());
+        let outcome = self.execute_cell(code, cx);
+        self.cell.end();
+        outcome
+    }
 
     fn complete(&mut self, code: &str, cursor: usize) -> Completions {
         let Ok(ctx) = self.context() else { return Completions::default() };
@@ -256,6 +304,12 @@ impl Interpreter for EvcxrSession {
         }
         self.listener = None;
     }
+}
+
+/// A `%magic` or `%%magic` ranch does not know (Rust code never starts with `%`).
+fn unknown_magic(code: &str) -> Option<&str> {
+    let first = code.trim_start().lines().next()?;
+    first.starts_with('%').then(|| first.split_whitespace().next().unwrap_or(first))
 }
 
 /// evcxr's result: one entry per MIME type; JSON types carry JSON, not text.

@@ -1,0 +1,385 @@
+//! `%%ranch N`: the evcxr side. Ships the cell's variables out of the session, snapshots
+//! the session's items and dependencies, and hands the rest to `ranch_magics`: build once,
+//! launch N ranks, supervise, merge. Binds `--out` back into the session.
+
+use super::EvcxrSession;
+use crate::interpreter::{CellContext, CellError, CellOutcome, MimeBundle, Stream};
+use ranch_magics::args::{self, Parsed, RanchArgs};
+use ranch_magics::build::{self, BuildError, Toolchain};
+use ranch_magics::launch::{LaunchPlan, Launcher, LocalSpawner, free_port};
+use ranch_magics::program::{self, CellProgram, SessionSnapshot, Shipped};
+use ranch_magics::supervise::{self, Cancel, Policy, RankSink};
+use ranch_magics::{merge, source};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Per-kernel state of the magic.
+#[derive(Default)]
+pub(super) struct RanchState {
+    /// `ranch` is a dependency of the session.
+    runtime_added: bool,
+    /// The session's items and deps, with the session generation they were read at.
+    snapshot: Option<(u64, SessionSnapshot)>,
+    toolchain: Option<(Toolchain, String)>,
+    launches: u64,
+    dir: Option<tempdir::Dir>,
+}
+
+mod tempdir {
+    /// A directory removed when the kernel's session ends.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> CellError {
+    CellError::new("UsageError", msg)
+}
+
+/// The magic's own failures (not the cell's).
+fn ranch_error(msg: impl Into<String>) -> CellError {
+    CellError::new("RanchError", msg)
+}
+
+/// Whether a cell is a `%%ranch` cell.
+pub fn is_ranch_cell(code: &str) -> bool {
+    code.trim_start().starts_with("%%ranch")
+}
+
+struct SinkAdapter<'a>(&'a CellContext);
+
+impl RankSink for SinkAdapter<'_> {
+    fn output(&self, stream: supervise::Stream, text: &str) {
+        let s = match stream {
+            supervise::Stream::Stdout => Stream::Stdout,
+            supervise::Stream::Stderr => Stream::Stderr,
+        };
+        self.0.sink.stream(s, text);
+    }
+    fn display(&self, rank: usize, data: Map<String, Value>) {
+        let mut meta = MimeBundle::new();
+        meta.insert("ranch".into(), serde_json::json!({ "rank": rank }));
+        self.0.sink.display(data, meta);
+    }
+}
+
+impl EvcxrSession {
+    /// Adds the embedded `ranch` crate to the session once (cells may call it too).
+    pub(super) fn ensure_runtime(&mut self) -> Result<(), CellError> {
+        if self.ranch.runtime_added {
+            return Ok(());
+        }
+        let dir = super::runtime_crate::unpack()
+            .map_err(|e| ranch_error(format!("cannot unpack the ranch runtime crate: {e}")))?;
+        let dep = format!(":dep ranch = {{ path = {:?} }}", dir.to_string_lossy());
+        let ctx = self.context()?;
+        ctx.execute(&dep)
+            .map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
+        self.ranch.runtime_added = true;
+        Ok(())
+    }
+
+    fn session_dir(&mut self) -> Result<PathBuf, CellError> {
+        if self.ranch.dir.is_none() {
+            let dir = std::env::temp_dir().join(format!("ranch-session-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).map_err(|e| ranch_error(format!("cannot create {}: {e}", dir.display())))?;
+            self.ranch.dir = Some(tempdir::Dir(dir));
+        }
+        Ok(self.ranch.dir.as_ref().expect("set above").0.clone())
+    }
+
+    pub(super) fn run_ranch(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
+        let code = code.trim_start();
+        let (magic_line, body) = code.split_once('\n').unwrap_or((code, ""));
+        let magic_args = magic_line.trim_start_matches("%%ranch");
+        let args = match args::parse(magic_args).map_err(|e| usage(e.0))? {
+            Parsed::Help(text) => {
+                cx.sink.stream(Stream::Stdout, &text);
+                return Ok(None);
+            }
+            Parsed::Run(a) => a,
+        };
+        let (rank_deps, rust, rust_line) = source::split_rank_deps(body).map_err(usage)?;
+        let facts = source::body_facts(&rust);
+        if args.ctx.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(usage("--ctx needs an expression, e.g. --ctx 'setup()'"));
+        }
+        self.ensure_runtime()?;
+
+        // Which session variables go to the ranks.
+        let ctx = self.context()?;
+        let session_vars: Vec<(String, String)> =
+            ctx.variables_and_types().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        for name in &args.share {
+            if !session_vars.iter().any(|(n, _)| n == name) {
+                return Err(usage(format!("--share {name}: the session has no variable `{name}`")));
+            }
+        }
+        let mentioned = |n: &str| {
+            facts.idents.contains(n)
+                || args.share.iter().any(|s| s == n)
+                || args.ctx.as_deref().is_some_and(|c| source::body_facts(c).idents.contains(n))
+        };
+        let shipped: Vec<Shipped> = session_vars
+            .iter()
+            .filter(|(n, _)| mentioned(n))
+            .map(|(n, t)| Shipped { name: n.clone(), ty: t.clone() })
+            .collect();
+
+        self.ranch.launches += 1;
+        let run_dir = self.session_dir()?.join(format!("run-{}", self.ranch.launches));
+        let vars_dir = run_dir.join("vars");
+        std::fs::create_dir_all(&vars_dir).map_err(|e| ranch_error(format!("cannot create {}: {e}", vars_dir.display())))?;
+        let _cleanup = tempdir::Dir(run_dir.clone());
+
+        let snapshot = self.export_and_snapshot(&shipped, &vars_dir)?;
+        let cell = CellProgram {
+            body: rust,
+            body_cell_line: rust_line + 1, // the magic line is line 1
+            rank_deps,
+            shipped,
+            ctx: args.ctx.clone(),
+            uses_question_mark: facts.uses_question_mark,
+        };
+        let program = program::generate(&snapshot, &cell);
+        let exe = self.build_rank_program(&program, cx, code)?;
+        let (shown, types) = self.launch(&args, &exe, &run_dir, &program, cx)?;
+        if let Some(out) = &args.out {
+            self.bind_out(out, &types, &run_dir, args.n)?;
+        }
+        Ok(shown)
+    }
+
+    /// Writes the shipped variables with one evcxr compile, which also refreshes the item
+    /// snapshot (`last_source`). Skipped when nothing is shipped and the session has not
+    /// changed since the last snapshot.
+    fn export_and_snapshot(&mut self, shipped: &[Shipped], vars_dir: &Path) -> Result<SessionSnapshot, CellError> {
+        let generation = self.generation;
+        if shipped.is_empty() {
+            if let Some((g, snap)) = &self.ranch.snapshot {
+                if *g == generation {
+                    return Ok(snap.clone());
+                }
+            }
+        }
+        let mut export = String::from("{ use ranch::__rt::{ViaNothing as _, ViaSerialize as _};\n");
+        for v in shipped {
+            export.push_str(&format!(
+                "ranch::__rt::export({:?}, {:?}, (&ranch::__rt::Ship(&{})).ranch_encode());\n",
+                vars_dir.to_string_lossy(),
+                v.name,
+                v.name
+            ));
+        }
+        export.push_str("};");
+        let ctx = self.context()?;
+        ctx.execute(&export).map_err(|e| {
+            ranch_error(format!("could not export the cell's variables from the session: {}", e.to_string().trim()))
+        })?;
+        let unshippable: Vec<String> = shipped
+            .iter()
+            .filter_map(|v| {
+                let why = std::fs::read_to_string(vars_dir.join(format!("{}.err", v.name))).ok()?;
+                Some(format!("`{}: {}` ({why})", v.name, v.ty))
+            })
+            .collect();
+        if !unshippable.is_empty() {
+            return Err(CellError::new(
+                "UnshippableVariable",
+                format!(
+                    "these session variables are used by the cell but cannot be sent to the ranks: {}. \
+                     Derive serde's Serialize and Deserialize for their types (`:dep serde = {{ version = \"1\", features = [\"derive\"] }}`), \
+                     or build the value inside the cell. Nothing was launched.",
+                    unshippable.join(", ")
+                ),
+            ));
+        }
+        let lib_rs = ctx.last_source().map_err(|e| ranch_error(format!("cannot read the session's source: {e}")))?;
+        let deps_text = ctx
+            .execute(":show_deps")
+            .ok()
+            .and_then(|o| o.get("text/plain").map(str::to_string))
+            .unwrap_or_default();
+        let tmpdir = self.evcxr_dir()?;
+        let profile = std::fs::read_to_string(tmpdir.join("Cargo.toml")).map(|t| source::profile_section(&t)).unwrap_or_default();
+        let snap = SessionSnapshot {
+            items: source::session_items(&lib_rs),
+            deps: deps_text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
+            profile,
+        };
+        self.ranch.snapshot = Some((generation, snap.clone()));
+        Ok(snap)
+    }
+
+    fn evcxr_dir(&mut self) -> Result<PathBuf, CellError> {
+        let ctx = self.context()?;
+        let out = ctx.execute(":last_compile_dir").map_err(|e| ranch_error(e.to_string()))?;
+        Ok(PathBuf::from(out.get("text/plain").unwrap_or_default().trim()))
+    }
+
+    fn toolchain(&mut self) -> Result<(Toolchain, String), CellError> {
+        if let Some(t) = &self.ranch.toolchain {
+            return Ok(t.clone());
+        }
+        let tmpdir = self.evcxr_dir()?;
+        let rustc = |args: &[&str]| -> Result<String, CellError> {
+            let out = std::process::Command::new("rustc")
+                .args(args)
+                .output()
+                .map_err(|e| ranch_error(format!("cannot run rustc: {e}")))?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let triple = rustc(&["-vV"])?
+            .lines()
+            .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+            .ok_or_else(|| ranch_error("rustc -vV did not name the host target"))?;
+        let sysroot = rustc(&["--print", "sysroot"])?.trim().to_string();
+        let ctx = self.context()?;
+        let linker = ctx.execute(":linker").ok().and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
+        let mut rustflags = String::from("-Cprefer-dynamic");
+        if linker.contains("lld") {
+            rustflags.push_str(" -Clink-arg=-fuse-ld=lld");
+        }
+        let tools = Toolchain {
+            cargo: PathBuf::from("cargo"),
+            target_dir: tmpdir.join("target"),
+            target_triple: triple.clone(),
+            rustflags,
+            lockfile: Some(tmpdir.join("Cargo.lock")),
+        };
+        // Rank programs link the toolchain's libstd dynamically, as evcxr's cells do.
+        let libdir = format!("{sysroot}/lib/rustlib/{triple}/lib");
+        self.ranch.toolchain = Some((tools, libdir));
+        Ok(self.ranch.toolchain.clone().expect("set above"))
+    }
+
+    /// Builds the rank program once; an identical program reuses its artifact.
+    fn build_rank_program(&mut self, program: &program::RankProgram, cx: &CellContext, cell: &str) -> Result<PathBuf, CellError> {
+        let (tools, _) = self.toolchain()?;
+        let session_dir = self.session_dir()?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&(&program.cargo_toml, &program.main_rs), &mut hasher);
+        let artifact = session_dir.join("artifacts").join(format!("{:016x}", std::hash::Hasher::finish(&hasher)));
+        if artifact.exists() {
+            return Ok(artifact);
+        }
+        let handle = build::BuildHandle::default();
+        *self.run.ranch_build.lock().unwrap() = Some(handle.clone());
+        self.run.running.store(true, Ordering::SeqCst);
+        let sink = cx.sink.clone();
+        let progress = move |line: &str| sink.stream(Stream::Stderr, &format!("{line}\n"));
+        let built = build::build(program, &session_dir.join("rank-crate"), &tools, &handle, &progress);
+        self.run.running.store(false, Ordering::SeqCst);
+        *self.run.ranch_build.lock().unwrap() = None;
+        let exe = match built {
+            Ok(exe) => exe,
+            Err(BuildError::Compile(diags)) => {
+                return Err(CellError {
+                    ename: "CompilationError".into(),
+                    evalue: diags[0].summary(),
+                    traceback: diags.iter().map(|d| d.render(cell)).collect(),
+                });
+            }
+            Err(BuildError::Stopped) => {
+                return Err(CellError::new("Interrupted", "Interrupted while building the rank program; nothing was launched. The session is unchanged."));
+            }
+            Err(BuildError::Failed(msg)) => return Err(ranch_error(msg)),
+        };
+        std::fs::create_dir_all(artifact.parent().expect("has parent"))
+            .and_then(|_| std::fs::copy(&exe, &artifact))
+            .map_err(|e| ranch_error(format!("cannot keep the built rank program: {e}")))?;
+        Ok(artifact)
+    }
+
+    fn launch(
+        &mut self,
+        args: &RanchArgs,
+        exe: &Path,
+        run_dir: &Path,
+        program: &program::RankProgram,
+        cx: &CellContext,
+    ) -> Result<(Option<MimeBundle>, Vec<String>), CellError> {
+        let (_, libdir) = self.toolchain()?;
+        let master_addr = "127.0.0.1".to_string();
+        let master_port = free_port(&master_addr).map_err(|e| ranch_error(format!("no free port for MASTER_PORT: {e}")))?;
+        let gpus = ranch_magics::gpus::assign(&args.gpus, args.gpu_visibility, args.n).map_err(usage)?;
+        let plan = LaunchPlan {
+            exe: exe.to_path_buf(),
+            world_size: args.n,
+            run_dir: run_dir.to_path_buf(),
+            master_addr,
+            master_port,
+            env: vec![("LD_LIBRARY_PATH".into(), join_paths(&libdir))],
+            rank_env: gpus,
+        };
+        let policy = Policy {
+            on_error: args.on_error,
+            timeout: args.timeout.map(Duration::from_secs_f64),
+            group_outputs: args.group_outputs,
+            see: args.see.clone(),
+        };
+        let cancel = Cancel::default();
+        *self.run.ranch_cancel.lock().unwrap() = Some(cancel.clone());
+        self.run.running.store(true, Ordering::SeqCst);
+        let report = LocalSpawner.launch(&plan).map(|children| {
+            let panic_line = |line: u32| program.cell_line(line as usize);
+            supervise::supervise(children, run_dir, &policy, &SinkAdapter(cx), &cancel, &panic_line)
+        });
+        self.run.running.store(false, Ordering::SeqCst);
+        *self.run.ranch_cancel.lock().unwrap() = None;
+        let report = report.map_err(|e| ranch_error(format!("cannot start the ranks ({}): {e}", exe.display())))?;
+        if let Some((evalue, traceback)) = merge::failure(&report) {
+            let ename = if report.stopped == Some(supervise::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
+            return Err(CellError { ename: ename.into(), evalue, traceback });
+        }
+        let results = merge::read_results(run_dir, args.n).map_err(ranch_error)?;
+        if args.out.is_some() {
+            if let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()") {
+                return Err(ranch_error(format!(
+                    "--out needs values that are Serialize + Deserialize, but rank {r} returned a `{}`",
+                    results[r].type_name
+                )));
+            }
+        }
+        let types = results.iter().map(|r| r.type_name.clone()).collect();
+        Ok((merge::result_bundle(&results), types))
+    }
+
+    /// `let NAME: Vec<T> = ...` in the session, T given or read from the ranks' values.
+    fn bind_out(&mut self, out: &args::Out, types: &[String], run_dir: &Path, n: usize) -> Result<(), CellError> {
+        let inferred = types.first().map(|t| program::session_type_name(t));
+        let ty = match (&out.ty, inferred) {
+            (Some(t), _) => t.clone(),
+            (None, Some(t)) => t,
+            (None, None) => return Err(ranch_error("--out: the ranks returned no value")),
+        };
+        let code = format!(
+            "let {name}: Vec<{ty}> = ranch::__rt::collect::<{ty}>({dir:?}, {n});",
+            name = out.name,
+            dir = run_dir.to_string_lossy()
+        );
+        let ctx = self.context()?;
+        ctx.execute(&code).map_err(|e| {
+            ranch_error(format!(
+                "the ranks ran, but `{}` could not be bound as Vec<{ty}>: {}. State the type: --out {}: T",
+                out.name,
+                e.to_string().trim(),
+                out.name
+            ))
+        })?;
+        self.generation += 1;
+        Ok(())
+    }
+}
+
+fn join_paths(first: &str) -> String {
+    match std::env::var("LD_LIBRARY_PATH") {
+        Ok(rest) if !rest.is_empty() => format!("{first}:{rest}"),
+        _ => first.to_string(),
+    }
+}

@@ -1,0 +1,67 @@
+//! The `ranch` runtime crate, embedded in the kernel binary so an installed kernel works
+//! without the source checkout: unpacked once per version into the user's cache, and
+//! added to notebook sessions as a path dependency.
+
+use std::path::PathBuf;
+
+/// (path inside the crate, contents)
+const FILES: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../../../runtime/Cargo.toml")),
+    ("src/lib.rs", include_str!("../../../runtime/src/lib.rs")),
+    ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
+    ("src/shard.rs", include_str!("../../../runtime/src/shard.rs")),
+    ("src/__rt.rs", include_str!("../../../runtime/src/__rt.rs")),
+];
+
+fn cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("RANCH_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("ranch"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/ranch"),
+    }
+}
+
+/// Unpacks the crate (if this version is not there yet) and returns its directory.
+pub fn unpack() -> std::io::Result<PathBuf> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(FILES, &mut hasher);
+    let dir = cache_root().join(format!("runtime-{:016x}", std::hash::Hasher::finish(&hasher)));
+    if dir.join("Cargo.toml").exists() {
+        return Ok(dir);
+    }
+    // Unpack beside the final place and rename, so a half-written crate is never used.
+    let staging = dir.with_extension(format!("tmp{}", std::process::id()));
+    for (path, text) in FILES {
+        let target = staging.join(path);
+        std::fs::create_dir_all(target.parent().expect("has a parent"))?;
+        std::fs::write(target, text)?;
+    }
+    match std::fs::rename(&staging, &dir) {
+        Ok(()) => Ok(dir),
+        Err(_) if dir.join("Cargo.toml").exists() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(dir)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_runtime_source_file_is_embedded() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(src)
+            .unwrap()
+            .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = FILES.iter().filter(|(p, _)| p.starts_with("src/")).map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "add new runtime files to FILES");
+    }
+}

@@ -1,0 +1,272 @@
+"""`%%ranch N` through a real Jupyter client: real rank processes, real merging."""
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import execute, start, stop
+
+
+def rank_processes():
+    """Rank programs still alive (they run from a ranch session's artifacts dir)."""
+    out = subprocess.run(["pgrep", "-af", "ranch-session-.*/artifacts/"], capture_output=True, text=True).stdout
+    return [l for l in out.splitlines() if "pgrep" not in l]
+
+
+@pytest.fixture(autouse=True)
+def no_rank_survives():
+    yield
+    deadline = time.monotonic() + 5
+    while rank_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rank_processes() == []
+
+
+@pytest.fixture(scope="module")
+def kc():
+    km, kc = start()
+    setup = execute(kc, ':dep serde = { version = "1", features = ["derive"] }', timeout=300)
+    assert setup.reply["content"]["status"] == "ok", setup.error_text()
+    yield kc
+    stop(km, kc)
+
+
+def ok(run):
+    assert run.reply["content"]["status"] == "ok", run.error_text() or run.reply["content"]
+    return run
+
+
+def test_four_ranks_print_and_return(kc):
+    run = ok(execute(kc, '%%ranch 4\nlet r = ranch::rank();\nprintln!("hello from {r} of {}", ranch::world_size());\nr * r',
+                     timeout=300))
+    assert sorted(run.stream().splitlines()) == [f"[{r}] hello from {r} of 4" for r in range(4)]
+    assert run.result() == "[0, 1, 4, 9]"
+    html = run.result("text/html")
+    assert "<td>3</td>" in html and "<pre>9</pre>" in html
+
+
+def test_ranks_get_the_launch_environment(kc):
+    code = ('%%ranch 2\nlet v = |k: &str| std::env::var(k).unwrap();\n'
+            '(v("RANK"), v("LOCAL_RANK"), v("WORLD_SIZE"), v("LOCAL_WORLD_SIZE"), v("MASTER_ADDR"), v("MASTER_PORT"), std::process::id())')
+    first = ok(execute(kc, code)).result()
+    second = ok(execute(kc, code)).result()
+    rows = re.findall(r'\("(\d)", "(\d)", "2", "2", "127.0.0.1", "(\d+)", (\d+)\)', first)
+    assert [(r, l) for r, l, _, _ in rows] == [("0", "0"), ("1", "1")]
+    assert rows[0][2] == rows[1][2], "one MASTER_PORT per run"
+    assert rows[0][3] != rows[1][3], "separate processes"
+    port2 = re.findall(r'"127.0.0.1", "(\d+)"', second)[0]
+    assert port2 != rows[0][2], "a free port per run"
+
+
+def test_session_items_and_variables_are_shipped(kc):
+    ok(execute(kc, '#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]\n'
+                   'struct Cfg { scale: f64, name: String }\nfn scaled(c: &Cfg, x: f64) -> f64 { c.scale * x }'))
+    ok(execute(kc, 'let cfg = Cfg { scale: 10.0, name: "w".into() };\nlet data: Vec<f64> = (0..8).map(|i| i as f64).collect();'))
+    run = ok(execute(kc, '%%ranch 2\nlet part: f64 = ranch::shard(&data).iter().map(|x| scaled(&cfg, *x)).sum();\n'
+                         '(cfg.name.clone(), part)'))
+    assert run.result() == '[("w", 60.0), ("w", 220.0)]'
+
+
+def test_ranks_get_copies(kc):
+    ok(execute(kc, "let mut counter: u64 = 5;"))
+    ok(execute(kc, "%%ranch 2\ncounter += 100;\ncounter"))
+    assert execute(kc, "counter").result() == "5"
+
+
+def test_unshippable_variable_is_named_before_launch(kc):
+    ok(execute(kc, "struct Opaque { x: u8 }\nlet opaque = Opaque { x: 1 };"))
+    run = execute(kc, '%%ranch 2\nprintln!("launched");\nopaque.x')
+    assert run.reply["content"]["status"] == "error"
+    assert run.reply["content"]["ename"] == "UnshippableVariable"
+    assert "`opaque: Opaque`" in run.reply["content"]["evalue"]
+    assert "launched" not in run.stream()
+
+
+def test_share_names_must_exist(kc):
+    run = execute(kc, "%%ranch 2 --share nope\n1")
+    assert run.reply["content"]["ename"] == "UsageError"
+    assert "no variable `nope`" in run.reply["content"]["evalue"]
+
+
+def test_compile_errors_are_shown_once_at_the_cells_line_and_nothing_runs(kc):
+    run = execute(kc, '%%ranch 3\nprintln!("running");\nlet x: u32 = "nope";\nx')
+    assert run.reply["content"]["ename"] == "CompilationError"
+    assert run.kinds().count("error") == 1
+    text = run.error_text()
+    assert text.count("mismatched types") == 1
+    assert "cell:3:" in text and 'let x: u32 = "nope";' in text
+    assert "running" not in run.stream()
+
+
+def test_unchanged_cell_reuses_its_artifact(kc):
+    code = ('%%ranch 2\nlet exe = std::env::current_exe().unwrap();\n'
+            'format!("{} {:?}", exe.display(), std::fs::metadata(&exe).unwrap().modified().unwrap())')
+    first = ok(execute(kc, code)).result()
+    second = ok(execute(kc, code)).result()
+    assert first == second, "same binary, not rebuilt"
+    changed = ok(execute(kc, code + " // edited")).result()
+    assert changed != first
+
+
+def test_rank_only_dependencies(kc):
+    run = ok(execute(kc, '%%ranch 2\n:dep itoa = "1"\nitoa::Buffer::new().format(ranch::rank() * 7).to_string()',
+                     timeout=300))
+    assert run.result() == '["0", "7"]'
+
+
+def test_many_lines_arrive_labelled_and_in_order(kc):
+    run = ok(execute(kc, '%%ranch 4\nfor i in 0..2000 { println!("line {i}"); }'))
+    lines = run.stream().splitlines()
+    assert len(lines) == 8000
+    for r in range(4):
+        mine = [l for l in lines if l.startswith(f"[{r}] ")]
+        assert mine == [f"[{r}] line {i}" for i in range(2000)]
+    assert run.result() is None  # unit tail: no execute_result
+
+
+def test_stderr_goes_to_stderr(kc):
+    run = ok(execute(kc, '%%ranch 2\neprintln!("warn {}", ranch::rank());'))
+    assert sorted(run.stream("stderr").splitlines()) == ["[0] warn 0", "[1] warn 1"]
+    assert run.stream() == ""
+
+
+def test_group_outputs_by_rank(kc):
+    code = ('%%ranch 3 --group-outputs rank\nfor i in 0..3 { println!("{i}"); '
+            'std::thread::sleep(std::time::Duration::from_millis(30)); }')
+    lines = ok(execute(kc, code)).stream().splitlines()
+    assert lines == [f"[{r}] {i}" for r in range(3) for i in range(3)]
+
+
+def test_see_filters_ranks(kc):
+    run = ok(execute(kc, '%%ranch 4 --see 0,2\nprintln!("me {}", ranch::rank());\nranch::rank()'))
+    assert sorted(run.stream().splitlines()) == ["[0] me 0", "[2] me 2"]
+    assert run.result() == "[0, 1, 2, 3]", "--see filters output, not results"
+
+
+def test_rich_display_carries_the_rank(kc):
+    run = ok(execute(kc, '%%ranch 2\nprintln!("EVCXR_BEGIN_CONTENT text/html\\n<b>{}</b>\\nEVCXR_END_CONTENT", ranch::rank());'))
+    shown = sorted((m["metadata"]["ranch"]["rank"], m["data"]["text/html"])
+                   for m in (o["content"] for o in run.outputs if o["msg_type"] == "display_data"))
+    assert shown == [(0, "<b>0</b>"), (1, "<b>1</b>")]
+
+
+def test_out_binds_the_gathered_values(kc):
+    ok(execute(kc, "%%ranch 3 --out squares\n(ranch::rank() * ranch::rank()) as u64"))
+    assert execute(kc, "squares.iter().sum::<u64>()").result() == "5"
+    ok(execute(kc, "%%ranch 2 --out pairs: (u8, String)\n(ranch::rank() as u8, format!(\"r{}\", ranch::rank()))"))
+    assert execute(kc, "pairs[1].1.clone()").result() == '"r1"'
+
+
+def test_ctx_is_setup_and_teardown(kc):
+    ok(execute(kc, 'struct Guard(usize);\nimpl Drop for Guard { fn drop(&mut self) { println!("teardown {}", self.0); } }\n'
+                   'fn setup(n: usize) -> Guard { println!("setup {n}"); Guard(n) }'))
+    run = ok(execute(kc, '%%ranch 2 --ctx "setup(7)"\nprintln!("body");'))
+    for r in range(2):
+        mine = [l for l in run.stream().splitlines() if l.startswith(f"[{r}]")]
+        assert mine == [f"[{r}] setup 7", f"[{r}] body", f"[{r}] teardown 7"]
+
+
+def test_a_panicking_rank_stops_the_others_and_is_named(kc):
+    code = ('%%ranch 3\nprintln!("started {}", ranch::rank());\n'
+            'if ranch::rank() == 1 { panic!("bad shard {}", 42); }\n'
+            'std::thread::sleep(std::time::Duration::from_secs(60));')
+    t0 = time.monotonic()
+    run = execute(kc, code)
+    assert time.monotonic() - t0 < 30
+    c = run.reply["content"]
+    assert c["status"] == "error" and c["ename"] == "RankFailed"
+    assert c["evalue"] == "rank 1 panicked at cell line 3: bad shard 42"
+    text = run.error_text()
+    assert "[1] started 1" in text, "last output lines of the failed rank"
+    assert "ranks 0, 2" in text
+
+
+def test_on_error_continue_lets_the_others_finish(kc):
+    code = ('%%ranch 3 --on-error continue\nif ranch::rank() == 0 { panic!("early"); }\n'
+            'std::thread::sleep(std::time::Duration::from_millis(300));\nprintln!("finished {}", ranch::rank());')
+    run = execute(kc, code)
+    assert run.reply["content"]["evalue"] == "rank 0 panicked at cell line 2: early"
+    assert sorted(run.stream().splitlines()) == ["[1] finished 1", "[2] finished 2"]
+
+
+def test_exit_status_and_kill_9_are_reported(kc):
+    run = execute(kc, "%%ranch 2\nif ranch::rank() == 1 { std::process::exit(3); }\n0")
+    assert run.reply["content"]["evalue"] == "rank 1 exited with status 3"
+    code = ('%%ranch 2\nif ranch::rank() == 0 {\n    std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status().unwrap();\n}\n'
+            'std::thread::sleep(std::time::Duration::from_secs(60));')
+    run = execute(kc, code)
+    assert run.reply["content"]["evalue"] == "rank 0 was killed by signal 9 (SIGKILL)"
+
+
+def test_timeout_names_the_ranks_still_running(kc):
+    code = '%%ranch 3 --timeout 1\nif ranch::rank() != 0 { std::thread::sleep(std::time::Duration::from_secs(60)); }'
+    t0 = time.monotonic()
+    run = execute(kc, code)
+    assert time.monotonic() - t0 < 20
+    assert run.reply["content"]["status"] == "error"
+    assert "ranks still running were stopped: 1, 2" in run.reply["content"]["evalue"]
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("%%ranch", "<N>"),
+    ("%%ranch four", "whole number"),
+    ("%%ranch 0", "at least 1"),
+    ("%%ranch 100000", "limit of 256"),
+    ("%%ranch 2 --bogus", "--bogus"),
+    ("%%ranch 2 --timeout soon", "positive number"),
+    ("%%ranch 2 --gpus 7", "GPU"),
+])
+def test_bad_magic_lines_are_usage_errors(kc, line, needle):
+    run = execute(kc, line + '\nprintln!("ran");')
+    c = run.reply["content"]
+    assert c["status"] == "error" and c["ename"] == "UsageError"
+    assert needle in c["evalue"]
+    assert run.stream() == ""
+    assert execute(kc, "1 + 1").result() == "2"
+
+
+def test_help_is_normal_output(kc):
+    run = ok(execute(kc, "%%ranch --help"))
+    assert "Usage: %%ranch" in run.stream() and "--on-error" in run.stream()
+
+
+def test_interrupt_stops_every_rank_and_keeps_the_session():
+    km, kc = start()
+    try:
+        ok(execute(kc, "let kept = 11;"))
+        msg_id = kc.execute("%%ranch 3\nprintln!(\"up\");\nstd::thread::sleep(std::time::Duration::from_secs(120));")
+        deadline = time.monotonic() + 180
+        while len(rank_processes()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(rank_processes()) == 3
+        t0 = time.monotonic()
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert time.monotonic() - t0 < 2.0
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "Interrupted"
+        assert rank_processes() == []
+        assert execute(kc, "kept").result() == "11", "variables survive a %%ranch interrupt"
+    finally:
+        stop(km, kc)
+
+
+def test_killing_the_kernel_kills_its_ranks():
+    km, kc = start()
+    try:
+        kc.execute("%%ranch 2\nstd::thread::sleep(std::time::Duration::from_secs(120));")
+        deadline = time.monotonic() + 180
+        while len(rank_processes()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(rank_processes()) == 2
+        os.kill(km.provisioner.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while rank_processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rank_processes() == []
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
