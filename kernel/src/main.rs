@@ -45,6 +45,10 @@ enum Command {
 }
 
 fn main() {
+    // Rank builds use this binary as cargo's RUSTC_WRAPPER.
+    if std::env::var_os(ranch_magics::build::WRAPPER_ENV).is_some() {
+        ranch_magics::build::rustc_wrapper();
+    }
     // The evcxr child process is this same binary. Its output plumbing must be in place
     // before evcxr's runtime loop takes over (a no-op in the kernel itself).
     ranch_kernel::session::prepare_child_process();

@@ -9,6 +9,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+/// Set in the environment of a `RUSTC_WRAPPER` process (see [`rustc_wrapper`]).
+pub const WRAPPER_ENV: &str = "RANCH_RUSTC_WRAPPER";
+
+/// Runs as cargo's `RUSTC_WRAPPER` for rank builds: the rank crate itself is linked with a
+/// static libstd (dependencies keep evcxr's `-Cprefer-dynamic` and stay fresh), so a rank
+/// starts without loading libstd.so and runs wherever it is copied. Never returns.
+pub fn rustc_wrapper() -> ! {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os().skip(1);
+    let rustc = args.next().expect("cargo passes rustc's path to RUSTC_WRAPPER");
+    let primary = std::env::var_os("CARGO_PRIMARY_PACKAGE").is_some();
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        if primary && a == "-Cprefer-dynamic" {
+            continue;
+        }
+        if primary && a == "-C" && args.peek().is_some_and(|n| n == "prefer-dynamic") {
+            args.next();
+            continue;
+        }
+        out.push(a);
+    }
+    let err = Command::new(&rustc).args(out).exec();
+    eprintln!("ranch: cannot run {}: {err}", rustc.to_string_lossy());
+    std::process::exit(127)
+}
+
 /// How evcxr builds, so that cargo considers the session's dependencies fresh.
 #[derive(Debug, Clone)]
 pub struct Toolchain {
@@ -19,6 +47,8 @@ pub struct Toolchain {
     pub rustflags: String,
     /// evcxr's `Cargo.lock`, copied so dependency versions match.
     pub lockfile: Option<PathBuf>,
+    /// This binary, run as `RUSTC_WRAPPER` with [`WRAPPER_ENV`] set.
+    pub wrapper: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +102,9 @@ pub fn build(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if let Some(wrapper) = &tools.wrapper {
+        cmd.env("RUSTC_WRAPPER", wrapper).env(WRAPPER_ENV, "1");
+    }
     let mut child = cmd.spawn().map_err(|e| BuildError::Failed(format!("cannot run cargo ({}): {e}", tools.cargo.display())))?;
     *handle.0.lock().unwrap() = Some(child.id() as i32);
     let stderr = child.stderr.take().expect("piped");

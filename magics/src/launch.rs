@@ -20,19 +20,19 @@ pub struct LaunchPlan {
     pub rank_env: Vec<Vec<(String, String)>>,
 }
 
-pub trait Launcher {
-    /// Starts every rank with piped stdout/stderr. On error, nothing is left running.
-    fn launch(&self, plan: &LaunchPlan) -> std::io::Result<Vec<Child>>;
+pub trait Launcher: Sync {
+    /// Starts rank `rank` of the plan with piped stdout and stderr.
+    fn spawn_rank(&self, plan: &LaunchPlan, rank: usize) -> std::io::Result<Child>;
 }
 
-/// Spawns each rank as a fresh process (never a fork of the kernel) in its own process
-/// group, killed by the kernel's death.
+/// Spawns each rank as a fresh process in its own process group. `posix_spawn` is used
+/// (no `pre_exec`): forking a process as large as the kernel costs tens of milliseconds per
+/// rank. The rank program ties itself to the kernel's life (`ranch::__rt::init_rank`).
 pub struct LocalSpawner;
 
 impl Launcher for LocalSpawner {
-    fn launch(&self, plan: &LaunchPlan) -> std::io::Result<Vec<Child>> {
-        let mut children: Vec<Child> = Vec::with_capacity(plan.world_size);
-        for rank in 0..plan.world_size {
+    fn spawn_rank(&self, plan: &LaunchPlan, rank: usize) -> std::io::Result<Child> {
+        {
             let mut cmd = Command::new(&plan.exe);
             cmd.current_dir(std::env::current_dir().unwrap_or_else(|_| "/".into()))
                 .env("RANK", rank.to_string())
@@ -42,31 +42,15 @@ impl Launcher for LocalSpawner {
                 .env("MASTER_ADDR", &plan.master_addr)
                 .env("MASTER_PORT", plan.master_port.to_string())
                 .env(ranch::__rt::RUN_DIR_ENV, &plan.run_dir)
+                .env(ranch::__rt::PARENT_PID_ENV, std::process::id().to_string())
                 .envs(plan.env.iter().map(|(k, v)| (k, v)))
                 .envs(plan.rank_env.get(rank).into_iter().flatten().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .process_group(0);
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-                    Ok(())
-                });
-            }
-            match cmd.spawn() {
-                Ok(child) => children.push(child),
-                Err(e) => {
-                    for mut c in children {
-                        kill_group(c.id(), nix::sys::signal::Signal::SIGKILL);
-                        let _ = c.wait();
-                    }
-                    return Err(e);
-                }
-            }
+            cmd.spawn()
         }
-        Ok(children)
     }
 }
 

@@ -11,7 +11,7 @@ pub fn read_results(run_dir: &Path, world_size: usize) -> Result<Vec<RankResult>
         .map(|r| {
             let path = ranch::__rt::result_path(run_dir, r);
             let bytes = std::fs::read(&path).map_err(|e| format!("rank {r} finished without a result ({e})"))?;
-            rmp_serde::from_slice(&bytes).map_err(|e| format!("rank {r}'s result is unreadable: {e}"))
+            RankResult::decode(&bytes).map_err(|e| format!("rank {r}'s result is unreadable: {e}"))
         })
         .collect()
 }
@@ -88,6 +88,7 @@ fn describe(e: &Ending) -> String {
             let name = nix::sys::signal::Signal::try_from(*s).map(|s| s.as_str().to_string()).unwrap_or(s.to_string());
             format!("was killed by signal {s} ({name})")
         }
+        Ending::NotStarted(why) => format!("could not be started: {why}"),
         Ending::Success => "succeeded".into(),
         Ending::Stopped => "was stopped".into(),
     }

@@ -82,7 +82,7 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
     }
     main.push_str(
         "\n#[unsafe(export_name = \"main\")]\nextern \"C\" fn __ranch_main(_argc: i32, _argv: *const *const u8) -> i32 {\n\
-         \x20   ranch::__rt::install_panic_hook();\n\
+         \x20   ranch::__rt::init_rank();\n\
          \x20   match std::panic::catch_unwind(__ranch_cell) {\n\
          \x20       Ok(()) => 0,\n\
          \x20       Err(_) => 101,\n\

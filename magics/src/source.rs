@@ -75,6 +75,8 @@ fn item_name(item: &ast::Item) -> Option<String> {
 pub struct BodyFacts {
     /// Every identifier the body mentions (a superset of the variables it uses).
     pub idents: BTreeSet<String>,
+    /// Names the body declares with `let` before using them.
+    pub locals: BTreeSet<String>,
     /// The body uses `?`, so it must run inside a function returning `Result`.
     pub uses_question_mark: bool,
     /// The body ends in a tail expression (its value is the rank's result).
@@ -92,6 +94,21 @@ pub fn body_facts(body: &str) -> BodyFacts {
             }
             SyntaxKind::QUESTION => facts.uses_question_mark = true,
             _ => {}
+        }
+    }
+    // A name the body binds with `let` before any use of it is the body's own, not the
+    // session's (e.g. `let v = ...; v.len()` when the session also has a `v`).
+    let mut first_use: std::collections::HashMap<String, ra_ap_syntax::TextSize> = Default::default();
+    for token in file.syntax().descendants_with_tokens().filter_map(|e| e.into_token()) {
+        if token.kind() == SyntaxKind::IDENT {
+            first_use.entry(token.text().to_string()).or_insert(token.text_range().start());
+        }
+    }
+    for pat in file.syntax().descendants().filter_map(ast::IdentPat::cast) {
+        let Some(name) = pat.name() else { continue };
+        let in_let = pat.syntax().ancestors().any(|a| a.kind() == SyntaxKind::LET_STMT);
+        if in_let && first_use.get(&name.text().to_string()) == Some(&name.syntax().text_range().start()) {
+            facts.locals.insert(name.text().to_string());
         }
     }
     // Macro bodies are token trees: `println!("{x}")` mentions `x` only inside a string.
@@ -221,6 +238,9 @@ pub extern "C" fn run_user_code_7(x: *mut u8) -> *mut u8 { x }
             assert!(f.idents.contains(name), "{name} in {:?}", f.idents);
         }
         assert!(f.has_tail && !f.uses_question_mark);
+        assert!(f.locals.contains("r") && !f.locals.contains("scale"));
+        let h = body_facts("let y = x + 1;\nlet x = 2;\nx + y");
+        assert!(!h.locals.contains("x"), "x is used before the body binds it");
         let g = body_facts("let x: u8 = \"5\".parse()?;");
         assert!(g.uses_question_mark && !g.has_tail);
     }

@@ -59,6 +59,8 @@ pub enum Ending {
     Signal(i32),
     /// Stopped by the supervisor (another rank failed, timeout, interrupt).
     Stopped,
+    /// The process could not be started.
+    NotStarted(String),
 }
 
 #[derive(Debug, Clone)]
@@ -94,10 +96,14 @@ const LAST_LINES: usize = 10;
 /// Between the polite signal and SIGKILL.
 const GRACE: Duration = Duration::from_millis(500);
 
-/// Supervises `children` (rank i at index i) until all have exited. `panic_line` maps a
-/// rank's panic location (line in its main.rs) to a cell line.
+/// Starts `n` ranks with `spawn(rank)` and supervises them until all have exited.
+/// `panic_line` maps a rank's panic location (line in its main.rs) to a cell line.
+///
+/// Each rank is spawned by its own thread: starting a process waits for its `exec`, and
+/// doing that for all ranks at once overlaps those waits.
 pub fn supervise(
-    children: Vec<Child>,
+    n: usize,
+    spawn: &(dyn Fn(usize) -> std::io::Result<Child> + Sync),
     run_dir: &Path,
     policy: &Policy,
     sink: &dyn RankSink,
@@ -105,25 +111,48 @@ pub fn supervise(
     panic_line: &dyn Fn(u32) -> Option<usize>,
 ) -> RunReport {
     let started = Instant::now();
-    let n = children.len();
-    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let pids: std::sync::Mutex<Vec<Option<u32>>> = std::sync::Mutex::new(vec![None; n]);
     let (tx, rx) = mpsc::channel::<Event>();
-    for (rank, mut child) in children.into_iter().enumerate() {
-        let out = child.stdout.take().expect("piped");
-        let err = child.stderr.take().expect("piped");
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let t1 = tx.clone();
-            let t2 = tx.clone();
-            let r1 = std::thread::spawn(move || read_lines(out, rank, Stream::Stdout, &t1));
-            let r2 = std::thread::spawn(move || read_lines(err, rank, Stream::Stderr, &t2));
-            let status = child.wait();
-            // Every line the rank wrote is delivered before its exit.
-            let _ = (r1.join(), r2.join());
-            let _ = tx.send(Event::Exit(rank, status));
-        });
-    }
-    drop(tx);
+    std::thread::scope(|scope| {
+        for rank in 0..n {
+            let tx = tx.clone();
+            let pids = &pids;
+            scope.spawn(move || {
+                let mut child = match spawn(rank) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Event::Exit(rank, Err(e)));
+                        return;
+                    }
+                };
+                pids.lock().unwrap()[rank] = Some(child.id());
+                let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+                let (t1, t2) = (tx.clone(), tx.clone());
+                let r1 = std::thread::spawn(move || read_lines(out, rank, Stream::Stdout, &t1));
+                let r2 = std::thread::spawn(move || read_lines(err, rank, Stream::Stderr, &t2));
+                let status = child.wait();
+                // Every line the rank wrote is delivered before its exit.
+                let _ = (r1.join(), r2.join());
+                let _ = tx.send(Event::Exit(rank, status));
+            });
+        }
+        drop(tx);
+        watch(n, &rx, &pids, started, run_dir, policy, sink, cancel, panic_line)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn watch(
+    n: usize,
+    rx: &mpsc::Receiver<Event>,
+    pids: &std::sync::Mutex<Vec<Option<u32>>>,
+    started: Instant,
+    run_dir: &Path,
+    policy: &Policy,
+    sink: &dyn RankSink,
+    cancel: &Cancel,
+    panic_line: &dyn Fn(u32) -> Option<usize>,
+) -> RunReport {
 
     let mut ranks: Vec<Option<RankReport>> = vec![None; n];
     let mut last_lines: Vec<VecDeque<String>> = vec![VecDeque::new(); n];
@@ -133,8 +162,8 @@ pub fn supervise(
     let deadline = policy.timeout.map(|t| started + t);
 
     let stop_all = |sig: Signal, ranks: &[Option<RankReport>]| {
-        for (r, pid) in pids.iter().enumerate() {
-            if ranks[r].is_none() {
+        for (r, pid) in pids.lock().unwrap().iter().enumerate() {
+            if let (Some(pid), None) = (pid, &ranks[r]) {
                 kill_group(*pid, sig);
             }
         }
@@ -198,7 +227,7 @@ pub fn supervise(
         }
     }
     // Whatever a rank started is gone with it.
-    for pid in &pids {
+    for pid in pids.lock().unwrap().iter().flatten() {
         kill_group(*pid, Signal::SIGKILL);
     }
     if policy.group_outputs == GroupOutputs::Rank {
@@ -227,7 +256,7 @@ fn ending_of(
 ) -> Ending {
     let panic = std::fs::read(ranch::__rt::panic_path(run_dir, rank))
         .ok()
-        .and_then(|b| rmp_serde::from_slice::<ranch::__rt::PanicReport>(&b).ok());
+        .and_then(|b| ranch::__rt::PanicReport::decode(&b).ok());
     if let Some(p) = panic {
         return Ending::Panicked { message: p.message, line: panic_line(p.line) };
     }
@@ -239,7 +268,7 @@ fn ending_of(
             (None, Some(sig)) => Ending::Signal(sig),
             _ => Ending::ExitCode(-1),
         },
-        Err(_) => Ending::ExitCode(-1),
+        Err(e) => Ending::NotStarted(e.to_string()),
     }
 }
 

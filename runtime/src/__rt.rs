@@ -76,14 +76,26 @@ pub fn load<T: DeserializeOwned>(name: &str, type_name: &str) -> T {
         .unwrap_or_else(|e| panic!("ranch: cannot decode variable `{name}: {type_name}`: {e}"))
 }
 
-/// What a rank reports about its tail value.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// What a rank reports about its tail value. (Encoded as a tuple: the runtime avoids
+/// serde's derive macros, which would add seconds to a session's first `%%ranch`.)
+#[derive(Debug, Clone, PartialEq)]
 pub struct RankResult {
     pub type_name: String,
     /// `Debug` text, when the type is `Debug`.
     pub debug: Option<String>,
     /// MessagePack bytes, when the type is `Serialize`.
     pub value: Option<Vec<u8>>,
+}
+
+impl RankResult {
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(&(&self.type_name, &self.debug, &self.value)).expect("plain data serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RankResult, String> {
+        let (type_name, debug, value) = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+        Ok(RankResult { type_name, debug, value })
+    }
 }
 
 pub fn result_path(dir: &Path, rank: usize) -> PathBuf {
@@ -98,7 +110,7 @@ pub fn panic_path(dir: &Path, rank: usize) -> PathBuf {
 pub fn emit(type_name: &str, debug: Option<String>, value: Result<Vec<u8>, String>) {
     let result = RankResult { type_name: type_name.to_string(), debug, value: value.ok() };
     let path = result_path(&run_dir(), crate::rank());
-    let bytes = rmp_serde::to_vec(&result).expect("RankResult serialises");
+    let bytes = result.encode();
     if let Err(e) = std::fs::write(&path, bytes) {
         eprintln!("ranch: cannot write the result to {}: {e}", path.display());
         std::process::exit(3);
@@ -106,11 +118,46 @@ pub fn emit(type_name: &str, debug: Option<String>, value: Result<Vec<u8>, Strin
 }
 
 /// Where and why a rank panicked, for the kernel's error report.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PanicReport {
     pub message: String,
     pub file: String,
     pub line: u32,
+}
+
+impl PanicReport {
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(&(&self.message, &self.file, self.line)).expect("plain data serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<PanicReport, String> {
+        let (message, file, line) = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+        Ok(PanicReport { message, file, line })
+    }
+}
+
+/// Environment variable with the kernel's pid: a rank whose parent is gone exits.
+pub const PARENT_PID_ENV: &str = "RANCH_PARENT_PID";
+
+/// First thing a rank program does: die with the kernel, and report panics to it.
+///
+/// The kernel spawns ranks with `posix_spawn` (a `fork` of a process as large as the
+/// kernel costs tens of milliseconds per rank), so the rank sets its parent-death signal
+/// itself; checking the parent afterwards closes the window in which the kernel could die
+/// first.
+pub fn init_rank() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    }
+    let expected = std::env::var(PARENT_PID_ENV).ok().and_then(|p| p.parse::<u32>().ok());
+    if let Some(parent) = expected {
+        if std::os::unix::process::parent_id() != parent {
+            std::process::exit(137);
+        }
+    }
+    install_panic_hook();
 }
 
 /// Records panics in a file the kernel reads, instead of printing Rust's report with
@@ -126,9 +173,7 @@ pub fn install_panic_hook() {
         };
         let (file, line) = info.location().map(|l| (l.file().to_string(), l.line())).unwrap_or_default();
         let report = PanicReport { message, file, line };
-        let written = rmp_serde::to_vec(&report)
-            .ok()
-            .and_then(|b| std::fs::write(panic_path(&run_dir(), crate::rank()), b).ok());
+        let written = std::fs::write(panic_path(&run_dir(), crate::rank()), report.encode()).ok();
         if written.is_none() {
             eprintln!("panicked: {}", report.message);
         }
@@ -141,7 +186,7 @@ pub fn collect<T: DeserializeOwned>(dir: &str, world_size: usize) -> Vec<T> {
         .map(|r| {
             let path = result_path(Path::new(dir), r);
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: no result of rank {r}: {e}"));
-            let result: RankResult = rmp_serde::from_slice(&bytes).expect("ranch: corrupt result file");
+            let result = RankResult::decode(&bytes).expect("ranch: corrupt result file");
             let value = result.value.unwrap_or_else(|| panic!("ranch: rank {r}'s value ({}) is not Serialize", result.type_name));
             rmp_serde::from_slice(&value)
                 .unwrap_or_else(|e| panic!("ranch: rank {r}'s value does not decode as the requested type: {e}"))
@@ -168,7 +213,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         for (r, v) in [(0usize, vec![1.5f64]), (1, vec![2.5, 3.5])] {
             let res = RankResult { type_name: "Vec<f64>".into(), debug: None, value: Some(rmp_serde::to_vec(&v).unwrap()) };
-            std::fs::write(result_path(&dir, r), rmp_serde::to_vec(&res).unwrap()).unwrap();
+            std::fs::write(result_path(&dir, r), res.encode()).unwrap();
         }
         let got: Vec<Vec<f64>> = collect(dir.to_str().unwrap(), 2);
         assert_eq!(got, vec![vec![1.5], vec![2.5, 3.5]]);

@@ -84,6 +84,7 @@ pub struct EvcxrSession {
 impl EvcxrSession {
     /// Cheap: the evcxr context (rust-analyzer, the child process) starts in [`warm_up`].
     pub fn start() -> anyhow::Result<EvcxrSession> {
+        ranch::remove_stale_session_dirs();
         let cell = Arc::new(CurrentCell::default());
         if let Err(e) = kernel_stderr::capture_cargo_progress(cell.clone()) {
             crate::log!("cargo progress will only reach the log: {e}");
@@ -303,6 +304,7 @@ impl Interpreter for EvcxrSession {
             let _ = child.wait();
         }
         self.listener = None;
+        self.ranch = Default::default(); // removes the session's rank programs and runs
     }
 }
 

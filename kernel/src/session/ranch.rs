@@ -46,6 +46,24 @@ fn ranch_error(msg: impl Into<String>) -> CellError {
     CellError::new("RanchError", msg)
 }
 
+const SESSION_DIR_PREFIX: &str = "ranch-session-";
+
+/// Removes session directories left by kernels that were killed (`ranch-session-<pid>-*`
+/// whose process is gone).
+pub fn remove_stale_session_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(SESSION_DIR_PREFIX).and_then(|r| r.split('-').next()?.parse::<i32>().ok()) else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Whether a cell is a `%%ranch` cell.
 pub fn is_ranch_cell(code: &str) -> bool {
     code.trim_start().starts_with("%%ranch")
@@ -86,7 +104,7 @@ impl EvcxrSession {
 
     fn session_dir(&mut self) -> Result<PathBuf, CellError> {
         if self.ranch.dir.is_none() {
-            let dir = std::env::temp_dir().join(format!("ranch-session-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+            let dir = std::env::temp_dir().join(format!("{SESSION_DIR_PREFIX}{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
             std::fs::create_dir_all(&dir).map_err(|e| ranch_error(format!("cannot create {}: {e}", dir.display())))?;
             self.ranch.dir = Some(tempdir::Dir(dir));
         }
@@ -121,7 +139,7 @@ impl EvcxrSession {
             }
         }
         let mentioned = |n: &str| {
-            facts.idents.contains(n)
+            (facts.idents.contains(n) && !facts.locals.contains(n))
                 || args.share.iter().any(|s| s == n)
                 || args.ctx.as_deref().is_some_and(|c| source::body_facts(c).idents.contains(n))
         };
@@ -137,7 +155,9 @@ impl EvcxrSession {
         std::fs::create_dir_all(&vars_dir).map_err(|e| ranch_error(format!("cannot create {}: {e}", vars_dir.display())))?;
         let _cleanup = tempdir::Dir(run_dir.clone());
 
+        let t_export = std::time::Instant::now();
         let snapshot = self.export_and_snapshot(&shipped, &vars_dir)?;
+        let export_s = t_export.elapsed().as_secs_f64();
         let cell = CellProgram {
             body: rust,
             body_cell_line: rust_line + 1, // the magic line is line 1
@@ -147,8 +167,17 @@ impl EvcxrSession {
             uses_question_mark: facts.uses_question_mark,
         };
         let program = program::generate(&snapshot, &cell);
+        let t_build = std::time::Instant::now();
         let exe = self.build_rank_program(&program, cx, code)?;
+        let build_s = t_build.elapsed().as_secs_f64();
+        let t_launch = std::time::Instant::now();
         let (shown, types) = self.launch(&args, &exe, &run_dir, &program, cx)?;
+        // The Jupyter server's log gets each phase (bench/ranch.py reads them).
+        crate::log!(
+            "%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s",
+            args.n,
+            t_launch.elapsed().as_secs_f64()
+        );
         if let Some(out) = &args.out {
             self.bind_out(out, &types, &run_dir, args.n)?;
         }
@@ -251,6 +280,7 @@ impl EvcxrSession {
             target_triple: triple.clone(),
             rustflags,
             lockfile: Some(tmpdir.join("Cargo.lock")),
+            wrapper: std::env::current_exe().ok(),
         };
         // Rank programs link the toolchain's libstd dynamically, as evcxr's cells do.
         let libdir = format!("{sysroot}/lib/rustlib/{triple}/lib");
@@ -326,13 +356,11 @@ impl EvcxrSession {
         let cancel = Cancel::default();
         *self.run.ranch_cancel.lock().unwrap() = Some(cancel.clone());
         self.run.running.store(true, Ordering::SeqCst);
-        let report = LocalSpawner.launch(&plan).map(|children| {
-            let panic_line = |line: u32| program.cell_line(line as usize);
-            supervise::supervise(children, run_dir, &policy, &SinkAdapter(cx), &cancel, &panic_line)
-        });
+        let panic_line = |line: u32| program.cell_line(line as usize);
+        let spawn = |rank: usize| LocalSpawner.spawn_rank(&plan, rank);
+        let report = supervise::supervise(args.n, &spawn, run_dir, &policy, &SinkAdapter(cx), &cancel, &panic_line);
         self.run.running.store(false, Ordering::SeqCst);
         *self.run.ranch_cancel.lock().unwrap() = None;
-        let report = report.map_err(|e| ranch_error(format!("cannot start the ranks ({}): {e}", exe.display())))?;
         if let Some((evalue, traceback)) = merge::failure(&report) {
             let ename = if report.stopped == Some(supervise::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
             return Err(CellError { ename: ename.into(), evalue, traceback });
