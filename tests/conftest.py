@@ -59,9 +59,11 @@ def execute(kc, code, timeout=120, **kwargs) -> Run:
         elif kind != "execute_input":
             run.outputs.append(msg)
             run.arrival.append(time.monotonic())
-    run.reply = kc.get_shell_msg(timeout=max(1, deadline - time.monotonic()))
-    assert run.reply["parent_header"]["msg_id"] == msg_id
-    return run
+    # Skip stale replies (e.g. to the kernel_info requests of wait_for_ready).
+    while True:
+        run.reply = kc.get_shell_msg(timeout=max(1, deadline - time.monotonic()))
+        if run.reply["parent_header"].get("msg_id") == msg_id:
+            return run
 
 
 def start():

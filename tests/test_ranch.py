@@ -68,6 +68,8 @@ def test_session_items_and_variables_are_shipped(kc):
     run = ok(execute(kc, '%%ranch 2\nlet part: f64 = ranch::shard(&data).iter().map(|x| scaled(&cfg, *x)).sum();\n'
                          '(cfg.name.clone(), part)'))
     assert run.result() == '[("w", 60.0), ("w", 220.0)]'
+    # The session's own values of session types are still there afterwards.
+    assert execute(kc, "cfg.name.clone()").result() == '"w"'
 
 
 def test_ranks_get_copies(kc):

@@ -147,9 +147,18 @@ pub const PARENT_PID_ENV: &str = "RANCH_PARENT_PID";
 /// first.
 pub fn init_rank() {
     #[cfg(target_os = "linux")]
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    {
+        // Declared here rather than pulling in the libc crate: every session depends on
+        // this crate, and each dependency slows every cell's build a little.
+        unsafe extern "C" {
+            fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+        }
+        const PR_SET_PDEATHSIG: i32 = 1;
+        const SIGKILL: u64 = 9;
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+        unsafe {
+            prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        }
     }
     let expected = std::env::var(PARENT_PID_ENV).ok().and_then(|p| p.parse::<u32>().ok());
     if let Some(parent) = expected {

@@ -188,10 +188,6 @@ impl EvcxrSession {
             ));
         }
         self.generation += 1;
-        // Plain cells may call the runtime too (a world of one outside %%ranch).
-        if code.contains("ranch::") {
-            self.ensure_runtime()?;
-        }
         let prepared = syntax::with_stdout_flush(code);
         let (result, panic) = self.run_evcxr(&prepared.code, cx);
         let interrupted = self.run.interrupted.load(Ordering::SeqCst);
@@ -248,7 +244,12 @@ impl EvcxrSession {
 
 impl Interpreter for EvcxrSession {
     fn warm_up(&mut self) {
-        let _ = self.context();
+        // The runtime crate is added before the user defines anything: adding a dependency
+        // later changes the TypeId of every session type, and evcxr then drops the
+        // variables of those types.
+        if let Err(e) = self.ensure_runtime() {
+            crate::log!("{}", e.evalue);
+        }
     }
 
     fn execute(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
