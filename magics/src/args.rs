@@ -102,6 +102,67 @@ pub struct RanchArgs {
     /// Whether a rank sees only its own GPU.
     #[arg(long, value_enum, default_value = "pinned")]
     pub gpu_visibility: GpuVisibility,
+    /// Form the process group before the body and tear it down after it.
+    #[arg(long)]
+    pub ddp: bool,
+    /// Ranks in the whole group, when several kernels launch parts of it (default: N).
+    #[arg(long, value_name = "W", value_parser = parse_ranks)]
+    pub world_size: Option<usize>,
+    /// Global rank of this kernel's first rank.
+    #[arg(long, value_name = "B", default_value = "0")]
+    pub base_rank: usize,
+    /// Address of the group's rendezvous service (MASTER_ADDR).
+    #[arg(long, value_name = "A", default_value = "127.0.0.1")]
+    pub addr: String,
+    /// Port of the group's rendezvous service (MASTER_PORT; default: a free port).
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// How collectives move data.
+    #[arg(long, value_enum, default_value = "shm")]
+    pub backend: Backend,
+    /// Seconds a collective waits for the other ranks before failing.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub collective_timeout: Option<f64>,
+    /// `%in_ddp` only: return every rank's value, not only rank B's.
+    #[arg(long)]
+    pub gather: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Shared memory on this host.
+    Shm,
+}
+
+impl RanchArgs {
+    /// Ranks in the whole group.
+    pub fn world(&self) -> usize {
+        self.world_size.unwrap_or(self.n)
+    }
+
+    /// Whether this kernel hosts the group's rendezvous (it launches global rank 0).
+    pub fn hosts_group(&self) -> bool {
+        self.base_rank == 0
+    }
+
+    fn check_group(&self) -> Result<(), String> {
+        let world = self.world();
+        if self.base_rank + self.n > world {
+            return Err(format!(
+                "ranks {}..{} do not fit in a world of {world} (--base-rank {} + N {} > --world-size {world})",
+                self.base_rank,
+                self.base_rank + self.n - 1,
+                self.base_rank,
+                self.n
+            ));
+        }
+        if world > self.n && self.port.is_none() {
+            return Err(format!(
+                "a group of {world} ranks launched by several kernels needs a known rendezvous port: add --port P to every kernel's magic"
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn max_ranks() -> usize {
@@ -170,6 +231,8 @@ fn parse_gpus(s: &str) -> Result<Gpus, String> {
 #[derive(Debug)]
 pub enum Parsed {
     Run(RanchArgs),
+    /// `%in_ddp`: the launch, and the expression every rank evaluates.
+    InDdp(RanchArgs, String),
     /// `--help`: the usage text, shown as normal output.
     Help(String),
 }
@@ -185,6 +248,10 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
     let tokens = join_out_type(tokens);
     match RanchArgs::try_parse_from(tokens) {
         Ok(a) => {
+            a.check_group().map_err(UsageError)?;
+            if a.gather {
+                return Err(UsageError("--gather is for %in_ddp; %%ranch always gathers every rank's value".into()));
+            }
             if let (See::Ranks(ranks), n) = (&a.see, a.n) {
                 if let Some(bad) = ranks.iter().find(|&&r| r >= n) {
                     return Err(UsageError(format!("--see {bad}: there is no rank {bad} among {n} ranks (0..{})", n - 1)));
@@ -195,6 +262,86 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(Parsed::Help(e.render().to_string())),
         Err(e) => Err(UsageError(e.render().to_string().trim_end().to_string())),
     }
+}
+
+/// Flags that take a value (the others are switches), for finding where `%in_ddp`'s
+/// expression starts.
+const VALUE_FLAGS: &[&str] = &[
+    "--share", "--out", "--ctx", "--on-error", "--timeout", "--group-outputs", "--see", "--gpus",
+    "--gpu-visibility", "--world-size", "--base-rank", "--addr", "--port", "--backend", "--collective-timeout",
+];
+
+/// `%in_ddp N [flags] EXPR`: the launch (always with a process group) and the expression.
+pub fn parse_in_ddp(line: &str) -> Result<Parsed, UsageError> {
+    let tokens = raw_tokens(line).ok_or_else(|| UsageError(format!("unbalanced quotes in `%in_ddp {line}`")))?;
+    let mut i = 0;
+    let mut expr_start = None;
+    while i < tokens.len() {
+        let (t, start) = (&tokens[i].0, tokens[i].1);
+        if i == 0 && !t.starts_with("--") {
+            i += 1; // N
+            continue;
+        }
+        if t.starts_with("--") {
+            let name = t.split('=').next().unwrap_or(t);
+            i += if VALUE_FLAGS.contains(&name) && !t.contains('=') { 2 } else { 1 };
+            if name == "--help" {
+                expr_start = None;
+                break;
+            }
+            continue;
+        }
+        expr_start = Some(start);
+        break;
+    }
+    let (flags, expr) = match expr_start {
+        Some(at) => (&line[..at], line[at..].trim()),
+        None => (line, ""),
+    };
+    let gather = raw_tokens(flags).unwrap_or_default().iter().any(|(t, _)| t == "--gather");
+    let flags_without_gather: Vec<String> =
+        raw_tokens(flags).unwrap_or_default().into_iter().map(|(t, _)| t).filter(|t| t != "--gather").collect();
+    match parse(&shlex::try_join(flags_without_gather.iter().map(String::as_str)).unwrap_or_default())? {
+        Parsed::Help(h) => Ok(Parsed::Help(h.replace("%%ranch", "%in_ddp").replace("<N>", "<N> <EXPR>"))),
+        Parsed::InDdp(..) => unreachable!("parse never returns InDdp"),
+        Parsed::Run(mut a) => {
+            if expr.is_empty() {
+                return Err(UsageError("%in_ddp needs an expression to run, e.g. `%in_ddp 4 train(&cfg)`".into()));
+            }
+            a.gather = gather;
+            a.ddp = true;
+            Ok(Parsed::InDdp(a, expr.to_string()))
+        }
+    }
+}
+
+/// Shell-like tokens with their start offsets in `line` (quotes removed).
+fn raw_tokens(line: &str) -> Option<Vec<(String, usize)>> {
+    let mut out = Vec::new();
+    let mut chars = line.char_indices().peekable();
+    while let Some(&(start, c)) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut token = String::new();
+        let mut quote: Option<char> = None;
+        while let Some(&(_, c)) = chars.peek() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => token.push(c),
+                None if c == '"' || c == '\'' => quote = Some(c),
+                None if c.is_whitespace() => break,
+                None => token.push(c),
+            }
+            chars.next();
+        }
+        if quote.is_some() {
+            return None;
+        }
+        out.push((token, start));
+    }
+    Some(out)
 }
 
 /// `--out res: (u8, String)` arrives as several tokens; `--out` takes them as one value:
@@ -235,7 +382,7 @@ mod tests {
     fn run(s: &str) -> RanchArgs {
         match parse(s).unwrap() {
             Parsed::Run(a) => a,
-            Parsed::Help(h) => panic!("unexpected help: {h}"),
+            other => panic!("unexpected: {other:?}"),
         }
     }
 
@@ -295,10 +442,38 @@ mod tests {
     }
 
     #[test]
+    fn group_flags() {
+        let a = run("2 --ddp --world-size 4 --base-rank 2 --addr 127.0.0.1 --port 29500 --collective-timeout 5");
+        assert!(a.ddp && a.world() == 4 && a.base_rank == 2 && a.port == Some(29500) && !a.hosts_group());
+        assert!(err("2 --world-size 4 --base-rank 3 --port 1").contains("do not fit"));
+        assert!(err("2 --world-size 4").contains("--port"));
+        assert!(err("2 --gather").contains("%in_ddp"));
+        assert!(err("2 --backend nccl").contains("nccl"));
+    }
+
+    #[test]
+    fn in_ddp_splits_flags_from_the_expression() {
+        match parse_in_ddp("4 --gather --timeout 30 train(&cfg, \"a b\")").unwrap() {
+            Parsed::InDdp(a, expr) => {
+                assert_eq!((a.n, a.gather, a.ddp, a.timeout), (4, true, true, Some(30.0)));
+                assert_eq!(expr, "train(&cfg, \"a b\")");
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_in_ddp("2 ranch::rank() * 10").unwrap() {
+            Parsed::InDdp(a, expr) => assert_eq!((a.n, a.gather, expr.as_str()), (2, false, "ranch::rank() * 10")),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_in_ddp("4 --timeout 3").unwrap_err().0.contains("needs an expression"));
+        assert!(parse_in_ddp("zero f()").unwrap_err().0.contains("whole number"));
+        assert!(matches!(parse_in_ddp("--help").unwrap(), Parsed::Help(h) if h.contains("%in_ddp")));
+    }
+
+    #[test]
     fn help_is_not_an_error() {
         match parse("--help").unwrap() {
             Parsed::Help(h) => assert!(h.contains("--on-error") && h.contains("Usage")),
-            Parsed::Run(_) => panic!("expected help"),
+            other => panic!("expected help, got {other:?}"),
         }
     }
 }

@@ -9,7 +9,11 @@ use std::process::{Child, Command, Stdio};
 #[derive(Debug, Clone)]
 pub struct LaunchPlan {
     pub exe: PathBuf,
+    /// Ranks this launcher starts: global ranks `base_rank .. base_rank + local_ranks`.
+    pub local_ranks: usize,
+    /// Ranks in the whole group (several kernels may launch parts of it).
     pub world_size: usize,
+    pub base_rank: usize,
     /// Directory of this launch (shipped variables, results).
     pub run_dir: PathBuf,
     pub master_addr: String,
@@ -21,7 +25,7 @@ pub struct LaunchPlan {
 }
 
 pub trait Launcher: Sync {
-    /// Starts rank `rank` of the plan with piped stdout and stderr.
+    /// Starts local rank `rank` of the plan with piped stdout and stderr.
     fn spawn_rank(&self, plan: &LaunchPlan, rank: usize) -> std::io::Result<Child>;
 }
 
@@ -35,10 +39,10 @@ impl Launcher for LocalSpawner {
         {
             let mut cmd = Command::new(&plan.exe);
             cmd.current_dir(std::env::current_dir().unwrap_or_else(|_| "/".into()))
-                .env("RANK", rank.to_string())
+                .env("RANK", (plan.base_rank + rank).to_string())
                 .env("LOCAL_RANK", rank.to_string())
                 .env("WORLD_SIZE", plan.world_size.to_string())
-                .env("LOCAL_WORLD_SIZE", plan.world_size.to_string())
+                .env("LOCAL_WORLD_SIZE", plan.local_ranks.to_string())
                 .env("MASTER_ADDR", &plan.master_addr)
                 .env("MASTER_PORT", plan.master_port.to_string())
                 .env(ranch::__rt::RUN_DIR_ENV, &plan.run_dir)

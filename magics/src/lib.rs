@@ -11,3 +11,4 @@ pub mod launch;
 pub mod supervise;
 pub mod merge;
 pub mod gpus;
+pub mod group;

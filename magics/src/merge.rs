@@ -5,12 +5,14 @@ use ranch::__rt::RankResult;
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// Reads every rank's result file (rank order).
-pub fn read_results(run_dir: &Path, world_size: usize) -> Result<Vec<RankResult>, String> {
-    (0..world_size)
+/// Reads every rank's result file (rank order; `first_rank` names local rank 0).
+pub fn read_results(run_dir: &Path, local_ranks: usize, first_rank: usize) -> Result<Vec<RankResult>, String> {
+    (0..local_ranks)
         .map(|r| {
             let path = ranch::__rt::result_path(run_dir, r);
-            let bytes = std::fs::read(&path).map_err(|e| format!("rank {r} finished without a result ({e})"))?;
+            let r = r + first_rank;
+            let bytes = std::fs::read(&path)
+                .map_err(|_| format!("rank {r} exited with status 0 before the end of the cell, so it has no value"))?;
             RankResult::decode(&bytes).map_err(|e| format!("rank {r}'s result is unreadable: {e}"))
         })
         .collect()
@@ -37,6 +39,17 @@ pub fn result_bundle(results: &[RankResult]) -> Option<Map<String, Value>> {
     Some(data)
 }
 
+/// `%in_ddp`'s result: one rank's value (the base rank's), as a plain value.
+pub fn single_bundle(result: &RankResult) -> Option<Map<String, Value>> {
+    if result.type_name == "()" {
+        return None;
+    }
+    let shown = result.debug.clone().unwrap_or_else(|| format!("<{}>", result.type_name));
+    let mut data = Map::new();
+    data.insert("text/plain".into(), Value::String(shown));
+    Some(data)
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -48,14 +61,20 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
         .iter()
         .enumerate()
         .filter(|(_, r)| !matches!(r.ending, Ending::Success | Ending::Stopped))
-        .map(|(i, r)| (i, &r.ending))
+        .map(|(i, r)| (i + report.first_rank, &r.ending))
         .collect();
-    let stopped: Vec<usize> =
-        report.ranks.iter().enumerate().filter(|(_, r)| r.ending == Ending::Stopped).map(|(i, _)| i).collect();
+    let stopped: Vec<usize> = report
+        .ranks
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.ending == Ending::Stopped)
+        .map(|(i, _)| i + report.first_rank)
+        .collect();
     let headline = match &report.stopped {
         Some(StopReason::Interrupted) => format!("interrupted: stopped all {} ranks", report.ranks.len()),
         Some(StopReason::Timeout { running }) => {
-            format!("timed out after {:.1}s; ranks still running were stopped: {}", report.elapsed.as_secs_f64(), list(running))
+            let running: Vec<usize> = running.iter().map(|r| r + report.first_rank).collect();
+            format!("timed out after {:.1}s; ranks still running were stopped: {}", report.elapsed.as_secs_f64(), list(&running))
         }
         _ if failed.is_empty() => return None,
         _ => {
@@ -66,7 +85,7 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
     let mut tb = vec![format!("\x1b[1;31m%%ranch failed\x1b[0m: {headline}")];
     for (rank, ending) in &failed {
         tb.push(format!("rank {rank} {}", describe(ending)));
-        let last = &report.ranks[*rank].last_lines;
+        let last = &report.ranks[*rank - report.first_rank].last_lines;
         if !last.is_empty() {
             tb.push(format!("  last output of rank {rank}:"));
             tb.extend(last.iter().map(|l| format!("    [{rank}] {l}")));
@@ -128,6 +147,7 @@ mod tests {
             ranks: vec![ok.clone(), bad, RankReport { ending: Ending::Stopped, ..ok }],
             stopped: Some(StopReason::RankFailed(1)),
             elapsed: Default::default(),
+            first_rank: 0,
         };
         let (evalue, tb) = failure(&report).unwrap();
         assert_eq!(evalue, "rank 1 panicked at cell line 3: boom");

@@ -31,6 +31,8 @@ pub struct CellProgram {
     pub shipped: Vec<Shipped>,
     pub ctx: Option<String>,
     pub uses_question_mark: bool,
+    /// Form the process group before the body and tear it down after it (`--ddp`).
+    pub ddp: bool,
 }
 
 /// The generated crate.
@@ -110,6 +112,9 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
             )),
         }
     }
+    if cell.ddp {
+        main.push_str("    if let Err(e) = ranch::comm().barrier() { panic!(\"the process group did not form: {e}\"); }\n");
+    }
     match &cell.ctx {
         Some(ctx) => main.push_str(&format!("    let __ranch_ctx = {ctx};\n")),
         None => main.push_str("    let __ranch_ctx = ();\n"),
@@ -131,8 +136,12 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
     } else {
         main.push_str("    };\n");
     }
+    main.push_str("    drop(__ranch_ctx);\n");
+    if cell.ddp {
+        main.push_str("    if let Err(e) = ranch::comm().barrier() { panic!(\"the process group did not tear down cleanly: {e}\"); }\n");
+    }
     main.push_str(
-        "    drop(__ranch_ctx);\n\
+        "\
          \x20   let __ranch_ship = ranch::__rt::Ship(&__ranch_value);\n\
          \x20   ranch::__rt::emit(\n\
          \x20       ::std::any::type_name_of_val(&__ranch_value),\n\

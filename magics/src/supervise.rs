@@ -48,6 +48,8 @@ pub struct Policy {
     pub timeout: Option<Duration>,
     pub group_outputs: GroupOutputs,
     pub see: See,
+    /// Global rank of local rank 0 (labels and `--see` use global ranks).
+    pub first_rank: usize,
 }
 
 /// How one rank ended.
@@ -84,6 +86,8 @@ pub struct RunReport {
     pub stopped: Option<StopReason>,
     /// From first spawn to last exit.
     pub elapsed: Duration,
+    /// Global rank of `ranks[0]`.
+    pub first_rank: usize,
 }
 
 enum Event {
@@ -179,8 +183,9 @@ fn watch(
                     }
                     tail.push_back(l.clone());
                 }
-                if policy.see.shows(rank) {
-                    let text: String = lines.iter().map(|l| format!("[{rank}] {l}\n")).collect();
+                let global = policy.first_rank + rank;
+                if policy.see.shows(global) {
+                    let text: String = lines.iter().map(|l| format!("[{global}] {l}\n")).collect();
                     match policy.group_outputs {
                         GroupOutputs::Order => sink.output(stream, &text),
                         GroupOutputs::Rank => grouped[rank][stream as usize].push_str(&text),
@@ -188,8 +193,9 @@ fn watch(
                 }
             }
             Ok(Event::Display(rank, data)) => {
-                if policy.see.shows(rank) {
-                    sink.display(rank, data);
+                let global = policy.first_rank + rank;
+                if policy.see.shows(global) {
+                    sink.display(global, data);
                 }
             }
             Ok(Event::Exit(rank, status)) => {
@@ -244,6 +250,7 @@ fn watch(
         ranks: ranks.into_iter().map(|r| r.expect("every rank exited")).collect(),
         stopped,
         elapsed: started.elapsed(),
+        first_rank: policy.first_rank,
     }
 }
 

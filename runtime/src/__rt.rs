@@ -8,6 +8,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
+pub use crate::comm::{TIMEOUT_ENV, TOKEN_ENV};
+
+/// The shared-memory segment of a launch's group (created and marked by the kernel).
+pub mod group {
+    pub use crate::comm::shm_segment::{Layout, create, mark_exited};
+    pub use crate::comm::HELLO;
+}
+
 /// Directory of one launch: `vars/` holds shipped variables, `rank-<r>.result` results.
 pub const RUN_DIR_ENV: &str = "RANCH_RUN_DIR";
 
@@ -98,6 +106,8 @@ impl RankResult {
     }
 }
 
+/// Result and panic files are named by local rank: a kernel's run directory holds only the
+/// ranks it launched.
 pub fn result_path(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank-{rank}.result"))
 }
@@ -109,7 +119,7 @@ pub fn panic_path(dir: &Path, rank: usize) -> PathBuf {
 /// Records this rank's tail value for the kernel.
 pub fn emit(type_name: &str, debug: Option<String>, value: Result<Vec<u8>, String>) {
     let result = RankResult { type_name: type_name.to_string(), debug, value: value.ok() };
-    let path = result_path(&run_dir(), crate::rank());
+    let path = result_path(&run_dir(), crate::local_rank());
     let bytes = result.encode();
     if let Err(e) = std::fs::write(&path, bytes) {
         eprintln!("ranch: cannot write the result to {}: {e}", path.display());
@@ -182,7 +192,7 @@ pub fn install_panic_hook() {
         };
         let (file, line) = info.location().map(|l| (l.file().to_string(), l.line())).unwrap_or_default();
         let report = PanicReport { message, file, line };
-        let written = std::fs::write(panic_path(&run_dir(), crate::rank()), report.encode()).ok();
+        let written = std::fs::write(panic_path(&run_dir(), crate::local_rank()), report.encode()).ok();
         if written.is_none() {
             eprintln!("panicked: {}", report.message);
         }

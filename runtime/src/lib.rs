@@ -11,11 +11,13 @@
 //! assert_eq!(ranch::shard(&data), &data[..]);
 //! ```
 
+mod comm;
 mod info;
 mod shard;
 
 #[doc(hidden)]
 pub mod __rt;
 
+pub use comm::{Comm, CommError, Op, Reduce, comm};
 pub use info::{gpu, local_rank, local_world_size, rank, world_size};
 pub use shard::{shard, shard_range};

@@ -6,6 +6,7 @@ use super::EvcxrSession;
 use crate::interpreter::{CellContext, CellError, CellOutcome, MimeBundle, Stream};
 use ranch_magics::args::{self, Parsed, RanchArgs};
 use ranch_magics::build::{self, BuildError, Toolchain};
+use ranch_magics::group::GroupService;
 use ranch_magics::launch::{LaunchPlan, Launcher, LocalSpawner, free_port};
 use ranch_magics::program::{self, CellProgram, SessionSnapshot, Shipped};
 use ranch_magics::supervise::{self, Cancel, Policy, RankSink};
@@ -66,7 +67,8 @@ pub fn remove_stale_session_dirs() {
 
 /// Whether a cell is a `%%ranch` cell.
 pub fn is_ranch_cell(code: &str) -> bool {
-    code.trim_start().starts_with("%%ranch")
+    let c = code.trim_start();
+    c.starts_with("%%ranch") || c.starts_with("%in_ddp")
 }
 
 struct SinkAdapter<'a>(&'a CellContext);
@@ -113,15 +115,26 @@ impl EvcxrSession {
 
     pub(super) fn run_ranch(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
         let code = code.trim_start();
-        let (magic_line, body) = code.split_once('\n').unwrap_or((code, ""));
-        let magic_args = magic_line.trim_start_matches("%%ranch");
-        let args = match args::parse(magic_args).map_err(|e| usage(e.0))? {
+        let parsed = match code.strip_prefix("%in_ddp") {
+            // A line magic: the rest of the cell is the expression.
+            Some(rest) => args::parse_in_ddp(&rest.replace('\n', " ")),
+            None => {
+                let magic_line = code.split_once('\n').map_or(code, |(l, _)| l);
+                args::parse(magic_line.trim_start_matches("%%ranch"))
+            }
+        };
+        let (args, body, first_rank_only) = match parsed.map_err(|e| usage(e.0))? {
             Parsed::Help(text) => {
                 cx.sink.stream(Stream::Stdout, &text);
                 return Ok(None);
             }
-            Parsed::Run(a) => a,
+            Parsed::Run(a) => (a, code.split_once('\n').map_or("", |(_, b)| b).to_string(), false),
+            Parsed::InDdp(a, expr) => {
+                let single = !a.gather;
+                (a, expr, single)
+            }
         };
+        let body = body.as_str();
         let (rank_deps, rust, rust_line) = source::split_rank_deps(body).map_err(usage)?;
         let facts = source::body_facts(&rust);
         if args.ctx.as_deref().is_some_and(|c| c.trim().is_empty()) {
@@ -165,13 +178,14 @@ impl EvcxrSession {
             shipped,
             ctx: args.ctx.clone(),
             uses_question_mark: facts.uses_question_mark,
+            ddp: args.ddp,
         };
         let program = program::generate(&snapshot, &cell);
         let t_build = std::time::Instant::now();
         let exe = self.build_rank_program(&program, cx, code)?;
         let build_s = t_build.elapsed().as_secs_f64();
         let t_launch = std::time::Instant::now();
-        let (shown, types) = self.launch(&args, &exe, &run_dir, &program, cx)?;
+        let (shown, types) = self.launch(&args, &exe, &run_dir, &program, cx, first_rank_only)?;
         // The Jupyter server's log gets each phase (bench/ranch.py reads them).
         crate::log!(
             "%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s",
@@ -333,18 +347,27 @@ impl EvcxrSession {
         run_dir: &Path,
         program: &program::RankProgram,
         cx: &CellContext,
+        first_rank_only: bool,
     ) -> Result<(Option<MimeBundle>, Vec<String>), CellError> {
         let (_, libdir) = self.toolchain()?;
-        let master_addr = "127.0.0.1".to_string();
-        let master_port = free_port(&master_addr).map_err(|e| ranch_error(format!("no free port for MASTER_PORT: {e}")))?;
         let gpus = ranch_magics::gpus::assign(&args.gpus, args.gpu_visibility, args.n).map_err(usage)?;
+        let (_service, master_port, token) = start_or_join_group(args)?;
+        let mut env = vec![
+            ("LD_LIBRARY_PATH".into(), join_paths(&libdir)),
+            (ranch_magics::group::TOKEN_ENV.to_string(), token),
+        ];
+        if let Some(t) = args.collective_timeout {
+            env.push((ranch_magics::group::TIMEOUT_ENV.to_string(), t.to_string()));
+        }
         let plan = LaunchPlan {
             exe: exe.to_path_buf(),
-            world_size: args.n,
+            local_ranks: args.n,
+            world_size: args.world(),
+            base_rank: args.base_rank,
             run_dir: run_dir.to_path_buf(),
-            master_addr,
+            master_addr: args.addr.clone(),
             master_port,
-            env: vec![("LD_LIBRARY_PATH".into(), join_paths(&libdir))],
+            env,
             rank_env: gpus,
         };
         let policy = Policy {
@@ -352,6 +375,7 @@ impl EvcxrSession {
             timeout: args.timeout.map(Duration::from_secs_f64),
             group_outputs: args.group_outputs,
             see: args.see.clone(),
+            first_rank: args.base_rank,
         };
         let cancel = Cancel::default();
         *self.run.ranch_cancel.lock().unwrap() = Some(cancel.clone());
@@ -365,7 +389,8 @@ impl EvcxrSession {
             let ename = if report.stopped == Some(supervise::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
             return Err(CellError { ename: ename.into(), evalue, traceback });
         }
-        let results = merge::read_results(run_dir, args.n).map_err(ranch_error)?;
+        let results = merge::read_results(run_dir, args.n, args.base_rank)
+            .map_err(|e| CellError::new("RankFailed", format!("{e}. The session is unchanged.")))?;
         if args.out.is_some() {
             if let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()") {
                 return Err(ranch_error(format!(
@@ -375,7 +400,8 @@ impl EvcxrSession {
             }
         }
         let types = results.iter().map(|r| r.type_name.clone()).collect();
-        Ok((merge::result_bundle(&results), types))
+        let shown = if first_rank_only { merge::single_bundle(&results[0]) } else { merge::result_bundle(&results) };
+        Ok((shown, types))
     }
 
     /// `let NAME: Vec<T> = ...` in the session, T given or read from the ranks' values.
@@ -402,6 +428,40 @@ impl EvcxrSession {
         })?;
         self.generation += 1;
         Ok(())
+    }
+}
+
+/// The group the ranks join: hosted here (this kernel launches rank 0), or another
+/// kernel's, found through the token it published for its port.
+fn start_or_join_group(args: &RanchArgs) -> Result<(Option<GroupService>, u16, String), CellError> {
+    use ranch_magics::group;
+    if args.hosts_group() {
+        let port = match args.port {
+            Some(p) => p,
+            None => free_port(&args.addr).map_err(|e| ranch_error(format!("no free port for MASTER_PORT: {e}")))?,
+        };
+        let token = group::new_token();
+        let publish = args.world() > args.n;
+        let service = GroupService::start(&args.addr, port, args.world(), &token, publish).map_err(|e| {
+            if args.port.is_some() { usage(format!("--port {port}: {e}")) } else { ranch_error(e) }
+        })?;
+        return Ok((Some(service), port, token));
+    }
+    let port = args.port.expect("checked by the parser: joining needs --port");
+    let path = group::token_path(port);
+    // The hosting kernel may be a moment behind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(token) = std::fs::read_to_string(&path) {
+            return Ok((None, port, token.trim().to_string()));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(usage(format!(
+                "no group is hosted on port {port} (no token at {}): run the part with --base-rank 0 first, in another kernel",
+                path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -11,6 +11,11 @@ const FILES: &[(&str, &str)] = &[
     ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
     ("src/shard.rs", include_str!("../../../runtime/src/shard.rs")),
     ("src/__rt.rs", include_str!("../../../runtime/src/__rt.rs")),
+    ("src/comm/mod.rs", include_str!("../../../runtime/src/comm/mod.rs")),
+    ("src/comm/error.rs", include_str!("../../../runtime/src/comm/error.rs")),
+    ("src/comm/reduce.rs", include_str!("../../../runtime/src/comm/reduce.rs")),
+    ("src/comm/rendezvous.rs", include_str!("../../../runtime/src/comm/rendezvous.rs")),
+    ("src/comm/shm.rs", include_str!("../../../runtime/src/comm/shm.rs")),
 ];
 
 fn cache_root() -> PathBuf {
@@ -54,11 +59,19 @@ mod tests {
 
     #[test]
     fn every_runtime_source_file_is_embedded() {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/src");
-        let mut on_disk: Vec<String> = std::fs::read_dir(src)
-            .unwrap()
-            .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
-            .collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime");
+        fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, root, out);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut on_disk = Vec::new();
+        walk(&root.join("src"), &root, &mut on_disk);
         on_disk.sort();
         let mut embedded: Vec<String> = FILES.iter().filter(|(p, _)| p.starts_with("src/")).map(|(p, _)| p.to_string()).collect();
         embedded.sort();

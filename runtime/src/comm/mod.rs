@@ -1,0 +1,259 @@
+//! The process group of a ranked launch: collectives and point-to-point messages.
+//!
+//! `ranch::comm()` is the group. In a ranked launch its backend is shared memory on this
+//! host ([`shm`]), joined through the kernel's rendezvous service; outside one it is a
+//! group of one whose collectives are identities, so the same code runs in a plain cell.
+//! A collective that cannot complete (a rank died, skipped it, or called another one)
+//! returns a [`CommError`] naming the operation and the ranks, instead of hanging.
+
+mod error;
+mod reduce;
+mod rendezvous;
+mod shm;
+
+pub use error::CommError;
+pub use rendezvous::HELLO;
+
+/// What the kernel needs of the segment's layout.
+pub mod shm_segment {
+    pub use super::shm::{Layout, create, mark_exited};
+}
+pub use reduce::{Op, Reduce};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::OnceLock;
+
+/// Environment of a launch's group (set by the kernel).
+pub const TOKEN_ENV: &str = "RANCH_TOKEN";
+pub const TIMEOUT_ENV: &str = "RANCH_COLLECTIVE_TIMEOUT";
+
+enum Backend {
+    Serial,
+    Shm(shm::Group),
+    /// Joining the group failed; every operation reports why.
+    Broken(String),
+}
+
+/// A process group. Operations are serialised: call them from one thread at a time.
+pub struct Comm {
+    rank: usize,
+    world: usize,
+    backend: Backend,
+}
+
+/// The process group of this launch (a group of one outside a ranked launch).
+pub fn comm() -> &'static Comm {
+    static COMM: OnceLock<Comm> = OnceLock::new();
+    COMM.get_or_init(Comm::from_env)
+}
+
+fn encode<T: Serialize + ?Sized>(op: &'static str, value: &T) -> Result<Vec<u8>, CommError> {
+    rmp_serde::to_vec(value).map_err(|e| CommError::new(op, vec![], format!("cannot serialise the value: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(op: &'static str, from: usize, bytes: &[u8]) -> Result<T, CommError> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| CommError::new(op, vec![from], format!("the value from rank {from} does not decode as the requested type: {e}")))
+}
+
+impl Comm {
+    fn from_env() -> Comm {
+        let (rank, world) = (crate::rank(), crate::world_size());
+        let token = std::env::var(TOKEN_ENV).ok();
+        let backend = match token {
+            None if world == 1 => Backend::Serial,
+            None => Backend::Broken(format!("rank {rank} of {world} has no group to join ({TOKEN_ENV} is not set)")),
+            Some(token) => match rendezvous::join(&token, rank, world) {
+                Ok(group) => Backend::Shm(group),
+                Err(e) => Backend::Broken(e),
+            },
+        };
+        Comm { rank, world, backend }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn group(&self, op: &'static str) -> Result<Option<&shm::Group>, CommError> {
+        match &self.backend {
+            Backend::Serial => Ok(None),
+            Backend::Shm(g) => Ok(Some(g)),
+            Backend::Broken(why) => Err(CommError::new(op, vec![self.rank], why.clone())),
+        }
+    }
+
+    fn check_root(&self, op: &'static str, root: usize) -> Result<(), CommError> {
+        if root >= self.world {
+            return Err(CommError::new(op, vec![], format!("root {root} is not a rank of this group of {}", self.world)));
+        }
+        Ok(())
+    }
+
+    /// Waits until every rank has called `barrier`.
+    pub fn barrier(&self) -> Result<(), CommError> {
+        match self.group("barrier")? {
+            None => Ok(()),
+            Some(g) => g.barrier(),
+        }
+    }
+
+    /// Combines `buf` element-wise across ranks with `op`; every rank gets the result.
+    pub fn all_reduce<T: Reduce>(&self, buf: &mut [T], op: Op) -> Result<(), CommError> {
+        match self.group("all_reduce")? {
+            None => Ok(()),
+            Some(g) => g.reduce(buf, op, None),
+        }
+    }
+
+    /// Like [`all_reduce`](Self::all_reduce), but only `root` gets the result (other
+    /// ranks' buffers are left as they were).
+    pub fn reduce<T: Reduce>(&self, buf: &mut [T], op: Op, root: usize) -> Result<(), CommError> {
+        self.check_root("reduce", root)?;
+        match self.group("reduce")? {
+            None => Ok(()),
+            Some(g) => g.reduce(buf, op, Some(root)),
+        }
+    }
+
+    /// `root`'s value, on every rank (`value` is only read on `root`).
+    pub fn broadcast<T: Serialize + DeserializeOwned>(&self, value: Option<T>, root: usize) -> Result<T, CommError> {
+        const OP: &str = "broadcast";
+        self.check_root(OP, root)?;
+        let mine = match (&value, self.rank == root) {
+            (Some(v), true) => encode(OP, v)?,
+            (None, true) => return Err(CommError::new(OP, vec![root], "the root must pass Some(value)".into())),
+            (_, false) => vec![],
+        };
+        match self.group(OP)? {
+            None => value.ok_or_else(|| CommError::new(OP, vec![root], "the root must pass Some(value)".into())),
+            Some(g) => {
+                let all = g.all_gather_bytes(OP, &mine)?;
+                decode(OP, root, &all[root])
+            }
+        }
+    }
+
+    /// Copies `root`'s `buf` into every rank's `buf` (lengths must match).
+    pub fn broadcast_slice<T: Reduce>(&self, buf: &mut [T], root: usize) -> Result<(), CommError> {
+        self.check_root("broadcast_slice", root)?;
+        match self.group("broadcast_slice")? {
+            None => Ok(()),
+            Some(g) => g.broadcast_slice(buf, root),
+        }
+    }
+
+    /// Every rank's value, in rank order, on every rank.
+    pub fn all_gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>, CommError> {
+        const OP: &str = "all_gather";
+        let mine = encode(OP, value)?;
+        match self.group(OP)? {
+            None => Ok(vec![decode(OP, 0, &mine)?]),
+            Some(g) => {
+                let all = g.all_gather_bytes(OP, &mine)?;
+                all.iter().enumerate().map(|(r, b)| decode(OP, r, b)).collect()
+            }
+        }
+    }
+
+    /// Every rank's value, in rank order, on `root` (`None` elsewhere).
+    pub fn gather<T: Serialize + DeserializeOwned>(&self, value: &T, root: usize) -> Result<Option<Vec<T>>, CommError> {
+        const OP: &str = "gather";
+        self.check_root(OP, root)?;
+        let mine = encode(OP, value)?;
+        let all = match self.group(OP)? {
+            None => vec![mine],
+            Some(g) => g.all_gather_bytes(OP, &mine)?,
+        };
+        if self.rank != root {
+            return Ok(None);
+        }
+        all.iter().enumerate().map(|(r, b)| decode(OP, r, b)).collect::<Result<_, _>>().map(Some)
+    }
+
+    /// Rank i gets `values[i]` of `root` (`values` is only read on `root`, and must have one
+    /// value per rank).
+    pub fn scatter<T: Serialize + DeserializeOwned>(&self, values: Option<Vec<T>>, root: usize) -> Result<T, CommError> {
+        const OP: &str = "scatter";
+        self.check_root(OP, root)?;
+        let mine = if self.rank == root {
+            let values = values.ok_or_else(|| CommError::new(OP, vec![root], "the root must pass Some(values)".into()))?;
+            if values.len() != self.world {
+                return Err(CommError::new(
+                    OP,
+                    vec![root],
+                    format!("the root passed {} values for {} ranks", values.len(), self.world),
+                ));
+            }
+            let parts: Result<Vec<Vec<u8>>, _> = values.iter().map(|v| encode(OP, v)).collect();
+            encode(OP, &parts?)?
+        } else {
+            vec![]
+        };
+        let from_root = match self.group(OP)? {
+            None => mine,
+            Some(g) => g.all_gather_bytes(OP, &mine)?.swap_remove(root),
+        };
+        let parts: Vec<Vec<u8>> = decode(OP, root, &from_root)?;
+        decode(OP, root, &parts[self.rank])
+    }
+
+    /// Sends `value` to rank `dest` (returns once it is handed over or buffered).
+    pub fn send<T: Serialize>(&self, value: &T, dest: usize) -> Result<(), CommError> {
+        const OP: &str = "send";
+        self.check_root(OP, dest)?;
+        let bytes = encode(OP, value)?;
+        match self.group(OP)? {
+            None => Err(CommError::new(OP, vec![0], "a group of one has no other rank to send to".into())),
+            Some(_) if dest == self.rank => Err(CommError::new(OP, vec![dest], "a rank cannot send to itself".into())),
+            Some(g) => g.send_bytes(&bytes, dest),
+        }
+    }
+
+    /// Receives the next value rank `src` sent to this rank.
+    pub fn recv<T: DeserializeOwned>(&self, src: usize) -> Result<T, CommError> {
+        const OP: &str = "recv";
+        self.check_root(OP, src)?;
+        match self.group(OP)? {
+            None => Err(CommError::new(OP, vec![0], "a group of one has no other rank to receive from".into())),
+            Some(_) if src == self.rank => Err(CommError::new(OP, vec![src], "a rank cannot receive from itself".into())),
+            Some(g) => decode(OP, src, &g.recv_bytes(src)?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serial() -> Comm {
+        Comm { rank: 0, world: 1, backend: Backend::Serial }
+    }
+
+    #[test]
+    fn a_group_of_one_is_the_identity() {
+        let c = serial();
+        let mut v = vec![1.0f32, 2.0];
+        c.all_reduce(&mut v, Op::Sum).unwrap();
+        assert_eq!(v, [1.0, 2.0]);
+        c.barrier().unwrap();
+        assert_eq!(c.broadcast(Some("x".to_string()), 0).unwrap(), "x");
+        assert_eq!(c.all_gather(&7u8).unwrap(), vec![7]);
+        assert_eq!(c.gather(&7u8, 0).unwrap(), Some(vec![7]));
+        assert_eq!(c.scatter(Some(vec![5u8]), 0).unwrap(), 5);
+        assert!(c.send(&1u8, 0).is_err());
+    }
+
+    #[test]
+    fn bad_roots_are_errors() {
+        let c = serial();
+        let err = c.broadcast(Some(1u8), 3).unwrap_err();
+        assert!(err.to_string().contains("root 3"), "{err}");
+        assert!(c.scatter(Some(vec![1u8, 2]), 0).unwrap_err().to_string().contains("2 values for 1 ranks"));
+    }
+}

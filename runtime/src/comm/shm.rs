@@ -1,0 +1,495 @@
+//! The single-host backend: every rank maps one shared-memory segment (a file in
+//! `/dev/shm` that the kernel creates, and removes after the launch).
+//!
+//! Layout (offsets in bytes):
+//! - header: magic, world, slot size, mailbox size, abort flag; then one `u32` "exited"
+//!   flag per rank, set by the kernel's rendezvous service when a rank's connection closes;
+//! - control: one cache line pair per rank: the barrier count it reached, and the
+//!   description of the collective it is in (two alternating copies);
+//! - mailboxes: one per (sender, receiver) pair, for `send`/`recv`;
+//! - slots: one per rank plus a result slot, for collectives' data.
+//!
+//! Collectives are made of phases separated by barriers. A barrier is each rank publishing
+//! how many it has reached and waiting for every other rank to reach it too: no central
+//! counter, and a rank that died or skipped is visible by name.
+
+use super::error::CommError;
+use super::reduce::{Op, Reduce};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const MAGIC: u64 = 0x3153_4843_4e41_5252; // "RRANCHS1"
+const EXITED_OFF: usize = 64;
+const CTRL_BYTES: usize = 128;
+const MAILBOX_HEADER: usize = 64;
+const PAGE: usize = 4096;
+
+/// Where everything is in a segment for `world` ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub world: usize,
+    pub ctrl: usize,
+    pub mailboxes: usize,
+    pub mailbox_bytes: usize,
+    pub slots: usize,
+    pub slot_bytes: usize,
+    pub total: usize,
+}
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+impl Layout {
+    pub fn new(world: usize) -> Layout {
+        let ctrl = round_up(EXITED_OFF + 4 * world, 128);
+        let mailboxes = round_up(ctrl + CTRL_BYTES * world, PAGE);
+        let mailbox_bytes = round_up((16 << 20) / (world * world), 64).clamp(1024, 64 << 10);
+        let slots = round_up(mailboxes + world * world * (MAILBOX_HEADER + mailbox_bytes), PAGE);
+        // Big enough slots move data at memory speed; the file is sparse, so pages only
+        // exist once touched.
+        let slot_bytes = round_up((256 << 20) / (world + 1), PAGE).clamp(64 << 10, 4 << 20);
+        let total = slots + (world + 1) * slot_bytes;
+        Layout { world, ctrl, mailboxes, mailbox_bytes, slots, slot_bytes, total }
+    }
+}
+
+/// Creates the segment of a launch (kernel side).
+pub fn create(path: &str, world: usize) -> std::io::Result<()> {
+    let lay = Layout::new(world);
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+    file.set_len(lay.total as u64)?;
+    let mut header = Vec::with_capacity(32);
+    for word in [MAGIC, world as u64, lay.slot_bytes as u64, lay.mailbox_bytes as u64] {
+        header.extend_from_slice(&word.to_ne_bytes());
+    }
+    file.write_all_at(&header, 0)
+}
+
+/// Marks a rank as gone (kernel side): ranks waiting for it stop waiting.
+pub fn mark_exited(file: &File, rank: usize) -> std::io::Result<()> {
+    file.write_all_at(&1u32.to_ne_bytes(), (EXITED_OFF + 4 * rank) as u64)
+}
+
+mod ffi {
+    use std::ffi::c_void;
+    // From the C library std already links; the libc crate would be one more dependency
+    // for every notebook session.
+    unsafe extern "C" {
+        pub fn mmap(addr: *mut c_void, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> *mut c_void;
+        pub fn munmap(addr: *mut c_void, len: usize) -> i32;
+    }
+    pub const PROT_READ_WRITE: i32 = 0x1 | 0x2;
+    pub const MAP_SHARED: i32 = 0x01;
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Barriers this rank has passed.
+    barriers: u64,
+    /// Collectives this rank has started.
+    collectives: u64,
+}
+
+pub struct Group {
+    base: *mut u8,
+    lay: Layout,
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+    progress: Mutex<Progress>,
+    /// The rendezvous connection: closing it (at exit) tells the kernel this rank is gone.
+    _conn: std::net::TcpStream,
+}
+
+// SAFETY: the mapping lives as long as the Group; cross-process access is synchronised by
+// the atomics in the segment, and in-process use by `progress`.
+unsafe impl Send for Group {}
+unsafe impl Sync for Group {}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: base/len come from a successful mmap.
+        unsafe { ffi::munmap(self.base.cast(), self.lay.total) };
+    }
+}
+
+/// Kinds of collective, for checking that every rank called the same one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u64)]
+enum Kind {
+    Barrier = 1,
+    AllReduce,
+    Reduce,
+    Broadcast,
+    BroadcastSlice,
+    AllGather,
+    Gather,
+    Scatter,
+}
+
+const KINDS: [(Kind, &str); 8] = [
+    (Kind::Barrier, "barrier"),
+    (Kind::AllReduce, "all_reduce"),
+    (Kind::Reduce, "reduce"),
+    (Kind::Broadcast, "broadcast"),
+    (Kind::BroadcastSlice, "broadcast_slice"),
+    (Kind::AllGather, "all_gather"),
+    (Kind::Gather, "gather"),
+    (Kind::Scatter, "scatter"),
+];
+
+fn kind_of(op: &str) -> Kind {
+    KINDS.iter().find(|(_, n)| *n == op).map(|(k, _)| *k).expect("known collective")
+}
+
+/// What a rank says it is doing: (kind, element type and op, length, root).
+type Desc = [u64; 4];
+
+fn type_code(name: &str, op: Option<Op>) -> u64 {
+    let mut code = [0u8; 8];
+    for (i, b) in name.bytes().take(7).enumerate() {
+        code[i] = b;
+    }
+    code[7] = op.map_or(0, |o| o.code() as u8 + 1);
+    u64::from_le_bytes(code)
+}
+
+fn describe(d: &Desc) -> String {
+    let name = KINDS.iter().find(|(k, _)| *k as u64 == d[0]).map_or("?", |(_, n)| n);
+    let bytes = d[1].to_le_bytes();
+    let ty: String = bytes[..7].iter().take_while(|b| **b != 0).map(|b| *b as char).collect();
+    let op = ["", "Sum", "Min", "Max", "Prod"].get(bytes[7] as usize).copied().unwrap_or("?");
+    let mut s = name.to_string();
+    if !ty.is_empty() {
+        s.push_str(&format!("<{ty}>"));
+    }
+    if d[2] > 0 {
+        s.push_str(&format!(" of {} elements", d[2]));
+    }
+    if !op.is_empty() {
+        s.push_str(&format!(", {op}"));
+    }
+    if d[3] > 0 {
+        s.push_str(&format!(", root {}", d[3] - 1));
+    }
+    s
+}
+
+impl Group {
+    pub fn open(path: &str, rank: usize, world: usize, conn: std::net::TcpStream) -> Result<Group, String> {
+        let lay = Layout::new(world);
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("cannot open the group's segment {path}: {e}"))?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+        if len != lay.total {
+            return Err(format!("the group's segment {path} has {len} bytes, expected {}", lay.total));
+        }
+        // SAFETY: mapping a file we opened read-write, of the length it has.
+        let base = unsafe { ffi::mmap(std::ptr::null_mut(), len, ffi::PROT_READ_WRITE, ffi::MAP_SHARED, file.as_raw_fd(), 0) };
+        if base as isize == -1 {
+            return Err(format!("cannot map the group's segment: {}", std::io::Error::last_os_error()));
+        }
+        let timeout = std::env::var(super::TIMEOUT_ENV)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .map_or(Duration::from_secs(120), Duration::from_secs_f64);
+        let g = Group { base: base.cast(), lay, rank, world, timeout, progress: Mutex::default(), _conn: conn };
+        if g.word(0).load(Ordering::Acquire) != MAGIC || g.word(1).load(Ordering::Acquire) != world as u64 {
+            return Err(format!("{path} is not a ranch group segment for {world} ranks"));
+        }
+        Ok(g)
+    }
+
+    fn at<T>(&self, offset: usize) -> &T {
+        debug_assert!(offset + std::mem::size_of::<T>() <= self.lay.total);
+        // SAFETY: in bounds of the mapping, aligned by the layout, and only used for atomics.
+        unsafe { &*self.base.add(offset).cast::<T>() }
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        self.at(8 * i)
+    }
+
+    fn abort_flag(&self) -> &AtomicU64 {
+        self.word(4)
+    }
+
+    fn exited(&self, rank: usize) -> bool {
+        self.at::<AtomicU32>(EXITED_OFF + 4 * rank).load(Ordering::Acquire) != 0
+    }
+
+    fn reached(&self, rank: usize) -> &AtomicU64 {
+        self.at(self.lay.ctrl + CTRL_BYTES * rank)
+    }
+
+    fn desc(&self, rank: usize, copy: usize, i: usize) -> &AtomicU64 {
+        self.at(self.lay.ctrl + CTRL_BYTES * rank + 8 + 32 * copy + 8 * i)
+    }
+
+    fn slot(&self, i: usize) -> *mut u8 {
+        // SAFETY: slot i < world + 1 is inside the mapping.
+        unsafe { self.base.add(self.lay.slots + i * self.lay.slot_bytes) }
+    }
+
+    fn result_slot(&self) -> *mut u8 {
+        self.slot(self.world)
+    }
+
+    fn mailbox(&self, src: usize, dst: usize) -> usize {
+        self.lay.mailboxes + (src * self.world + dst) * (MAILBOX_HEADER + self.lay.mailbox_bytes)
+    }
+
+    /// Spins, then yields, until `ready`; fails when a rank it waits for is gone, another
+    /// rank aborted, or the collective timeout passes.
+    fn wait(&self, op: &'static str, mut ready: impl FnMut() -> bool, waiting_for: impl Fn() -> Vec<usize>) -> Result<(), CommError> {
+        let start = Instant::now();
+        let mut spins: u64 = 0;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            spins += 1;
+            if spins < 100 {
+                std::hint::spin_loop();
+                continue;
+            }
+            // More ranks than cores is common here: let the others run.
+            std::thread::yield_now();
+            if spins % 16 != 0 {
+                continue;
+            }
+            let aborted = self.abort_flag().load(Ordering::Acquire);
+            if aborted != 0 && aborted - 1 != self.rank as u64 {
+                let r = (aborted - 1) as usize;
+                return Err(CommError::new(op, vec![r], format!("rank {r} failed in a collective, so the group cannot continue")));
+            }
+            let missing = waiting_for();
+            let gone: Vec<usize> = missing.iter().copied().filter(|&r| self.exited(r)).collect();
+            if !gone.is_empty() {
+                return Err(self.fail(op, gone.clone(), format!("{} exited before joining {op}", ranks_text(&gone))));
+            }
+            if start.elapsed() > self.timeout {
+                return Err(self.fail(
+                    op,
+                    missing.clone(),
+                    format!(
+                        "timed out after {:.0}s waiting for {} to join {op} (set {} to wait longer)",
+                        self.timeout.as_secs_f64(),
+                        ranks_text(&missing),
+                        super::TIMEOUT_ENV
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Records the failure so the other ranks stop at once instead of waiting too.
+    fn fail(&self, op: &'static str, ranks: Vec<usize>, message: String) -> CommError {
+        let _ = self.abort_flag().compare_exchange(0, self.rank as u64 + 1, Ordering::AcqRel, Ordering::Acquire);
+        CommError::new(op, ranks, message)
+    }
+
+    fn barrier_phase(&self, p: &mut Progress, op: &'static str) -> Result<(), CommError> {
+        p.barriers += 1;
+        let target = p.barriers;
+        self.reached(self.rank).store(target, Ordering::Release);
+        self.wait(
+            op,
+            || (0..self.world).all(|r| self.reached(r).load(Ordering::Acquire) >= target),
+            || (0..self.world).filter(|&r| self.reached(r).load(Ordering::Acquire) < target).collect(),
+        )
+    }
+
+    /// Starts a collective: publishes what this rank is doing, waits for every rank, and
+    /// checks they all do the same thing.
+    fn begin(&self, p: &mut Progress, op: &'static str, desc: Desc) -> Result<(), CommError> {
+        let copy = (p.collectives % 2) as usize;
+        p.collectives += 1;
+        for (i, w) in desc.iter().enumerate() {
+            self.desc(self.rank, copy, i).store(*w, Ordering::Relaxed);
+        }
+        self.barrier_phase(p, op)?;
+        let theirs: Vec<Desc> = (0..self.world)
+            .map(|r| std::array::from_fn(|i| self.desc(r, copy, i).load(Ordering::Relaxed)))
+            .collect();
+        let odd: Vec<usize> = (0..self.world).filter(|&r| theirs[r] != desc).collect();
+        if !odd.is_empty() {
+            let calls: Vec<String> = theirs.iter().enumerate().map(|(r, d)| format!("rank {r}: {}", describe(d))).collect();
+            return Err(self.fail(op, odd, format!("the ranks called different collectives here ({})", calls.join("; "))));
+        }
+        Ok(())
+    }
+
+    pub fn barrier(&self) -> Result<(), CommError> {
+        let mut p = self.progress.lock().unwrap();
+        self.begin(&mut p, "barrier", [Kind::Barrier as u64, 0, 0, 0])
+    }
+
+    /// `all_reduce` (root `None`) or `reduce`, chunk by chunk through the slots: every rank
+    /// copies its chunk in, each rank combines its share of the chunk across all slots into
+    /// the result slot, and the ranks that want the result copy it out.
+    pub fn reduce<T: Reduce>(&self, buf: &mut [T], op: Op, root: Option<usize>) -> Result<(), CommError> {
+        let name = if root.is_some() { "reduce" } else { "all_reduce" };
+        let mut p = self.progress.lock().unwrap();
+        let desc = [kind_of(name) as u64, type_code(T::NAME, Some(op)), buf.len() as u64, root.map_or(0, |r| r as u64 + 1)];
+        self.begin(&mut p, name, desc)?;
+        let size = std::mem::size_of::<T>().max(1);
+        let per_chunk = self.lay.slot_bytes / size;
+        let wants_result = root.is_none_or(|r| r == self.rank);
+        for chunk in buf.chunks_mut(per_chunk) {
+            let n = chunk.len();
+            // SAFETY: a chunk fits in a slot; slots are page aligned; the barriers order
+            // every write before the reads of other ranks.
+            unsafe {
+                std::ptr::copy_nonoverlapping(chunk.as_ptr(), self.slot(self.rank).cast::<T>(), n);
+                self.barrier_phase(&mut p, name)?;
+                let share = crate::shard_range(n, self.rank, self.world);
+                let out = std::slice::from_raw_parts_mut(self.result_slot().cast::<T>().add(share.start), share.len());
+                out.copy_from_slice(std::slice::from_raw_parts(self.slot(0).cast::<T>().add(share.start), share.len()));
+                for r in 1..self.world {
+                    let theirs = std::slice::from_raw_parts(self.slot(r).cast::<T>().add(share.start), share.len());
+                    for (o, t) in out.iter_mut().zip(theirs) {
+                        *o = o.combine(*t, op);
+                    }
+                }
+                self.barrier_phase(&mut p, name)?;
+                if wants_result {
+                    std::ptr::copy_nonoverlapping(self.result_slot().cast::<T>(), chunk.as_mut_ptr(), n);
+                }
+                self.barrier_phase(&mut p, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn broadcast_slice<T: Reduce>(&self, buf: &mut [T], root: usize) -> Result<(), CommError> {
+        const OP: &str = "broadcast_slice";
+        let mut p = self.progress.lock().unwrap();
+        let desc = [Kind::BroadcastSlice as u64, type_code(T::NAME, None), buf.len() as u64, root as u64 + 1];
+        self.begin(&mut p, OP, desc)?;
+        let per_chunk = self.lay.slot_bytes / std::mem::size_of::<T>().max(1);
+        for chunk in buf.chunks_mut(per_chunk) {
+            // SAFETY: as in `reduce`.
+            unsafe {
+                if self.rank == root {
+                    std::ptr::copy_nonoverlapping(chunk.as_ptr(), self.slot(0).cast::<T>(), chunk.len());
+                }
+                self.barrier_phase(&mut p, OP)?;
+                if self.rank != root {
+                    std::ptr::copy_nonoverlapping(self.slot(0).cast::<T>(), chunk.as_mut_ptr(), chunk.len());
+                }
+                self.barrier_phase(&mut p, OP)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every rank's bytes, on every rank, in rounds of at most a slot each.
+    pub fn all_gather_bytes(&self, op: &'static str, mine: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
+        let mut p = self.progress.lock().unwrap();
+        self.begin(&mut p, op, [kind_of(op) as u64, 0, 0, 0])?;
+        let payload = self.lay.slot_bytes - 16;
+        let mut out: Vec<Vec<u8>> = vec![Vec::new(); self.world];
+        let mut totals = vec![0usize; self.world];
+        let mut round = 0usize;
+        loop {
+            let start = (round * payload).min(mine.len());
+            let part = &mine[start..(start + payload).min(mine.len())];
+            // SAFETY: header + part fit in the slot; barriers order writes before reads.
+            unsafe {
+                let slot = self.slot(self.rank);
+                std::ptr::copy_nonoverlapping((mine.len() as u64).to_ne_bytes().as_ptr(), slot, 8);
+                std::ptr::copy_nonoverlapping((part.len() as u64).to_ne_bytes().as_ptr(), slot.add(8), 8);
+                std::ptr::copy_nonoverlapping(part.as_ptr(), slot.add(16), part.len());
+                self.barrier_phase(&mut p, op)?;
+                for (r, o) in out.iter_mut().enumerate() {
+                    let slot = self.slot(r);
+                    let mut word = [0u8; 8];
+                    std::ptr::copy_nonoverlapping(slot, word.as_mut_ptr(), 8);
+                    totals[r] = u64::from_ne_bytes(word) as usize;
+                    std::ptr::copy_nonoverlapping(slot.add(8), word.as_mut_ptr(), 8);
+                    let n = (u64::from_ne_bytes(word) as usize).min(payload);
+                    o.extend_from_slice(std::slice::from_raw_parts(slot.add(16), n));
+                }
+                self.barrier_phase(&mut p, op)?;
+            }
+            round += 1;
+            let rounds = totals.iter().map(|t| t.div_ceil(payload)).max().unwrap_or(0).max(1);
+            if round >= rounds {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Point-to-point: chunks through the (me, dest) mailbox, each handed over when the
+    /// receiver has emptied the previous one.
+    pub fn send_bytes(&self, bytes: &[u8], dest: usize) -> Result<(), CommError> {
+        let mb = self.mailbox(self.rank, dest);
+        let full: &AtomicU64 = self.at(mb);
+        let mut sent = 0usize;
+        loop {
+            self.wait("send", || full.load(Ordering::Acquire) == 0, || vec![dest])?;
+            let n = (bytes.len() - sent).min(self.lay.mailbox_bytes);
+            // SAFETY: the mailbox is ours to write while `full` is 0.
+            unsafe { std::ptr::copy_nonoverlapping(bytes[sent..].as_ptr(), self.base.add(mb + MAILBOX_HEADER), n) };
+            self.at::<AtomicU64>(mb + 8).store(n as u64, Ordering::Relaxed);
+            self.at::<AtomicU64>(mb + 16).store(bytes.len() as u64, Ordering::Relaxed);
+            full.store(1, Ordering::Release);
+            sent += n;
+            if sent >= bytes.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn recv_bytes(&self, src: usize) -> Result<Vec<u8>, CommError> {
+        let mb = self.mailbox(src, self.rank);
+        let full: &AtomicU64 = self.at(mb);
+        let mut out = Vec::new();
+        loop {
+            self.wait("recv", || full.load(Ordering::Acquire) == 1, || vec![src])?;
+            let n = self.at::<AtomicU64>(mb + 8).load(Ordering::Relaxed) as usize;
+            let total = self.at::<AtomicU64>(mb + 16).load(Ordering::Relaxed) as usize;
+            // SAFETY: the sender filled n bytes before setting `full`.
+            unsafe { out.extend_from_slice(std::slice::from_raw_parts(self.base.add(mb + MAILBOX_HEADER), n)) };
+            full.store(0, Ordering::Release);
+            if out.len() >= total {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn ranks_text(ranks: &[usize]) -> String {
+    let list: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+    format!("rank{} {}", if ranks.len() == 1 { "" } else { "s" }, list.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_aligned_and_bounded() {
+        for world in [1, 2, 4, 8, 64, 256] {
+            let l = Layout::new(world);
+            assert_eq!(l.slots % PAGE, 0);
+            assert_eq!(l.slot_bytes % PAGE, 0);
+            assert!(l.mailboxes >= l.ctrl + CTRL_BYTES * world);
+            assert!(l.total < (1 << 30), "world {world}: {} bytes", l.total);
+        }
+    }
+
+    #[test]
+    fn descriptions_read_well() {
+        let d = [Kind::AllReduce as u64, type_code("f32", Some(Op::Sum)), 1000, 0];
+        assert_eq!(describe(&d), "all_reduce<f32> of 1000 elements, Sum");
+        assert_eq!(describe(&[Kind::Barrier as u64, 0, 0, 0]), "barrier");
+        assert_eq!(describe(&[Kind::Broadcast as u64, 0, 0, 3]), "broadcast, root 2");
+    }
+}
