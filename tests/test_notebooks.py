@@ -36,3 +36,14 @@ def test_quickstart():
     assert hello.outputs[-1].data["text/plain"] == "[0, 1, 4, 9]"
     assert text(cells[8]) == "[31375.0, 93875.0, 156375.0, 218875.0]"
     assert text(cells[9]) == "500500.0"
+
+
+def test_data_parallel_gradient_descent_matches_serial():
+    cells = run("ddp_gradient_descent.ipynb")
+    serial = cells[2].outputs[-1].data["text/plain"]
+    ddp = cells[3].outputs[-1].data["text/plain"]
+    w, b = (float(v) for v in serial.strip("()").split(","))
+    assert abs(w - 3.0) < 0.1 and abs(b - 0.5) < 0.1, serial
+    dw, db = (float(v) for v in ddp.strip("()").split(","))
+    assert abs(dw - w) < 1e-9 and abs(db - b) < 1e-9, (serial, ddp)
+    assert text(cells[4]) == "true"

@@ -1,0 +1,194 @@
+"""Collectives, `%in_ddp` and `--ddp` through a real Jupyter client, on real ranks."""
+import glob
+import os
+import threading
+import time
+
+import pytest
+
+from conftest import execute, start, stop
+from test_ranch import no_rank_survives, rank_processes  # noqa: F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def kc():
+    km, kc = start()
+    kc.pid = km.provisioner.pid
+    yield kc
+    stop(km, kc)
+
+
+def ok(run):
+    assert run.reply["content"]["status"] == "ok", run.error_text() or run.reply["content"]
+    return run
+
+
+def segments(pid):
+    return glob.glob(f"/dev/shm/ranch-{pid}-*")
+
+
+def test_all_reduce_every_op_and_type(kc):
+    code = """%%ranch 4
+let c = ranch::comm();
+let r = ranch::rank();
+let mut s = vec![r as f32 + 1.0; 7];            // 7 does not divide by 4
+c.all_reduce(&mut s, ranch::Op::Sum).unwrap();
+let mut mn = vec![r as i64 - 2; 3];
+c.all_reduce(&mut mn, ranch::Op::Min).unwrap();
+let mut mx = vec![r as u32; 2];
+c.all_reduce(&mut mx, ranch::Op::Max).unwrap();
+let mut p = vec![(r + 1) as f64; 1];
+c.all_reduce(&mut p, ranch::Op::Prod).unwrap();
+let mut empty: Vec<u64> = vec![];
+c.all_reduce(&mut empty, ranch::Op::Sum).unwrap();
+(s, mn, mx, p, empty.len())"""
+    run = ok(execute(kc, code))
+    one = "([10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0], [-2, -2, -2], [3, 3], [24.0], 0)"
+    assert run.result() == f"[{', '.join([one] * 4)}]"
+
+
+def test_large_buffers_span_many_chunks(kc):
+    # 256 MiB of f32 per rank: far larger than a shared-memory slot.
+    code = """%%ranch 2
+let n = 64 << 20;
+let mut v = vec![1.0f32 + ranch::rank() as f32; n];
+v[n - 1] = 10.0;
+ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();
+(v[0], v[n / 2], v[n - 1], v.len())"""
+    run = ok(execute(kc, code, timeout=300))
+    assert run.result() == "[(3.0, 3.0, 20.0, 67108864), (3.0, 3.0, 20.0, 67108864)]"
+
+
+def test_reduce_broadcast_gather_scatter_send_recv(kc):
+    code = """%%ranch 3
+let c = ranch::comm();
+let r = ranch::rank();
+let mut red = vec![r as i32 + 1; 4];
+c.reduce(&mut red, ranch::Op::Sum, 2).unwrap();
+let b: String = c.broadcast(if r == 1 { Some(format!("from {r}")) } else { None }, 1).unwrap();
+let mut bs = vec![r as u64; 5];
+c.broadcast_slice(&mut bs, 2).unwrap();
+let all = c.all_gather(&(r * 10)).unwrap();
+let g = c.gather(&format!("r{r}"), 0).unwrap();
+let s: (usize, String) = c.scatter(if r == 0 { Some(vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]) } else { None }, 0).unwrap();
+let big: Vec<u8> = if r == 0 { c.send(&vec![7u8; 300_000], 2).unwrap(); vec![] } else if r == 2 { c.recv(0).unwrap() } else { vec![] };
+(red[0], b, bs[0], all, g, s, big.len())"""
+    run = ok(execute(kc, code))
+    assert run.result() == (
+        '[(1, "from 1", 2, [0, 10, 20], Some(["r0", "r1", "r2"]), (0, "a"), 0), '
+        '(2, "from 1", 2, [0, 10, 20], None, (1, "b"), 0), '
+        '(6, "from 1", 2, [0, 10, 20], None, (2, "c"), 300000)]'
+    )
+
+
+def test_a_plain_cell_is_a_group_of_one(kc):
+    run = ok(execute(kc, "let mut z = vec![1.5f64, 2.5];\nranch::comm().all_reduce(&mut z, ranch::Op::Sum).unwrap();\n"
+                         "let all = ranch::comm().all_gather(&3u8).unwrap();\n(z, all, ranch::rank(), ranch::world_size())"))
+    assert run.result() == "([1.5, 2.5], [3], 0, 1)"
+
+
+def test_a_dead_rank_fails_the_waiting_ranks_by_name(kc):
+    code = """%%ranch 3 --on-error continue
+let c = ranch::comm();
+if ranch::rank() == 2 { panic!("rank 2 gives up"); }
+c.barrier().unwrap();"""
+    t0 = time.monotonic()
+    run = execute(kc, code)
+    assert time.monotonic() - t0 < 20
+    text = run.error_text()
+    assert "rank 2 panicked at cell line 3: rank 2 gives up" in text
+    for r in (0, 1):
+        assert f"rank {r} panicked at cell line 4: called `Result::unwrap()` on an `Err` value: CommError" in text
+    assert "rank 2 exited before joining barrier" in text
+
+
+def test_different_collectives_or_lengths_are_errors(kc):
+    code = """%%ranch 2
+let c = ranch::comm();
+let skipped = if ranch::rank() == 0 { c.barrier().err() } else { c.all_reduce(&mut [1.0f32], ranch::Op::Sum).err() };
+let mut v = vec![1u32; 3 + ranch::rank()];
+let lengths = c.all_reduce(&mut v, ranch::Op::Sum).err();
+(skipped.map(|e| e.to_string()), lengths.map(|e| e.ranks))"""
+    run = ok(execute(kc, code))
+    res = run.result()
+    assert "the ranks called different collectives here (rank 0: barrier; rank 1: all_reduce<f32> of 1 elements, Sum)" in res
+    # After an error the group is unusable, and says so rather than hanging.
+    assert res.count("Some(") == 4, res
+
+
+def test_mismatched_lengths_name_the_odd_ranks(kc):
+    code = """%%ranch 3
+let mut v = vec![1u32; if ranch::rank() == 1 { 5 } else { 4 }];
+ranch::comm().all_reduce(&mut v, ranch::Op::Sum).err().map(|e| (e.op, e.ranks))"""
+    run = ok(execute(kc, code))
+    assert run.result() == '[Some(("all_reduce", [1])), Some(("all_reduce", [0, 2])), Some(("all_reduce", [1]))]'
+
+
+def test_collective_timeout_bounds_the_wait(kc):
+    code = """%%ranch 2 --collective-timeout 1
+if ranch::rank() == 1 { std::thread::sleep(std::time::Duration::from_secs(4)); }
+ranch::comm().barrier().err().map(|e| (e.ranks, e.message.contains("timed out after 1s")))"""
+    t0 = time.monotonic()
+    run = ok(execute(kc, code))
+    assert time.monotonic() - t0 < 15
+    assert run.result().startswith("[Some(([1], true)), ")
+
+
+def test_strangers_at_the_rendezvous_get_nothing_and_break_nothing(kc):
+    code = """%%ranch 2
+use std::io::{Read, Write};
+let port = std::env::var("MASTER_PORT").unwrap();
+let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+s.write_all(b"RANCH1 not-the-token 0\\n").unwrap();
+s.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+let mut got = Vec::new();
+let _ = s.read_to_end(&mut got);
+let mut v = vec![1u8; 4];
+ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();
+(got.len(), v[0])"""
+    run = ok(execute(kc, code))
+    assert run.result() == "[(0, 2), (0, 2)]"
+
+
+def test_segments_are_removed_even_when_ranks_crash(kc):
+    execute(kc, "%%ranch 2\nranch::comm().barrier().unwrap();\nstd::process::abort();")
+    assert segments(kc.pid) == []
+
+
+def test_in_ddp_returns_the_base_ranks_value(kc):
+    ok(execute(kc, "fn work(scale: usize) -> usize {\n    let mut v = vec![ranch::rank() * scale];\n"
+                   "    ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();\n    v[0] + ranch::rank()\n}"))
+    assert ok(execute(kc, "%in_ddp 4 work(10)")).result() == "60"
+    assert ok(execute(kc, "%in_ddp 4 --gather work(10)")).result() == "[60, 61, 62, 63]"
+    env = ok(execute(kc, '%in_ddp 2 --gather (std::env::var("RANK").unwrap(), std::env::var("MASTER_ADDR").unwrap())'))
+    assert env.result() == '[("0", "127.0.0.1"), ("1", "127.0.0.1")]'
+
+
+def test_in_ddp_usage_errors(kc):
+    for line, needle in [("%in_ddp 4", "needs an expression"), ("%in_ddp x f()", "whole number"),
+                         ("%in_ddp 2 --world-size 4 f()", "--port"), ("%%ranch 2 --gather\n1", "%in_ddp")]:
+        run = execute(kc, line)
+        assert run.reply["content"]["ename"] == "UsageError", line
+        assert needle in run.reply["content"]["evalue"], (line, run.reply["content"]["evalue"])
+
+
+def test_two_kernels_form_one_group(kc):
+    km2, kc2 = start()
+    try:
+        port = 29000 + os.getpid() % 1000
+        code = ("%in_ddp 2 --gather --world-size 4 --base-rank {b} --port {p}\n"
+                "{{ let mut v = vec![ranch::rank() as u64 + 1]; ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap(); "
+                "(ranch::rank(), ranch::world_size(), v[0]) }}")
+        results = {}
+
+        def run(k, b):
+            results[b] = execute(k, code.format(b=b, p=port), timeout=300)
+
+        host = threading.Thread(target=run, args=(kc, 0))
+        host.start()
+        run(kc2, 2)
+        host.join(timeout=300)
+        assert ok(results[0]).result() == "[(0, 4, 10), (1, 4, 10)]"
+        assert ok(results[2]).result() == "[(2, 4, 10), (3, 4, 10)]"
+    finally:
+        stop(km2, kc2)
