@@ -18,6 +18,16 @@ pub trait Reduce: Copy + Send + Sync + 'static {
     /// Identifies the type when ranks compare what they called.
     const NAME: &'static str;
     fn combine(self, other: Self, op: Op) -> Self;
+
+    /// `out[i] = out[i] op src[i]`, with the op chosen once so the loop vectorises.
+    fn combine_slice(out: &mut [Self], src: &[Self], op: Op) {
+        match op {
+            Op::Sum => out.iter_mut().zip(src).for_each(|(o, s)| *o = o.combine(*s, Op::Sum)),
+            Op::Prod => out.iter_mut().zip(src).for_each(|(o, s)| *o = o.combine(*s, Op::Prod)),
+            Op::Min => out.iter_mut().zip(src).for_each(|(o, s)| *o = o.combine(*s, Op::Min)),
+            Op::Max => out.iter_mut().zip(src).for_each(|(o, s)| *o = o.combine(*s, Op::Max)),
+        }
+    }
 }
 
 macro_rules! reduce_float {
@@ -69,5 +79,8 @@ mod tests {
         assert_eq!(2u64.combine(3, Op::Min), 2);
         assert_eq!(2i64.combine(3, Op::Max), 3);
         assert_eq!(u8::MAX.combine(1, Op::Sum), 0);
+        let mut out = [1.0f64, 5.0];
+        f64::combine_slice(&mut out, &[2.0, 3.0], Op::Min);
+        assert_eq!(out, [1.0, 3.0]);
     }
 }

@@ -353,9 +353,7 @@ impl Group {
                 out.copy_from_slice(std::slice::from_raw_parts(self.slot(0).cast::<T>().add(share.start), share.len()));
                 for r in 1..self.world {
                     let theirs = std::slice::from_raw_parts(self.slot(r).cast::<T>().add(share.start), share.len());
-                    for (o, t) in out.iter_mut().zip(theirs) {
-                        *o = o.combine(*t, op);
-                    }
+                    T::combine_slice(out, theirs, op);
                 }
                 self.barrier_phase(&mut p, name)?;
                 if wants_result {
