@@ -49,18 +49,23 @@ fn ranch_error(msg: impl Into<String>) -> CellError {
 
 const SESSION_DIR_PREFIX: &str = "ranch-session-";
 
-/// Removes session directories left by kernels that were killed (`ranch-session-<pid>-*`
-/// whose process is gone).
+/// Removes what kernels that were killed left behind: session directories
+/// (`$TMPDIR/ranch-session-<pid>-*`) and group segments (`/dev/shm/ranch-<pid>-*`) whose
+/// kernel process is gone.
 pub fn remove_stale_session_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(SESSION_DIR_PREFIX).and_then(|r| r.split('-').next()?.parse::<i32>().ok()) else {
-            continue;
-        };
-        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
-        if gone {
-            let _ = std::fs::remove_dir_all(entry.path());
+    let places = [(std::env::temp_dir(), SESSION_DIR_PREFIX), (PathBuf::from("/dev/shm"), "ranch-")];
+    for (dir, prefix) in places {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(prefix).and_then(|r| r.split('-').next()?.parse::<i32>().ok()) else {
+                continue;
+            };
+            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+            if gone {
+                let path = entry.path();
+                let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            }
         }
     }
 }
