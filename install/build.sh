@@ -9,7 +9,7 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95+ (http
 command -v python3 >/dev/null || { echo "python3 not found: install Python 3.9+" >&2; exit 1; }
 
 echo "==> building ranch-kernel (release; cache: $CARGO_TARGET_DIR)"
-cargo build --release --locked -p ranch-kernel
+cargo_ build --release --locked -p ranch-kernel
 
 if [ ! -x "$RANCH_VENV/bin/python" ]; then
   echo "==> creating Python environment $RANCH_VENV"

@@ -5,6 +5,6 @@ source "$(dirname "$0")/env.sh"
 "$RANCH_ROOT/install/build.sh"
 cd "$RANCH_ROOT"
 echo "==> cargo tests"
-cargo test --release --locked --workspace
+cargo_ test --release --locked --workspace
 echo "==> end-to-end tests through Jupyter clients"
 "$RANCH_VENV/bin/python" -m pytest tests "$@"
