@@ -272,3 +272,27 @@ def test_killing_the_kernel_kills_its_ranks():
     finally:
         kc.stop_channels()
         km.cleanup_resources()
+
+
+def test_interrupt_during_the_rank_build_keeps_the_session():
+    km, kc = start()
+    try:
+        ok(execute(kc, "let kept = 12;"))
+        # A rank-only dependency that takes a while to compile.
+        msg_id = kc.execute('%%ranch 2\n:dep regex = "1"\nregex::Regex::new("a+").unwrap().is_match("aa")')
+        deadline = time.monotonic() + 120
+        seen_build = False
+        while time.monotonic() < deadline and not seen_build:
+            msg = kc.get_iopub_msg(timeout=120)
+            text = msg["content"].get("text", "") if msg["msg_type"] == "stream" else ""
+            seen_build = "Compiling" in text and msg["parent_header"].get("msg_id") == msg_id
+        assert seen_build, "the rank build streams cargo's progress"
+        t0 = time.monotonic()
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert time.monotonic() - t0 < 2.0
+        assert reply["content"]["ename"] == "Interrupted"
+        assert "nothing was launched" in reply["content"]["evalue"]
+        assert execute(kc, "kept").result() == "12"
+    finally:
+        stop(km, kc)

@@ -38,6 +38,8 @@ struct RunState {
     ranch_cancel: Mutex<Option<ranch_magics::supervise::Cancel>>,
     /// Set while a `%%ranch` cell's rank program builds.
     ranch_build: Mutex<Option<ranch_magics::build::BuildHandle>>,
+    /// A `%%ranch` cell is running: an interrupt must never restart evcxr's child.
+    ranch_cell: AtomicBool,
 }
 
 struct EvcxrInterrupter(Arc<RunState>);
@@ -56,6 +58,12 @@ impl Interrupter for EvcxrInterrupter {
         }
         if let Some(build) = &*state.ranch_build.lock().unwrap() {
             build.stop();
+            return;
+        }
+        if state.ranch_cell.load(Ordering::SeqCst) {
+            // Exporting variables or snapshotting the session: stop evcxr's build if one
+            // runs; the cell checks `interrupted` before launching anything.
+            procs::kill_cargo_builds();
             return;
         }
         // evcxr has no interrupt: stop a build if one runs, else the child running the code

@@ -119,6 +119,27 @@ impl EvcxrSession {
     }
 
     pub(super) fn run_ranch(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
+        let run = self.run.clone();
+        run.interrupted.store(false, Ordering::SeqCst);
+        run.ranch_cell.store(true, Ordering::SeqCst);
+        run.running.store(true, Ordering::SeqCst);
+        let outcome = self.run_ranch_cell(code, cx);
+        run.running.store(false, Ordering::SeqCst);
+        run.ranch_cell.store(false, Ordering::SeqCst);
+        outcome
+    }
+
+    fn interrupted(&self) -> Result<(), CellError> {
+        if self.run.interrupted.load(Ordering::SeqCst) {
+            return Err(CellError::new(
+                "Interrupted",
+                "Interrupted before the ranks started; nothing was launched. The session is unchanged.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn run_ranch_cell(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
         let code = code.trim_start();
         let parsed = match code.strip_prefix("%in_ddp") {
             // A line magic: the rest of the cell is the expression.
@@ -174,7 +195,9 @@ impl EvcxrSession {
         let _cleanup = tempdir::Dir(run_dir.clone());
 
         let t_export = std::time::Instant::now();
-        let snapshot = self.export_and_snapshot(&shipped, &vars_dir)?;
+        let snapshot = self.export_and_snapshot(&shipped, &vars_dir);
+        self.interrupted()?;
+        let snapshot = snapshot?;
         let export_s = t_export.elapsed().as_secs_f64();
         let cell = CellProgram {
             body: rust,
@@ -187,7 +210,9 @@ impl EvcxrSession {
         };
         let program = program::generate(&snapshot, &cell);
         let t_build = std::time::Instant::now();
-        let exe = self.build_rank_program(&program, cx, code)?;
+        let exe = self.build_rank_program(&program, cx, code);
+        self.interrupted()?;
+        let exe = exe?;
         let build_s = t_build.elapsed().as_secs_f64();
         let t_launch = std::time::Instant::now();
         let (shown, types) = self.launch(&args, &exe, &run_dir, &program, cx, first_rank_only)?;
@@ -319,11 +344,9 @@ impl EvcxrSession {
         }
         let handle = build::BuildHandle::default();
         *self.run.ranch_build.lock().unwrap() = Some(handle.clone());
-        self.run.running.store(true, Ordering::SeqCst);
         let sink = cx.sink.clone();
         let progress = move |line: &str| sink.stream(Stream::Stderr, &format!("{line}\n"));
         let built = build::build(program, &session_dir.join("rank-crate"), &tools, &handle, &progress);
-        self.run.running.store(false, Ordering::SeqCst);
         *self.run.ranch_build.lock().unwrap() = None;
         let exe = match built {
             Ok(exe) => exe,
@@ -384,11 +407,12 @@ impl EvcxrSession {
         };
         let cancel = Cancel::default();
         *self.run.ranch_cancel.lock().unwrap() = Some(cancel.clone());
-        self.run.running.store(true, Ordering::SeqCst);
         let panic_line = |line: u32| program.cell_line(line as usize);
         let spawn = |rank: usize| LocalSpawner.spawn_rank(&plan, rank);
+        if self.run.interrupted.load(Ordering::SeqCst) {
+            cancel.cancel(); // an interrupt that came just before the cancel handle existed
+        }
         let report = supervise::supervise(args.n, &spawn, run_dir, &policy, &SinkAdapter(cx), &cancel, &panic_line);
-        self.run.running.store(false, Ordering::SeqCst);
         *self.run.ranch_cancel.lock().unwrap() = None;
         if let Some((evalue, traceback)) = merge::failure(&report) {
             let ename = if report.stopped == Some(supervise::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
