@@ -26,6 +26,9 @@ use std::time::Duration;
 
 pub use child::prepare as prepare_child_process;
 
+/// Size limit of evcxr's compile cache, shared by every kernel of the user.
+const COMPILE_CACHE_MIB: u32 = 1024;
+
 /// What the interrupter shares with the running cell.
 #[derive(Default)]
 struct RunState {
@@ -255,6 +258,13 @@ impl Interpreter for EvcxrSession {
         // The runtime crate is added before the user defines anything: adding a dependency
         // later changes the TypeId of every session type, and evcxr then drops the
         // variables of those types.
+        // evcxr's compile cache (~/.cache/evcxr) keeps compiled dependencies across kernels,
+        // so the runtime crate and serde are compiled once per machine, not per kernel.
+        if let Ok(ctx) = self.context() {
+            if let Err(e) = ctx.execute(&format!(":cache {COMPILE_CACHE_MIB}")) {
+                crate::log!("evcxr's compile cache is off: {e}");
+            }
+        }
         if let Err(e) = self.ensure_runtime() {
             crate::log!("{}", e.evalue);
         }
