@@ -1,14 +1,24 @@
-//! The `%%ranch` magic, independent of Jupyter: parse the magic line, turn a notebook
-//! session and a cell into a rank program, build it once, launch N ranks, supervise them
-//! and merge what they report.
+//! The `%%ranch` and `%in_ddp` magics, independent of Jupyter: parse the magic line, turn a
+//! notebook session and a cell into a rank program, build it once, launch N ranks with a
+//! process group, supervise them and merge what they report.
+//!
+//! In the order a cell goes through them:
+//! - [`args`]: the magic line (clap);
+//! - [`source`]: what the session and the cell contain (rust-analyzer's parser);
+//! - [`program`]: the rank program's crate;
+//! - [`build`]: one cargo build, reusing the session's compiled dependencies;
+//! - [`gpus`], [`group`], [`launch`]: GPU pinning, the process group's rendezvous and
+//!   segment, and spawning ranks;
+//! - [`supervise`]: live output, failures, timeout, interrupt;
+//! - [`merge`], [`diagnostic`]: what the notebook shows.
 
 pub mod args;
-pub mod diagnostic;
-pub mod source;
-pub mod program;
 pub mod build;
-pub mod launch;
-pub mod supervise;
-pub mod merge;
+pub mod diagnostic;
 pub mod gpus;
 pub mod group;
+pub mod launch;
+pub mod merge;
+pub mod program;
+pub mod source;
+pub mod supervise;
