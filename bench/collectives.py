@@ -24,22 +24,28 @@ from conftest import execute  # noqa: E402
 RANCH_CELL = """%%ranch {n} --ddp --see 0
 use std::time::Instant;
 let c = ranch::comm();
-let time = |iters: usize, f: &mut dyn FnMut()| {{ c.barrier().unwrap(); let t = Instant::now(); for _ in 0..iters {{ f(); }} t.elapsed().as_secs_f64() / iters as f64 }};
+// Median over rounds of the mean of `iters` calls: robust to a noisy machine.
+let time_rounds = |rounds: usize, iters: usize, f: &mut dyn FnMut()| {{
+    let mut t: Vec<f64> = (0..rounds).map(|_| {{ c.barrier().unwrap(); let t = Instant::now(); for _ in 0..iters {{ f(); }} t.elapsed().as_secs_f64() / iters as f64 }}).collect();
+    t.sort_by(f64::total_cmp);
+    t[rounds / 2]
+}};
+let time = |iters: usize, f: &mut dyn FnMut()| time_rounds(1, iters, f);
 let mut small = vec![1.0f32; 1024];
 let mut large = vec![1.0f32; 16 << 20];
 time(100, &mut || c.all_reduce(&mut small, ranch::Op::Sum).unwrap());
 time(1, &mut || c.all_reduce(&mut large, ranch::Op::Sum).unwrap());
-let allreduce_4k = time(2000, &mut || c.all_reduce(&mut small, ranch::Op::Sum).unwrap());
-let allreduce_64m = time(10, &mut || c.all_reduce(&mut large, ranch::Op::Sum).unwrap());
+let allreduce_4k = time_rounds(5, 400, &mut || c.all_reduce(&mut small, ranch::Op::Sum).unwrap());
+let allreduce_64m = time_rounds(21, 1, &mut || c.all_reduce(&mut large, ranch::Op::Sum).unwrap());
 let bcast_4k = time(2000, &mut || c.broadcast_slice(&mut small, 0).unwrap());
 let barrier = time(2000, &mut || c.barrier().unwrap());
 // One plain memcpy, by rank 0 alone while the others wait.
 let src = vec![2.0f32; 16 << 20];
 c.barrier().unwrap();
 let memcpy_64m = if ranch::rank() == 0 {{
-    let t = Instant::now();
-    for _ in 0..10 {{ large.copy_from_slice(&src); std::hint::black_box(&large); }}
-    t.elapsed().as_secs_f64() / 10.0
+    let mut t: Vec<f64> = (0..21).map(|_| {{ let t = Instant::now(); large.copy_from_slice(&src); std::hint::black_box(&large); t.elapsed().as_secs_f64() }}).collect();
+    t.sort_by(f64::total_cmp);
+    t[10]
 }} else {{ 0.0 }};
 c.barrier().unwrap();
 (allreduce_4k, allreduce_64m, bcast_4k, barrier, memcpy_64m)"""
