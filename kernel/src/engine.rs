@@ -1,6 +1,8 @@
 //! Runs the (blocking) interpreter on its own thread, fed by the async server.
 
-use crate::interpreter::{CellContext, CellOutcome, Completeness, Completions, Interpreter, Interrupter, MimeBundle};
+use crate::interpreter::{
+    CellContext, CellOutcome, Completeness, CompletenessCheck, Completions, Interpreter, Interrupter, MimeBundle,
+};
 use std::sync::Arc;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -9,7 +11,6 @@ enum Job {
     Execute(String, CellContext, oneshot::Sender<CellOutcome>),
     Complete(String, usize, oneshot::Sender<Completions>),
     Inspect(String, usize, oneshot::Sender<Option<MimeBundle>>),
-    IsComplete(String, oneshot::Sender<Completeness>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -17,11 +18,13 @@ enum Job {
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
     interrupter: Arc<dyn Interrupter>,
+    completeness: CompletenessCheck,
 }
 
 impl Engine {
     pub fn start(mut interp: Box<dyn Interpreter>) -> Engine {
         let interrupter = interp.interrupter();
+        let completeness = interp.completeness();
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("interpreter".into())
@@ -32,7 +35,6 @@ impl Engine {
                         Job::Execute(code, cx, tx) => { let _ = tx.send(interp.execute(&code, &cx)); }
                         Job::Complete(code, pos, tx) => { let _ = tx.send(interp.complete(&code, pos)); }
                         Job::Inspect(code, pos, tx) => { let _ = tx.send(interp.inspect(&code, pos)); }
-                        Job::IsComplete(code, tx) => { let _ = tx.send(interp.is_complete(&code)); }
                         Job::Shutdown(tx) => {
                             interp.shutdown();
                             let _ = tx.send(());
@@ -42,7 +44,7 @@ impl Engine {
                 }
             })
             .expect("spawn interpreter thread");
-        Engine { jobs, interrupter }
+        Engine { jobs, interrupter, completeness }
     }
 
     pub fn interrupter(&self) -> Arc<dyn Interrupter> {
@@ -64,8 +66,9 @@ impl Engine {
     pub async fn inspect(&self, code: String, pos: usize) -> Option<MimeBundle> {
         self.ask(|tx| Job::Inspect(code, pos, tx)).await.flatten()
     }
-    pub async fn is_complete(&self, code: String) -> Completeness {
-        self.ask(|tx| Job::IsComplete(code, tx)).await.unwrap_or(Completeness::Complete)
+    /// Answered at once, without queueing behind a running cell.
+    pub fn is_complete(&self, code: &str) -> Completeness {
+        (self.completeness)(code)
     }
     pub async fn shutdown(&self) {
         self.ask(Job::Shutdown).await;

@@ -79,6 +79,8 @@ pub enum Completeness {
     Invalid,
 }
 
+pub type CompletenessCheck = Arc<dyn Fn(&str) -> Completeness + Send + Sync>;
+
 /// Stops whatever the interpreter is running. Called from the control channel (or a
 /// SIGINT handler) while `execute` blocks on another thread.
 pub trait Interrupter: Send + Sync {
@@ -94,7 +96,9 @@ pub trait Interpreter: Send + 'static {
     fn complete(&mut self, code: &str, cursor: usize) -> Completions;
     /// Documentation for the item under `cursor` (byte offset), if any.
     fn inspect(&mut self, code: &str, cursor: usize) -> Option<MimeBundle>;
-    fn is_complete(&mut self, code: &str) -> Completeness;
+    /// Answers `is_complete` on the caller's thread, even while a cell runs or the
+    /// interpreter starts: consoles give up on the answer after about a second.
+    fn completeness(&self) -> CompletenessCheck;
     fn interrupter(&self) -> Arc<dyn Interrupter>;
     /// Called once before the kernel exits: stop every child process.
     fn shutdown(&mut self);

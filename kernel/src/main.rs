@@ -79,6 +79,7 @@ fn main() {
 
 fn run_kernel(file: &std::path::Path) -> anyhow::Result<()> {
     let info = ranch_kernel::connection::load(file)?;
+    exit_with_parent_frontend();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let interp = ranch_kernel::session::EvcxrSession::start()?;
@@ -86,4 +87,22 @@ fn run_kernel(file: &std::path::Path) -> anyhow::Result<()> {
     })?;
     // Leave without running destructors of still-running background tasks.
     std::process::exit(0)
+}
+
+/// Like ipykernel: when the frontend that started the kernel (`JPY_PARENT_PID`) dies without
+/// shutting it down, the kernel exits instead of lingering (its children die with it).
+fn exit_with_parent_frontend() {
+    let Some(parent) = std::env::var("JPY_PARENT_PID").ok().and_then(|p| p.parse::<u32>().ok()) else { return };
+    if std::os::unix::process::parent_id() != parent {
+        return; // started through something else (e.g. a nanny process): not ours to watch
+    }
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if std::os::unix::process::parent_id() != parent {
+                ranch_kernel::log!("the frontend (pid {parent}) is gone; exiting");
+                std::process::exit(1);
+            }
+        }
+    });
 }

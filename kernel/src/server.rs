@@ -237,7 +237,7 @@ async fn handle(k: &Arc<Kernel>, tx: &mut Router, msg: &JupyterMessage) -> Next 
             send_reply(tx, msg, "inspect_reply", reply).await;
         }
         C::IsCompleteRequest(req) => {
-            let reply = match k.engine.is_complete(req.code.clone()).await {
+            let reply = match k.engine.is_complete(&req.code) {
                 Completeness::Complete => json!({"status": "complete"}),
                 Completeness::Incomplete { indent } => json!({"status": "incomplete", "indent": indent}),
                 Completeness::Invalid => json!({"status": "invalid"}),

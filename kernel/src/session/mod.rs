@@ -13,7 +13,7 @@ mod render;
 mod runtime_crate;
 
 use crate::interpreter::{
-    CellContext, CellError, CellOutcome, Completeness, Completions, Interpreter, Interrupter, MimeBundle,
+    CellContext, CellError, CellOutcome, CompletenessCheck, Completions, Interpreter, Interrupter, MimeBundle,
     Stream,
 };
 use crate::syntax;
@@ -307,8 +307,8 @@ impl Interpreter for EvcxrSession {
         Some(data)
     }
 
-    fn is_complete(&mut self, code: &str) -> Completeness {
-        syntax::completeness(code)
+    fn completeness(&self) -> CompletenessCheck {
+        Arc::new(syntax::completeness)
     }
 
     fn interrupter(&self) -> Arc<dyn Interrupter> {
