@@ -188,6 +188,18 @@ impl Forwarder {
     }
 
     fn on_stdout_line(&mut self, line: String, err_f: &mut File) {
+        // `print!("x")` without a newline, then evcxr's "EVCXR_EXECUTION_COMPLETE" line:
+        // both arrive as one line. The user's part is text; the rest is evcxr's.
+        if self.block.is_none() {
+            if let Some(at) = sentinel_start(&line) {
+                if at > 0 {
+                    self.flush_group();
+                    self.text.push_str(&line[..at]);
+                    self.on_stdout_line(line[at..].to_string(), err_f);
+                    return;
+                }
+            }
+        }
         if let Some((mime, mut body)) = self.block.take() {
             if line == END {
                 if self.group.iter().any(|(m, _)| *m == mime) {
@@ -324,8 +336,38 @@ impl Forwarder {
     }
 }
 
+/// Where one of evcxr's protocol lines starts inside `line` (after unterminated user text).
+fn sentinel_start(line: &str) -> Option<usize> {
+    const SENTINELS: [&str; 7] = [
+        COMPLETE,
+        PANIC,
+        BEGIN,
+        "EVCXR_INPUT_REQUEST",
+        "EVCXR_ERROR_OCCURRED",
+        "EVCXR_VARIABLE_CHANGED_TYPE:",
+        "EVCXR_EXECUTION_COMPLETE",
+    ];
+    line.match_indices("EVCXR_")
+        .map(|(i, _)| i)
+        .find(|&i| SENTINELS.iter().any(|s| line[i..].starts_with(s)))
+}
+
 /// Whether `buf` is a prefix of `prefix` or starts with it.
 fn could_start(buf: &[u8], prefix: &[u8]) -> bool {
     let n = buf.len().min(prefix.len());
     buf[..n] == prefix[..n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_evcxr_lines_after_unterminated_user_text() {
+        assert_eq!(sentinel_start(" doneEVCXR_EXECUTION_COMPLETE"), Some(5));
+        assert_eq!(sentinel_start("EVCXR_PANIC_NOTIFICATION"), Some(0));
+        assert_eq!(sentinel_start("50%EVCXR_BEGIN_CONTENT text/html"), Some(3));
+        assert_eq!(sentinel_start("EVCXR_ is just text"), None);
+        assert_eq!(sentinel_start("plain"), None);
+    }
 }
