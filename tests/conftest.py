@@ -66,6 +66,12 @@ def execute(kc, code, timeout=120, **kwargs) -> Run:
             return run
 
 
+def ok(run: Run) -> Run:
+    """Asserts the cell succeeded, showing its error otherwise."""
+    assert run.reply["content"]["status"] == "ok", run.error_text() or run.reply["content"]
+    return run
+
+
 def start():
     km, kc = start_new_kernel(kernel_name=KERNEL, startup_timeout=120)
     return km, kc

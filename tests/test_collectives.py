@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import execute, start, stop
+from conftest import execute, ok, start, stop
 from test_ranch import no_rank_survives, rank_processes  # noqa: F401  (autouse fixture)
 
 
@@ -16,11 +16,6 @@ def kc():
     kc.pid = km.provisioner.pid
     yield kc
     stop(km, kc)
-
-
-def ok(run):
-    assert run.reply["content"]["status"] == "ok", run.error_text() or run.reply["content"]
-    return run
 
 
 def segments(pid):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import execute, start, stop
+from conftest import execute, ok, start, stop
 
 
 def rank_processes():
@@ -32,11 +32,6 @@ def kc():
     assert setup.reply["content"]["status"] == "ok", setup.error_text()
     yield kc
     stop(km, kc)
-
-
-def ok(run):
-    assert run.reply["content"]["status"] == "ok", run.error_text() or run.reply["content"]
-    return run
 
 
 def test_four_ranks_print_and_return(kc):
