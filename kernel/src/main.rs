@@ -79,12 +79,11 @@ fn main() {
 
 fn run_kernel(file: &std::path::Path) -> anyhow::Result<()> {
     let info = ranch_kernel::connection::load(file)?;
+    // First, while this is the only thread: the session sets up its environment.
+    let interp = ranch_kernel::session::EvcxrSession::start()?;
     exit_with_parent_frontend();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async {
-        let interp = ranch_kernel::session::EvcxrSession::start()?;
-        ranch_kernel::server::serve(info, Box::new(interp)).await
-    })?;
+    runtime.block_on(ranch_kernel::server::serve(info, Box::new(interp)))?;
     // Leave without running destructors of still-running background tasks.
     std::process::exit(0)
 }

@@ -4,6 +4,7 @@
 //! streams the cell's output to the kernel through [`events`]; panics, crashes, interrupts
 //! and compile errors become Jupyter errors that say what happened and what was lost.
 
+mod cache_dir;
 mod child;
 mod events;
 mod kernel_stderr;
@@ -11,6 +12,7 @@ mod procs;
 mod ranch;
 mod render;
 mod runtime_crate;
+mod workdir;
 
 use crate::interpreter::{
     CellContext, CellError, CellOutcome, CompletenessCheck, Completions, Interpreter, Interrupter, MimeBundle,
@@ -25,9 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use child::prepare as prepare_child_process;
-
-/// Size limit of evcxr's compile cache, shared by every kernel of the user.
-const COMPILE_CACHE_MIB: u32 = 1024;
 
 /// What the interrupter shares with the running cell.
 #[derive(Default)]
@@ -90,12 +89,19 @@ pub struct EvcxrSession {
     ranch: ranch::RanchState,
     /// Bumped by every plain cell: the session's items may have changed.
     generation: u64,
+    workdir: workdir::WorkDir,
 }
 
 impl EvcxrSession {
     /// Cheap: the evcxr context (rust-analyzer, the child process) starts in [`warm_up`].
+    /// Call it before the process starts any thread: it sets evcxr's work directory in the
+    /// environment.
     pub fn start() -> anyhow::Result<EvcxrSession> {
         ranch::remove_stale_session_dirs();
+        let workdir = workdir::WorkDir::claim();
+        // SAFETY: no other thread exists yet (see above), so nothing reads the environment
+        // while it changes.
+        unsafe { std::env::set_var("EVCXR_TMPDIR", workdir.evcxr_dir()) };
         let cell = Arc::new(CurrentCell::default());
         if let Err(e) = kernel_stderr::capture_cargo_progress(cell.clone()) {
             crate::log!("cargo progress will only reach the log: {e}");
@@ -115,6 +121,7 @@ impl EvcxrSession {
             listener,
             ranch: Default::default(),
             generation: 0,
+            workdir,
         })
     }
 
@@ -192,6 +199,9 @@ impl EvcxrSession {
         if ranch::is_ranch_cell(code) {
             return self.run_ranch(code, cx);
         }
+        if let Some(refusal) = refused_command(code) {
+            return Err(refusal);
+        }
         if let Some(magic) = unknown_magic(code) {
             return Err(CellError::new(
                 "UsageError",
@@ -257,14 +267,8 @@ impl Interpreter for EvcxrSession {
     fn warm_up(&mut self) {
         // The runtime crate is added before the user defines anything: adding a dependency
         // later changes the TypeId of every session type, and evcxr then drops the
-        // variables of those types.
-        // evcxr's compile cache (~/.cache/evcxr) keeps compiled dependencies across kernels,
-        // so the runtime crate and serde are compiled once per machine, not per kernel.
-        if let Ok(ctx) = self.context() {
-            if let Err(e) = ctx.execute(&format!(":cache {COMPILE_CACHE_MIB}")) {
-                crate::log!("evcxr's compile cache is off: {e}");
-            }
-        }
+        // variables of those types. The persistent work directory keeps it compiled
+        // across kernels.
         if let Err(e) = self.ensure_runtime() {
             crate::log!("{}", e.evalue);
         }
@@ -331,6 +335,22 @@ impl Interpreter for EvcxrSession {
 fn unknown_magic(code: &str) -> Option<&str> {
     let first = code.trim_start().lines().next()?;
     first.starts_with('%').then(|| first.split_whitespace().next().unwrap_or(first))
+}
+
+/// evcxr commands that would break the session's builds.
+fn refused_command(code: &str) -> Option<CellError> {
+    let mut words = code.trim().split_whitespace();
+    let (Some(":cache"), Some(size)) = (words.next(), words.next()) else { return None };
+    if size.parse::<u64>().is_ok_and(|s| s == 0) {
+        return None;
+    }
+    Some(CellError::new(
+        "UsageError",
+        "ranch keeps evcxr's compile cache off: it copies build artifacts between directories in a way \
+         that makes cargo rebuild dependencies on every cell, and mixes them with rank programs' builds. \
+         Instead each kernel keeps its build directory (under ~/.cache/ranch/work), so compiled \
+         dependencies are reused by the next kernel anyway. Nothing was changed.",
+    ))
 }
 
 /// evcxr's result: one entry per MIME type; JSON types carry JSON, not text.

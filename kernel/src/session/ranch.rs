@@ -47,7 +47,7 @@ fn ranch_error(msg: impl Into<String>) -> CellError {
     CellError::new("RanchError", msg)
 }
 
-const SESSION_DIR_PREFIX: &str = "ranch-session-";
+pub(super) const SESSION_DIR_PREFIX: &str = "ranch-session-";
 
 /// Removes what kernels that were killed left behind: session directories
 /// (`$TMPDIR/ranch-session-<pid>-*`) and group segments (`/dev/shm/ranch-<pid>-*`) whose
@@ -346,7 +346,8 @@ impl EvcxrSession {
         *self.run.ranch_build.lock().unwrap() = Some(handle.clone());
         let sink = cx.sink.clone();
         let progress = move |line: &str| sink.stream(Stream::Stderr, &format!("{line}\n"));
-        let built = build::build(program, &session_dir.join("rank-crate"), &tools, &handle, &progress);
+        let crate_dir = self.workdir.rank_crate_dir().to_path_buf();
+        let built = build::build(program, &crate_dir, &tools, &handle, &progress);
         *self.run.ranch_build.lock().unwrap() = None;
         let exe = match built {
             Ok(exe) => exe,

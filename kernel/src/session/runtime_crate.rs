@@ -18,21 +18,11 @@ const FILES: &[(&str, &str)] = &[
     ("src/comm/shm.rs", include_str!("../../../runtime/src/comm/shm.rs")),
 ];
 
-fn cache_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("RANCH_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d).join("ranch"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/ranch"),
-    }
-}
-
 /// Unpacks the crate (if this version is not there yet) and returns its directory.
 pub fn unpack() -> std::io::Result<PathBuf> {
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(FILES, &mut hasher);
-    let dir = cache_root().join(format!("runtime-{:016x}", std::hash::Hasher::finish(&hasher)));
+    let dir = super::cache_dir::root().join(format!("runtime-{:016x}", std::hash::Hasher::finish(&hasher)));
     if dir.join("Cargo.toml").exists() {
         return Ok(dir);
     }

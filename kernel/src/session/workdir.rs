@@ -1,0 +1,188 @@
+//! The kernel's work directory: where evcxr writes and builds the session's crate
+//! (`evcxr/`, with its `target/`) and where `%%ranch` builds rank programs (`rank/`) in
+//! the same target directory, so rank builds reuse the session's compiled dependencies.
+//!
+//! It persists across kernels, so a kernel on a machine that ran ranch before finds its
+//! dependencies (the runtime crate, serde, the user's `:dep`s) already compiled, and cargo's
+//! own fingerprints decide what to rebuild. That is why evcxr's compile cache (`:cache`)
+//! stays off: it copies artifacts between target directories keyed by rustc's arguments
+//! alone, with dep-info that names the directory they were first built in. Once that
+//! directory is gone cargo finds a "missing" input and rebuilds on every cell, and cached
+//! artifacts mixed with ones cargo built itself under the same file names no longer fit
+//! together (`can't find crate`).
+//!
+//! Two kernels never share a directory (evcxr's files would clash and cargo would
+//! serialise their builds): each holds an exclusive lock on its numbered directory for
+//! its whole life, and the lock goes with the process, however it ends.
+
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// At most this many directories (kernels running at once); more kernels get a
+/// temporary directory each.
+const MAX_DIRS: usize = 8;
+/// A directory whose target grew past this is emptied when a kernel takes it
+/// (`RANCH_TARGET_LIMIT_MIB` overrides).
+const DEFAULT_TARGET_LIMIT_MIB: u64 = 4096;
+/// Directories no kernel used for this long are removed.
+const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub struct WorkDir {
+    evcxr: PathBuf,
+    rank: PathBuf,
+    /// Held for the kernel's life.
+    _lock: Option<Flock<File>>,
+    /// Removed when the kernel ends (no persistent directory was free).
+    temporary: Option<PathBuf>,
+}
+
+impl WorkDir {
+    /// Takes a free persistent directory, or makes a temporary one. When the user set
+    /// `EVCXR_TMPDIR`, evcxr builds there and only rank programs get a place of ours.
+    pub fn claim() -> WorkDir {
+        if let Some(dir) = std::env::var_os("EVCXR_TMPDIR").filter(|d| !d.is_empty()) {
+            let temp = temporary_root();
+            return WorkDir { evcxr: PathBuf::from(dir), rank: temp.join("rank"), _lock: None, temporary: Some(temp) };
+        }
+        let base = super::cache_dir::root().join("work");
+        match claim_persistent(&base) {
+            Ok(Some((root, lock))) => {
+                WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), _lock: Some(lock), temporary: None }
+            }
+            outcome => {
+                if let Err(e) = outcome {
+                    crate::log!("no persistent work directory in {} ({e}); this kernel builds from scratch", base.display());
+                } else {
+                    crate::log!("all {MAX_DIRS} work directories in {} are in use; this kernel builds from scratch", base.display());
+                }
+                let temp = temporary_root();
+                WorkDir { evcxr: temp.join("evcxr"), rank: temp.join("rank"), _lock: None, temporary: Some(temp) }
+            }
+        }
+    }
+
+    /// evcxr's directory (`EVCXR_TMPDIR`).
+    pub fn evcxr_dir(&self) -> &Path {
+        &self.evcxr
+    }
+
+    /// Where rank programs are written; a fixed place, so cargo keeps one set of their
+    /// artifacts per directory instead of one per kernel.
+    pub fn rank_crate_dir(&self) -> &Path {
+        &self.rank
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Some(t) = &self.temporary {
+            let _ = std::fs::remove_dir_all(t);
+        }
+    }
+}
+
+/// Named like the kernel's session directories, so one left by a killed kernel is
+/// removed by the next kernel (see `remove_stale_session_dirs`).
+fn temporary_root() -> PathBuf {
+    std::env::temp_dir().join(format!("{}{}-work", super::ranch::SESSION_DIR_PREFIX, std::process::id()))
+}
+
+fn make_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+fn claim_persistent(base: &Path) -> std::io::Result<Option<(PathBuf, Flock<File>)>> {
+    make_private_dir(base)?;
+    let mut claimed = None;
+    for n in 0..MAX_DIRS {
+        let lock_path = base.join(format!("{n}.lock"));
+        // Past the one we take, only directories that exist are looked at.
+        let file = match File::options().create(claimed.is_none()).truncate(false).write(true).open(&lock_path) {
+            Ok(f) => f,
+            Err(_) if claimed.is_some() => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else { continue };
+        let root = base.join(n.to_string());
+        if claimed.is_none() {
+            // The lock file's time says when a kernel last used the directory.
+            let _ = lock.set_modified(SystemTime::now());
+            make_private_dir(&root)?;
+            keep_within_limit(&root.join("evcxr").join("target"), target_limit());
+            claimed = Some((root, lock));
+        } else if is_unused(&lock_path) {
+            // Not held by anyone (we hold its lock right now) and long unused.
+            let _ = std::fs::remove_dir_all(&root);
+        }
+    }
+    Ok(claimed)
+}
+
+fn is_unused(lock_path: &Path) -> bool {
+    let modified = std::fs::metadata(lock_path).and_then(|m| m.modified());
+    modified.is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNUSED_FOR))
+}
+
+fn target_limit() -> u64 {
+    let mib = std::env::var("RANCH_TARGET_LIMIT_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_TARGET_LIMIT_MIB);
+    mib << 20
+}
+
+/// Empties a target directory that grew past the limit: every dependency set a notebook
+/// ever used stays there, and nothing else would bound it.
+fn keep_within_limit(target: &Path, limit: u64) {
+    let size = disk_usage(target);
+    if size > limit {
+        crate::log!("{} holds {} MiB (limit {} MiB): emptying it", target.display(), size >> 20, limit >> 20);
+        let _ = std::fs::remove_dir_all(target);
+    }
+}
+
+fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries.flatten().map(|e| disk_usage(&e.path())).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ranch-workdir-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_held_directory_is_not_given_to_another_kernel() {
+        let base = scratch("held");
+        let (first, _lock) = claim_persistent(&base).unwrap().unwrap();
+        let (second, lock2) = claim_persistent(&base).unwrap().unwrap();
+        assert_ne!(first, second);
+        drop(lock2);
+        let (again, _) = claim_persistent(&base).unwrap().unwrap();
+        assert_eq!(again, second, "a released directory is taken again");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn an_oversized_target_is_emptied() {
+        let base = scratch("limit");
+        let target = base.join("target");
+        std::fs::create_dir_all(target.join("deps")).unwrap();
+        std::fs::write(target.join("deps/big"), vec![0u8; 4096]).unwrap();
+        assert_eq!(disk_usage(&target), 4096);
+        keep_within_limit(&target, 4096);
+        assert!(target.exists(), "within the limit: kept");
+        keep_within_limit(&target, 4095);
+        assert!(!target.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
