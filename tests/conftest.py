@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import pytest
@@ -72,9 +73,103 @@ def ok(run: Run) -> Run:
     return run
 
 
-def start():
-    km, kc = start_new_kernel(kernel_name=KERNEL, startup_timeout=120)
+def start(**kwargs):
+    km, kc = start_new_kernel(kernel_name=KERNEL, startup_timeout=120, **kwargs)
+    kc.pid = km.provisioner.pid
+    STARTED.append(kc.pid)
     return km, kc
+
+
+# Kernels this test run started: process checks look only at their process trees, never
+# at the whole host (other kernels, other test runs).
+STARTED: list[int] = []
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every live process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields[0] == "Z":  # exited, not yet reaped
+            continue
+        table[int(entry)] = (int(fields[1]), cmdline)
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every live process below `pid`."""
+    table = processes()
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, cmd) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = cmd
+                frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    return pid in processes()
+
+
+def rank_processes(kernel_pid: int | None = None) -> dict[int, str]:
+    """Rank programs (they run from a ranch session's artifacts dir) below one kernel, or
+    below any kernel this test run started."""
+    kernels = [kernel_pid] if kernel_pid is not None else STARTED
+    ranks = {}
+    for k in kernels:
+        ranks.update({p: c for p, c in descendants(k).items() if "/artifacts/" in c})
+    return ranks
+
+
+def local_crate(where, lib="pub fn answer() -> u32 { 42 }\n", build_rs=None) -> tuple[str, str]:
+    """Writes a crate with a name no earlier run used (kernels keep their build
+    directories, so a crates.io dependency may already be compiled). Returns the name and
+    the `:dep` line that adds it."""
+    name = f"probe_{uuid.uuid4().hex[:12]}"
+    (where / "src").mkdir(parents=True)
+    (where / "Cargo.toml").write_text(f'[package]\nname = "{name}"\nversion = "0.1.0"\nedition = "2021"\n')
+    (where / "src" / "lib.rs").write_text(lib)
+    if build_rs is not None:
+        (where / "build.rs").write_text(build_rs)
+    return name, f':dep {name} = {{ path = "{where}" }}'
+
+
+def interrupt(km, kc, msg_id, within=2.0) -> dict:
+    """Interrupts the running cell `msg_id`; asserts its reply comes within `within`
+    seconds and says it was interrupted. Returns the reply's content."""
+    t0 = time.monotonic()
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=30)
+    elapsed = time.monotonic() - t0
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "Interrupted", reply["content"]
+    assert elapsed < within, elapsed
+    return reply["content"]
+
+
+def wait_for_output(kc, msg_id, needle, timeout=180):
+    """Reads IOPub until the cell `msg_id` has written `needle` (to know it is running)."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            seen += msg["content"]["text"]
+            if needle in seen:
+                return
+    raise AssertionError(f"the cell did not write {needle!r} within {timeout}s (wrote {seen!r})")
 
 
 def stop(km, kc):

@@ -1,19 +1,18 @@
 """Collectives, `%in_ddp` and `--ddp` through a real Jupyter client, on real ranks."""
 import glob
-import os
+import re
 import threading
 import time
 
 import pytest
 
-from conftest import execute, ok, start, stop
-from test_ranch import no_rank_survives, rank_processes  # noqa: F401  (autouse fixture)
+from conftest import execute, interrupt, ok, start, stop, wait_for_output
+from test_ranch import no_rank_survives  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")
 def kc():
     km, kc = start()
-    kc.pid = km.provisioner.pid
     yield kc
     stop(km, kc)
 
@@ -97,6 +96,50 @@ c.barrier().unwrap();"""
     assert "rank 2 exited before joining barrier" in text
 
 
+def test_a_rank_that_finishes_without_joining_is_named_at_once(kc):
+    # Rank 2 never touches the group; the others must not wait for the 120 s timeout.
+    code = """%%ranch 3
+if ranch::rank() == 2 { None } else { ranch::comm().barrier().err().map(|e| (e.ranks, e.message)) }"""
+    t0 = time.monotonic()
+    run = ok(execute(kc, code))
+    assert time.monotonic() - t0 < 20
+    # Each waiter names rank 2: directly, or as the cause of the group breaking when the
+    # other waiter noticed first.
+    waiters = re.findall(r'Some\(\(\[(\d)\], "([^"]*)"\)\)', run.result())
+    assert [r for r, _ in waiters] == ["2", "2"], run.result()
+    assert all("rank 2 finished without joining barrier" in m for _, m in waiters), run.result()
+    assert run.result().endswith(", None]")
+
+
+def test_a_caught_panic_does_not_fail_the_rank(kc):
+    code = """%%ranch 2
+let caught = std::panic::catch_unwind(|| panic!("caught here")).is_err();
+let joined = std::thread::spawn(|| panic!("in a thread")).join().is_err();
+(caught, joined, ranch::rank())"""
+    run = ok(execute(kc, code))
+    assert run.result() == "[(true, true, 0), (true, true, 1)]"
+    # An uncaught one still fails the rank, with its own message.
+    run = execute(kc, '%%ranch 2\nlet _ = std::panic::catch_unwind(|| panic!("first"));\npanic!("second");')
+    assert run.reply["content"]["evalue"].startswith("rank 0 panicked at cell line 3: second")
+
+
+def test_after_a_comm_error_every_later_collective_fails_at_once(kc):
+    # Rank 0's barrier times out (it raises the error); rank 1 arrives later. From then on
+    # every operation fails at once on both, rank 0 included.
+    code = """%%ranch 2 --collective-timeout 1
+let c = ranch::comm();
+if ranch::rank() == 1 { std::thread::sleep(std::time::Duration::from_secs(3)); }
+let first = c.barrier().err().map(|e| e.ranks);
+let t = std::time::Instant::now();
+let later = c.all_reduce(&mut [1.0f32], ranch::Op::Sum).err().map(|e| e.message.contains("the group is broken: rank 0's barrier failed"));
+let again = c.barrier().is_err() && c.all_gather(&1u8).is_err();
+let p2p = if ranch::rank() == 0 { c.send(&1u8, 1).is_err() } else { c.recv::<u8>(0).is_err() };
+(first, later, again, p2p, t.elapsed() < std::time::Duration::from_millis(500))"""
+    run = ok(execute(kc, code))
+    # Both name rank 1, the one that was late (rank 1 learns it from the broken group).
+    assert run.result() == "[(Some([1]), Some(true), true, true, true), (Some([1]), Some(true), true, true, true)]"
+
+
 def test_different_collectives_or_lengths_are_errors(kc):
     code = """%%ranch 2
 let c = ranch::comm();
@@ -146,7 +189,8 @@ ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();
 
 
 def test_segments_are_removed_even_when_ranks_crash(kc):
-    execute(kc, "%%ranch 2\nranch::comm().barrier().unwrap();\nstd::process::abort();")
+    run = execute(kc, "%%ranch 2\nranch::comm().barrier().unwrap();\nstd::process::abort();")
+    assert "killed by signal 6 (SIGABRT)" in run.reply["content"]["evalue"], run.error_text()
     assert segments(kc.pid) == []
 
 
@@ -167,23 +211,62 @@ def test_in_ddp_usage_errors(kc):
         assert needle in run.reply["content"]["evalue"], (line, run.reply["content"]["evalue"])
 
 
+def unused_port():
+    """A port to host a group on (the kernel reports it if someone took it meanwhile)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_two_kernels(kc, kc2, code):
+    """Runs `code` (formatted with the base rank b) in both kernels at once."""
+    results = {}
+
+    def run(k, b):
+        results[b] = execute(k, code.format(b=b), timeout=300)
+
+    host = threading.Thread(target=run, args=(kc, 0))
+    host.start()
+    run(kc2, 2)
+    host.join(timeout=300)
+    return results[0], results[2]
+
+
 def test_two_kernels_form_one_group(kc):
     km2, kc2 = start()
     try:
-        port = 29000 + os.getpid() % 1000
-        code = ("%in_ddp 2 --gather --world-size 4 --base-rank {b} --port {p}\n"
-                "{{ let mut v = vec![ranch::rank() as u64 + 1]; ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap(); "
-                "(ranch::rank(), ranch::world_size(), v[0]) }}")
-        results = {}
-
-        def run(k, b):
-            results[b] = execute(k, code.format(b=b, p=port), timeout=300)
-
-        host = threading.Thread(target=run, args=(kc, 0))
-        host.start()
-        run(kc2, 2)
-        host.join(timeout=300)
-        assert ok(results[0]).result() == "[(0, 4, 10), (1, 4, 10)]"
-        assert ok(results[2]).result() == "[(2, 4, 10), (3, 4, 10)]"
+        port = unused_port()
+        code = ("%in_ddp 2 --gather --world-size 4 --base-rank {b} --port PORT --see {b}\n"
+                '{{ println!("hi from {{}}", ranch::rank()); let mut v = vec![ranch::rank() as u64 + 1]; '
+                "ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap(); (ranch::rank(), ranch::world_size(), v[0]) }}")
+        code = code.replace("PORT", str(port))
+        host, joined = in_two_kernels(kc, kc2, code)
+        assert ok(host).result() == "[(0, 4, 10), (1, 4, 10)]"
+        assert ok(joined).result() == "[(2, 4, 10), (3, 4, 10)]"
+        # Global ranks everywhere: --see, the table, the labels.
+        assert joined.stream() == "[2] hi from 2\n"
+        html = joined.result("text/html")
+        assert "<td>2</td>" in html and "<td>3</td>" in html and "<td>0</td>" not in html
+        # ... and the error report.
+        # (--ddp: the group forms across both kernels before the body runs.)
+        fail = ("%%ranch 2 --ddp --world-size 4 --base-rank {b} --port PORT --on-error continue\n"
+                'if ranch::rank() == 3 {{ println!("about to fail"); panic!("three"); }}\nranch::rank()').replace("PORT", str(port))
+        host, joined = in_two_kernels(kc, kc2, fail)
+        assert "rank 3 panicked at cell line 2: three" in joined.reply["content"]["evalue"]
+        assert "    [3] about to fail" in joined.error_text()
+        assert "rank 3 exited before joining barrier" in host.error_text()
     finally:
         stop(km2, kc2)
+
+
+def test_waiting_for_another_kernels_group_can_be_interrupted():
+    km, kc = start()
+    try:
+        port = unused_port()  # nobody hosts a group there
+        msg_id = kc.execute(f"%%ranch 2 --world-size 4 --base-rank 2 --port {port}\nranch::rank()")
+        wait_for_output(kc, msg_id, f"waiting for the group on port {port}")
+        assert "nothing was launched" in interrupt(km, kc, msg_id)["evalue"]
+        assert ok(execute(kc, "1 + 1")).result() == "2"
+    finally:
+        stop(km, kc)

@@ -252,9 +252,13 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
             if a.gather {
                 return Err(UsageError("--gather is for %in_ddp; %%ranch always gathers every rank's value".into()));
             }
-            if let (See::Ranks(ranks), n) = (&a.see, a.n) {
-                if let Some(bad) = ranks.iter().find(|&&r| r >= n) {
-                    return Err(UsageError(format!("--see {bad}: there is no rank {bad} among {n} ranks (0..{})", n - 1)));
+            // `--see` names global ranks: this kernel's are base..base + N.
+            if let See::Ranks(ranks) = &a.see {
+                let (first, last) = (a.base_rank, a.base_rank + a.n - 1);
+                if let Some(bad) = ranks.iter().find(|&&r| r < first || r > last) {
+                    return Err(UsageError(format!(
+                        "--see {bad}: this launch runs ranks {first}..{last}, there is no rank {bad} among them"
+                    )));
                 }
             }
             Ok(Parsed::Run(a))
@@ -436,6 +440,9 @@ mod tests {
         assert!(err("2 --timeout -1").contains("positive"));
         assert!(err("2 --on-error maybe").contains("maybe"));
         assert!(err("2 --see 5").contains("no rank 5"));
+        // Global ranks: a kernel launching ranks 2..3 of 4 shows rank 2, not rank 0.
+        assert!(err("2 --world-size 4 --base-rank 2 --port 9 --see 0").contains("ranks 2..3"));
+        assert_eq!(run("2 --world-size 4 --base-rank 2 --port 9 --see 3").see, See::Ranks(vec![3]));
         assert!(err("2 --share 1x").contains("not a variable name"));
         assert!(err("2 --out 'r:'").contains("expected a type"));
         assert!(err("2 --ctx 'unclosed").contains("quotes"));

@@ -1,11 +1,12 @@
 //! The coordination service of a launch: the shared-memory segment the ranks' collectives
 //! use, and a rendezvous listener at `MASTER_ADDR:MASTER_PORT` that hands the segment to
 //! ranks presenting the launch's secret token. Strangers get nothing: their connection is
-//! closed without a reply. A rank's connection stays open while it lives; when it closes
-//! the rank is marked as gone, so collectives waiting for it fail at once.
+//! closed without a reply. A rank's connection stays open while it lives; when the rank
+//! says it finished, or the connection closes, the rank is marked as gone, so collectives
+//! waiting for it fail at once.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,10 +43,13 @@ pub fn token_path(port: u16) -> PathBuf {
 }
 
 impl GroupService {
-    /// Creates the segment for `world` ranks and starts listening. With `publish`, the
-    /// token is also written (mode 0600) where other kernels of this user can read it.
-    pub fn start(addr: &str, port: u16, world: usize, token: &str, publish: bool) -> Result<GroupService, String> {
-        let listener = TcpListener::bind((addr, port)).map_err(|e| format!("cannot listen on {addr}:{port}: {e}"))?;
+    /// Creates the segment for `world` ranks and starts listening on `port` (`None`: a
+    /// free port, see [`port`](Self::port)). With `publish`, the token is also written
+    /// (mode 0600) where other kernels of this user can read it.
+    pub fn start(addr: &str, port: Option<u16>, world: usize, token: &str, publish: bool) -> Result<GroupService, String> {
+        let listener = TcpListener::bind((addr, port.unwrap_or(0)))
+            .map_err(|e| format!("cannot listen on {addr}:{}: {e}", port.map_or("<any port>".into(), |p| p.to_string())))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let segment = PathBuf::from(format!("/dev/shm/ranch-{}-{token}", std::process::id()));
         let seg = segment.to_string_lossy().into_owned();
         ranch::__rt::group::create(&seg, world).map_err(|e| format!("cannot create the shared-memory segment {seg}: {e}"))?;
@@ -81,6 +85,11 @@ impl GroupService {
     pub fn segment(&self) -> &Path {
         &self.segment
     }
+
+    /// The port it listens on (`MASTER_PORT`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -90,6 +99,9 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(text.as_bytes())
 }
 
+/// Longest line a rank sends (the hello, `DONE`); anything longer is not a rank's.
+const MAX_LINE: u64 = 256;
+
 fn serve_rank(conn: TcpStream, token: &str, segment: &str, world: usize, file: &File) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
@@ -97,7 +109,7 @@ fn serve_rank(conn: TcpStream, token: &str, segment: &str, world: usize, file: &
         Ok(c) => c,
         Err(_) => return,
     });
-    if reader.read_line(&mut line).is_err() {
+    if (&mut reader).take(MAX_LINE).read_line(&mut line).is_err() {
         return;
     }
     let mut parts = line.split_whitespace();
@@ -109,14 +121,24 @@ fn serve_rank(conn: TcpStream, token: &str, segment: &str, world: usize, file: &
     };
     let mut writer = &conn;
     if writeln!(writer, "OK {segment} {world}").is_err() {
-        let _ = ranch::__rt::group::mark_exited(file, rank);
+        let _ = ranch::__rt::group::mark_exited(file, rank, false);
         return;
     }
     let _ = conn.set_read_timeout(None);
-    // The rank keeps the connection until it exits; then it is gone for the group.
-    let mut rest = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
-    let _ = ranch::__rt::group::mark_exited(file, rank);
+    // The rank keeps the connection until it exits; then it is gone for the group. It
+    // says `DONE` first when it returned from the cell.
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_LINE).read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.trim() == ranch::__rt::group::DONE => {
+                let _ = ranch::__rt::group::mark_exited(file, rank, true);
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
+    let _ = ranch::__rt::group::mark_exited(file, rank, false);
 }
 
 impl Drop for GroupService {
@@ -152,9 +174,9 @@ mod tests {
 
     #[test]
     fn only_ranks_with_the_token_get_the_segment() {
-        let port = crate::launch::free_port("127.0.0.1").unwrap();
         let token = new_token();
-        let svc = GroupService::start("127.0.0.1", port, 2, &token, false).unwrap();
+        let svc = GroupService::start("127.0.0.1", None, 2, &token, false).unwrap();
+        let port = svc.port();
         assert!(svc.segment().exists());
         assert_eq!(hello(port, "RANCH1 wrong 0"), "");
         assert_eq!(hello(port, "GET / HTTP/1.0"), "");

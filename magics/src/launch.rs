@@ -62,8 +62,3 @@ impl Launcher for LocalSpawner {
 pub fn kill_group(pid: u32, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
 }
-
-/// A TCP port nobody listens on right now, for `MASTER_PORT`.
-pub fn free_port(addr: &str) -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((addr, 0))?.local_addr()?.port())
-}

@@ -19,8 +19,9 @@ pub fn read_results(run_dir: &Path, local_ranks: usize, first_rank: usize) -> Re
 }
 
 /// The `execute_result` of a successful run: `text/plain` is the Debug form of the gathered
-/// `Vec<T>`, `text/html` a rank → value table. `None` for a unit tail.
-pub fn result_bundle(results: &[RankResult]) -> Option<Map<String, Value>> {
+/// `Vec<T>`, `text/html` a rank → value table (global ranks: `results[0]` is
+/// `first_rank`). `None` for a unit tail.
+pub fn result_bundle(results: &[RankResult], first_rank: usize) -> Option<Map<String, Value>> {
     if results.is_empty() || results.iter().all(|r| r.type_name == "()") {
         return None;
     }
@@ -30,7 +31,10 @@ pub fn result_bundle(results: &[RankResult]) -> Option<Map<String, Value>> {
     let rows: String = shown
         .iter()
         .enumerate()
-        .map(|(r, v)| format!("<tr><td>{r}</td><td style=\"text-align:left\"><pre>{}</pre></td></tr>", html_escape(v)))
+        .map(|(i, v)| {
+            let r = first_rank + i;
+            format!("<tr><td>{r}</td><td style=\"text-align:left\"><pre>{}</pre></td></tr>", html_escape(v))
+        })
         .collect();
     let html = format!("<table><thead><tr><th>rank</th><th style=\"text-align:left\">value</th></tr></thead><tbody>{rows}</tbody></table>");
     let mut data = Map::new();
@@ -128,12 +132,19 @@ mod tests {
 
     #[test]
     fn gathered_values_look_like_a_vec() {
-        let data = result_bundle(&[res("usize", Some("0")), res("usize", Some("1")), res("usize", Some("4"))]).unwrap();
+        let data = result_bundle(&[res("usize", Some("0")), res("usize", Some("1")), res("usize", Some("4"))], 0).unwrap();
         assert_eq!(data["text/plain"], "[0, 1, 4]");
         assert!(data["text/html"].as_str().unwrap().contains("<td>2</td>"));
-        assert!(result_bundle(&[res("()", Some("()"))]).is_none());
-        let opaque = result_bundle(&[res("ranch_rank::Opaque", None)]).unwrap();
+        assert!(result_bundle(&[res("()", Some("()"))], 0).is_none());
+        let opaque = result_bundle(&[res("ranch_rank::Opaque", None)], 0).unwrap();
         assert_eq!(opaque["text/plain"], "[<ranch_rank::Opaque>]");
+    }
+
+    #[test]
+    fn the_table_names_global_ranks() {
+        let data = result_bundle(&[res("usize", Some("5")), res("usize", Some("6"))], 2).unwrap();
+        let html = data["text/html"].as_str().unwrap();
+        assert!(html.contains("<td>2</td>") && html.contains("<td>3</td>") && !html.contains("<td>0</td>"), "{html}");
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct CellProgram {
     pub shipped: Vec<Shipped>,
     pub ctx: Option<String>,
     pub uses_question_mark: bool,
+    /// The body ends in a tail expression. Without one its value is `()`, stated in the
+    /// program: a body that ends by diverging (`panic!(..);`, `std::process::exit(1);`)
+    /// would otherwise have type `!` (edition 2024's fallback), which cannot be reported.
+    pub has_tail: bool,
     /// Form the process group before the body and tear it down after it (`--ddp`).
     pub ddp: bool,
 }
@@ -86,10 +90,14 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
         "\n#[unsafe(export_name = \"main\")]\nextern \"C\" fn __ranch_main(_argc: i32, _argv: *const *const u8) -> i32 {\n\
          \x20   ranch::__rt::init_rank();\n\
          \x20   match std::panic::catch_unwind(__ranch_cell) {\n\
-         \x20       Ok(()) => 0,\n\
-         \x20       Err(_) => 101,\n\
-         \x20   }\n}\n\n\
-         fn __ranch_cell() {\n\
+         \x20       Ok(()) => {\n\
+         \x20           ranch::__rt::finish_rank();\n\
+         \x20           0\n\
+         \x20       }\n",
+    );
+    main.push_str(&format!("        Err(_) => {},\n    }}\n}}\n\n", crate::supervise::PANIC_EXIT_CODE));
+    main.push_str(
+        "fn __ranch_cell() {\n\
          \x20   use ranch::__rt::{DebugNothing as _, DebugVia as _, ViaNothing as _, ViaSerialize as _};\n",
     );
     for v in &cell.shipped {
@@ -119,12 +127,13 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
         Some(ctx) => main.push_str(&format!("    let __ranch_ctx = {ctx};\n")),
         None => main.push_str("    let __ranch_ctx = ();\n"),
     }
+    let value_type = if cell.has_tail { "_" } else { "()" };
     if cell.uses_question_mark {
-        main.push_str(
-            "    let __ranch_value = match (|| -> ::std::result::Result<_, ::std::boxed::Box<dyn ::std::error::Error + Send + Sync>> { Ok({\n",
-        );
+        main.push_str(&format!(
+            "    let __ranch_value = match (|| -> ::std::result::Result<{value_type}, ::std::boxed::Box<dyn ::std::error::Error + Send + Sync>> {{ Ok({{\n",
+        ));
     } else {
-        main.push_str("    let __ranch_value = {\n");
+        main.push_str(&format!("    let __ranch_value: {value_type} = {{\n"));
     }
     let body_line = main.lines().count() + 1;
     main.push_str(&cell.body);
@@ -186,7 +195,7 @@ mod tests {
             deps: vec!["ranch = { path = \"/r\" }".into()],
             profile: "[profile.dev]\nopt-level = 2\n".into(),
         };
-        let cell = CellProgram { body: body.into(), body_cell_line: 2, shipped, ..Default::default() };
+        let cell = CellProgram { body: body.into(), body_cell_line: 2, shipped, has_tail: true, ..Default::default() };
         generate(&session, &cell)
     }
 
@@ -199,6 +208,16 @@ mod tests {
         assert_eq!(p.cell_line(p.body_line + 2), None);
         assert!(p.cargo_toml.contains("ranch = { path = \"/r\" }\n"));
         assert!(p.cargo_toml.contains("[profile.dev]\nopt-level = 2\n"));
+    }
+
+    #[test]
+    fn a_body_without_tail_has_a_unit_value() {
+        let mut p = program("panic!(\"always\");", vec![]);
+        assert!(p.main_rs.contains("let __ranch_value: _ = {"));
+        let session = SessionSnapshot::default();
+        let cell = CellProgram { body: "panic!(\"always\");".into(), has_tail: false, ..Default::default() };
+        p = generate(&session, &cell);
+        assert!(p.main_rs.contains("let __ranch_value: () = {"), "{}", p.main_rs);
     }
 
     #[test]

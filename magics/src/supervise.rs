@@ -97,6 +97,8 @@ enum Event {
 }
 
 const LAST_LINES: usize = 10;
+/// What a rank program returns when the cell panicked (see `program::generate`).
+pub const PANIC_EXIT_CODE: i32 = 101;
 /// Between the polite signal and SIGKILL.
 const GRACE: Duration = Duration::from_millis(500);
 
@@ -261,11 +263,20 @@ fn ending_of(
     panic_line: &dyn Fn(u32) -> Option<usize>,
     stopped_by_us: bool,
 ) -> Ending {
-    let panic = std::fs::read(ranch::__rt::panic_path(run_dir, rank))
-        .ok()
-        .and_then(|b| ranch::__rt::PanicReport::decode(&b).ok());
-    if let Some(p) = panic {
-        return Ending::Panicked { message: p.message, line: panic_line(p.line) };
+    // The panic hook records every panic, caught ones too (`catch_unwind`, a joined thread
+    // that panicked). A panic only ended the rank when the rank program's catch-all saw
+    // it (exit status 101) or a panic while panicking aborted it (SIGABRT).
+    let ended_by_panic = match &status {
+        Ok(s) => s.code() == Some(PANIC_EXIT_CODE) || s.signal() == Some(Signal::SIGABRT as i32),
+        Err(_) => false,
+    };
+    if ended_by_panic {
+        let panic = std::fs::read(ranch::__rt::panic_path(run_dir, rank))
+            .ok()
+            .and_then(|b| ranch::__rt::PanicReport::decode(&b).ok());
+        if let Some(p) = panic {
+            return Ending::Panicked { message: p.message, line: panic_line(p.line) };
+        }
     }
     match status {
         Ok(s) if s.success() => Ending::Success,

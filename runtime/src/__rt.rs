@@ -13,7 +13,7 @@ pub use crate::comm::{TIMEOUT_ENV, TOKEN_ENV};
 /// The shared-memory segment of a launch's group (created and marked by the kernel).
 pub mod group {
     pub use crate::comm::shm_segment::{Layout, create, mark_exited};
-    pub use crate::comm::HELLO;
+    pub use crate::comm::{DONE, HELLO};
 }
 
 /// Directory of one launch: `vars/` holds shipped variables, `rank-<r>.result` results.
@@ -149,7 +149,8 @@ impl PanicReport {
 /// Environment variable with the kernel's pid: a rank whose parent is gone exits.
 pub const PARENT_PID_ENV: &str = "RANCH_PARENT_PID";
 
-/// First thing a rank program does: die with the kernel, and report panics to it.
+/// First thing a rank program does: die with the kernel, report panics to it, and
+/// announce itself to the launch's group (see `comm::rendezvous`).
 ///
 /// The kernel spawns ranks with `posix_spawn` (a `fork` of a process as large as the
 /// kernel costs tens of milliseconds per rank), so the rank sets its parent-death signal
@@ -177,6 +178,17 @@ pub fn init_rank() {
         }
     }
     install_panic_hook();
+    if let Ok(token) = std::env::var(TOKEN_ENV) {
+        if crate::world_size() > 1 {
+            crate::comm::announce(&token, crate::rank());
+        }
+    }
+}
+
+/// Last thing a rank program does when the cell returned: ranks still waiting for this
+/// one in a collective learn that it finished without joining.
+pub fn finish_rank() {
+    crate::comm::finish();
 }
 
 /// Records panics in a file the kernel reads, instead of printing Rust's report with

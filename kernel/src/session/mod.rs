@@ -7,6 +7,7 @@
 mod cache_dir;
 mod child;
 mod events;
+mod host_rust;
 mod kernel_stderr;
 mod procs;
 mod ranch;
@@ -149,6 +150,13 @@ impl EvcxrSession {
         let mut child = std::process::Command::new(exe);
         if let Some(l) = &self.listener {
             child.env(events::SOCKET_ENV, l.path());
+        }
+        // The child loads each cell's library; see `host_rust` for why it needs this.
+        match host_rust::host_rust() {
+            Ok(host) => {
+                child.env("LD_LIBRARY_PATH", host_rust::library_path_with(&host.libdir));
+            }
+            Err(e) => crate::log!("{e}"),
         }
         let (eval, outputs) = EvalContext::with_subprocess_command(child).map_err(|e| e.to_string())?;
         let mut ctx = CommandContext::with_eval_context(eval);

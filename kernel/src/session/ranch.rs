@@ -7,7 +7,7 @@ use crate::interpreter::{CellContext, CellError, CellOutcome, MimeBundle, Stream
 use ranch_magics::args::{self, Parsed, RanchArgs};
 use ranch_magics::build::{self, BuildError, Toolchain};
 use ranch_magics::group::GroupService;
-use ranch_magics::launch::{LaunchPlan, Launcher, LocalSpawner, free_port};
+use ranch_magics::launch::{LaunchPlan, Launcher, LocalSpawner};
 use ranch_magics::program::{self, CellProgram, SessionSnapshot, Shipped};
 use ranch_magics::supervise::{self, Cancel, Policy, RankSink};
 use ranch_magics::{merge, source};
@@ -206,6 +206,7 @@ impl EvcxrSession {
             shipped,
             ctx: args.ctx.clone(),
             uses_question_mark: facts.uses_question_mark,
+            has_tail: facts.has_tail,
             ddp: args.ddp,
         };
         let program = program::generate(&snapshot, &cell);
@@ -300,18 +301,7 @@ impl EvcxrSession {
             return Ok(t.clone());
         }
         let tmpdir = self.evcxr_dir()?;
-        let rustc = |args: &[&str]| -> Result<String, CellError> {
-            let out = std::process::Command::new("rustc")
-                .args(args)
-                .output()
-                .map_err(|e| ranch_error(format!("cannot run rustc: {e}")))?;
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        };
-        let triple = rustc(&["-vV"])?
-            .lines()
-            .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
-            .ok_or_else(|| ranch_error("rustc -vV did not name the host target"))?;
-        let sysroot = rustc(&["--print", "sysroot"])?.trim().to_string();
+        let host = super::host_rust::host_rust().map_err(ranch_error)?;
         let ctx = self.context()?;
         let linker = ctx.execute(":linker").ok().and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
         let mut rustflags = String::from("-Cprefer-dynamic");
@@ -321,14 +311,14 @@ impl EvcxrSession {
         let tools = Toolchain {
             cargo: PathBuf::from("cargo"),
             target_dir: tmpdir.join("target"),
-            target_triple: triple.clone(),
+            target_triple: host.triple.clone(),
             rustflags,
             lockfile: Some(tmpdir.join("Cargo.lock")),
             wrapper: std::env::current_exe().ok(),
         };
-        // Rank programs link the toolchain's libstd dynamically, as evcxr's cells do.
-        let libdir = format!("{sysroot}/lib/rustlib/{triple}/lib");
-        self.ranch.toolchain = Some((tools, libdir));
+        // Dependencies of rank programs link the toolchain's libstd dynamically, as evcxr's
+        // cells do.
+        self.ranch.toolchain = Some((tools, host.libdir.clone()));
         Ok(self.ranch.toolchain.clone().expect("set above"))
     }
 
@@ -380,9 +370,12 @@ impl EvcxrSession {
     ) -> Result<(Option<MimeBundle>, Vec<String>), CellError> {
         let (_, libdir) = self.toolchain()?;
         let gpus = ranch_magics::gpus::assign(&args.gpus, args.gpu_visibility, args.n).map_err(usage)?;
-        let (_service, master_port, token) = start_or_join_group(args)?;
+        let run = self.run.clone();
+        let interrupted = move || run.interrupted.load(Ordering::SeqCst);
+        let note = |text: &str| cx.sink.stream(Stream::Stderr, text);
+        let (_service, master_port, token) = start_or_join_group(args, &interrupted, &note)?;
         let mut env = vec![
-            ("LD_LIBRARY_PATH".into(), join_paths(&libdir)),
+            ("LD_LIBRARY_PATH".into(), super::host_rust::library_path_with(&libdir)),
             (ranch_magics::group::TOKEN_ENV.to_string(), token),
         ];
         if let Some(t) = args.collective_timeout {
@@ -430,7 +423,7 @@ impl EvcxrSession {
             }
         }
         let types = results.iter().map(|r| r.type_name.clone()).collect();
-        let shown = if first_rank_only { merge::single_bundle(&results[0]) } else { merge::result_bundle(&results) };
+        let shown = if first_rank_only { merge::single_bundle(&results[0]) } else { merge::result_bundle(&results, args.base_rank) };
         Ok((shown, types))
     }
 
@@ -463,27 +456,41 @@ impl EvcxrSession {
 
 /// The group the ranks join: hosted here (this kernel launches rank 0), or another
 /// kernel's, found through the token it published for its port.
-fn start_or_join_group(args: &RanchArgs) -> Result<(Option<GroupService>, u16, String), CellError> {
+fn start_or_join_group(
+    args: &RanchArgs,
+    interrupted: &dyn Fn() -> bool,
+    note: &dyn Fn(&str),
+) -> Result<(Option<GroupService>, u16, String), CellError> {
     use ranch_magics::group;
     if args.hosts_group() {
-        let port = match args.port {
-            Some(p) => p,
-            None => free_port(&args.addr).map_err(|e| ranch_error(format!("no free port for MASTER_PORT: {e}")))?,
-        };
         let token = group::new_token();
         let publish = args.world() > args.n;
-        let service = GroupService::start(&args.addr, port, args.world(), &token, publish).map_err(|e| {
-            if args.port.is_some() { usage(format!("--port {port}: {e}")) } else { ranch_error(e) }
+        let service = GroupService::start(&args.addr, args.port, args.world(), &token, publish).map_err(|e| {
+            if let Some(port) = args.port { usage(format!("--port {port}: {e}")) } else { ranch_error(e) }
         })?;
+        let port = service.port();
         return Ok((Some(service), port, token));
     }
     let port = args.port.expect("checked by the parser: joining needs --port");
     let path = group::token_path(port);
     // The hosting kernel may be a moment behind.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut waiting = false;
     loop {
         if let Ok(token) = std::fs::read_to_string(&path) {
             return Ok((None, port, token.trim().to_string()));
+        }
+        if !waiting {
+            waiting = true;
+            note(&format!(
+                "waiting for the group on port {port}: run the part with --base-rank 0 in another kernel (interrupt to give up)\n"
+            ));
+        }
+        if interrupted() {
+            return Err(CellError::new(
+                "Interrupted",
+                format!("Interrupted while waiting for the group on port {port}; nothing was launched. The session is unchanged."),
+            ));
         }
         if std::time::Instant::now() >= deadline {
             return Err(usage(format!(
@@ -492,12 +499,5 @@ fn start_or_join_group(args: &RanchArgs) -> Result<(Option<GroupService>, u16, S
             )));
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn join_paths(first: &str) -> String {
-    match std::env::var("LD_LIBRARY_PATH") {
-        Ok(rest) if !rest.is_empty() => format!("{first}:{rest}"),
-        _ => first.to_string(),
     }
 }

@@ -12,7 +12,8 @@ mod rendezvous;
 mod shm;
 
 pub use error::CommError;
-pub use rendezvous::HELLO;
+pub use rendezvous::{DONE, HELLO};
+pub(crate) use rendezvous::{announce, finish};
 
 /// What the kernel needs of the segment's layout.
 pub mod shm_segment {
@@ -83,7 +84,10 @@ impl Comm {
     fn group(&self, op: &'static str) -> Result<Option<&shm::Group>, CommError> {
         match &self.backend {
             Backend::Serial => Ok(None),
-            Backend::Shm(g) => Ok(Some(g)),
+            Backend::Shm(g) => {
+                g.ensure_usable(op)?;
+                Ok(Some(g))
+            }
             Backend::Broken(why) => Err(CommError::new(op, vec![self.rank], why.clone())),
         }
     }

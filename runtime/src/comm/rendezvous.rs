@@ -1,38 +1,105 @@
-//! Joining the launch's group through the kernel's rendezvous service at
-//! `MASTER_ADDR:MASTER_PORT`: present the launch's token, get the shared-memory segment.
-//! The connection stays open for the life of the rank: when it closes, the service marks
-//! the rank as gone, so ranks waiting for it fail instead of hanging.
+//! A rank's link to the kernel's rendezvous service at `MASTER_ADDR:MASTER_PORT`.
+//!
+//! The rank announces itself as soon as it starts ([`announce`]), whether or not the cell
+//! ever uses the group, and keeps the connection for its whole life: when it closes, the
+//! service marks the rank as gone, so collectives waiting for it fail at once instead of
+//! waiting for the timeout. A rank that returns from the cell says so first ([`finish`]),
+//! so a waiting rank learns that it finished without joining rather than that it died.
+//! [`join`] reads the service's answer (the shared-memory segment) when the cell first
+//! uses the group.
 
 use super::shm::Group;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// First line a rank sends: `RANCH1 <token> <rank>`.
 pub const HELLO: &str = "RANCH1";
+/// Line a rank sends when it returns from the cell.
+pub const DONE: &str = "DONE";
 
-pub fn join(token: &str, rank: usize, world: usize) -> Result<Group, String> {
+/// The connection, once open; `replied` once the service's answer was read.
+struct Link {
+    stream: TcpStream,
+    replied: bool,
+}
+
+static LINK: Mutex<Option<Link>> = Mutex::new(None);
+
+fn target() -> Result<String, String> {
     let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
     let port = std::env::var("MASTER_PORT").map_err(|_| "MASTER_PORT is not set".to_string())?;
-    let target = format!("{addr}:{port}");
+    Ok(format!("{addr}:{port}"))
+}
+
+fn hello(stream: &TcpStream, token: &str, rank: usize) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut w = stream;
+    writeln!(w, "{HELLO} {token} {rank}")
+}
+
+/// Opens the link at rank start, without waiting for the answer. Best effort: if the
+/// service cannot be reached yet (another kernel hosts it and has not started), [`join`]
+/// tries again, for longer.
+pub fn announce(token: &str, rank: usize) {
+    let Ok(target) = target() else { return };
+    let Some(addr) = target.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return };
+    let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return };
+    if hello(&stream, token, rank).is_ok() {
+        *LINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Link { stream, replied: false });
+    }
+}
+
+/// Tells the service this rank returned from the cell (it is about to exit normally).
+pub fn finish() {
+    let mut guard = LINK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(link) = guard.as_mut() else { return };
+    if !link.replied {
+        // Read the answer first: closing a socket with unread data resets the connection,
+        // and the reset could overtake `DONE`.
+        let _ = link.stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = String::new();
+        let _ = BufReader::new((&link.stream).take(4096)).read_line(&mut reply);
+        link.replied = true;
+    }
+    let _ = writeln!(link.stream, "{DONE}");
+    let _ = link.stream.shutdown(std::net::Shutdown::Write);
+}
+
+fn connect(target: &str, rank: usize) -> Result<TcpStream, String> {
     // The service may belong to another kernel that is still starting its ranks.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let stream = loop {
-        match TcpStream::connect(&target) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() >= deadline => {
+    loop {
+        let addrs: Vec<SocketAddr> = target.to_socket_addrs().map_err(|e| format!("rendezvous address {target}: {e}"))?.collect();
+        match addrs.first().map(|a| TcpStream::connect_timeout(a, Duration::from_secs(2))) {
+            Some(Ok(s)) => return Ok(s),
+            Some(Err(e)) if Instant::now() >= deadline => {
                 return Err(format!("rank {rank} cannot reach the rendezvous service at {target}: {e}"));
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            None => return Err(format!("rendezvous address {target} does not resolve")),
+            _ => std::thread::sleep(Duration::from_millis(50)),
         }
-    };
-    let _ = stream.set_nodelay(true);
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    writeln!(writer, "{HELLO} {token} {rank}").map_err(|e| format!("rendezvous at {target}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    }
+}
+
+/// Joins the group: the service's answer names the shared-memory segment.
+pub fn join(token: &str, rank: usize, world: usize) -> Result<Group, String> {
+    let target = target()?;
+    let mut guard = LINK.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.as_ref().is_none_or(|l| l.replied) {
+        let stream = connect(&target, rank)?;
+        hello(&stream, token, rank).map_err(|e| format!("rendezvous at {target}: {e}"))?;
+        *guard = Some(Link { stream, replied: false });
+    }
+    let link = guard.as_mut().expect("set above");
+    link.replied = true;
+    let reader = link.stream.try_clone().map_err(|e| e.to_string())?;
+    reader.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    // The answer is one short line; a longer one is not from a ranch service.
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(|e| format!("rendezvous at {target}: {e}"))?;
-    let _ = stream.set_read_timeout(None);
+    BufReader::new(reader.take(4096)).read_line(&mut reply).map_err(|e| format!("rendezvous at {target}: {e}"))?;
+    let _ = link.stream.set_read_timeout(None);
     let mut parts = reply.split_whitespace();
     match parts.next() {
         Some("OK") => {
@@ -41,7 +108,7 @@ pub fn join(token: &str, rank: usize, world: usize) -> Result<Group, String> {
             if group_world != world {
                 return Err(format!("this rank was told WORLD_SIZE={world} but the group has {group_world} ranks"));
             }
-            Group::open(path, rank, world, stream)
+            Group::open(path, rank, world)
         }
         _ => Err(format!("the rendezvous service at {target} refused rank {rank}: {}", reply.trim())),
     }

@@ -2,8 +2,10 @@
 //! `/dev/shm` that the kernel creates, and removes after the launch).
 //!
 //! Layout (offsets in bytes):
-//! - header: magic, world, slot size, mailbox size, abort flag; then one `u32` "exited"
-//!   flag per rank, set by the kernel's rendezvous service when a rank's connection closes;
+//! - header: magic, world, slot size, mailbox size, abort word (who broke the group, in
+//!   which operation); then one `u32` "exited" flag per rank, set by the kernel's
+//!   rendezvous service when the rank returns from the cell or its connection closes;
+//! - reason: the first failure's ranks and message, so every later error names the cause;
 //! - control: one cache line pair per rank: the barrier count it reached, and the
 //!   description of the collective it is in (two alternating copies);
 //! - mailboxes: one per (sender, receiver) pair, for `send`/`recv`;
@@ -24,6 +26,13 @@ use std::time::{Duration, Instant};
 
 const MAGIC: u64 = 0x3153_4843_4e41_5252; // "RRANCHS1"
 const EXITED_OFF: usize = 64;
+/// The reason area: a lock word, the text length + 1 (0 until written), the number of
+/// ranks, the ranks, the text.
+const REASON_RANKS: usize = 32;
+const REASON_TEXT: usize = 400;
+const REASON_RANKS_OFF: usize = 20;
+const REASON_TEXT_OFF: usize = REASON_RANKS_OFF + 4 * REASON_RANKS;
+const REASON_BYTES: usize = REASON_TEXT_OFF + REASON_TEXT;
 const CTRL_BYTES: usize = 128;
 const MAILBOX_HEADER: usize = 64;
 const PAGE: usize = 4096;
@@ -32,6 +41,7 @@ const PAGE: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub world: usize,
+    pub reason: usize,
     pub ctrl: usize,
     pub mailboxes: usize,
     pub mailbox_bytes: usize,
@@ -46,7 +56,8 @@ fn round_up(x: usize, to: usize) -> usize {
 
 impl Layout {
     pub fn new(world: usize) -> Layout {
-        let ctrl = round_up(EXITED_OFF + 4 * world, 128);
+        let reason = round_up(EXITED_OFF + 4 * world, 64);
+        let ctrl = round_up(reason + REASON_BYTES, 128);
         let mailboxes = round_up(ctrl + CTRL_BYTES * world, PAGE);
         let mailbox_bytes = round_up((16 << 20) / (world * world), 64).clamp(1024, 64 << 10);
         let slots = round_up(mailboxes + world * world * (MAILBOX_HEADER + mailbox_bytes), PAGE);
@@ -54,7 +65,7 @@ impl Layout {
         // exist once touched.
         let slot_bytes = round_up((256 << 20) / (world + 1), PAGE).clamp(64 << 10, 4 << 20);
         let total = slots + (world + 1) * slot_bytes;
-        Layout { world, ctrl, mailboxes, mailbox_bytes, slots, slot_bytes, total }
+        Layout { world, reason, ctrl, mailboxes, mailbox_bytes, slots, slot_bytes, total }
     }
 }
 
@@ -70,9 +81,15 @@ pub fn create(path: &str, world: usize) -> std::io::Result<()> {
     file.write_all_at(&header, 0)
 }
 
-/// Marks a rank as gone (kernel side): ranks waiting for it stop waiting.
-pub fn mark_exited(file: &File, rank: usize) -> std::io::Result<()> {
-    file.write_all_at(&1u32.to_ne_bytes(), (EXITED_OFF + 4 * rank) as u64)
+/// Values of a rank's "exited" flag.
+const EXITED: u32 = 1;
+const FINISHED: u32 = 2;
+
+/// Marks a rank as gone (kernel side): ranks waiting for it stop waiting. `finished`:
+/// it returned from the cell normally (rather than dying).
+pub fn mark_exited(file: &File, rank: usize, finished: bool) -> std::io::Result<()> {
+    let flag = if finished { FINISHED } else { EXITED };
+    file.write_all_at(&flag.to_ne_bytes(), (EXITED_OFF + 4 * rank) as u64)
 }
 
 mod ffi {
@@ -102,8 +119,6 @@ pub struct Group {
     world: usize,
     timeout: Duration,
     progress: Mutex<Progress>,
-    /// The rendezvous connection: closing it (at exit) tells the kernel this rank is gone.
-    _conn: std::net::TcpStream,
 }
 
 // SAFETY: the mapping lives as long as the Group; cross-process access is synchronised by
@@ -130,9 +145,12 @@ enum Kind {
     AllGather,
     Gather,
     Scatter,
+    // Not collectives, but they can break the group too.
+    Send,
+    Recv,
 }
 
-const KINDS: [(Kind, &str); 8] = [
+const KINDS: [(Kind, &str); 10] = [
     (Kind::Barrier, "barrier"),
     (Kind::AllReduce, "all_reduce"),
     (Kind::Reduce, "reduce"),
@@ -141,6 +159,8 @@ const KINDS: [(Kind, &str); 8] = [
     (Kind::AllGather, "all_gather"),
     (Kind::Gather, "gather"),
     (Kind::Scatter, "scatter"),
+    (Kind::Send, "send"),
+    (Kind::Recv, "recv"),
 ];
 
 fn kind_of(op: &str) -> Kind {
@@ -181,7 +201,7 @@ fn describe(d: &Desc) -> String {
 }
 
 impl Group {
-    pub fn open(path: &str, rank: usize, world: usize, conn: std::net::TcpStream) -> Result<Group, String> {
+    pub fn open(path: &str, rank: usize, world: usize) -> Result<Group, String> {
         let lay = Layout::new(world);
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("cannot open the group's segment {path}: {e}"))?;
         let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
@@ -198,7 +218,7 @@ impl Group {
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|t| *t > 0.0)
             .map_or(Duration::from_secs(120), Duration::from_secs_f64);
-        let g = Group { base: base.cast(), lay, rank, world, timeout, progress: Mutex::default(), _conn: conn };
+        let g = Group { base: base.cast(), lay, rank, world, timeout, progress: Mutex::default() };
         if g.word(0).load(Ordering::Acquire) != MAGIC || g.word(1).load(Ordering::Acquire) != world as u64 {
             return Err(format!("{path} is not a ranch group segment for {world} ranks"));
         }
@@ -215,12 +235,72 @@ impl Group {
         self.at(8 * i)
     }
 
-    fn abort_flag(&self) -> &AtomicU64 {
+    /// 0 while the group works; then (rank + 1) | (kind << 32) of the first failure.
+    fn abort_word(&self) -> &AtomicU64 {
         self.word(4)
     }
 
-    fn exited(&self, rank: usize) -> bool {
-        self.at::<AtomicU32>(EXITED_OFF + 4 * rank).load(Ordering::Acquire) != 0
+    fn exited(&self, rank: usize) -> u32 {
+        self.at::<AtomicU32>(EXITED_OFF + 4 * rank).load(Ordering::Acquire)
+    }
+
+    /// Fails at once once any rank's operation failed: the ranks are no longer in step,
+    /// so no later collective of the cell could complete.
+    pub fn ensure_usable(&self, op: &'static str) -> Result<(), CommError> {
+        match self.abort_word().load(Ordering::Acquire) {
+            0 => Ok(()),
+            word => Err(self.broken(op, word)),
+        }
+    }
+
+    /// The error of an operation on a group that an earlier failure broke: it names the
+    /// ranks that caused that failure, and says what it was.
+    fn broken(&self, op: &'static str, word: u64) -> CommError {
+        let rank = (word & 0xffff_ffff) as usize - 1;
+        let first = KINDS.iter().find(|(k, _)| *k as u64 == word >> 32).map_or("operation", |(_, n)| n);
+        let (ranks, why) = self.reason();
+        let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+        CommError::new(
+            op,
+            if ranks.is_empty() { vec![rank] } else { ranks },
+            format!("the group is broken: rank {rank}'s {first} failed earlier in this cell{why}, so no collective can complete until the cell ends"),
+        )
+    }
+
+    fn reason(&self) -> (Vec<usize>, String) {
+        let base = self.lay.reason;
+        let len = self.at::<AtomicU64>(base + 8).load(Ordering::Acquire);
+        if len == 0 {
+            return (vec![], String::new());
+        }
+        let count = (self.at::<AtomicU32>(base + 16).load(Ordering::Relaxed) as usize).min(REASON_RANKS);
+        let ranks = (0..count).map(|i| self.at::<AtomicU32>(base + REASON_RANKS_OFF + 4 * i).load(Ordering::Relaxed) as usize).collect();
+        let len = ((len - 1) as usize).min(REASON_TEXT);
+        // SAFETY: inside the reason area, written before `len` was published.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base.add(base + REASON_TEXT_OFF), len) };
+        (ranks, String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    /// Publishes the first failure (only the first writer gets to) and then breaks the group.
+    fn record_failure(&self, op: &'static str, ranks: &[usize], message: &str) {
+        let base = self.lay.reason;
+        if self.at::<AtomicU64>(base).compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return;
+        }
+        let count = ranks.len().min(REASON_RANKS);
+        self.at::<AtomicU32>(base + 16).store(count as u32, Ordering::Relaxed);
+        for (i, r) in ranks.iter().take(count).enumerate() {
+            self.at::<AtomicU32>(base + REASON_RANKS_OFF + 4 * i).store(*r as u32, Ordering::Relaxed);
+        }
+        let mut len = message.len().min(REASON_TEXT);
+        while !message.is_char_boundary(len) {
+            len -= 1;
+        }
+        // SAFETY: inside the reason area, which only the lock's winner writes.
+        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), self.base.add(base + REASON_TEXT_OFF), len) };
+        self.at::<AtomicU64>(base + 8).store(len as u64 + 1, Ordering::Release);
+        let word = (self.rank as u64 + 1) | ((kind_of(op) as u64) << 32);
+        self.abort_word().store(word, Ordering::Release);
     }
 
     fn reached(&self, rank: usize) -> &AtomicU64 {
@@ -263,15 +343,26 @@ impl Group {
             if spins % 16 != 0 {
                 continue;
             }
-            let aborted = self.abort_flag().load(Ordering::Acquire);
-            if aborted != 0 && aborted - 1 != self.rank as u64 {
-                let r = (aborted - 1) as usize;
-                return Err(CommError::new(op, vec![r], format!("rank {r} failed in a collective, so the group cannot continue")));
-            }
+            // A rank this one waits for and that left is the cause to name; the broken
+            // group is only the consequence.
             let missing = waiting_for();
-            let gone: Vec<usize> = missing.iter().copied().filter(|&r| self.exited(r)).collect();
-            if !gone.is_empty() {
-                return Err(self.fail(op, gone.clone(), format!("{} exited before joining {op}", ranks_text(&gone))));
+            let finished: Vec<usize> = missing.iter().copied().filter(|&r| self.exited(r) == FINISHED).collect();
+            let died: Vec<usize> = missing.iter().copied().filter(|&r| self.exited(r) == EXITED).collect();
+            if !finished.is_empty() || !died.is_empty() {
+                let mut why = Vec::new();
+                if !finished.is_empty() {
+                    why.push(format!("{} finished without joining {op}", ranks_text(&finished)));
+                }
+                if !died.is_empty() {
+                    why.push(format!("{} exited before joining {op}", ranks_text(&died)));
+                }
+                let mut gone = [finished, died].concat();
+                gone.sort_unstable();
+                return Err(self.fail(op, gone, why.join("; ")));
+            }
+            let aborted = self.abort_word().load(Ordering::Acquire);
+            if aborted != 0 {
+                return Err(self.broken(op, aborted));
             }
             if start.elapsed() > self.timeout {
                 return Err(self.fail(
@@ -288,9 +379,10 @@ impl Group {
         }
     }
 
-    /// Records the failure so the other ranks stop at once instead of waiting too.
+    /// Records the failure so the other ranks stop at once instead of waiting too, and so
+    /// every later operation fails at once.
     fn fail(&self, op: &'static str, ranks: Vec<usize>, message: String) -> CommError {
-        let _ = self.abort_flag().compare_exchange(0, self.rank as u64 + 1, Ordering::AcqRel, Ordering::Acquire);
+        self.record_failure(op, &ranks, &message);
         CommError::new(op, ranks, message)
     }
 
@@ -481,6 +573,7 @@ mod tests {
             assert_eq!(l.slots % PAGE, 0);
             assert_eq!(l.slot_bytes % PAGE, 0);
             assert!(l.mailboxes >= l.ctrl + CTRL_BYTES * world);
+            assert!(l.reason >= EXITED_OFF + 4 * world && l.ctrl >= l.reason + REASON_BYTES);
             assert!(l.total < (1 << 30), "world {world}: {} bytes", l.total);
         }
     }
