@@ -27,7 +27,22 @@ pub fn parse(text: &str) -> anyhow::Result<ConnectionInfo> {
     if info.ip == "*" {
         info.ip = "0.0.0.0".into();
     }
+    if info.key.is_empty() {
+        // Without a key any message is accepted: anyone who can reach the ports runs code.
+        if !is_loopback(&info.ip) {
+            bail!(
+                "the connection file has an empty key and ip {:?}: anyone who can reach that address \
+                 could run code as you. Use a key (Jupyter writes one by default) or ip 127.0.0.1",
+                info.ip
+            );
+        }
+        crate::log!("WARNING: the connection file has no key; messages are not authenticated (loopback only)");
+    }
     Ok(info)
+}
+
+fn is_loopback(ip: &str) -> bool {
+    ip == "localhost" || ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
 }
 
 #[cfg(test)]
@@ -56,6 +71,17 @@ mod tests {
     #[test]
     fn unsigned_mode_ignores_scheme() {
         assert!(parse(&file("", "", "127.0.0.1")).is_ok());
+    }
+
+    #[test]
+    fn an_empty_key_is_refused_off_loopback() {
+        for ip in ["0.0.0.0", "*", "10.1.2.3", "::", "example.org"] {
+            let err = parse(&file("hmac-sha256", "", ip)).unwrap_err();
+            assert!(err.to_string().contains("empty key"), "{ip}: {err}");
+        }
+        for ip in ["127.0.0.1", "127.0.0.2", "::1", "localhost"] {
+            assert!(parse(&file("hmac-sha256", "", ip)).is_ok(), "{ip}");
+        }
     }
 
     #[test]

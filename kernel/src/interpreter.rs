@@ -77,6 +77,8 @@ pub enum Completeness {
     Complete,
     Incomplete { indent: String },
     Invalid,
+    /// Not decided (the code is too big to parse safely).
+    Unknown,
 }
 
 pub type CompletenessCheck = Arc<dyn Fn(&str) -> Completeness + Send + Sync>;

@@ -30,6 +30,7 @@ struct Kernel {
     stdin: Arc<Mutex<jzc::KernelStdinConnection>>,
     execution_count: AtomicUsize,
     history: std::sync::Mutex<History>,
+    replays: wire::ReplayGuard,
     /// Wakes a pending `input_request` when the user interrupts.
     input_cancel: Arc<Notify>,
     runtime: tokio::runtime::Handle,
@@ -51,6 +52,7 @@ pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow
         stdin: Arc::new(Mutex::new(stdin)),
         execution_count: AtomicUsize::new(0),
         history: Default::default(),
+        replays: Default::default(),
         input_cancel: Arc::new(Notify::new()),
         runtime: tokio::runtime::Handle::current(),
     });
@@ -113,14 +115,14 @@ async fn serve_channel(k: Arc<Kernel>, mut rx: jzc::RouterRecvConnection, mut tx
     let mut aborting: Option<Aborting> = None;
     loop {
         let read = match &aborting {
-            Some(a) => match tokio::time::timeout_at(a.until, wire::read(&mut rx)).await {
+            Some(a) => match tokio::time::timeout_at(a.until, wire::read(&mut rx, &k.replays)).await {
                 Ok(read) => read,
                 Err(_) => {
                     aborting = None;
                     continue;
                 }
             },
-            None => wire::read(&mut rx).await,
+            None => wire::read(&mut rx, &k.replays).await,
         };
         let incoming = match read {
             Ok(m) => m,
@@ -241,12 +243,17 @@ async fn handle(k: &Arc<Kernel>, tx: &mut Router, msg: &JupyterMessage) -> Next 
                 Completeness::Complete => json!({"status": "complete"}),
                 Completeness::Incomplete { indent } => json!({"status": "incomplete", "indent": indent}),
                 Completeness::Invalid => json!({"status": "invalid"}),
+                Completeness::Unknown => json!({"status": "unknown"}),
             };
             send_reply(tx, msg, "is_complete_reply", reply).await;
         }
         C::HistoryRequest(req) => {
-            let history = k.history.lock().unwrap().answer(req);
-            send_reply(tx, msg, "history_reply", json!({"status": "ok", "history": history})).await;
+            let answer = k.history.lock().unwrap().answer(req);
+            let reply = match answer {
+                Ok(history) => json!({"status": "ok", "history": history}),
+                Err(why) => json!({"status": "error", "ename": "BadRequest", "evalue": why, "traceback": [], "history": []}),
+            };
+            send_reply(tx, msg, "history_reply", reply).await;
         }
         C::CommInfoRequest(_) => {
             send_reply(tx, msg, "comm_info_reply", json!({"status": "ok", "comms": {}})).await;

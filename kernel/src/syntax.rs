@@ -19,6 +19,63 @@ pub fn rust_start(code: &str) -> usize {
     offset
 }
 
+/// Limits on what the kernel parses. rust-analyzer's parser (used here, by evcxr and by the
+/// magics) takes time quadratic in how deeply code nests (braces, prefix operators, chains
+/// of binary operators, closures, generic arguments: 4000 levels of `Vec<` take 0.6 s,
+/// 100 000 would take minutes), recurses once per level, and its trees are dropped on a
+/// thread of its own whose default stack overflows (killing the kernel) beyond about 1500
+/// levels. Real code stays far below [`MAX_NESTING`]; the token count bounds the rest.
+pub const MAX_NESTING: usize = 500;
+pub const MAX_PARSE_TOKENS: usize = 250_000;
+/// Stack of the interpreter thread, where evcxr also analyses the cell (reserved address
+/// space; pages are only used as needed).
+pub const PARSE_STACK: usize = 256 << 20;
+
+/// An upper bound of how deeply `code` nests, from rust-analyzer's lexer (which does not
+/// recurse): bracket depth plus the operators and keywords of the innermost segment (a
+/// segment ends at `;`, `,` or a bracket).
+pub fn nesting(code: &str) -> usize {
+    use SyntaxKind as K;
+    let lexed = ra_ap_parser::LexedStr::new(Edition::Edition2024, code);
+    let (mut depth, mut ops, mut worst) = (0usize, 0usize, 0usize);
+    for i in 0..lexed.len() {
+        let kind = lexed.kind(i);
+        match kind {
+            K::L_PAREN | K::L_BRACK | K::L_CURLY => {
+                depth += 1;
+                ops = 0;
+            }
+            K::R_PAREN | K::R_BRACK | K::R_CURLY => {
+                depth = depth.saturating_sub(1);
+                ops = 0;
+            }
+            K::SEMICOLON | K::COMMA => ops = 0,
+            // Paths and field/method access build flat trees.
+            K::DOT | K::COLON2 => {}
+            k if k.is_punct() || k.is_keyword(Edition::Edition2024) => ops += 1,
+            _ => {}
+        }
+        worst = worst.max(depth + ops);
+    }
+    worst
+}
+
+/// Why a cell must not be parsed, if it must not.
+pub fn refuse_to_parse(code: &str) -> Option<String> {
+    let tokens = ra_ap_parser::LexedStr::new(Edition::Edition2024, code).len();
+    if tokens > MAX_PARSE_TOKENS {
+        return Some(format!(
+            "the cell has {tokens} tokens; ranch accepts up to {MAX_PARSE_TOKENS} (load big data from a file instead)"
+        ));
+    }
+    let depth = nesting(code);
+    (depth > MAX_NESTING).then(|| {
+        format!(
+            "the cell nests {depth} levels deep (brackets, or a run of {MAX_NESTING}+ operators); ranch accepts up to {MAX_NESTING}"
+        )
+    })
+}
+
 const WRAP_PREFIX: &str = "fn __ranch_cell() {\n";
 
 /// The cell's statements as rust-analyzer sees them when the Rust part is a fn body.
@@ -119,6 +176,13 @@ pub fn completeness(code: &str) -> Completeness {
     if rust.trim().is_empty() {
         return Completeness::Complete;
     }
+    if refuse_to_parse(rust).is_some() {
+        return Completeness::Unknown;
+    }
+    parse_completeness(rust)
+}
+
+fn parse_completeness(rust: &str) -> Completeness {
     let parse = SourceFile::parse(rust, Edition::Edition2024);
     let unterminated = parse.errors().iter().any(|e| e.to_string().contains("Missing trailing"));
     let mut open = Vec::new();
@@ -149,6 +213,29 @@ pub fn completeness(code: &str) -> Completeness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_counts_brackets_and_operator_runs() {
+        assert_eq!(nesting("let x = 1;"), 2);
+        assert_eq!(nesting("f(a, b)[0]"), 1);
+        assert_eq!(nesting(&"{".repeat(600)), 600);
+        assert!(nesting(&format!("let x = {}1;", "-".repeat(600))) > MAX_NESTING);
+        assert!(nesting(&format!("let x: {}u8{} = 1;", "Vec<".repeat(300), ">".repeat(300))) > MAX_NESTING);
+        assert!(nesting(&format!("let x = 1{};", "+1".repeat(600))) > MAX_NESTING);
+        assert!(nesting(&format!("let x = {}1;", "|| ".repeat(600))) > MAX_NESTING);
+        // Long but flat code is fine: many statements, long literals, method chains, strings.
+        assert!(nesting(&"let x = a.b().c::<u8>();\n".repeat(10_000)) < 10);
+        assert!(nesting(&format!("let v = [{}];", "-1, ".repeat(100_000))) < 10);
+        assert!(nesting(&format!("let s = \"{}\";", "{((".repeat(10_000))) < 10);
+    }
+
+    #[test]
+    fn deep_code_is_not_parsed() {
+        assert_eq!(completeness(&"{".repeat(100_000)), Completeness::Unknown);
+        assert_eq!(completeness(&"{".repeat(400)), Completeness::Incomplete { indent: "    ".repeat(8) });
+        assert!(refuse_to_parse(&"{".repeat(501)).unwrap().contains("501 levels"));
+        assert!(refuse_to_parse(&"x;".repeat(MAX_PARSE_TOKENS)).unwrap().contains("tokens"));
+    }
 
     #[test]
     fn commands_come_first() {
@@ -201,3 +288,4 @@ mod tests {
         assert!(!with_stdout_flush("fn f() {}").shows_value);
     }
 }
+

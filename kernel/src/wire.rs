@@ -11,7 +11,36 @@ use bytes::Bytes;
 use jupyter_protocol::{Header, JupyterMessage, JupyterMessageContent};
 use jupyter_zmq_client::{Connection, RawMessage};
 use serde_json::Value;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
 use zeromq::SocketRecv;
+
+/// Signatures of the messages accepted lately, on every channel: a message seen again is a
+/// replay (someone who captured traffic sending it once more), and is dropped, as ipykernel
+/// does.
+#[derive(Default)]
+pub struct ReplayGuard(Mutex<(HashSet<Bytes>, VecDeque<Bytes>)>);
+
+/// Signatures remembered (ipykernel's `digest_history_size`).
+const REMEMBERED: usize = 1 << 16;
+
+impl ReplayGuard {
+    /// Whether `signature` is new (and remembers it).
+    fn first_time(&self, signature: &Bytes) -> bool {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, order) = &mut *guard;
+        if !seen.insert(signature.clone()) {
+            return false;
+        }
+        order.push_back(signature.clone());
+        if order.len() > REMEMBERED {
+            if let Some(old) = order.pop_front() {
+                seen.remove(&old);
+            }
+        }
+        true
+    }
+}
 
 pub enum Incoming {
     Request(JupyterMessage),
@@ -27,10 +56,18 @@ pub enum WireError {
     Rejected(String),
 }
 
-pub async fn read<S: SocketRecv>(conn: &mut Connection<S>) -> Result<Incoming, WireError> {
+pub async fn read<S: SocketRecv>(conn: &mut Connection<S>, replays: &ReplayGuard) -> Result<Incoming, WireError> {
     let multipart = conn.socket.recv().await?;
+    let signature = multipart.iter().skip_while(|p| &p[..] != b"<IDS|MSG>").nth(1).cloned();
     let raw = RawMessage::from_multipart(multipart, &conn.mac)
         .map_err(|e| WireError::Rejected(format!("{e} (bad signature or framing)")))?;
+    if conn.mac.is_some() {
+        if let Some(signature) = signature {
+            if !replays.first_time(&signature) {
+                return Err(WireError::Rejected("a message with the signature of an earlier one (a replay)".into()));
+            }
+        }
+    }
     decode(raw.zmq_identities, &raw.jparts).map_err(WireError::Rejected)
 }
 
@@ -142,6 +179,18 @@ mod tests {
     fn history_search_without_n_or_unique_is_served() {
         let got = decode(vec![], &parts("history_request", r#"{"hist_access_type":"search","pattern":"a*"}"#));
         assert!(matches!(got.unwrap(), Incoming::Request(_)));
+    }
+
+    #[test]
+    fn a_signature_is_accepted_once() {
+        let guard = ReplayGuard::default();
+        let sig = Bytes::from_static(b"abc");
+        assert!(guard.first_time(&sig));
+        assert!(!guard.first_time(&sig));
+        for i in 0..REMEMBERED {
+            assert!(guard.first_time(&Bytes::from(i.to_string())));
+        }
+        assert!(guard.first_time(&sig), "forgotten after {REMEMBERED} others: memory stays bounded");
     }
 
     #[test]

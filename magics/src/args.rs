@@ -147,11 +147,11 @@ impl RanchArgs {
 
     fn check_group(&self) -> Result<(), String> {
         let world = self.world();
-        if self.base_rank + self.n > world {
+        if self.base_rank.checked_add(self.n).is_none_or(|end| end > world) {
             return Err(format!(
                 "ranks {}..{} do not fit in a world of {world} (--base-rank {} + N {} > --world-size {world})",
                 self.base_rank,
-                self.base_rank + self.n - 1,
+                self.base_rank.saturating_add(self.n - 1),
                 self.base_rank,
                 self.n
             ));
@@ -200,9 +200,14 @@ fn parse_out(s: &str) -> Result<Out, String> {
     }
 }
 
+/// Longest `--timeout`/`--collective-timeout`: a year. Longer ones overflow the clocks
+/// they are added to.
+pub const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(t) if t > 0.0 && t.is_finite() => Ok(t),
+        Ok(t) if t > 0.0 && t <= MAX_TIMEOUT_SECS => Ok(t),
+        Ok(t) if t > MAX_TIMEOUT_SECS => Err(format!("SECS must be at most {MAX_TIMEOUT_SECS} (a year), got {s}")),
         _ => Err(format!("SECS must be a positive number of seconds, got {s:?}")),
     }
 }
@@ -440,6 +445,12 @@ mod tests {
         assert!(err("2 --timeout -1").contains("positive"));
         assert!(err("2 --on-error maybe").contains("maybe"));
         assert!(err("2 --see 5").contains("no rank 5"));
+        // Values that would overflow clocks or rank arithmetic.
+        assert!(err("2 --timeout 1e300").contains("at most"));
+        assert!(err("2 --timeout 1e19").contains("at most"));
+        assert!(err("2 --collective-timeout inf").contains("SECS"));
+        assert!(err("2 --timeout NaN").contains("SECS"));
+        assert!(err("2 --base-rank 18446744073709551615 --world-size 4 --port 9").contains("do not fit"));
         // Global ranks: a kernel launching ranks 2..3 of 4 shows rank 2, not rank 0.
         assert!(err("2 --world-size 4 --base-rank 2 --port 9 --see 0").contains("ranks 2..3"));
         assert_eq!(run("2 --world-size 4 --base-rank 2 --port 9 --see 3").see, See::Ranks(vec![3]));

@@ -283,14 +283,19 @@ impl Interpreter for EvcxrSession {
     }
 
     fn execute(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
+        if let Some(why) = syntax::refuse_to_parse(code) {
+            return Err(CellError::new("CellRefused", format!("{why}. Nothing ran.")));
+        }
         // Everything the cell causes, evcxr's own builds included, goes to this cell.
         self.cell.begin(cx.sink.clone());
-        let outcome = self.execute_cell(code, cx);
-        self.cell.end();
-        outcome
+        let _end = CellEnd { cell: self.cell.clone(), run: self.run.clone() };
+        self.execute_cell(code, cx)
     }
 
     fn complete(&mut self, code: &str, cursor: usize) -> Completions {
+        if syntax::refuse_to_parse(code).is_some() {
+            return Completions { matches: vec![], start: cursor, end: cursor };
+        }
         let Ok(ctx) = self.context() else { return Completions::default() };
         match ctx.completions(code, cursor) {
             Ok(c) => Completions {
@@ -306,6 +311,9 @@ impl Interpreter for EvcxrSession {
     }
 
     fn inspect(&mut self, code: &str, cursor: usize) -> Option<MimeBundle> {
+        if syntax::refuse_to_parse(code).is_some() {
+            return None;
+        }
         let ctx = self.context().ok()?;
         let (plain, html) = ctx.hover_at(code, cursor).ok()?;
         if plain.trim().is_empty() {
@@ -336,6 +344,24 @@ impl Interpreter for EvcxrSession {
         }
         self.listener = None;
         self.ranch = Default::default(); // removes the session's rank programs and runs
+    }
+}
+
+/// Ends a cell however `execute` leaves (a panic included): later output goes nowhere
+/// near it, and an interrupt finds nothing running.
+struct CellEnd {
+    cell: Arc<CurrentCell>,
+    run: Arc<RunState>,
+}
+
+impl Drop for CellEnd {
+    fn drop(&mut self) {
+        self.cell.end();
+        let run = &self.run;
+        run.running.store(false, Ordering::SeqCst);
+        run.ranch_cell.store(false, Ordering::SeqCst);
+        *run.ranch_cancel.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *run.ranch_build.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 

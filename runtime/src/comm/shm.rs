@@ -217,7 +217,8 @@ impl Group {
             .ok()
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|t| *t > 0.0)
-            .map_or(Duration::from_secs(120), Duration::from_secs_f64);
+            .and_then(|t| Duration::try_from_secs_f64(t).ok())
+            .map_or(Duration::from_secs(120), |t| t.min(Duration::from_secs(365 * 24 * 3600)));
         let g = Group { base: base.cast(), lay, rank, world, timeout, progress: Mutex::default() };
         if g.word(0).load(Ordering::Acquire) != MAGIC || g.word(1).load(Ordering::Acquire) != world as u64 {
             return Err(format!("{path} is not a ranch group segment for {world} ranks"));

@@ -1,0 +1,91 @@
+"""Hostile and faulty input through real clients and raw sockets: every request gets an
+answer in bounded time, nothing crashes the kernel, and nothing unauthenticated runs."""
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import execute, ok
+from test_protocol import VENV_BIN, frames, raw_shell, recv_reply
+
+
+def answer_within(kc, send, seconds):
+    """Sends a request with `send(kc)` and returns its reply content, asserting it came
+    within `seconds`."""
+    t0 = time.monotonic()
+    msg_id = send(kc)
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.1, seconds - (time.monotonic() - t0)))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    assert time.monotonic() - t0 < seconds
+    return reply["content"]
+
+
+def test_deeply_nested_code_is_answered_and_the_kernel_lives(kernel):
+    for code in ["{" * 100_000, "(" * 100_000 + ")" * 100_000, "let x: " + "Vec<" * 50_000 + "u8" + ">" * 50_000 + " = 1;",
+                 "let x = " + "-" * 100_000 + "1;"]:
+        content = answer_within(kernel, lambda kc: kc.is_complete(code), 10)
+        assert content["status"] == "unknown", content
+    # Within the limit, a real answer.
+    assert answer_within(kernel, lambda kc: kc.is_complete("{" * 400), 10)["status"] == "incomplete"
+    run = execute(kernel, "let x = " + "[" * 100_000 + "1u8" + "]" * 100_000 + ";", timeout=30)
+    assert run.reply["content"]["ename"] == "CellRefused"
+    assert "100000 levels" in run.reply["content"]["evalue"] and "Nothing ran" in run.reply["content"]["evalue"]
+    assert ok(execute(kernel, "let y = " + "(" * 400 + "7u8" + ")" * 400 + ";\ny", timeout=300)).result() == "7"
+
+
+def test_pathological_history_searches_are_answered_fast(kernel):
+    ok(execute(kernel, "let filler = 1;\n// " + "a" * 20_000))
+    for pattern in ["*a*a*a*a*a*a*a*a*a*a*b", "*" * 100_000]:
+        content = answer_within(kernel, lambda kc: kc.history(hist_access_type="search", pattern=pattern), 10)
+        assert content["status"] == "ok"
+    content = answer_within(kernel, lambda kc: kc.history(hist_access_type="search", pattern="a?" * 1000), 10)
+    assert content["status"] == "error" and "longer than 1024" in content["evalue"]
+    found = answer_within(kernel, lambda kc: kc.history(hist_access_type="search", pattern="let filler*"), 10)
+    assert len(found["history"]) == 1
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("%%ranch 2 --timeout 1e300", "at most"),
+    ("%%ranch 2 --timeout 1e19", "at most"),
+    ("%%ranch 2 --collective-timeout 1e300", "at most"),
+    ("%%ranch 2 --world-size 4 --port 9 --base-rank 18446744073709551615", "do not fit"),
+])
+def test_magic_values_that_overflow_are_usage_errors(kernel, line, needle):
+    run = execute(kernel, line + "\n1")
+    assert run.reply["content"]["ename"] == "UsageError", run.reply["content"]
+    assert needle in run.reply["content"]["evalue"]
+    assert ok(execute(kernel, "2 + 2")).result() == "4", "the session goes on"
+
+
+def test_a_replayed_message_is_dropped(kernel, tmp_path):
+    marker = tmp_path / "runs"
+    sock = raw_shell(kernel)
+    code = f'std::fs::OpenOptions::new().create(true).append(true).open("{marker}").unwrap();\n' \
+           f'{{ use std::io::Write; std::fs::OpenOptions::new().append(true).open("{marker}").unwrap().write_all(b"x").unwrap(); }}'
+    _, msg = frames(kernel.session.key, "execute_request", {"code": code, "silent": False, "store_history": True})
+    sock.send_multipart(msg)
+    header, content = recv_reply(sock, 60000)
+    assert content["status"] == "ok"
+    sock.send_multipart(msg)  # the same bytes, signature included
+    assert recv_reply(sock, 3000) is None
+    assert marker.read_text() == "x", "the replay did not run"
+    # A new message (new id, new signature) still runs.
+    _, msg = frames(kernel.session.key, "execute_request", {"code": code, "silent": False, "store_history": True})
+    sock.send_multipart(msg)
+    assert recv_reply(sock, 60000)[1]["status"] == "ok"
+    assert marker.read_text() == "xx"
+    sock.close()
+
+
+@pytest.mark.parametrize("ip", ["0.0.0.0", "*"])
+def test_an_empty_key_off_loopback_is_refused(tmp_path, ip):
+    conn = tmp_path / "conn.json"
+    conn.write_text(json.dumps({"ip": ip, "transport": "tcp", "shell_port": 0, "iopub_port": 0, "stdin_port": 0,
+                                "control_port": 0, "hb_port": 0, "key": "", "signature_scheme": "hmac-sha256"}))
+    proc = subprocess.run([VENV_BIN / "ranch-kernel", "--connection-file", conn], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode != 0
+    assert "empty key" in proc.stderr and "127.0.0.1" in proc.stderr
