@@ -89,3 +89,100 @@ def test_an_empty_key_off_loopback_is_refused(tmp_path, ip):
                           timeout=30)
     assert proc.returncode != 0
     assert "empty key" in proc.stderr and "127.0.0.1" in proc.stderr
+
+
+# ZMTP 3.0 by hand, to be a peer no library would let us be.
+def zmtp_peer(port, socket_type, rcvbuf=None):
+    import socket
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32)
+    recv_exact(s, 64)  # the kernel's greeting
+    props = b"\x0bSocket-Type" + len(socket_type).to_bytes(4, "big") + socket_type
+    body = b"\x05READY" + props
+    s.sendall(bytes([0x04, len(body)]) + body)
+    flags, size = recv_exact(s, 2)  # the kernel's READY
+    recv_exact(s, size if not flags & 0x02 else int.from_bytes(bytes([size]) + recv_exact(s, 7), "big"))
+    return s
+
+
+def recv_exact(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def closed_by_peer(s, timeout=10):
+    s.settimeout(timeout)
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except OSError:
+        return False
+
+
+def test_a_frame_announcing_two_to_the_fifty_bytes_is_refused(kernel):
+    ok(execute(kernel, "0"))  # started: rust-analyzer's memory is in the baseline
+    before = rss_kib(kernel.pid)
+    for handshake in (False, True):
+        if handshake:
+            s = zmtp_peer(kernel.shell_port, b"DEALER")
+        else:
+            import socket
+            s = socket.create_connection(("127.0.0.1", kernel.shell_port), timeout=10)
+            s.sendall(b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32)
+        s.sendall(b"\x02" + (1 << 50).to_bytes(8, "big"))
+        assert closed_by_peer(s), "the kernel drops the connection"
+        s.close()
+    assert ok(execute(kernel, "1 + 2")).result() == "3"
+    assert rss_kib(kernel.pid) - before < 100_000
+
+
+def test_a_message_streamed_past_the_limit_is_cut_off(tmp_path):
+    from conftest import start, stop
+    km, kc = start(env=dict(__import__("os").environ, RANCH_MAX_MESSAGE_BYTES=str(8 << 20)))
+    try:
+        ok(execute(kc, "0"))
+        before = rss_kib(kc.pid)
+        s = zmtp_peer(kc.shell_port, b"DEALER")
+        chunk = b"\x03" + (1 << 20).to_bytes(8, "big") + b"x" * (1 << 20)  # long frame, more follows
+        sent = 0
+        try:
+            for _ in range(64):
+                s.sendall(chunk)
+                sent += 1
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert closed_by_peer(s)
+        assert sent < 64, "cut off near 8 MiB, not after 64"
+        assert ok(execute(kc, "40 + 2")).result() == "42"
+        assert rss_kib(kc.pid) - before < 100_000
+    finally:
+        stop(km, kc)
+
+
+def test_a_subscriber_that_never_reads_does_not_stop_the_others(kernel):
+    stuck = zmtp_peer(kernel.iopub_port, b"SUB", rcvbuf=4096)
+    stuck.sendall(b"\x00\x01\x01")  # subscribe to everything, then never read again
+    time.sleep(0.5)  # the subscription reaches the kernel (nothing to synchronise on)
+    t0 = time.monotonic()
+    run = ok(execute(kernel, 'for i in 0..20000 { println!("line {i} {}", "x".repeat(200)); }', timeout=120))
+    assert run.stream().count("\n") == 20000
+    assert time.monotonic() - t0 < 60
+    assert ok(execute(kernel, "1")).result() == "1"
+    stuck.close()

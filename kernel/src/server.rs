@@ -36,8 +36,18 @@ struct Kernel {
     runtime: tokio::runtime::Handle,
 }
 
+/// Largest message a client may send, unless `RANCH_MAX_MESSAGE_BYTES` says otherwise.
+/// Checked while decoding (vendor/zeromq), before anything that size is reserved; a peer
+/// that sends more is disconnected.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+pub fn max_message_bytes() -> usize {
+    std::env::var("RANCH_MAX_MESSAGE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
+}
+
 /// Serves the kernel until a shutdown request; returns when it is time to exit.
 pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow::Result<()> {
+    zeromq::set_default_max_message_size(max_message_bytes());
     let session = uuid::Uuid::new_v4().to_string();
     let mut hb = jzc::create_kernel_heartbeat_connection(&info).await?;
     let (shell_tx, shell_rx) = jzc::create_kernel_shell_connection(&info, &session).await?.split();

@@ -353,6 +353,18 @@ pub struct SocketOptions {
     // Shared by read preparation and decoder reservation.
     pub(crate) read_buffer_max_size: usize,
     pub(crate) read_buffer_short_reads: usize,
+    // ranch: largest message a peer may send (see `max_message_size`).
+    pub(crate) max_message_size: usize,
+}
+
+// ranch: the limit sockets get by default, for code that builds sockets with `new()`.
+static DEFAULT_MAX_MESSAGE_SIZE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// ranch: sets the message-size limit of sockets created afterwards with default options
+/// (`Socket::new()`); see [`SocketOptions::max_message_size`].
+pub fn set_default_max_message_size(bytes: usize) {
+    DEFAULT_MAX_MESSAGE_SIZE.store(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Default for SocketOptions {
@@ -363,6 +375,7 @@ impl Default for SocketOptions {
             read_buffer_initial_size: 128,
             read_buffer_max_size: 64 * 1024,
             read_buffer_short_reads: 2,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -416,6 +429,14 @@ impl SocketOptions {
         self.read_buffer_initial_size = initial_size;
         self.read_buffer_max_size = max_size;
         self.read_buffer_short_reads = short_reads;
+        self
+    }
+
+    /// ranch: the largest message (all frames, plus an allowance per frame) a peer may send.
+    /// A frame header announcing more, or a message growing past it, is a decode error and
+    /// the peer is disconnected before anything that size is reserved.
+    pub fn max_message_size(&mut self, bytes: usize) -> &mut Self {
+        self.max_message_size = bytes;
         self
     }
 

@@ -5,7 +5,8 @@ use crate::fair_queue::{FairQueue, QueueInner};
 use crate::message::*;
 use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
-use crate::{CaptureSocket, SocketOptions};
+use crate::write_queue::write_message_queue;
+use crate::{async_rt, CaptureSocket, SocketOptions};
 use crate::{
     MultiPeerBackend, Socket, SocketBackend, SocketEvent, SocketRecv, SocketSend, SocketType,
     ZmqError,
@@ -13,18 +14,21 @@ use crate::{
 
 use async_trait::async_trait;
 use futures::channel::mpsc;
-use futures::lock::Mutex as AsyncMutex;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use parking_lot::Mutex;
 
 use std::collections::HashMap;
-use std::io::ErrorKind;
-use std::pin::Pin;
 use std::sync::Arc;
+
+/// ranch: messages queued for one subscriber before new ones are dropped for it (libzmq's
+/// default send high-water mark). A subscriber that stops reading loses messages; the
+/// others, and the socket's user, never wait for it.
+const XPUB_SEND_HWM: usize = 1000;
 
 pub(crate) struct XPubSubscriber {
     pub(crate) subscriptions: Vec<Vec<u8>>,
-    pub(crate) send_queue: Arc<AsyncMutex<Pin<Box<ZmqFramedWrite>>>>,
+    // ranch: a bounded queue drained by the subscriber's own writer task.
+    pub(crate) send_queue: mpsc::Sender<Message>,
 }
 
 pub(crate) struct XPubSocketBackend {
@@ -93,16 +97,27 @@ impl SocketBackend for XPubSocketBackend {
 impl MultiPeerBackend for XPubSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
+        let (queue_sender, queue_receiver) = mpsc::channel(XPUB_SEND_HWM);
 
         self.subscribers
             .upsert_async(
                 peer_id.clone(),
                 XPubSubscriber {
                     subscriptions: vec![],
-                    send_queue: Arc::new(AsyncMutex::new(Box::pin(send_queue))),
+                    send_queue: queue_sender,
                 },
             )
             .await;
+        let writer_backend = Arc::downgrade(&self);
+        let writer_peer_id = peer_id.clone();
+        async_rt::task::spawn(async move {
+            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+                log::debug!("Error sending message to subscriber {:?}: {:?}", writer_peer_id, error);
+                if let Some(backend) = writer_backend.upgrade() {
+                    backend.peer_disconnected(&writer_peer_id);
+                }
+            }
+        });
 
         self.fair_queue_inner
             .lock()
@@ -147,27 +162,15 @@ impl SocketSend for XPubSocket {
             iter = subscriber.next_async().await;
         }
 
+        // ranch: never wait for a subscriber; a full queue drops the message for it.
         let mut dead_peers = Vec::new();
-        for (peer_id, send_queue) in targets {
-            let res = send_queue
-                .lock()
-                .await
-                .as_mut()
-                .send(Message::Message(message.clone()))
-                .await;
-            match res {
+        for (peer_id, mut send_queue) in targets {
+            match send_queue.try_send(Message::Message(message.clone())) {
                 Ok(()) => {}
-                Err(CodecError::Io(e)) => {
-                    if e.kind() == ErrorKind::BrokenPipe {
-                        dead_peers.push(peer_id);
-                    } else {
-                        log::error!("Error sending message: {:?}", e);
-                    }
+                Err(error) if error.is_full() => {
+                    log::debug!("Dropping a message for slow subscriber {:?}", peer_id);
                 }
-                Err(e) => {
-                    log::error!("Error sending message: {:?}", e);
-                    return Err(e.into());
-                }
+                Err(_) => dead_peers.push(peer_id),
             }
         }
         for peer in dead_peers {

@@ -33,7 +33,14 @@ pub struct ZmqCodec {
     // internal details to higher levels
     buffered_message: Option<ZmqMessage>,
     max_read_chunk_size: usize,
+    // ranch: the message-size limit, and what the message being read has used of it.
+    max_message_size: usize,
+    message_size: usize,
 }
+
+/// ranch: what a frame costs besides its payload (its `Bytes` and queue slot), so that a
+/// flood of tiny frames counts against the limit too.
+const FRAME_ALLOWANCE: usize = 64;
 
 impl ZmqCodec {
     pub fn new() -> Self {
@@ -46,6 +53,8 @@ impl ZmqCodec {
             waiting_for: 64, // len of the greeting frame
             buffered_message: None,
             max_read_chunk_size: options.read_buffer_max_size,
+            max_message_size: options.max_message_size,
+            message_size: 0,
         }
     }
 
@@ -123,6 +132,15 @@ impl Decoder for ZmqCodec {
                     } else {
                         usize::from(src.get_u8())
                     };
+                    // ranch: refuse before reserving anything; the peer is disconnected.
+                    let message_size = self
+                        .message_size
+                        .saturating_add(frame_len)
+                        .saturating_add(FRAME_ALLOWANCE);
+                    if message_size > self.max_message_size {
+                        return Err(CodecError::Decode("Message exceeds the size limit"));
+                    }
+                    self.message_size = if frame.command { 0 } else { message_size };
                     self.state = DecoderState::Frame(frame);
                     self.waiting_for = frame_len;
                 }
@@ -141,6 +159,7 @@ impl Decoder for ZmqCodec {
                     }
 
                     if !frame.more {
+                        self.message_size = 0;
                         // Quoth the Raven “Nevermore.”
                         return Ok(Some(Message::Message(
                             self.buffered_message
