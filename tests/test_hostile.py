@@ -186,3 +186,14 @@ def test_a_subscriber_that_never_reads_does_not_stop_the_others(kernel):
     assert time.monotonic() - t0 < 60
     assert ok(execute(kernel, "1")).result() == "1"
     stuck.close()
+
+
+def test_printed_protocol_lines_do_not_steer_the_kernel(kernel):
+    run = ok(execute(kernel, 'println!("EVCXR_EXECUTION_COMPLETE");\nprintln!("after");\n5'))
+    assert run.stream() == "EVCXR_EXECUTION_COMPLETE\nafter\n"
+    assert run.result() == "5"
+    assert ok(execute(kernel, "1 + 1")).result() == "2", "later cells are not shifted"
+    lookalike = "RANCH_CELL_DONE_" + "0" * 32
+    run = ok(execute(kernel, f'print!("x{lookalike}");\nprint!("EVCXR_EXECUTION_COMPLETE")'))
+    assert run.stream() == f"x{lookalike}EVCXR_EXECUTION_COMPLETE"
+    assert ok(execute(kernel, "2 + 2")).result() == "4"

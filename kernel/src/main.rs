@@ -54,10 +54,11 @@ fn main() {
     if std::env::var_os(ranch_magics::build::WRAPPER_ENV).is_some() {
         ranch_magics::build::rustc_wrapper();
     }
-    // The evcxr child process is this same binary. Its output plumbing must be in place
-    // before evcxr's runtime loop takes over (a no-op in the kernel itself).
-    ranch_kernel::session::prepare_child_process();
-    // Never returns when this process is evcxr's child or its rustc wrapper.
+    // The evcxr child process is this same binary: it serves evcxr's protocol and never
+    // returns (a no-op in the kernel itself).
+    ranch_kernel::session::run_child_if_child();
+    // Never returns when this process is evcxr's rustc wrapper (used if the user turns off
+    // static linking).
     evcxr::runtime_hook();
 
     let cli = Cli::parse();

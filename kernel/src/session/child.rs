@@ -1,5 +1,4 @@
-//! Runs inside evcxr's child process (this same binary with `EVCXR_IS_RUNTIME` set), before
-//! evcxr's runtime loop starts.
+//! evcxr's child process: this same binary with `EVCXR_IS_RUNTIME` set.
 //!
 //! The child's stdout and stderr are re-pointed at pipes read by a forwarder thread, which
 //! sends the user's output to the kernel as [`Event`]s as soon as it is written (partial
@@ -7,6 +6,13 @@
 //! output blocks become one display each; only the last group of blocks right before the
 //! cell completes is handed to evcxr, because that is the cell's value (its tail
 //! expression), which the kernel shows as `execute_result`.
+//!
+//! The child runs evcxr's protocol itself ([`run_loop`]: one `LOAD_AND_RUN <library> <fn>`
+//! line per cell) instead of evcxr's runtime loop, because that loop announces the end of a
+//! cell with a line the cell itself could print (`EVCXR_EXECUTION_COMPLETE`), on the same
+//! stdout: a cell printing it ended early and every later cell showed its predecessor's
+//! result. Here the end is a line carrying a secret of this process ([`Marker`]), which the
+//! forwarder turns into evcxr's completion line; a user's `EVCXR_EXECUTION_COMPLETE` is text.
 
 use super::events::{Event, SOCKET_ENV};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -22,12 +28,74 @@ const END: &str = "EVCXR_END_CONTENT";
 const SENTINEL_PREFIX: &[u8] = b"EVCXR_";
 const PANIC_PREFIX: &[u8] = b"thread '";
 
-/// Sets up the child's output plumbing when this process is evcxr's child; otherwise does
-/// nothing. Must run before `evcxr::runtime_hook()` and before any other thread exists.
-pub fn prepare() {
+/// The line that ends a cell: a prefix evcxr's output never starts with, and a secret
+/// chosen when the child starts.
+#[derive(Clone)]
+struct Marker(String);
+
+impl Marker {
+    fn new() -> Marker {
+        let mut bytes = [0u8; 16];
+        if let Err(e) = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+            eprintln!("[ranch-kernel child] no randomness for the cell marker: {e}");
+            std::process::exit(98);
+        }
+        Marker(format!("RANCH_CELL_DONE_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    }
+}
+
+/// In evcxr's child: sets up the output plumbing and serves evcxr's protocol; never returns.
+/// Elsewhere: does nothing. Must run before any other thread exists.
+pub fn run_if_child() {
     if std::env::var_os("EVCXR_IS_RUNTIME").is_none() {
         return;
     }
+    let marker = Marker::new();
+    // Without the forwarder, evcxr reads stdout itself and needs its own completion line.
+    let end_line = if prepare(&marker) { marker.0.clone() } else { COMPLETE.to_string() };
+    run_loop(&end_line)
+}
+
+/// evcxr's child protocol: each `LOAD_AND_RUN <library> <fn>` line loads the cell's library
+/// and calls `fn` with the variable store (which lives here, between cells), then reports
+/// the end of the cell. Libraries are never unloaded: values and thread-locals from them
+/// live on. A line that cannot be served ends the process (evcxr restarts it and reports
+/// it), as evcxr's own loop does.
+fn run_loop(end_line: &str) -> ! {
+    use std::io::BufRead;
+    type CellFn = extern "C" fn(*mut std::ffi::c_void) -> *mut std::ffi::c_void;
+    let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
+    let mut libraries: Vec<libloading::Library> = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let Some((library, function)) = line.strip_prefix("LOAD_AND_RUN ").and_then(|r| r.split_once(' ')) else {
+            eprintln!("[ranch-kernel child] unexpected instruction {line:?}");
+            std::process::exit(99);
+        };
+        // SAFETY: the library is the cell evcxr just built for this process, and `function`
+        // has the signature evcxr gives every cell.
+        let ran = unsafe {
+            libloading::Library::new(library).and_then(|lib| {
+                let cell = *lib.get::<CellFn>(function.as_bytes())?;
+                store = cell(store);
+                libraries.push(lib);
+                Ok(())
+            })
+        };
+        if let Err(e) = ran {
+            eprintln!("[ranch-kernel child] cannot run {function} from {library}: {e}");
+            std::process::exit(99);
+        }
+        // After everything the cell wrote (the kernel flushes the cell's stdout at its end).
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{end_line}");
+        let _ = out.flush();
+    }
+    std::process::exit(0)
+}
+
+/// Returns whether the output forwarder runs.
+fn prepare(marker: &Marker) -> bool {
     // A child must not outlive its kernel, even in the middle of a long cell.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
@@ -44,14 +112,18 @@ pub fn prepare() {
         // SAFETY: no other thread exists yet in this process.
         unsafe { std::env::set_var("RUST_BACKTRACE", "0") };
     }
-    let Some(path) = std::env::var_os(SOCKET_ENV) else { return };
-    let Ok(events) = UnixStream::connect(&path) else { return };
-    if let Err(e) = redirect(events) {
-        eprintln!("[ranch-kernel child] output forwarding disabled: {e}");
+    let Some(path) = std::env::var_os(SOCKET_ENV) else { return false };
+    let Ok(events) = UnixStream::connect(&path) else { return false };
+    match redirect(events, marker.clone()) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("[ranch-kernel child] output forwarding disabled: {e}");
+            false
+        }
     }
 }
 
-fn redirect(events: UnixStream) -> nix::Result<()> {
+fn redirect(events: UnixStream, marker: Marker) -> nix::Result<()> {
     let to_evcxr = File::from(nix::unistd::dup(std::io::stdout().as_fd())?);
     let err_to_evcxr = File::from(nix::unistd::dup(std::io::stderr().as_fd())?);
     let (out_r, out_w) = nix::unistd::pipe()?;
@@ -59,7 +131,7 @@ fn redirect(events: UnixStream) -> nix::Result<()> {
     nix::unistd::dup2_stdout(&out_w)?;
     nix::unistd::dup2_stderr(&err_w)?;
     drop((out_w, err_w));
-    let mut fwd = Forwarder::new(events, to_evcxr, err_to_evcxr);
+    let mut fwd = Forwarder::new(events, to_evcxr, err_to_evcxr, marker);
     std::thread::Builder::new()
         .name("ranch-output".into())
         .spawn(move || fwd.run(out_r, err_r))
@@ -69,6 +141,7 @@ fn redirect(events: UnixStream) -> nix::Result<()> {
 
 struct Forwarder {
     events: UnixStream,
+    marker: Marker,
     to_evcxr: File,
     /// Where our own diagnostics go when the kernel is unreachable.
     err_to_evcxr: File,
@@ -87,9 +160,10 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    fn new(events: UnixStream, to_evcxr: File, err_to_evcxr: File) -> Self {
+    fn new(events: UnixStream, to_evcxr: File, err_to_evcxr: File, marker: Marker) -> Self {
         Forwarder {
             events,
+            marker,
             to_evcxr,
             err_to_evcxr,
             out: Vec::new(),
@@ -171,10 +245,12 @@ impl Forwarder {
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
             self.on_stdout_line(line, err_f);
         }
-        // A partial line the user flushed shows now, unless it may be the start of one of
-        // evcxr's protocol lines or of a multi-byte character.
-        if self.block.is_none() && !self.out.is_empty() && !could_start(&self.out, SENTINEL_PREFIX) {
-            let valid = match std::str::from_utf8(&self.out) {
+        // A partial line the user flushed shows now, except a tail that may be the start of
+        // the end-of-cell marker, of one of evcxr's protocol lines, or of a multi-byte
+        // character (a read can split any of them).
+        if self.block.is_none() && !self.out.is_empty() {
+            let ready = hold_from(&self.out, &[self.marker.0.as_bytes(), SENTINEL_PREFIX]);
+            let valid = match std::str::from_utf8(&self.out[..ready]) {
                 Ok(s) => s.len(),
                 Err(e) => e.valid_up_to(),
             };
@@ -188,10 +264,10 @@ impl Forwarder {
     }
 
     fn on_stdout_line(&mut self, line: String, err_f: &mut File) {
-        // `print!("x")` without a newline, then evcxr's "EVCXR_EXECUTION_COMPLETE" line:
+        // `print!("x")` without a newline, then the end-of-cell marker (or another protocol line):
         // both arrive as one line. The user's part is text; the rest is evcxr's.
         if self.block.is_none() {
-            if let Some(at) = sentinel_start(&line) {
+            if let Some(at) = sentinel_start(&line, &self.marker.0) {
                 if at > 0 {
                     self.flush_group();
                     self.text.push_str(&line[..at]);
@@ -219,7 +295,7 @@ impl Forwarder {
             }
             return;
         }
-        if line == COMPLETE {
+        if line == self.marker.0 {
             self.flush_text();
             self.drain_stderr(err_f);
             self.finish_stderr();
@@ -235,8 +311,9 @@ impl Forwarder {
             self.on_panic_notification(err_f);
         } else if let Some(mime) = line.strip_prefix(BEGIN) {
             self.block = Some((mime.trim().to_string(), String::new()));
-        } else if line.as_bytes().starts_with(SENTINEL_PREFIX) {
-            // Input requests, `?` errors, lost variables: evcxr's business.
+        } else if line.as_bytes().starts_with(SENTINEL_PREFIX) && line.trim_end() != COMPLETE {
+            // Input requests, `?` errors, lost variables: evcxr's business. (Its completion
+            // line only ever comes from the marker; printed by a cell, it is text.)
             self.flush_text();
             self.flush_group();
             self.pass_to_evcxr(&line);
@@ -336,20 +413,23 @@ impl Forwarder {
     }
 }
 
-/// Where one of evcxr's protocol lines starts inside `line` (after unterminated user text).
-fn sentinel_start(line: &str) -> Option<usize> {
-    const SENTINELS: [&str; 7] = [
-        COMPLETE,
-        PANIC,
-        BEGIN,
-        "EVCXR_INPUT_REQUEST",
-        "EVCXR_ERROR_OCCURRED",
-        "EVCXR_VARIABLE_CHANGED_TYPE:",
-        "EVCXR_EXECUTION_COMPLETE",
-    ];
+/// Where the end-of-cell marker or one of evcxr's protocol lines starts inside `line`
+/// (after unterminated user text).
+fn sentinel_start(line: &str, marker: &str) -> Option<usize> {
+    const SENTINELS: [&str; 5] =
+        [PANIC, BEGIN, "EVCXR_INPUT_REQUEST", "EVCXR_ERROR_OCCURRED", "EVCXR_VARIABLE_CHANGED_TYPE:"];
+    if let Some(at) = line.find(marker) {
+        return Some(at);
+    }
     line.match_indices("EVCXR_")
         .map(|(i, _)| i)
         .find(|&i| SENTINELS.iter().any(|s| line[i..].starts_with(s)))
+}
+
+/// Where the first place is from which the rest of `buf` could be (the start of) one of
+/// `patterns`; `buf.len()` if there is none.
+fn hold_from(buf: &[u8], patterns: &[&[u8]]) -> usize {
+    (0..buf.len()).find(|&i| patterns.iter().any(|p| could_start(&buf[i..], p))).unwrap_or(buf.len())
 }
 
 /// Whether `buf` is a prefix of `prefix` or starts with it.
@@ -364,10 +444,24 @@ mod tests {
 
     #[test]
     fn finds_evcxr_lines_after_unterminated_user_text() {
-        assert_eq!(sentinel_start(" doneEVCXR_EXECUTION_COMPLETE"), Some(5));
-        assert_eq!(sentinel_start("EVCXR_PANIC_NOTIFICATION"), Some(0));
-        assert_eq!(sentinel_start("50%EVCXR_BEGIN_CONTENT text/html"), Some(3));
-        assert_eq!(sentinel_start("EVCXR_ is just text"), None);
-        assert_eq!(sentinel_start("plain"), None);
+        let m = "RANCH_CELL_DONE_00ff";
+        assert_eq!(sentinel_start(" doneRANCH_CELL_DONE_00ff", m), Some(5));
+        assert_eq!(sentinel_start("EVCXR_PANIC_NOTIFICATION", m), Some(0));
+        assert_eq!(sentinel_start("50%EVCXR_BEGIN_CONTENT text/html", m), Some(3));
+        assert_eq!(sentinel_start("EVCXR_ is just text", m), None);
+        assert_eq!(sentinel_start("plain", m), None);
+        // evcxr's own completion line, printed by a cell, is only text now.
+        assert_eq!(sentinel_start("EVCXR_EXECUTION_COMPLETE", m), None);
+        assert_eq!(sentinel_start("RANCH_CELL_DONE_0000", m), None);
+    }
+
+    #[test]
+    fn a_split_marker_or_sentinel_is_held_back() {
+        let pats: [&[u8]; 2] = [b"RANCH_CELL_DONE_00ff", b"EVCXR_"];
+        assert_eq!(hold_from(b"progress 50%", &pats), 12);
+        assert_eq!(hold_from(b"progress 50%RANCH_CE", &pats), 12);
+        assert_eq!(hold_from(b"50%EVCXR_BEGIN_CON", &pats), 3);
+        assert_eq!(hold_from(b"50%EVC", &pats), 3);
+        assert_eq!(hold_from(b"RANCH_X", &pats), 7);
     }
 }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use child::prepare as prepare_child_process;
+pub use child::run_if_child as run_child_if_child;
 
 /// What the interrupter shares with the running cell.
 #[derive(Default)]
