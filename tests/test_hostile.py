@@ -197,3 +197,119 @@ def test_printed_protocol_lines_do_not_steer_the_kernel(kernel):
     run = ok(execute(kernel, f'print!("x{lookalike}");\nprint!("EVCXR_EXECUTION_COMPLETE")'))
     assert run.stream() == f"x{lookalike}EVCXR_EXECUTION_COMPLETE"
     assert ok(execute(kernel, "2 + 2")).result() == "4"
+
+
+# --- launches, rendezvous, shared memory ---------------------------------------------
+
+def as_nobody(*cmd):
+    return subprocess.run(["runuser", "-u", "nobody", "--", *cmd], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root to act as another user")
+def test_another_user_reads_nothing_of_a_launch():
+    import glob
+    import os
+    from conftest import interrupt, rank_processes, start, stop, wait_for_output
+    km, kc = start()
+    try:
+        msg_id = kc.execute('%%ranch 2\nranch::comm().barrier().unwrap();\nprintln!("ready");\n'
+                            'std::thread::sleep(std::time::Duration::from_secs(120));')
+        wait_for_output(kc, msg_id, "ready")
+        segments = glob.glob(f"/dev/shm/ranch-{kc.pid}-*")
+        assert len(segments) == 1
+        rank = next(iter(rank_processes(kc.pid)))
+        with open(f"/proc/{rank}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        assert env[b"RANCH_TOKEN"].decode() not in segments[0], "the segment's name gives nothing away"
+        assert os.stat(segments[0]).st_mode & 0o777 == 0o600
+        assert as_nobody("cat", segments[0]).returncode != 0
+        private = glob.glob(f"{os.environ.get('TMPDIR', '/tmp')}/ranch-session-{kc.pid}-*")
+        assert len(private) == 1 and os.stat(private[0]).st_mode & 0o777 == 0o700
+        for probe in (["ls", private[0]], ["cat", f"{private[0]}/output.sock"]):
+            assert as_nobody(*probe).returncode != 0, probe
+        interrupt(km, kc, msg_id)
+    finally:
+        stop(km, kc)
+
+
+def test_a_rank_cannot_be_registered_twice(kernel):
+    code = """%%ranch 2
+use std::io::{Read, Write};
+ranch::comm().barrier().unwrap();
+let addr = format!("{}:{}", std::env::var("MASTER_ADDR").unwrap(), std::env::var("MASTER_PORT").unwrap());
+let mut s = std::net::TcpStream::connect(addr).unwrap();
+write!(s, "RANCH1 {} {}\\n", std::env::var("RANCH_TOKEN").unwrap(), ranch::rank()).unwrap();
+s.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+let mut got = Vec::new();
+let _ = s.read_to_end(&mut got);
+let mut v = vec![1u8; 3];
+ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();
+(got.len(), v[0])"""
+    assert ok(execute(kernel, code)).result() == "[(0, 2), (0, 2)]"
+
+
+def test_a_stranger_flood_does_not_stop_the_ranks(kernel):
+    import socket
+    import threading
+    code = """%%ranch 2
+use std::io::Write;
+println!("port {}", std::env::var("MASTER_PORT").unwrap());
+std::io::stdout().flush().unwrap();
+std::thread::sleep(std::time::Duration::from_secs(3));
+let mut v = vec![ranch::rank() as u32 + 1; 2];
+ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();
+v[0]"""
+    msg_id = kernel.execute(code)
+    from conftest import wait_for_output
+    port = None
+    deadline = time.monotonic() + 180
+    seen = ""
+    while port is None and time.monotonic() < deadline:
+        msg = kernel.get_iopub_msg(timeout=180)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            seen += msg["content"]["text"]
+            if "port " in seen:
+                port = int(seen.split("port ")[1].split()[0])
+    socks = []
+
+    def flood():
+        for _ in range(500):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                pass
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(b"RANCH1 " + b"x" * (8 << 20))
+        except OSError:
+            pass
+
+    t = threading.Thread(target=flood)
+    t.start()
+    t.join(timeout=60)
+    with open(f"/proc/{kernel.pid}/status") as f:
+        threads = next(int(l.split()[1]) for l in f if l.startswith("Threads:"))
+    assert threads < 100, f"{threads} threads"
+    reply = kernel.get_shell_msg(timeout=120)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kernel.get_shell_msg(timeout=120)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    for s in socks:
+        s.close()
+
+
+@pytest.mark.parametrize("addr", ["::1", "localhost", "HOSTNAME"])
+def test_other_addresses_work_and_the_cell_ends(kernel, addr):
+    import socket
+    if addr == "HOSTNAME":
+        addr = socket.gethostname()
+    if addr == "::1":
+        try:
+            socket.socket(socket.AF_INET6).bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    code = f"%%ranch 2 --addr {addr}\nlet mut v = vec![1u8];\nranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();\nv[0]"
+    t0 = time.monotonic()
+    run = ok(execute(kernel, code, timeout=120))
+    assert run.result() == "[2, 2]"
+    assert time.monotonic() - t0 < 60

@@ -114,8 +114,10 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn start(cell: Arc<CurrentCell>) -> std::io::Result<Listener> {
-        let path = std::env::temp_dir().join(format!("ranch-kernel-{}-{}.sock", std::process::id(), uuid::Uuid::new_v4().simple()));
+    /// Listens in `private_dir` (the kernel's, mode 0700): no other user can connect and
+    /// write into cells.
+    pub fn start(cell: Arc<CurrentCell>, private_dir: &Path) -> std::io::Result<Listener> {
+        let path = private_dir.join("output.sock");
         let listener = UnixListener::bind(&path)?;
         std::thread::Builder::new().name("child-output".into()).spawn(move || {
             for conn in listener.incoming().flatten() {

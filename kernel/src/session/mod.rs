@@ -9,6 +9,7 @@ mod child;
 mod events;
 mod host_rust;
 mod kernel_stderr;
+mod private_dir;
 mod procs;
 mod ranch;
 mod render;
@@ -91,6 +92,8 @@ pub struct EvcxrSession {
     /// Bumped by every plain cell: the session's items may have changed.
     generation: u64,
     workdir: workdir::WorkDir,
+    /// Dropped last: the other fields keep files in it.
+    private: private_dir::PrivateDir,
 }
 
 impl EvcxrSession {
@@ -98,8 +101,10 @@ impl EvcxrSession {
     /// Call it before the process starts any thread: it sets evcxr's work directory in the
     /// environment.
     pub fn start() -> anyhow::Result<EvcxrSession> {
-        ranch::remove_stale_session_dirs();
-        let workdir = workdir::WorkDir::claim();
+        private_dir::remove_stale();
+        let private = private_dir::PrivateDir::create()
+            .map_err(|e| anyhow::anyhow!("cannot create the kernel's private directory in {}: {e}", std::env::temp_dir().display()))?;
+        let workdir = workdir::WorkDir::claim(private.path());
         // SAFETY: no other thread exists yet (see above), so nothing reads the environment
         // while it changes.
         unsafe { std::env::set_var("EVCXR_TMPDIR", workdir.evcxr_dir()) };
@@ -107,7 +112,7 @@ impl EvcxrSession {
         if let Err(e) = kernel_stderr::capture_cargo_progress(cell.clone()) {
             crate::log!("cargo progress will only reach the log: {e}");
         }
-        let listener = match Listener::start(cell.clone()) {
+        let listener = match Listener::start(cell.clone(), private.path()) {
             Ok(l) => Some(l),
             Err(e) => {
                 crate::log!("live output disabled, cannot listen for the evcxr child: {e}");
@@ -123,6 +128,7 @@ impl EvcxrSession {
             ranch: Default::default(),
             generation: 0,
             workdir,
+            private,
         })
     }
 
@@ -343,7 +349,8 @@ impl Interpreter for EvcxrSession {
             let _ = child.wait();
         }
         self.listener = None;
-        self.ranch = Default::default(); // removes the session's rank programs and runs
+        // The process exits without running destructors: remove what is ours now.
+        let _ = std::fs::remove_dir_all(self.private.path());
     }
 }
 

@@ -25,16 +25,14 @@ pub(super) struct RanchState {
     snapshot: Option<(u64, SessionSnapshot)>,
     toolchain: Option<(Toolchain, String)>,
     launches: u64,
-    dir: Option<tempdir::Dir>,
 }
 
-mod tempdir {
-    /// A directory removed when the kernel's session ends.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+/// A run directory, removed when the launch ends.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -45,29 +43,6 @@ fn usage(msg: impl Into<String>) -> CellError {
 /// The magic's own failures (not the cell's).
 fn ranch_error(msg: impl Into<String>) -> CellError {
     CellError::new("RanchError", msg)
-}
-
-pub(super) const SESSION_DIR_PREFIX: &str = "ranch-session-";
-
-/// Removes what kernels that were killed left behind: session directories
-/// (`$TMPDIR/ranch-session-<pid>-*`) and group segments (`/dev/shm/ranch-<pid>-*`) whose
-/// kernel process is gone.
-pub fn remove_stale_session_dirs() {
-    let places = [(std::env::temp_dir(), SESSION_DIR_PREFIX), (PathBuf::from("/dev/shm"), "ranch-")];
-    for (dir, prefix) in places {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.strip_prefix(prefix).and_then(|r| r.split('-').next()?.parse::<i32>().ok()) else {
-                continue;
-            };
-            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
-            if gone {
-                let path = entry.path();
-                let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            }
-        }
-    }
 }
 
 /// Whether a cell is a `%%ranch` cell.
@@ -110,12 +85,7 @@ impl EvcxrSession {
     }
 
     fn session_dir(&mut self) -> Result<PathBuf, CellError> {
-        if self.ranch.dir.is_none() {
-            let dir = std::env::temp_dir().join(format!("{SESSION_DIR_PREFIX}{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&dir).map_err(|e| ranch_error(format!("cannot create {}: {e}", dir.display())))?;
-            self.ranch.dir = Some(tempdir::Dir(dir));
-        }
-        Ok(self.ranch.dir.as_ref().expect("set above").0.clone())
+        Ok(self.private.path().to_path_buf())
     }
 
     pub(super) fn run_ranch(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
@@ -191,8 +161,8 @@ impl EvcxrSession {
         self.ranch.launches += 1;
         let run_dir = self.session_dir()?.join(format!("run-{}", self.ranch.launches));
         let vars_dir = run_dir.join("vars");
-        std::fs::create_dir_all(&vars_dir).map_err(|e| ranch_error(format!("cannot create {}: {e}", vars_dir.display())))?;
-        let _cleanup = tempdir::Dir(run_dir.clone());
+        super::private_dir::make(&vars_dir).map_err(|e| ranch_error(format!("cannot create {}: {e}", vars_dir.display())))?;
+        let _cleanup = RunDir(run_dir.clone());
 
         let t_export = std::time::Instant::now();
         let snapshot = self.export_and_snapshot(&shipped, &vars_dir);
@@ -463,7 +433,7 @@ fn start_or_join_group(
 ) -> Result<(Option<GroupService>, u16, String), CellError> {
     use ranch_magics::group;
     if args.hosts_group() {
-        let token = group::new_token();
+        let token = group::new_token().map_err(ranch_error)?;
         let publish = args.world() > args.n;
         let service = GroupService::start(&args.addr, args.port, args.world(), &token, publish).map_err(|e| {
             if let Some(port) = args.port { usage(format!("--port {port}: {e}")) } else { ranch_error(e) }
@@ -472,7 +442,7 @@ fn start_or_join_group(
         return Ok((Some(service), port, token));
     }
     let port = args.port.expect("checked by the parser: joining needs --port");
-    let path = group::token_path(port);
+    let path = group::token_path(port).map_err(ranch_error)?;
     // The hosting kernel may be a moment behind.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut waiting = false;

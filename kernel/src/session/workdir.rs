@@ -17,7 +17,6 @@
 
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -40,9 +39,11 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    /// Takes a free persistent directory, or makes a temporary one. When the user set
-    /// `EVCXR_TMPDIR`, evcxr builds there and only rank programs get a place of ours.
-    pub fn claim() -> WorkDir {
+    /// Takes a free persistent directory, or makes a temporary one in `private` (the
+    /// kernel's private directory). When the user set `EVCXR_TMPDIR`, evcxr builds there
+    /// and only rank programs get a place of ours.
+    pub fn claim(private: &Path) -> WorkDir {
+        let temporary_root = || private.join("work");
         if let Some(dir) = std::env::var_os("EVCXR_TMPDIR").filter(|d| !d.is_empty()) {
             let temp = temporary_root();
             return WorkDir { evcxr: PathBuf::from(dir), rank: temp.join("rank"), _lock: None, temporary: Some(temp) };
@@ -84,15 +85,7 @@ impl Drop for WorkDir {
     }
 }
 
-/// Named like the kernel's session directories, so one left by a killed kernel is
-/// removed by the next kernel (see `remove_stale_session_dirs`).
-fn temporary_root() -> PathBuf {
-    std::env::temp_dir().join(format!("{}{}-work", super::ranch::SESSION_DIR_PREFIX, std::process::id()))
-}
-
-fn make_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
-}
+use super::private_dir::make as make_private_dir;
 
 fn claim_persistent(base: &Path) -> std::io::Result<Option<(PathBuf, Flock<File>)>> {
     make_private_dir(base)?;

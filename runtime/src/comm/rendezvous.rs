@@ -27,10 +27,29 @@ struct Link {
 
 static LINK: Mutex<Option<Link>> = Mutex::new(None);
 
-fn target() -> Result<String, String> {
+/// `MASTER_ADDR:MASTER_PORT` for messages, and every address it resolves to (an IPv6
+/// literal such as `::1`, a host name).
+fn target() -> Result<(String, Vec<SocketAddr>), String> {
     let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
-    let port = std::env::var("MASTER_PORT").map_err(|_| "MASTER_PORT is not set".to_string())?;
-    Ok(format!("{addr}:{port}"))
+    let port: u16 = std::env::var("MASTER_PORT")
+        .map_err(|_| "MASTER_PORT is not set".to_string())?
+        .parse()
+        .map_err(|_| "MASTER_PORT is not a port number".to_string())?;
+    let shown = format!("{addr}:{port}");
+    let addrs = (addr.as_str(), port).to_socket_addrs().map_err(|e| format!("rendezvous address {shown}: {e}"))?;
+    Ok((shown, addrs.collect()))
+}
+
+/// The first of `addrs` that accepts a connection.
+fn connect_any(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the address resolves to nothing");
+    for a in addrs {
+        match TcpStream::connect_timeout(a, Duration::from_secs(2)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn hello(stream: &TcpStream, token: &str, rank: usize) -> std::io::Result<()> {
@@ -43,9 +62,8 @@ fn hello(stream: &TcpStream, token: &str, rank: usize) -> std::io::Result<()> {
 /// service cannot be reached yet (another kernel hosts it and has not started), [`join`]
 /// tries again, for longer.
 pub fn announce(token: &str, rank: usize) {
-    let Ok(target) = target() else { return };
-    let Some(addr) = target.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return };
-    let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return };
+    let Ok((_, addrs)) = target() else { return };
+    let Ok(stream) = connect_any(&addrs) else { return };
     if hello(&stream, token, rank).is_ok() {
         *LINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Link { stream, replied: false });
     }
@@ -67,39 +85,45 @@ pub fn finish() {
     let _ = link.stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn connect(target: &str, rank: usize) -> Result<TcpStream, String> {
+/// Joins the group: the service's answer names the shared-memory segment. A connection
+/// closed without an answer is tried again (the service drops the oldest unannounced
+/// connections when strangers crowd it), until the deadline.
+pub fn join(token: &str, rank: usize, world: usize) -> Result<Group, String> {
+    let (target, addrs) = target()?;
     // The service may belong to another kernel that is still starting its ranks.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let addrs: Vec<SocketAddr> = target.to_socket_addrs().map_err(|e| format!("rendezvous address {target}: {e}"))?.collect();
-        match addrs.first().map(|a| TcpStream::connect_timeout(a, Duration::from_secs(2))) {
-            Some(Ok(s)) => return Ok(s),
-            Some(Err(e)) if Instant::now() >= deadline => {
-                return Err(format!("rank {rank} cannot reach the rendezvous service at {target}: {e}"));
-            }
-            None => return Err(format!("rendezvous address {target} does not resolve")),
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-/// Joins the group: the service's answer names the shared-memory segment.
-pub fn join(token: &str, rank: usize, world: usize) -> Result<Group, String> {
-    let target = target()?;
     let mut guard = LINK.lock().unwrap_or_else(|e| e.into_inner());
-    if guard.as_ref().is_none_or(|l| l.replied) {
-        let stream = connect(&target, rank)?;
-        hello(&stream, token, rank).map_err(|e| format!("rendezvous at {target}: {e}"))?;
-        *guard = Some(Link { stream, replied: false });
-    }
-    let link = guard.as_mut().expect("set above");
-    link.replied = true;
-    let reader = link.stream.try_clone().map_err(|e| e.to_string())?;
-    reader.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
-    // The answer is one short line; a longer one is not from a ranch service.
-    let mut reply = String::new();
-    BufReader::new(reader.take(4096)).read_line(&mut reply).map_err(|e| format!("rendezvous at {target}: {e}"))?;
-    let _ = link.stream.set_read_timeout(None);
+    let reply = loop {
+        if guard.as_ref().is_none_or(|l| l.replied) {
+            let stream = match connect_any(&addrs) {
+                Ok(s) => s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("rank {rank} cannot reach the rendezvous service at {target}: {e}"));
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            hello(&stream, token, rank).map_err(|e| format!("rendezvous at {target}: {e}"))?;
+            *guard = Some(Link { stream, replied: false });
+        }
+        let link = guard.as_mut().expect("set above");
+        link.replied = true;
+        let reader = link.stream.try_clone().map_err(|e| e.to_string())?;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        reader.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        // The answer is one short line; a longer one is not from a ranch service.
+        let mut reply = String::new();
+        let read = BufReader::new(reader.take(4096)).read_line(&mut reply);
+        let _ = link.stream.set_read_timeout(None);
+        match read {
+            Ok(_) if !reply.is_empty() => break reply,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(_) => break reply,
+            Err(e) => return Err(format!("rendezvous at {target}: {e}")),
+        }
+    };
     let mut parts = reply.split_whitespace();
     match parts.next() {
         Some("OK") => {

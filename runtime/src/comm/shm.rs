@@ -19,7 +19,7 @@ use super::error::CommError;
 use super::reduce::{Op, Reduce};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -72,7 +72,8 @@ impl Layout {
 /// Creates the segment of a launch (kernel side).
 pub fn create(path: &str, world: usize) -> std::io::Result<()> {
     let lay = Layout::new(world);
-    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+    // The owner's alone: `/dev/shm` is world-listable, and the data is the launch's.
+    let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path)?;
     file.set_len(lay.total as u64)?;
     let mut header = Vec::with_capacity(32);
     for word in [MAGIC, world as u64, lay.slot_bytes as u64, lay.mailbox_bytes as u64] {
