@@ -6,6 +6,7 @@ import os
 import re
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -189,3 +190,15 @@ def fresh_kernel():
     km, kc = start()
     yield km, kc
     stop(km, kc)
+
+
+@contextmanager
+def cell_running(code, ready):
+    """A fresh kernel running `code` until it has written `ready`: yields (km, kc, msg_id)."""
+    km, kc = start()
+    try:
+        msg_id = kc.execute(code)
+        wait_for_output(kc, msg_id, ready)
+        yield km, kc, msg_id
+    finally:
+        stop(km, kc)

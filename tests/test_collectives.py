@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import execute, interrupt, ok, start, stop, wait_for_output
+from conftest import cell_running, execute, interrupt, ok, start, stop
 from test_ranch import no_rank_survives  # noqa: F401  (autouse fixture)
 
 
@@ -261,12 +261,8 @@ def test_two_kernels_form_one_group(kc):
 
 
 def test_waiting_for_another_kernels_group_can_be_interrupted():
-    km, kc = start()
-    try:
-        port = unused_port()  # nobody hosts a group there
-        msg_id = kc.execute(f"%%ranch 2 --world-size 4 --base-rank 2 --port {port}\nranch::rank()")
-        wait_for_output(kc, msg_id, f"waiting for the group on port {port}")
+    port = unused_port()  # nobody hosts a group there
+    code = f"%%ranch 2 --world-size 4 --base-rank 2 --port {port}\nranch::rank()"
+    with cell_running(code, f"waiting for the group on port {port}") as (km, kc, msg_id):
         assert "nothing was launched" in interrupt(km, kc, msg_id)["evalue"]
         assert ok(execute(kc, "1 + 1")).result() == "2"
-    finally:
-        stop(km, kc)

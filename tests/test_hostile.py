@@ -209,12 +209,9 @@ def as_nobody(*cmd):
 def test_another_user_reads_nothing_of_a_launch():
     import glob
     import os
-    from conftest import interrupt, rank_processes, start, stop, wait_for_output
-    km, kc = start()
-    try:
-        msg_id = kc.execute('%%ranch 2\nranch::comm().barrier().unwrap();\nprintln!("ready");\n'
-                            'std::thread::sleep(std::time::Duration::from_secs(120));')
-        wait_for_output(kc, msg_id, "ready")
+    from conftest import cell_running, interrupt, rank_processes
+    code = '%%ranch 2\nranch::comm().barrier().unwrap();\nprintln!("ready");\nstd::thread::sleep(std::time::Duration::from_secs(120));'
+    with cell_running(code, "ready") as (km, kc, msg_id):
         segments = glob.glob(f"/dev/shm/ranch-{kc.pid}-*")
         assert len(segments) == 1
         rank = next(iter(rank_processes(kc.pid)))
@@ -228,8 +225,6 @@ def test_another_user_reads_nothing_of_a_launch():
         for probe in (["ls", private[0]], ["cat", f"{private[0]}/output.sock"]):
             assert as_nobody(*probe).returncode != 0, probe
         interrupt(km, kc, msg_id)
-    finally:
-        stop(km, kc)
 
 
 def test_a_rank_cannot_be_registered_twice(kernel):
@@ -313,3 +308,83 @@ def test_other_addresses_work_and_the_cell_ends(kernel, addr):
     run = ok(execute(kernel, code, timeout=120))
     assert run.result() == "[2, 2]"
     assert time.monotonic() - t0 < 60
+
+
+# --- what ranks leave behind, and how much they write -------------------------------
+
+def processes_running(needle):
+    from conftest import processes
+    return [p for p, (_, cmd) in processes().items() if needle in cmd]
+
+
+def gone_soon(needle, seconds=5):
+    """Whether no process runs `needle` within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while processes_running(needle) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return processes_running(needle) == []
+
+
+def test_a_process_holding_a_ranks_pipes_does_not_keep_the_cell_open(kernel):
+    code = ('%%ranch 2\nstd::process::Command::new("setsid").args(["sleep", "987.654"]).spawn().unwrap();\n'
+            'std::thread::sleep(std::time::Duration::from_millis(200));\nranch::rank()')
+    t0 = time.monotonic()
+    run = ok(execute(kernel, code, timeout=120))
+    assert run.result() == "[0, 1]"
+    assert time.monotonic() - t0 < 30
+    assert gone_soon("sleep 987.654"), "what the ranks started in sessions of their own is gone"
+
+
+def test_a_process_holding_a_ranks_pipes_does_not_block_an_interrupt():
+    from conftest import cell_running, interrupt
+    code = ('%%ranch 2\nstd::process::Command::new("setsid").args(["sleep", "987.655"]).spawn().unwrap();\n'
+            'println!("up");\nstd::thread::sleep(std::time::Duration::from_secs(300));')
+    with cell_running(code, "up") as (km, kc, msg_id):
+        interrupt(km, kc, msg_id)
+        assert gone_soon("sleep 987.655")
+
+
+def test_grouped_output_is_capped_and_says_what_was_dropped(kernel):
+    ok(execute(kernel, "0"))
+    before = rss_kib(kernel.pid)
+    code = ('%%ranch 2 --group-outputs rank\nlet line = "y".repeat(1000);\n'
+            'for _ in 0..40_000 { println!("{line}"); }')
+    run = ok(execute(kernel, code, timeout=300))
+    out = run.stream()
+    assert len(out) < 2 * (17 << 20), len(out)
+    notes = [l for l in run.stream("stderr").splitlines() if "not shown" in l]
+    assert len(notes) == 2 and "--group-outputs rank keeps 16 MiB per rank" in notes[0]
+    assert rss_kib(kernel.pid) - before < 300_000
+
+
+def test_a_huge_line_without_newline_is_read_in_linear_time(kernel):
+    code = '%%ranch 1\nprint!("{}", "x".repeat(64 << 20));'
+    t0 = time.monotonic()
+    run = ok(execute(kernel, code, timeout=300))
+    assert time.monotonic() - t0 < 60
+    pieces = run.stream().splitlines()
+    assert len(pieces) == 64 and all(p == "[0] " + "x" * (1 << 20) for p in pieces)
+
+
+def test_a_flooding_rank_does_not_grow_the_kernel(kernel):
+    import threading
+    ok(execute(kernel, "0"))
+    before = rss_kib(kernel.pid)
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib(kernel.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run = ok(execute(kernel, '%%ranch 2\nlet s = "z".repeat(200);\nfor i in 0..300_000 { println!("{i} {s}"); }',
+                         timeout=600))
+    finally:
+        done.set()
+        sampler.join()
+    assert run.stream().count("\n") == 600_000
+    assert peak[0] - before < 300_000, f"the kernel grew by {(peak[0] - before) // 1024} MiB"

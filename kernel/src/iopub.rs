@@ -9,7 +9,14 @@ use bytes::Bytes;
 use jupyter_protocol::{IoPubWelcome, JupyterMessage, UnknownMessage};
 use jupyter_zmq_client::{KernelIoPubXPubConnection, SubscriptionEvent};
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
+
+/// Messages queued for the socket past which cell output waits ([`Publisher::send_output`]):
+/// output produced faster than it can be sent (a rank printing in a tight loop) slows its
+/// producer instead of growing the kernel.
+const OUTPUT_QUEUE: usize = 4096;
 
 enum Outgoing {
     Message(JupyterMessage),
@@ -21,12 +28,16 @@ enum Outgoing {
 pub struct Publisher {
     session: String,
     tx: mpsc::UnboundedSender<Outgoing>,
+    /// Messages sent to the task and not yet handed to the socket.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Publisher {
     /// Starts the task that owns `socket`.
     pub fn spawn(mut socket: KernelIoPubXPubConnection, session: String) -> Publisher {
         let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let sent = queued.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -35,6 +46,7 @@ impl Publisher {
                             if let Err(e) = socket.send(m).await {
                                 crate::log!("iopub send failed: {e}");
                             }
+                            sent.fetch_sub(1, Ordering::Relaxed);
                         }
                         Some(Outgoing::Flush(done)) => { let _ = done.send(()); }
                         None => break,
@@ -51,7 +63,7 @@ impl Publisher {
                 }
             }
         });
-        Publisher { session, tx }
+        Publisher { session, tx, queued }
     }
 
     /// Publishes `content` as `msg_type`, parented to `parent` when there is one.
@@ -59,7 +71,21 @@ impl Publisher {
         let content = UnknownMessage { msg_type: msg_type.to_string(), content };
         let topic = Bytes::from(format!("kernel.{}.{}", self.session, msg_type));
         let msg = JupyterMessage::new(content, parent).with_zmq_identities(vec![topic]);
-        let _ = self.tx.send(Outgoing::Message(msg));
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Outgoing::Message(msg)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Like [`send`](Self::send), for a cell's output: on a thread outside the async
+    /// runtime (where output is produced), waits first while the queue is long.
+    pub fn send_output(&self, msg_type: &str, content: Value, parent: Option<&JupyterMessage>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            while self.queued.load(Ordering::Relaxed) > OUTPUT_QUEUE && !self.tx.is_closed() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        self.send(msg_type, content, parent);
     }
 
     pub fn status(&self, state: &str, parent: Option<&JupyterMessage>) {

@@ -325,12 +325,12 @@ struct IopubSink {
 impl OutputSink for IopubSink {
     fn stream(&self, stream: Stream, text: &str) {
         if !text.is_empty() {
-            self.iopub.send("stream", json!({"name": stream.name(), "text": text}), Some(&self.parent));
+            self.iopub.send_output("stream", json!({"name": stream.name(), "text": text}), Some(&self.parent));
         }
     }
     fn display(&self, data: MimeBundle, metadata: MimeBundle) {
         let content = json!({"data": data, "metadata": metadata, "transient": {}});
-        self.iopub.send("display_data", content, Some(&self.parent));
+        self.iopub.send_output("display_data", content, Some(&self.parent));
     }
 }
 

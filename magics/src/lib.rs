@@ -9,7 +9,7 @@
 //! - [`build`]: one cargo build, reusing the session's compiled dependencies;
 //! - [`gpus`], [`group`], [`launch`]: GPU pinning, the process group's rendezvous and
 //!   segment, and spawning ranks;
-//! - [`supervise`]: live output, failures, timeout, interrupt;
+//! - [`supervise`], [`rank_output`]: live output, failures, timeout, interrupt;
 //! - [`merge`], [`diagnostic`]: what the notebook shows.
 
 pub mod args;
@@ -20,5 +20,6 @@ pub mod group;
 pub mod launch;
 pub mod merge;
 pub mod program;
+pub mod rank_output;
 pub mod source;
 pub mod supervise;

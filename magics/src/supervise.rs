@@ -4,22 +4,16 @@
 use crate::args::{GroupOutputs, OnError, See};
 use crate::launch::kill_group;
 use nix::sys::signal::Signal;
+pub use crate::rank_output::Stream;
+use crate::rank_output::{self, Output};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
-use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, ExitStatus};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
 
 /// Where rank output goes (the kernel publishes it to the notebook).
 pub trait RankSink: Sync {
@@ -91,12 +85,16 @@ pub struct RunReport {
 }
 
 enum Event {
-    Lines(usize, Stream, Vec<String>),
-    Display(usize, Map<String, Value>),
+    Output(Output),
     Exit(usize, std::io::Result<ExitStatus>),
 }
 
 const LAST_LINES: usize = 10;
+/// Events in flight between the ranks' readers and the supervisor: a rank writing faster
+/// than the notebook takes its output waits on its own pipe.
+const CHANNEL: usize = 1024;
+/// What `--group-outputs rank` keeps of one rank's output until the end of the cell.
+pub const GROUPED_LIMIT: usize = 16 << 20;
 /// What a rank program returns when the cell panicked (see `program::generate`).
 pub const PANIC_EXIT_CODE: i32 = 101;
 /// Between the polite signal and SIGKILL.
@@ -118,7 +116,7 @@ pub fn supervise(
 ) -> RunReport {
     let started = Instant::now();
     let pids: std::sync::Mutex<Vec<Option<u32>>> = std::sync::Mutex::new(vec![None; n]);
-    let (tx, rx) = mpsc::channel::<Event>();
+    let (tx, rx) = mpsc::sync_channel::<Event>(CHANNEL);
     std::thread::scope(|scope| {
         for rank in 0..n {
             let tx = tx.clone();
@@ -133,11 +131,19 @@ pub fn supervise(
                 };
                 pids.lock().unwrap()[rank] = Some(child.id());
                 let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-                let (t1, t2) = (tx.clone(), tx.clone());
-                let r1 = std::thread::spawn(move || read_lines(out, rank, Stream::Stdout, &t1));
-                let r2 = std::thread::spawn(move || read_lines(err, rank, Stream::Stderr, &t2));
+                let exited: Arc<OnceLock<Instant>> = Arc::default();
+                let reader = |pipe, stream| {
+                    let (tx, exited) = (tx.clone(), exited.clone());
+                    let deliver = move |o| tx.send(Event::Output(o)).is_ok();
+                    move || rank_output::read(pipe, rank, stream, &deliver, &exited)
+                };
+                let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
+                let r1 = std::thread::spawn(reader(file(out.into()), Stream::Stdout));
+                let r2 = std::thread::spawn(reader(file(err.into()), Stream::Stderr));
                 let status = child.wait();
-                // Every line the rank wrote is delivered before its exit.
+                let _ = exited.set(Instant::now());
+                // Every line the rank wrote is delivered before its exit (what something it
+                // left running writes is read for a moment only).
                 let _ = (r1.join(), r2.join());
                 let _ = tx.send(Event::Exit(rank, status));
             });
@@ -162,7 +168,7 @@ fn watch(
 
     let mut ranks: Vec<Option<RankReport>> = vec![None; n];
     let mut last_lines: Vec<VecDeque<String>> = vec![VecDeque::new(); n];
-    let mut grouped: Vec<[String; 2]> = vec![[String::new(), String::new()]; n];
+    let mut grouped: Vec<Grouped> = (0..n).map(|_| Grouped::default()).collect();
     let mut stopped: Option<StopReason> = None;
     let mut kill_at: Option<Instant> = None;
     let deadline = policy.timeout.map(|t| started + t);
@@ -177,7 +183,7 @@ fn watch(
 
     while ranks.iter().any(Option::is_none) {
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Event::Lines(rank, stream, lines)) => {
+            Ok(Event::Output(Output::Lines(rank, stream, lines))) => {
                 let tail = &mut last_lines[rank];
                 for l in &lines {
                     if tail.len() == LAST_LINES {
@@ -190,11 +196,11 @@ fn watch(
                     let text: String = lines.iter().map(|l| format!("[{global}] {l}\n")).collect();
                     match policy.group_outputs {
                         GroupOutputs::Order => sink.output(stream, &text),
-                        GroupOutputs::Rank => grouped[rank][stream as usize].push_str(&text),
+                        GroupOutputs::Rank => grouped[rank].keep(stream, text, lines.len()),
                     }
                 }
             }
-            Ok(Event::Display(rank, data)) => {
+            Ok(Event::Output(Output::Display(rank, data))) => {
                 let global = policy.first_rank + rank;
                 if policy.see.shows(global) {
                     sink.display(global, data);
@@ -239,12 +245,23 @@ fn watch(
         kill_group(*pid, Signal::SIGKILL);
     }
     if policy.group_outputs == GroupOutputs::Rank {
-        for (out, err) in grouped.iter().map(|[o, e]| (o, e)) {
+        for (rank, g) in grouped.iter().enumerate() {
+            let [out, err] = &g.text;
             if !out.is_empty() {
                 sink.output(Stream::Stdout, out);
             }
             if !err.is_empty() {
                 sink.output(Stream::Stderr, err);
+            }
+            if g.dropped_lines > 0 {
+                let note = format!(
+                    "[{}] ... {} more lines ({} bytes) not shown: --group-outputs rank keeps {} MiB per rank\n",
+                    policy.first_rank + rank,
+                    g.dropped_lines,
+                    g.dropped_bytes,
+                    GROUPED_LIMIT >> 20
+                );
+                sink.output(Stream::Stderr, &note);
             }
         }
     }
@@ -253,6 +270,25 @@ fn watch(
         stopped,
         elapsed: started.elapsed(),
         first_rank: policy.first_rank,
+    }
+}
+
+/// One rank's output kept for `--group-outputs rank`, up to [`GROUPED_LIMIT`].
+#[derive(Default)]
+struct Grouped {
+    text: [String; 2],
+    dropped_lines: usize,
+    dropped_bytes: usize,
+}
+
+impl Grouped {
+    fn keep(&mut self, stream: Stream, text: String, lines: usize) {
+        if self.text[0].len() + self.text[1].len() + text.len() > GROUPED_LIMIT {
+            self.dropped_lines += lines;
+            self.dropped_bytes += text.len();
+        } else {
+            self.text[stream as usize].push_str(&text);
+        }
     }
 }
 
@@ -287,91 +323,5 @@ fn ending_of(
             _ => Ending::ExitCode(-1),
         },
         Err(e) => Ending::NotStarted(e.to_string()),
-    }
-}
-
-/// Reads a rank's pipe in chunks, sending whole lines (a last unterminated line at EOF
-/// too). On stdout, evcxr-style display blocks become [`Event::Display`].
-fn read_lines(mut pipe: impl Read, rank: usize, stream: Stream, tx: &mpsc::Sender<Event>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
-    let mut display = DisplayParser::default();
-    loop {
-        let n = match pipe.read(&mut buf) {
-            Ok(0) | Err(_) => 0,
-            Ok(n) => n,
-        };
-        if n == 0 {
-            if !pending.is_empty() {
-                let last = String::from_utf8_lossy(&pending).into_owned();
-                send_lines(vec![last], rank, stream, &mut display, tx);
-            }
-            return;
-        }
-        pending.extend_from_slice(&buf[..n]);
-        let Some(end) = pending.iter().rposition(|&b| b == b'\n') else { continue };
-        let complete: Vec<u8> = pending.drain(..=end).collect();
-        let text = String::from_utf8_lossy(&complete[..complete.len() - 1]).into_owned();
-        let lines = text.split('\n').map(str::to_string).collect();
-        send_lines(lines, rank, stream, &mut display, tx);
-    }
-}
-
-fn send_lines(lines: Vec<String>, rank: usize, stream: Stream, display: &mut DisplayParser, tx: &mpsc::Sender<Event>) {
-    if stream == Stream::Stderr {
-        let _ = tx.send(Event::Lines(rank, stream, lines));
-        return;
-    }
-    let mut text = Vec::new();
-    for line in lines {
-        match display.feed(line) {
-            Fed::Text(l) => text.push(l),
-            Fed::Consumed => {}
-            Fed::Block(data) => {
-                if !text.is_empty() {
-                    let _ = tx.send(Event::Lines(rank, stream, std::mem::take(&mut text)));
-                }
-                let _ = tx.send(Event::Display(rank, data));
-            }
-        }
-    }
-    if !text.is_empty() {
-        let _ = tx.send(Event::Lines(rank, stream, text));
-    }
-}
-
-#[derive(Default)]
-struct DisplayParser {
-    block: Option<(String, String)>,
-}
-
-enum Fed {
-    Text(String),
-    Consumed,
-    Block(Map<String, Value>),
-}
-
-impl DisplayParser {
-    fn feed(&mut self, line: String) -> Fed {
-        if let Some((mime, mut body)) = self.block.take() {
-            if line == "EVCXR_END_CONTENT" {
-                let mut data = Map::new();
-                data.insert(mime, Value::String(body));
-                return Fed::Block(data);
-            }
-            if !body.is_empty() {
-                body.push('\n');
-            }
-            body.push_str(&line);
-            self.block = Some((mime, body));
-            return Fed::Consumed;
-        }
-        match line.strip_prefix("EVCXR_BEGIN_CONTENT ") {
-            Some(mime) => {
-                self.block = Some((mime.trim().to_string(), String::new()));
-                Fed::Consumed
-            }
-            None => Fed::Text(line),
-        }
     }
 }

@@ -102,6 +102,7 @@ impl EvcxrSession {
     /// environment.
     pub fn start() -> anyhow::Result<EvcxrSession> {
         private_dir::remove_stale();
+        procs::adopt_orphans();
         let private = private_dir::PrivateDir::create()
             .map_err(|e| anyhow::anyhow!("cannot create the kernel's private directory in {}: {e}", std::env::temp_dir().display()))?;
         let workdir = workdir::WorkDir::claim(private.path());
@@ -295,7 +296,9 @@ impl Interpreter for EvcxrSession {
         // Everything the cell causes, evcxr's own builds included, goes to this cell.
         self.cell.begin(cx.sink.clone());
         let _end = CellEnd { cell: self.cell.clone(), run: self.run.clone() };
-        self.execute_cell(code, cx)
+        let outcome = self.execute_cell(code, cx);
+        procs::reap_adopted(&self.own_children());
+        outcome
     }
 
     fn complete(&mut self, code: &str, cursor: usize) -> Completions {
@@ -351,6 +354,14 @@ impl Interpreter for EvcxrSession {
         self.listener = None;
         // The process exits without running destructors: remove what is ours now.
         let _ = std::fs::remove_dir_all(self.private.path());
+    }
+}
+
+impl EvcxrSession {
+    /// Children whose owner waits for them (evcxr's child process).
+    fn own_children(&self) -> Vec<i32> {
+        let child = self.run.child.lock().unwrap_or_else(|e| e.into_inner());
+        child.as_ref().map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).id() as i32).into_iter().collect()
     }
 }
 

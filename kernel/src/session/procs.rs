@@ -1,13 +1,21 @@
 //! The kernel's descendant processes, read from /proc: evcxr gives no handle on the cargo
-//! builds it runs, and an interrupt must be able to stop them.
+//! builds it runs, and an interrupt must be able to stop them; and the processes the
+//! kernel adopts.
+//!
+//! The kernel is a child subreaper ([`adopt_orphans`]): what a rank leaves running, even
+//! in a session of its own (`setsid`), becomes the kernel's child when the rank ends
+//! instead of init's, so [`end_new_orphans`] can find and stop it; and adopted processes
+//! that end are reaped ([`reap_adopted`]), never left as zombies.
 
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 struct Proc {
     ppid: i32,
     comm: String,
+    zombie: bool,
 }
 
 fn table() -> HashMap<i32, Proc> {
@@ -19,9 +27,10 @@ fn table() -> HashMap<i32, Proc> {
         // "pid (comm) state ppid ..."; comm may contain spaces and parentheses.
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let comm = stat[open + 1..close].to_string();
-        let ppid = stat[close + 1..].split_whitespace().nth(1).and_then(|s| s.parse().ok());
-        if let Some(ppid) = ppid {
-            procs.insert(pid, Proc { ppid, comm });
+        let mut fields = stat[close + 1..].split_whitespace();
+        let zombie = fields.next() == Some("Z");
+        if let Some(ppid) = fields.next().and_then(|s| s.parse().ok()) {
+            procs.insert(pid, Proc { ppid, comm, zombie });
         }
     }
     procs
@@ -39,6 +48,50 @@ fn descendants_of(root: i32, procs: &HashMap<i32, Proc>) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Makes orphaned descendants of the kernel its children (Linux's child subreaper).
+pub fn adopt_orphans() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        crate::log!("processes left by ranks cannot be tracked (no child subreaper): {e}");
+    }
+}
+
+/// The kernel's children now.
+pub fn children() -> HashSet<i32> {
+    let me = std::process::id() as i32;
+    table().into_iter().filter(|(_, p)| p.ppid == me).map(|(pid, _)| pid).collect()
+}
+
+/// Stops and reaps the kernel's children that were not among `before` and are not in
+/// `keep`: processes a launch's ranks left behind (and, level by level, what those
+/// started). Returns how many there were.
+pub fn end_new_orphans(before: &HashSet<i32>, keep: &[i32]) -> usize {
+    let mut ended = 0;
+    // Killing an orphan orphans its own children, which the kernel then adopts: a few
+    // rounds reach down a process tree.
+    for _ in 0..8 {
+        let new: Vec<i32> = children().into_iter().filter(|p| !before.contains(p) && !keep.contains(p)).collect();
+        if new.is_empty() {
+            break;
+        }
+        for &pid in &new {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        ended += new.len();
+    }
+    ended
+}
+
+/// Reaps adopted children that ended (not `keep`, which their owners wait for).
+pub fn reap_adopted(keep: &[i32]) {
+    let me = std::process::id() as i32;
+    for (pid, p) in table() {
+        if p.ppid == me && p.zombie && !keep.contains(&pid) {
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
 }
 
 /// Kills every `cargo` the kernel started (and the compilers under it). Returns whether

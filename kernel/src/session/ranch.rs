@@ -376,8 +376,13 @@ impl EvcxrSession {
         if self.run.interrupted.load(Ordering::SeqCst) {
             cancel.cancel(); // an interrupt that came just before the cancel handle existed
         }
+        let children_before = super::procs::children();
         let report = supervise::supervise(args.n, &spawn, run_dir, &policy, &SinkAdapter(cx), &cancel, &panic_line);
         *self.run.ranch_cancel.lock().unwrap() = None;
+        let left = super::procs::end_new_orphans(&children_before, &self.own_children());
+        if left > 0 {
+            crate::log!("stopped {left} processes the ranks left running");
+        }
         if let Some((evalue, traceback)) = merge::failure(&report) {
             let ename = if report.stopped == Some(supervise::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
             return Err(CellError { ename: ename.into(), evalue, traceback });
