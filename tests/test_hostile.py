@@ -388,3 +388,90 @@ def test_a_flooding_rank_does_not_grow_the_kernel(kernel):
         sampler.join()
     assert run.stream().count("\n") == 600_000
     assert peak[0] - before < 300_000, f"the kernel grew by {(peak[0] - before) // 1024} MiB"
+
+
+# --- when the kernel is killed ------------------------------------------------------
+
+def kernel_leftovers(pid):
+    import glob
+    import os
+    return (glob.glob(f"/dev/shm/ranch-{pid}-*")
+            + glob.glob(f"{os.environ.get('TMPDIR', '/tmp')}/ranch-session-{pid}-*"))
+
+
+def wait_gone(check, seconds=10):
+    deadline = time.monotonic() + seconds
+    while check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not check()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_nothing_is_left_when_the_kernel_is_killed_during_a_launch(how):
+    import os
+    import signal
+    from conftest import cell_running, rank_processes
+    code = ('%%ranch 2\nranch::comm().barrier().unwrap();\nprintln!("up");\n'
+            'std::thread::sleep(std::time::Duration::from_secs(300));')
+    with cell_running(code, "up") as (km, kc, msg_id):
+        ranks = list(rank_processes(kc.pid))
+        assert len(ranks) == 2 and kernel_leftovers(kc.pid)
+        pid = kc.pid
+        os.kill(pid, getattr(signal, how))
+        assert wait_gone(lambda: __import__("conftest").alive(pid)), "the kernel ended"
+        assert wait_gone(lambda: any(__import__("conftest").alive(r) for r in ranks))
+        assert wait_gone(lambda: kernel_leftovers(pid)), kernel_leftovers(pid)
+
+
+def test_a_rank_build_does_not_outlive_a_killed_kernel(tmp_path):
+    import os
+    import signal
+    from conftest import alive, descendants, local_crate, start, stop
+    km, kc = start()
+    try:
+        name, dep = local_crate(tmp_path, build_rs="fn main() { std::thread::sleep(std::time::Duration::from_secs(600)); }\n")
+        msg_id = kc.execute(f"%%ranch 2\n{dep}\n{name}::answer()")
+        deadline = time.monotonic() + 180
+        builders = []
+        while not builders and time.monotonic() < deadline:
+            builders = [p for p, c in descendants(kc.pid).items() if "build-script-build" in c]
+            time.sleep(0.2)
+        assert builders, "the build script runs"
+        pid = kc.pid
+        os.kill(pid, signal.SIGKILL)
+        assert wait_gone(lambda: any(alive(b) for b in builders)), "the janitor stopped the build"
+        assert wait_gone(lambda: kernel_leftovers(pid))
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
+
+
+def test_a_token_published_by_a_dead_kernel_is_not_used(tmp_path):
+    import os
+    from conftest import start, stop
+    runtime = tmp_path / "run"
+    (runtime / "ranch" / "groups").mkdir(parents=True)
+    port = 1 + os.getpid() % 60000
+    child = subprocess.Popen(["true"])
+    child.wait()
+    (runtime / "ranch" / "groups" / f"{port}.token").write_text(f"{child.pid} deadbeef")
+    km, kc = start(env=dict(os.environ, XDG_RUNTIME_DIR=str(runtime)))
+    try:
+        run = execute(kc, f"%%ranch 1 --world-size 2 --base-rank 1 --port {port}\n1", timeout=120)
+        assert run.reply["content"]["ename"] == "UsageError"
+        assert "no running kernel hosts a group" in run.reply["content"]["evalue"]
+    finally:
+        stop(km, kc)
+
+
+def test_without_home_the_cache_is_the_users_own():
+    import os
+    import pwd
+    from conftest import start, stop
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME", "RANCH_CACHE_DIR")}
+    km, kc = start(env=env)
+    try:
+        where = ok(execute(kc, 'std::env::var("EVCXR_TMPDIR").unwrap()', timeout=300)).result().strip('"')
+        assert where.startswith(pwd.getpwuid(os.getuid()).pw_dir + "/.cache/ranch/work/"), where
+    finally:
+        stop(km, kc)

@@ -54,6 +54,8 @@ fn main() {
     if std::env::var_os(ranch_magics::build::WRAPPER_ENV).is_some() {
         ranch_magics::build::rustc_wrapper();
     }
+    // The kernel's janitor is this same binary too (see session/janitor.rs).
+    ranch_kernel::session::run_if_janitor();
     // The evcxr child process is this same binary: it serves evcxr's protocol and never
     // returns (a no-op in the kernel itself).
     ranch_kernel::session::run_child_if_child();

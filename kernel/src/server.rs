@@ -86,6 +86,19 @@ pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow
         }
     });
 
+    let k = kernel.clone();
+    tokio::spawn(async move {
+        // SIGTERM (how jupyter_client stops a kernel that did not answer a shutdown
+        // request, and how a system stops its processes) is a clean shutdown.
+        let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        if sig.recv().await.is_some() {
+            crate::log!("SIGTERM: shutting down");
+            k.interrupt();
+            let _ = tokio::time::timeout(Duration::from_secs(5), k.engine.shutdown()).await;
+            std::process::exit(0);
+        }
+    });
+
     let shell = tokio::spawn(serve_channel(kernel.clone(), shell_rx, shell_tx, "shell"));
     let control = tokio::spawn(serve_channel(kernel.clone(), control_rx, control_tx, "control"));
     tokio::select! { _ = shell => {}, _ = control => {} }

@@ -74,13 +74,15 @@ impl BuildHandle {
 }
 
 /// Writes the crate into `dir` and builds it; returns the executable. `progress` gets
-/// cargo's human-readable lines (`Compiling ...`).
+/// cargo's human-readable lines (`Compiling ...`); `group` is told the build's process
+/// group when it starts (`true`) and ends (`false`), so that it never outlives the caller.
 pub fn build(
     program: &RankProgram,
     dir: &Path,
     tools: &Toolchain,
     handle: &BuildHandle,
     progress: &(dyn Fn(&str) + Sync),
+    group: &dyn Fn(i32, bool),
 ) -> Result<PathBuf, BuildError> {
     let io = |e: std::io::Error| BuildError::Failed(format!("cannot write the rank program in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir.join("src")).map_err(io)?;
@@ -107,6 +109,7 @@ pub fn build(
     }
     let mut child = cmd.spawn().map_err(|e| BuildError::Failed(format!("cannot run cargo ({}): {e}", tools.cargo.display())))?;
     *handle.0.lock().unwrap() = Some(child.id() as i32);
+    group(child.id() as i32, true);
     let stderr = child.stderr.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
     let mut executable = None;
@@ -138,8 +141,12 @@ pub fn build(
         }
         errs.join().unwrap_or_default()
     });
-    let status = child.wait().map_err(|e| BuildError::Failed(e.to_string()))?;
+    let status = child.wait().map_err(|e| BuildError::Failed(e.to_string()));
     *handle.0.lock().unwrap() = None;
+    // Whatever the build started is gone with it.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+    group(child.id() as i32, false);
+    let status = status?;
     use std::os::unix::process::ExitStatusExt;
     if status.signal().is_some() {
         return Err(BuildError::Stopped);

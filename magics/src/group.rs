@@ -54,14 +54,48 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Where a group hosted on `port` publishes its token for other kernels of the same user:
+/// Where groups publish their tokens for other kernels of the same user:
 /// `$XDG_RUNTIME_DIR/ranch/groups`, else `~/.cache/ranch/groups` (never a shared place).
-pub fn token_path(port: u16) -> Result<PathBuf, String> {
+pub fn token_dir() -> Result<PathBuf, String> {
     let base = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => home_dir().ok_or("neither XDG_RUNTIME_DIR nor a home directory is known")?.join(".cache"),
     };
-    Ok(base.join("ranch").join("groups").join(format!("{port}.token")))
+    Ok(base.join("ranch").join("groups"))
+}
+
+/// Where a group hosted on `port` publishes its token.
+pub fn token_path(port: u16) -> Result<PathBuf, String> {
+    Ok(token_dir()?.join(format!("{port}.token")))
+}
+
+/// A published token: `<pid of the hosting kernel> <token>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub host_pid: i32,
+    pub token: String,
+}
+
+impl Published {
+    pub fn parse(text: &str) -> Option<Published> {
+        let (pid, token) = text.trim().split_once(' ')?;
+        Some(Published { host_pid: pid.parse().ok()?, token: token.to_string() })
+    }
+
+    /// Whether the hosting kernel still runs (a file left by a killed one is not a group).
+    pub fn is_live(&self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.host_pid);
+        self.host_pid > 0 && nix::sys::signal::kill(pid, None) != Err(nix::errno::Errno::ESRCH)
+    }
+}
+
+/// The token of the live group hosted on `port`, if there is one.
+pub fn published_token(port: u16) -> Result<Option<String>, String> {
+    let text = match std::fs::read_to_string(token_path(port)?) {
+        Ok(t) => t,
+        Err(_) => return Ok(None),
+    };
+    Ok(Published::parse(&text).filter(Published::is_live).map(|p| p.token))
 }
 
 /// `$HOME`, else the home directory of the user in the password database.
@@ -92,7 +126,8 @@ impl GroupService {
         service.stop = Some(stop_tx);
         if publish {
             let path = token_path(port)?;
-            write_private(&path, token).map_err(|e| format!("cannot publish the group token at {}: {e}", path.display()))?;
+            let published = format!("{} {token}", std::process::id());
+            write_private(&path, &published).map_err(|e| format!("cannot publish the group token at {}: {e}", path.display()))?;
             service.token_file = Some(path);
         }
         let rendezvous = Rendezvous {
@@ -379,6 +414,17 @@ mod tests {
         let reply = hello(port, &format!("RANCH1 {token} 0"));
         assert!(reply.starts_with("OK "), "{reply:?}");
         drop(silent);
+    }
+
+    #[test]
+    fn a_token_left_by_a_dead_kernel_is_not_a_group() {
+        let live = Published::parse(&format!("{} abc", std::process::id())).unwrap();
+        assert!(live.is_live() && live.token == "abc");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id() as i32;
+        child.wait().unwrap();
+        assert!(!Published::parse(&format!("{dead} abc")).unwrap().is_live());
+        assert_eq!(Published::parse("abc"), None);
     }
 
     #[test]

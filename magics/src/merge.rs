@@ -159,6 +159,7 @@ mod tests {
             stopped: Some(StopReason::RankFailed(1)),
             elapsed: Default::default(),
             first_rank: 0,
+            pids: vec![],
         };
         let (evalue, tb) = failure(&report).unwrap();
         assert_eq!(evalue, "rank 1 panicked at cell line 3: boom");

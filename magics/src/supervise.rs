@@ -82,6 +82,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Global rank of `ranks[0]`.
     pub first_rank: usize,
+    /// The ranks' process ids (each leads its process group), `None` if not started.
+    pub pids: Vec<Option<u32>>,
 }
 
 enum Event {
@@ -270,6 +272,7 @@ fn watch(
         stopped,
         elapsed: started.elapsed(),
         first_rank: policy.first_rank,
+        pids: pids.lock().unwrap().clone(),
     }
 }
 

@@ -8,6 +8,7 @@ mod cache_dir;
 mod child;
 mod events;
 mod host_rust;
+mod janitor;
 mod kernel_stderr;
 mod private_dir;
 mod procs;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use child::run_if_child as run_child_if_child;
+pub use janitor::run_if_janitor;
 
 /// What the interrupter shares with the running cell.
 #[derive(Default)]
@@ -105,6 +107,9 @@ impl EvcxrSession {
         procs::adopt_orphans();
         let private = private_dir::PrivateDir::create()
             .map_err(|e| anyhow::anyhow!("cannot create the kernel's private directory in {}: {e}", std::env::temp_dir().display()))?;
+        if let Err(e) = janitor::start(private.path(), ranch_magics::group::token_dir().ok()) {
+            crate::log!("no janitor: what this kernel leaves when killed is cleaned by the next kernel only: {e}");
+        }
         let workdir = workdir::WorkDir::claim(private.path());
         // SAFETY: no other thread exists yet (see above), so nothing reads the environment
         // while it changes.

@@ -307,7 +307,8 @@ impl EvcxrSession {
         let sink = cx.sink.clone();
         let progress = move |line: &str| sink.stream(Stream::Stderr, &format!("{line}\n"));
         let crate_dir = self.workdir.rank_crate_dir().to_path_buf();
-        let built = build::build(program, &crate_dir, &tools, &handle, &progress);
+        let janitor = |pgid: i32, running: bool| if running { super::janitor::watch(pgid) } else { super::janitor::forget(pgid) };
+        let built = build::build(program, &crate_dir, &tools, &handle, &progress, &janitor);
         *self.run.ranch_build.lock().unwrap() = None;
         let exe = match built {
             Ok(exe) => exe,
@@ -372,12 +373,20 @@ impl EvcxrSession {
         let cancel = Cancel::default();
         *self.run.ranch_cancel.lock().unwrap() = Some(cancel.clone());
         let panic_line = |line: u32| program.cell_line(line as usize);
-        let spawn = |rank: usize| LocalSpawner.spawn_rank(&plan, rank);
+        // Each rank leads a process group; the janitor kills it if the kernel dies first.
+        let spawn = |rank: usize| {
+            let child = LocalSpawner.spawn_rank(&plan, rank)?;
+            super::janitor::watch(child.id() as i32);
+            Ok(child)
+        };
         if self.run.interrupted.load(Ordering::SeqCst) {
             cancel.cancel(); // an interrupt that came just before the cancel handle existed
         }
         let children_before = super::procs::children();
         let report = supervise::supervise(args.n, &spawn, run_dir, &policy, &SinkAdapter(cx), &cancel, &panic_line);
+        for pid in report.pids.iter().flatten() {
+            super::janitor::forget(*pid as i32);
+        }
         *self.run.ranch_cancel.lock().unwrap() = None;
         let left = super::procs::end_new_orphans(&children_before, &self.own_children());
         if left > 0 {
@@ -447,13 +456,12 @@ fn start_or_join_group(
         return Ok((Some(service), port, token));
     }
     let port = args.port.expect("checked by the parser: joining needs --port");
-    let path = group::token_path(port).map_err(ranch_error)?;
     // The hosting kernel may be a moment behind.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut waiting = false;
     loop {
-        if let Ok(token) = std::fs::read_to_string(&path) {
-            return Ok((None, port, token.trim().to_string()));
+        if let Some(token) = group::published_token(port).map_err(ranch_error)? {
+            return Ok((None, port, token));
         }
         if !waiting {
             waiting = true;
@@ -469,8 +477,7 @@ fn start_or_join_group(
         }
         if std::time::Instant::now() >= deadline {
             return Err(usage(format!(
-                "no group is hosted on port {port} (no token at {}): run the part with --base-rank 0 first, in another kernel",
-                path.display()
+                "no running kernel hosts a group on port {port}: run the part with --base-rank 0 first, in another kernel"
             )));
         }
         std::thread::sleep(Duration::from_millis(100));
