@@ -266,3 +266,64 @@ def test_waiting_for_another_kernels_group_can_be_interrupted():
     with cell_running(code, f"waiting for the group on port {port}") as (km, kc, msg_id):
         assert "nothing was launched" in interrupt(km, kc, msg_id)["evalue"]
         assert ok(execute(kc, "1 + 1")).result() == "2"
+
+
+def test_values_of_different_types_are_errors_not_reinterpretations(kc):
+    code = """%%ranch 2
+let c = ranch::comm();
+(if ranch::rank() == 0 { c.all_gather(&1i32).err() } else { c.all_gather(&1u32).err() }).map(|e| e.message)"""
+    res = ok(execute(kc, code)).result()
+    assert res.count("the ranks passed values of different types to all_gather (rank") == 2, res
+    code = """%%ranch 2
+let c = ranch::comm();
+(if ranch::rank() == 0 { c.send(&7i32, 1).err() } else { c.recv::<u32>(0).err() }).map(|e| e.message)"""
+    res = ok(execute(kc, code)).result()
+    assert res == '[None, Some("rank 0 sent a value of another type than the `u32` this rank receives")]', res
+
+
+def test_garbage_in_a_mailbox_is_an_error_not_a_crash(kc):
+    code = """%%ranch 2
+use std::os::unix::fs::FileExt;
+let c = ranch::comm();
+c.barrier().unwrap();
+if ranch::rank() == 0 {
+    // Scribble a mailbox header (0 -> 1) claiming 2^40 bytes in a 64 KiB mailbox.
+    let seg = std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("ranch-{}-", std::os::unix::process::parent_id())))
+        .unwrap().path();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(seg).unwrap();
+    let lay = ranch::__rt::group::Layout::new(2);
+    let mb = (lay.mailboxes + (0 * 2 + 1) * (64 + lay.mailbox_bytes)) as u64;
+    f.write_all_at(&(1u64 << 40).to_ne_bytes(), mb + 8).unwrap();
+    f.write_all_at(&(1u64 << 40).to_ne_bytes(), mb + 16).unwrap();
+    f.write_all_at(&1u64.to_ne_bytes(), mb).unwrap();
+    None
+} else {
+    Some(c.recv::<u8>(0).unwrap_err().message)
+}"""
+    res = ok(execute(kc, code)).result()
+    assert 'Some("rank 0 wrote a malformed message into its mailbox")' in res, res
+
+
+def test_threads_of_one_rank_may_send_and_receive_at_once(kc):
+    code = """%%ranch 2
+let c = ranch::comm();
+let per_thread = 40;
+let bad = std::thread::scope(|s| {
+    let workers: Vec<_> = (0..2u8).map(|t| s.spawn(move || {
+        let mut bad = 0;
+        for i in 0..per_thread {
+            if ranch::rank() == 0 {
+                // 200 KB: several mailbox chunks each, from two threads at once.
+                c.send(&vec![t * 100 + (i % 100) as u8; 200_000], 1).unwrap();
+            } else {
+                let v: Vec<u8> = c.recv(0).unwrap();
+                if v.len() != 200_000 || v.iter().any(|&b| b != v[0]) { bad += 1; }
+            }
+        }
+        bad
+    })).collect();
+    workers.into_iter().map(|w| w.join().unwrap()).sum::<usize>()
+});
+bad"""
+    assert ok(execute(kc, code, timeout=300)).result() == "[0, 0]"

@@ -137,7 +137,7 @@ impl Comm {
         match self.group(OP)? {
             None => value.ok_or_else(|| CommError::new(OP, vec![root], "the root must pass Some(value)".into())),
             Some(g) => {
-                let all = g.all_gather_bytes(OP, &mine)?;
+                let all = g.all_gather_bytes(OP, &mine, std::any::type_name::<T>())?;
                 decode(OP, root, &all[root])
             }
         }
@@ -159,7 +159,7 @@ impl Comm {
         match self.group(OP)? {
             None => Ok(vec![decode(OP, 0, &mine)?]),
             Some(g) => {
-                let all = g.all_gather_bytes(OP, &mine)?;
+                let all = g.all_gather_bytes(OP, &mine, std::any::type_name::<T>())?;
                 all.iter().enumerate().map(|(r, b)| decode(OP, r, b)).collect()
             }
         }
@@ -172,7 +172,7 @@ impl Comm {
         let mine = encode(OP, value)?;
         let all = match self.group(OP)? {
             None => vec![mine],
-            Some(g) => g.all_gather_bytes(OP, &mine)?,
+            Some(g) => g.all_gather_bytes(OP, &mine, std::any::type_name::<T>())?,
         };
         if self.rank != root {
             return Ok(None);
@@ -201,7 +201,7 @@ impl Comm {
         };
         let from_root = match self.group(OP)? {
             None => mine,
-            Some(g) => g.all_gather_bytes(OP, &mine)?.swap_remove(root),
+            Some(g) => g.all_gather_bytes(OP, &mine, std::any::type_name::<T>())?.swap_remove(root),
         };
         let parts: Vec<Vec<u8>> = decode(OP, root, &from_root)?;
         decode(OP, root, &parts[self.rank])
@@ -211,7 +211,9 @@ impl Comm {
     pub fn send<T: Serialize>(&self, value: &T, dest: usize) -> Result<(), CommError> {
         const OP: &str = "send";
         self.check_root(OP, dest)?;
-        let bytes = encode(OP, value)?;
+        // The type's tag first: `recv` of another type is an error, not a reinterpretation.
+        let mut bytes = shm::type_tag(std::any::type_name::<T>()).to_le_bytes().to_vec();
+        bytes.extend(encode(OP, value)?);
         match self.group(OP)? {
             None => Err(CommError::new(OP, vec![0], "a group of one has no other rank to send to".into())),
             Some(_) if dest == self.rank => Err(CommError::new(OP, vec![dest], "a rank cannot send to itself".into())),
@@ -226,7 +228,18 @@ impl Comm {
         match self.group(OP)? {
             None => Err(CommError::new(OP, vec![0], "a group of one has no other rank to receive from".into())),
             Some(_) if src == self.rank => Err(CommError::new(OP, vec![src], "a rank cannot receive from itself".into())),
-            Some(g) => decode(OP, src, &g.recv_bytes(src)?),
+            Some(g) => {
+                let bytes = g.recv_bytes(src)?;
+                let want = std::any::type_name::<T>();
+                match bytes.split_first_chunk::<8>() {
+                    Some((tag, value)) if u64::from_le_bytes(*tag) == shm::type_tag(want) => decode(OP, src, value),
+                    _ => Err(CommError::new(
+                        OP,
+                        vec![src],
+                        format!("rank {src} sent a value of another type than the `{want}` this rank receives"),
+                    )),
+                }
+            }
         }
     }
 }

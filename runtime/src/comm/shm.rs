@@ -120,6 +120,10 @@ pub struct Group {
     world: usize,
     timeout: Duration,
     progress: Mutex<Progress>,
+    /// One thread of this rank at a time per mailbox: `Comm` is `Sync`, and two threads
+    /// sending to (or receiving from) one rank at once would mix their chunks.
+    send_locks: Vec<Mutex<()>>,
+    recv_locks: Vec<Mutex<()>>,
 }
 
 // SAFETY: the mapping lives as long as the Group; cross-process access is synchronised by
@@ -220,7 +224,17 @@ impl Group {
             .filter(|t| *t > 0.0)
             .and_then(|t| Duration::try_from_secs_f64(t).ok())
             .map_or(Duration::from_secs(120), |t| t.min(Duration::from_secs(365 * 24 * 3600)));
-        let g = Group { base: base.cast(), lay, rank, world, timeout, progress: Mutex::default() };
+        let locks = || (0..world).map(|_| Mutex::new(())).collect();
+        let g = Group {
+            base: base.cast(),
+            lay,
+            rank,
+            world,
+            timeout,
+            progress: Mutex::default(),
+            send_locks: locks(),
+            recv_locks: locks(),
+        };
         if g.word(0).load(Ordering::Acquire) != MAGIC || g.word(1).load(Ordering::Acquire) != world as u64 {
             return Err(format!("{path} is not a ranch group segment for {world} ranks"));
         }
@@ -258,14 +272,16 @@ impl Group {
     /// The error of an operation on a group that an earlier failure broke: it names the
     /// ranks that caused that failure, and says what it was.
     fn broken(&self, op: &'static str, word: u64) -> CommError {
-        let rank = (word & 0xffff_ffff) as usize - 1;
+        // The segment is shared with other processes: nothing read from it is trusted.
+        let rank = ((word & 0xffff_ffff) as usize).checked_sub(1).filter(|&r| r < self.world);
         let first = KINDS.iter().find(|(k, _)| *k as u64 == word >> 32).map_or("operation", |(_, n)| n);
         let (ranks, why) = self.reason();
         let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+        let who = rank.map_or("a rank".to_string(), |r| format!("rank {r}"));
         CommError::new(
             op,
-            if ranks.is_empty() { vec![rank] } else { ranks },
-            format!("the group is broken: rank {rank}'s {first} failed earlier in this cell{why}, so no collective can complete until the cell ends"),
+            if ranks.is_empty() { rank.into_iter().collect() } else { ranks },
+            format!("the group is broken: {who}'s {first} failed earlier in this cell{why}, so no collective can complete until the cell ends"),
         )
     }
 
@@ -276,8 +292,11 @@ impl Group {
             return (vec![], String::new());
         }
         let count = (self.at::<AtomicU32>(base + 16).load(Ordering::Relaxed) as usize).min(REASON_RANKS);
-        let ranks = (0..count).map(|i| self.at::<AtomicU32>(base + REASON_RANKS_OFF + 4 * i).load(Ordering::Relaxed) as usize).collect();
-        let len = ((len - 1) as usize).min(REASON_TEXT);
+        let ranks = (0..count)
+            .map(|i| self.at::<AtomicU32>(base + REASON_RANKS_OFF + 4 * i).load(Ordering::Relaxed) as usize)
+            .filter(|&r| r < self.world)
+            .collect();
+        let len = (len.saturating_sub(1) as usize).min(REASON_TEXT);
         // SAFETY: inside the reason area, written before `len` was published.
         let bytes = unsafe { std::slice::from_raw_parts(self.base.add(base + REASON_TEXT_OFF), len) };
         (ranks, String::from_utf8_lossy(bytes).into_owned())
@@ -402,6 +421,12 @@ impl Group {
     /// Starts a collective: publishes what this rank is doing, waits for every rank, and
     /// checks they all do the same thing.
     fn begin(&self, p: &mut Progress, op: &'static str, desc: Desc) -> Result<(), CommError> {
+        self.begin_typed(p, op, desc, None)
+    }
+
+    /// [`begin`](Self::begin) for a collective of values of type `ty` (whose tag is in
+    /// `desc[1]`): ranks passing another type are named.
+    fn begin_typed(&self, p: &mut Progress, op: &'static str, desc: Desc, ty: Option<&str>) -> Result<(), CommError> {
         let copy = (p.collectives % 2) as usize;
         p.collectives += 1;
         for (i, w) in desc.iter().enumerate() {
@@ -412,6 +437,11 @@ impl Group {
             .map(|r| std::array::from_fn(|i| self.desc(r, copy, i).load(Ordering::Relaxed)))
             .collect();
         let odd: Vec<usize> = (0..self.world).filter(|&r| theirs[r] != desc).collect();
+        let only_types_differ = odd.iter().all(|&r| theirs[r][0] == desc[0] && theirs[r][2..] == desc[2..]);
+        if let (false, true, Some(ty)) = (odd.is_empty(), only_types_differ, ty) {
+            let message = format!("the ranks passed values of different types to {op} (rank {} passed a `{ty}`)", self.rank);
+            return Err(self.fail(op, odd, message));
+        }
         if !odd.is_empty() {
             let calls: Vec<String> = theirs.iter().enumerate().map(|(r, d)| format!("rank {r}: {}", describe(d))).collect();
             return Err(self.fail(op, odd, format!("the ranks called different collectives here ({})", calls.join("; "))));
@@ -483,18 +513,22 @@ impl Group {
         Ok(())
     }
 
-    /// Every rank's bytes, on every rank, in rounds of at most a slot each.
-    pub fn all_gather_bytes(&self, op: &'static str, mine: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
+    /// Every rank's bytes, on every rank, in rounds of at most a slot each. `ty` names the
+    /// values' type (its tag is compared across ranks). What other ranks wrote is checked
+    /// against what the protocol allows: a rank writing garbage gets a CommError.
+    pub fn all_gather_bytes(&self, op: &'static str, mine: &[u8], ty: &str) -> Result<Vec<Vec<u8>>, CommError> {
         let mut p = self.progress.lock().unwrap();
-        self.begin(&mut p, op, [kind_of(op) as u64, 0, 0, 0])?;
+        self.begin_typed(&mut p, op, [kind_of(op) as u64, type_tag(ty), 0, 0], Some(ty))?;
         let payload = self.lay.slot_bytes - 16;
         let mut out: Vec<Vec<u8>> = vec![Vec::new(); self.world];
         let mut totals = vec![0usize; self.world];
+        let mut rounds = 1usize;
         let mut round = 0usize;
-        loop {
+        while round < rounds {
             let start = (round * payload).min(mine.len());
             let part = &mine[start..(start + payload).min(mine.len())];
-            // SAFETY: header + part fit in the slot; barriers order writes before reads.
+            // SAFETY: header + part fit in the slot; barriers order writes before reads;
+            // lengths read back are checked before use.
             unsafe {
                 let slot = self.slot(self.rank);
                 std::ptr::copy_nonoverlapping((mine.len() as u64).to_ne_bytes().as_ptr(), slot, 8);
@@ -505,24 +539,32 @@ impl Group {
                     let slot = self.slot(r);
                     let mut word = [0u8; 8];
                     std::ptr::copy_nonoverlapping(slot, word.as_mut_ptr(), 8);
-                    totals[r] = u64::from_ne_bytes(word) as usize;
+                    let total = u64::from_ne_bytes(word);
                     std::ptr::copy_nonoverlapping(slot.add(8), word.as_mut_ptr(), 8);
-                    let n = (u64::from_ne_bytes(word) as usize).min(payload);
-                    o.extend_from_slice(std::slice::from_raw_parts(slot.add(16), n));
+                    let n = u64::from_ne_bytes(word);
+                    if round == 0 {
+                        totals[r] = usize::try_from(total).unwrap_or(usize::MAX);
+                    }
+                    let expected = (totals[r] - o.len()).min(payload);
+                    if total != totals[r] as u64 || n != expected as u64 {
+                        return Err(self.fail(op, vec![r], format!("rank {r} wrote a malformed {op} message into the shared segment")));
+                    }
+                    o.extend_from_slice(std::slice::from_raw_parts(slot.add(16), expected));
                 }
                 self.barrier_phase(&mut p, op)?;
             }
-            round += 1;
-            let rounds = totals.iter().map(|t| t.div_ceil(payload)).max().unwrap_or(0).max(1);
-            if round >= rounds {
-                return Ok(out);
+            if round == 0 {
+                rounds = totals.iter().map(|t| t.div_ceil(payload)).max().unwrap_or(0).max(1);
             }
+            round += 1;
         }
+        Ok(out)
     }
 
     /// Point-to-point: chunks through the (me, dest) mailbox, each handed over when the
     /// receiver has emptied the previous one.
     pub fn send_bytes(&self, bytes: &[u8], dest: usize) -> Result<(), CommError> {
+        let _one_at_a_time = self.send_locks[dest].lock().unwrap_or_else(|e| e.into_inner());
         let mb = self.mailbox(self.rank, dest);
         let full: &AtomicU64 = self.at(mb);
         let mut sent = 0usize;
@@ -542,21 +584,35 @@ impl Group {
     }
 
     pub fn recv_bytes(&self, src: usize) -> Result<Vec<u8>, CommError> {
+        let _one_at_a_time = self.recv_locks[src].lock().unwrap_or_else(|e| e.into_inner());
         let mb = self.mailbox(src, self.rank);
         let full: &AtomicU64 = self.at(mb);
         let mut out = Vec::new();
+        let mut total = None;
         loop {
             self.wait("recv", || full.load(Ordering::Acquire) == 1, || vec![src])?;
-            let n = self.at::<AtomicU64>(mb + 8).load(Ordering::Relaxed) as usize;
-            let total = self.at::<AtomicU64>(mb + 16).load(Ordering::Relaxed) as usize;
-            // SAFETY: the sender filled n bytes before setting `full`.
-            unsafe { out.extend_from_slice(std::slice::from_raw_parts(self.base.add(mb + MAILBOX_HEADER), n)) };
+            let n = self.at::<AtomicU64>(mb + 8).load(Ordering::Relaxed);
+            let said = self.at::<AtomicU64>(mb + 16).load(Ordering::Relaxed);
+            let whole = *total.get_or_insert(said);
+            // A chunk fits the mailbox, the message's size never changes, and the chunks add
+            // up to it exactly: anything else is garbage, never read past the mailbox.
+            let expected = (whole - out.len() as u64).min(self.lay.mailbox_bytes as u64);
+            if said != whole || n != expected || (n == 0 && whole != 0) {
+                return Err(self.fail("recv", vec![src], format!("rank {src} wrote a malformed message into its mailbox")));
+            }
+            // SAFETY: n <= the mailbox's size (checked above); the sender filled it before `full`.
+            unsafe { out.extend_from_slice(std::slice::from_raw_parts(self.base.add(mb + MAILBOX_HEADER), n as usize)) };
             full.store(0, Ordering::Release);
-            if out.len() >= total {
+            if out.len() as u64 >= whole {
                 return Ok(out);
             }
         }
     }
+}
+
+/// A tag for a type, the same in every rank of a launch (FNV-1a of its name).
+pub fn type_tag(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 fn ranks_text(ranks: &[usize]) -> String {
