@@ -107,3 +107,46 @@ def test_a_second_kernel_at_the_same_time_gets_its_own_build_directory(tmp_path)
     finally:
         stop(km1, kc1)
         stop(km2, kc2)
+
+
+def libcode_count(cache):
+    return len(list((cache / "ranch" / "work").glob("*/evcxr/target/*/debug/libcode_*.so")))
+
+
+def test_disk_use_stays_bounded_and_ranch_clean_frees_it(tmp_path):
+    import fcntl
+    cache = tmp_path / "cache"
+    (cache / "ranch").mkdir(parents=True)
+    # Runtime crates of two other ranch versions: one a running kernel still uses.
+    unused, in_use = cache / "ranch" / "runtime-00000000000000aa", cache / "ranch" / "runtime-00000000000000bb"
+    for d in (unused, in_use):
+        (d / "src").mkdir(parents=True)
+    held = open(cache / "ranch" / "runtime-00000000000000bb.lock", "w")
+    fcntl.flock(held, fcntl.LOCK_SH)
+    km, kc = kernel_on(cache)
+    try:
+        for i in range(4):
+            ok(execute(kc, f"{i} + 1"))
+        assert not unused.exists() and in_use.exists(), "unused versions go, used ones stay"
+        left = libcode_count(cache)
+        assert left >= 6
+    finally:
+        stop(km, kc)
+    km, kc = kernel_on(cache)
+    try:
+        assert shown(ok(execute(kc, "1 + 1"))) == [("execute_result", "2")]
+        assert libcode_count(cache) <= left - 3, "cells of earlier kernels are removed"
+        for body in ("1", "2"):
+            ok(execute(kc, f"%%ranch 2\n{body}", timeout=300))
+        out = ok(execute(kc, "%ranch_clean")).stream()
+        assert out.startswith("Removed 2 built rank programs of this session ("), out
+        assert ok(execute(kc, "%%ranch 2\n3", timeout=300)).result() == "[3, 3]", "built again when needed"
+        bad = execute(kc, "%ranch_clean --everything")
+        assert bad.reply["content"]["ename"] == "UsageError"
+        out = ok(execute(kc, "%ranch_clean --all")).stream()
+        assert "this kernel's build directory" in out
+        assert not list((cache / "ranch" / "work").glob("*/evcxr/target"))
+        assert ok(execute(kc, "40 + 2", timeout=600)).result() == "42", "and the session works on"
+    finally:
+        stop(km, kc)
+        held.close()

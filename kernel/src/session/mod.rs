@@ -6,6 +6,7 @@
 
 mod cache_dir;
 mod child;
+mod disk;
 mod events;
 mod host_rust;
 mod janitor;
@@ -219,13 +220,18 @@ impl EvcxrSession {
         if ranch::is_ranch_cell(code) {
             return self.run_ranch(code, cx);
         }
+        if let Some(args) = code.trim_start().strip_prefix("%ranch_clean") {
+            return self.ranch_clean(args, cx);
+        }
         if let Some(refusal) = refused_command(code) {
             return Err(refusal);
         }
         if let Some(magic) = unknown_magic(code) {
             return Err(CellError::new(
                 "UsageError",
-                format!("unknown magic `{magic}`: ranch has `%%ranch N` (see `%%ranch --help`)"),
+                format!(
+                    "unknown magic `{magic}`: ranch has `%%ranch N`, `%in_ddp N EXPR` (see `%%ranch --help`) and `%ranch_clean`"
+                ),
             ));
         }
         self.generation += 1;

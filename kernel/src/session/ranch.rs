@@ -21,6 +21,8 @@ use std::time::Duration;
 pub(super) struct RanchState {
     /// `ranch` is a dependency of the session.
     runtime_added: bool,
+    /// Held while this kernel uses its runtime version (see `disk`).
+    runtime_in_use: Option<super::disk::RuntimeInUse>,
     /// The session's items and deps, with the session generation they were read at.
     snapshot: Option<(u64, SessionSnapshot)>,
     toolchain: Option<(Toolchain, String)>,
@@ -44,6 +46,11 @@ fn usage(msg: impl Into<String>) -> CellError {
 fn ranch_error(msg: impl Into<String>) -> CellError {
     CellError::new("RanchError", msg)
 }
+
+const CLEAN_HELP: &str = "Usage: %ranch_clean [--all]\n\n\
+Frees disk space ranch uses: this session's built rank programs, and runtime crates of other\n\
+ranch versions that no kernel uses. With --all, also the build directories no running kernel\n\
+uses and this kernel's own (its dependencies are compiled again when next needed).\n";
 
 /// Whether a cell is a `%%ranch` cell.
 pub fn is_ranch_cell(code: &str) -> bool {
@@ -74,14 +81,57 @@ impl EvcxrSession {
         if self.ranch.runtime_added {
             return Ok(());
         }
+        // Locked before it is unpacked: a kernel of another ranch version, tidying, then
+        // leaves it alone.
+        let dir = super::runtime_crate::dir();
+        if self.ranch.runtime_in_use.is_none() {
+            let _ = std::fs::create_dir_all(dir.parent().expect("has parent"));
+            self.ranch.runtime_in_use = super::disk::use_runtime(&dir).ok();
+        }
         let dir = super::runtime_crate::unpack()
             .map_err(|e| ranch_error(format!("cannot unpack the ranch runtime crate: {e}")))?;
+        let target = self.workdir.target_dir();
+        let old = super::disk::remove_unused_runtimes(&super::cache_dir::root(), &dir, &[target]);
+        if old > 0 {
+            crate::log!("removed {old} runtime crates of other ranch versions that no kernel uses");
+        }
         let dep = format!(":dep ranch = {{ path = {:?} }}", dir.to_string_lossy());
         let ctx = self.context()?;
         ctx.execute(&dep)
             .map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
         self.ranch.runtime_added = true;
         Ok(())
+    }
+
+    /// `%ranch_clean [--all]`: frees the disk ranch uses, and says how much.
+    pub(super) fn ranch_clean(&mut self, args: &str, cx: &CellContext) -> CellOutcome {
+        use super::disk::{self, mib};
+        let all = match args.split_whitespace().collect::<Vec<_>>()[..] {
+            [] => false,
+            ["--all"] => true,
+            ["--help"] | ["-h"] => {
+                cx.sink.stream(Stream::Stdout, CLEAN_HELP);
+                return Ok(None);
+            }
+            _ => return Err(usage(format!("%ranch_clean takes only --all, got `{}`\n\n{CLEAN_HELP}", args.trim()))),
+        };
+        let mut said = Vec::new();
+        let artifacts = self.session_dir()?.join("artifacts");
+        let (programs, bytes) = disk::bound_artifacts(&artifacts, 0, 0);
+        said.push(format!("{programs} built rank programs of this session ({})", mib(bytes)));
+        let target = self.workdir.target_dir();
+        let versions = disk::remove_unused_runtimes(&super::cache_dir::root(), &super::runtime_crate::dir(), &[target.clone()]);
+        said.push(format!("{versions} runtime crates of other ranch versions"));
+        if all {
+            let (dirs, bytes) = super::workdir::remove_unused(&super::cache_dir::root().join("work"));
+            said.push(format!("{dirs} build directories no running kernel uses ({})", mib(bytes)));
+            let own = disk::disk_usage(&target);
+            let _ = std::fs::remove_dir_all(&target);
+            said.push(format!("this kernel's build directory ({}; dependencies are compiled again when next needed)", mib(own)));
+            // Rank programs are built again too: their toolchain facts stay valid.
+        }
+        cx.sink.stream(Stream::Stdout, &format!("Removed {}.\n", said.join(", ")));
+        Ok(None)
     }
 
     fn session_dir(&mut self) -> Result<PathBuf, CellError> {
@@ -300,6 +350,7 @@ impl EvcxrSession {
         std::hash::Hash::hash(&(&program.cargo_toml, &program.main_rs), &mut hasher);
         let artifact = session_dir.join("artifacts").join(format!("{:016x}", std::hash::Hasher::finish(&hasher)));
         if artifact.exists() {
+            super::disk::touch(&artifact);
             return Ok(artifact);
         }
         let handle = build::BuildHandle::default();
@@ -327,6 +378,8 @@ impl EvcxrSession {
         std::fs::create_dir_all(artifact.parent().expect("has parent"))
             .and_then(|_| std::fs::copy(&exe, &artifact))
             .map_err(|e| ranch_error(format!("cannot keep the built rank program: {e}")))?;
+        use super::disk::{ARTIFACTS_MAX, ARTIFACTS_MAX_BYTES, bound_artifacts};
+        bound_artifacts(artifact.parent().expect("has parent"), ARTIFACTS_MAX, ARTIFACTS_MAX_BYTES);
         Ok(artifact)
     }
 

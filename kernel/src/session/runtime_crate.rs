@@ -18,11 +18,16 @@ const FILES: &[(&str, &str)] = &[
     ("src/comm/shm.rs", include_str!("../../../runtime/src/comm/shm.rs")),
 ];
 
-/// Unpacks the crate (if this version is not there yet) and returns its directory.
-pub fn unpack() -> std::io::Result<PathBuf> {
+/// Where this version of the crate is unpacked.
+pub fn dir() -> PathBuf {
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(FILES, &mut hasher);
-    let dir = super::cache_dir::root().join(format!("runtime-{:016x}", std::hash::Hasher::finish(&hasher)));
+    super::cache_dir::root().join(format!("runtime-{:016x}", std::hash::Hasher::finish(&hasher)))
+}
+
+/// Unpacks the crate (if this version is not there yet) and returns its directory.
+pub fn unpack() -> std::io::Result<PathBuf> {
+    let dir = dir();
     if dir.join("Cargo.toml").exists() {
         return Ok(dir);
     }

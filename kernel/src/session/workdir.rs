@@ -65,6 +65,11 @@ impl WorkDir {
         }
     }
 
+    /// The build directory evcxr and rank builds share.
+    pub fn target_dir(&self) -> PathBuf {
+        self.evcxr.join("target")
+    }
+
     /// evcxr's directory (`EVCXR_TMPDIR`).
     pub fn evcxr_dir(&self) -> &Path {
         &self.evcxr
@@ -104,7 +109,9 @@ fn claim_persistent(base: &Path) -> std::io::Result<Option<(PathBuf, Flock<File>
             // The lock file's time says when a kernel last used the directory.
             let _ = lock.set_modified(SystemTime::now());
             make_private_dir(&root)?;
-            keep_within_limit(&root.join("evcxr").join("target"), target_limit());
+            let target = root.join("evcxr").join("target");
+            keep_within_limit(&target, target_limit());
+            super::disk::remove_old_cells(&target);
             claimed = Some((root, lock));
         } else if is_unused(&lock_path) {
             // Not held by anyone (we hold its lock right now) and long unused.
@@ -112,6 +119,23 @@ fn claim_persistent(base: &Path) -> std::io::Result<Option<(PathBuf, Flock<File>
         }
     }
     Ok(claimed)
+}
+
+/// Removes every build directory under `base` that no kernel holds. Returns how many, and
+/// their size.
+pub fn remove_unused(base: &Path) -> (usize, u64) {
+    let (mut count, mut bytes) = (0, 0);
+    for n in 0..MAX_DIRS {
+        let Ok(file) = File::options().write(true).open(base.join(format!("{n}.lock"))) else { continue };
+        let Ok(_unused) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else { continue };
+        let root = base.join(n.to_string());
+        let size = disk_usage(&root);
+        if std::fs::remove_dir_all(&root).is_ok() {
+            count += 1;
+            bytes += size;
+        }
+    }
+    (count, bytes)
 }
 
 fn is_unused(lock_path: &Path) -> bool {
@@ -134,14 +158,7 @@ fn keep_within_limit(target: &Path, limit: u64) {
     }
 }
 
-fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
-    entries.flatten().map(|e| disk_usage(&e.path())).sum()
-}
+use super::disk::disk_usage;
 
 #[cfg(test)]
 mod tests {
