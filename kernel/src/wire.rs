@@ -58,10 +58,20 @@ pub enum WireError {
 
 pub async fn read<S: SocketRecv>(conn: &mut Connection<S>, replays: &ReplayGuard) -> Result<Incoming, WireError> {
     let multipart = conn.socket.recv().await?;
+    parse(multipart, &conn.mac, replays)
+}
+
+/// A received multipart message, checked (signature, replay) and decoded. Any bytes give an
+/// answer: a request, a malformed request, or a rejection.
+pub fn parse(
+    multipart: zeromq::ZmqMessage,
+    mac: &Option<ring::hmac::Key>,
+    replays: &ReplayGuard,
+) -> Result<Incoming, WireError> {
     let signature = multipart.iter().skip_while(|p| &p[..] != b"<IDS|MSG>").nth(1).cloned();
-    let raw = RawMessage::from_multipart(multipart, &conn.mac)
+    let raw = RawMessage::from_multipart(multipart, mac)
         .map_err(|e| WireError::Rejected(format!("{e} (bad signature or framing)")))?;
-    if conn.mac.is_some() {
+    if mac.is_some() {
         if let Some(signature) = signature {
             if !replays.first_time(&signature) {
                 return Err(WireError::Rejected("a message with the signature of an earlier one (a replay)".into()));
