@@ -166,10 +166,16 @@ def wait_for_output(kc, msg_id, needle, timeout=180):
     seen = ""
     while time.monotonic() < deadline:
         msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
             seen += msg["content"]["text"]
             if needle in seen:
                 return
+        elif msg["msg_type"] == "error":
+            seen += f"\n[error] {msg['content']['ename']}: {msg['content']['evalue']}"
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            raise AssertionError(f"the cell ended without writing {needle!r} (it wrote {seen!r})")
     raise AssertionError(f"the cell did not write {needle!r} within {timeout}s (wrote {seen!r})")
 
 

@@ -15,3 +15,18 @@ def test_latency_benchmark_runs_in_short_form():
     assert [r.split("  ")[0] for r in rows] == [
         "warm: start to kernel_info_reply", "warm: start to first result",
         "warm: median trivial cell", "warm: cell calling an earlier fn"], out.stdout
+
+
+def test_fault_soak_in_short_form():
+    out = subprocess.run([sys.executable, str(BENCH / "soak.py"), "--quick", "--seed", "7"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = dict(l.rsplit(None, 1) if "[" not in l else (l.split("  ")[0], l.split("  ")[-1].strip())
+                   for l in out.stdout.splitlines() if l and not l.startswith(("seed", "goal", "reported wrongly")))
+    figures = {k.strip(): v for k, v in figures.items()}
+    assert figures["reported correctly"] == figures["launches"], out.stdout
+    for key in ("orphaned processes", "leaked segments", "left by killed kernels"):
+        assert figures[key] == "0", out.stdout
+    assert figures["fd growth per kernel"] == "[0, 0]", out.stdout
+    rss = [float(x) for x in figures["RSS growth per kernel (MiB)"].strip("[]").split(",")]
+    assert max(rss) < 64, out.stdout

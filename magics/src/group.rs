@@ -121,7 +121,9 @@ impl GroupService {
         ranch::__rt::group::create(&seg, world).map_err(|e| format!("cannot create the shared-memory segment {seg}: {e}"))?;
         // From here on, dropping `service` removes the segment again.
         let mut service = GroupService { segment, port, stop: None, thread: None, token_file: None };
-        let segment_file = File::options().write(true).open(&service.segment).map_err(|e| e.to_string())?;
+        let segment_file = File::options().read(true).write(true).open(&service.segment).map_err(|e| e.to_string())?;
+        let header = ranch::__rt::group::Header::map(&segment_file, world)
+            .map_err(|e| format!("cannot map the shared-memory segment: {e}"))?;
         let (stop_rx, stop_tx) = nix::unistd::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
         service.stop = Some(stop_tx);
         if publish {
@@ -135,7 +137,7 @@ impl GroupService {
             token: token.as_bytes().to_vec(),
             reply: format!("OK {seg} {world}\n"),
             world,
-            segment: segment_file,
+            segment: header,
             pending: VecDeque::new(),
             members: Vec::new(),
             registered: vec![false; world],
@@ -185,7 +187,7 @@ struct Rendezvous {
     token: Vec<u8>,
     reply: String,
     world: usize,
-    segment: File,
+    segment: ranch::__rt::group::Header,
     pending: VecDeque<Pending>,
     members: Vec<Member>,
     registered: Vec<bool>,
@@ -347,7 +349,7 @@ impl Rendezvous {
 
     /// Marks a rank as gone for the group (`finished`: it returned from the cell).
     fn gone(&self, rank: usize, finished: bool) {
-        let _ = ranch::__rt::group::mark_exited(&self.segment, rank, finished);
+        self.segment.mark_exited(rank, finished);
     }
 }
 

@@ -175,9 +175,14 @@ fn watch(
     let mut kill_at: Option<Instant> = None;
     let deadline = policy.timeout.map(|t| started + t);
 
-    let stop_all = |sig: Signal, ranks: &[Option<RankReport>]| {
+    // The signals each rank was sent: a rank only counts as stopped by the supervisor if one
+    // of them ended it (a rank that died of its own SIGKILL while the others were being
+    // stopped is the cause, and is named as such).
+    let mut sent: Vec<Vec<Signal>> = vec![Vec::new(); n];
+    let stop_all = |sig: Signal, ranks: &[Option<RankReport>], sent: &mut Vec<Vec<Signal>>| {
         for (r, pid) in pids.lock().unwrap().iter().enumerate() {
             if let (Some(pid), None) = (pid, &ranks[r]) {
+                sent[r].push(sig);
                 kill_group(*pid, sig);
             }
         }
@@ -209,16 +214,13 @@ fn watch(
                 }
             }
             Ok(Event::Exit(rank, status)) => {
-                let ending = if stopped.is_some() && !matches!(stopped, Some(StopReason::RankFailed(r)) if r == rank) {
-                    ending_of(status, run_dir, rank, panic_line, true)
-                } else {
-                    ending_of(status, run_dir, rank, panic_line, false)
-                };
+                let by_us = ended_by(&status, &sent[rank]);
+                let ending = ending_of(status, run_dir, rank, panic_line, by_us);
                 let failed = ending != Ending::Success && ending != Ending::Stopped;
                 ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]) });
                 if failed && policy.on_error == OnError::Abort && stopped.is_none() {
                     stopped = Some(StopReason::RankFailed(rank));
-                    stop_all(Signal::SIGTERM, &ranks);
+                    stop_all(Signal::SIGTERM, &ranks, &mut sent);
                     kill_at = Some(Instant::now() + GRACE);
                 }
             }
@@ -228,17 +230,17 @@ fn watch(
         let now = Instant::now();
         if stopped.is_none() && cancel.is_cancelled() {
             stopped = Some(StopReason::Interrupted);
-            stop_all(Signal::SIGINT, &ranks);
+            stop_all(Signal::SIGINT, &ranks, &mut sent);
             kill_at = Some(now + GRACE);
         }
         if stopped.is_none() && deadline.is_some_and(|d| now >= d) {
             let running = (0..n).filter(|&r| ranks[r].is_none()).collect();
             stopped = Some(StopReason::Timeout { running });
-            stop_all(Signal::SIGTERM, &ranks);
+            stop_all(Signal::SIGTERM, &ranks, &mut sent);
             kill_at = Some(now + GRACE);
         }
         if kill_at.is_some_and(|k| now >= k) {
-            stop_all(Signal::SIGKILL, &ranks);
+            stop_all(Signal::SIGKILL, &ranks, &mut sent);
             kill_at = None;
         }
     }
@@ -295,6 +297,18 @@ impl Grouped {
     }
 }
 
+/// Whether a rank's end came from the signals the supervisor sent it: killed by one of
+/// them, or (it handled one) exiting unsuccessfully after one was sent.
+fn ended_by(status: &std::io::Result<ExitStatus>, sent: &[Signal]) -> bool {
+    match status {
+        Ok(s) => match s.signal() {
+            Some(sig) => sent.iter().any(|x| *x as i32 == sig),
+            None => !s.success() && !sent.is_empty(),
+        },
+        Err(_) => false,
+    }
+}
+
 fn ending_of(
     status: std::io::Result<ExitStatus>,
     run_dir: &Path,
@@ -326,5 +340,25 @@ fn ending_of(
             _ => Ending::ExitCode(-1),
         },
         Err(e) => Ending::NotStarted(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn only_the_supervisors_own_signals_make_a_rank_stopped() {
+        let killed = |sig: i32| Ok(ExitStatus::from_raw(sig));
+        let exited = |code: i32| Ok(ExitStatus::from_raw(code << 8));
+        // It killed itself (or was killed by someone else) while the others were stopped.
+        assert!(!ended_by(&killed(9), &[Signal::SIGTERM]));
+        assert!(ended_by(&killed(9), &[Signal::SIGTERM, Signal::SIGKILL]));
+        assert!(ended_by(&killed(15), &[Signal::SIGTERM]));
+        assert!(ended_by(&killed(2), &[Signal::SIGINT]));
+        assert!(!ended_by(&exited(3), &[]));
+        assert!(ended_by(&exited(3), &[Signal::SIGTERM]), "it handled SIGTERM and exited");
+        assert!(!ended_by(&exited(0), &[Signal::SIGTERM]));
     }
 }

@@ -12,7 +12,7 @@ pub use crate::comm::{TIMEOUT_ENV, TOKEN_ENV};
 
 /// The shared-memory segment of a launch's group (created and marked by the kernel).
 pub mod group {
-    pub use crate::comm::shm_segment::{Layout, create, mark_exited};
+    pub use crate::comm::shm_segment::{Header, Layout, create};
     pub use crate::comm::{DONE, HELLO};
 }
 

@@ -7,6 +7,7 @@
 //! returns a [`CommError`] naming the operation and the ranks, instead of hanging.
 
 mod error;
+mod futex;
 mod reduce;
 mod rendezvous;
 mod shm;
@@ -17,7 +18,7 @@ pub(crate) use rendezvous::{announce, finish};
 
 /// What the kernel needs of the segment's layout.
 pub mod shm_segment {
-    pub use super::shm::{Layout, create, mark_exited};
+    pub use super::shm::{Header, Layout, create};
 }
 pub use reduce::{Op, Reduce};
 

@@ -3,8 +3,9 @@
 //!
 //! Layout (offsets in bytes):
 //! - header: magic, world, slot size, mailbox size, abort word (who broke the group, in
-//!   which operation); then one `u32` "exited" flag per rank, set by the kernel's
-//!   rendezvous service when the rank returns from the cell or its connection closes;
+//!   which operation), the wake-up word (a futex) and the count of sleeping waiters; then
+//!   one `u32` "exited" flag per rank, set by the kernel's rendezvous service when the rank
+//!   returns from the cell or its connection closes;
 //! - reason: the first failure's ranks and message, so every later error names the cause;
 //! - control: one cache line pair per rank: the barrier count it reached, and the
 //!   description of the collective it is in (two alternating copies);
@@ -14,6 +15,10 @@
 //! Collectives are made of phases separated by barriers. A barrier is each rank publishing
 //! how many it has reached and waiting for every other rank to reach it too: no central
 //! counter, and a rank that died or skipped is visible by name.
+//!
+//! Waiting spins briefly (not at all when ranks outnumber cores), then sleeps on the
+//! wake-up word: whoever changes something others may wait for (a barrier count, a mailbox,
+//! the abort word, an exited flag) bumps it and wakes the sleepers, if there are any.
 
 use super::error::CommError;
 use super::reduce::{Op, Reduce};
@@ -26,6 +31,14 @@ use std::time::{Duration, Instant};
 
 const MAGIC: u64 = 0x3153_4843_4e41_5252; // "RRANCHS1"
 const EXITED_OFF: usize = 64;
+/// Header words (u32 in the low half of a u64 word): the wake-up word, sleeping waiters.
+const EPOCH_WORD: usize = 5;
+const SLEEPERS_WORD: usize = 6;
+/// How long a sleeping waiter sleeps before it looks again at what a wake-up would have
+/// told it (a safety net: every change wakes it).
+const RECHECK: Duration = Duration::from_millis(50);
+/// How long a waiter spins before sleeping when every rank has a core.
+const SPIN: Duration = Duration::from_micros(50);
 /// The reason area: a lock word, the text length + 1 (0 until written), the number of
 /// ranks, the ranks, the text.
 const REASON_RANKS: usize = 32;
@@ -86,11 +99,51 @@ pub fn create(path: &str, world: usize) -> std::io::Result<()> {
 const EXITED: u32 = 1;
 const FINISHED: u32 = 2;
 
-/// Marks a rank as gone (kernel side): ranks waiting for it stop waiting. `finished`:
-/// it returned from the cell normally (rather than dying).
-pub fn mark_exited(file: &File, rank: usize, finished: bool) -> std::io::Result<()> {
-    let flag = if finished { FINISHED } else { EXITED };
-    file.write_all_at(&flag.to_ne_bytes(), (EXITED_OFF + 4 * rank) as u64)
+/// The header of a segment as the kernel sees it: enough to mark ranks as gone and wake
+/// the ranks waiting for them.
+pub struct Header {
+    base: *mut u8,
+    len: usize,
+    world: usize,
+}
+
+// SAFETY: only atomics in the mapping are touched, and the mapping lives as long as this.
+unsafe impl Send for Header {}
+unsafe impl Sync for Header {}
+
+impl Header {
+    pub fn map(file: &File, world: usize) -> std::io::Result<Header> {
+        let len = round_up(EXITED_OFF + 4 * world, PAGE);
+        // SAFETY: a shared mapping of the file's first pages, which `create` sized.
+        let base = unsafe { ffi::mmap(std::ptr::null_mut(), len, ffi::PROT_READ_WRITE, ffi::MAP_SHARED, file.as_raw_fd(), 0) };
+        if base as isize == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Header { base: base.cast(), len, world })
+    }
+
+    /// Marks a rank as gone: ranks waiting for it stop waiting at once. `finished`: it
+    /// returned from the cell normally (rather than dying).
+    pub fn mark_exited(&self, rank: usize, finished: bool) {
+        if rank >= self.world {
+            return;
+        }
+        let flag = if finished { FINISHED } else { EXITED };
+        // SAFETY: in bounds of the mapping (checked rank), aligned words.
+        unsafe {
+            (*self.base.add(EXITED_OFF + 4 * rank).cast::<AtomicU32>()).store(flag, Ordering::SeqCst);
+            let epoch = &*self.base.add(8 * EPOCH_WORD).cast::<AtomicU32>();
+            epoch.fetch_add(1, Ordering::SeqCst);
+            super::futex::wake_all(epoch);
+        }
+    }
+}
+
+impl Drop for Header {
+    fn drop(&mut self) {
+        // SAFETY: base/len come from a successful mmap.
+        unsafe { ffi::munmap(self.base.cast(), self.len) };
+    }
 }
 
 mod ffi {
@@ -120,6 +173,8 @@ pub struct Group {
     world: usize,
     timeout: Duration,
     progress: Mutex<Progress>,
+    /// Spin this long before sleeping (none when ranks outnumber cores).
+    spin: Duration,
     /// One thread of this rank at a time per mailbox: `Comm` is `Sync`, and two threads
     /// sending to (or receiving from) one rank at once would mix their chunks.
     send_locks: Vec<Mutex<()>>,
@@ -225,6 +280,8 @@ impl Group {
             .and_then(|t| Duration::try_from_secs_f64(t).ok())
             .map_or(Duration::from_secs(120), |t| t.min(Duration::from_secs(365 * 24 * 3600)));
         let locks = || (0..world).map(|_| Mutex::new(())).collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spin = if crate::local_world_size() > cores { Duration::ZERO } else { SPIN };
         let g = Group {
             base: base.cast(),
             lay,
@@ -232,6 +289,7 @@ impl Group {
             world,
             timeout,
             progress: Mutex::default(),
+            spin,
             send_locks: locks(),
             recv_locks: locks(),
         };
@@ -254,6 +312,25 @@ impl Group {
     /// 0 while the group works; then (rank + 1) | (kind << 32) of the first failure.
     fn abort_word(&self) -> &AtomicU64 {
         self.word(4)
+    }
+
+    fn epoch(&self) -> &AtomicU32 {
+        self.at(8 * EPOCH_WORD)
+    }
+
+    fn sleepers(&self) -> &AtomicU32 {
+        self.at(8 * SLEEPERS_WORD)
+    }
+
+    /// After a change others may wait for: wakes the sleepers, if any. (The fence pairs
+    /// with the one a waiter makes between counting itself and looking: either it sees the
+    /// change, or this sees it counted.)
+    fn notify(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleepers().load(Ordering::Relaxed) > 0 {
+            self.epoch().fetch_add(1, Ordering::Release);
+            super::futex::wake_all(self.epoch());
+        }
     }
 
     fn exited(&self, rank: usize) -> u32 {
@@ -322,6 +399,7 @@ impl Group {
         self.at::<AtomicU64>(base + 8).store(len as u64 + 1, Ordering::Release);
         let word = (self.rank as u64 + 1) | ((kind_of(op) as u64) << 32);
         self.abort_word().store(word, Ordering::Release);
+        self.notify();
     }
 
     fn reached(&self, rank: usize) -> &AtomicU64 {
@@ -345,25 +423,21 @@ impl Group {
         self.lay.mailboxes + (src * self.world + dst) * (MAILBOX_HEADER + self.lay.mailbox_bytes)
     }
 
-    /// Spins, then yields, until `ready`; fails when a rank it waits for is gone, another
-    /// rank aborted, or the collective timeout passes.
+    /// Spins briefly, then sleeps, until `ready`; fails when a rank it waits for is gone,
+    /// another rank aborted, or the collective timeout passes.
     fn wait(&self, op: &'static str, mut ready: impl FnMut() -> bool, waiting_for: impl Fn() -> Vec<usize>) -> Result<(), CommError> {
         let start = Instant::now();
-        let mut spins: u64 = 0;
+        let mut spins: u32 = 0;
         loop {
             if ready() {
                 return Ok(());
             }
-            spins += 1;
-            if spins < 100 {
+            if spins < 64 || (spins % 64 != 0 && start.elapsed() < self.spin) {
+                spins += 1;
                 std::hint::spin_loop();
                 continue;
             }
-            // More ranks than cores is common here: let the others run.
-            std::thread::yield_now();
-            if spins % 16 != 0 {
-                continue;
-            }
+            spins += 1;
             // A rank this one waits for and that left is the cause to name; the broken
             // group is only the consequence.
             let missing = waiting_for();
@@ -385,7 +459,8 @@ impl Group {
             if aborted != 0 {
                 return Err(self.broken(op, aborted));
             }
-            if start.elapsed() > self.timeout {
+            let elapsed = start.elapsed();
+            if elapsed > self.timeout {
                 return Err(self.fail(
                     op,
                     missing.clone(),
@@ -397,7 +472,21 @@ impl Group {
                     ),
                 ));
             }
+            if elapsed >= self.spin {
+                self.sleep_until_changed(&mut ready, (self.timeout - elapsed).min(RECHECK));
+            }
         }
+    }
+
+    /// Sleeps until something changes (or `limit` passes), unless `ready` already.
+    fn sleep_until_changed(&self, ready: &mut impl FnMut() -> bool, limit: Duration) {
+        let seen = self.epoch().load(Ordering::Acquire);
+        self.sleepers().fetch_add(1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !ready() {
+            super::futex::wait(self.epoch(), seen, limit);
+        }
+        self.sleepers().fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Records the failure so the other ranks stop at once instead of waiting too, and so
@@ -411,6 +500,7 @@ impl Group {
         p.barriers += 1;
         let target = p.barriers;
         self.reached(self.rank).store(target, Ordering::Release);
+        self.notify();
         self.wait(
             op,
             || (0..self.world).all(|r| self.reached(r).load(Ordering::Acquire) >= target),
@@ -576,6 +666,7 @@ impl Group {
             self.at::<AtomicU64>(mb + 8).store(n as u64, Ordering::Relaxed);
             self.at::<AtomicU64>(mb + 16).store(bytes.len() as u64, Ordering::Relaxed);
             full.store(1, Ordering::Release);
+            self.notify();
             sent += n;
             if sent >= bytes.len() {
                 return Ok(());
@@ -603,6 +694,7 @@ impl Group {
             // SAFETY: n <= the mailbox's size (checked above); the sender filled it before `full`.
             unsafe { out.extend_from_slice(std::slice::from_raw_parts(self.base.add(mb + MAILBOX_HEADER), n as usize)) };
             full.store(0, Ordering::Release);
+            self.notify();
             if out.len() as u64 >= whole {
                 return Ok(out);
             }
