@@ -16,9 +16,10 @@
 //! how many it has reached and waiting for every other rank to reach it too: no central
 //! counter, and a rank that died or skipped is visible by name.
 //!
-//! Waiting spins briefly (not at all when ranks outnumber cores), then sleeps on the
-//! wake-up word: whoever changes something others may wait for (a barrier count, a mailbox,
-//! the abort word, an exited flag) bumps it and wakes the sleepers, if there are any.
+//! Waiting spins briefly (not at all when ranks outnumber cores), yields its core for a
+//! moment, then sleeps on the wake-up word: whoever changes something others may wait for
+//! (a barrier count, a mailbox, the abort word, an exited flag) bumps it and wakes the
+//! sleepers, if there are any.
 
 use super::error::CommError;
 use super::reduce::{Op, Reduce};
@@ -37,8 +38,11 @@ const SLEEPERS_WORD: usize = 6;
 /// How long a sleeping waiter sleeps before it looks again at what a wake-up would have
 /// told it (a safety net: every change wakes it).
 const RECHECK: Duration = Duration::from_millis(50);
-/// How long a waiter spins before sleeping when every rank has a core.
+/// How long a waiter spins when every rank has a core.
 const SPIN: Duration = Duration::from_micros(50);
+/// After spinning, how long a waiter yields its core (to the ranks it waits for, when they
+/// share cores) before it sleeps: short waits stay fast, long ones cost no CPU.
+const YIELD: Duration = Duration::from_millis(2);
 /// The reason area: a lock word, the text length + 1 (0 until written), the number of
 /// ranks, the ranks, the text.
 const REASON_RANKS: usize = 32;
@@ -432,12 +436,15 @@ impl Group {
             if ready() {
                 return Ok(());
             }
+            spins += 1;
             if spins < 64 || (spins % 64 != 0 && start.elapsed() < self.spin) {
-                spins += 1;
                 std::hint::spin_loop();
                 continue;
             }
-            spins += 1;
+            if spins % 16 != 0 && start.elapsed() < self.spin + YIELD {
+                std::thread::yield_now();
+                continue;
+            }
             // A rank this one waits for and that left is the cause to name; the broken
             // group is only the consequence.
             let missing = waiting_for();
@@ -472,7 +479,9 @@ impl Group {
                     ),
                 ));
             }
-            if elapsed >= self.spin {
+            if elapsed < self.spin + YIELD {
+                std::thread::yield_now();
+            } else {
                 self.sleep_until_changed(&mut ready, (self.timeout - elapsed).min(RECHECK));
             }
         }
