@@ -53,6 +53,33 @@ ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();
     assert run.result() == "[(3.0, 3.0, 20.0, 67108864), (3.0, 3.0, 20.0, 67108864)]"
 
 
+def test_back_to_back_collectives_of_every_size_keep_their_data_apart(kc):
+    # Small collectives (up to 16 KiB) take one barrier and alternate two buffers per rank;
+    # ranks running ahead by one collective must never see or clobber another's data.
+    code = """%%ranch 3
+let c = ranch::comm();
+let r = ranch::rank() as u64;
+let mut bad = 0u32;
+for i in 0..300u64 {
+    if (i + r) % 7 == 0 { std::thread::sleep(std::time::Duration::from_micros(300)); }
+    for n in [1usize, 4096, 4097] {
+        let mut a = vec![i * 10 + r; n];
+        c.all_reduce(&mut a, ranch::Op::Sum).unwrap();
+        bad += a.iter().filter(|x| **x != 30 * i + 3).count() as u32;
+        let root = (i % 3) as usize;
+        let mut b = vec![if r == root as u64 { i } else { u64::MAX }; n];
+        c.broadcast_slice(&mut b, root).unwrap();
+        bad += b.iter().filter(|x| **x != i).count() as u32;
+        let mut m = vec![i + r; n];
+        c.reduce(&mut m, ranch::Op::Max, root).unwrap();
+        let want = if r == root as u64 { i + 2 } else { i + r };
+        bad += m.iter().filter(|x| **x != want).count() as u32;
+    }
+}
+bad"""
+    assert ok(execute(kc, code, timeout=300)).result() == "[0, 0, 0]"
+
+
 def test_reduce_broadcast_gather_scatter_send_recv(kc):
     code = """%%ranch 3
 let c = ranch::comm();

@@ -15,9 +15,11 @@ use std::time::SystemTime;
 pub const ARTIFACTS_MAX: usize = 64;
 pub const ARTIFACTS_MAX_BYTES: u64 = 1 << 30;
 
-/// Marks a built program as used now (the bound evicts the least recently used).
+/// Marks a built program as used now (the bound evicts the least recently used). Its
+/// access time says so: the modification time stays the time it was built.
 pub fn touch(path: &Path) {
-    let _ = File::options().append(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+    let now = std::fs::FileTimes::new().set_accessed(SystemTime::now());
+    let _ = File::options().append(true).open(path).and_then(|f| f.set_times(now));
 }
 
 /// Removes built programs in `dir` beyond the bounds, least recently used first. Returns
@@ -28,10 +30,10 @@ pub fn bound_artifacts(dir: &Path, max_count: usize, max_bytes: u64) -> (usize, 
         .flatten()
         .filter_map(|e| {
             let m = e.metadata().ok()?;
-            Some((m.modified().ok()?, m.len(), e.path()))
+            Some((m.accessed().ok()?, m.len(), e.path()))
         })
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0)); // newest first
+    files.sort_by(|a, b| b.0.cmp(&a.0)); // most recently used first
     let (mut kept, mut bytes, mut removed, mut freed) = (0usize, 0u64, 0usize, 0u64);
     for (_, len, path) in files {
         if kept < max_count && bytes + len <= max_bytes {
@@ -156,9 +158,11 @@ mod tests {
             let p = dir.join(format!("a{i}"));
             std::fs::write(&p, vec![0u8; 100]).unwrap();
             let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i);
-            File::options().append(true).open(&p).unwrap().set_modified(t).unwrap();
+            File::options().append(true).open(&p).unwrap().set_times(std::fs::FileTimes::new().set_accessed(t)).unwrap();
         }
+        let built = std::fs::metadata(dir.join("a0")).unwrap().modified().unwrap();
         touch(&dir.join("a0")); // used just now: kept
+        assert_eq!(std::fs::metadata(dir.join("a0")).unwrap().modified().unwrap(), built, "the build time stays");
         assert_eq!(bound_artifacts(&dir, 3, u64::MAX), (2, 200));
         let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();

@@ -9,6 +9,8 @@
 //! - reason: the first failure's ranks and message, so every later error names the cause;
 //! - control: one cache line pair per rank: the barrier count it reached, and the
 //!   description of the collective it is in (two alternating copies);
+//! - inline buffers: two alternating ones per rank, for the data of small collectives,
+//!   written before the collective's first barrier so that one barrier is all they need;
 //! - mailboxes: one per (sender, receiver) pair, for `send`/`recv`;
 //! - slots: one per rank plus a result slot, for collectives' data.
 //!
@@ -52,6 +54,8 @@ const REASON_TEXT_OFF: usize = REASON_RANKS_OFF + 4 * REASON_RANKS;
 const REASON_BYTES: usize = REASON_TEXT_OFF + REASON_TEXT;
 const CTRL_BYTES: usize = 128;
 const MAILBOX_HEADER: usize = 64;
+/// The size of an inline buffer: collectives on at most this many bytes take one barrier.
+const INLINE_BYTES: usize = 16 << 10;
 const PAGE: usize = 4096;
 
 /// Where everything is in a segment for `world` ranks.
@@ -60,6 +64,7 @@ pub struct Layout {
     pub world: usize,
     pub reason: usize,
     pub ctrl: usize,
+    pub inline: usize,
     pub mailboxes: usize,
     pub mailbox_bytes: usize,
     pub slots: usize,
@@ -75,14 +80,15 @@ impl Layout {
     pub fn new(world: usize) -> Layout {
         let reason = round_up(EXITED_OFF + 4 * world, 64);
         let ctrl = round_up(reason + REASON_BYTES, 128);
-        let mailboxes = round_up(ctrl + CTRL_BYTES * world, PAGE);
+        let inline = round_up(ctrl + CTRL_BYTES * world, PAGE);
+        let mailboxes = round_up(inline + 2 * world * INLINE_BYTES, PAGE);
         let mailbox_bytes = round_up((16 << 20) / (world * world), 64).clamp(1024, 64 << 10);
         let slots = round_up(mailboxes + world * world * (MAILBOX_HEADER + mailbox_bytes), PAGE);
         // Big enough slots move data at memory speed; the file is sparse, so pages only
         // exist once touched.
         let slot_bytes = round_up((256 << 20) / (world + 1), PAGE).clamp(64 << 10, 4 << 20);
         let total = slots + (world + 1) * slot_bytes;
-        Layout { world, reason, ctrl, mailboxes, mailbox_bytes, slots, slot_bytes, total }
+        Layout { world, reason, ctrl, inline, mailboxes, mailbox_bytes, slots, slot_bytes, total }
     }
 }
 
@@ -419,6 +425,19 @@ impl Group {
         unsafe { self.base.add(self.lay.slots + i * self.lay.slot_bytes) }
     }
 
+    /// Rank `rank`'s inline buffer `copy` (0 or 1).
+    fn inline(&self, rank: usize, copy: usize) -> *mut u8 {
+        // SAFETY: rank < world and copy < 2 are inside the inline area.
+        unsafe { self.base.add(self.lay.inline + (2 * rank + copy) * INLINE_BYTES) }
+    }
+
+    /// The inline buffer the next collective uses. Collective k writes copy k % 2 before its
+    /// first barrier; a rank can only be writing copy k % 2 again in collective k + 2 after
+    /// every rank reached collective k + 1, that is, after every rank read collective k's.
+    fn next_copy(p: &Progress) -> usize {
+        (p.collectives % 2) as usize
+    }
+
     fn result_slot(&self) -> *mut u8 {
         self.slot(self.world)
     }
@@ -437,7 +456,9 @@ impl Group {
                 return Ok(());
             }
             spins += 1;
-            if spins < 64 || (spins % 64 != 0 && start.elapsed() < self.spin) {
+            // No spinning at all when ranks share cores: a spin only delays the rank this
+            // one waits for.
+            if !self.spin.is_zero() && (spins < 64 || (spins % 64 != 0 && start.elapsed() < self.spin)) {
                 std::hint::spin_loop();
                 continue;
             }
@@ -526,7 +547,7 @@ impl Group {
     /// [`begin`](Self::begin) for a collective of values of type `ty` (whose tag is in
     /// `desc[1]`): ranks passing another type are named.
     fn begin_typed(&self, p: &mut Progress, op: &'static str, desc: Desc, ty: Option<&str>) -> Result<(), CommError> {
-        let copy = (p.collectives % 2) as usize;
+        let copy = Self::next_copy(p);
         p.collectives += 1;
         for (i, w) in desc.iter().enumerate() {
             self.desc(self.rank, copy, i).store(*w, Ordering::Relaxed);
@@ -562,10 +583,30 @@ impl Group {
         let name = if root.is_some() { "reduce" } else { "all_reduce" };
         let mut p = self.progress.lock().unwrap();
         let desc = [kind_of(name) as u64, type_code(T::NAME, Some(op)), buf.len() as u64, root.map_or(0, |r| r as u64 + 1)];
+        let wants_result = root.is_none_or(|r| r == self.rank);
+        if std::mem::size_of_val(buf) <= INLINE_BYTES {
+            // Small: every rank's data goes in with the description, and each rank that
+            // wants the result combines all of them itself, in rank order (so every rank
+            // gets the same bits, as from the large path).
+            let copy = Self::next_copy(&p);
+            // SAFETY: the buffer fits an inline buffer (checked above), which is this rank's
+            // to write until the barrier in `begin` (see `next_copy`); after it, the others'
+            // hold what they wrote, and nobody writes them until the next collective's barrier.
+            unsafe {
+                std::ptr::copy_nonoverlapping(buf.as_ptr(), self.inline(self.rank, copy).cast::<T>(), buf.len());
+                self.begin(&mut p, name, desc)?;
+                if wants_result {
+                    buf.copy_from_slice(std::slice::from_raw_parts(self.inline(0, copy).cast::<T>(), buf.len()));
+                    for r in 1..self.world {
+                        T::combine_slice(buf, std::slice::from_raw_parts(self.inline(r, copy).cast::<T>(), buf.len()), op);
+                    }
+                }
+            }
+            return Ok(());
+        }
         self.begin(&mut p, name, desc)?;
         let size = std::mem::size_of::<T>().max(1);
         let per_chunk = self.lay.slot_bytes / size;
-        let wants_result = root.is_none_or(|r| r == self.rank);
         for chunk in buf.chunks_mut(per_chunk) {
             let n = chunk.len();
             // SAFETY: a chunk fits in a slot; slots are page aligned; the barriers order
@@ -594,6 +635,21 @@ impl Group {
         const OP: &str = "broadcast_slice";
         let mut p = self.progress.lock().unwrap();
         let desc = [Kind::BroadcastSlice as u64, type_code(T::NAME, None), buf.len() as u64, root as u64 + 1];
+        if std::mem::size_of_val(buf) <= INLINE_BYTES {
+            // Small: the root's data goes in with the description; one barrier.
+            let copy = Self::next_copy(&p);
+            // SAFETY: as in `reduce`'s small path.
+            unsafe {
+                if self.rank == root {
+                    std::ptr::copy_nonoverlapping(buf.as_ptr(), self.inline(root, copy).cast::<T>(), buf.len());
+                }
+                self.begin(&mut p, OP, desc)?;
+                if self.rank != root {
+                    std::ptr::copy_nonoverlapping(self.inline(root, copy).cast::<T>(), buf.as_mut_ptr(), buf.len());
+                }
+            }
+            return Ok(());
+        }
         self.begin(&mut p, OP, desc)?;
         let per_chunk = self.lay.slot_bytes / std::mem::size_of::<T>().max(1);
         for chunk in buf.chunks_mut(per_chunk) {
@@ -731,7 +787,8 @@ mod tests {
             let l = Layout::new(world);
             assert_eq!(l.slots % PAGE, 0);
             assert_eq!(l.slot_bytes % PAGE, 0);
-            assert!(l.mailboxes >= l.ctrl + CTRL_BYTES * world);
+            assert!(l.inline >= l.ctrl + CTRL_BYTES * world && l.inline % PAGE == 0);
+            assert!(l.mailboxes >= l.inline + 2 * world * INLINE_BYTES);
             assert!(l.reason >= EXITED_OFF + 4 * world && l.ctrl >= l.reason + REASON_BYTES);
             assert!(l.total < (1 << 30), "world {world}: {} bytes", l.total);
         }
