@@ -30,3 +30,18 @@ def test_fault_soak_in_short_form():
     assert figures["fd growth per kernel"] == "[0, 0]", out.stdout
     rss = [float(x) for x in figures["RSS growth per kernel (MiB)"].strip("[]").split(",")]
     assert max(rss) < 64, out.stdout
+
+
+def test_collectives_benchmark_runs_in_short_form_and_waiters_sleep():
+    out = subprocess.run([sys.executable, str(BENCH / "collectives.py"), "--quick"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [l.split() for l in out.stdout.splitlines() if l.strip()[:1].isdigit()]
+    measures = {(r[0], r[1]) for r in rows}
+    for n in ("2", "4"):
+        for key in ("allreduce_4k", "allreduce_1m", "allreduce_64m", "bcast_4k", "bcast_64m", "barrier",
+                    "waiting_cpu", "memcpy_64m"):
+            assert (n, key) in measures, out.stdout
+    # Ranks waiting for one that computes sleep (a futex), not spin: a behaviour, not a speed.
+    waiting = [float(r[2].rstrip("%")) for r in rows if r[1] == "waiting_cpu"]
+    assert max(waiting) < 50, out.stdout

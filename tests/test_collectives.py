@@ -80,6 +80,18 @@ bad"""
     assert ok(execute(kc, code, timeout=300)).result() == "[0, 0, 0]"
 
 
+def test_large_broadcasts_arrive_whole_at_any_alignment(kc):
+    # 16 MiB and more is copied out with streaming stores; a slice starting 4 bytes into its
+    # allocation exercises the unaligned head and tail.
+    code = """%%ranch 3
+let n = (4 << 20) + 5;
+let mut b: Vec<u32> = if ranch::rank() == 1 { (0..n as u32).collect() } else { vec![7; n] };
+ranch::comm().broadcast_slice(&mut b[1..], 1).unwrap();
+(b[0], b[1..].iter().enumerate().all(|(i, x)| *x == i as u32 + 1))"""
+    run = ok(execute(kc, code, timeout=300))
+    assert run.result() == "[(7, true), (0, true), (7, true)]"
+
+
 def test_reduce_broadcast_gather_scatter_send_recv(kc):
     code = """%%ranch 3
 let c = ranch::comm();

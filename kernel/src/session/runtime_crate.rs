@@ -14,6 +14,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/comm/mod.rs", include_str!("../../../runtime/src/comm/mod.rs")),
     ("src/comm/error.rs", include_str!("../../../runtime/src/comm/error.rs")),
     ("src/comm/futex.rs", include_str!("../../../runtime/src/comm/futex.rs")),
+    ("src/comm/stream_copy.rs", include_str!("../../../runtime/src/comm/stream_copy.rs")),
     ("src/comm/reduce.rs", include_str!("../../../runtime/src/comm/reduce.rs")),
     ("src/comm/rendezvous.rs", include_str!("../../../runtime/src/comm/rendezvous.rs")),
     ("src/comm/shm.rs", include_str!("../../../runtime/src/comm/shm.rs")),

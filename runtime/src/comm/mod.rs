@@ -11,6 +11,7 @@ mod futex;
 mod reduce;
 mod rendezvous;
 mod shm;
+mod stream_copy;
 
 pub use error::CommError;
 pub use rendezvous::{DONE, HELLO};
