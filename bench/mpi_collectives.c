@@ -13,13 +13,15 @@ static int cmp(const void *a, const void *b) {
 }
 
 /* Median over `rounds` of the mean time of `iters` calls: robust to a noisy machine. */
-static double timed(int bcast, float *buf, int n, int rounds, int iters) {
+/* what: 0 all-reduce, 1 broadcast, 2 barrier */
+static double timed(int what, float *buf, int n, int rounds, int iters) {
     double t[64];
     for (int r = 0; r < rounds; r++) {
         MPI_Barrier(MPI_COMM_WORLD);
         double t0 = MPI_Wtime();
         for (int i = 0; i < iters; i++) {
-            if (bcast) MPI_Bcast(buf, n, MPI_FLOAT, 0, MPI_COMM_WORLD);
+            if (what == 2) MPI_Barrier(MPI_COMM_WORLD);
+            else if (what) MPI_Bcast(buf, n, MPI_FLOAT, 0, MPI_COMM_WORLD);
             else MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
         }
         t[r] = (MPI_Wtime() - t0) / iters;
@@ -50,12 +52,9 @@ int main(int argc, char **argv) {
     double t_small = timed(0, s, small, 5, 400 / scale);
     double t_mid = timed(0, m, mid, 11, 20 / scale);
     double t_large = timed(0, l, large, 21 / scale, 1);
-    double t_bcast = timed(1, s, small, 1, 2000 / scale);
+    double t_bcast = timed(1, s, small, 5, 400 / scale);
     double t_bcast_large = timed(1, l, large, 21 / scale, 1);
-    MPI_Barrier(MPI_COMM_WORLD);
-    double t = MPI_Wtime();
-    for (int i = 0; i < 2000 / scale; i++) MPI_Barrier(MPI_COMM_WORLD);
-    double t_barrier = (MPI_Wtime() - t) / (2000 / scale);
+    double t_barrier = timed(2, s, 0, 5, 400 / scale);
     /* Waiting: rank 0 computes, the others wait in a barrier; their CPU time per second. */
     MPI_Barrier(MPI_COMM_WORLD);
     double c0 = cpu_seconds(), w0 = MPI_Wtime();
