@@ -80,6 +80,24 @@ bad"""
     assert ok(execute(kc, code, timeout=300)).result() == "[0, 0, 0]"
 
 
+def test_every_element_of_a_many_chunk_reduction_lands_in_place(kc):
+    # 3 ranks, chunks that do not divide evenly: every rank's own share of each chunk is
+    # combined from its buffer, the others' through the slots.
+    code = """%%ranch 3
+let c = ranch::comm();
+let r = ranch::rank() as u64;
+let n = 200_001usize;
+let mut a: Vec<u64> = (0..n as u64).map(|i| i * (r + 1)).collect();
+c.all_reduce(&mut a, ranch::Op::Sum).unwrap();
+let all_ok = a.iter().enumerate().all(|(i, x)| *x == 6 * i as u64);
+let mut b: Vec<u64> = (0..n as u64).map(|i| i * (r + 1)).collect();
+c.reduce(&mut b, ranch::Op::Max, 1).unwrap();
+let want = |i: u64| if r == 1 { 3 * i } else { i * (r + 1) };
+(all_ok, b.iter().enumerate().all(|(i, x)| *x == want(i as u64)))"""
+    run = ok(execute(kc, code, timeout=300))
+    assert run.result() == "[(true, true), (true, true), (true, true)]"
+
+
 def test_large_broadcasts_arrive_whole_at_any_alignment(kc):
     # 16 MiB and more is copied out with streaming stores; a slice starting 4 bytes into its
     # allocation exercises the unaligned head and tail.

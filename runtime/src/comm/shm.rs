@@ -619,31 +619,53 @@ impl Group {
         // Where chunk k lives in slot i (or the result slot).
         let at = |slot: *mut u8, k: usize| slot.wrapping_add((k % 2) * half).cast::<T>();
 
+        // A rank's own share of each chunk never goes through its slot: only this rank
+        // combines it, straight from its buffer, and writes its result back there itself.
+        let mine = |k: usize| crate::shard_range(range(k).len(), self.rank, self.world);
+        let data = buf.as_mut_ptr();
+        // Copies chunk k between the buffer and a slot, all but this rank's share.
+        let others = |k: usize, slot: *mut T, into_buf: bool| {
+            let (r, own) = (range(k), mine(k));
+            for part in [0..own.start, own.end..r.len()] {
+                let (b, s) = (data.wrapping_add(r.start + part.start), slot.wrapping_add(part.start));
+                // SAFETY: inside chunk k of the buffer and of the slot's half; see below.
+                unsafe {
+                    if into_buf {
+                        std::ptr::copy_nonoverlapping(s, b, part.len());
+                    } else {
+                        std::ptr::copy_nonoverlapping(b, s, part.len());
+                    }
+                }
+            }
+        };
         for j in 0..chunks + 2 {
             // SAFETY: a chunk fits half a slot; slots are page aligned; each half is written
             // only after the barrier that ended every read of it (see above), and read only
-            // after the barrier that ended its writes.
+            // after the barrier that ended its writes. The buffer is touched through `data`
+            // only, in chunks that do not overlap within a phase.
             unsafe {
                 if wants_result && j >= 2 {
-                    let k = j - 2;
                     // Plain stores: the buffer's lines of chunk j - 2 were read (by copying
                     // chunk j - 2 in) two phases ago and are still in cache, so streaming
                     // would gain nothing here (it measured slower).
-                    let r = range(k);
-                    std::ptr::copy_nonoverlapping(at(self.result_slot(), k), buf[r.clone()].as_mut_ptr(), r.len());
+                    others(j - 2, at(self.result_slot(), j - 2), true);
                 }
                 if j >= 1 && j <= chunks {
                     let k = j - 1;
-                    let share = crate::shard_range(range(k).len(), self.rank, self.world);
+                    let share = mine(k);
+                    let own = data.add(range(k).start + share.start);
+                    let from = |r: usize| if r == self.rank { own.cast_const() } else { at(self.slot(r), k).add(share.start).cast_const() };
                     let out = std::slice::from_raw_parts_mut(at(self.result_slot(), k).add(share.start), share.len());
-                    out.copy_from_slice(std::slice::from_raw_parts(at(self.slot(0), k).add(share.start), share.len()));
+                    out.copy_from_slice(std::slice::from_raw_parts(from(0), share.len()));
                     for r in 1..self.world {
-                        T::combine_slice(out, std::slice::from_raw_parts(at(self.slot(r), k).add(share.start), share.len()), op);
+                        T::combine_slice(out, std::slice::from_raw_parts(from(r), share.len()), op);
+                    }
+                    if wants_result {
+                        std::ptr::copy_nonoverlapping(out.as_ptr(), own, share.len());
                     }
                 }
                 if j < chunks {
-                    let r = range(j);
-                    std::ptr::copy_nonoverlapping(buf[r.clone()].as_ptr(), at(self.slot(self.rank), j), r.len());
+                    others(j, at(self.slot(self.rank), j), false);
                 }
             }
             // The last phase only copies out: the next collective's first barrier orders it
