@@ -56,6 +56,8 @@ fn main() {
     }
     // The kernel's janitor is this same binary too (see session/janitor.rs).
     ranch_kernel::session::run_if_janitor();
+    // And the GPU discovery helper (see ranch_magics::gpus).
+    ranch_magics::gpus::serve_probe_if_asked();
     // The evcxr child process is this same binary: it serves evcxr's protocol and never
     // returns (a no-op in the kernel itself).
     ranch_kernel::session::run_child_if_child();

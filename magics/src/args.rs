@@ -24,7 +24,8 @@ pub enum GroupOutputs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GpuVisibility {
     /// Each rank sees only its GPU (CUDA_VISIBLE_DEVICES); `ranch::gpu()` is `Some(0)`.
-    Pinned,
+    #[value(alias = "pinned")]
+    Isolate,
     /// Every chosen GPU stays visible; `ranch::gpu()` is the rank's ordinal.
     All,
 }
@@ -99,8 +100,9 @@ pub struct RanchArgs {
     /// GPUs to pin ranks to: `auto` (all visible, if any), `none`, or a list such as `0,2`.
     #[arg(long, value_name = "auto|none|D,D", default_value = "auto", value_parser = parse_gpus)]
     pub gpus: Gpus,
-    /// Whether a rank sees only its own GPU.
-    #[arg(long, value_enum, default_value = "pinned")]
+    /// Whether a rank sees only its own GPU (`isolate`, alias `pinned`) or every chosen one
+    /// (`all`: NCCL finds NVLink and peer-to-peer paths only between GPUs a rank can see).
+    #[arg(long, value_enum, default_value = "all")]
     pub gpu_visibility: GpuVisibility,
     /// Form the process group before the body and tear it down after it.
     #[arg(long)]
@@ -407,13 +409,20 @@ mod tests {
         assert_eq!(a.group_outputs, GroupOutputs::Order);
         assert_eq!(a.see, See::All);
         assert_eq!(a.gpus, Gpus::Auto);
+        assert_eq!(a.gpu_visibility, GpuVisibility::All);
         assert!(a.out.is_none() && a.share.is_empty() && a.timeout.is_none());
+    }
+
+    #[test]
+    fn pinned_is_isolate() {
+        assert_eq!(run("2 --gpu-visibility pinned").gpu_visibility, GpuVisibility::Isolate);
+        assert_eq!(run("2 --gpu-visibility isolate").gpu_visibility, GpuVisibility::Isolate);
     }
 
     #[test]
     fn every_flag() {
         let a = run("8 --share a,b --out res: Vec<f64> --ctx 'setup(3)' --on-error continue --timeout 2.5 \
-                     --group-outputs rank --see 0,2 --gpus none --gpu-visibility all");
+                     --group-outputs rank --see 0,2 --gpus none --gpu-visibility isolate");
         assert_eq!(a.share, ["a", "b"]);
         assert_eq!(a.out, Some(Out { name: "res".into(), ty: Some("Vec<f64>".into()) }));
         assert_eq!(a.ctx.as_deref(), Some("setup(3)"));
@@ -422,7 +431,7 @@ mod tests {
         assert_eq!(a.group_outputs, GroupOutputs::Rank);
         assert_eq!(a.see, See::Ranks(vec![0, 2]));
         assert_eq!(a.gpus, Gpus::None);
-        assert_eq!(a.gpu_visibility, GpuVisibility::All);
+        assert_eq!(a.gpu_visibility, GpuVisibility::Isolate);
     }
 
     #[test]

@@ -186,6 +186,18 @@ impl EvcxrSession {
         if args.ctx.as_deref().is_some_and(|c| c.trim().is_empty()) {
             return Err(usage("--ctx needs an expression, e.g. --ctx 'setup()'"));
         }
+        // GPUs are checked before anything is built: asking for one that is not there is a
+        // usage error.
+        let found = ranch_magics::gpus::discover();
+        let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        let gpus = ranch_magics::gpus::plan(&found.devices, cuda_visible.as_deref(), &args.gpus, args.gpu_visibility, args.n)
+            .map_err(|e| usage(match &found.note {
+                Some(note) => format!("{e} ({note})"),
+                None => e,
+            }))?;
+        if let Some(warning) = &gpus.warning {
+            cx.sink.stream(Stream::Stderr, &format!("ranch: {warning}\n"));
+        }
         self.ensure_runtime()?;
 
         // Which session variables go to the ranks.
@@ -236,7 +248,7 @@ impl EvcxrSession {
         let exe = exe?;
         let build_s = t_build.elapsed().as_secs_f64();
         let t_launch = std::time::Instant::now();
-        let (shown, types) = self.launch(&args, &exe, &run_dir, &program, cx, first_rank_only)?;
+        let (shown, types) = self.launch(&args, &exe, &run_dir, &program, gpus.ranks, cx, first_rank_only)?;
         // The Jupyter server's log gets each phase (bench/ranch.py reads them).
         crate::log!(
             "%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s",
@@ -389,11 +401,11 @@ impl EvcxrSession {
         exe: &Path,
         run_dir: &Path,
         program: &program::RankProgram,
+        rank_env: Vec<Vec<(String, String)>>,
         cx: &CellContext,
         first_rank_only: bool,
     ) -> Result<(Option<MimeBundle>, Vec<String>), CellError> {
         let (_, libdir) = self.toolchain()?;
-        let gpus = ranch_magics::gpus::assign(&args.gpus, args.gpu_visibility, args.n).map_err(usage)?;
         let run = self.run.clone();
         let interrupted = move || run.interrupted.load(Ordering::SeqCst);
         let note = |text: &str| cx.sink.stream(Stream::Stderr, text);
@@ -414,7 +426,7 @@ impl EvcxrSession {
             master_addr: args.addr.clone(),
             master_port,
             env,
-            rank_env: gpus,
+            rank_env,
         };
         let policy = Policy {
             on_error: args.on_error,

@@ -1,0 +1,80 @@
+/* A stand-in for the CUDA driver (libcuda.so.1) for machines without a GPU: it describes
+ * FAKE_CUDA_DEVICES devices (0 when unset) with the entry points ranch's discovery calls,
+ * so the tests can check discovery, pinning and `ranch::gpu()` end to end. Device i is a
+ * "Fake GPU i" with UUID GPU-fa4e0000-0000-0000-0000-00000000000<i>, PCI bus 0x10 + i and
+ * (i + 1) * 1 GiB of memory. FAKE_CUDA_INIT_ERROR makes cuInit fail with that code. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef struct { char bytes[16]; } CUuuid;
+
+static int count(void) {
+    const char *n = getenv("FAKE_CUDA_DEVICES");
+    return n ? atoi(n) : 0;
+}
+
+static int bad(CUdevice d) { return d < 0 || d >= count(); }
+
+CUresult cuInit(unsigned int flags) {
+    (void)flags;
+    const char *e = getenv("FAKE_CUDA_INIT_ERROR");
+    return e ? atoi(e) : 0;
+}
+
+CUresult cuDriverGetVersion(int *v) { *v = 12080; return 0; }
+
+CUresult cuDeviceGetCount(int *n) { *n = count(); return 0; }
+
+CUresult cuDeviceGet(CUdevice *d, int ordinal) {
+    if (bad(ordinal)) return 101; /* CUDA_ERROR_INVALID_DEVICE */
+    *d = ordinal;
+    return 0;
+}
+
+CUresult cuDeviceGetName(char *name, int len, CUdevice d) {
+    if (bad(d)) return 101;
+    snprintf(name, (size_t)len, "Fake GPU %d", d);
+    return 0;
+}
+
+CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice d) {
+    if (bad(d)) return 101;
+    *bytes = (size_t)(d + 1) << 30;
+    return 0;
+}
+
+static CUresult uuid(CUuuid *u, CUdevice d) {
+    if (bad(d)) return 101;
+    memset(u->bytes, 0, 16);
+    u->bytes[0] = (char)0xfa;
+    u->bytes[1] = 0x4e;
+    u->bytes[15] = (char)d;
+    return 0;
+}
+
+CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d) { return uuid(u, d); }
+CUresult cuDeviceGetUuid_v2(CUuuid *u, CUdevice d) { return uuid(u, d); }
+
+CUresult cuDeviceGetAttribute(int *v, int attribute, CUdevice d) {
+    if (bad(d)) return 101;
+    switch (attribute) {
+    case 33: *v = 0x10 + d; return 0; /* PCI_BUS_ID */
+    case 34: *v = 0; return 0;        /* PCI_DEVICE_ID */
+    case 50: *v = 0; return 0;        /* PCI_DOMAIN_ID */
+    case 75: *v = 9; return 0;        /* COMPUTE_CAPABILITY_MAJOR */
+    case 76: *v = 0; return 0;        /* COMPUTE_CAPABILITY_MINOR */
+    default: *v = 0; return 0;
+    }
+}
+
+CUresult cuDeviceGetPCIBusId(char *id, int len, CUdevice d) {
+    if (bad(d)) return 101;
+    snprintf(id, (size_t)len, "00000000:%02X:00.0", 0x10 + d);
+    return 0;
+}
+
+CUresult cuGetErrorString(CUresult e, const char **s) { (void)e; *s = "fake CUDA error"; return 0; }
+CUresult cuGetErrorName(CUresult e, const char **s) { (void)e; *s = "CUDA_ERROR_FAKE"; return 0; }

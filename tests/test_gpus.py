@@ -1,0 +1,126 @@
+"""GPUs without a GPU: a fake CUDA driver (tests/fake_cuda/fake_cuda.c, built here) on the
+kernel's LD_LIBRARY_PATH describes 0, 1, 2 or 8 devices, so discovery through cudarc, the
+pinning plan, `--gpus`, `--gpu-visibility`, a preset CUDA_VISIBLE_DEVICES and `ranch::gpu()`
+are checked end to end through Jupyter."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import execute, ok, start, stop
+from test_ranch import no_rank_survives  # noqa: F401  (autouse fixture)
+
+HERE = Path(__file__).resolve().parent
+# What each rank says about its GPU: ranch::gpu() and the visibility it was given.
+PROBE = """%%ranch {n} {flags}
+(ranch::gpu(), std::env::var("CUDA_VISIBLE_DEVICES").ok(), std::env::var("CUDA_DEVICE_ORDER").ok())"""
+
+
+def uuid(i):
+    return f"GPU-fa4e0000-0000-0000-0000-0000000000{i:02x}"
+
+
+@pytest.fixture(scope="module")
+def fake_driver(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fake_cuda")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(out / "libcuda.so.1"), str(HERE / "fake_cuda" / "fake_cuda.c")],
+                   check=True)
+    return out
+
+
+def kernel(driver_dir, devices, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "FAKE_CUDA_DEVICES")}
+    if driver_dir is not None:
+        env["LD_LIBRARY_PATH"] = f"{driver_dir}:{env.get('LD_LIBRARY_PATH', '')}"
+        env["FAKE_CUDA_DEVICES"] = str(devices)
+    env.update(extra)
+    return start(env=env)
+
+
+@pytest.fixture(scope="module")
+def two_gpus(fake_driver):
+    km, kc = kernel(fake_driver, 2)
+    yield kc
+    stop(km, kc)
+
+
+def test_ranks_see_every_chosen_gpu_by_uuid_and_their_ordinal(two_gpus):
+    run = ok(execute(two_gpus, PROBE.format(n=2, flags="")))
+    both = f"{uuid(0)},{uuid(1)}"
+    assert run.result() == (f'[(Some(0), Some("{both}"), Some("PCI_BUS_ID")), '
+                            f'(Some(1), Some("{both}"), Some("PCI_BUS_ID"))]')
+    assert run.stream("stderr") == ""
+
+
+def test_isolate_gives_each_rank_its_gpu_only_and_more_ranks_wrap_with_a_warning(two_gpus):
+    run = ok(execute(two_gpus, PROBE.format(n=3, flags="--gpu-visibility isolate")))
+    assert run.result() == (f'[(Some(0), Some("{uuid(0)}"), Some("PCI_BUS_ID")), '
+                            f'(Some(0), Some("{uuid(1)}"), Some("PCI_BUS_ID")), '
+                            f'(Some(0), Some("{uuid(0)}"), Some("PCI_BUS_ID"))]')
+    assert "3 ranks share 2 GPUs" in run.stream("stderr")
+    pinned = ok(execute(two_gpus, PROBE.format(n=1, flags="--gpu-visibility pinned --gpus 1")))
+    assert pinned.result() == f'[(Some(0), Some("{uuid(1)}"), Some("PCI_BUS_ID"))]'
+
+
+def test_gpus_none_hides_the_gpus(two_gpus):
+    run = ok(execute(two_gpus, PROBE.format(n=2, flags="--gpus none")))
+    assert run.result() == '[(None, Some(""), None), (None, Some(""), None)]'
+
+
+def test_a_gpu_that_is_not_there_is_a_usage_error_before_any_build(two_gpus):
+    run = execute(two_gpus, '%%ranch 2 --gpus 0,5\nprintln!("ran");')
+    c = run.reply["content"]
+    assert c["ename"] == "UsageError" and "no GPU 5" in c["evalue"] and "GPUs 0..1" in c["evalue"]
+    assert run.stream() == "" and "Compiling" not in run.stream("stderr")
+
+
+def test_the_kernels_own_cuda_visible_devices_is_never_renumbered(fake_driver):
+    # The kernel may use physical GPUs 2 and 3 (one as an index, one as a UUID): its
+    # GPU 1 is physical GPU 3, and the rank is told so by UUID.
+    km, kc = kernel(fake_driver, 4, CUDA_VISIBLE_DEVICES=f"2,{uuid(3)}")
+    try:
+        run = ok(execute(kc, PROBE.format(n=1, flags="--gpus 1 --gpu-visibility isolate")))
+        assert run.result() == f'[(Some(0), Some("{uuid(3)}"), Some("PCI_BUS_ID"))]'
+        auto = ok(execute(kc, PROBE.format(n=2, flags="")))
+        assert f'Some("{uuid(2)},{uuid(3)}")' in auto.result()
+        bad = execute(kc, PROBE.format(n=1, flags="--gpus 2"))
+        assert bad.reply["content"]["ename"] == "UsageError"
+    finally:
+        stop(km, kc)
+
+
+def test_eight_gpus_eight_ranks_each_its_own(fake_driver):
+    km, kc = kernel(fake_driver, 8)
+    try:
+        run = ok(execute(kc, PROBE.format(n=8, flags="--gpu-visibility isolate")))
+        assert run.result() == "[" + ", ".join(f'(Some(0), Some("{uuid(i)}"), Some("PCI_BUS_ID"))' for i in range(8)) + "]"
+        assert run.stream("stderr") == ""
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.parametrize("devices", [None, 0])
+def test_no_driver_or_no_device_means_no_gpu_even_with_cuda_visible_devices_set(fake_driver, devices):
+    # The old discovery reported a GPU here (it trusted CUDA_VISIBLE_DEVICES).
+    km, kc = kernel(fake_driver if devices is not None else None, devices or 0, CUDA_VISIBLE_DEVICES="0,1")
+    try:
+        run = ok(execute(kc, "%%ranch 2\n(ranch::gpu(), std::env::var(\"RANCH_GPU\").ok())"))
+        assert run.result() == "[(None, None), (None, None)]"
+        bad = execute(kc, '%%ranch 1 --gpus 0\nprintln!("ran");')
+        assert bad.reply["content"]["ename"] == "UsageError" and "sees no GPU" in bad.reply["content"]["evalue"]
+    finally:
+        stop(km, kc)
+
+
+def test_a_driver_that_fails_to_start_is_said_not_crashed(fake_driver):
+    km, kc = kernel(fake_driver, 2, FAKE_CUDA_INIT_ERROR="999")
+    try:
+        run = ok(execute(kc, "%%ranch 1\nranch::gpu()"))
+        assert run.result() == "[None]"
+        bad = execute(kc, '%%ranch 1 --gpus 0\n1')
+        assert "did not start" in bad.reply["content"]["evalue"]
+    finally:
+        stop(km, kc)
