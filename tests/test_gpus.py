@@ -124,3 +124,70 @@ def test_a_driver_that_fails_to_start_is_said_not_crashed(fake_driver):
         assert "did not start" in bad.reply["content"]["evalue"]
     finally:
         stop(km, kc)
+
+
+# The runtime's `cuda` and `nccl` features, switched on by a body that names `ranch::cuda`,
+# as far as a machine without a GPU can take them.
+
+def has_real_nccl():
+    out = subprocess.run(["sh", "-c", "ldconfig -p 2>/dev/null || /sbin/ldconfig -p"], capture_output=True, text=True).stdout
+    return "libnccl.so" in out
+
+
+@pytest.fixture(scope="module")
+def fake_nccl(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fake_nccl")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libnccl.so.2", "-o", str(out / "libnccl.so.2"),
+                    str(HERE / "fake_cuda" / "fake_nccl.c")], check=True)
+    return out
+
+
+README_EXAMPLE = """%%ranch 2
+let gpu = ranch::cuda::context()?;
+let mut x = gpu.stream.clone_htod(&vec![ranch::rank() as f32; 1 << 20])?;
+ranch::cuda::nccl()?.all_reduce(&mut x, ranch::Op::Sum)?;
+gpu.stream.clone_dtoh(&x)?[0]"""
+
+
+def test_a_rank_without_a_gpu_gets_a_clear_error_from_cuda_context(fake_driver):
+    km, kc = kernel(None, 0)
+    try:
+        # The README's example: it builds (with the runtime's nccl feature), and says why it cannot run.
+        run = execute(kc, README_EXAMPLE, timeout=300)
+        assert run.reply["content"]["status"] == "error"
+        text = run.error_text()
+        assert "rank 0: this rank has no GPU" in text and "rank 1: this rank has no GPU" in text, text
+    finally:
+        stop(km, kc)
+
+
+def test_each_rank_opens_its_own_gpu_in_one_line(two_gpus):
+    run = ok(execute(two_gpus, "%%ranch 2\nranch::cuda::context()?.context.ordinal()", timeout=300))
+    assert run.result() == "[0, 1]"
+
+
+def test_nccl_refuses_two_ranks_on_one_gpu(fake_driver):
+    km, kc = kernel(fake_driver, 1)
+    try:
+        run = execute(kc, "%%ranch 2\nranch::cuda::nccl()?;\n1", timeout=300)
+        assert "cannot put two ranks on one GPU" in run.error_text(), run.error_text()
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.skipif(has_real_nccl(), reason="this machine has a real NCCL")
+def test_nccl_missing_is_said(two_gpus):
+    run = execute(two_gpus, "%%ranch 2\nranch::cuda::nccl()?;\n1", timeout=300)
+    assert "NCCL (libnccl.so.2) cannot be loaded" in run.error_text(), run.error_text()
+
+
+def test_nccl_is_found_under_its_real_name(fake_driver, fake_nccl):
+    # Only libnccl.so.2 exists (as pip's wheel ships it); ranks still load it, and the fake
+    # fails the unique id, which says they did.
+    km, kc = kernel(fake_driver, 2, LD_LIBRARY_PATH=f"{fake_nccl}:{fake_driver}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    try:
+        run = execute(kc, "%%ranch 2\nranch::cuda::nccl()?;\n1", timeout=300)
+        assert "ncclGetUniqueId failed" in run.error_text(), run.error_text()
+    finally:
+        stop(km, kc)

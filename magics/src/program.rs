@@ -37,12 +37,16 @@ pub struct CellProgram {
     pub has_tail: bool,
     /// Form the process group before the body and tear it down after it (`--ddp`).
     pub ddp: bool,
+    /// Features of the `ranch` runtime the body needs (`cuda`, `nccl`).
+    pub ranch_features: Vec<&'static str>,
 }
 
 /// The generated crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RankProgram {
     pub cargo_toml: String,
+    /// Features of the `ranch` runtime it is built with.
+    pub ranch_features: Vec<&'static str>,
     pub main_rs: String,
     /// 1-based line of `main.rs` holding the body's first line.
     pub body_line: usize,
@@ -62,12 +66,29 @@ impl RankProgram {
 
 pub const PACKAGE: &str = "ranch_rank";
 
+/// The session's `ranch = { path = ".." }` line with `features` added (other lines as
+/// they are).
+fn with_ranch_features(dep: &str, features: &[&str]) -> String {
+    let is_ranch = dep.split('=').next().is_some_and(|name| name.trim() == "ranch");
+    match dep.trim_end().strip_suffix('}') {
+        Some(head) if is_ranch && !features.is_empty() => {
+            let list: Vec<String> = features.iter().map(|f| format!("\"{f}\"")).collect();
+            format!("{}, features = [{}] }}", head.trim_end().trim_end_matches(','), list.join(", "))
+        }
+        _ => dep.to_string(),
+    }
+}
+
 pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
     let mut toml = format!(
         "[package]\nname = \"{PACKAGE}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
          [[bin]]\nname = \"{PACKAGE}\"\npath = \"src/main.rs\"\n\n[dependencies]\n"
     );
-    for dep in session.deps.iter().chain(&cell.rank_deps) {
+    for dep in &session.deps {
+        toml.push_str(&with_ranch_features(dep, &cell.ranch_features));
+        toml.push('\n');
+    }
+    for dep in &cell.rank_deps {
         toml.push_str(dep);
         toml.push('\n');
     }
@@ -160,6 +181,7 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
     );
     RankProgram {
         cargo_toml: toml,
+        ranch_features: cell.ranch_features.clone(),
         main_rs: main,
         body_line,
         body_lines: cell.body.lines().count().max(1),
@@ -197,6 +219,15 @@ mod tests {
         };
         let cell = CellProgram { body: body.into(), body_cell_line: 2, shipped, has_tail: true, ..Default::default() };
         generate(&session, &cell)
+    }
+
+    #[test]
+    fn the_runtime_gets_the_features_the_body_needs() {
+        let session = SessionSnapshot { deps: vec!["ranch = { path = \"/r\" }".into(), "rand = \"0.8\"".into()], ..Default::default() };
+        let cell = CellProgram { body: "1".into(), ranch_features: vec!["nccl"], ..Default::default() };
+        let toml = generate(&session, &cell).cargo_toml;
+        assert!(toml.contains("ranch = { path = \"/r\", features = [\"nccl\"] }\nrand = \"0.8\"\n"), "{toml}");
+        assert_eq!(with_ranch_features("ranchy = { path = \"/x\" }", &["cuda"]), "ranchy = { path = \"/x\" }");
     }
 
     #[test]

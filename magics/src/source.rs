@@ -83,6 +83,16 @@ pub struct BodyFacts {
     pub has_tail: bool,
 }
 
+/// Features of the `ranch` runtime a body needs: `cuda` when it names `ranch::cuda`, and
+/// `nccl` when it also names `nccl`.
+pub fn ranch_features(body: &str) -> Vec<&'static str> {
+    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    if !compact.contains("ranch::cuda") {
+        return vec![];
+    }
+    if body_facts(body).idents.contains("nccl") { vec!["nccl"] } else { vec!["cuda"] }
+}
+
 pub fn body_facts(body: &str) -> BodyFacts {
     let text = format!("fn __ranch_body() {{\n{body}\n}}");
     let file = SourceFile::parse(&text, Edition::Edition2024).tree();
@@ -229,6 +239,14 @@ pub extern "C" fn run_user_code_7(x: *mut u8) -> *mut u8 { x }
         assert!(all.contains("use std::collections::HashMap;"));
         assert!(!all.contains("Evcxr") && !all.contains("run_user_code") && !all.contains("evcxr_internal"));
         assert!(s.names.contains("cube") && s.names.contains("Cfg"));
+    }
+
+    #[test]
+    fn cuda_bodies_turn_the_runtime_features_on() {
+        assert!(ranch_features("ranch::rank()").is_empty());
+        assert_eq!(ranch_features("let g = ranch::cuda::context()?;"), ["cuda"]);
+        assert_eq!(ranch_features("let n = ranch :: cuda :: nccl()?;"), ["nccl"]);
+        assert_eq!(ranch_features("use ranch::cuda;\nlet n = cuda::nccl()?;"), ["nccl"]);
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! ```
 
 mod comm;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod info;
 mod shard;
 

@@ -78,3 +78,18 @@ CUresult cuDeviceGetPCIBusId(char *id, int len, CUdevice d) {
 
 CUresult cuGetErrorString(CUresult e, const char **s) { (void)e; *s = "fake CUDA error"; return 0; }
 CUresult cuGetErrorName(CUresult e, const char **s) { (void)e; *s = "CUDA_ERROR_FAKE"; return 0; }
+
+/* Contexts: one pretend primary context per device (no memory, nothing runs on it), so
+ * that `ranch::cuda::context()` and what follows it can be reached without a GPU. */
+typedef void *CUcontext;
+static char contexts[64];
+static __thread CUcontext current;
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice d) {
+    if (bad(d) || d >= 64) return 101;
+    *ctx = &contexts[d];
+    return 0;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { return bad(d) ? 101 : 0; }
+CUresult cuCtxGetCurrent(CUcontext *ctx) { *ctx = current; return 0; }
+CUresult cuCtxSetCurrent(CUcontext ctx) { current = ctx; return 0; }

@@ -231,6 +231,7 @@ impl EvcxrSession {
         self.interrupted()?;
         let snapshot = snapshot?;
         let export_s = t_export.elapsed().as_secs_f64();
+        let ranch_features = source::ranch_features(&format!("{rust}\n{}", args.ctx.as_deref().unwrap_or("")));
         let cell = CellProgram {
             body: rust,
             body_cell_line: rust_line + 1, // the magic line is line 1
@@ -240,6 +241,7 @@ impl EvcxrSession {
             uses_question_mark: facts.uses_question_mark,
             has_tail: facts.has_tail,
             ddp: args.ddp,
+            ranch_features,
         };
         let program = program::generate(&snapshot, &cell);
         let t_build = std::time::Instant::now();
@@ -410,6 +412,12 @@ impl EvcxrSession {
         let interrupted = move || run.interrupted.load(Ordering::SeqCst);
         let note = |text: &str| cx.sink.stream(Stream::Stderr, text);
         let (_service, master_port, token) = start_or_join_group(args, &interrupted, &note)?;
+        // NCCL under the name cudarc looks for (see ranch_magics::gpus::nccl_lib).
+        let nccl_dir = program.ranch_features.contains(&"nccl").then(|| ranch_magics::gpus::nccl_lib::link_for_ranks(&run_dir.join("lib"))).flatten();
+        let libdir = match nccl_dir {
+            Some(dir) => format!("{}:{libdir}", dir.display()),
+            None => libdir,
+        };
         let mut env = vec![
             ("LD_LIBRARY_PATH".into(), super::host_rust::library_path_with(&libdir)),
             (ranch_magics::group::TOKEN_ENV.to_string(), token),

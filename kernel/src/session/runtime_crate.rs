@@ -11,6 +11,8 @@ const FILES: &[(&str, &str)] = &[
     ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
     ("src/shard.rs", include_str!("../../../runtime/src/shard.rs")),
     ("src/__rt.rs", include_str!("../../../runtime/src/__rt.rs")),
+    ("src/cuda/mod.rs", include_str!("../../../runtime/src/cuda/mod.rs")),
+    ("src/cuda/nccl.rs", include_str!("../../../runtime/src/cuda/nccl.rs")),
     ("src/comm/mod.rs", include_str!("../../../runtime/src/comm/mod.rs")),
     ("src/comm/error.rs", include_str!("../../../runtime/src/comm/error.rs")),
     ("src/comm/futex.rs", include_str!("../../../runtime/src/comm/futex.rs")),

@@ -2,6 +2,7 @@
 //! through the CUDA driver, so the kernel never holds a CUDA context) and the plan that
 //! maps ranks to them by UUID.
 
+pub mod nccl_lib;
 mod plan;
 mod probe;
 
