@@ -191,3 +191,26 @@ def test_nccl_is_found_under_its_real_name(fake_driver, fake_nccl):
         assert "ncclGetUniqueId failed" in run.error_text(), run.error_text()
     finally:
         stop(km, kc)
+
+
+def test_ranch_gpus_lists_the_devices_and_what_gpus_numbers_mean(fake_driver):
+    km, kc = kernel(fake_driver, 2, CUDA_VISIBLE_DEVICES="1")
+    try:
+        run = ok(execute(kc, "%ranch_gpus"))
+        lines = run.result().splitlines()
+        assert lines[0].split() == ["--gpus", "name", "UUID", "PCI", "bus", "memory", "compute"]
+        assert lines[1].split()[:5] == ["0", "Fake", "GPU", "1", uuid(1)] and "2.0 GiB" in lines[1]
+        assert lines[2].split()[:5] == ["-", "Fake", "GPU", "0", uuid(0)]
+        assert "CUDA_VISIBLE_DEVICES=1" in run.result()
+        assert "<td>Fake GPU 1</td>" in run.result("text/html")
+    finally:
+        stop(km, kc)
+
+
+def test_ranch_gpus_without_a_gpu(fake_driver):
+    km, kc = kernel(None, 0)
+    try:
+        assert ok(execute(kc, "%ranch_gpus")).result() == "No GPU: ranks run on CPUs (`ranch::gpu()` is None)."
+        assert execute(kc, "%ranch_gpus --all").reply["content"]["ename"] == "UsageError"
+    finally:
+        stop(km, kc)

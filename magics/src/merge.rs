@@ -54,7 +54,7 @@ pub fn single_bundle(result: &RankResult) -> Option<Map<String, Value>> {
     Some(data)
 }
 
-fn html_escape(s: &str) -> String {
+pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 

@@ -223,6 +223,9 @@ impl EvcxrSession {
         if let Some(args) = code.trim_start().strip_prefix("%ranch_clean") {
             return self.ranch_clean(args, cx);
         }
+        if let Some(args) = code.trim_start().strip_prefix("%ranch_gpus") {
+            return ranch::ranch_gpus(args);
+        }
         if let Some(refusal) = refused_command(code) {
             return Err(refusal);
         }
@@ -230,7 +233,7 @@ impl EvcxrSession {
             return Err(CellError::new(
                 "UsageError",
                 format!(
-                    "unknown magic `{magic}`: ranch has `%%ranch N`, `%in_ddp N EXPR` (see `%%ranch --help`) and `%ranch_clean`"
+                    "unknown magic `{magic}`: ranch has `%%ranch N`, `%in_ddp N EXPR` (see `%%ranch --help`), `%ranch_gpus` and `%ranch_clean`"
                 ),
             ));
         }

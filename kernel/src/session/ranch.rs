@@ -53,6 +53,16 @@ ranch versions that no kernel uses. With --all, also the build directories no ru
 uses and this kernel's own (its dependencies are compiled again when next needed).\n";
 
 /// Whether a cell is a `%%ranch` cell.
+/// `%ranch_gpus`: the machine's GPUs, and what `--gpus` numbers mean in this kernel.
+pub(super) fn ranch_gpus(args: &str) -> CellOutcome {
+    if !args.trim().is_empty() {
+        return Err(usage(format!("%ranch_gpus takes no arguments, got `{}`", args.trim())));
+    }
+    let found = ranch_magics::gpus::discover();
+    let data = ranch_magics::gpus::listing(found, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref());
+    Ok(Some(data))
+}
+
 pub fn is_ranch_cell(code: &str) -> bool {
     let c = code.trim_start();
     c.starts_with("%%ranch") || c.starts_with("%in_ddp")

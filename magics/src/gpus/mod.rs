@@ -2,9 +2,11 @@
 //! through the CUDA driver, so the kernel never holds a CUDA context) and the plan that
 //! maps ranks to them by UUID.
 
+mod listing;
 pub mod nccl_lib;
 mod plan;
 mod probe;
 
+pub use listing::listing;
 pub use plan::{Plan, kernel_visible, plan};
 pub use probe::{Device, Discovery, PROBE_ENV, discover, serve_probe_if_asked};

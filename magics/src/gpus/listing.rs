@@ -1,0 +1,105 @@
+//! `%ranch_gpus`: what the machine has and what `--gpus` numbers mean in this kernel.
+
+use super::plan::kernel_visible;
+use super::probe::Discovery;
+use crate::merge::html_escape;
+use serde_json::{Map, Value};
+
+/// The devices as a table (text and HTML): the number `--gpus` uses for each (none when the
+/// kernel's `CUDA_VISIBLE_DEVICES` hides it), name, UUID, PCI bus, memory, compute
+/// capability.
+pub fn listing(found: &Discovery, cuda_visible: Option<&str>) -> Map<String, Value> {
+    let visible = kernel_visible(&found.devices, cuda_visible);
+    let mut rows: Vec<[String; 6]> = found
+        .devices
+        .iter()
+        .map(|d| {
+            let ordinal = visible.iter().position(|u| *u == d.uuid).map_or("-".to_string(), |i| i.to_string());
+            let (major, minor) = d.compute_capability;
+            [ordinal, d.name.clone(), d.uuid.clone(), d.pci_bus_id.clone(), format!("{:.1} GiB", d.memory_bytes as f64 / (1u64 << 30) as f64), format!("{major}.{minor}")]
+        })
+        .collect();
+    for (i, id) in visible.iter().enumerate().filter(|(_, id)| id.starts_with("MIG-")) {
+        rows.push([i.to_string(), "MIG instance".into(), id.clone(), String::new(), String::new(), String::new()]);
+    }
+    rows.sort_by_key(|r| r[0].parse::<usize>().unwrap_or(usize::MAX));
+    let mut notes = Vec::new();
+    if found.devices.is_empty() {
+        notes.push("No GPU: ranks run on CPUs (`ranch::gpu()` is None).".to_string());
+    }
+    if let Some(note) = &found.note {
+        notes.push(format!("GPU discovery: {note}"));
+    }
+    if let Some(cvd) = cuda_visible {
+        notes.push(format!("This kernel runs with CUDA_VISIBLE_DEVICES={cvd}; `--gpus` numbers the GPUs it leaves visible."));
+    }
+    const HEAD: [&str; 6] = ["--gpus", "name", "UUID", "PCI bus", "memory", "compute"];
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).chain([HEAD[c].len()]).max().unwrap_or(0)).collect();
+    let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string();
+    let mut text = Vec::new();
+    if !rows.is_empty() {
+        text.push(line(&HEAD.map(String::from)));
+        text.extend(rows.iter().map(|r| line(r)));
+    }
+    text.extend(notes.iter().cloned());
+    let mut html = String::new();
+    if !rows.is_empty() {
+        html.push_str("<table><thead><tr>");
+        for h in HEAD {
+            html.push_str(&format!("<th>{}</th>", html_escape(h)));
+        }
+        html.push_str("</tr></thead><tbody>");
+        for r in &rows {
+            html.push_str("<tr>");
+            for c in r {
+                html.push_str(&format!("<td>{}</td>", html_escape(c)));
+            }
+            html.push_str("</tr>");
+        }
+        html.push_str("</tbody></table>");
+    }
+    for n in &notes {
+        html.push_str(&format!("<p>{}</p>", html_escape(n)));
+    }
+    let mut data = Map::new();
+    data.insert("text/plain".into(), Value::String(text.join("\n")));
+    data.insert("text/html".into(), Value::String(html));
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpus::Device;
+
+    fn device(i: usize) -> Device {
+        Device {
+            index: i,
+            name: format!("<GPU {i}>"),
+            uuid: format!("GPU-{i}"),
+            pci_bus_id: format!("0000:0{i}:00.0"),
+            memory_bytes: 80 << 30,
+            compute_capability: (9, 0),
+        }
+    }
+
+    #[test]
+    fn lists_what_gpus_numbers_mean_here() {
+        let found = Discovery { devices: vec![device(0), device(1)], note: None };
+        let t = listing(&found, Some("1"));
+        let text = t["text/plain"].as_str().unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("--gpus  name"), "{text}");
+        assert!(lines[1].starts_with("0       <GPU 1>  GPU-1"), "{text}");
+        assert!(lines[2].starts_with("-       <GPU 0>  GPU-0"), "{text}");
+        assert!(text.contains("80.0 GiB") && text.contains("CUDA_VISIBLE_DEVICES=1"));
+        assert!(t["text/html"].as_str().unwrap().contains("&lt;GPU 1&gt;"));
+    }
+
+    #[test]
+    fn no_gpu_says_so_and_why() {
+        let found = Discovery { devices: vec![], note: Some("the CUDA driver did not start".into()) };
+        let text = listing(&found, None)["text/plain"].as_str().unwrap().to_string();
+        assert_eq!(text, "No GPU: ranks run on CPUs (`ranch::gpu()` is None).\nGPU discovery: the CUDA driver did not start");
+    }
+}
