@@ -47,3 +47,17 @@ def test_data_parallel_gradient_descent_matches_serial():
     dw, db = (float(v) for v in ddp.strip("()").split(","))
     assert abs(dw - w) < 1e-9 and abs(db - b) < 1e-9, (serial, ddp)
     assert text(cells[4]) == "true"
+
+
+def test_gpus_notebook_runs_its_cpu_path_without_a_gpu():
+    import os
+    has_gpu = os.path.isdir("/proc/driver/nvidia/gpus") and os.listdir("/proc/driver/nvidia/gpus")
+    cells = run("gpus.ipynb")
+    assert all(o.output_type != "error" for c in cells for o in c.outputs)
+    if has_gpu:
+        assert "--gpus" in text(cells[0])
+        assert text(cells[2]).count("GPU + NCCL: 3") == 2
+    else:
+        assert text(cells[0]).startswith("No GPU")
+        assert text(cells[1]) == '[(None, ""), (None, "")]'
+        assert text(cells[2]) == '["CPU + shared memory: 3", "CPU + shared memory: 3"]'
