@@ -198,10 +198,10 @@ def test_ranch_gpus_lists_the_devices_and_what_gpus_numbers_mean(fake_driver):
     try:
         run = ok(execute(kc, "%ranch_gpus"))
         lines = run.result().splitlines()
-        assert lines[0].split() == ["--gpus", "name", "UUID", "PCI", "bus", "memory", "compute"]
-        assert lines[1].split()[:5] == ["0", "Fake", "GPU", "1", uuid(1)] and "2.0 GiB" in lines[1]
+        assert lines[0].split() == ["--gpus", "name", "UUID", "PCI", "bus", "memory", "free", "busy", "compute"]
+        assert lines[1].split() == ["0", "Fake", "GPU", "1", uuid(1), "00000000:11:00.0", "2.0", "GiB", "?", "?", "9.0"]
         assert lines[2].split()[:5] == ["-", "Fake", "GPU", "0", uuid(0)]
-        assert "CUDA_VISIBLE_DEVICES=1" in run.result()
+        assert "CUDA_VISIBLE_DEVICES=1" in run.result() and "NVML (libnvidia-ml.so.1), which is not here" in run.result()
         assert "<td>Fake GPU 1</td>" in run.result("text/html")
     finally:
         stop(km, kc)
@@ -212,5 +212,19 @@ def test_ranch_gpus_without_a_gpu(fake_driver):
     try:
         assert ok(execute(kc, "%ranch_gpus")).result() == "No GPU: ranks run on CPUs (`ranch::gpu()` is None)."
         assert execute(kc, "%ranch_gpus --all").reply["content"]["ename"] == "UsageError"
+    finally:
+        stop(km, kc)
+
+
+def test_ranch_gpus_adds_free_memory_and_utilisation_from_nvml(fake_driver, tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o", str(tmp_path / "libnvidia-ml.so.1"),
+                    str(HERE / "fake_cuda" / "fake_nvml.c")], check=True)
+    km, kc = kernel(fake_driver, 2, LD_LIBRARY_PATH=f"{tmp_path}:{fake_driver}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    try:
+        lines = ok(execute(kc, "%ranch_gpus")).result().splitlines()
+        assert lines[1].split()[8:] == ["0.5", "GiB", "0%", "9.0"], lines
+        assert lines[2].split()[8:] == ["1.0", "GiB", "10%", "9.0"], lines
+        assert len(lines) == 3
     finally:
         stop(km, kc)

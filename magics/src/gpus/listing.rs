@@ -10,17 +10,27 @@ use serde_json::{Map, Value};
 /// capability.
 pub fn listing(found: &Discovery, cuda_visible: Option<&str>) -> Map<String, Value> {
     let visible = kernel_visible(&found.devices, cuda_visible);
-    let mut rows: Vec<[String; 6]> = found
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    let mut rows: Vec<[String; 8]> = found
         .devices
         .iter()
         .map(|d| {
             let ordinal = visible.iter().position(|u| *u == d.uuid).map_or("-".to_string(), |i| i.to_string());
             let (major, minor) = d.compute_capability;
-            [ordinal, d.name.clone(), d.uuid.clone(), d.pci_bus_id.clone(), format!("{:.1} GiB", d.memory_bytes as f64 / (1u64 << 30) as f64), format!("{major}.{minor}")]
+            [
+                ordinal,
+                d.name.clone(),
+                d.uuid.clone(),
+                d.pci_bus_id.clone(),
+                gib(d.memory_bytes),
+                d.memory_free_bytes.map_or("?".into(), gib),
+                d.utilization_percent.map_or("?".into(), |u| format!("{u}%")),
+                format!("{major}.{minor}"),
+            ]
         })
         .collect();
     for (i, id) in visible.iter().enumerate().filter(|(_, id)| id.starts_with("MIG-")) {
-        rows.push([i.to_string(), "MIG instance".into(), id.clone(), String::new(), String::new(), String::new()]);
+        rows.push([i.to_string(), "MIG instance".into(), id.clone(), String::new(), String::new(), String::new(), String::new(), String::new()]);
     }
     rows.sort_by_key(|r| r[0].parse::<usize>().unwrap_or(usize::MAX));
     let mut notes = Vec::new();
@@ -33,8 +43,11 @@ pub fn listing(found: &Discovery, cuda_visible: Option<&str>) -> Map<String, Val
     if let Some(cvd) = cuda_visible {
         notes.push(format!("This kernel runs with CUDA_VISIBLE_DEVICES={cvd}; `--gpus` numbers the GPUs it leaves visible."));
     }
-    const HEAD: [&str; 6] = ["--gpus", "name", "UUID", "PCI bus", "memory", "compute"];
-    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).chain([HEAD[c].len()]).max().unwrap_or(0)).collect();
+    if !found.devices.is_empty() && found.devices.iter().all(|d| d.utilization_percent.is_none()) {
+        notes.push("Free memory and utilisation come from NVML (libnvidia-ml.so.1), which is not here.".to_string());
+    }
+    const HEAD: [&str; 8] = ["--gpus", "name", "UUID", "PCI bus", "memory", "free", "busy", "compute"];
+    let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].len()).chain([HEAD[c].len()]).max().unwrap_or(0)).collect();
     let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string();
     let mut text = Vec::new();
     if !rows.is_empty() {
@@ -80,6 +93,8 @@ mod tests {
             pci_bus_id: format!("0000:0{i}:00.0"),
             memory_bytes: 80 << 30,
             compute_capability: (9, 0),
+            memory_free_bytes: Some(20 << 30),
+            utilization_percent: Some(35),
         }
     }
 
@@ -92,7 +107,7 @@ mod tests {
         assert!(lines[0].starts_with("--gpus  name"), "{text}");
         assert!(lines[1].starts_with("0       <GPU 1>  GPU-1"), "{text}");
         assert!(lines[2].starts_with("-       <GPU 0>  GPU-0"), "{text}");
-        assert!(text.contains("80.0 GiB") && text.contains("CUDA_VISIBLE_DEVICES=1"));
+        assert!(text.contains("80.0 GiB") && text.contains("20.0 GiB") && text.contains("35%") && text.contains("CUDA_VISIBLE_DEVICES=1"));
         assert!(t["text/html"].as_str().unwrap().contains("&lt;GPU 1&gt;"));
     }
 

@@ -107,6 +107,8 @@ mod tests {
                 pci_bus_id: format!("0000:{:02x}:00.0", i + 1),
                 memory_bytes: 1 << 30,
                 compute_capability: (9, 0),
+                memory_free_bytes: None,
+                utilization_percent: None,
             })
             .collect()
     }

@@ -30,6 +30,9 @@ pub struct Device {
     pub pci_bus_id: String,
     pub memory_bytes: u64,
     pub compute_capability: (i32, i32),
+    /// From NVML, when it is there: free memory and the share of time a kernel ran lately.
+    pub memory_free_bytes: Option<u64>,
+    pub utilization_percent: Option<u32>,
 }
 
 /// The devices found, and why there are none when that is not simply "no GPU".
@@ -95,6 +98,8 @@ fn parse_answer(text: &str) -> Result<Discovery, String> {
                 pci_bus_id: d["pci_bus_id"].as_str()?.to_string(),
                 memory_bytes: d["memory_bytes"].as_u64()?,
                 compute_capability: (d["cc"][0].as_i64()? as i32, d["cc"][1].as_i64()? as i32),
+                memory_free_bytes: d["memory_free_bytes"].as_u64(),
+                utilization_percent: d["utilization_percent"].as_u64().map(|u| u.min(100) as u32),
             })
         })
         .collect::<Option<Vec<_>>>()
@@ -115,7 +120,8 @@ pub fn serve_probe_if_asked() {
         .iter()
         .map(|d| {
             json!({"index": d.index, "name": d.name, "uuid": d.uuid, "pci_bus_id": d.pci_bus_id,
-                   "memory_bytes": d.memory_bytes, "cc": [d.compute_capability.0, d.compute_capability.1]})
+                   "memory_bytes": d.memory_bytes, "cc": [d.compute_capability.0, d.compute_capability.1],
+                   "memory_free_bytes": d.memory_free_bytes, "utilization_percent": d.utilization_percent})
         })
         .collect();
     println!("{}", json!({"devices": devices, "note": note}));
@@ -164,14 +170,26 @@ fn probe_here() -> Result<(Vec<Device>, Option<String>), String> {
         let u = uuid.bytes.map(|b| b as u8);
         let hex = |r: std::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
         let uuid = format!("GPU-{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16));
-        devices.push(Device { index: 0, name, uuid, pci_bus_id, memory_bytes, compute_capability: cc });
+        devices.push(Device { index: 0, name, uuid, pci_bus_id, memory_bytes, compute_capability: cc, memory_free_bytes: None, utilization_percent: None });
     }
+    add_nvml_figures(&mut devices);
     // The helper runs with CUDA_DEVICE_ORDER=PCI_BUS_ID, but the order is made sure of here.
     devices.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id));
     for (i, d) in devices.iter_mut().enumerate() {
         d.index = i;
     }
     Ok((devices, None))
+}
+
+/// Free memory and utilisation from NVML, joined by UUID (NVML numbers devices its own
+/// way). Without NVML (no `libnvidia-ml.so.1`) the figures stay unknown.
+fn add_nvml_figures(devices: &mut [Device]) {
+    let Ok(nvml) = nvml_wrapper::Nvml::init() else { return };
+    for d in devices {
+        let Ok(device) = nvml.device_by_uuid(d.uuid.as_str()) else { continue };
+        d.memory_free_bytes = device.memory_info().ok().map(|m| m.free);
+        d.utilization_percent = device.utilization_rates().ok().map(|u| u.gpu);
+    }
 }
 
 #[cfg(test)]
