@@ -294,6 +294,11 @@ impl EvcxrSession {
 
 impl Interpreter for EvcxrSession {
     fn warm_up(&mut self) {
+        // The GPUs are asked for meanwhile (a driver can take seconds to start), so the first
+        // `%%ranch` cell does not wait for them.
+        let _ = std::thread::Builder::new().name("gpu-discovery".into()).spawn(|| {
+            ranch_magics::gpus::discover();
+        });
         // The runtime crate is added before the user defines anything: adding a dependency
         // later changes the TypeId of every session type, and evcxr then drops the
         // variables of those types. The persistent work directory keeps it compiled
