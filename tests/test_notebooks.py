@@ -57,7 +57,9 @@ def test_gpus_notebook_runs_its_cpu_path_without_a_gpu():
     if has_gpu:
         assert "--gpus" in text(cells[0])
         assert text(cells[2]).count("GPU + NCCL: 3") == 2
+        assert cells[3].outputs[-1].data["text/plain"] == '["GPU (cuBLAS): 256", "GPU (cuBLAS): 512"]'
     else:
         assert text(cells[0]).startswith("No GPU")
         assert text(cells[1]) == '[(None, ""), (None, "")]'
         assert text(cells[2]) == '["CPU + shared memory: 3", "CPU + shared memory: 3"]'
+        assert cells[3].outputs[-1].data["text/plain"] == '["CPU: 256", "CPU: 512"]'
