@@ -52,7 +52,7 @@ def test_ranks_see_every_chosen_gpu_by_uuid_and_their_ordinal(two_gpus):
     both = f"{uuid(0)},{uuid(1)}"
     assert run.result() == (f'[(Some(0), Some("{both}"), Some("PCI_BUS_ID")), '
                             f'(Some(1), Some("{both}"), Some("PCI_BUS_ID"))]')
-    assert run.stream("stderr") == ""
+    assert "GPU" not in run.stream("stderr")
 
 
 def test_isolate_gives_each_rank_its_gpu_only_and_more_ranks_wrap_with_a_warning(two_gpus):
@@ -97,7 +97,7 @@ def test_eight_gpus_eight_ranks_each_its_own(fake_driver):
     try:
         run = ok(execute(kc, PROBE.format(n=8, flags="--gpu-visibility isolate")))
         assert run.result() == "[" + ", ".join(f'(Some(0), Some("{uuid(i)}"), Some("PCI_BUS_ID"))' for i in range(8)) + "]"
-        assert run.stream("stderr") == ""
+        assert "GPU" not in run.stream("stderr")
     finally:
         stop(km, kc)
 

@@ -23,3 +23,4 @@ pub mod program;
 pub mod rank_output;
 pub mod source;
 pub mod supervise;
+pub mod threads;

@@ -54,6 +54,23 @@ pub fn local_world_size() -> usize {
     info().local_world_size
 }
 
+/// A seed for this rank's random generator: the same for the same `base` and rank on
+/// every run, and different between ranks, so that ranks do not all draw the same numbers
+/// (`StdRng::seed_from_u64(ranch::seed(42))`). Outside a launch it is rank 0's seed.
+pub fn seed(base: u64) -> u64 {
+    seed_for(base, rank())
+}
+
+fn seed_for(base: u64, rank: usize) -> u64 {
+    // SplitMix64's finaliser: nearby bases and ranks give unrelated seeds.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    mix(base.wrapping_add(mix((rank as u64).wrapping_add(0x9e37_79b9_7f4a_7c15))))
+}
+
 /// The CUDA device ordinal this rank should use, `None` when the launch pinned no GPU.
 pub fn gpu() -> Option<usize> {
     info().gpu
@@ -84,5 +101,14 @@ mod tests {
     fn nonsense_falls_back_to_serial() {
         assert_eq!(env(&[("RANK", "5"), ("WORLD_SIZE", "4")]), Info::SERIAL);
         assert_eq!(env(&[("RANK", "x"), ("WORLD_SIZE", "4")]), Info::SERIAL);
+    }
+
+    #[test]
+    fn seeds_differ_between_ranks_and_repeat_between_runs() {
+        let seeds: std::collections::HashSet<u64> = (0..10_000).map(|r| seed_for(42, r)).collect();
+        assert_eq!(seeds.len(), 10_000);
+        assert_eq!(seed_for(42, 3), seed_for(42, 3));
+        assert_ne!(seed_for(42, 3), seed_for(43, 3));
+        assert_ne!(seed_for(0, 1), seed_for(1, 0));
     }
 }

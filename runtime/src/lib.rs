@@ -21,5 +21,5 @@ mod shard;
 pub mod __rt;
 
 pub use comm::{Comm, CommError, Op, Reduce, comm};
-pub use info::{gpu, local_rank, local_world_size, rank, world_size};
+pub use info::{gpu, local_rank, local_world_size, rank, seed, world_size};
 pub use shard::{shard, shard_range};

@@ -27,6 +27,8 @@ pub(super) struct RanchState {
     snapshot: Option<(u64, SessionSnapshot)>,
     toolchain: Option<(Toolchain, String)>,
     launches: u64,
+    /// The "more ranks than cores" warning was given (once per session).
+    warned_cores: bool,
 }
 
 /// A run directory, removed when the launch ends.
@@ -207,6 +209,11 @@ impl EvcxrSession {
             }))?;
         if let Some(warning) = &gpus.warning {
             cx.sink.stream(Stream::Stderr, &format!("ranch: {warning}\n"));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(warning) = ranch_magics::threads::oversubscribed(cores, args.n).filter(|_| !self.ranch.warned_cores) {
+            self.ranch.warned_cores = true;
+            cx.sink.stream(Stream::Stderr, &format!("{warning}\n"));
         }
         self.ensure_runtime()?;
 
@@ -432,6 +439,8 @@ impl EvcxrSession {
             ("LD_LIBRARY_PATH".into(), super::host_rust::library_path_with(&libdir)),
             (ranch_magics::group::TOKEN_ENV.to_string(), token),
         ];
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        env.extend(ranch_magics::threads::thread_env(cores, args.n, |k| std::env::var(k).ok()));
         if let Some(t) = args.collective_timeout {
             env.push((ranch_magics::group::TIMEOUT_ENV.to_string(), t.to_string()));
         }
