@@ -32,7 +32,9 @@ def test_quickstart():
     assert [o.output_type for o in cells[4].outputs] == ["display_data", "display_data"]
     assert "squares" in text(cells[5]) and "Vec<u64>" in text(cells[5])
     hello = cells[6]
-    assert sorted(text(hello).splitlines()[:4]) == [f"[{r}] hello from {r} of 4" for r in range(4)]
+    # (ranch's once-per-session note on machines with fewer than 4 cores is not the ranks' output.)
+    said = [l for l in text(hello).splitlines() if not l.startswith("ranch: ")]
+    assert sorted(said[:4]) == [f"[{r}] hello from {r} of 4" for r in range(4)]
     assert hello.outputs[-1].data["text/plain"] == "[0, 1, 4, 9]"
     assert text(cells[8]) == "[31375.0, 93875.0, 156375.0, 218875.0]"
     assert text(cells[9]) == "500500.0"

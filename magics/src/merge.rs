@@ -58,15 +58,51 @@ pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Failed ranks grouped by what happened to them: many ranks failing the same way are one
+/// group. Groups come in the order of their first rank.
+fn groups(report: &RunReport) -> Vec<(Vec<usize>, String)> {
+    let mut groups: Vec<(Vec<usize>, String)> = Vec::new();
+    for (i, r) in report.ranks.iter().enumerate() {
+        if matches!(r.ending, Ending::Success | Ending::Stopped) {
+            continue;
+        }
+        let what = describe(&r.ending);
+        match groups.iter_mut().find(|(_, w)| *w == what) {
+            Some((ranks, _)) => ranks.push(i + report.first_rank),
+            None => groups.push((vec![i + report.first_rank], what)),
+        }
+    }
+    groups
+}
+
+/// "rank 2", "ranks 0, 1", "ranks 0-7, 9".
+fn ranks_label(ranks: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let mut j = i;
+        while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j >= i + 2 { format!("{}-{}", ranks[i], ranks[j]) } else { (i..=j).map(|k| ranks[k].to_string()).collect::<Vec<_>>().join(", ") });
+        i = j + 1;
+    }
+    format!("rank{} {}", if ranks.len() == 1 { "" } else { "s" }, parts.join(", "))
+}
+
+/// The last line a rank wrote, shortened for a table cell.
+fn last_line(report: &RunReport, rank: usize) -> String {
+    let line = report.ranks[rank - report.first_rank].last_lines.back().map_or("", String::as_str);
+    let mut short: String = line.chars().take(60).collect();
+    if short.len() < line.len() {
+        short.push('…');
+    }
+    short
+}
+
 /// A failed run, as (`evalue`, traceback lines). `None` when every rank succeeded.
 pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
-    let failed: Vec<(usize, &Ending)> = report
-        .ranks
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !matches!(r.ending, Ending::Success | Ending::Stopped))
-        .map(|(i, r)| (i + report.first_rank, &r.ending))
-        .collect();
+    let groups = groups(report);
     let stopped: Vec<usize> = report
         .ranks
         .iter()
@@ -80,16 +116,24 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
             let running: Vec<usize> = running.iter().map(|r| r + report.first_rank).collect();
             format!("timed out after {:.1}s; ranks still running were stopped: {}", report.elapsed.as_secs_f64(), list(&running))
         }
-        _ if failed.is_empty() => return None,
-        _ => {
-            let names: Vec<String> = failed.iter().map(|(r, e)| format!("rank {r} {}", describe(e))).collect();
-            names.join("; ")
-        }
+        _ if groups.is_empty() => return None,
+        _ => groups.iter().map(|(ranks, what)| format!("{} {what}", ranks_label(ranks))).collect::<Vec<_>>().join("; "),
     };
     let mut tb = vec![format!("\x1b[1;31m%%ranch failed\x1b[0m: {headline}")];
-    for (rank, ending) in &failed {
-        tb.push(format!("rank {rank} {}", describe(ending)));
-        let last = &report.ranks[*rank - report.first_rank].last_lines;
+    if !groups.is_empty() {
+        // One row per way of failing: who, what, and the last thing the first of them wrote.
+        let rows: Vec<[String; 3]> =
+            groups.iter().map(|(ranks, what)| [ranks_label(ranks), what.clone(), last_line(report, ranks[0])]).collect();
+        let head = ["ranks".to_string(), "outcome".to_string(), "last output".to_string()];
+        let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).chain([head[c].len()]).max().unwrap_or(0);
+        let (w0, w1) = (width(0), width(1));
+        for r in std::iter::once(&head).chain(&rows) {
+            tb.push(format!("  {:<w0$}  {:<w1$}  {}", r[0], r[1], r[2]).trim_end().to_string());
+        }
+    }
+    for (ranks, _) in &groups {
+        let rank = ranks[0];
+        let last = &report.ranks[rank - report.first_rank].last_lines;
         if !last.is_empty() {
             tb.push(format!("  last output of rank {rank}:"));
             tb.extend(last.iter().map(|l| format!("    [{rank}] {l}")));
@@ -100,6 +144,28 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
     }
     tb.push("The session is unchanged.".into());
     Some((headline, tb))
+}
+
+/// The failure as an HTML table (for notebooks, shown before the error): one row per way of
+/// failing, with the ranks, the outcome and the last lines the first of them wrote.
+pub fn failure_html(report: &RunReport) -> Option<String> {
+    let groups = groups(report);
+    if groups.is_empty() {
+        return None;
+    }
+    let mut html = String::from("<table><thead><tr><th>ranks</th><th>outcome</th><th>last output</th></tr></thead><tbody>");
+    for (ranks, what) in &groups {
+        let last = &report.ranks[ranks[0] - report.first_rank].last_lines;
+        let lines: Vec<String> = last.iter().map(|l| html_escape(l)).collect();
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            html_escape(&ranks_label(ranks)),
+            html_escape(what),
+            lines.join("\n")
+        ));
+    }
+    html.push_str("</tbody></table>");
+    Some(html)
 }
 
 fn describe(e: &Ending) -> String {
@@ -165,5 +231,26 @@ mod tests {
         assert_eq!(evalue, "rank 1 panicked at cell line 3: boom");
         let all = tb.join("\n");
         assert!(all.contains("[1] step 1") && all.contains("ranks 2") && all.contains("session is unchanged"));
+    }
+
+    #[test]
+    fn ranks_failing_the_same_way_are_said_once() {
+        let panic = |m: &str| RankReport { ending: Ending::Panicked { message: m.into(), line: Some(2) }, last_lines: [format!("<{m}>")].into() };
+        let mut ranks: Vec<RankReport> = (0..8).map(|_| panic("out of memory")).collect();
+        ranks[5] = RankReport { ending: Ending::ExitCode(3), last_lines: Default::default() };
+        ranks[9 - 2] = panic("bad shard");
+        let report = RunReport { ranks, stopped: None, elapsed: Default::default(), first_rank: 10, pids: vec![] };
+        let (evalue, tb) = failure(&report).unwrap();
+        assert_eq!(
+            evalue,
+            "ranks 10-14, 16 panicked at cell line 2: out of memory; rank 15 exited with status 3; rank 17 panicked at cell line 2: bad shard"
+        );
+        assert_eq!(tb[1].split_whitespace().collect::<Vec<_>>(), ["ranks", "outcome", "last", "output"]);
+        assert!(tb[2].starts_with("  ranks 10-14, 16  panicked at cell line 2: out of memory") && tb[2].ends_with("<out of memory>"), "{tb:?}");
+        let html = failure_html(&report).unwrap();
+        assert_eq!(html.matches("<tr>").count(), 4);
+        assert!(html.contains("<td>ranks 10-14, 16</td>") && html.contains("&lt;bad shard&gt;"));
+        assert_eq!(ranks_label(&[0, 1]), "ranks 0, 1");
+        assert_eq!(ranks_label(&[4]), "rank 4");
     }
 }

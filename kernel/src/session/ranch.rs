@@ -485,6 +485,12 @@ impl EvcxrSession {
             crate::log!("stopped {left} processes the ranks left running");
         }
         if let Some((evalue, traceback)) = merge::failure(&report) {
+            // Notebooks get the table as HTML before the error (its text form is in the traceback).
+            if let Some(html) = merge::failure_html(&report) {
+                let mut data = MimeBundle::new();
+                data.insert("text/html".into(), Value::String(html));
+                cx.sink.display(data, MimeBundle::new());
+            }
             let ename = if report.stopped == Some(supervise::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
             return Err(CellError { ename: ename.into(), evalue, traceback });
         }
