@@ -4,6 +4,7 @@ pinning plan, `--gpus`, `--gpu-visibility`, a preset CUDA_VISIBLE_DEVICES and `r
 are checked end to end through Jupyter."""
 import os
 import shutil
+from contextlib import contextmanager
 import subprocess
 from pathlib import Path
 
@@ -22,29 +23,39 @@ def uuid(i):
     return f"GPU-fa4e0000-0000-0000-0000-0000000000{i:02x}"
 
 
+def build_fake(source, out_dir, soname):
+    """Compiles tests/fake_cuda/<source> into out_dir/<soname>; returns out_dir."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", f"-Wl,-soname,{soname}", "-o", str(out_dir / soname),
+                    str(HERE / "fake_cuda" / source)], check=True)
+    return out_dir
+
+
 @pytest.fixture(scope="module")
 def fake_driver(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fake_cuda")
-    cc = shutil.which("cc") or shutil.which("gcc")
-    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(out / "libcuda.so.1"), str(HERE / "fake_cuda" / "fake_cuda.c")],
-                   check=True)
-    return out
+    return build_fake("fake_cuda.c", tmp_path_factory.mktemp("fake_cuda"), "libcuda.so.1")
 
 
-def kernel(driver_dir, devices, **extra):
+@contextmanager
+def kernel(driver_dir, devices, libs=(), **extra):
+    """A kernel whose CUDA driver is the fake one in driver_dir (None: no driver at all)
+    describing `devices` GPUs, with more fake libraries' directories first on its path."""
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "FAKE_CUDA_DEVICES")}
     if driver_dir is not None:
-        env["LD_LIBRARY_PATH"] = f"{driver_dir}:{env.get('LD_LIBRARY_PATH', '')}"
+        env["LD_LIBRARY_PATH"] = ":".join([*map(str, libs), str(driver_dir), env.get("LD_LIBRARY_PATH", "")])
         env["FAKE_CUDA_DEVICES"] = str(devices)
     env.update(extra)
-    return start(env=env)
+    km, kc = start(env=env)
+    try:
+        yield kc
+    finally:
+        stop(km, kc)
 
 
 @pytest.fixture(scope="module")
 def two_gpus(fake_driver):
-    km, kc = kernel(fake_driver, 2)
-    yield kc
-    stop(km, kc)
+    with kernel(fake_driver, 2) as kc:
+        yield kc
 
 
 def test_ranks_see_every_chosen_gpu_by_uuid_and_their_ordinal(two_gpus):
@@ -80,50 +91,38 @@ def test_a_gpu_that_is_not_there_is_a_usage_error_before_any_build(two_gpus):
 def test_the_kernels_own_cuda_visible_devices_is_never_renumbered(fake_driver):
     # The kernel may use physical GPUs 2 and 3 (one as an index, one as a UUID): its
     # GPU 1 is physical GPU 3, and the rank is told so by UUID.
-    km, kc = kernel(fake_driver, 4, CUDA_VISIBLE_DEVICES=f"2,{uuid(3)}")
-    try:
+    with kernel(fake_driver, 4, CUDA_VISIBLE_DEVICES=f"2,{uuid(3)}") as kc:
         run = ok(execute(kc, PROBE.format(n=1, flags="--gpus 1 --gpu-visibility isolate")))
         assert run.result() == f'[(Some(0), Some("{uuid(3)}"), Some("PCI_BUS_ID"))]'
         auto = ok(execute(kc, PROBE.format(n=2, flags="")))
         assert f'Some("{uuid(2)},{uuid(3)}")' in auto.result()
         bad = execute(kc, PROBE.format(n=1, flags="--gpus 2"))
         assert bad.reply["content"]["ename"] == "UsageError"
-    finally:
-        stop(km, kc)
 
 
 def test_eight_gpus_eight_ranks_each_its_own(fake_driver):
-    km, kc = kernel(fake_driver, 8)
-    try:
+    with kernel(fake_driver, 8) as kc:
         run = ok(execute(kc, PROBE.format(n=8, flags="--gpu-visibility isolate")))
         assert run.result() == "[" + ", ".join(f'(Some(0), Some("{uuid(i)}"), Some("PCI_BUS_ID"))' for i in range(8)) + "]"
         assert "GPU" not in run.stream("stderr")
-    finally:
-        stop(km, kc)
 
 
 @pytest.mark.parametrize("devices", [None, 0])
 def test_no_driver_or_no_device_means_no_gpu_even_with_cuda_visible_devices_set(fake_driver, devices):
     # The old discovery reported a GPU here (it trusted CUDA_VISIBLE_DEVICES).
-    km, kc = kernel(fake_driver if devices is not None else None, devices or 0, CUDA_VISIBLE_DEVICES="0,1")
-    try:
+    with kernel(fake_driver if devices is not None else None, devices or 0, CUDA_VISIBLE_DEVICES="0,1") as kc:
         run = ok(execute(kc, "%%ranch 2\n(ranch::gpu(), std::env::var(\"RANCH_GPU\").ok())"))
         assert run.result() == "[(None, None), (None, None)]"
         bad = execute(kc, '%%ranch 1 --gpus 0\nprintln!("ran");')
         assert bad.reply["content"]["ename"] == "UsageError" and "sees no GPU" in bad.reply["content"]["evalue"]
-    finally:
-        stop(km, kc)
 
 
 def test_a_driver_that_fails_to_start_is_said_not_crashed(fake_driver):
-    km, kc = kernel(fake_driver, 2, FAKE_CUDA_INIT_ERROR="999")
-    try:
+    with kernel(fake_driver, 2, FAKE_CUDA_INIT_ERROR="999") as kc:
         run = ok(execute(kc, "%%ranch 1\nranch::gpu()"))
         assert run.result() == "[None]"
         bad = execute(kc, '%%ranch 1 --gpus 0\n1')
         assert "did not start" in bad.reply["content"]["evalue"]
-    finally:
-        stop(km, kc)
 
 
 # The runtime's `cuda` and `nccl` features, switched on by a body that names `ranch::cuda`,
@@ -136,11 +135,7 @@ def has_real_nccl():
 
 @pytest.fixture(scope="module")
 def fake_nccl(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fake_nccl")
-    cc = shutil.which("cc") or shutil.which("gcc")
-    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libnccl.so.2", "-o", str(out / "libnccl.so.2"),
-                    str(HERE / "fake_cuda" / "fake_nccl.c")], check=True)
-    return out
+    return build_fake("fake_nccl.c", tmp_path_factory.mktemp("fake_nccl"), "libnccl.so.2")
 
 
 README_EXAMPLE = """%%ranch 2
@@ -151,16 +146,13 @@ gpu.stream.clone_dtoh(&x)?[0]"""
 
 
 def test_a_rank_without_a_gpu_gets_a_clear_error_from_cuda_context(fake_driver):
-    km, kc = kernel(None, 0)
-    try:
+    with kernel(None, 0) as kc:
         # The README's example: it builds (with the runtime's nccl feature), and says why it cannot run.
         # (--on-error continue: both ranks fail at once, and neither is stopped for the other's failure.)
         run = execute(kc, README_EXAMPLE.replace("%%ranch 2", "%%ranch 2 --on-error continue", 1), timeout=300)
         assert run.reply["content"]["status"] == "error"
         text = run.error_text()
         assert "rank 0: this rank has no GPU" in text and "rank 1: this rank has no GPU" in text, text
-    finally:
-        stop(km, kc)
 
 
 def test_each_rank_opens_its_own_gpu_in_one_line(two_gpus):
@@ -169,12 +161,9 @@ def test_each_rank_opens_its_own_gpu_in_one_line(two_gpus):
 
 
 def test_nccl_refuses_two_ranks_on_one_gpu(fake_driver):
-    km, kc = kernel(fake_driver, 1)
-    try:
+    with kernel(fake_driver, 1) as kc:
         run = execute(kc, "%%ranch 2\nranch::cuda::nccl()?;\n1", timeout=300)
         assert "cannot put two ranks on one GPU" in run.error_text(), run.error_text()
-    finally:
-        stop(km, kc)
 
 
 @pytest.mark.skipif(has_real_nccl(), reason="this machine has a real NCCL")
@@ -186,17 +175,13 @@ def test_nccl_missing_is_said(two_gpus):
 def test_nccl_is_found_under_its_real_name(fake_driver, fake_nccl):
     # Only libnccl.so.2 exists (as pip's wheel ships it); ranks still load it, and the fake
     # fails the unique id, which says they did.
-    km, kc = kernel(fake_driver, 2, LD_LIBRARY_PATH=f"{fake_nccl}:{fake_driver}:{os.environ.get('LD_LIBRARY_PATH', '')}")
-    try:
+    with kernel(fake_driver, 2, libs=[fake_nccl]) as kc:
         run = execute(kc, "%%ranch 2\nranch::cuda::nccl()?;\n1", timeout=300)
         assert "ncclGetUniqueId failed" in run.error_text(), run.error_text()
-    finally:
-        stop(km, kc)
 
 
 def test_ranch_gpus_lists_the_devices_and_what_gpus_numbers_mean(fake_driver):
-    km, kc = kernel(fake_driver, 2, CUDA_VISIBLE_DEVICES="1")
-    try:
+    with kernel(fake_driver, 2, CUDA_VISIBLE_DEVICES="1") as kc:
         run = ok(execute(kc, "%ranch_gpus"))
         lines = run.result().splitlines()
         assert lines[0].split() == ["--gpus", "name", "UUID", "PCI", "bus", "memory", "free", "busy", "compute"]
@@ -204,28 +189,18 @@ def test_ranch_gpus_lists_the_devices_and_what_gpus_numbers_mean(fake_driver):
         assert lines[2].split()[:5] == ["-", "Fake", "GPU", "0", uuid(0)]
         assert "CUDA_VISIBLE_DEVICES=1" in run.result() and "NVML (libnvidia-ml.so.1), which is not here" in run.result()
         assert "<td>Fake GPU 1</td>" in run.result("text/html")
-    finally:
-        stop(km, kc)
 
 
 def test_ranch_gpus_without_a_gpu(fake_driver):
-    km, kc = kernel(None, 0)
-    try:
+    with kernel(None, 0) as kc:
         assert ok(execute(kc, "%ranch_gpus")).result() == "No GPU: ranks run on CPUs (`ranch::gpu()` is None)."
         assert execute(kc, "%ranch_gpus --all").reply["content"]["ename"] == "UsageError"
-    finally:
-        stop(km, kc)
 
 
 def test_ranch_gpus_adds_free_memory_and_utilisation_from_nvml(fake_driver, tmp_path):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o", str(tmp_path / "libnvidia-ml.so.1"),
-                    str(HERE / "fake_cuda" / "fake_nvml.c")], check=True)
-    km, kc = kernel(fake_driver, 2, LD_LIBRARY_PATH=f"{tmp_path}:{fake_driver}:{os.environ.get('LD_LIBRARY_PATH', '')}")
-    try:
+    nvml = build_fake("fake_nvml.c", tmp_path, "libnvidia-ml.so.1")
+    with kernel(fake_driver, 2, libs=[nvml]) as kc:
         lines = ok(execute(kc, "%ranch_gpus")).result().splitlines()
         assert lines[1].split()[8:] == ["0.5", "GiB", "0%", "9.0"], lines
         assert lines[2].split()[8:] == ["1.0", "GiB", "10%", "9.0"], lines
         assert len(lines) == 3
-    finally:
-        stop(km, kc)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import execute, ok, start, stop
+from conftest import execute, ok
 from test_ranch import no_rank_survives  # noqa: F401  (autouse fixture)
 
 
@@ -24,14 +24,8 @@ if GPUS == 0:
     pytest.skip("no NVIDIA GPU on this machine (set RANCH_REQUIRE_GPU=1 to fail instead)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def kc():
-    km, kc = start()
-    yield kc
-    stop(km, kc)
-
-
-def test_every_rank_has_its_own_gpu_and_nccl_all_reduces(kc):
+def test_every_rank_has_its_own_gpu_and_nccl_all_reduces(kernel):
+    kc = kernel
     n = GPUS
     run = ok(execute(kc, f"""%%ranch {n}
 let gpu = ranch::cuda::context()?;

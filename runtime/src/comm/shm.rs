@@ -612,12 +612,8 @@ impl Group {
             return Ok(());
         }
         self.begin(&mut p, name, desc)?;
-        let (per_chunk, half) = self.pipeline_chunk::<T>();
-        let len = buf.len();
-        let chunks = len.div_ceil(per_chunk);
-        let range = |k: usize| k * per_chunk..((k + 1) * per_chunk).min(len);
-        // Where chunk k lives in slot i (or the result slot).
-        let at = |slot: *mut u8, k: usize| slot.wrapping_add((k % 2) * half).cast::<T>();
+        let cut = self.pipeline::<T>(buf.len());
+        let (chunks, range, at) = (cut.count(), |k| cut.range(k), |slot, k| cut.at::<T>(slot, k));
 
         // A rank's own share of each chunk never goes through its slot: only this rank
         // combines it, straight from its buffer, and writes its result back there itself.
@@ -677,11 +673,11 @@ impl Group {
         Ok(())
     }
 
-    /// The elements per pipelined chunk and the byte offset of a slot's second half.
-    fn pipeline_chunk<T>(&self) -> (usize, usize) {
+    /// How a buffer of `len` values of `T` is cut into pipelined chunks.
+    fn pipeline<T>(&self, len: usize) -> Pipeline {
         let half = self.lay.slot_bytes / 2;
-        let bytes = PIPELINE_CHUNK.min(half);
-        ((bytes / std::mem::size_of::<T>().max(1)).max(1), half)
+        let per_chunk = (PIPELINE_CHUNK.min(half) / std::mem::size_of::<T>().max(1)).max(1);
+        Pipeline { per_chunk, len, half }
     }
 
     pub fn broadcast_slice<T: Reduce>(&self, buf: &mut [T], root: usize) -> Result<(), CommError> {
@@ -706,11 +702,8 @@ impl Group {
         self.begin(&mut p, OP, desc)?;
         // Pipelined as in `reduce`: in phase j the others copy chunk j - 1 out while the
         // root copies chunk j into the other half of slot 0.
-        let (per_chunk, half) = self.pipeline_chunk::<T>();
-        let len = buf.len();
-        let chunks = len.div_ceil(per_chunk);
-        let range = |k: usize| k * per_chunk..((k + 1) * per_chunk).min(len);
-        let at = |k: usize| self.slot(0).wrapping_add((k % 2) * half).cast::<T>();
+        let cut = self.pipeline::<T>(buf.len());
+        let (chunks, range, at) = (cut.count(), |k| cut.range(k), |k| cut.at::<T>(self.slot(0), k));
         // Streaming stores: the ranks other than the root never read their buffer, so plain
         // stores would first read every line of it from memory.
         let stream = std::mem::size_of_val(buf) >= super::stream_copy::STREAM_MIN_BYTES;
@@ -828,6 +821,32 @@ impl Group {
                 return Ok(out);
             }
         }
+    }
+}
+
+/// A large buffer cut into chunks that alternate between the two halves of a slot.
+#[derive(Clone, Copy)]
+struct Pipeline {
+    /// Values per chunk (the last may be shorter).
+    per_chunk: usize,
+    len: usize,
+    /// Bytes from a slot's start to its second half.
+    half: usize,
+}
+
+impl Pipeline {
+    fn count(&self) -> usize {
+        self.len.div_ceil(self.per_chunk)
+    }
+
+    /// The values of chunk k.
+    fn range(&self, k: usize) -> std::ops::Range<usize> {
+        k * self.per_chunk..((k + 1) * self.per_chunk).min(self.len)
+    }
+
+    /// Where chunk k lives in `slot` (a slot's start).
+    fn at<T>(&self, slot: *mut u8, k: usize) -> *mut T {
+        slot.wrapping_add((k % 2) * self.half).cast::<T>()
     }
 }
 
