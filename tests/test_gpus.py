@@ -204,3 +204,51 @@ def test_ranch_gpus_adds_free_memory_and_utilisation_from_nvml(fake_driver, tmp_
         assert lines[1].split()[8:] == ["0.5", "GiB", "0%", "9.0"], lines
         assert lines[2].split()[8:] == ["1.0", "GiB", "10%", "9.0"], lines
         assert len(lines) == 3
+
+
+def test_nccl_collectives_move_device_buffers(fake_driver, fake_nccl):
+    # The fake NCCL computes as if every rank held the same data: the point is the path from
+    # a host vector through cudarc's buffers, NCCL's four collectives and back.
+    body = """%%ranch 2
+let nccl = ranch::cuda::nccl()?;
+let s = &nccl.gpu.stream;
+let mut x = s.clone_htod(&vec![1.5f32; 4])?;
+nccl.all_reduce(&mut x, ranch::Op::Sum)?;
+nccl.broadcast(&mut x, 0)?;
+let mut all = s.alloc_zeros::<f32>(8)?;
+nccl.all_gather(&x, &mut all)?;
+let mut mine = s.alloc_zeros::<f32>(4)?;
+nccl.reduce_scatter(&all, &mut mine, ranch::Op::Sum)?;
+nccl.synchronize()?;
+let wrong = nccl.all_gather(&x, &mut mine).unwrap_err().to_string();
+(s.clone_dtoh(&x)?, s.clone_dtoh(&all)?.len(), s.clone_dtoh(&mine)?, wrong)"""
+    with kernel(fake_driver, 2, libs=[fake_nccl], FAKE_NCCL="works") as kc:
+        run = ok(execute(kc, body, timeout=300))
+        wrong = "all_gather failed: recv holds 4 elements, expected world_size x 4"
+        mine = "[6.0, 6.0, 6.0, 6.0]"
+        assert run.result() == f'[([3.0, 3.0, 3.0, 3.0], 8, {mine}, "{wrong}"), ([3.0, 3.0, 3.0, 3.0], 8, {mine}, "{wrong}")]'
+
+
+def test_a_peer_that_dies_ends_the_others_nccl_wait_with_its_name(fake_driver, fake_nccl):
+    # Rank 0 is inside a collective that can never complete (the fake NCCL hangs, as a real
+    # one does when a peer is gone) when rank 1 dies: the watchdog aborts the communicator
+    # and rank 0's call fails naming rank 1; a later call is refused at once. Without the
+    # watchdog rank 0 waits until --timeout.
+    body = """%%ranch 2 --on-error continue --timeout 120
+let nccl = ranch::cuda::nccl()?;
+if ranch::rank() == 1 {
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::process::exit(3);
+}
+let mut x = nccl.gpu.stream.alloc_zeros::<f32>(4)?;
+let first = nccl.all_reduce(&mut x, ranch::Op::Sum).unwrap_err().to_string();
+let then = nccl.broadcast(&mut x, 0).unwrap_err().to_string();
+let sync = nccl.synchronize().unwrap_err().to_string();
+println!("first: {first}\\nthen: {then}\\nsync: {sync}");"""
+    with kernel(fake_driver, 2, libs=[fake_nccl], FAKE_NCCL="hang") as kc:
+        run = execute(kc, body, timeout=300)
+        out = run.stream()
+        assert "first: all_reduce failed (rank 1): NCCL was aborted so that this rank does not wait forever: rank 1 exited" in out, out
+        assert "then: broadcast failed (rank 1): " in out, out
+        assert "sync: synchronize failed (rank 1): NCCL was aborted" in out, out
+        assert "rank 1" in run.error_text() and "exit" in run.error_text(), run.error_text()

@@ -2,7 +2,9 @@
  * FAKE_CUDA_DEVICES devices (0 when unset) with the entry points ranch's discovery calls,
  * so the tests can check discovery, pinning and `ranch::gpu()` end to end. Device i is a
  * "Fake GPU i" with UUID GPU-fa4e0000-0000-0000-0000-00000000000<i>, PCI bus 0x10 + i and
- * (i + 1) * 1 GiB of memory. FAKE_CUDA_INIT_ERROR makes cuInit fail with that code. */
+ * (i + 1) * 1 GiB of memory. FAKE_CUDA_INIT_ERROR makes cuInit fail with that code.
+ * Device memory is host memory and every stream runs synchronously, so that cudarc's
+ * buffers, copies and stream waits work for the NCCL tests (with fake_nccl.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,3 +95,30 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice d) {
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { return bad(d) ? 101 : 0; }
 CUresult cuCtxGetCurrent(CUcontext *ctx) { *ctx = current; return 0; }
 CUresult cuCtxSetCurrent(CUcontext ctx) { current = ctx; return 0; }
+
+/* Memory and streams: "device" pointers are host pointers, work is done when enqueued. */
+typedef unsigned long long CUdeviceptr;
+typedef void *CUstream;
+typedef void *CUevent;
+static char the_event;
+
+CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes) {
+    void *m = calloc(1, bytes ? bytes : 1);
+    if (!m) return 2; /* CUDA_ERROR_OUT_OF_MEMORY */
+    *p = (CUdeviceptr)m;
+    return 0;
+}
+CUresult cuMemFree_v2(CUdeviceptr p) { free((void *)p); return 0; }
+CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) { (void)s; memset((void *)p, v, n); return 0; }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *h, size_t n, CUstream s) { (void)s; memcpy((void *)d, h, n); return 0; }
+CUresult cuMemcpyDtoHAsync_v2(void *h, CUdeviceptr d, size_t n, CUstream s) { (void)s; memcpy(h, (void *)d, n); return 0; }
+CUresult cuStreamSynchronize(CUstream s) { (void)s; return 0; }
+CUresult cuStreamQuery(CUstream s) { (void)s; return 0; }
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int f) { (void)s; (void)e; (void)f; return 0; }
+CUresult cuEventCreate(CUevent *e, unsigned int f) { (void)f; *e = &the_event; return 0; }
+CUresult cuEventRecord(CUevent e, CUstream s) { (void)e; (void)s; return 0; }
+CUresult cuEventSynchronize(CUevent e) { (void)e; return 0; }
+CUresult cuEventDestroy_v2(CUevent e) { (void)e; return 0; }
+CUresult cuCtxSynchronize(void) { return 0; }
+CUresult cuCtxPushCurrent_v2(CUcontext c) { current = c; return 0; }
+CUresult cuCtxPopCurrent_v2(CUcontext *c) { if (c) *c = current; return 0; }

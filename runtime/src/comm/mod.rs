@@ -94,6 +94,15 @@ impl Comm {
         }
     }
 
+    /// The other ranks that have left the cell, named as the reason `op` cannot complete
+    /// (`None` while all are there, or outside a group).
+    pub(crate) fn departed(&self, op: &str) -> Option<(Vec<usize>, String)> {
+        match &self.backend {
+            Backend::Shm(g) => g.departed(op),
+            _ => None,
+        }
+    }
+
     fn check_root(&self, op: &'static str, root: usize) -> Result<(), CommError> {
         if root >= self.world {
             return Err(CommError::new(op, vec![], format!("root {root} is not a rank of this group of {}", self.world)));

@@ -350,6 +350,31 @@ impl Group {
         self.at::<AtomicU32>(EXITED_OFF + 4 * rank).load(Ordering::Acquire)
     }
 
+    /// Which of `ranks` have left the cell, and how, said as the reason `op` cannot complete.
+    fn departed_among(&self, ranks: &[usize], op: &str) -> Option<(Vec<usize>, String)> {
+        let finished: Vec<usize> = ranks.iter().copied().filter(|&r| self.exited(r) == FINISHED).collect();
+        let died: Vec<usize> = ranks.iter().copied().filter(|&r| self.exited(r) == EXITED).collect();
+        if finished.is_empty() && died.is_empty() {
+            return None;
+        }
+        let mut why = Vec::new();
+        if !finished.is_empty() {
+            why.push(format!("{} finished without joining {op}", ranks_text(&finished)));
+        }
+        if !died.is_empty() {
+            why.push(format!("{} exited before joining {op}", ranks_text(&died)));
+        }
+        let mut gone = [finished, died].concat();
+        gone.sort_unstable();
+        Some((gone, why.join("; ")))
+    }
+
+    /// The other ranks that have left the cell (for watchdogs of other transports).
+    pub fn departed(&self, op: &str) -> Option<(Vec<usize>, String)> {
+        let others: Vec<usize> = (0..self.lay.world).filter(|&r| r != self.rank).collect();
+        self.departed_among(&others, op)
+    }
+
     /// Fails at once once any rank's operation failed: the ranks are no longer in step,
     /// so no later collective of the cell could complete.
     pub fn ensure_usable(&self, op: &'static str) -> Result<(), CommError> {
@@ -472,19 +497,8 @@ impl Group {
             // A rank this one waits for and that left is the cause to name; the broken
             // group is only the consequence.
             let missing = waiting_for();
-            let finished: Vec<usize> = missing.iter().copied().filter(|&r| self.exited(r) == FINISHED).collect();
-            let died: Vec<usize> = missing.iter().copied().filter(|&r| self.exited(r) == EXITED).collect();
-            if !finished.is_empty() || !died.is_empty() {
-                let mut why = Vec::new();
-                if !finished.is_empty() {
-                    why.push(format!("{} finished without joining {op}", ranks_text(&finished)));
-                }
-                if !died.is_empty() {
-                    why.push(format!("{} exited before joining {op}", ranks_text(&died)));
-                }
-                let mut gone = [finished, died].concat();
-                gone.sort_unstable();
-                return Err(self.fail(op, gone, why.join("; ")));
+            if let Some((gone, why)) = self.departed_among(&missing, op) {
+                return Err(self.fail(op, gone, why));
             }
             let aborted = self.abort_word().load(Ordering::Acquire);
             if aborted != 0 {
