@@ -171,7 +171,7 @@ fn max_ranks() -> usize {
     std::env::var("RANCH_MAX_RANKS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_RANKS)
 }
 
-fn parse_ranks(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_ranks(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|_| format!("N must be a whole number of ranks, got {s:?}"))?;
     let max = max_ranks();
     match n {
@@ -226,7 +226,7 @@ fn parse_see(s: &str) -> Result<See, String> {
     if s == "all" { Ok(See::All) } else { parse_list(s, "rank").map(See::Ranks) }
 }
 
-fn parse_gpus(s: &str) -> Result<Gpus, String> {
+pub(crate) fn parse_gpus(s: &str) -> Result<Gpus, String> {
     match s {
         "auto" => Ok(Gpus::Auto),
         "none" => Ok(Gpus::None),

@@ -19,6 +19,7 @@ pub mod gpus;
 pub mod group;
 pub mod launch;
 pub mod merge;
+pub mod pool;
 pub mod program;
 pub mod rank_output;
 pub mod source;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
-pub use crate::comm::{TIMEOUT_ENV, TOKEN_ENV};
+pub use crate::comm::{NO_GROUP_ENV, TIMEOUT_ENV, TOKEN_ENV};
 
 /// The shared-memory segment of a launch's group (created and marked by the kernel).
 pub mod group {

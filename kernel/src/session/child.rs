@@ -132,6 +132,10 @@ fn redirect(events: UnixStream, marker: Marker) -> nix::Result<()> {
     nix::unistd::dup2_stderr(&err_w)?;
     drop((out_w, err_w));
     let mut fwd = Forwarder::new(events, to_evcxr, err_to_evcxr, marker);
+    // A pool's rank says which it is, so that the kernel labels its output.
+    if let Some(rank) = std::env::var(super::pool::RANK_ENV).ok().and_then(|r| r.parse().ok()) {
+        fwd.send(Event::Rank(rank));
+    }
     std::thread::Builder::new()
         .name("ranch-output".into())
         .spawn(move || fwd.run(out_r, err_r))

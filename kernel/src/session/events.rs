@@ -26,6 +26,47 @@ pub enum Event {
     Panic(String),
     /// The cell's code returned; everything it wrote was sent before this.
     Done,
+    /// First event of a pool rank's connection: what follows is that rank's.
+    Rank(usize),
+    /// From a pool's fan-out process: its ranks' process ids, in rank order.
+    PoolPids(Vec<u32>),
+    /// From a pool's fan-out process: a rank's process ended in the middle of a cell.
+    RankExited { rank: usize, how: String },
+}
+
+/// Who is on the other end of one connection, as far as its events said.
+#[derive(Default)]
+pub struct Connection {
+    /// Set by an [`Event::Rank`].
+    pub rank: Option<usize>,
+    /// Whether the next stdout / stderr text starts a line (labels go at line starts).
+    line_start: [bool; 2],
+}
+
+impl Connection {
+    fn new() -> Connection {
+        Connection { rank: None, line_start: [true, true] }
+    }
+
+    /// `text` with `[rank] ` at the start of every line, for a rank's connection.
+    pub fn label(&mut self, stream: Stream, text: &str) -> String {
+        let Some(rank) = self.rank else { return text.to_string() };
+        let at = &mut self.line_start[matches!(stream, Stream::Stderr) as usize];
+        let mut out = String::with_capacity(text.len() + 8);
+        for piece in text.split_inclusive('\n') {
+            if *at {
+                out.push_str(&format!("[{rank}] "));
+            }
+            out.push_str(piece);
+            *at = piece.ends_with('\n');
+        }
+        out
+    }
+}
+
+/// What applies a connection's events (the plain session's cell, or a pool's).
+pub trait EventHandler: Send + Sync + 'static {
+    fn apply(&self, conn: &mut Connection, event: Event);
 }
 
 /// The sink of the cell that is running now, if any, shared by every output reader.
@@ -58,9 +99,14 @@ impl CurrentCell {
 
     /// Waits (up to `limit`) until the child has reported `Done` more often than `seen`.
     pub fn wait_done(&self, seen: u64, limit: Duration) -> bool {
+        self.wait_done_n(seen, 1, limit)
+    }
+
+    /// Waits (up to `limit`) until `Done` came `n` more times than `seen` (one per rank).
+    pub fn wait_done_n(&self, seen: u64, n: u64, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let mut count = self.done.0.lock().unwrap();
-        while *count <= seen {
+        while *count < seen + n {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -89,7 +135,8 @@ impl CurrentCell {
         }
     }
 
-    fn apply(&self, event: Event) {
+    /// Applies an event as the plain session's child sends it.
+    pub fn apply_plain(&self, event: Event) {
         match event {
             Event::Stdout(t) => self.stream(Stream::Stdout, &t),
             Event::Stderr(t) => self.stream(Stream::Stderr, &t),
@@ -99,16 +146,32 @@ impl CurrentCell {
                 }
             }
             Event::Panic(msg) => *self.panic.lock().unwrap() = Some(msg),
-            Event::Done => {
-                *self.done.0.lock().unwrap() += 1;
-                self.done.1.notify_all();
-            }
+            Event::Done => self.count_done(),
+            Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } => {}
+        }
+    }
+
+    pub fn count_done(&self) {
+        *self.done.0.lock().unwrap() += 1;
+        self.done.1.notify_all();
+    }
+
+    /// Shows rich output in the running cell, with metadata (a rank's, say).
+    pub fn display(&self, data: MimeBundle, meta: MimeBundle) {
+        if let Some(sink) = &*self.sink.lock().unwrap() {
+            sink.display(data, meta);
         }
     }
 }
 
-/// Listens for evcxr child processes (a new one after every restart) and applies their
-/// events to the current cell.
+impl EventHandler for CurrentCell {
+    fn apply(&self, _conn: &mut Connection, event: Event) {
+        self.apply_plain(event)
+    }
+}
+
+/// Listens for evcxr child processes (a new one after every restart, or a pool's ranks)
+/// and applies their events.
 pub struct Listener {
     path: PathBuf,
 }
@@ -116,8 +179,8 @@ pub struct Listener {
 impl Listener {
     /// Listens in `private_dir` (the kernel's, mode 0700): no other user can connect and
     /// write into cells.
-    pub fn start(cell: Arc<CurrentCell>, private_dir: &Path) -> std::io::Result<Listener> {
-        let path = private_dir.join("output.sock");
+    pub fn start(cell: Arc<dyn EventHandler>, private_dir: &Path, name: &str) -> std::io::Result<Listener> {
+        let path = private_dir.join(name);
         let listener = UnixListener::bind(&path)?;
         std::thread::Builder::new().name("child-output".into()).spawn(move || {
             for conn in listener.incoming().flatten() {
@@ -141,11 +204,12 @@ impl Drop for Listener {
     }
 }
 
-fn read_events(conn: UnixStream, cell: &CurrentCell) {
+fn read_events(conn: UnixStream, cell: &Arc<dyn EventHandler>) {
+    let mut from = Connection::new();
     for line in BufReader::new(conn).lines() {
         let Ok(line) = line else { break };
         match serde_json::from_str::<Event>(&line) {
-            Ok(event) => cell.apply(event),
+            Ok(event) => cell.apply(&mut from, event),
             Err(e) => crate::log!("bad event from the evcxr child: {e}"),
         }
     }

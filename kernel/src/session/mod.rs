@@ -12,7 +12,9 @@ mod host_rust;
 mod janitor;
 mod kernel_stderr;
 mod private_dir;
+mod pool;
 mod procs;
+mod px;
 mod ranch;
 mod render;
 mod runtime_crate;
@@ -32,6 +34,7 @@ use std::time::Duration;
 
 pub use child::run_if_child as run_child_if_child;
 pub use janitor::run_if_janitor;
+pub use pool::run_if_fanout as run_pool_fanout_if_asked;
 
 /// What the interrupter shares with the running cell.
 #[derive(Default)]
@@ -47,6 +50,8 @@ struct RunState {
     ranch_build: Mutex<Option<ranch_magics::build::BuildHandle>>,
     /// A `%%ranch` cell is running: an interrupt must never restart evcxr's child.
     ranch_cell: AtomicBool,
+    /// Set while a pool cell runs: the pool's fan-out process.
+    pool_child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
 }
 
 struct EvcxrInterrupter(Arc<RunState>);
@@ -65,6 +70,16 @@ impl Interrupter for EvcxrInterrupter {
         }
         if let Some(build) = &*state.ranch_build.lock().unwrap() {
             build.stop();
+            return;
+        }
+        // A pool cell: stop its build, or else its ranks (evcxr restarts the pool, and the
+        // cell's error says the ranks' variables are lost). The session is not touched.
+        if let Some(fanout) = &*state.pool_child.lock().unwrap() {
+            if procs::kill_cargo_builds() {
+                state.stopped_build.store(true, Ordering::SeqCst);
+            } else {
+                let _ = fanout.lock().unwrap().kill();
+            }
             return;
         }
         if state.ranch_cell.load(Ordering::SeqCst) {
@@ -92,6 +107,10 @@ pub struct EvcxrSession {
     run: Arc<RunState>,
     listener: Option<Listener>,
     ranch: ranch::RanchState,
+    /// The pool of persistent ranks, once `%ranch_start` made one.
+    pool: Option<pool::Pool>,
+    /// `%autopx`: plain cells run on the pool.
+    autopx: bool,
     /// Bumped by every plain cell: the session's items may have changed.
     generation: u64,
     workdir: workdir::WorkDir,
@@ -119,7 +138,7 @@ impl EvcxrSession {
         if let Err(e) = kernel_stderr::capture_cargo_progress(cell.clone()) {
             crate::log!("cargo progress will only reach the log: {e}");
         }
-        let listener = match Listener::start(cell.clone(), private.path()) {
+        let listener = match Listener::start(cell.clone(), private.path(), "output.sock") {
             Ok(l) => Some(l),
             Err(e) => {
                 crate::log!("live output disabled, cannot listen for the evcxr child: {e}");
@@ -133,6 +152,8 @@ impl EvcxrSession {
             run: Default::default(),
             listener,
             ranch: Default::default(),
+            pool: None,
+            autopx: false,
             generation: 0,
             workdir,
             private,
@@ -226,6 +247,9 @@ impl EvcxrSession {
         if let Some(args) = code.trim_start().strip_prefix("%ranch_gpus") {
             return ranch::ranch_gpus(args);
         }
+        if let Some(outcome) = self.pool_magic(code, cx) {
+            return outcome;
+        }
         if let Some(refusal) = refused_command(code) {
             return Err(refusal);
         }
@@ -233,7 +257,9 @@ impl EvcxrSession {
             return Err(CellError::new(
                 "UsageError",
                 format!(
-                    "unknown magic `{magic}`: ranch has `%%ranch N`, `%in_ddp N EXPR` (see `%%ranch --help`), `%ranch_gpus` and `%ranch_clean`"
+                    "unknown magic `{magic}`: ranch has `%%ranch N`, `%in_ddp N EXPR` (see `%%ranch --help`), \
+                     the pool's `%ranch_start N`, `%%px`, `%px`, `%autopx`, `%ranch_status`, `%ranch_stop`, \
+                     and `%ranch_gpus`, `%ranch_clean`"
                 ),
             ));
         }
@@ -365,6 +391,13 @@ impl Interpreter for EvcxrSession {
 
     fn shutdown(&mut self) {
         procs::kill_cargo_builds();
+        // The pool's ranks die with its fan-out (their parent-death signal).
+        if let Some(pool) = &self.pool {
+            let fanout = pool.process();
+            let mut fanout = fanout.lock().unwrap();
+            let _ = fanout.kill();
+            let _ = fanout.wait();
+        }
         if let Some(child) = &*self.run.child.lock().unwrap() {
             let mut child = child.lock().unwrap();
             let _ = child.kill();
@@ -425,7 +458,7 @@ fn refused_command(code: &str) -> Option<CellError> {
 }
 
 /// evcxr's result: one entry per MIME type; JSON types carry JSON, not text.
-fn bundle(outputs: EvalOutputs) -> Option<MimeBundle> {
+pub(super) fn bundle(outputs: EvalOutputs) -> Option<MimeBundle> {
     if outputs.is_empty() {
         return None;
     }
@@ -454,7 +487,7 @@ fn panic_error(message: String) -> CellError {
     }
 }
 
-fn compile_errors(errors: &[evcxr::CompilationError], cell: &str, inserted: Option<syntax::Insertion>) -> CellError {
+pub(super) fn compile_errors(errors: &[evcxr::CompilationError], cell: &str, inserted: Option<syntax::Insertion>) -> CellError {
     let errors: Vec<_> = errors.iter().filter(|e| e.level() == "error").collect();
     if errors.is_empty() {
         return CellError::new("CompilationError", "the cell did not compile");

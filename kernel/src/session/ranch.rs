@@ -107,12 +107,17 @@ impl EvcxrSession {
         if old > 0 {
             crate::log!("removed {old} runtime crates of other ranch versions that no kernel uses");
         }
-        let dep = format!(":dep ranch = {{ path = {:?} }}", dir.to_string_lossy());
+        let dep = self.runtime_dep();
         let ctx = self.context()?;
         ctx.execute(&dep)
             .map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
         self.ranch.runtime_added = true;
         Ok(())
+    }
+
+    /// The `:dep` line that adds the runtime crate to an evcxr context.
+    pub(super) fn runtime_dep(&self) -> String {
+        format!(":dep ranch = {{ path = {:?} }}", super::runtime_crate::dir().to_string_lossy())
     }
 
     /// `%ranch_clean [--all]`: frees the disk ranch uses, and says how much.

@@ -43,8 +43,18 @@ impl WorkDir {
     /// kernel's private directory). When the user set `EVCXR_TMPDIR`, evcxr builds there
     /// and only rank programs get a place of ours.
     pub fn claim(private: &Path) -> WorkDir {
-        let temporary_root = || private.join("work");
-        if let Some(dir) = std::env::var_os("EVCXR_TMPDIR").filter(|d| !d.is_empty()) {
+        Self::claim_as(private, "work", std::env::var_os("EVCXR_TMPDIR").filter(|d| !d.is_empty()))
+    }
+
+    /// A second directory, for a second evcxr context (a pool's): never the user's
+    /// `EVCXR_TMPDIR`, which the first context has.
+    pub fn claim_another(private: &Path, name: &str) -> WorkDir {
+        Self::claim_as(private, name, None)
+    }
+
+    fn claim_as(private: &Path, name: &str, user_dir: Option<std::ffi::OsString>) -> WorkDir {
+        let temporary_root = || private.join(name);
+        if let Some(dir) = user_dir {
             let temp = temporary_root();
             return WorkDir { evcxr: PathBuf::from(dir), rank: temp.join("rank"), _lock: None, temporary: Some(temp) };
         }

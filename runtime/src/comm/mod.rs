@@ -30,6 +30,8 @@ use std::sync::OnceLock;
 /// Environment of a launch's group (set by the kernel).
 pub const TOKEN_ENV: &str = "RANCH_TOKEN";
 pub const TIMEOUT_ENV: &str = "RANCH_COLLECTIVE_TIMEOUT";
+/// Why ranks of a launch have no group (said by every collective), e.g. a pool's.
+pub const NO_GROUP_ENV: &str = "RANCH_NO_GROUP";
 
 enum Backend {
     Serial,
@@ -66,6 +68,7 @@ impl Comm {
         let token = std::env::var(TOKEN_ENV).ok();
         let backend = match token {
             None if world == 1 => Backend::Serial,
+            None if std::env::var(NO_GROUP_ENV).is_ok() => Backend::Broken(std::env::var(NO_GROUP_ENV).unwrap_or_default()),
             None => Backend::Broken(format!("rank {rank} of {world} has no group to join ({TOKEN_ENV} is not set)")),
             Some(token) => match rendezvous::join(&token, rank, world) {
                 Ok(group) => Backend::Shm(group),
@@ -96,6 +99,7 @@ impl Comm {
 
     /// The other ranks that have left the cell, named as the reason `op` cannot complete
     /// (`None` while all are there, or outside a group).
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
     pub(crate) fn departed(&self, op: &str) -> Option<(Vec<usize>, String)> {
         match &self.backend {
             Backend::Shm(g) => g.departed(op),

@@ -370,6 +370,7 @@ impl Group {
     }
 
     /// The other ranks that have left the cell (for watchdogs of other transports).
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
     pub fn departed(&self, op: &str) -> Option<(Vec<usize>, String)> {
         let others: Vec<usize> = (0..self.lay.world).filter(|&r| r != self.rank).collect();
         self.departed_among(&others, op)

@@ -1,0 +1,243 @@
+//! A pool's fan-out process: evcxr's child, as far as the pool's evcxr context can tell.
+//!
+//! It starts the pool's rank processes (this binary again, each serving evcxr's child
+//! protocol with its own variable store, see `child`), sends every `LOAD_AND_RUN` line
+//! evcxr writes to all of them, so that each rank loads the one library evcxr built, and
+//! answers evcxr once every rank has finished the cell: the ranks' values as one list, a
+//! panic or `?` error if any rank had one, and the variables whose type changed.
+//!
+//! Output does not pass through here: each rank's output forwarder sends it to the
+//! kernel's pool listener, labelled with its rank. A rank whose process ends mid-cell is
+//! reported to the kernel ([`Event::RankExited`]) and this process exits: evcxr then
+//! restarts it, which restarts every rank, and forgets the pool's variables, so that
+//! evcxr's idea of what exists and the ranks' stores never disagree.
+
+use super::super::events::{Event, SOCKET_ENV};
+use super::{PLAN_ENV, RANK_ENV};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+
+const COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
+const PANIC: &str = "EVCXR_PANIC_NOTIFICATION";
+const BEGIN: &str = "EVCXR_BEGIN_CONTENT ";
+const END: &str = "EVCXR_END_CONTENT";
+const USER_ERROR: &str = "EVCXR_ERROR_OCCURRED";
+const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
+const INPUT_REQUEST: &str = "EVCXR_INPUT_REQUEST";
+
+/// In a pool's fan-out process: serves evcxr and never returns. Elsewhere: does nothing.
+/// Must run before any other thread exists.
+pub fn run_if_fanout() {
+    let Some(plan) = std::env::var_os(PLAN_ENV) else { return };
+    // Tied to the kernel's life, and deaf to the kernel's process group's SIGINT, as
+    // evcxr's child is (see child::prepare); the ranks are tied to this process.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        std::process::exit(0);
+    }
+    // SAFETY: setting a signal to "ignore" has no handler to be unsafe in.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
+    }
+    let plan: Vec<Vec<(String, String)>> = match serde_json::from_str(&plan.to_string_lossy()) {
+        Ok(p) => p,
+        Err(e) => fail(&format!("bad pool plan: {e}")),
+    };
+    let mut events = std::env::var_os(SOCKET_ENV).and_then(|p| UnixStream::connect(p).ok());
+    let mut fanout = match FanOut::start(&plan) {
+        Ok(f) => f,
+        Err(e) => fail(&format!("cannot start the pool's ranks: {e}")),
+    };
+    send(&mut events, &Event::PoolPids(fanout.children.iter().map(Child::id).collect()));
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line.starts_with("LOAD_AND_RUN ") {
+            if let Err((rank, how)) = fanout.run(&line) {
+                send(&mut events, &Event::RankExited { rank, how });
+                // The other ranks die with this process (their parent-death signal).
+                std::process::exit(1);
+            }
+        }
+    }
+    std::process::exit(0)
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("[ranch pool] {message}");
+    std::process::exit(97)
+}
+
+fn send(events: &mut Option<UnixStream>, event: &Event) {
+    if let Some(s) = events {
+        let mut line = serde_json::to_vec(event).expect("events serialise");
+        line.push(b'\n');
+        let _ = s.write_all(&line);
+    }
+}
+
+struct FanOut {
+    children: Vec<Child>,
+    stdins: Vec<ChildStdin>,
+    /// Every rank's protocol lines, `None` when its stdout closed.
+    lines: mpsc::Receiver<(usize, Option<String>)>,
+}
+
+/// What one rank said about the running cell.
+#[derive(Default)]
+struct RankReply {
+    complete: bool,
+    panicked: bool,
+    user_error: bool,
+    /// Inside a content block: (mime, body so far).
+    block: Option<(String, String)>,
+    /// The cell's value, by MIME type.
+    value: Vec<(String, String)>,
+}
+
+impl FanOut {
+    fn start(plan: &[Vec<(String, String)>]) -> std::io::Result<FanOut> {
+        let exe = std::env::current_exe()?;
+        let (tx, lines) = mpsc::channel();
+        let mut children = Vec::new();
+        let mut stdins = Vec::new();
+        for (rank, env) in plan.iter().enumerate() {
+            let mut child = Command::new(&exe)
+                .env_remove(PLAN_ENV)
+                .env(RANK_ENV, rank.to_string())
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            stdins.push(child.stdin.take().expect("piped"));
+            let stdout = child.stdout.take().expect("piped");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((rank, Some(line))).is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send((rank, None));
+            });
+            children.push(child);
+        }
+        Ok(FanOut { children, stdins, lines })
+    }
+
+    /// Runs one cell on every rank and answers evcxr; `Err` names a rank whose process
+    /// ended, and how.
+    fn run(&mut self, line: &str) -> Result<(), (usize, String)> {
+        for (rank, stdin) in self.stdins.iter_mut().enumerate() {
+            if writeln!(stdin, "{line}").and_then(|_| stdin.flush()).is_err() {
+                return Err((rank, self.how_it_ended(rank)));
+            }
+        }
+        let n = self.children.len();
+        let mut replies: Vec<RankReply> = (0..n).map(|_| RankReply::default()).collect();
+        let mut changed = BTreeSet::new();
+        while replies.iter().any(|r| !r.complete) {
+            let Ok((rank, line)) = self.lines.recv() else { return Err((0, "its output pipe failed".into())) };
+            let Some(line) = line else { return Err((rank, self.how_it_ended(rank))) };
+            let reply = &mut replies[rank];
+            if let Some((mime, mut body)) = reply.block.take() {
+                if line == END {
+                    reply.value.push((mime, body));
+                } else if line == PANIC {
+                    reply.panicked = true;
+                } else {
+                    if !body.is_empty() {
+                        body.push('\n');
+                    }
+                    body.push_str(&line);
+                    reply.block = Some((mime, body));
+                }
+            } else if line == COMPLETE {
+                reply.complete = true;
+            } else if line == PANIC {
+                reply.panicked = true;
+            } else if line == USER_ERROR {
+                reply.user_error = true;
+            } else if let Some(name) = line.strip_prefix(CHANGED_TYPE) {
+                changed.insert(name.to_string());
+            } else if let Some(mime) = line.strip_prefix(BEGIN) {
+                reply.block = Some((mime.trim().to_string(), String::new()));
+            } else if line.starts_with(INPUT_REQUEST) {
+                // Ranks have no one to ask: they read an empty line.
+                let _ = writeln!(self.stdins[rank],);
+                let _ = self.stdins[rank].flush();
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        for name in &changed {
+            let _ = writeln!(out, "{CHANGED_TYPE}{name}");
+        }
+        if let Some(list) = merged_value(&replies) {
+            let _ = writeln!(out, "{BEGIN}text/plain\n{list}\n{END}");
+        }
+        if replies.iter().any(|r| r.panicked) {
+            let _ = writeln!(out, "{PANIC}");
+        } else if replies.iter().any(|r| r.user_error) {
+            let _ = writeln!(out, "{USER_ERROR}");
+        }
+        let _ = writeln!(out, "{COMPLETE}");
+        let _ = out.flush();
+        Ok(())
+    }
+
+    /// Its output closed: it has ended, or is ending (else it is made to).
+    fn how_it_ended(&mut self, rank: usize) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let child = &mut self.children[rank];
+        for _ in 0..200 {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return "closed its output pipe and was stopped".into();
+        }
+        match child.wait() {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
+                    Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
+                    Err(_) => format!("was killed by signal {sig}"),
+                },
+                _ => "ended".into(),
+            },
+            Err(e) => format!("ended ({e})"),
+        }
+    }
+}
+
+/// The ranks' values as one list, `[v0, v1, ...]` (their plain-text forms), when every
+/// rank has one.
+fn merged_value(replies: &[RankReply]) -> Option<String> {
+    let plain: Option<Vec<&str>> = replies
+        .iter()
+        .map(|r| r.value.iter().find(|(m, _)| m == "text/plain").map(|(_, v)| v.as_str()))
+        .collect();
+    Some(format!("[{}]", plain?.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_value(v: Option<&str>) -> RankReply {
+        RankReply { value: v.map(|v| vec![("text/plain".into(), v.into())]).unwrap_or_default(), ..Default::default() }
+    }
+
+    #[test]
+    fn values_merge_only_when_every_rank_has_one() {
+        assert_eq!(merged_value(&[with_value(Some("1")), with_value(Some("\"b\""))]).as_deref(), Some("[1, \"b\"]"));
+        assert_eq!(merged_value(&[with_value(Some("1")), with_value(None)]), None);
+    }
+}

@@ -1,0 +1,326 @@
+//! A pool of persistent ranks (`%ranch_start N`, `%%px`, `%px`, `%autopx`,
+//! `%ranch_status`, `%ranch_stop`).
+//!
+//! The pool is a second evcxr context whose child process is a fan-out ([`fanout`]) in
+//! front of N rank processes. evcxr compiles each `%%px` cell once, as for a plain cell;
+//! every rank loads that library and keeps its own variable store, so rank-local state
+//! lives across cells with evcxr's own variable semantics. Each rank's output reaches the
+//! kernel through the pool's listener, labelled with its rank.
+//!
+//! Why not `%%ranch`'s rank programs: those are whole programs built per cell, whose state
+//! dies with the cell. Why a second context rather than the session's: the session's
+//! variables stay in the kernel's own child, untouched by what ranks do.
+
+mod fanout;
+
+use super::events::{Connection, CurrentCell, Event, EventHandler, Listener, SOCKET_ENV};
+use super::workdir::WorkDir;
+use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
+use evcxr::{CommandContext, EvalCallbacks, EvalContext};
+use serde_json::Value;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use fanout::run_if_fanout;
+
+/// The fan-out's plan: every rank's environment, as JSON.
+const PLAN_ENV: &str = "RANCH_POOL_PLAN";
+/// A pool rank's index (its output is labelled with it).
+pub const RANK_ENV: &str = "RANCH_POOL_RANK";
+
+/// What the pool's ranks and fan-out report, applied to the running cell.
+struct PoolEvents {
+    cell: Arc<CurrentCell>,
+    panics: Mutex<Vec<(usize, String)>>,
+    exits: Mutex<Vec<(usize, String)>>,
+    pids: Mutex<Vec<u32>>,
+}
+
+impl EventHandler for PoolEvents {
+    fn apply(&self, conn: &mut Connection, event: Event) {
+        match event {
+            Event::Rank(r) => conn.rank = Some(r),
+            Event::Stdout(t) => self.cell.stream(Stream::Stdout, &conn.label(Stream::Stdout, &t)),
+            Event::Stderr(t) => self.cell.stream(Stream::Stderr, &conn.label(Stream::Stderr, &t)),
+            Event::Display(data) => {
+                let mut meta = MimeBundle::new();
+                meta.insert("ranch".into(), serde_json::json!({ "rank": conn.rank }));
+                self.cell.display(data, meta);
+            }
+            Event::Panic(message) => self.panics.lock().unwrap().push((conn.rank.unwrap_or(0), message)),
+            Event::Done => self.cell.count_done(),
+            Event::PoolPids(pids) => *self.pids.lock().unwrap() = pids,
+            Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
+        }
+    }
+}
+
+pub(super) struct Pool {
+    // Dropped first: closing its child's stdin ends the fan-out, and with it the ranks.
+    ctx: CommandContext,
+    n: usize,
+    events: Arc<PoolEvents>,
+    /// Each rank's GPU, as its CUDA_VISIBLE_DEVICES says (for the status table).
+    gpus: Vec<String>,
+    started: Instant,
+    cells: u64,
+    _listener: Listener,
+    _workdir: WorkDir,
+}
+
+fn usage(msg: impl Into<String>) -> CellError {
+    CellError::new("UsageError", msg)
+}
+
+fn pool_error(msg: impl Into<String>) -> CellError {
+    CellError::new("PoolError", msg)
+}
+
+impl Pool {
+    /// Starts the fan-out and its ranks, and adds the runtime crate (`ranch::rank()`).
+    pub(super) fn start(
+        plan: Vec<Vec<(String, String)>>,
+        cell: Arc<CurrentCell>,
+        private: &std::path::Path,
+        runtime_dep: &str,
+    ) -> Result<Pool, CellError> {
+        let n = plan.len();
+        let gpus = plan
+            .iter()
+            .map(|env| env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map_or("-".to_string(), |(_, v)| v.clone()))
+            .collect();
+        let events = Arc::new(PoolEvents {
+            cell: cell.clone(),
+            panics: Mutex::default(),
+            exits: Mutex::default(),
+            pids: Mutex::default(),
+        });
+        let listener = Listener::start(events.clone(), private, "pool.sock")
+            .map_err(|e| pool_error(format!("cannot listen for the pool's ranks: {e}")))?;
+        let workdir = WorkDir::claim_another(private, "pool-work");
+        let exe = std::env::current_exe().map_err(|e| pool_error(e.to_string()))?;
+        let mut fanout = std::process::Command::new(exe);
+        fanout.env(SOCKET_ENV, listener.path()).env(PLAN_ENV, serde_json::to_string(&plan).expect("plan serialises"));
+        if let Ok(host) = super::host_rust::host_rust() {
+            fanout.env("LD_LIBRARY_PATH", super::host_rust::library_path_with(&host.libdir));
+        }
+        // evcxr takes its directory from EVCXR_TMPDIR when a context is made: the pool's
+        // own, so that its builds never touch the session's.
+        let session_dir = std::env::var_os("EVCXR_TMPDIR");
+        // SAFETY: std's environment lock serialises this with every Rust reader; the
+        // kernel's threads do not read the environment through libc.
+        unsafe { std::env::set_var("EVCXR_TMPDIR", workdir.evcxr_dir()) };
+        let made = EvalContext::with_subprocess_command(fanout);
+        // SAFETY: as above.
+        unsafe {
+            match &session_dir {
+                Some(d) => std::env::set_var("EVCXR_TMPDIR", d),
+                None => std::env::remove_var("EVCXR_TMPDIR"),
+            }
+        }
+        let (eval, outputs) = made.map_err(|e| pool_error(format!("cannot start the pool: {e}")))?;
+        for (rx, stream) in [(outputs.stdout, Stream::Stdout), (outputs.stderr, Stream::Stderr)] {
+            let cell = cell.clone();
+            std::thread::spawn(move || {
+                for line in rx {
+                    cell.stream(stream, &format!("{line}\n"));
+                }
+            });
+        }
+        let mut ctx = CommandContext::with_eval_context(eval);
+        ctx.execute(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
+        Ok(Pool { ctx, n, events, gpus, started: Instant::now(), cells: 0, _listener: listener, _workdir: workdir })
+    }
+
+    pub(super) fn size(&self) -> usize {
+        self.n
+    }
+
+    /// The fan-out process, for interrupts.
+    pub(super) fn process(&self) -> Arc<Mutex<Child>> {
+        self.ctx.process_handle()
+    }
+
+    /// Runs `code` on every rank. `interrupted` says whether an interrupt stopped it.
+    pub(super) fn run(&mut self, code: &str, interrupted: &dyn Fn() -> bool, stopped_build: &dyn Fn() -> bool) -> CellOutcome {
+        self.events.panics.lock().unwrap().clear();
+        self.events.exits.lock().unwrap().clear();
+        let prepared = crate::syntax::with_stdout_flush(code);
+        let seen = self.events.cell.done_count();
+        let mut callbacks = EvalCallbacks { input_reader: &|_| String::new() };
+        let result = self.ctx.execute_with_callbacks(&prepared.code, &mut callbacks);
+        let ran = result.as_ref().is_ok_and(|o| o.phases.iter().any(|p| p.name == "Execution"));
+        // Every rank's output was sent before its `Done`.
+        self.events.cell.wait_done_n(seen, self.n as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
+        self.cells += 1;
+        let lost = |what: &str| {
+            format!(
+                "{what} The pool was restarted: its {} ranks are up again, but every rank's variables are lost \
+                 (fns, types, `use` and `:dep` are kept). Re-run the cells that define the variables you need.",
+                self.n
+            )
+        };
+        match result {
+            Ok(outputs) => {
+                let panics = std::mem::take(&mut *self.events.panics.lock().unwrap());
+                if !panics.is_empty() {
+                    return Err(rank_panics(&panics));
+                }
+                let data = super::bundle(outputs);
+                if prepared.shows_value {
+                    return Ok(data);
+                }
+                Ok(None)
+            }
+            Err(_) if interrupted() && stopped_build() => Err(CellError::new(
+                "Interrupted",
+                "Interrupted while compiling: the build was stopped and nothing ran. Every rank's variables are unchanged.",
+            )),
+            Err(evcxr::Error::SubprocessTerminated(_)) if interrupted() => {
+                Err(CellError::new("Interrupted", lost("Interrupted: the ranks were stopped to stop the cell.")))
+            }
+            Err(evcxr::Error::SubprocessTerminated(why)) => {
+                let exits = std::mem::take(&mut *self.events.exits.lock().unwrap());
+                let what = match exits.first() {
+                    Some((rank, how)) => format!("Rank {rank} {how} during the cell."),
+                    None => format!("The pool's fan-out process died ({}).", why.trim()),
+                };
+                Err(CellError::new("RankDied", lost(&what)))
+            }
+            Err(evcxr::Error::CompilationErrors(errors)) => Err(super::compile_errors(&errors, code, prepared.inserted)),
+            Err(evcxr::Error::TypeRedefinedVariablesLost(vars)) => Err(CellError::new(
+                "VariablesLost",
+                format!("These variables were dropped on every rank because their type was redefined: {}", vars.join(", ")),
+            )),
+            Err(e) => Err(CellError::new("Error", e.to_string().trim().to_string())),
+        }
+    }
+
+    /// `%ranch_status`: one row per rank.
+    pub(super) fn status(&self) -> MimeBundle {
+        let pids = self.events.pids.lock().unwrap().clone();
+        let rows: Vec<[String; 5]> = (0..self.n)
+            .map(|rank| {
+                let pid = pids.get(rank).copied();
+                let (state, memory) = match pid.and_then(process_state) {
+                    Some((state, rss_kib)) => (state, format!("{:.1} MiB", rss_kib as f64 / 1024.0)),
+                    None => ("gone".to_string(), "-".to_string()),
+                };
+                [rank.to_string(), pid.map_or("-".into(), |p| p.to_string()), self.gpus[rank].clone(), state, memory]
+            })
+            .collect();
+        let head = ["rank", "pid", "GPU", "state", "memory"];
+        let title = format!(
+            "pool of {} ranks, up {:.0} s, {} cells run",
+            self.n,
+            self.started.elapsed().as_secs_f64(),
+            self.cells
+        );
+        let mut text = format!("{title}\n");
+        let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).chain([head[c].len()]).max().unwrap_or(0)).collect();
+        for row in std::iter::once(head.map(str::to_string)).chain(rows.iter().cloned()) {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            text.push_str(cells.join("  ").trim_end());
+            text.push('\n');
+        }
+        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let mut html = format!("<p>{}</p><table><tr>", esc(&title));
+        html.extend(head.iter().map(|h| format!("<th>{h}</th>")));
+        html.push_str("</tr>");
+        for row in &rows {
+            html.push_str("<tr>");
+            html.extend(row.iter().map(|c| format!("<td>{}</td>", esc(c))));
+            html.push_str("</tr>");
+        }
+        html.push_str("</table>");
+        let mut data = MimeBundle::new();
+        data.insert("text/plain".into(), Value::String(text));
+        data.insert("text/html".into(), Value::String(html));
+        data
+    }
+}
+
+/// A process's state and resident memory (KiB), from /proc; `None` when it is gone.
+fn process_state(pid: u32) -> Option<(String, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let state = field("State:")?;
+    if state.starts_with('Z') {
+        return None;
+    }
+    let rss = field("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    let state = if state.starts_with('R') { "running" } else { "idle" };
+    Some((state.to_string(), rss))
+}
+
+/// One error for every rank that panicked; ranks with the same message are said once.
+fn rank_panics(panics: &[(usize, String)]) -> CellError {
+    let mut groups: Vec<(Vec<usize>, &str)> = Vec::new();
+    for (rank, message) in panics {
+        let message = if message.trim().is_empty() { "the cell panicked" } else { message.as_str() };
+        match groups.iter_mut().find(|(_, m)| *m == message) {
+            Some((ranks, _)) => ranks.push(*rank),
+            None => groups.push((vec![*rank], message)),
+        }
+    }
+    let said: Vec<String> = groups
+        .iter()
+        .map(|(ranks, message)| {
+            let mut ranks = ranks.clone();
+            ranks.sort_unstable();
+            let names: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+            format!("rank{} {} panicked: {message}", if ranks.len() == 1 { "" } else { "s" }, names.join(", "))
+        })
+        .collect();
+    CellError {
+        ename: "RankPanicked".into(),
+        evalue: said[0].clone(),
+        traceback: said
+            .iter()
+            .map(|s| format!("\x1b[1;31m%%px failed\x1b[0m: {s}"))
+            .chain(["Variables defined by this cell were dropped on every rank; earlier ones are kept.".to_string()])
+            .collect(),
+    }
+}
+
+/// What `%%px`, `%px` and `%autopx` cells run: the body, or why there is none.
+pub(super) fn px_body(code: &str) -> Result<Option<&str>, CellError> {
+    let c = code.trim_start();
+    if let Some(rest) = c.strip_prefix("%%px") {
+        let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
+        if !line.trim().is_empty() {
+            return Err(usage(format!(
+                "%%px takes no arguments yet (got `{}`): it runs the cell on every rank of the pool",
+                line.trim()
+            )));
+        }
+        return Ok(Some(body));
+    }
+    if let Some(rest) = c.strip_prefix("%px") {
+        if rest.starts_with(char::is_whitespace) {
+            return Ok(Some(rest.trim()));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn px_cells_and_lines() {
+        assert_eq!(px_body("%%px\nlet x = 1;").unwrap(), Some("let x = 1;"));
+        assert_eq!(px_body("%px ranch::rank()").unwrap(), Some("ranch::rank()"));
+        assert_eq!(px_body("let x = 1;").unwrap(), None);
+        assert!(px_body("%%px --targets 0\n1").is_err());
+    }
+
+    #[test]
+    fn identical_panics_are_said_once() {
+        let e = rank_panics(&[(2, "boom".into()), (0, "boom".into()), (1, "other".into())]);
+        assert_eq!(e.evalue, "ranks 0, 2 panicked: boom");
+        assert!(e.traceback[1].contains("rank 1 panicked: other"));
+    }
+}
