@@ -133,6 +133,23 @@ def rank_processes(kernel_pid: int | None = None) -> dict[int, str]:
     return ranks
 
 
+def pool_processes(kernel_pid: int | None = None) -> dict[int, str]:
+    """A pool's fan-out and rank processes (the kernel binary, told so in its environment)
+    below one kernel, or below any kernel this test run started."""
+    kernels = [kernel_pid] if kernel_pid is not None else STARTED
+    found = {}
+    for k in kernels:
+        for pid, cmd in descendants(k).items():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:
+                continue
+            if b"RANCH_POOL_PLAN=" in env or b"RANCH_POOL_RANK=" in env:
+                found[pid] = cmd
+    return found
+
+
 def local_crate(where, lib="pub fn answer() -> u32 { 42 }\n", build_rs=None) -> tuple[str, str]:
     """Writes a crate with a name no earlier run used (kernels keep their build
     directories, so a crates.io dependency may already be compiled). Returns the name and

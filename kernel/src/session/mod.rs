@@ -111,6 +111,8 @@ pub struct EvcxrSession {
     pool: Option<pool::Pool>,
     /// `%autopx`: plain cells run on the pool.
     autopx: bool,
+    /// The session generation whose items the pool has.
+    pool_generation: Option<u64>,
     /// Bumped by every plain cell: the session's items may have changed.
     generation: u64,
     workdir: workdir::WorkDir,
@@ -154,6 +156,7 @@ impl EvcxrSession {
             ranch: Default::default(),
             pool: None,
             autopx: false,
+            pool_generation: None,
             generation: 0,
             workdir,
             private,

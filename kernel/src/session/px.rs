@@ -77,6 +77,7 @@ impl EvcxrSession {
             &format!("Started a pool of {} ranks in {:.2} s. Run cells on it with %%px (or %px EXPR, %autopx).\n", args.n, t.elapsed().as_secs_f64()),
         );
         self.pool = Some(started);
+        self.pool_generation = None;
         Ok(None)
     }
 
@@ -103,7 +104,24 @@ impl EvcxrSession {
         Ok(None)
     }
 
+    /// The session's items and dependencies, brought into the pool when the session
+    /// changed since the last pool cell.
+    fn bring_session_items(&mut self) -> Result<(), CellError> {
+        if self.pool_generation == Some(self.generation) {
+            return Ok(());
+        }
+        let private = self.private.path().to_path_buf();
+        let snapshot = self.export_and_snapshot(&[], &private)?;
+        self.pool.as_mut().ok_or_else(no_pool)?.bring_session_items(&snapshot)?;
+        self.pool_generation = Some(self.generation);
+        Ok(())
+    }
+
     fn run_px(&mut self, body: &str) -> CellOutcome {
+        if self.pool.is_none() {
+            return Err(no_pool());
+        }
+        self.bring_session_items()?;
         let run = self.run.clone();
         let pool = self.pool.as_mut().ok_or_else(no_pool)?;
         run.interrupted.store(false, Ordering::SeqCst);

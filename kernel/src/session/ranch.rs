@@ -28,7 +28,7 @@ pub(super) struct RanchState {
     toolchain: Option<(Toolchain, String)>,
     launches: u64,
     /// The "more ranks than cores" warning was given (once per session).
-    warned_cores: bool,
+    pub(super) warned_cores: bool,
 }
 
 /// A run directory, removed when the launch ends.
@@ -288,7 +288,7 @@ impl EvcxrSession {
     /// Writes the shipped variables with one evcxr compile, which also refreshes the item
     /// snapshot (`last_source`). Skipped when nothing is shipped and the session has not
     /// changed since the last snapshot.
-    fn export_and_snapshot(&mut self, shipped: &[Shipped], vars_dir: &Path) -> Result<SessionSnapshot, CellError> {
+    pub(super) fn export_and_snapshot(&mut self, shipped: &[Shipped], vars_dir: &Path) -> Result<SessionSnapshot, CellError> {
         let generation = self.generation;
         if shipped.is_empty() {
             if let Some((g, snap)) = &self.ranch.snapshot {

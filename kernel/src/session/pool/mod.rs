@@ -65,6 +65,8 @@ pub(super) struct Pool {
     gpus: Vec<String>,
     started: Instant,
     cells: u64,
+    /// Hash of the session items last brought in.
+    session_items: Option<u64>,
     _listener: Listener,
     _workdir: WorkDir,
 }
@@ -130,7 +132,31 @@ impl Pool {
         }
         let mut ctx = CommandContext::with_eval_context(eval);
         ctx.execute(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
-        Ok(Pool { ctx, n, events, gpus, started: Instant::now(), cells: 0, _listener: listener, _workdir: workdir })
+        Ok(Pool { ctx, n, events, gpus, started: Instant::now(), cells: 0, session_items: None, _listener: listener, _workdir: workdir })
+    }
+
+    /// Brings the session's dependencies and items into the pool (its `ranch` is there
+    /// already). Identical items leave the pool alone: evcxr keeps the variables of types
+    /// that did not change. Returns whether anything was run.
+    pub(super) fn bring_session_items(&mut self, snapshot: &ranch_magics::program::SessionSnapshot) -> Result<bool, CellError> {
+        let deps: Vec<String> = snapshot.deps.iter().filter(|d| !d.trim_start().starts_with("ranch ")).map(|d| format!(":dep {d}")).collect();
+        let code = [deps.join("\n"), snapshot.items.items.join("\n")].join("\n");
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&code, &mut hasher);
+        let hash = std::hash::Hasher::finish(&hasher);
+        if self.session_items == Some(hash) {
+            return Ok(false);
+        }
+        for dep in &deps {
+            self.ctx.execute(dep).map_err(|e| pool_error(format!("the session's `{dep}` could not be added to the pool: {}", e.to_string().trim())))?;
+        }
+        if !snapshot.items.items.is_empty() {
+            self.ctx
+                .execute(&snapshot.items.items.join("\n"))
+                .map_err(|e| pool_error(format!("the session's items could not be brought into the pool: {}", e.to_string().trim())))?;
+        }
+        self.session_items = Some(hash);
+        Ok(true)
     }
 
     pub(super) fn size(&self) -> usize {

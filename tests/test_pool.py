@@ -1,0 +1,124 @@
+"""The pool of persistent ranks (`%ranch_start`, `%%px`, `%px`, `%autopx`, `%ranch_status`,
+`%ranch_stop`), through a real Jupyter client: rank-local state across cells, labelled
+output, gathered values, failures named per rank, interrupt, and no process left behind."""
+import re
+import time
+
+import pytest
+
+from conftest import execute, interrupt, ok, pool_processes, start, stop, wait_for_output
+
+
+@pytest.fixture(scope="module")
+def pool():
+    km, kc = start()
+    run = ok(execute(kc, "%ranch_start 3", timeout=600))
+    assert "Started a pool of 3 ranks" in run.stream()
+    yield km, kc
+    stop(km, kc)
+    deadline = time.monotonic() + 10
+    while pool_processes(kc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pool_processes(kc.pid) == {}
+
+
+def pids(kc):
+    text = ok(execute(kc, "%ranch_status")).result()
+    return [int(m) for m in re.findall(r"^\d+\s+(\d+)\s", text, re.M)]
+
+
+def test_rank_local_state_lives_across_cells(pool):
+    _, kc = pool
+    ok(execute(kc, "%%px\nlet x = ranch::rank() * 10;\nlet v: Vec<u64> = (0..1_000_000).map(|i| i + x as u64).collect();\n"
+                   "fn twice(a: usize) -> usize { 2 * a }\nuse std::collections::BTreeMap;", timeout=300))
+    run = ok(execute(kc, '%%px\nprintln!("rank {} has x={x} and {} values", ranch::rank(), v.len());\n'
+                         "let m: BTreeMap<usize, u64> = [(x, v[0])].into();\n(twice(x), v[1], m.len())", timeout=300))
+    assert sorted(run.stream().splitlines()) == [f"[{r}] rank {r} has x={10 * r} and 1000000 values" for r in range(3)]
+    assert run.result() == "[(0, 1, 1), (20, 11, 1), (40, 21, 1)]"
+    # The same processes answered both cells.
+    assert ok(execute(kc, "%px std::process::id()")).result() == ok(execute(kc, "%px std::process::id()")).result()
+
+
+def test_px_line_autopx_and_the_session_stay_apart(pool):
+    _, kc = pool
+    ok(execute(kc, "let x = 99;"))  # the session's own x
+    ok(execute(kc, "%%px\nlet x = ranch::rank();"))
+    assert ok(execute(kc, "%px x + ranch::world_size()")).result() == "[3, 4, 5]"
+    assert "autopx on" in ok(execute(kc, "%autopx")).stream()
+    assert ok(execute(kc, "x * 2")).result() == "[0, 2, 4]"
+    assert "autopx off" in ok(execute(kc, "%autopx")).stream()
+    assert ok(execute(kc, "x")).result() == "99"
+
+
+def test_a_panicking_rank_is_named_and_every_rank_keeps_its_state(pool):
+    _, kc = pool
+    ok(execute(kc, "%%px\nlet kept = ranch::rank() + 100;"))
+    run = execute(kc, '%%px\nlet lost = 1;\nif ranch::rank() == 1 { panic!("rank one gives up") }\nlost')
+    assert run.reply["content"]["status"] == "error"
+    assert run.error()["ename"] == "RankPanicked"
+    assert "rank 1 panicked: rank one gives up" in run.error_text(), run.error_text()
+    assert ok(execute(kc, "%px kept")).result() == "[100, 101, 102]"
+
+
+def test_collectives_say_they_are_not_in_pool_cells_yet(pool):
+    _, kc = pool
+    run = ok(execute(kc, "%px ranch::comm().barrier().unwrap_err().to_string()"))
+    assert "not available in %%px cells yet" in run.result(), run.result()
+
+
+def test_a_dead_rank_restarts_the_pool_and_says_what_was_lost(pool):
+    _, kc = pool
+    before = pids(kc)
+    ok(execute(kc, "%%px\nlet doomed = 5;"))
+    run = execute(kc, "%%px\nif ranch::rank() == 2 { std::process::exit(4) }\nstd::thread::sleep(std::time::Duration::from_secs(60));")
+    assert run.error()["ename"] == "RankDied"
+    assert "Rank 2 exited with status 4 during the cell" in run.error_text(), run.error_text()
+    assert "every rank's variables are lost" in run.error_text()
+    # Up again, with new processes, and the lost variable is gone on every rank.
+    assert ok(execute(kc, "%px ranch::rank()")).result() == "[0, 1, 2]"
+    after = pids(kc)
+    assert len(after) == 3 and not set(after) & set(before)
+    assert "cannot find value `doomed`" in execute(kc, "%px doomed").error_text()
+
+
+def test_interrupt_stops_every_rank_within_two_seconds_and_the_pool_stays_up(pool):
+    km, kc = pool
+    before = pids(kc)
+    msg_id = kc.execute('%%px\nprintln!("spinning");\nloop { std::hint::spin_loop(); }')
+    wait_for_output(kc, msg_id, "spinning")
+    content = interrupt(km, kc, msg_id, within=2.0)
+    assert "every rank's variables are lost" in content["evalue"]
+    for pid in before:
+        assert pid not in pool_processes(kc.pid)
+    assert ok(execute(kc, "%px ranch::rank()")).result() == "[0, 1, 2]"
+
+
+def test_usage_errors_change_nothing(pool):
+    _, kc = pool
+    assert "a pool of 3 ranks is running" in execute(kc, "%ranch_start 2").error_text()
+    assert "takes no arguments yet" in execute(kc, "%%px --targets 0\n1").error_text()
+    assert "invalid value '0'" in execute(kc, "%ranch_start 0").error_text()
+    assert "--bogus" in execute(kc, "%ranch_start 2 --bogus").error_text()
+    assert ok(execute(kc, "%px ranch::world_size()")).result() == "[3, 3, 3]"
+
+
+def test_stop_ends_the_ranks_and_a_new_pool_can_start(fresh_kernel):
+    _, kc = fresh_kernel
+    assert "no pool is running" in execute(kc, "%%px\n1").error_text()
+    ok(execute(kc, "%ranch_start 2", timeout=600))
+    assert len(pool_processes(kc.pid)) == 3  # the fan-out and two ranks
+    assert "Stopped the pool's 2 ranks" in ok(execute(kc, "%ranch_stop")).stream()
+    assert pool_processes(kc.pid) == {}
+    assert "no pool is running" in execute(kc, "%px 1").error_text()
+    ok(execute(kc, "%ranch_start 4", timeout=600))
+    assert ok(execute(kc, "%px ranch::rank()")).result() == "[0, 1, 2, 3]"
+
+
+def test_the_sessions_items_and_deps_are_usable_and_pool_values_of_their_types_survive(pool):
+    _, kc = pool
+    ok(execute(kc, "#[derive(Debug, Clone)]\nstruct Shard { rank: usize }\nfn label(s: &Shard) -> String { format!(\"shard {}\", s.rank) }\n"
+                   "use std::collections::HashMap;"))
+    run = ok(execute(kc, "%%px\nlet mine = Shard { rank: ranch::rank() };\nlet m: HashMap<u8, u8> = HashMap::new();\nlabel(&mine)", timeout=300))
+    assert run.result() == '["shard 0", "shard 1", "shard 2"]'
+    ok(execute(kc, "let unrelated = 1;"))  # the session changes, its items do not
+    assert ok(execute(kc, "%px mine.rank + m.len()")).result() == "[0, 1, 2]"
