@@ -23,6 +23,7 @@ pub struct PoolArgs {
     pub gpu_visibility: GpuVisibility,
 }
 
+#[derive(Debug)]
 pub enum ParsedPool {
     Start(PoolArgs),
     Help(String),
