@@ -45,3 +45,11 @@ def test_collectives_benchmark_runs_in_short_form_and_waiters_sleep():
     # Ranks waiting for one that computes sleep (a futex), not spin: a behaviour, not a speed.
     waiting = [float(r[2].rstrip("%")) for r in rows if r[1] == "waiting_cpu"]
     assert max(waiting) < 50, out.stdout
+
+
+def test_pool_benchmark_runs_in_short_form():
+    out = subprocess.run([sys.executable, str(BENCH / "pool.py"), "--quick", "--ranks", "4"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for what in ("%%px cell", "dispatch of a built cell", "read 10 MB of rank state", "%ranch_start 4"):
+        assert what in out.stdout, out.stdout

@@ -65,3 +65,15 @@ def test_gpus_notebook_runs_its_cpu_path_without_a_gpu():
         assert text(cells[1]) == '[(None, ""), (None, "")]'
         assert text(cells[2]) == '["CPU + shared memory: 3", "CPU + shared memory: 3"]'
         assert cells[3].outputs[-1].data["text/plain"] == '["CPU: 256", "CPU: 512"]'
+
+
+def test_pool_notebook_keeps_rank_state_across_cells():
+    cells = run("pool.ipynb")
+    errors = [(i, o.ename) for i, c in enumerate(cells) for o in c.outputs if o.output_type == "error"]
+    # Only the cell tagged raises-exception fails, and it names its rank.
+    assert [cells[i].metadata.get("tags") for i, _ in errors] == [["raises-exception"]], errors
+    assert "rank 2 panicked" in cells[errors[0][0]].outputs[-1].evalue
+    assert text(cells[1]) == "[250000, 250000, 250000, 250000]"
+    assert sorted(l for l in text(cells[2]).splitlines() if l.startswith("[")) [0].startswith("[0] rank 0 holds 250000 values")
+    assert text(cells[9]) == "[250000, 250000, 250000, 250000]"
+    assert "Stopped the pool's 4 ranks" in text(cells[11])

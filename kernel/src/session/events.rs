@@ -32,6 +32,9 @@ pub enum Event {
     PoolPids(Vec<u32>),
     /// From a pool's fan-out process: a rank's process ended in the middle of a cell.
     RankExited { rank: usize, how: String },
+    /// From a pool's fan-out process: microseconds from evcxr's `LOAD_AND_RUN` to the last
+    /// rank's end of the cell (for benchmarks: the kernel logs it).
+    Dispatched { ranks: usize, micros: u64 },
 }
 
 /// Who is on the other end of one connection, as far as its events said.
@@ -147,7 +150,7 @@ impl CurrentCell {
             }
             Event::Panic(msg) => *self.panic.lock().unwrap() = Some(msg),
             Event::Done => self.count_done(),
-            Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } => {}
+            Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } | Event::Dispatched { .. } => {}
         }
     }
 

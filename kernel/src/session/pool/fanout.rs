@@ -55,11 +55,14 @@ pub fn run_if_fanout() {
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         if line.starts_with("LOAD_AND_RUN ") {
+            let t = std::time::Instant::now();
             if let Err((rank, how)) = fanout.run(&line) {
                 send(&mut events, &Event::RankExited { rank, how });
                 // The other ranks die with this process (their parent-death signal).
                 std::process::exit(1);
             }
+            let micros = t.elapsed().as_micros() as u64;
+            send(&mut events, &Event::Dispatched { ranks: fanout.children.len(), micros });
         }
     }
     std::process::exit(0)

@@ -52,6 +52,8 @@ impl EventHandler for PoolEvents {
             Event::Done => self.cell.count_done(),
             Event::PoolPids(pids) => *self.pids.lock().unwrap() = pids,
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
+            // The Jupyter server's log gets it (bench/pool.py reads it).
+            Event::Dispatched { ranks, micros } => crate::log!("%%px {ranks}: dispatch {:.3} ms", micros as f64 / 1000.0),
         }
     }
 }
