@@ -15,20 +15,10 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 
-from jupyter_client.manager import KernelManager
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import execute  # noqa: E402
-
-
-def timed(kc, code):
-    t = time.monotonic()
-    run = execute(kc, code, timeout=600)
-    assert run.reply["content"]["status"] == "ok", (code, run.error_text())
-    return time.monotonic() - t
+from conftest import logged_kernel, timed  # noqa: E402
 
 
 def dispatches(log_path, n):
@@ -65,13 +55,7 @@ def main():
     n, repeat = opts.ranks, (3 if opts.quick else 7)
     mb = 10 if opts.quick else 100
     elems = mb * 1024 * 1024 // 8
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    km = KernelManager(kernel_name="ranch")
-    km.start_kernel(stderr=log)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=300)
+    with logged_kernel() as (kc, log):
         timed(kc, "1")  # the session and its runtime crate: not what is measured
         first_start = timed(kc, f"%ranch_start {n}")
         timed(kc, "%ranch_stop")
@@ -80,7 +64,7 @@ def main():
         # A new body each time, so that both paths compile it.
         plain = statistics.median(timed(kc, f"let a{i} = {i};\na{i} + 1") for i in range(repeat))
         px = statistics.median(timed(kc, f"%%px\nlet b{i} = {i};\nb{i} + 1") for i in range(repeat))
-        dispatch = statistics.median(dispatches(log.name, n)[-repeat:])
+        dispatch = statistics.median(dispatches(log, n)[-repeat:])
         timed(kc, f"%%px\nlet state: Vec<u64> = (0..{elems}u64).collect();")
         reads = statistics.median(timed(kc, f"%%px\nstate.iter().sum::<u64>() + {i}") for i in range(repeat))
         rebuilds = statistics.median(
@@ -88,9 +72,6 @@ def main():
             for i in range(repeat)
         )
         timed(kc, "%ranch_stop")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     print(f"pool of {n} ranks on {os.cpu_count()} cores, medians of {repeat}")
     print(f"  %%px cell (new body, compiled once): {px * 1000:7.1f} ms   plain cell {plain * 1000:7.1f} ms   ratio {px / plain:.2f} (goal <= 1.2)")
     print(f"  dispatch of a built cell to {n} ranks and back: {dispatch:.2f} ms (goal < 5 ms)")

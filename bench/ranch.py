@@ -9,24 +9,12 @@
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-
-from jupyter_client.manager import KernelManager
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import execute  # noqa: E402
+from conftest import logged_kernel, timed  # noqa: E402
 
 BODY = 'let v: Vec<u64> = (0..100_000).collect();\nv.iter().sum::<u64>() + ranch::rank() as u64'
-
-
-def timed(kc, code):
-    t = time.monotonic()
-    run = execute(kc, code, timeout=600)
-    assert run.reply["content"]["status"] == "ok", run.reply["content"]
-    return time.monotonic() - t
 
 
 def phases(log_path, n):
@@ -35,13 +23,7 @@ def phases(log_path, n):
 
 
 def main():
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    km = KernelManager(kernel_name="ranch")
-    km.start_kernel(stderr=log)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=300)
+    with logged_kernel() as (kc, log):
         timed(kc, "%%ranch 1\n0")  # the session gets the runtime crate: not what we measure
         # Build of a new %%ranch cell vs the same body as a plain cell (each body new to its path).
         plain_build = timed(kc, BODY.replace("100_000", "100_001"))
@@ -52,14 +34,11 @@ def main():
         # Same cell, artifact reused: end to end for 1 and 8 ranks.
         one = statistics.median(timed(kc, "%%ranch 1\n" + BODY) for _ in range(5))
         eight = statistics.median(timed(kc, "%%ranch 8\n" + BODY) for _ in range(5))
-        fan8 = statistics.median(p[2] for p in phases(log.name, 8)[-5:])
-        fan1 = statistics.median(p[2] for p in phases(log.name, 1)[-5:])
+        fan8 = statistics.median(p[2] for p in phases(log, 8)[-5:])
+        fan1 = statistics.median(p[2] for p in phases(log, 1)[-5:])
         help_rt = statistics.median(timed(kc, "%%ranch --help") for _ in range(5))
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     if os.environ.get("RANCH_BENCH_PHASES"):
-        print(open(log.name).read())
+        print(open(log).read())
     print(f"{'measure':48} {'value':>10}")
     print(f"{'%%ranch 1, new cell (built; median of 3)':48} {cold1 * 1000:8.1f}ms")
     print(f"{'%%ranch 8, new cell (built; median of 3)':48} {cold8 * 1000:8.1f}ms")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
-from jupyter_client.manager import start_new_kernel
+from jupyter_client.manager import KernelManager, start_new_kernel
 
 KERNEL = os.environ.get("RANCH_KERNEL_NAME", "ranch")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -225,3 +226,30 @@ def cell_running(code, ready):
         yield km, kc, msg_id
     finally:
         stop(km, kc)
+
+
+# For the benchmarks (bench/*.py import this module).
+
+@contextmanager
+def logged_kernel():
+    """A kernel whose log (its stderr: the phase timings benchmarks read) goes to a file.
+    Yields the client and the log's path; the kernel is shut down after."""
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    km = KernelManager(kernel_name=KERNEL)
+    km.start_kernel(stderr=log)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=300)
+        yield kc, log.name
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def timed(kc, code) -> float:
+    """Seconds a cell takes, end to end; asserts it succeeded."""
+    t = time.monotonic()
+    run = execute(kc, code, timeout=600)
+    assert run.reply["content"]["status"] == "ok", (code, run.error_text() or run.reply["content"])
+    return time.monotonic() - t

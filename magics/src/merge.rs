@@ -54,7 +54,7 @@ pub fn single_bundle(result: &RankResult) -> Option<Map<String, Value>> {
     Some(data)
 }
 
-pub(crate) fn html_escape(s: &str) -> String {
+pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -76,7 +76,8 @@ fn groups(report: &RunReport) -> Vec<(Vec<usize>, String)> {
 }
 
 /// "rank 2", "ranks 0, 1", "ranks 0-7, 9".
-fn ranks_label(ranks: &[usize]) -> String {
+/// `rank 3`, `ranks 0-6, 9` (ranks sorted).
+pub fn ranks_label(ranks: &[usize]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;
     while i < ranks.len() {

@@ -53,22 +53,10 @@ impl EvcxrSession {
                 p.size()
             )));
         }
-        let found = ranch_magics::gpus::discover();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let plan = rank_plan(&args, &found.devices, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(), cores, |k| {
-            std::env::var(k).ok()
-        })
-        .map_err(|e| usage(match &found.note {
-            Some(note) => format!("{e} ({note})"),
-            None => e,
-        }))?;
-        if let Some(warning) = &plan.warning {
-            cx.sink.stream(Stream::Stderr, &format!("ranch: {warning}\n"));
-        }
-        if let Some(warning) = ranch_magics::threads::oversubscribed(cores, args.n).filter(|_| !self.ranch.warned_cores) {
-            self.ranch.warned_cores = true;
-            cx.sink.stream(Stream::Stderr, &format!("{warning}\n"));
-        }
+        let plan = self.plan_launch(args.n, cx, |found, visible| {
+            rank_plan(&args, &found.devices, visible, cores, |k| std::env::var(k).ok()).map(|p| (p.warning.clone(), p))
+        })?;
         self.ensure_runtime()?;
         let t = std::time::Instant::now();
         let started = Pool::start(plan.env, self.cell.clone(), self.private.path(), &self.runtime_dep())?;

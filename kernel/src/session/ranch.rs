@@ -28,7 +28,7 @@ pub(super) struct RanchState {
     toolchain: Option<(Toolchain, String)>,
     launches: u64,
     /// The "more ranks than cores" warning was given (once per session).
-    pub(super) warned_cores: bool,
+    warned_cores: bool,
 }
 
 /// A run directory, removed when the launch ends.
@@ -113,6 +113,35 @@ impl EvcxrSession {
             .map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
         self.ranch.runtime_added = true;
         Ok(())
+    }
+
+    /// What every launch checks before anything is built: the GPU plan `plan` makes from
+    /// the machine's GPUs and the kernel's `CUDA_VISIBLE_DEVICES` (a GPU that is not there
+    /// is a usage error), its warning, and the once-per-session note when `n` ranks
+    /// outnumber the cores.
+    pub(super) fn plan_launch<P>(
+        &mut self,
+        n: usize,
+        cx: &CellContext,
+        plan: impl FnOnce(&ranch_magics::gpus::Discovery, Option<&str>) -> Result<(Option<String>, P), String>,
+    ) -> Result<P, CellError> {
+        let found = ranch_magics::gpus::discover();
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        let (warning, planned) = plan(&found, visible.as_deref()).map_err(|e| {
+            usage(match &found.note {
+                Some(note) => format!("{e} ({note})"),
+                None => e,
+            })
+        })?;
+        if let Some(warning) = warning {
+            cx.sink.stream(Stream::Stderr, &format!("ranch: {warning}\n"));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(warning) = ranch_magics::threads::oversubscribed(cores, n).filter(|_| !self.ranch.warned_cores) {
+            self.ranch.warned_cores = true;
+            cx.sink.stream(Stream::Stderr, &format!("{warning}\n"));
+        }
+        Ok(planned)
     }
 
     /// The `:dep` line that adds the runtime crate to an evcxr context.
@@ -205,21 +234,9 @@ impl EvcxrSession {
         }
         // GPUs are checked before anything is built: asking for one that is not there is a
         // usage error.
-        let found = ranch_magics::gpus::discover();
-        let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-        let gpus = ranch_magics::gpus::plan(&found.devices, cuda_visible.as_deref(), &args.gpus, args.gpu_visibility, args.n)
-            .map_err(|e| usage(match &found.note {
-                Some(note) => format!("{e} ({note})"),
-                None => e,
-            }))?;
-        if let Some(warning) = &gpus.warning {
-            cx.sink.stream(Stream::Stderr, &format!("ranch: {warning}\n"));
-        }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if let Some(warning) = ranch_magics::threads::oversubscribed(cores, args.n).filter(|_| !self.ranch.warned_cores) {
-            self.ranch.warned_cores = true;
-            cx.sink.stream(Stream::Stderr, &format!("{warning}\n"));
-        }
+        let gpus = self.plan_launch(args.n, cx, |found, visible| {
+            ranch_magics::gpus::plan(&found.devices, visible, &args.gpus, args.gpu_visibility, args.n).map(|p| (p.warning.clone(), p))
+        })?;
         self.ensure_runtime()?;
 
         // Which session variables go to the ranks.

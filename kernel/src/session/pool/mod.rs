@@ -252,7 +252,7 @@ impl Pool {
             text.push_str(cells.join("  ").trim_end());
             text.push('\n');
         }
-        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let esc = ranch_magics::merge::html_escape;
         let mut html = format!("<p>{}</p><table><tr>", esc(&title));
         html.extend(head.iter().map(|h| format!("<th>{h}</th>")));
         html.push_str("</tr>");
@@ -297,8 +297,7 @@ fn rank_panics(panics: &[(usize, String)]) -> CellError {
         .map(|(ranks, message)| {
             let mut ranks = ranks.clone();
             ranks.sort_unstable();
-            let names: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
-            format!("rank{} {} panicked: {message}", if ranks.len() == 1 { "" } else { "s" }, names.join(", "))
+            format!("{} panicked: {message}", ranch_magics::merge::ranks_label(&ranks))
         })
         .collect();
     CellError {
