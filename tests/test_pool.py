@@ -122,3 +122,10 @@ def test_the_sessions_items_and_deps_are_usable_and_pool_values_of_their_types_s
     assert run.result() == '["shard 0", "shard 1", "shard 2"]'
     ok(execute(kc, "let unrelated = 1;"))  # the session changes, its items do not
     assert ok(execute(kc, "%px mine.rank + m.len()")).result() == "[0, 1, 2]"
+
+
+def test_a_huge_value_is_cut_not_held(pool):
+    _, kc = pool
+    run = ok(execute(kc, '%px "x".repeat(3 << 20)', timeout=300))
+    assert run.result().count("(cut: over 1 MiB)") == 3 and len(run.result()) < 4 << 20
+    assert ok(execute(kc, "%px 1")).result() == "[1, 1, 1]"

@@ -27,6 +27,9 @@ const END: &str = "EVCXR_END_CONTENT";
 const USER_ERROR: &str = "EVCXR_ERROR_OCCURRED";
 const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
 const INPUT_REQUEST: &str = "EVCXR_INPUT_REQUEST";
+/// The most of one rank's value that is kept (its text form); the rest is cut.
+const VALUE_LIMIT: usize = 1 << 20;
+const TOO_LARGE: &str = " … (cut: over 1 MiB)";
 
 /// In a pool's fan-out process: serves evcxr and never returns. Elsewhere: does nothing.
 /// Must run before any other thread exists.
@@ -152,10 +155,15 @@ impl FanOut {
                 } else if line == PANIC {
                     reply.panicked = true;
                 } else {
-                    if !body.is_empty() {
-                        body.push('\n');
+                    // A value too large to show is said to be so, not held (one per rank).
+                    if body.len() + line.len() < VALUE_LIMIT {
+                        if !body.is_empty() {
+                            body.push('\n');
+                        }
+                        body.push_str(&line);
+                    } else if !body.ends_with(TOO_LARGE) {
+                        body.push_str(TOO_LARGE);
                     }
-                    body.push_str(&line);
                     reply.block = Some((mime, body));
                 }
             } else if line == COMPLETE {
