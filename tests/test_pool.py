@@ -60,10 +60,39 @@ def test_a_panicking_rank_is_named_and_every_rank_keeps_its_state(pool):
     assert ok(execute(kc, "%px kept")).result() == "[100, 101, 102]"
 
 
-def test_collectives_say_they_are_not_in_pool_cells_yet(pool):
+def shm_mappings(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return [line for line in f if "/dev/shm/ranch-" in line]
+
+
+def test_every_cell_has_a_working_group_and_a_comm_error_breaks_only_its_cell(pool):
     _, kc = pool
-    run = ok(execute(kc, "%px ranch::comm().barrier().unwrap_err().to_string()"))
-    assert "not available in %%px cells yet" in run.result(), run.result()
+    run = ok(execute(kc, "%%px\nlet mut g = vec![ranch::rank() as f64 + 1.0; 1 << 16];\n"
+                         "ranch::comm().all_reduce(&mut g, ranch::Op::Sum).unwrap();\n(g[0], g[(1 << 16) - 1])", timeout=300))
+    assert run.result() == "[(6.0, 6.0), (6.0, 6.0), (6.0, 6.0)]"
+    # Rank 0 waits alone: the others finished the cell, which the error says at once.
+    run = ok(execute(kc, "%px if ranch::rank() == 0 { ranch::comm().barrier().unwrap_err().to_string() } else { String::new() }"))
+    assert "ranks 1, 2 finished without joining barrier" in run.result(), run.result()
+    # The next cell has a new group; one kept from an earlier cell says so.
+    ok(execute(kc, "%%px\nlet old = ranch::comm();"))
+    assert ok(execute(kc, "%px ranch::comm().barrier().is_ok()")).result() == "[true, true, true]"
+    assert "earlier %%px cell" in ok(execute(kc, "%px old.barrier().unwrap_err().to_string()")).result()
+    # Each cell's shared memory is unmapped when the cell ends.
+    for pid in pids(kc):
+        assert shm_mappings(pid) == [], shm_mappings(pid)
+
+
+def test_targets_run_a_subset_in_a_group_of_its_own(pool):
+    _, kc = pool
+    ok(execute(kc, "%%px\nlet mut hits = 0;"))
+    run = ok(execute(kc, "%%px --targets 2,0\nhits += 1;\n"
+                         "{ let c = ranch::comm(); (ranch::rank(), c.rank(), c.world_size(), c.all_gather(&ranch::rank()).unwrap()) }"))
+    assert run.result() == "[(0, 0, 2, [0, 2]), (2, 1, 2, [0, 2])]"
+    assert ok(execute(kc, "%px --targets 1 { let c = ranch::comm(); (c.rank(), c.world_size()) }")).result() == "[(0, 1)]"
+    assert ok(execute(kc, "%px hits")).result() == "[1, 0, 1]"
+    assert "cannot define variables with `let`" in execute(kc, "%%px --targets 1\nlet y = 1;").error_text()
+    assert "the pool has ranks 0-2 (no rank 3)" in execute(kc, "%px --targets 0,3 1").error_text()
+    assert ok(execute(kc, "%px hits")).result() == "[1, 0, 1]"
 
 
 def test_a_dead_rank_restarts_the_pool_and_says_what_was_lost(pool):
@@ -96,7 +125,8 @@ def test_interrupt_stops_every_rank_within_two_seconds_and_the_pool_stays_up(poo
 def test_usage_errors_change_nothing(pool):
     _, kc = pool
     assert "a pool of 3 ranks is running" in execute(kc, "%ranch_start 2").error_text()
-    assert "takes no arguments yet" in execute(kc, "%%px --targets 0\n1").error_text()
+    assert "--bogus" in execute(kc, "%%px --bogus\n1").error_text()
+    assert "--targets <R,R>" in ok(execute(kc, "%%px --help")).stream()
     assert "invalid value '0'" in execute(kc, "%ranch_start 0").error_text()
     assert "--bogus" in execute(kc, "%ranch_start 2 --bogus").error_text()
     assert ok(execute(kc, "%px ranch::world_size()")).result() == "[3, 3, 3]"
@@ -129,3 +159,31 @@ def test_a_huge_value_is_cut_not_held(pool):
     run = ok(execute(kc, '%px "x".repeat(3 << 20)', timeout=300))
     assert run.result().count("(cut: over 1 MiB)") == 3 and len(run.result()) < 4 << 20
     assert ok(execute(kc, "%px 1")).result() == "[1, 1, 1]"
+
+
+def test_push_pull_and_out_move_values_between_the_session_and_the_ranks(pool):
+    _, kc = pool
+    ok(execute(kc, 'let mut lr = vec![0.5f64, 0.25];\nlet tag = String::from("run-7");'))
+    assert "Pushed `lr`, `tag` to the pool's 3 ranks" in ok(execute(kc, "%px_push lr, tag", timeout=300)).stream()
+    ok(execute(kc, "lr[0] = 9.0;"))  # ranks got copies
+    assert ok(execute(kc, "%px { lr.push(1.0); (lr[0], tag.len()) }")).result() == "[(0.5, 5), (0.5, 5), (0.5, 5)]"
+    ok(execute(kc, "%px lr.pop()"))
+    run = ok(execute(kc, "%%px --out sums\nlet w: Vec<f64> = lr.iter().map(|x| x * ranch::rank() as f64).collect();\nw.iter().sum::<f64>()"))
+    assert run.result() == "[0.0, 0.75, 1.5]"
+    assert ok(execute(kc, "sums.iter().sum::<f64>()")).result() == "2.25"
+    run = ok(execute(kc, "%px_pull w --out ws --targets 2,1"))
+    assert "Pulled `w` from ranks 1, 2 into `ws: Vec<Vec<f64>>`" in run.stream()
+    assert ok(execute(kc, "ws")).result() == "[[0.5, 0.25], [1.0, 0.5]]"
+    ok(execute(kc, "%px_pull tag"))
+    assert ok(execute(kc, "tag.len()")).result() == "3"
+
+
+def test_data_magics_say_what_is_wrong(pool):
+    _, kc = pool
+    assert "the pool's ranks have no variable `missing`" in execute(kc, "%px_pull missing").error_text()
+    ok(execute(kc, "%%px\nstruct Opaque;\nlet opaque = Opaque;"))
+    assert "`Opaque` is not Serialize + Deserialize" in execute(kc, "%px_pull opaque").error_text()
+    assert "the session has no variable `nope`" in execute(kc, "%px_push nope").error_text()
+    ok(execute(kc, "struct Local;\nlet local = Local;"))
+    assert "cannot send `local: Local`" in execute(kc, "%px_push local").error_text()
+    assert "--out needs the cell to end in an expression" in execute(kc, "%%px --out z\nlet q = 1;").error_text()

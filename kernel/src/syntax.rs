@@ -84,6 +84,8 @@ struct Body {
     code_statements: Vec<(usize, usize)>,
     /// The tail expression's byte range and whether it is a `print!` call.
     tail: Option<(usize, usize, bool)>,
+    /// Whether a statement is a `let` (which evcxr keeps as a variable).
+    lets: bool,
 }
 
 fn body(rust: &str) -> Option<Body> {
@@ -96,6 +98,7 @@ fn body(rust: &str) -> Option<Body> {
         let r = n.text_range();
         (usize::from(r.start()).saturating_sub(shift), usize::from(r.end()).saturating_sub(shift))
     };
+    let lets = list.statements().any(|s| matches!(s, ast::Stmt::LetStmt(_)));
     let code_statements = list
         .statements()
         .filter(|s| !matches!(s, ast::Stmt::Item(_)))
@@ -107,7 +110,21 @@ fn body(rust: &str) -> Option<Body> {
             if m.macro_call().and_then(|c| c.path()).is_some_and(|p| p.syntax().text() == "print"));
         (s, t, is_print)
     });
-    Some(Body { code_statements, tail })
+    Some(Body { code_statements, tail, lets })
+}
+
+/// Whether the cell defines variables (a top-level `let`), which evcxr then keeps.
+pub fn defines_variables(code: &str) -> bool {
+    let rust = &code[rust_start(code)..];
+    body(rust).is_some_and(|b| b.lets)
+}
+
+/// The cell with its tail expression replaced by `wrap(tail)`; `None` when it has none.
+pub fn wrap_tail(code: &str, wrap: impl Fn(&str) -> String) -> Option<String> {
+    let start = rust_start(code);
+    let (s, e, _) = body(&code[start..])?.tail?;
+    let (s, e) = (start + s, start + e);
+    Some(format!("{}{}{}", &code[..s], wrap(&code[s..e]), &code[e..]))
 }
 
 /// Flushes the cell's stdout. Rust's stdout is line-buffered inside the cell's copy of std,
@@ -287,5 +304,17 @@ mod tests {
         assert!(with_stdout_flush(":vars").shows_value);
         assert!(!with_stdout_flush("fn f() {}").shows_value);
     }
-}
 
+    #[test]
+    fn top_level_lets_are_variables() {
+        assert!(defines_variables(":dep x\nlet v = 1;\nv"));
+        assert!(!defines_variables("{ let v = 1; v }"));
+        assert!(!defines_variables("x.push(1); fn f() { let y = 2; }"));
+    }
+
+    #[test]
+    fn tails_can_be_wrapped() {
+        assert_eq!(wrap_tail("let a = 1;\na + 1\n", |t| format!("f({t})")).as_deref(), Some("let a = 1;\nf(a + 1)\n"));
+        assert_eq!(wrap_tail("let a = 1;", |t| t.to_string()), None);
+    }
+}

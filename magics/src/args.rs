@@ -181,7 +181,7 @@ pub(crate) fn parse_ranks(s: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_ident(s: &str) -> Result<String, String> {
+pub(crate) fn parse_ident(s: &str) -> Result<String, String> {
     let s = s.trim();
     let ok = !s.is_empty()
         && s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
@@ -189,7 +189,7 @@ fn parse_ident(s: &str) -> Result<String, String> {
     if ok { Ok(s.to_string()) } else { Err(format!("{s:?} is not a variable name")) }
 }
 
-fn parse_out(s: &str) -> Result<Out, String> {
+pub(crate) fn parse_out(s: &str) -> Result<Out, String> {
     match s.split_once(':') {
         Some((name, ty)) => {
             let ty = ty.trim();
@@ -214,7 +214,7 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_list(s: &str, what: &str) -> Result<Vec<usize>, String> {
+pub(crate) fn parse_list(s: &str, what: &str) -> Result<Vec<usize>, String> {
     let items: Result<Vec<usize>, _> = s.split(',').map(|p| p.trim().parse::<usize>()).collect();
     match items {
         Ok(v) if !v.is_empty() => Ok(v),
@@ -357,7 +357,7 @@ fn raw_tokens(line: &str) -> Option<Vec<(String, usize)>> {
 
 /// `--out res: (u8, String)` arrives as several tokens; `--out` takes them as one value:
 /// the token after `NAME:`, and more until the type's brackets balance.
-fn join_out_type(tokens: Vec<String>) -> Vec<String> {
+pub(crate) fn join_out_type(tokens: Vec<String>) -> Vec<String> {
     let depth = |s: &str| {
         s.chars().fold(0i32, |d, c| match c {
             '(' | '<' | '[' => d + 1,

@@ -37,6 +37,8 @@ pub struct GroupService {
     stop: Option<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
     token_file: Option<PathBuf>,
+    /// The segment's header, shared with the service thread.
+    header: Option<std::sync::Arc<ranch::__rt::group::Header>>,
 }
 
 /// A fresh secret for one launch, from the OS's random generator.
@@ -120,11 +122,15 @@ impl GroupService {
         let seg = segment.to_string_lossy().into_owned();
         ranch::__rt::group::create(&seg, world).map_err(|e| format!("cannot create the shared-memory segment {seg}: {e}"))?;
         // From here on, dropping `service` removes the segment again.
-        let mut service = GroupService { segment, port, stop: None, thread: None, token_file: None };
+        let mut service = GroupService { segment, port, stop: None, thread: None, token_file: None, header: None };
         let segment_file = File::options().read(true).write(true).open(&service.segment).map_err(|e| e.to_string())?;
-        let header = ranch::__rt::group::Header::map(&segment_file, world)
-            .map_err(|e| format!("cannot map the shared-memory segment: {e}"))?;
-        let (stop_rx, stop_tx) = nix::unistd::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+        let header = std::sync::Arc::new(
+            ranch::__rt::group::Header::map(&segment_file, world).map_err(|e| format!("cannot map the shared-memory segment: {e}"))?,
+        );
+        service.header = Some(header.clone());
+        // Close-on-exec: a process spawned meanwhile (a pool restarting) must not hold the
+        // write end open, or closing it here would never stop the thread.
+        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
         service.stop = Some(stop_tx);
         if publish {
             let path = token_path(port)?;
@@ -159,6 +165,15 @@ impl GroupService {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Marks `rank` as having returned from the cell, whether or not it ever joined: ranks
+    /// waiting for it in a collective stop waiting (a pool's ranks outlive their cells, so
+    /// their connections cannot say it).
+    pub fn mark_finished(&self, rank: usize) {
+        if let Some(h) = &self.header {
+            h.mark_exited(rank, true);
+        }
+    }
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -187,7 +202,7 @@ struct Rendezvous {
     token: Vec<u8>,
     reply: String,
     world: usize,
-    segment: ranch::__rt::group::Header,
+    segment: std::sync::Arc<ranch::__rt::group::Header>,
     pending: VecDeque<Pending>,
     members: Vec<Member>,
     registered: Vec<bool>,

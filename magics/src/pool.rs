@@ -1,6 +1,6 @@
-//! `%ranch_start`: the pool's arguments, and each pool rank's environment.
+//! `%ranch_start`: the pool's arguments, and each pool rank's environment; `%%px`'s.
 
-use crate::args::{GpuVisibility, Gpus, parse_gpus, parse_ranks};
+use crate::args::{GpuVisibility, Gpus, Out, join_out_type, parse_gpus, parse_ident, parse_list, parse_out, parse_ranks};
 use crate::gpus::{Device, plan};
 use clap::Parser;
 
@@ -23,24 +23,30 @@ pub struct PoolArgs {
     pub gpu_visibility: GpuVisibility,
 }
 
+/// A pool magic's arguments, or its help (`--help`, shown as normal output).
 #[derive(Debug)]
-pub enum ParsedPool {
-    Start(PoolArgs),
+pub enum Parsed<T> {
+    Run(T),
     Help(String),
 }
 
-/// Parses what follows `%ranch_start`.
-pub fn parse(args: &str) -> Result<ParsedPool, String> {
-    let tokens = shlex::split(args).ok_or_else(|| format!("unbalanced quotes in `%ranch_start {args}`"))?;
-    match PoolArgs::try_parse_from(tokens) {
-        Ok(a) => Ok(ParsedPool::Start(a)),
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(ParsedPool::Help(e.render().to_string())),
+/// Parses a magic's arguments with clap. `prepare` adjusts the shell-split tokens.
+fn parse_magic<T: Parser>(magic: &str, args: &str, prepare: fn(Vec<String>) -> Vec<String>) -> Result<Parsed<T>, String> {
+    let tokens = shlex::split(args).ok_or_else(|| format!("unbalanced quotes in `{magic} {args}`"))?;
+    match T::try_parse_from(prepare(tokens)) {
+        Ok(a) => Ok(Parsed::Run(a)),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(Parsed::Help(e.render().to_string())),
         Err(e) => Err(e.render().to_string().trim_end().to_string()),
     }
 }
 
+/// Parses what follows `%ranch_start`.
+pub fn parse(args: &str) -> Result<Parsed<PoolArgs>, String> {
+    parse_magic("%ranch_start", args, |t| t)
+}
+
 /// Each rank's environment: its place in the pool, its GPU, its share of the cores, and
-/// why it has no process group (collectives in pool cells are not there yet).
+/// the file that says where each cell's group is.
 pub struct RankPlan {
     pub env: Vec<Vec<(String, String)>>,
     pub warning: Option<String>,
@@ -51,6 +57,7 @@ pub fn rank_plan(
     devices: &[Device],
     cuda_visible: Option<&str>,
     cores: usize,
+    group_file: &std::path::Path,
     user_env: impl Fn(&str) -> Option<String>,
 ) -> Result<RankPlan, String> {
     let gpus = plan(devices, cuda_visible, &args.gpus, args.gpu_visibility, args.n)?;
@@ -63,10 +70,7 @@ pub fn rank_plan(
                 ("LOCAL_RANK".to_string(), rank.to_string()),
                 ("WORLD_SIZE".to_string(), n.clone()),
                 ("LOCAL_WORLD_SIZE".to_string(), n.clone()),
-                (
-                    ranch::__rt::NO_GROUP_ENV.to_string(),
-                    "collectives (ranch::comm()) are not available in %%px cells yet: use %%ranch or %in_ddp for them".to_string(),
-                ),
+                (ranch::__rt::POOL_GROUP_ENV.to_string(), group_file.to_string_lossy().into_owned()),
             ];
             env.extend(threads.iter().cloned());
             env.extend(gpus.ranks.get(rank).into_iter().flatten().cloned());
@@ -76,13 +80,134 @@ pub fn rank_plan(
     Ok(RankPlan { env, warning: gpus.warning })
 }
 
+#[derive(Parser, Debug, Clone, PartialEq, Default)]
+#[command(
+    name = "%%px",
+    no_binary_name = true,
+    disable_version_flag = true,
+    about = "Run the cell on the pool's ranks (every rank, or --targets); each rank keeps its variables",
+    after_help = "`ranch::rank()` is the pool rank; `ranch::comm()` is a group of the cell's ranks, formed for \
+this cell (in a --targets cell its ranks are numbered 0.. in target order).\n\nExample:\n  %%px --targets 0,2\n  x.len()"
+)]
+pub struct PxArgs {
+    /// Pool ranks to run on, e.g. `0,2` (default: all). A --targets cell cannot define variables with `let`.
+    #[arg(long, value_name = "R,R", value_parser = parse_targets)]
+    pub targets: Option<Targets>,
+    /// Bind the ranks' values in the session as `NAME: Vec<T>` (T: Serialize + Deserialize).
+    #[arg(long, value_name = "NAME[: T]", value_parser = parse_out)]
+    pub out: Option<Out>,
+}
+
+/// `--targets`: pool ranks, sorted, each once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets(pub Vec<usize>);
+
+fn parse_targets(s: &str) -> Result<Targets, String> {
+    let mut v = parse_list(s, "rank")?;
+    v.sort_unstable();
+    v.dedup();
+    Ok(Targets(v))
+}
+
+/// Parses what follows `%%px` on its line.
+pub fn parse_px(args: &str) -> Result<Parsed<PxArgs>, String> {
+    parse_magic("%%px", args, join_out_type)
+}
+
+/// `%px [--targets R,R] EXPR`: the flags, and the expression after them.
+pub fn split_px_line(line: &str) -> (&str, &str) {
+    let mut rest = line.trim_start();
+    loop {
+        let words = match rest.split_whitespace().next().unwrap_or("") {
+            "--targets" => 2,
+            w if w.starts_with("--targets=") || w == "--help" => 1,
+            _ => break,
+        };
+        for _ in 0..words {
+            rest = rest.trim_start();
+            rest = &rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..];
+        }
+    }
+    (line[..line.len() - rest.len()].trim(), rest.trim())
+}
+
+#[derive(Parser, Debug, Clone, PartialEq)]
+#[command(
+    name = "%px_pull",
+    no_binary_name = true,
+    disable_version_flag = true,
+    about = "Gather a variable of the pool's ranks into the session as a Vec, in rank order (its type must be Serialize + Deserialize)",
+    after_help = "Example:\n  %px_pull weights --out all_weights"
+)]
+pub struct PullArgs {
+    /// The ranks' variable.
+    #[arg(value_parser = parse_ident)]
+    pub name: String,
+    /// The session variable to bind (default: NAME).
+    #[arg(long, value_name = "NAME", value_parser = parse_ident)]
+    pub out: Option<String>,
+    /// Pool ranks to gather from, e.g. `0,2` (default: all).
+    #[arg(long, value_name = "R,R", value_parser = parse_targets)]
+    pub targets: Option<Targets>,
+}
+
+#[derive(Parser, Debug, Clone, PartialEq)]
+#[command(
+    name = "%px_push",
+    no_binary_name = true,
+    disable_version_flag = true,
+    about = "Copy session variables to every rank of the pool (their types must be Serialize + Deserialize)",
+    after_help = "Example:\n  %px_push config, data"
+)]
+pub struct PushArgs {
+    /// The session's variables (space- or comma-separated).
+    #[arg(required = true, value_delimiter = ',', value_parser = parse_ident)]
+    pub names: Vec<String>,
+}
+
+pub fn parse_pull(args: &str) -> Result<Parsed<PullArgs>, String> {
+    parse_magic("%px_pull", args, |t| t)
+}
+
+pub fn parse_push(args: &str) -> Result<Parsed<PushArgs>, String> {
+    // `a, b` and `a,b` as well as `a b`.
+    parse_magic("%px_push", args, |t| t.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(str::to_string).collect())
+}
+
+/// A type as the pool's cells name it (`ctx::Shard`), as the session's cells do (`Shard`).
+pub fn session_type(pool_type: &str) -> String {
+    let mut out = String::with_capacity(pool_type.len());
+    let mut rest = pool_type;
+    while let Some(at) = rest.find("ctx::") {
+        out.push_str(&rest[..at]);
+        // `ctx::` at the start of a path is the pool's crate; `myctx::` is not.
+        if out.chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            out.push_str("ctx::");
+        }
+        rest = &rest[at + "ctx::".len()..];
+    }
+    out.push_str(rest);
+    crate::program::session_type_name(&out)
+}
+
+/// The pool ranks a cell runs on: `--targets`, checked against the pool's size, or all.
+pub fn cell_ranks(targets: Option<&Targets>, n: usize) -> Result<Vec<usize>, String> {
+    match targets {
+        None => Ok((0..n).collect()),
+        Some(Targets(t)) => match t.iter().find(|&&r| r >= n) {
+            Some(r) => Err(format!("--targets: the pool has ranks 0-{} (no rank {r})", n - 1)),
+            None => Ok(t.clone()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn start(args: &str) -> PoolArgs {
         match parse(args) {
-            Ok(ParsedPool::Start(a)) => a,
+            Ok(Parsed::Run(a)) => a,
             _ => panic!("not a start: {args}"),
         }
     }
@@ -94,17 +219,63 @@ mod tests {
         assert!(parse("0").is_err());
         assert!(parse("").is_err());
         assert!(parse("2 --bogus").unwrap_err().contains("--bogus"));
-        assert!(matches!(parse("--help"), Ok(ParsedPool::Help(_))));
+        assert!(matches!(parse("--help"), Ok(Parsed::Help(_))));
     }
 
     #[test]
     fn each_rank_knows_its_place_and_that_it_has_no_group() {
-        let p = rank_plan(&start("3"), &[], None, 6, |_| None).unwrap();
+        let p = rank_plan(&start("3"), &[], None, 6, std::path::Path::new("/p/group"), |_| None).unwrap();
         assert_eq!(p.env.len(), 3);
         let get = |r: usize, k: &str| p.env[r].iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get(2, "RANK").as_deref(), Some("2"));
         assert_eq!(get(2, "WORLD_SIZE").as_deref(), Some("3"));
         assert_eq!(get(0, "OMP_NUM_THREADS").as_deref(), Some("2"));
-        assert!(get(1, ranch::__rt::NO_GROUP_ENV).unwrap().contains("%%px"));
+        assert_eq!(get(1, ranch::__rt::POOL_GROUP_ENV).as_deref(), Some("/p/group"));
+    }
+
+    #[test]
+    fn px_flags() {
+        let run = |a: &str| match parse_px(a) {
+            Ok(Parsed::Run(a)) => a,
+            other => panic!("{a}: {other:?}"),
+        };
+        assert_eq!(run(""), PxArgs::default());
+        assert_eq!(run("--targets 2,0,2").targets, Some(Targets(vec![0, 2])));
+        assert_eq!(run("--out w: Vec<f64>").out, Some(Out { name: "w".into(), ty: Some("Vec<f64>".into()) }));
+        assert!(parse_px("--targets x").unwrap_err().contains("rank numbers"));
+        assert!(parse_px("--bogus").is_err());
+        assert!(matches!(parse_px("--help"), Ok(Parsed::Help(_))));
+        assert_eq!(cell_ranks(Some(&Targets(vec![0, 2])), 4).unwrap(), vec![0, 2]);
+        assert!(cell_ranks(Some(&Targets(vec![4])), 4).unwrap_err().contains("no rank 4"));
+        assert_eq!(cell_ranks(None, 2).unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn data_magics_parse() {
+        let Ok(Parsed::Run(p)) = parse_pull("w --out all --targets 0,2") else { panic!() };
+        assert_eq!((p.name.as_str(), p.out.as_deref(), p.targets), ("w", Some("all"), Some(Targets(vec![0, 2]))));
+        assert!(parse_pull("").is_err());
+        assert!(parse_pull("a b").is_err());
+        let Ok(Parsed::Run(p)) = parse_push("a, b c") else { panic!() };
+        assert_eq!(p.names, ["a", "b", "c"]);
+        assert!(parse_push("").is_err());
+        assert!(parse_push("1x").unwrap_err().contains("not a variable name"));
+        assert!(matches!(parse_push("--help"), Ok(Parsed::Help(_))));
+    }
+
+    #[test]
+    fn pool_types_read_as_session_types() {
+        assert_eq!(session_type("alloc::vec::Vec<ctx::Shard>"), "Vec<Shard>");
+        assert_eq!(session_type("ctx::Shard"), "Shard");
+        assert_eq!(session_type("myctx::A"), "myctx::A");
+        assert_eq!(session_type("(f64, ctx::B)"), "(f64, B)");
+    }
+
+    #[test]
+    fn px_lines_split_flags_from_the_expression() {
+        assert_eq!(split_px_line("ranch::rank()"), ("", "ranch::rank()"));
+        assert_eq!(split_px_line(" --targets 0,2  x.len() "), ("--targets 0,2", "x.len()"));
+        assert_eq!(split_px_line("--targets=1 --x"), ("--targets=1", "--x"));
+        assert_eq!(split_px_line("-x"), ("", "-x"));
     }
 }

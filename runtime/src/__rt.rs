@@ -8,7 +8,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
-pub use crate::comm::{NO_GROUP_ENV, TIMEOUT_ENV, TOKEN_ENV};
+pub use crate::comm::{NO_GROUP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
+
+/// The symbol a pool rank calls in each cell's library when the cell has returned.
+pub const POOL_CELL_END: &str = "ranch_pool_cell_end";
+
+/// Ends the cell's group in a pool rank (see `comm::pool`). Exported from every cell
+/// library that links this crate; a cell that does not has no group to end.
+#[unsafe(no_mangle)]
+pub extern "C" fn ranch_pool_cell_end() {
+    // Nothing may unwind into the caller.
+    let _ = std::panic::catch_unwind(crate::comm::end_pool_cell);
+}
 
 /// The shared-memory segment of a launch's group (created and marked by the kernel).
 pub mod group {
@@ -127,6 +138,23 @@ pub fn emit(type_name: &str, debug: Option<String>, value: Result<Vec<u8>, Strin
     }
 }
 
+/// A pool rank's value for the kernel (`%px_pull`, `%%px --out`): `<dir>/rank-<pool rank>.result`.
+/// `encoded` is `(&Ship(value)).ranch_encode()`.
+pub fn emit_to<T: ?Sized>(dir: &str, _value: &T, encoded: Result<Vec<u8>, String>) {
+    let result = RankResult { type_name: std::any::type_name::<T>().to_string(), debug: None, value: encoded.ok() };
+    let path = result_path(Path::new(dir), crate::rank());
+    if let Err(e) = std::fs::write(&path, result.encode()) {
+        panic!("ranch: cannot write this rank's value to {}: {e}", path.display());
+    }
+}
+
+/// A variable the kernel exported (`%px_push`), in a pool rank.
+pub fn load_from<T: DeserializeOwned>(dir: &str, name: &str, type_name: &str) -> T {
+    let path = Path::new(dir).join(format!("{name}.bin"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: cannot read variable `{name}` ({}): {e}", path.display()));
+    rmp_serde::from_slice(&bytes).unwrap_or_else(|e| panic!("ranch: cannot decode variable `{name}: {type_name}`: {e}"))
+}
+
 /// Where and why a rank panicked, for the kernel's error report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PanicReport {
@@ -213,8 +241,14 @@ pub fn install_panic_hook() {
 
 /// The gathered values of a launch, in rank order: binds `--out NAME` in the session.
 pub fn collect<T: DeserializeOwned>(dir: &str, world_size: usize) -> Vec<T> {
-    (0..world_size)
-        .map(|r| {
+    collect_ranks(dir, &(0..world_size).collect::<Vec<_>>())
+}
+
+/// The values of ranks `ranks`, in that order.
+pub fn collect_ranks<T: DeserializeOwned>(dir: &str, ranks: &[usize]) -> Vec<T> {
+    ranks
+        .iter()
+        .map(|&r| {
             let path = result_path(Path::new(dir), r);
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: no result of rank {r}: {e}"));
             let result = RankResult::decode(&bytes).expect("ranch: corrupt result file");

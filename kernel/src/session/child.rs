@@ -66,6 +66,8 @@ fn run_loop(end_line: &str) -> ! {
     type CellFn = extern "C" fn(*mut std::ffi::c_void) -> *mut std::ffi::c_void;
     let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
     let mut libraries: Vec<libloading::Library> = Vec::new();
+    // A pool's rank ends each cell's group when the cell returns (see ranch's comm::pool).
+    let pool_rank = std::env::var_os(super::pool::RANK_ENV).is_some();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let Some((library, function)) = line.strip_prefix("LOAD_AND_RUN ").and_then(|r| r.split_once(' ')) else {
@@ -78,6 +80,12 @@ fn run_loop(end_line: &str) -> ! {
             libloading::Library::new(library).and_then(|lib| {
                 let cell = *lib.get::<CellFn>(function.as_bytes())?;
                 store = cell(store);
+                if pool_rank {
+                    // Only cells that link the runtime have it.
+                    if let Ok(end) = lib.get::<extern "C" fn()>(ranch::__rt::POOL_CELL_END.as_bytes()) {
+                        end();
+                    }
+                }
                 libraries.push(lib);
                 Ok(())
             })
@@ -126,8 +134,9 @@ fn prepare(marker: &Marker) -> bool {
 fn redirect(events: UnixStream, marker: Marker) -> nix::Result<()> {
     let to_evcxr = File::from(nix::unistd::dup(std::io::stdout().as_fd())?);
     let err_to_evcxr = File::from(nix::unistd::dup(std::io::stderr().as_fd())?);
-    let (out_r, out_w) = nix::unistd::pipe()?;
-    let (err_r, err_w) = nix::unistd::pipe()?;
+    // Close-on-exec: what a cell spawns gets fds 1 and 2 (dup2 copies), not the read ends.
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     nix::unistd::dup2_stdout(&out_w)?;
     nix::unistd::dup2_stderr(&err_w)?;
     drop((out_w, err_w));

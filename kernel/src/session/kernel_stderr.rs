@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 pub fn capture_cargo_progress(cell: Arc<CurrentCell>) -> nix::Result<()> {
     let mut log = File::from(nix::unistd::dup(std::io::stderr().as_fd())?);
-    let (read, write) = nix::unistd::pipe()?;
+    // Close-on-exec: only fd 2 (a dup2 copy, which does not inherit the flag) reaches children.
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     nix::unistd::dup2_stderr(&write)?;
     drop(write);
     std::thread::Builder::new()

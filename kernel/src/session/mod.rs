@@ -15,6 +15,7 @@ mod private_dir;
 mod pool;
 mod procs;
 mod px;
+mod px_data;
 mod ranch;
 mod render;
 mod runtime_crate;

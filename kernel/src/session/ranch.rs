@@ -32,7 +32,12 @@ pub(super) struct RanchState {
 }
 
 /// A run directory, removed when the launch ends.
-struct RunDir(PathBuf);
+/// Advice for a value whose type is not Serialize + Deserialize.
+pub(super) const SERDE_HINT: &str =
+    "Derive serde's Serialize and Deserialize for the type (`:dep serde = { version = \"1\", features = [\"derive\"] }`)";
+
+/// A directory removed when the cell is done with it.
+pub(super) struct RunDir(pub(super) PathBuf);
 
 impl Drop for RunDir {
     fn drop(&mut self) {
@@ -314,38 +319,18 @@ impl EvcxrSession {
                 }
             }
         }
-        let mut export = String::from("{ use ranch::__rt::{ViaNothing as _, ViaSerialize as _};\n");
-        for v in shipped {
-            export.push_str(&format!(
-                "ranch::__rt::export({:?}, {:?}, (&ranch::__rt::Ship(&{})).ranch_encode());\n",
-                vars_dir.to_string_lossy(),
-                v.name,
-                v.name
-            ));
-        }
-        export.push_str("};");
-        let ctx = self.context()?;
-        ctx.execute(&export).map_err(|e| {
-            ranch_error(format!("could not export the cell's variables from the session: {}", e.to_string().trim()))
-        })?;
-        let unshippable: Vec<String> = shipped
-            .iter()
-            .filter_map(|v| {
-                let why = std::fs::read_to_string(vars_dir.join(format!("{}.err", v.name))).ok()?;
-                Some(format!("`{}: {}` ({why})", v.name, v.ty))
-            })
-            .collect();
+        let unshippable = self.export_vars(shipped, vars_dir)?;
         if !unshippable.is_empty() {
             return Err(CellError::new(
                 "UnshippableVariable",
                 format!(
-                    "these session variables are used by the cell but cannot be sent to the ranks: {}. \
-                     Derive serde's Serialize and Deserialize for their types (`:dep serde = {{ version = \"1\", features = [\"derive\"] }}`), \
+                    "these session variables are used by the cell but cannot be sent to the ranks: {}. {SERDE_HINT}, \
                      or build the value inside the cell. Nothing was launched.",
                     unshippable.join(", ")
                 ),
             ));
         }
+        let ctx = self.context()?;
         let lib_rs = ctx.last_source().map_err(|e| ranch_error(format!("cannot read the session's source: {e}")))?;
         let deps_text = ctx
             .execute(":show_deps")
@@ -361,6 +346,31 @@ impl EvcxrSession {
         };
         self.ranch.snapshot = Some((generation, snap.clone()));
         Ok(snap)
+    }
+
+    /// Writes session variables to `<dir>/<name>.bin` with one evcxr compile. Returns the
+    /// ones that cannot be serialised, as `` `name: T` (why) ``.
+    pub(super) fn export_vars(&mut self, shipped: &[Shipped], dir: &Path) -> Result<Vec<String>, CellError> {
+        let mut export = String::from("{ use ranch::__rt::{ViaNothing as _, ViaSerialize as _};\n");
+        for v in shipped {
+            export.push_str(&format!(
+                "ranch::__rt::export({:?}, {:?}, (&ranch::__rt::Ship(&{})).ranch_encode());\n",
+                dir.to_string_lossy(),
+                v.name,
+                v.name
+            ));
+        }
+        export.push_str("};");
+        self.context()?.execute(&export).map_err(|e| {
+            ranch_error(format!("could not export the variables from the session: {}", e.to_string().trim()))
+        })?;
+        Ok(shipped
+            .iter()
+            .filter_map(|v| {
+                let why = std::fs::read_to_string(dir.join(format!("{}.err", v.name))).ok()?;
+                Some(format!("`{}: {}` ({why})", v.name, v.ty))
+            })
+            .collect())
     }
 
     fn evcxr_dir(&mut self) -> Result<PathBuf, CellError> {

@@ -8,6 +8,7 @@
 
 mod error;
 mod futex;
+mod pool;
 mod reduce;
 mod rendezvous;
 mod shm;
@@ -16,6 +17,7 @@ mod stream_copy;
 pub use error::CommError;
 pub use rendezvous::{DONE, HELLO};
 pub(crate) use rendezvous::{announce, finish};
+pub use pool::{POOL_GROUP_ENV, PoolGroup, end_pool_cell};
 
 /// What the kernel needs of the segment's layout.
 pub mod shm_segment {
@@ -25,7 +27,7 @@ pub use reduce::{Op, Reduce};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 /// Environment of a launch's group (set by the kernel).
 pub const TOKEN_ENV: &str = "RANCH_TOKEN";
@@ -35,9 +37,27 @@ pub const NO_GROUP_ENV: &str = "RANCH_NO_GROUP";
 
 enum Backend {
     Serial,
-    Shm(shm::Group),
+    /// `None` once the group was retired: a pool's group lives for one cell, and its
+    /// memory is unmapped when the cell ends (see [`pool`]).
+    Shm(RwLock<Option<shm::Group>>),
     /// Joining the group failed; every operation reports why.
     Broken(String),
+}
+
+/// The group for one operation: its lock is held while the operation runs, so that the
+/// group is not retired under it.
+enum Held<'a> {
+    Serial,
+    Shm(RwLockReadGuard<'a, Option<shm::Group>>),
+}
+
+impl Held<'_> {
+    fn get(&self) -> Option<&shm::Group> {
+        match self {
+            Held::Serial => None,
+            Held::Shm(g) => g.as_ref(),
+        }
+    }
 }
 
 /// A process group. Operations are serialised: call them from one thread at a time.
@@ -49,9 +69,12 @@ pub struct Comm {
 
 /// The process group of this launch (a group of one outside a ranked launch).
 pub fn comm() -> &'static Comm {
-    static COMM: OnceLock<Comm> = OnceLock::new();
     COMM.get_or_init(Comm::from_env)
 }
+
+// In a pool, every cell's library has its own copy of this (evcxr links the runtime into
+// each cell), so each `%%px` cell forms its own group.
+static COMM: OnceLock<Comm> = OnceLock::new();
 
 fn encode<T: Serialize + ?Sized>(op: &'static str, value: &T) -> Result<Vec<u8>, CommError> {
     rmp_serde::to_vec(value).map_err(|e| CommError::new(op, vec![], format!("cannot serialise the value: {e}")))
@@ -64,6 +87,9 @@ fn decode<T: DeserializeOwned>(op: &'static str, from: usize, bytes: &[u8]) -> R
 
 impl Comm {
     fn from_env() -> Comm {
+        if let Some(path) = std::env::var_os(POOL_GROUP_ENV) {
+            return pool::join(std::path::Path::new(&path));
+        }
         let (rank, world) = (crate::rank(), crate::world_size());
         let token = std::env::var(TOKEN_ENV).ok();
         let backend = match token {
@@ -71,7 +97,7 @@ impl Comm {
             None if std::env::var(NO_GROUP_ENV).is_ok() => Backend::Broken(std::env::var(NO_GROUP_ENV).unwrap_or_default()),
             None => Backend::Broken(format!("rank {rank} of {world} has no group to join ({TOKEN_ENV} is not set)")),
             Some(token) => match rendezvous::join(&token, rank, world) {
-                Ok(group) => Backend::Shm(group),
+                Ok(group) => Backend::Shm(RwLock::new(Some(group))),
                 Err(e) => Backend::Broken(e),
             },
         };
@@ -86,14 +112,42 @@ impl Comm {
         self.world
     }
 
-    fn group(&self, op: &'static str) -> Result<Option<&shm::Group>, CommError> {
+    fn group(&self, op: &'static str) -> Result<Held<'_>, CommError> {
         match &self.backend {
-            Backend::Serial => Ok(None),
-            Backend::Shm(g) => {
-                g.ensure_usable(op)?;
-                Ok(Some(g))
+            Backend::Serial => Ok(Held::Serial),
+            Backend::Shm(lock) => {
+                let held = lock.read().unwrap_or_else(|e| e.into_inner());
+                match held.as_ref() {
+                    Some(g) => g.ensure_usable(op)?,
+                    None => return Err(CommError::new(op, vec![self.rank], pool::RETIRED.into())),
+                }
+                Ok(Held::Shm(held))
             }
             Backend::Broken(why) => Err(CommError::new(op, vec![self.rank], why.clone())),
+        }
+    }
+
+    /// Unmaps the group's memory once no operation uses it (waiting at most `patience`);
+    /// later operations say the group's cell has ended. Returns whether it was retired.
+    fn retire(&self, patience: std::time::Duration) -> bool {
+        let Backend::Shm(lock) = &self.backend else { return true };
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match lock.try_write() {
+                Ok(mut g) => {
+                    *g = None;
+                    return true;
+                }
+                Err(std::sync::TryLockError::Poisoned(e)) => {
+                    *e.into_inner() = None;
+                    return true;
+                }
+                // A thread of the cell is still inside an operation.
+                Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return false,
+            }
         }
     }
 
@@ -102,7 +156,7 @@ impl Comm {
     #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
     pub(crate) fn departed(&self, op: &str) -> Option<(Vec<usize>, String)> {
         match &self.backend {
-            Backend::Shm(g) => g.departed(op),
+            Backend::Shm(lock) => lock.read().unwrap_or_else(|e| e.into_inner()).as_ref()?.departed(op),
             _ => None,
         }
     }
@@ -116,7 +170,7 @@ impl Comm {
 
     /// Waits until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<(), CommError> {
-        match self.group("barrier")? {
+        match self.group("barrier")?.get() {
             None => Ok(()),
             Some(g) => g.barrier(),
         }
@@ -124,7 +178,7 @@ impl Comm {
 
     /// Combines `buf` element-wise across ranks with `op`; every rank gets the result.
     pub fn all_reduce<T: Reduce>(&self, buf: &mut [T], op: Op) -> Result<(), CommError> {
-        match self.group("all_reduce")? {
+        match self.group("all_reduce")?.get() {
             None => Ok(()),
             Some(g) => g.reduce(buf, op, None),
         }
@@ -134,7 +188,7 @@ impl Comm {
     /// ranks' buffers are left as they were).
     pub fn reduce<T: Reduce>(&self, buf: &mut [T], op: Op, root: usize) -> Result<(), CommError> {
         self.check_root("reduce", root)?;
-        match self.group("reduce")? {
+        match self.group("reduce")?.get() {
             None => Ok(()),
             Some(g) => g.reduce(buf, op, Some(root)),
         }
@@ -149,7 +203,7 @@ impl Comm {
             (None, true) => return Err(CommError::new(OP, vec![root], "the root must pass Some(value)".into())),
             (_, false) => vec![],
         };
-        match self.group(OP)? {
+        match self.group(OP)?.get() {
             None => value.ok_or_else(|| CommError::new(OP, vec![root], "the root must pass Some(value)".into())),
             Some(g) => {
                 let all = g.all_gather_bytes(OP, &mine, std::any::type_name::<T>())?;
@@ -161,7 +215,7 @@ impl Comm {
     /// Copies `root`'s `buf` into every rank's `buf` (lengths must match).
     pub fn broadcast_slice<T: Reduce>(&self, buf: &mut [T], root: usize) -> Result<(), CommError> {
         self.check_root("broadcast_slice", root)?;
-        match self.group("broadcast_slice")? {
+        match self.group("broadcast_slice")?.get() {
             None => Ok(()),
             Some(g) => g.broadcast_slice(buf, root),
         }
@@ -171,7 +225,7 @@ impl Comm {
     pub fn all_gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>, CommError> {
         const OP: &str = "all_gather";
         let mine = encode(OP, value)?;
-        match self.group(OP)? {
+        match self.group(OP)?.get() {
             None => Ok(vec![decode(OP, 0, &mine)?]),
             Some(g) => {
                 let all = g.all_gather_bytes(OP, &mine, std::any::type_name::<T>())?;
@@ -185,7 +239,7 @@ impl Comm {
         const OP: &str = "gather";
         self.check_root(OP, root)?;
         let mine = encode(OP, value)?;
-        let all = match self.group(OP)? {
+        let all = match self.group(OP)?.get() {
             None => vec![mine],
             Some(g) => g.all_gather_bytes(OP, &mine, std::any::type_name::<T>())?,
         };
@@ -214,7 +268,7 @@ impl Comm {
         } else {
             vec![]
         };
-        let from_root = match self.group(OP)? {
+        let from_root = match self.group(OP)?.get() {
             None => mine,
             Some(g) => g.all_gather_bytes(OP, &mine, std::any::type_name::<T>())?.swap_remove(root),
         };
@@ -229,7 +283,7 @@ impl Comm {
         // The type's tag first: `recv` of another type is an error, not a reinterpretation.
         let mut bytes = shm::type_tag(std::any::type_name::<T>()).to_le_bytes().to_vec();
         bytes.extend(encode(OP, value)?);
-        match self.group(OP)? {
+        match self.group(OP)?.get() {
             None => Err(CommError::new(OP, vec![0], "a group of one has no other rank to send to".into())),
             Some(_) if dest == self.rank => Err(CommError::new(OP, vec![dest], "a rank cannot send to itself".into())),
             Some(g) => g.send_bytes(&bytes, dest),
@@ -240,7 +294,7 @@ impl Comm {
     pub fn recv<T: DeserializeOwned>(&self, src: usize) -> Result<T, CommError> {
         const OP: &str = "recv";
         self.check_root(OP, src)?;
-        match self.group(OP)? {
+        match self.group(OP)?.get() {
             None => Err(CommError::new(OP, vec![0], "a group of one has no other rank to receive from".into())),
             Some(_) if src == self.rank => Err(CommError::new(OP, vec![src], "a rank cannot receive from itself".into())),
             Some(g) => {

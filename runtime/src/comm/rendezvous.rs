@@ -85,11 +85,21 @@ pub fn finish() {
     let _ = link.stream.shutdown(std::net::Shutdown::Write);
 }
 
+/// Says [`finish`] and closes the link: the cell that opened it has ended (a pool's).
+pub fn close() {
+    finish();
+    *LINK.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
 /// Joins the group: the service's answer names the shared-memory segment. A connection
 /// closed without an answer is tried again (the service drops the oldest unannounced
 /// connections when strangers crowd it), until the deadline.
 pub fn join(token: &str, rank: usize, world: usize) -> Result<Group, String> {
-    let (target, addrs) = target()?;
+    join_at(target()?, token, rank, world)
+}
+
+/// [`join`] with the service at `target` (its name for messages, and its addresses).
+pub fn join_at((target, addrs): (String, Vec<SocketAddr>), token: &str, rank: usize, world: usize) -> Result<Group, String> {
     // The service may belong to another kernel that is still starting its ranks.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut guard = LINK.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,7 +11,7 @@
 //! without CUDA gets an error, never a crash.
 
 #[cfg(feature = "nccl")]
-mod nccl;
+pub(crate) mod nccl;
 
 #[cfg(feature = "nccl")]
 pub use nccl::{Nccl, nccl};

@@ -71,13 +71,25 @@ impl Shared {
 
 thread_local! {
     // NCCL communicators are not for sharing between threads: one per thread that asks.
-    static NCCL: std::cell::OnceCell<Result<Rc<Nccl>, CommError>> = const { std::cell::OnceCell::new() };
+    static NCCL: std::cell::RefCell<Option<Result<Rc<Nccl>, CommError>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The communicator, formed on first use by every rank (a collective call: every rank
 /// must call it).
 pub fn nccl() -> Result<Rc<Nccl>, CommError> {
-    NCCL.with(|cell| cell.get_or_init(form).clone())
+    if let Some(made) = NCCL.with(|cell| cell.borrow().clone()) {
+        return made;
+    }
+    // Formed outside the borrow: forming runs collectives, which must not find it borrowed.
+    let made = form();
+    NCCL.with(|cell| cell.borrow_mut().get_or_insert(made).clone())
+}
+
+/// A pool's cell has ended: its communicator goes with its group (NCCL's memory on the
+/// GPU is freed unless the cell kept a handle in a variable).
+pub(crate) fn end_cell() {
+    let made = NCCL.with(|cell| cell.borrow_mut().take());
+    drop(made);
 }
 
 fn failed(ranks: Vec<usize>, message: impl Into<String>) -> CommError {
@@ -86,7 +98,7 @@ fn failed(ranks: Vec<usize>, message: impl Into<String>) -> CommError {
 
 fn form() -> Result<Rc<Nccl>, CommError> {
     let comm = crate::comm();
-    let me = crate::rank();
+    let me = comm.rank();
     // Every rank says which GPU it has (or why none), so that all of them fail alike.
     let mine = match (context(), super::gpu_uuid()) {
         (Ok(_), Some(uuid)) => Ok(uuid),
@@ -122,7 +134,7 @@ fn form() -> Result<Rc<Nccl>, CommError> {
     let mut handle = std::mem::MaybeUninit::uninit();
     // SAFETY: NCCL writes the handle; the id is the one rank 0 created.
     let handle = unsafe {
-        nccl::comm_init_rank(handle.as_mut_ptr(), crate::world_size() as i32, sys::ncclUniqueId { internal }, me as i32)
+        nccl::comm_init_rank(handle.as_mut_ptr(), comm.world_size() as i32, sys::ncclUniqueId { internal }, me as i32)
             .map_err(|e| failed(vec![me], format!("ncclCommInitRank failed: {:?}", e.0)))?;
         handle.assume_init()
     };
@@ -190,7 +202,7 @@ impl Nccl {
         self.shared.pending.store(true, Ordering::Release);
         let result = enqueue(self.shared.comm.0, self.gpu.stream.cu_stream() as sys::cudaStream_t);
         self.usable(op)?;
-        result.map(drop).map_err(|e| CommError::new(op, vec![crate::rank()], format!("NCCL: {:?}", e.0)))
+        result.map(drop).map_err(|e| CommError::new(op, vec![crate::comm().rank()], format!("NCCL: {:?}", e.0)))
     }
 
     fn usable(&self, op: &'static str) -> Result<(), CommError> {
@@ -207,7 +219,7 @@ impl Nccl {
         if self.shared.pending.load(Ordering::Acquire) {
             self.usable("synchronize")?;
         }
-        synced.map_err(|e| CommError::new("synchronize", vec![crate::rank()], format!("CUDA: {e}")))?;
+        synced.map_err(|e| CommError::new("synchronize", vec![crate::comm().rank()], format!("CUDA: {e}")))?;
         self.shared.pending.store(false, Ordering::Release);
         Ok(())
     }
@@ -235,7 +247,7 @@ impl Nccl {
     /// Every rank's `send`, in rank order, into `recv` (world_size times its length).
     pub fn all_gather<T: NcclType, S: DevicePtr<T>, R: DevicePtrMut<T>>(&self, send: &S, recv: &mut R) -> Result<(), CommError> {
         let count = send.len();
-        if recv.len() != count * crate::world_size() {
+        if recv.len() != count * crate::comm().world_size() {
             return Err(CommError::new("all_gather", vec![], format!("recv holds {} elements, expected world_size x {count}", recv.len())));
         }
         let (src, _read) = send.device_ptr(&self.gpu.stream);
@@ -250,7 +262,7 @@ impl Nccl {
     /// send length divided by world_size).
     pub fn reduce_scatter<T: NcclType, S: DevicePtr<T>, R: DevicePtrMut<T>>(&self, send: &S, recv: &mut R, op: Op) -> Result<(), CommError> {
         let count = recv.len();
-        if send.len() != count * crate::world_size() {
+        if send.len() != count * crate::comm().world_size() {
             return Err(CommError::new("reduce_scatter", vec![], format!("send holds {} elements, expected world_size x {count}", send.len())));
         }
         let (src, _read) = send.device_ptr(&self.gpu.stream);

@@ -55,17 +55,27 @@ pub fn run_if_fanout() {
         Err(e) => fail(&format!("cannot start the pool's ranks: {e}")),
     };
     send(&mut events, &Event::PoolPids(fanout.children.iter().map(Child::id).collect()));
+    // The kernel says which ranks run a `%%px` cell in the cell's group file; without one
+    // (the session's items brought in) every rank runs it.
+    let group_file = plan.first().and_then(|env| env.iter().find(|(k, _)| k == ranch::__rt::POOL_GROUP_ENV)).map(|(_, v)| v.clone());
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         if line.starts_with("LOAD_AND_RUN ") {
             let t = std::time::Instant::now();
-            if let Err((rank, how)) = fanout.run(&line) {
+            let all: Vec<usize> = (0..plan.len()).collect();
+            let targets = group_file
+                .as_ref()
+                .and_then(|f| ranch::__rt::PoolGroup::read(std::path::Path::new(f)).ok())
+                .map(|g| g.targets.into_iter().filter(|&r| r < plan.len()).collect::<Vec<_>>())
+                .filter(|t| !t.is_empty())
+                .unwrap_or(all);
+            if let Err((rank, how)) = fanout.run(&line, &targets) {
                 send(&mut events, &Event::RankExited { rank, how });
                 // The other ranks die with this process (their parent-death signal).
                 std::process::exit(1);
             }
             let micros = t.elapsed().as_micros() as u64;
-            send(&mut events, &Event::Dispatched { ranks: fanout.children.len(), micros });
+            send(&mut events, &Event::Dispatched { ranks: targets.len(), micros });
         }
     }
     std::process::exit(0)
@@ -134,10 +144,11 @@ impl FanOut {
         Ok(FanOut { children, stdins, lines })
     }
 
-    /// Runs one cell on every rank and answers evcxr; `Err` names a rank whose process
-    /// ended, and how.
-    fn run(&mut self, line: &str) -> Result<(), (usize, String)> {
-        for (rank, stdin) in self.stdins.iter_mut().enumerate() {
+    /// Runs one cell on the ranks `targets` and answers evcxr; `Err` names a rank whose
+    /// process ended, and how.
+    fn run(&mut self, line: &str, targets: &[usize]) -> Result<(), (usize, String)> {
+        for &rank in targets {
+            let stdin = &mut self.stdins[rank];
             if writeln!(stdin, "{line}").and_then(|_| stdin.flush()).is_err() {
                 return Err((rank, self.how_it_ended(rank)));
             }
@@ -145,7 +156,7 @@ impl FanOut {
         let n = self.children.len();
         let mut replies: Vec<RankReply> = (0..n).map(|_| RankReply::default()).collect();
         let mut changed = BTreeSet::new();
-        while replies.iter().any(|r| !r.complete) {
+        while targets.iter().any(|&r| !replies[r].complete) {
             let Ok((rank, line)) = self.lines.recv() else { return Err((0, "its output pipe failed".into())) };
             let Some(line) = line else { return Err((rank, self.how_it_ended(rank))) };
             let reply = &mut replies[rank];
@@ -186,6 +197,7 @@ impl FanOut {
         for name in &changed {
             let _ = writeln!(out, "{CHANGED_TYPE}{name}");
         }
+        let replies: Vec<RankReply> = replies.into_iter().enumerate().filter(|(r, _)| targets.contains(r)).map(|(_, r)| r).collect();
         if let Some(list) = merged_value(&replies) {
             let _ = writeln!(out, "{BEGIN}text/plain\n{list}\n{END}");
         }

@@ -12,12 +12,15 @@
 //! variables stay in the kernel's own child, untouched by what ranks do.
 
 mod fanout;
+mod group;
 
 use super::events::{Connection, CurrentCell, Event, EventHandler, Listener, SOCKET_ENV};
 use super::workdir::WorkDir;
 use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
 use evcxr::{CommandContext, EvalCallbacks, EvalContext};
+use group::CellGroup;
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +38,8 @@ struct PoolEvents {
     panics: Mutex<Vec<(usize, String)>>,
     exits: Mutex<Vec<(usize, String)>>,
     pids: Mutex<Vec<u32>>,
+    /// The running cell's group.
+    group: Mutex<Option<CellGroup>>,
 }
 
 impl EventHandler for PoolEvents {
@@ -49,7 +54,12 @@ impl EventHandler for PoolEvents {
                 self.cell.display(data, meta);
             }
             Event::Panic(message) => self.panics.lock().unwrap().push((conn.rank.unwrap_or(0), message)),
-            Event::Done => self.cell.count_done(),
+            Event::Done => {
+                if let (Some(rank), Some(group)) = (conn.rank, self.group.lock().unwrap().as_ref()) {
+                    group.finished(rank);
+                }
+                self.cell.count_done()
+            }
             Event::PoolPids(pids) => *self.pids.lock().unwrap() = pids,
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
             // The Jupyter server's log gets it (bench/pool.py reads it).
@@ -69,12 +79,10 @@ pub(super) struct Pool {
     cells: u64,
     /// Hash of the session items last brought in.
     session_items: Option<u64>,
+    /// Where each cell's group is said (the ranks' `POOL_GROUP_ENV`).
+    group_file: PathBuf,
     _listener: Listener,
     _workdir: WorkDir,
-}
-
-fn usage(msg: impl Into<String>) -> CellError {
-    CellError::new("UsageError", msg)
 }
 
 fn pool_error(msg: impl Into<String>) -> CellError {
@@ -82,11 +90,16 @@ fn pool_error(msg: impl Into<String>) -> CellError {
 }
 
 impl Pool {
+    /// Where a pool started in `private` says each cell's group is.
+    pub(super) fn group_file(private: &Path) -> PathBuf {
+        private.join("pool-group")
+    }
+
     /// Starts the fan-out and its ranks, and adds the runtime crate (`ranch::rank()`).
     pub(super) fn start(
         plan: Vec<Vec<(String, String)>>,
         cell: Arc<CurrentCell>,
-        private: &std::path::Path,
+        private: &Path,
         runtime_dep: &str,
     ) -> Result<Pool, CellError> {
         let n = plan.len();
@@ -99,6 +112,7 @@ impl Pool {
             panics: Mutex::default(),
             exits: Mutex::default(),
             pids: Mutex::default(),
+            group: Mutex::default(),
         });
         let listener = Listener::start(events.clone(), private, "pool.sock")
             .map_err(|e| pool_error(format!("cannot listen for the pool's ranks: {e}")))?;
@@ -134,7 +148,18 @@ impl Pool {
         }
         let mut ctx = CommandContext::with_eval_context(eval);
         ctx.execute(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
-        Ok(Pool { ctx, n, events, gpus, started: Instant::now(), cells: 0, session_items: None, _listener: listener, _workdir: workdir })
+        Ok(Pool {
+            ctx,
+            n,
+            events,
+            gpus,
+            started: Instant::now(),
+            cells: 0,
+            session_items: None,
+            group_file: Pool::group_file(private),
+            _listener: listener,
+            _workdir: workdir,
+        })
     }
 
     /// Brings the session's dependencies and items into the pool (its `ranch` is there
@@ -161,6 +186,11 @@ impl Pool {
         Ok(true)
     }
 
+    /// The ranks' variables and their types, as evcxr writes them.
+    pub(super) fn variables(&mut self) -> Vec<(String, String)> {
+        self.ctx.variables_and_types().map(|(n, t)| (n.to_string(), t.to_string())).collect()
+    }
+
     pub(super) fn size(&self) -> usize {
         self.n
     }
@@ -170,17 +200,27 @@ impl Pool {
         self.ctx.process_handle()
     }
 
-    /// Runs `code` on every rank. `interrupted` says whether an interrupt stopped it.
-    pub(super) fn run(&mut self, code: &str, interrupted: &dyn Fn() -> bool, stopped_build: &dyn Fn() -> bool) -> CellOutcome {
+    /// Runs `code` on the pool ranks `ranks` (sorted), in a group of those ranks.
+    /// `interrupted` says whether an interrupt stopped it.
+    pub(super) fn run(
+        &mut self,
+        code: &str,
+        ranks: &[usize],
+        interrupted: &dyn Fn() -> bool,
+        stopped_build: &dyn Fn() -> bool,
+    ) -> CellOutcome {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
         let prepared = crate::syntax::with_stdout_flush(code);
+        let group = CellGroup::start(ranks, &self.group_file).map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
+        *self.events.group.lock().unwrap() = Some(group);
         let seen = self.events.cell.done_count();
         let mut callbacks = EvalCallbacks { input_reader: &|_| String::new() };
         let result = self.ctx.execute_with_callbacks(&prepared.code, &mut callbacks);
         let ran = result.as_ref().is_ok_and(|o| o.phases.iter().any(|p| p.name == "Execution"));
         // Every rank's output was sent before its `Done`.
-        self.events.cell.wait_done_n(seen, self.n as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
+        self.events.cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
+        drop(self.events.group.lock().unwrap().take());
         self.cells += 1;
         let lost = |what: &str| {
             format!(
@@ -311,38 +351,9 @@ fn rank_panics(panics: &[(usize, String)]) -> CellError {
     }
 }
 
-/// What `%%px`, `%px` and `%autopx` cells run: the body, or why there is none.
-pub(super) fn px_body(code: &str) -> Result<Option<&str>, CellError> {
-    let c = code.trim_start();
-    if let Some(rest) = c.strip_prefix("%%px") {
-        let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
-        if !line.trim().is_empty() {
-            return Err(usage(format!(
-                "%%px takes no arguments yet (got `{}`): it runs the cell on every rank of the pool",
-                line.trim()
-            )));
-        }
-        return Ok(Some(body));
-    }
-    if let Some(rest) = c.strip_prefix("%px") {
-        if rest.starts_with(char::is_whitespace) {
-            return Ok(Some(rest.trim()));
-        }
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn px_cells_and_lines() {
-        assert_eq!(px_body("%%px\nlet x = 1;").unwrap(), Some("let x = 1;"));
-        assert_eq!(px_body("%px ranch::rank()").unwrap(), Some("ranch::rank()"));
-        assert_eq!(px_body("let x = 1;").unwrap(), None);
-        assert!(px_body("%%px --targets 0\n1").is_err());
-    }
 
     #[test]
     fn identical_panics_are_said_once() {

@@ -1,0 +1,55 @@
+//! The group of one `%%px` cell: a rendezvous service for the cell's ranks, and the file
+//! that tells the ranks (and the fan-out) where it is and which ranks run the cell.
+//!
+//! Each cell gets a fresh group, so that a `CommError` breaks collectives for the rest of
+//! that cell only, and a `--targets` cell has a group of just its ranks.
+
+use ranch::__rt::PoolGroup;
+use ranch_magics::group::{GroupService, new_token};
+use std::path::{Path, PathBuf};
+
+pub(super) struct CellGroup {
+    /// `None` for a cell on one rank (its group is a group of one).
+    service: Option<GroupService>,
+    /// Pool ranks of the cell, in group-rank order.
+    ranks: Vec<usize>,
+    file: PathBuf,
+}
+
+impl CellGroup {
+    /// Starts the cell's service and writes the file the ranks read.
+    pub(super) fn start(ranks: &[usize], file: &Path) -> Result<CellGroup, String> {
+        let token = new_token()?;
+        let service = match ranks.len() {
+            1 => None,
+            n => Some(GroupService::start("127.0.0.1", None, n, &token, false)?),
+        };
+        let said = PoolGroup { port: service.as_ref().map_or(0, GroupService::port), token, targets: ranks.to_vec() };
+        write_private(file, &said.render()).map_err(|e| format!("cannot write the cell's group file {}: {e}", file.display()))?;
+        Ok(CellGroup { service, ranks: ranks.to_vec(), file: file.to_path_buf() })
+    }
+
+    /// Pool rank `rank` returned from the cell: ranks waiting for it stop waiting.
+    pub(super) fn finished(&self, rank: usize) {
+        if let (Some(s), Some(r)) = (&self.service, self.ranks.iter().position(|&x| x == rank)) {
+            s.mark_finished(r);
+        }
+    }
+}
+
+impl Drop for CellGroup {
+    fn drop(&mut self) {
+        // Without the file, a `comm()` first called after the cell finds no group.
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Writes `text` to `path` (mode 0600) in one step: a rank never reads half a file.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::options().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    std::fs::rename(&tmp, path)
+}
