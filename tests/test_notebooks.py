@@ -1,4 +1,6 @@
 """The example notebooks, executed headless with nbclient through the installed kernel."""
+import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -75,5 +77,12 @@ def test_pool_notebook_keeps_rank_state_across_cells():
     assert "rank 2 panicked" in cells[errors[0][0]].outputs[-1].evalue
     assert text(cells[1]) == "[250000, 250000, 250000, 250000]"
     assert sorted(l for l in text(cells[2]).splitlines() if l.startswith("[")) [0].startswith("[0] rank 0 holds 250000 values")
-    assert text(cells[9]) == "[250000, 250000, 250000, 250000]"
-    assert "Stopped the pool's 4 ranks" in text(cells[11])
+    # Two training cells continue from the weights the ranks kept; every rank agrees.
+    first, second = (json.loads(text(cells[i])) for i in (6, 7))
+    assert len(set(first)) == 1 and len(set(second)) == 1 and second[0] < first[0] / 10, (first, second)
+    assert "Pulled `w` from rank 0 into `weights: Vec<[f64; 2]>`" in text(cells[9])
+    slope, intercept = re.match(r'"y = ([\d.]+) x \+ ([\d.]+)"', text(cells[10])).groups()
+    assert abs(float(slope) - 3) < 0.05 and abs(float(intercept) - 1) < 0.05
+    assert text(cells[11]) == "[(1, 0, [1, 3]), (3, 1, [1, 3])]"
+    assert text(cells[18]) == "[250000, 250000, 250000, 250000]"
+    assert "Stopped the pool's 4 ranks" in text(cells[20])
