@@ -13,7 +13,8 @@ from conftest import execute, interrupt, ok, pool_processes, start, stop, wait_f
 def pool():
     km, kc = start()
     run = ok(execute(kc, "%ranch_start 3", timeout=600))
-    assert "Started a pool of 3 ranks" in run.stream()
+    assert "Starting a pool of 3 ranks in the background" in run.stream()
+    assert ok(execute(kc, "%px ranch::rank()", timeout=600)).result() == "[0, 1, 2]"
     yield km, kc
     stop(km, kc)
     deadline = time.monotonic() + 10
@@ -136,12 +137,20 @@ def test_stop_ends_the_ranks_and_a_new_pool_can_start(fresh_kernel):
     _, kc = fresh_kernel
     assert "no pool is running" in execute(kc, "%%px\n1").error_text()
     ok(execute(kc, "%ranch_start 2", timeout=600))
+    # Started in the background: a second start is refused at once, status says how far it is.
+    assert "a pool of 2 ranks is running" in execute(kc, "%ranch_start 2").error_text()
+    assert "pool of 2 ranks" in ok(execute(kc, "%ranch_status", timeout=600)).result()
+    assert ok(execute(kc, "%px ranch::world_size()", timeout=600)).result() == "[2, 2]"
     assert len(pool_processes(kc.pid)) == 3  # the fan-out and two ranks
     assert "Stopped the pool's 2 ranks" in ok(execute(kc, "%ranch_stop")).stream()
     assert pool_processes(kc.pid) == {}
     assert "no pool is running" in execute(kc, "%px 1").error_text()
+    # Stopped while it is still starting: it is waited for, then ended.
+    ok(execute(kc, "%ranch_start 3", timeout=600))
+    assert "Stopped the pool's 3 ranks" in ok(execute(kc, "%ranch_stop", timeout=600)).stream()
+    assert pool_processes(kc.pid) == {}
     ok(execute(kc, "%ranch_start 4", timeout=600))
-    assert ok(execute(kc, "%px ranch::rank()")).result() == "[0, 1, 2, 3]"
+    assert ok(execute(kc, "%px ranch::rank()", timeout=600)).result() == "[0, 1, 2, 3]"
 
 
 def test_the_sessions_items_and_deps_are_usable_and_pool_values_of_their_types_survive(pool):
@@ -187,3 +196,15 @@ def test_data_magics_say_what_is_wrong(pool):
     ok(execute(kc, "struct Local;\nlet local = Local;"))
     assert "cannot send `local: Local`" in execute(kc, "%px_push local").error_text()
     assert "--out needs the cell to end in an expression" in execute(kc, "%%px --out z\nlet q = 1;").error_text()
+
+
+def test_interrupting_the_wait_for_a_starting_pool_leaves_session_and_pool_alone(fresh_kernel):
+    km, kc = fresh_kernel
+    ok(execute(kc, "let keep = 5;", timeout=300))
+    ok(execute(kc, "%ranch_start 2", timeout=600))
+    msg_id = kc.execute("%px ranch::rank()")
+    time.sleep(0.2)  # the pool's evcxr context takes seconds to start
+    content = interrupt(km, kc, msg_id, within=2.0)
+    assert "waiting for the pool to start" in content["evalue"], content
+    assert ok(execute(kc, "keep")).result() == "5"
+    assert ok(execute(kc, "%px ranch::rank()", timeout=600)).result() == "[0, 1]"

@@ -51,6 +51,8 @@ struct RunState {
     ranch_build: Mutex<Option<ranch_magics::build::BuildHandle>>,
     /// A `%%ranch` cell is running: an interrupt must never restart evcxr's child.
     ranch_cell: AtomicBool,
+    /// Set while a cell waits for the pool to start: an interrupt only ends the wait.
+    waiting_for_pool: AtomicBool,
     /// Set while a pool cell runs: the pool's fan-out process.
     pool_child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
 }
@@ -64,6 +66,9 @@ impl Interrupter for EvcxrInterrupter {
             return;
         }
         state.interrupted.store(true, Ordering::SeqCst);
+        if state.waiting_for_pool.load(Ordering::SeqCst) {
+            return;
+        }
         // A `%%ranch` cell: stop its ranks or its build; the session is not touched.
         if let Some(cancel) = &*state.ranch_cancel.lock().unwrap() {
             cancel.cancel();
@@ -110,6 +115,8 @@ pub struct EvcxrSession {
     ranch: ranch::RanchState,
     /// The pool of persistent ranks, once `%ranch_start` made one.
     pool: Option<pool::Pool>,
+    /// A pool that `%ranch_start` is starting in the background.
+    pool_starting: Option<px::Starting>,
     /// `%autopx`: plain cells run on the pool.
     autopx: bool,
     /// The session generation whose items the pool has.
@@ -156,6 +163,7 @@ impl EvcxrSession {
             listener,
             ranch: Default::default(),
             pool: None,
+            pool_starting: None,
             autopx: false,
             pool_generation: None,
             generation: 0,
@@ -395,7 +403,11 @@ impl Interpreter for EvcxrSession {
 
     fn shutdown(&mut self) {
         procs::kill_cargo_builds();
-        // The pool's ranks die with its fan-out (their parent-death signal).
+        // The pool's ranks die with its fan-out (their parent-death signal). A start under
+        // way ends soon: its build, if any, was just stopped.
+        if let Some(started) = self.pool_starting.take().and_then(px::Starting::finish) {
+            self.pool = Some(started);
+        }
         if let Some(pool) = &self.pool {
             let fanout = pool.process();
             let mut fanout = fanout.lock().unwrap();

@@ -11,6 +11,41 @@ fn usage(msg: impl Into<String>) -> CellError {
     CellError::new("UsageError", msg)
 }
 
+/// A pool being started by `%ranch_start`.
+pub(super) struct Starting {
+    pub(super) n: usize,
+    since: std::time::Instant,
+    started: std::sync::mpsc::Receiver<Result<Pool, CellError>>,
+    /// What the start gave, once it ended.
+    outcome: Option<Result<Pool, CellError>>,
+}
+
+impl Starting {
+    /// Waits up to `timeout` for the start to end; returns whether it has.
+    fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        if self.outcome.is_none() {
+            self.outcome = match self.started.recv_timeout(timeout) {
+                Ok(outcome) => Some(outcome),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    Some(Err(CellError::new("PoolError", "its start panicked (see the kernel's log)")))
+                }
+            };
+        }
+        self.outcome.is_some()
+    }
+
+    fn is_finished(&mut self) -> bool {
+        self.wait(std::time::Duration::ZERO)
+    }
+
+    /// Waits for the start to end (the kernel is shutting down): the pool, if it started.
+    pub(super) fn finish(mut self) -> Option<Pool> {
+        while !self.wait(std::time::Duration::from_secs(1)) {}
+        self.outcome?.ok()
+    }
+}
+
 /// A magic's arguments; its help is shown instead (`None`), a bad line is a usage error.
 pub(super) fn args_or_help<T>(parsed: Result<Parsed<T>, String>, cx: &CellContext) -> Result<Option<T>, CellError> {
     match parsed.map_err(usage)? {
@@ -35,7 +70,7 @@ impl EvcxrSession {
         let outcome = match word {
             "%ranch_start" => self.ranch_start(rest, cx),
             "%ranch_stop" if rest.is_empty() => self.ranch_stop(cx),
-            "%ranch_status" if rest.is_empty() => self.pool.as_ref().map(|p| Some(p.status())).ok_or_else(no_pool),
+            "%ranch_status" if rest.is_empty() => self.pool_status(),
             "%ranch_stop" | "%ranch_status" => Err(usage(format!("{word} takes no arguments"))),
             "%px_push" => self.px_push(rest, cx),
             "%px_pull" => self.px_pull(rest, cx),
@@ -61,10 +96,9 @@ impl EvcxrSession {
 
     fn ranch_start(&mut self, args: &str, cx: &CellContext) -> CellOutcome {
         let Some(args) = args_or_help(parse(args), cx)? else { return Ok(None) };
-        if let Some(p) = &self.pool {
+        if let Some(n) = self.pool.as_ref().map(Pool::size).or(self.pool_starting.as_ref().map(|s| s.n)) {
             return Err(usage(format!(
-                "a pool of {} ranks is running: stop it first with `%ranch_stop` (its ranks' variables are lost)",
-                p.size()
+                "a pool of {n} ranks is running: stop it first with `%ranch_stop` (its ranks' variables are lost)"
             )));
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -73,18 +107,86 @@ impl EvcxrSession {
             rank_plan(&args, &found.devices, visible, cores, &group_file, |k| std::env::var(k).ok()).map(|p| (p.warning.clone(), p))
         })?;
         self.ensure_runtime()?;
-        let t = std::time::Instant::now();
-        let started = Pool::start(plan.env, self.cell.clone(), self.private.path(), &self.runtime_dep())?;
+        // The ranks start at once, but the pool's evcxr context takes seconds (rust-analyzer):
+        // it starts in the background, and the first pool cell waits for it.
+        let (cell, private, dep) = (self.cell.clone(), self.private.path().to_path_buf(), self.runtime_dep());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("pool-start".into())
+            // evcxr analyses code on the thread that makes the context, as on the interpreter's.
+            .stack_size(crate::syntax::PARSE_STACK)
+            .spawn(move || match Pool::start(plan.env, cell, &private, &dep) {
+                Ok(mut pool) => {
+                    // The fan-out's parent-death signal fires when the thread that spawned it
+                    // ends, not the kernel: this thread lives as long as the pool.
+                    let (alive, pool_dropped) = std::sync::mpsc::channel::<()>();
+                    pool.keep_spawner(alive);
+                    if tx.send(Ok(pool)).is_ok() {
+                        let _ = pool_dropped.recv();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| CellError::new("PoolError", format!("cannot start the pool: {e}")))?;
+        self.pool_starting = Some(Starting { n: args.n, since: std::time::Instant::now(), started: rx, outcome: None });
+        self.pool_generation = None;
         cx.sink.stream(
             Stream::Stdout,
-            &format!("Started a pool of {} ranks in {:.2} s. Run cells on it with %%px (or %px EXPR, %autopx).\n", args.n, t.elapsed().as_secs_f64()),
+            &format!(
+                "Starting a pool of {} ranks in the background; %%px cells (and %px, %autopx) wait until it is up.\n",
+                args.n
+            ),
         );
-        self.pool = Some(started);
-        self.pool_generation = None;
         Ok(None)
     }
 
+    /// Waits for a pool `%ranch_start` is starting; an interrupt ends the wait only.
+    pub(super) fn await_pool(&mut self) -> Result<(), CellError> {
+        let Some(starting) = &mut self.pool_starting else { return Ok(()) };
+        if !starting.is_finished() {
+            let run = self.run.clone();
+            run.interrupted.store(false, Ordering::SeqCst);
+            run.waiting_for_pool.store(true, Ordering::SeqCst);
+            run.running.store(true, Ordering::SeqCst);
+            while !starting.wait(std::time::Duration::from_millis(20)) && !run.interrupted.load(Ordering::SeqCst) {}
+            run.running.store(false, Ordering::SeqCst);
+            run.waiting_for_pool.store(false, Ordering::SeqCst);
+            if !starting.is_finished() {
+                return Err(CellError::new(
+                    "Interrupted",
+                    "Interrupted while waiting for the pool to start; it is still starting, and the next pool cell waits for it.",
+                ));
+            }
+        }
+        let starting = self.pool_starting.take().expect("checked above");
+        let took = starting.since.elapsed().as_secs_f64();
+        match starting.outcome.expect("finished") {
+            Ok(pool) => {
+                crate::log!("pool of {} ranks up after {took:.2} s", starting.n);
+                self.pool = Some(pool);
+                Ok(())
+            }
+            Err(e) => Err(CellError { evalue: format!("the pool did not start: {}", e.evalue), ..e }),
+        }
+    }
+
+    /// `%ranch_status`: the pool's ranks, or that it is still starting.
+    fn pool_status(&mut self) -> CellOutcome {
+        let still_starting = self.pool_starting.as_mut().is_some_and(|s| !s.is_finished());
+        if let Some(s) = self.pool_starting.as_ref().filter(|_| still_starting) {
+            let text = format!("pool of {} ranks starting ({:.1} s so far)\n", s.n, s.since.elapsed().as_secs_f64());
+            let mut data = crate::interpreter::MimeBundle::new();
+            data.insert("text/plain".into(), serde_json::Value::String(text));
+            return Ok(Some(data));
+        }
+        self.await_pool()?;
+        self.pool.as_ref().map(|p| Some(p.status())).ok_or_else(no_pool)
+    }
+
     fn ranch_stop(&mut self, cx: &CellContext) -> CellOutcome {
+        self.await_pool()?;
         let pool = self.pool.take().ok_or_else(no_pool)?;
         let n = pool.size();
         drop(pool);
@@ -94,6 +196,7 @@ impl EvcxrSession {
     }
 
     fn toggle_autopx(&mut self, cx: &CellContext) -> CellOutcome {
+        self.await_pool()?;
         if self.pool.is_none() && !self.autopx {
             return Err(no_pool());
         }
@@ -121,6 +224,7 @@ impl EvcxrSession {
     }
 
     pub(super) fn run_px(&mut self, body: &str, args: &PxArgs) -> CellOutcome {
+        self.await_pool()?;
         let n = self.pool.as_ref().ok_or_else(no_pool)?.size();
         let ranks = cell_ranks(args.targets.as_ref(), n).map_err(usage)?;
         if ranks.len() < n && crate::syntax::defines_variables(body) {

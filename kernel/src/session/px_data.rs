@@ -113,7 +113,8 @@ impl EvcxrSession {
         Ok(shown)
     }
 
-    fn pool_size(&self) -> Result<usize, CellError> {
+    fn pool_size(&mut self) -> Result<usize, CellError> {
+        self.await_pool()?;
         self.pool.as_ref().map(|p| p.size()).ok_or_else(super::px::no_pool)
     }
 

@@ -83,6 +83,8 @@ pub(super) struct Pool {
     group_file: PathBuf,
     _listener: Listener,
     _workdir: WorkDir,
+    /// Dropped last: ends the thread that spawned the fan-out (see `keep_spawner`).
+    _spawner: Option<std::sync::mpsc::Sender<()>>,
 }
 
 fn pool_error(msg: impl Into<String>) -> CellError {
@@ -129,7 +131,9 @@ impl Pool {
         // SAFETY: std's environment lock serialises this with every Rust reader; the
         // kernel's threads do not read the environment through libc.
         unsafe { std::env::set_var("EVCXR_TMPDIR", workdir.evcxr_dir()) };
+        let t = Instant::now();
         let made = EvalContext::with_subprocess_command(fanout);
+        crate::log!("pool start: evcxr context {:.3}s", t.elapsed().as_secs_f64());
         // SAFETY: as above.
         unsafe {
             match &session_dir {
@@ -147,7 +151,10 @@ impl Pool {
             });
         }
         let mut ctx = CommandContext::with_eval_context(eval);
-        ctx.execute(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
+        let t = Instant::now();
+        let added = ctx.execute(runtime_dep);
+        crate::log!("pool start: runtime dep {:.3}s", t.elapsed().as_secs_f64());
+        added.map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
         Ok(Pool {
             ctx,
             n,
@@ -159,6 +166,7 @@ impl Pool {
             group_file: Pool::group_file(private),
             _listener: listener,
             _workdir: workdir,
+            _spawner: None,
         })
     }
 
@@ -184,6 +192,12 @@ impl Pool {
         }
         self.session_items = Some(hash);
         Ok(true)
+    }
+
+    /// Ties the life of the thread that started the pool to the pool's: the fan-out's
+    /// parent-death signal fires when that thread ends.
+    pub(super) fn keep_spawner(&mut self, alive: std::sync::mpsc::Sender<()>) {
+        self._spawner = Some(alive);
     }
 
     /// The ranks' variables and their types, as evcxr writes them.
