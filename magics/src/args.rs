@@ -222,7 +222,7 @@ pub(crate) fn parse_list(s: &str, what: &str) -> Result<Vec<usize>, String> {
     }
 }
 
-fn parse_see(s: &str) -> Result<See, String> {
+pub(crate) fn parse_see(s: &str) -> Result<See, String> {
     if s == "all" { Ok(See::All) } else { parse_list(s, "rank").map(See::Ranks) }
 }
 

@@ -1,6 +1,6 @@
 //! `%ranch_start`: the pool's arguments, and each pool rank's environment; `%%px`'s.
 
-use crate::args::{GpuVisibility, Gpus, Out, join_out_type, parse_gpus, parse_ident, parse_list, parse_out, parse_ranks};
+use crate::args::{GpuVisibility, Gpus, Out, See, join_out_type, parse_gpus, parse_ident, parse_list, parse_out, parse_ranks, parse_see};
 use crate::gpus::{Device, plan};
 use clap::Parser;
 
@@ -21,6 +21,9 @@ pub struct PoolArgs {
     /// Whether a rank sees only its own GPU (`isolate`) or every chosen one (`all`).
     #[arg(long, value_enum, default_value = "all")]
     pub gpu_visibility: GpuVisibility,
+    /// Ranks whose output to show in every pool cell: `all` or a list such as `0,2`.
+    #[arg(long, value_name = "all|R,R", default_value = "all", value_parser = parse_see)]
+    pub see: See,
 }
 
 /// A pool magic's arguments, or its help (`--help`, shown as normal output).
@@ -50,6 +53,17 @@ pub fn parse(args: &str) -> Result<Parsed<PoolArgs>, String> {
 pub struct RankPlan {
     pub env: Vec<Vec<(String, String)>>,
     pub warning: Option<String>,
+}
+
+/// `--see` names pool ranks: each must be one.
+pub fn check_see(args: &PoolArgs) -> Result<(), String> {
+    match &args.see {
+        See::Ranks(r) => match r.iter().find(|&&r| r >= args.n) {
+            Some(bad) => Err(format!("--see {bad}: the pool has ranks 0-{}", args.n - 1)),
+            None => Ok(()),
+        },
+        See::All => Ok(()),
+    }
 }
 
 pub fn rank_plan(
@@ -220,6 +234,9 @@ mod tests {
         assert!(parse("").is_err());
         assert!(parse("2 --bogus").unwrap_err().contains("--bogus"));
         assert!(matches!(parse("--help"), Ok(Parsed::Help(_))));
+        assert_eq!(start("4 --see 0,2").see, See::Ranks(vec![0, 2]));
+        assert!(check_see(&start("4 --see 0,2")).is_ok());
+        assert!(check_see(&start("2 --see 2")).unwrap_err().contains("ranks 0-1"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::EvcxrSession;
 use super::pool::Pool;
 use crate::interpreter::{CellContext, CellError, CellOutcome, Stream};
-use ranch_magics::pool::{Parsed, PxArgs, cell_ranks, parse, parse_px, rank_plan, split_px_line};
+use ranch_magics::pool::{Parsed, PxArgs, cell_ranks, check_see, parse, parse_px, rank_plan, split_px_line};
 use std::sync::atomic::Ordering;
 
 fn usage(msg: impl Into<String>) -> CellError {
@@ -96,6 +96,7 @@ impl EvcxrSession {
 
     fn ranch_start(&mut self, args: &str, cx: &CellContext) -> CellOutcome {
         let Some(args) = args_or_help(parse(args), cx)? else { return Ok(None) };
+        check_see(&args).map_err(usage)?;
         if let Some(n) = self.pool.as_ref().map(Pool::size).or(self.pool_starting.as_ref().map(|s| s.n)) {
             return Err(usage(format!(
                 "a pool of {n} ranks is running: stop it first with `%ranch_stop` (its ranks' variables are lost)"
@@ -109,13 +110,13 @@ impl EvcxrSession {
         self.ensure_runtime()?;
         // The ranks start at once, but the pool's evcxr context takes seconds (rust-analyzer):
         // it starts in the background, and the first pool cell waits for it.
-        let (cell, private, dep) = (self.cell.clone(), self.private.path().to_path_buf(), self.runtime_dep());
+        let (cell, private, dep, see) = (self.cell.clone(), self.private.path().to_path_buf(), self.runtime_dep(), args.see.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("pool-start".into())
             // evcxr analyses code on the thread that makes the context, as on the interpreter's.
             .stack_size(crate::syntax::PARSE_STACK)
-            .spawn(move || match Pool::start(plan.env, cell, &private, &dep) {
+            .spawn(move || match Pool::start(plan.env, see, cell, &private, &dep) {
                 Ok(mut pool) => {
                     // The fan-out's parent-death signal fires when the thread that spawned it
                     // ends, not the kernel: this thread lives as long as the pool.

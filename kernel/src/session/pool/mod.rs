@@ -19,6 +19,7 @@ use super::workdir::WorkDir;
 use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
 use evcxr::{CommandContext, EvalCallbacks, EvalContext};
 use group::CellGroup;
+use ranch_magics::args::See;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -35,6 +36,8 @@ pub const RANK_ENV: &str = "RANCH_POOL_RANK";
 /// What the pool's ranks and fan-out report, applied to the running cell.
 struct PoolEvents {
     cell: Arc<CurrentCell>,
+    /// `--see`: ranks whose output is shown.
+    see: See,
     panics: Mutex<Vec<(usize, String)>>,
     exits: Mutex<Vec<(usize, String)>>,
     pids: Mutex<Vec<u32>>,
@@ -46,6 +49,7 @@ impl EventHandler for PoolEvents {
     fn apply(&self, conn: &mut Connection, event: Event) {
         match event {
             Event::Rank(r) => conn.rank = Some(r),
+            Event::Stdout(_) | Event::Stderr(_) if conn.rank.is_some_and(|r| !self.see.shows(r)) => {}
             Event::Stdout(t) => self.cell.stream(Stream::Stdout, &conn.label(Stream::Stdout, &t)),
             Event::Stderr(t) => self.cell.stream(Stream::Stderr, &conn.label(Stream::Stderr, &t)),
             Event::Display(data) => {
@@ -100,6 +104,7 @@ impl Pool {
     /// Starts the fan-out and its ranks, and adds the runtime crate (`ranch::rank()`).
     pub(super) fn start(
         plan: Vec<Vec<(String, String)>>,
+        see: See,
         cell: Arc<CurrentCell>,
         private: &Path,
         runtime_dep: &str,
@@ -111,6 +116,7 @@ impl Pool {
             .collect();
         let events = Arc::new(PoolEvents {
             cell: cell.clone(),
+            see,
             panics: Mutex::default(),
             exits: Mutex::default(),
             pids: Mutex::default(),
