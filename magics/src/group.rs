@@ -176,11 +176,16 @@ impl GroupService {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `text` to `path`, readable by this user only (its directory is made 0700 if
+/// missing), in one step: a reader never sees half a file.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path.parent().expect("has parent"))?;
-    let mut f = File::options().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp); // left by a crash: a fresh file gets the mode
+    let mut f = File::options().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A connection that has not said who it is yet.

@@ -58,11 +58,16 @@ pub struct RankPlan {
 /// `--see` names pool ranks: each must be one.
 pub fn check_see(args: &PoolArgs) -> Result<(), String> {
     match &args.see {
-        See::Ranks(r) => match r.iter().find(|&&r| r >= args.n) {
-            Some(bad) => Err(format!("--see {bad}: the pool has ranks 0-{}", args.n - 1)),
-            None => Ok(()),
-        },
+        See::Ranks(r) => check_ranks("--see", r, args.n),
         See::All => Ok(()),
+    }
+}
+
+/// Each of `ranks` (given with `flag`) is a rank of a pool of `n`.
+fn check_ranks(flag: &str, ranks: &[usize], n: usize) -> Result<(), String> {
+    match ranks.iter().find(|&&r| r >= n) {
+        Some(r) => Err(format!("{flag}: the pool has ranks 0-{} (no rank {r})", n - 1)),
+        None => Ok(()),
     }
 }
 
@@ -175,7 +180,7 @@ pub struct PullArgs {
 )]
 pub struct PushArgs {
     /// The session's variables (space- or comma-separated).
-    #[arg(required = true, value_delimiter = ',', value_parser = parse_ident)]
+    #[arg(required = true, value_parser = parse_ident)]
     pub names: Vec<String>,
 }
 
@@ -208,10 +213,7 @@ pub fn session_type(pool_type: &str) -> String {
 pub fn cell_ranks(targets: Option<&Targets>, n: usize) -> Result<Vec<usize>, String> {
     match targets {
         None => Ok((0..n).collect()),
-        Some(Targets(t)) => match t.iter().find(|&&r| r >= n) {
-            Some(r) => Err(format!("--targets: the pool has ranks 0-{} (no rank {r})", n - 1)),
-            None => Ok(t.clone()),
-        },
+        Some(Targets(t)) => check_ranks("--targets", t, n).map(|_| t.clone()),
     }
 }
 

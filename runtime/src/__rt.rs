@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
-pub use crate::comm::{NO_GROUP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
+pub use crate::comm::{POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
 
 /// The symbol a pool rank calls in each cell's library when the cell has returned.
 pub const POOL_CELL_END: &str = "ranch_pool_cell_end";
@@ -239,12 +239,8 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// The gathered values of a launch, in rank order: binds `--out NAME` in the session.
-pub fn collect<T: DeserializeOwned>(dir: &str, world_size: usize) -> Vec<T> {
-    collect_ranks(dir, &(0..world_size).collect::<Vec<_>>())
-}
-
-/// The values of ranks `ranks`, in that order.
+/// The values ranks `ranks` wrote to `dir`, in that order: binds `--out NAME` (and
+/// `%px_pull`) in the session.
 pub fn collect_ranks<T: DeserializeOwned>(dir: &str, ranks: &[usize]) -> Vec<T> {
     ranks
         .iter()
@@ -280,7 +276,7 @@ mod tests {
             let res = RankResult { type_name: "Vec<f64>".into(), debug: None, value: Some(rmp_serde::to_vec(&v).unwrap()) };
             std::fs::write(result_path(&dir, r), res.encode()).unwrap();
         }
-        let got: Vec<Vec<f64>> = collect(dir.to_str().unwrap(), 2);
+        let got: Vec<Vec<f64>> = collect_ranks(dir.to_str().unwrap(), &[0, 1]);
         assert_eq!(got, vec![vec![1.5], vec![2.5, 3.5]]);
         std::fs::remove_dir_all(dir).unwrap();
     }

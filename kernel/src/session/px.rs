@@ -77,18 +77,16 @@ impl EvcxrSession {
             "%autopx" if rest.is_empty() => self.toggle_autopx(cx),
             "%autopx" => Err(usage("%autopx takes no arguments: it turns running every cell on the pool on or off")),
             _ => match px_cell(code) {
-                Err(e) => Err(e),
-                Ok(Some((Parsed::Help(text), _))) => {
-                    cx.sink.stream(Stream::Stdout, &text);
-                    Ok(None)
-                }
-                Ok(Some((Parsed::Run(args), body))) => match &args.out {
-                    Some(out) => self.run_px_out(body, &args, out),
-                    None => self.run_px(body, &args),
+                Some((parsed, body)) => match args_or_help(parsed, cx) {
+                    Ok(Some(args)) => match &args.out {
+                        Some(out) => self.run_px_out(body, &args, out),
+                        None => self.run_px(body, &args),
+                    },
+                    other => other.map(|_| None),
                 },
                 // With %autopx on, Rust cells (not magics, not evcxr's `:` commands) go to the pool.
-                Ok(None) if self.autopx && !c.starts_with('%') && !c.starts_with(':') => self.run_px(code, &PxArgs::default()),
-                Ok(None) => return None,
+                None if self.autopx && !c.starts_with('%') && !c.starts_with(':') => self.run_px(code, &PxArgs::default()),
+                None => return None,
             },
         };
         Some(outcome)
@@ -250,22 +248,22 @@ impl EvcxrSession {
     }
 }
 
-/// A `%%px` cell or `%px` line: its flags and body; `None` when `code` is neither.
-fn px_cell(code: &str) -> Result<Option<(Parsed<PxArgs>, &str)>, CellError> {
+/// A `%%px` cell or `%px` line: its parsed flags and its body; `None` when `code` is neither.
+fn px_cell(code: &str) -> Option<(Result<Parsed<PxArgs>, String>, &str)> {
     let c = code.trim_start();
     if let Some(rest) = c.strip_prefix("%%px") {
         if rest.starts_with(char::is_whitespace) || rest.is_empty() {
             let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
-            return Ok(Some((parse_px(line).map_err(usage)?, body)));
+            return Some((parse_px(line), body));
         }
     }
     if let Some(rest) = c.strip_prefix("%px") {
         if rest.starts_with(char::is_whitespace) {
             let (flags, expr) = split_px_line(rest);
-            return Ok(Some((parse_px(flags).map_err(usage)?, expr)));
+            return Some((parse_px(flags), expr));
         }
     }
-    Ok(None)
+    None
 }
 
 #[cfg(test)]
@@ -274,9 +272,9 @@ mod tests {
 
     #[test]
     fn px_cells_and_lines() {
-        let body = |code| match px_cell(code).unwrap() {
-            Some((Parsed::Run(a), body)) => Some((a.targets.map(|t| t.0), body)),
-            Some((Parsed::Help(_), _)) => panic!("help"),
+        let body = |code| match px_cell(code) {
+            Some((Ok(Parsed::Run(a)), body)) => Some((a.targets.map(|t| t.0), body)),
+            Some(_) => panic!("not a run: {code}"),
             None => None,
         };
         assert_eq!(body("%%px\nlet x = 1;"), Some((None, "let x = 1;")));
@@ -285,6 +283,6 @@ mod tests {
         assert_eq!(body("%px --targets 2 x.len()"), Some((Some(vec![2]), "x.len()")));
         assert_eq!(body("let x = 1;"), None);
         assert_eq!(body("%pxfoo"), None);
-        assert!(px_cell("%%px --bogus\n1").is_err());
+        assert!(matches!(px_cell("%%px --bogus\n1"), Some((Err(_), _))));
     }
 }

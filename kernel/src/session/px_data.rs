@@ -138,22 +138,13 @@ impl EvcxrSession {
             (None, Some(t)) => session_type(&t),
             (None, None) => return Err(error(format!("no rank wrote {what}"))),
         };
-        let list: Vec<String> = ranks.iter().map(usize::to_string).collect();
-        let code = format!(
-            "let {name}: Vec<{ty}> = ranch::__rt::collect_ranks::<{ty}>({dir:?}, &[{list}]);",
-            name = out.name,
-            dir = dir.to_string_lossy(),
-            list = list.join(", ")
-        );
-        self.context()?.execute(&code).map_err(|e| {
+        self.bind_collected(&out.name, &ty, dir, ranks).map_err(|e| {
             error(format!(
                 "the ranks' values could not be bound as `{}: Vec<{ty}>` in the session: {}. \
                  A type the pool defined must be defined in a session cell too (the pool sees the session's items).",
-                out.name,
-                e.to_string().trim()
+                out.name, e.evalue
             ))
         })?;
-        self.generation += 1;
         Ok(ty)
     }
 }

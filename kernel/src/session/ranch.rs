@@ -549,20 +549,25 @@ impl EvcxrSession {
             (None, Some(t)) => t,
             (None, None) => return Err(ranch_error("--out: the ranks returned no value")),
         };
-        let code = format!(
-            "let {name}: Vec<{ty}> = ranch::__rt::collect::<{ty}>({dir:?}, {n});",
-            name = out.name,
-            dir = run_dir.to_string_lossy()
-        );
-        let ctx = self.context()?;
-        ctx.execute(&code).map_err(|e| {
+        let ranks: Vec<usize> = (0..n).collect();
+        self.bind_collected(&out.name, &ty, run_dir, &ranks).map_err(|e| {
             ranch_error(format!(
                 "the ranks ran, but `{}` could not be bound as Vec<{ty}>: {}. State the type: --out {}: T",
-                out.name,
-                e.to_string().trim(),
-                out.name
+                out.name, e.evalue, out.name
             ))
-        })?;
+        })
+    }
+
+    /// `let NAME: Vec<T>` in the session, from the values ranks `ranks` wrote to `dir`;
+    /// `Err` is evcxr's reason.
+    pub(super) fn bind_collected(&mut self, name: &str, ty: &str, dir: &Path, ranks: &[usize]) -> Result<(), CellError> {
+        let list: Vec<String> = ranks.iter().map(usize::to_string).collect();
+        let code = format!(
+            "let {name}: Vec<{ty}> = ranch::__rt::collect_ranks::<{ty}>({dir:?}, &[{list}]);",
+            dir = dir.to_string_lossy(),
+            list = list.join(", ")
+        );
+        self.context()?.execute(&code).map_err(|e| ranch_error(e.to_string().trim().to_string()))?;
         self.generation += 1;
         Ok(())
     }

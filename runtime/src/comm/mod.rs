@@ -32,8 +32,6 @@ use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 /// Environment of a launch's group (set by the kernel).
 pub const TOKEN_ENV: &str = "RANCH_TOKEN";
 pub const TIMEOUT_ENV: &str = "RANCH_COLLECTIVE_TIMEOUT";
-/// Why ranks of a launch have no group (said by every collective), e.g. a pool's.
-pub const NO_GROUP_ENV: &str = "RANCH_NO_GROUP";
 
 enum Backend {
     Serial,
@@ -94,7 +92,6 @@ impl Comm {
         let token = std::env::var(TOKEN_ENV).ok();
         let backend = match token {
             None if world == 1 => Backend::Serial,
-            None if std::env::var(NO_GROUP_ENV).is_ok() => Backend::Broken(std::env::var(NO_GROUP_ENV).unwrap_or_default()),
             None => Backend::Broken(format!("rank {rank} of {world} has no group to join ({TOKEN_ENV} is not set)")),
             Some(token) => match rendezvous::join(&token, rank, world) {
                 Ok(group) => Backend::Shm(RwLock::new(Some(group))),
@@ -127,26 +124,20 @@ impl Comm {
         }
     }
 
-    /// Unmaps the group's memory once no operation uses it (waiting at most `patience`);
-    /// later operations say the group's cell has ended. Returns whether it was retired.
-    fn retire(&self, patience: std::time::Duration) -> bool {
-        let Backend::Shm(lock) = &self.backend else { return true };
+    /// Unmaps the group's memory once no operation uses it (waiting at most `patience`,
+    /// after which it stays mapped); later operations say the group's cell has ended.
+    fn retire(&self, patience: std::time::Duration) {
+        let Backend::Shm(lock) = &self.backend else { return };
         let deadline = std::time::Instant::now() + patience;
         loop {
             match lock.try_write() {
-                Ok(mut g) => {
-                    *g = None;
-                    return true;
-                }
-                Err(std::sync::TryLockError::Poisoned(e)) => {
-                    *e.into_inner() = None;
-                    return true;
-                }
+                Ok(mut g) => return *g = None,
+                Err(std::sync::TryLockError::Poisoned(e)) => return *e.into_inner() = None,
                 // A thread of the cell is still inside an operation.
                 Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(5))
                 }
-                Err(std::sync::TryLockError::WouldBlock) => return false,
+                Err(std::sync::TryLockError::WouldBlock) => return,
             }
         }
     }

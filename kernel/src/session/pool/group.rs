@@ -5,7 +5,7 @@
 //! that cell only, and a `--targets` cell has a group of just its ranks.
 
 use ranch::__rt::PoolGroup;
-use ranch_magics::group::{GroupService, new_token};
+use ranch_magics::group::{GroupService, new_token, write_private};
 use std::path::{Path, PathBuf};
 
 pub(super) struct CellGroup {
@@ -42,14 +42,4 @@ impl Drop for CellGroup {
         // Without the file, a `comm()` first called after the cell finds no group.
         let _ = std::fs::remove_file(&self.file);
     }
-}
-
-/// Writes `text` to `path` (mode 0600) in one step: a rank never reads half a file.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::options().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, path)
 }

@@ -137,9 +137,7 @@ impl Pool {
         // SAFETY: std's environment lock serialises this with every Rust reader; the
         // kernel's threads do not read the environment through libc.
         unsafe { std::env::set_var("EVCXR_TMPDIR", workdir.evcxr_dir()) };
-        let t = Instant::now();
         let made = EvalContext::with_subprocess_command(fanout);
-        crate::log!("pool start: evcxr context {:.3}s", t.elapsed().as_secs_f64());
         // SAFETY: as above.
         unsafe {
             match &session_dir {
@@ -157,10 +155,7 @@ impl Pool {
             });
         }
         let mut ctx = CommandContext::with_eval_context(eval);
-        let t = Instant::now();
-        let added = ctx.execute(runtime_dep);
-        crate::log!("pool start: runtime dep {:.3}s", t.elapsed().as_secs_f64());
-        added.map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
+        ctx.execute(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
         Ok(Pool {
             ctx,
             n,
@@ -178,15 +173,15 @@ impl Pool {
 
     /// Brings the session's dependencies and items into the pool (its `ranch` is there
     /// already). Identical items leave the pool alone: evcxr keeps the variables of types
-    /// that did not change. Returns whether anything was run.
-    pub(super) fn bring_session_items(&mut self, snapshot: &ranch_magics::program::SessionSnapshot) -> Result<bool, CellError> {
+    /// that did not change.
+    pub(super) fn bring_session_items(&mut self, snapshot: &ranch_magics::program::SessionSnapshot) -> Result<(), CellError> {
         let deps: Vec<String> = snapshot.deps.iter().filter(|d| !d.trim_start().starts_with("ranch ")).map(|d| format!(":dep {d}")).collect();
         let code = [deps.join("\n"), snapshot.items.items.join("\n")].join("\n");
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&code, &mut hasher);
         let hash = std::hash::Hasher::finish(&hasher);
         if self.session_items == Some(hash) {
-            return Ok(false);
+            return Ok(());
         }
         for dep in &deps {
             self.ctx.execute(dep).map_err(|e| pool_error(format!("the session's `{dep}` could not be added to the pool: {}", e.to_string().trim())))?;
@@ -197,7 +192,7 @@ impl Pool {
                 .map_err(|e| pool_error(format!("the session's items could not be brought into the pool: {}", e.to_string().trim())))?;
         }
         self.session_items = Some(hash);
-        Ok(true)
+        Ok(())
     }
 
     /// Ties the life of the thread that started the pool to the pool's: the fan-out's
