@@ -2,22 +2,9 @@
 //! (`ra_ap_syntax`, already in evcxr's dependency graph).
 
 use crate::interpreter::Completeness;
-use ra_ap_syntax::{AstNode, Edition, SourceFile, SyntaxKind, ast};
-
-/// Byte offset where a cell's Rust code starts: evcxr accepts `:command` and `!shell` lines
-/// (and blank or `//` lines) only before the first line of Rust.
-pub fn rust_start(code: &str) -> usize {
-    let mut offset = 0;
-    for line in code.split_inclusive('\n') {
-        let t = line.trim_start();
-        let header = t.is_empty() || t.starts_with(':') || t.starts_with('!') || t.starts_with("//");
-        if !header {
-            break;
-        }
-        offset += line.len();
-    }
-    offset
-}
+use ra_ap_syntax::{AstNode, Edition, SourceFile, SyntaxKind};
+pub use ranch_magics::cell_body::rust_start;
+use ranch_magics::cell_body::body;
 
 /// Limits on what the kernel parses. rust-analyzer's parser (used here, by evcxr and by the
 /// magics) takes time quadratic in how deeply code nests (braces, prefix operators, chains
@@ -74,57 +61,6 @@ pub fn refuse_to_parse(code: &str) -> Option<String> {
             "the cell nests {depth} levels deep (brackets, or a run of {MAX_NESTING}+ operators); ranch accepts up to {MAX_NESTING}"
         )
     })
-}
-
-const WRAP_PREFIX: &str = "fn __ranch_cell() {\n";
-
-/// The cell's statements as rust-analyzer sees them when the Rust part is a fn body.
-struct Body {
-    /// (start, end) byte ranges in the Rust part, for statements that run code (not items).
-    code_statements: Vec<(usize, usize)>,
-    /// The tail expression's byte range and whether it is a `print!` call.
-    tail: Option<(usize, usize, bool)>,
-    /// Whether a statement is a `let` (which evcxr keeps as a variable).
-    lets: bool,
-}
-
-fn body(rust: &str) -> Option<Body> {
-    let text = format!("{WRAP_PREFIX}{rust}\n}}");
-    let file = SourceFile::parse(&text, Edition::Edition2024).tree();
-    let func = file.syntax().descendants().find_map(ast::Fn::cast)?;
-    let list = func.body()?.stmt_list()?;
-    let shift = WRAP_PREFIX.len();
-    let range = |n: &ra_ap_syntax::SyntaxNode| {
-        let r = n.text_range();
-        (usize::from(r.start()).saturating_sub(shift), usize::from(r.end()).saturating_sub(shift))
-    };
-    let lets = list.statements().any(|s| matches!(s, ast::Stmt::LetStmt(_)));
-    let code_statements = list
-        .statements()
-        .filter(|s| !matches!(s, ast::Stmt::Item(_)))
-        .map(|s| range(s.syntax()))
-        .collect();
-    let tail = list.tail_expr().map(|e| {
-        let (s, t) = range(e.syntax());
-        let is_print = matches!(&e, ast::Expr::MacroExpr(m)
-            if m.macro_call().and_then(|c| c.path()).is_some_and(|p| p.syntax().text() == "print"));
-        (s, t, is_print)
-    });
-    Some(Body { code_statements, tail, lets })
-}
-
-/// Whether the cell defines variables (a top-level `let`), which evcxr then keeps.
-pub fn defines_variables(code: &str) -> bool {
-    let rust = &code[rust_start(code)..];
-    body(rust).is_some_and(|b| b.lets)
-}
-
-/// The cell with its tail expression replaced by `wrap(tail)`; `None` when it has none.
-pub fn wrap_tail(code: &str, wrap: impl Fn(&str) -> String) -> Option<String> {
-    let start = rust_start(code);
-    let (s, e, _) = body(&code[start..])?.tail?;
-    let (s, e) = (start + s, start + e);
-    Some(format!("{}{}{}", &code[..s], wrap(&code[s..e]), &code[e..]))
 }
 
 /// Flushes the cell's stdout. Rust's stdout is line-buffered inside the cell's copy of std,
@@ -255,12 +191,6 @@ mod tests {
     }
 
     #[test]
-    fn commands_come_first() {
-        let code = ":dep serde\n// note\n\nlet x = 1;\n:vars";
-        assert_eq!(&code[rust_start(code)..], "let x = 1;\n:vars");
-    }
-
-    #[test]
     fn completeness_of_brackets_strings_and_comments() {
         assert_eq!(completeness("let x = 1;"), Completeness::Complete);
         assert_eq!(completeness(":dep serde"), Completeness::Complete);
@@ -303,18 +233,5 @@ mod tests {
         }
         assert!(with_stdout_flush(":vars").shows_value);
         assert!(!with_stdout_flush("fn f() {}").shows_value);
-    }
-
-    #[test]
-    fn top_level_lets_are_variables() {
-        assert!(defines_variables(":dep x\nlet v = 1;\nv"));
-        assert!(!defines_variables("{ let v = 1; v }"));
-        assert!(!defines_variables("x.push(1); fn f() { let y = 2; }"));
-    }
-
-    #[test]
-    fn tails_can_be_wrapped() {
-        assert_eq!(wrap_tail("let a = 1;\na + 1\n", |t| format!("f({t})")).as_deref(), Some("let a = 1;\nf(a + 1)\n"));
-        assert_eq!(wrap_tail("let a = 1;", |t| t.to_string()), None);
     }
 }

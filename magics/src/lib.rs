@@ -13,8 +13,11 @@
 //! - [`merge`], [`diagnostic`]: what the notebook shows.
 
 pub mod args;
+pub mod artifacts;
 pub mod build;
+pub mod cell_body;
 pub mod diagnostic;
+pub mod driver;
 pub mod gpus;
 pub mod group;
 pub mod launch;

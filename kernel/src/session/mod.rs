@@ -6,7 +6,9 @@
 
 mod cache_dir;
 mod child;
+mod clean;
 mod disk;
+mod driven;
 mod events;
 mod host_rust;
 mod janitor;
@@ -15,8 +17,6 @@ mod private_dir;
 mod pool;
 mod procs;
 mod px;
-mod px_data;
-mod ranch;
 mod render;
 mod runtime_crate;
 mod workdir;
@@ -112,15 +112,15 @@ pub struct EvcxrSession {
     cell: Arc<CurrentCell>,
     run: Arc<RunState>,
     listener: Option<Listener>,
-    ranch: ranch::RanchState,
+    /// What the magics' driver keeps between cells, and what the session keeps for it.
+    driver: ranch_magics::driver::Driver,
+    driven: driven::DrivenState,
     /// The pool of persistent ranks, once `%ranch_start` made one.
     pool: Option<pool::Pool>,
     /// A pool that `%ranch_start` is starting in the background.
     pool_starting: Option<px::Starting>,
     /// `%autopx`: plain cells run on the pool.
     autopx: bool,
-    /// The session generation whose items the pool has.
-    pool_generation: Option<u64>,
     /// Bumped by every plain cell: the session's items may have changed.
     generation: u64,
     workdir: workdir::WorkDir,
@@ -161,11 +161,11 @@ impl EvcxrSession {
             cell,
             run: Default::default(),
             listener,
-            ranch: Default::default(),
+            driver: Default::default(),
+            driven: Default::default(),
             pool: None,
             pool_starting: None,
             autopx: false,
-            pool_generation: None,
             generation: 0,
             workdir,
             private,
@@ -250,14 +250,14 @@ impl EvcxrSession {
     }
 
     fn execute_cell(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
-        if ranch::is_ranch_cell(code) {
-            return self.run_ranch(code, cx);
+        if ranch_magics::driver::ranch_cell::is_ranch_cell(code) {
+            return self.drive(cx, |d, s, h| d.ranch(s, h, code));
         }
         if let Some(args) = code.trim_start().strip_prefix("%ranch_clean") {
             return self.ranch_clean(args, cx);
         }
         if let Some(args) = code.trim_start().strip_prefix("%ranch_gpus") {
-            return ranch::ranch_gpus(args);
+            return Ok(ranch_magics::driver::ranch_gpus(args)?);
         }
         if let Some(outcome) = self.pool_magic(code, cx) {
             return outcome;
@@ -341,7 +341,7 @@ impl Interpreter for EvcxrSession {
         // later changes the TypeId of every session type, and evcxr then drops the
         // variables of those types. The persistent work directory keeps it compiled
         // across kernels.
-        if let Err(e) = self.ensure_runtime() {
+        if let Err(e) = ranch_magics::driver::Session::add_runtime(self) {
             crate::log!("{}", e.evalue);
         }
     }
@@ -426,9 +426,15 @@ impl Interpreter for EvcxrSession {
 }
 
 impl EvcxrSession {
+    fn own_children(&self) -> Vec<i32> {
+        self.run.own_children()
+    }
+}
+
+impl RunState {
     /// Children whose owner waits for them (evcxr's child process).
     fn own_children(&self) -> Vec<i32> {
-        let child = self.run.child.lock().unwrap_or_else(|e| e.into_inner());
+        let child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         child.as_ref().map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).id() as i32).into_iter().collect()
     }
 }

@@ -2,9 +2,11 @@
 //! `%%px` / `%px`, `%autopx`. The pool itself is in [`super::pool`].
 
 use super::EvcxrSession;
+use super::driven::CellHost;
 use super::pool::Pool;
 use crate::interpreter::{CellContext, CellError, CellOutcome, Stream};
-use ranch_magics::pool::{Parsed, PxArgs, cell_ranks, check_see, parse, parse_px, rank_plan, split_px_line};
+use ranch_magics::driver::Session as _;
+use ranch_magics::driver::px::{px_cell, run_px};
 use std::sync::atomic::Ordering;
 
 fn usage(msg: impl Into<String>) -> CellError {
@@ -46,17 +48,6 @@ impl Starting {
     }
 }
 
-/// A magic's arguments; its help is shown instead (`None`), a bad line is a usage error.
-pub(super) fn args_or_help<T>(parsed: Result<Parsed<T>, String>, cx: &CellContext) -> Result<Option<T>, CellError> {
-    match parsed.map_err(usage)? {
-        Parsed::Help(text) => {
-            cx.sink.stream(Stream::Stdout, &text);
-            Ok(None)
-        }
-        Parsed::Run(a) => Ok(Some(a)),
-    }
-}
-
 pub(super) fn no_pool() -> CellError {
     usage("no pool is running: start one with `%ranch_start N` (N ranks)")
 }
@@ -72,40 +63,28 @@ impl EvcxrSession {
             "%ranch_stop" if rest.is_empty() => self.ranch_stop(cx),
             "%ranch_status" if rest.is_empty() => self.pool_status(),
             "%ranch_stop" | "%ranch_status" => Err(usage(format!("{word} takes no arguments"))),
-            "%px_push" => self.px_push(rest, cx),
-            "%px_pull" => self.px_pull(rest, cx),
+            "%px_push" => self.drive(cx, |d, s, h| d.px_push(s, h, rest)),
+            "%px_pull" => self.drive(cx, |d, s, h| d.px_pull(s, h, rest)),
             "%autopx" if rest.is_empty() => self.toggle_autopx(cx),
             "%autopx" => Err(usage("%autopx takes no arguments: it turns running every cell on the pool on or off")),
-            _ => match px_cell(code) {
-                Some((parsed, body)) => match args_or_help(parsed, cx) {
-                    Ok(Some(args)) => match &args.out {
-                        Some(out) => self.run_px_out(body, &args, out),
-                        None => self.run_px(body, &args),
-                    },
-                    other => other.map(|_| None),
-                },
-                // With %autopx on, Rust cells (not magics, not evcxr's `:` commands) go to the pool.
-                None if self.autopx && !c.starts_with('%') && !c.starts_with(':') => self.run_px(code, &PxArgs::default()),
-                None => return None,
-            },
+            _ if px_cell(code).is_some() => self.drive(cx, |d, s, h| d.px(s, h, code)),
+            // With %autopx on, Rust cells (not magics, not evcxr's `:` commands) go to the pool.
+            _ if self.autopx && !c.starts_with('%') && !c.starts_with(':') => self.drive(cx, |_, s, _| run_px(s, code, None)),
+            _ => return None,
         };
         Some(outcome)
     }
 
     fn ranch_start(&mut self, args: &str, cx: &CellContext) -> CellOutcome {
-        let Some(args) = args_or_help(parse(args), cx)? else { return Ok(None) };
-        check_see(&args).map_err(usage)?;
+        let group_file = Pool::group_file(self.private.path());
+        let host = CellHost::new(cx, &self.run);
+        let Some((args, plan)) = self.driver.pool_plan(&host, args, &group_file)? else { return Ok(None) };
         if let Some(n) = self.pool.as_ref().map(Pool::size).or(self.pool_starting.as_ref().map(|s| s.n)) {
             return Err(usage(format!(
                 "a pool of {n} ranks is running: stop it first with `%ranch_stop` (its ranks' variables are lost)"
             )));
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let group_file = Pool::group_file(self.private.path());
-        let plan = self.plan_launch(args.n, cx, |found, visible| {
-            rank_plan(&args, &found.devices, visible, cores, &group_file, |k| std::env::var(k).ok()).map(|p| (p.warning.clone(), p))
-        })?;
-        self.ensure_runtime()?;
+        self.add_runtime()?;
         // The ranks start at once, but the pool's evcxr context takes seconds (rust-analyzer):
         // it starts in the background, and the first pool cell waits for it.
         let (cell, private, dep, see) = (self.cell.clone(), self.private.path().to_path_buf(), self.runtime_dep(), args.see.clone());
@@ -130,7 +109,6 @@ impl EvcxrSession {
             })
             .map_err(|e| CellError::new("PoolError", format!("cannot start the pool: {e}")))?;
         self.pool_starting = Some(Starting { n: args.n, since: std::time::Instant::now(), started: rx, outcome: None });
-        self.pool_generation = None;
         cx.sink.stream(
             Stream::Stdout,
             &format!(
@@ -148,9 +126,9 @@ impl EvcxrSession {
             let run = self.run.clone();
             run.interrupted.store(false, Ordering::SeqCst);
             run.waiting_for_pool.store(true, Ordering::SeqCst);
-            run.running.store(true, Ordering::SeqCst);
+            let was_running = run.running.swap(true, Ordering::SeqCst);
             while !starting.wait(std::time::Duration::from_millis(20)) && !run.interrupted.load(Ordering::SeqCst) {}
-            run.running.store(false, Ordering::SeqCst);
+            run.running.store(was_running, Ordering::SeqCst);
             run.waiting_for_pool.store(false, Ordering::SeqCst);
             if !starting.is_finished() {
                 return Err(CellError::new(
@@ -207,82 +185,5 @@ impl EvcxrSession {
         };
         cx.sink.stream(Stream::Stdout, &format!("{said}\n"));
         Ok(None)
-    }
-
-    /// The session's items and dependencies, brought into the pool when the session
-    /// changed since the last pool cell.
-    fn bring_session_items(&mut self) -> Result<(), CellError> {
-        if self.pool_generation == Some(self.generation) {
-            return Ok(());
-        }
-        let private = self.private.path().to_path_buf();
-        let snapshot = self.export_and_snapshot(&[], &private)?;
-        self.pool.as_mut().ok_or_else(no_pool)?.bring_session_items(&snapshot)?;
-        self.pool_generation = Some(self.generation);
-        Ok(())
-    }
-
-    pub(super) fn run_px(&mut self, body: &str, args: &PxArgs) -> CellOutcome {
-        self.await_pool()?;
-        let n = self.pool.as_ref().ok_or_else(no_pool)?.size();
-        let ranks = cell_ranks(args.targets.as_ref(), n).map_err(usage)?;
-        if ranks.len() < n && crate::syntax::defines_variables(body) {
-            return Err(usage(
-                "a --targets cell cannot define variables with `let`: every rank must have the same variables. \
-                 Define them on every rank (a %%px cell without --targets), or wrap the cell in a block `{ ... }`",
-            ));
-        }
-        self.bring_session_items()?;
-        let run = self.run.clone();
-        let pool = self.pool.as_mut().ok_or_else(no_pool)?;
-        run.interrupted.store(false, Ordering::SeqCst);
-        run.stopped_build.store(false, Ordering::SeqCst);
-        *run.pool_child.lock().unwrap() = Some(pool.process());
-        run.running.store(true, Ordering::SeqCst);
-        let interrupted = || run.interrupted.load(Ordering::SeqCst);
-        let stopped_build = || run.stopped_build.load(Ordering::SeqCst);
-        let outcome = pool.run(body, &ranks, &interrupted, &stopped_build);
-        run.running.store(false, Ordering::SeqCst);
-        *run.pool_child.lock().unwrap() = None;
-        outcome
-    }
-}
-
-/// A `%%px` cell or `%px` line: its parsed flags and its body; `None` when `code` is neither.
-fn px_cell(code: &str) -> Option<(Result<Parsed<PxArgs>, String>, &str)> {
-    let c = code.trim_start();
-    if let Some(rest) = c.strip_prefix("%%px") {
-        if rest.starts_with(char::is_whitespace) || rest.is_empty() {
-            let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
-            return Some((parse_px(line), body));
-        }
-    }
-    if let Some(rest) = c.strip_prefix("%px") {
-        if rest.starts_with(char::is_whitespace) {
-            let (flags, expr) = split_px_line(rest);
-            return Some((parse_px(flags), expr));
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn px_cells_and_lines() {
-        let body = |code| match px_cell(code) {
-            Some((Ok(Parsed::Run(a)), body)) => Some((a.targets.map(|t| t.0), body)),
-            Some(_) => panic!("not a run: {code}"),
-            None => None,
-        };
-        assert_eq!(body("%%px\nlet x = 1;"), Some((None, "let x = 1;")));
-        assert_eq!(body("%%px --targets 1,0\nx"), Some((Some(vec![0, 1]), "x")));
-        assert_eq!(body("%px ranch::rank()"), Some((None, "ranch::rank()")));
-        assert_eq!(body("%px --targets 2 x.len()"), Some((Some(vec![2]), "x.len()")));
-        assert_eq!(body("let x = 1;"), None);
-        assert_eq!(body("%pxfoo"), None);
-        assert!(matches!(px_cell("%%px --bogus\n1"), Some((Err(_), _))));
     }
 }

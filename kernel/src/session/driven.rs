@@ -1,0 +1,321 @@
+//! The evcxr session as `ranch_magics::driver` sees it: its variables, exporting them,
+//! its items and dependencies, binding results, the pool; and the running cell as the
+//! driver's host (output, interrupts, processes left behind).
+
+use super::pool::Pool;
+use super::{EvcxrSession, RunState};
+use crate::interpreter::{CellContext, CellError, MimeBundle, Stream};
+use ranch_magics::build::Toolchain;
+use ranch_magics::driver::px::PoolRanks;
+use ranch_magics::driver::{self, BuildTools, Failure, Host, Outcome, Stoppable};
+use ranch_magics::program::{SessionSnapshot, Shipped};
+use ranch_magics::{source, supervise};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// What the session keeps for the driver.
+#[derive(Default)]
+pub(super) struct DrivenState {
+    /// `ranch` is a dependency of the session.
+    runtime_added: bool,
+    /// Held while this kernel uses its runtime version (see `disk`).
+    runtime_in_use: Option<super::disk::RuntimeInUse>,
+    /// The session's items and deps, with the session generation they were read at.
+    snapshot: Option<(u64, SessionSnapshot)>,
+    /// The generation at which the session last compiled an export (its source is current).
+    exported_at: Option<u64>,
+    toolchain: Option<BuildTools>,
+}
+
+impl From<Failure> for CellError {
+    fn from(f: Failure) -> CellError {
+        let traceback = if f.traceback.is_empty() { vec![f.evalue.clone()] } else { f.traceback };
+        CellError { ename: f.ename, evalue: f.evalue, traceback }
+    }
+}
+
+impl From<CellError> for Failure {
+    fn from(e: CellError) -> Failure {
+        Failure { ename: e.ename, evalue: e.evalue, traceback: e.traceback }
+    }
+}
+
+fn ranch_error(msg: impl Into<String>) -> Failure {
+    Failure::new("RanchError", msg)
+}
+
+impl EvcxrSession {
+    /// The session's evcxr work directory (`:last_compile_dir`).
+    fn evcxr_dir(&mut self) -> Result<PathBuf, Failure> {
+        let ctx = self.context()?;
+        let out = ctx.execute(":last_compile_dir").map_err(|e| ranch_error(e.to_string()))?;
+        Ok(PathBuf::from(out.get("text/plain").unwrap_or_default().trim()))
+    }
+
+    /// The `:dep` line that adds the runtime crate to an evcxr context.
+    pub(super) fn runtime_dep(&self) -> String {
+        format!(":dep ranch = {{ path = {:?} }}", super::runtime_crate::dir().to_string_lossy())
+    }
+
+    /// Runs a magic of the driver on this session, as the cell `cx`. An interrupt meanwhile
+    /// never restarts evcxr's child: it stops what the driver said is stoppable.
+    pub(super) fn drive(
+        &mut self,
+        cx: &CellContext,
+        work: impl FnOnce(&mut driver::Driver, &mut Self, &CellHost) -> Outcome,
+    ) -> Result<Option<MimeBundle>, CellError> {
+        let run = self.run.clone();
+        run.interrupted.store(false, Ordering::SeqCst);
+        run.ranch_cell.store(true, Ordering::SeqCst);
+        run.running.store(true, Ordering::SeqCst);
+        let host = CellHost { cx, run: &run };
+        let mut driver = std::mem::take(&mut self.driver);
+        let outcome = work(&mut driver, self, &host);
+        self.driver = driver;
+        run.running.store(false, Ordering::SeqCst);
+        run.ranch_cell.store(false, Ordering::SeqCst);
+        Ok(outcome?)
+    }
+}
+
+impl driver::Session for EvcxrSession {
+    fn variables(&mut self) -> Result<Vec<(String, String)>, Failure> {
+        Ok(self.context()?.variables_and_types().map(|(n, t)| (n.to_string(), t.to_string())).collect())
+    }
+
+    fn export(&mut self, vars: &[Shipped], dir: &Path) -> Result<Vec<String>, Failure> {
+        // One evcxr compile for all; it also makes `last_source` current.
+        let mut export = String::from("{ use ranch::__rt::{ViaNothing as _, ViaSerialize as _};\n");
+        for v in vars {
+            export.push_str(&format!(
+                "ranch::__rt::export({:?}, {:?}, (&ranch::__rt::Ship(&{})).ranch_encode());\n",
+                dir.to_string_lossy(),
+                v.name,
+                v.name
+            ));
+        }
+        export.push_str("};");
+        self.context()?.execute(&export).map_err(|e| {
+            ranch_error(format!("could not export the variables from the session: {}", e.to_string().trim()))
+        })?;
+        self.driven.exported_at = Some(self.generation);
+        Ok(vars
+            .iter()
+            .filter_map(|v| {
+                let why = std::fs::read_to_string(dir.join(format!("{}.err", v.name))).ok()?;
+                Some(format!("`{}: {}` ({why})", v.name, v.ty))
+            })
+            .collect())
+    }
+
+    fn snapshot(&mut self) -> Result<SessionSnapshot, Failure> {
+        let generation = self.generation;
+        if let Some((g, snap)) = &self.driven.snapshot {
+            if *g == generation {
+                return Ok(snap.clone());
+            }
+        }
+        // The last compile may have been a cell that failed: an empty export makes evcxr's
+        // source the session's.
+        if self.driven.exported_at != Some(generation) {
+            let private = self.private.path().to_path_buf();
+            self.export(&[], &private)?;
+        }
+        let ctx = self.context()?;
+        let lib_rs = ctx.last_source().map_err(|e| ranch_error(format!("cannot read the session's source: {e}")))?;
+        let deps_text = ctx
+            .execute(":show_deps")
+            .ok()
+            .and_then(|o| o.get("text/plain").map(str::to_string))
+            .unwrap_or_default();
+        let tmpdir = self.evcxr_dir()?;
+        let profile = std::fs::read_to_string(tmpdir.join("Cargo.toml")).map(|t| source::profile_section(&t)).unwrap_or_default();
+        let snap = SessionSnapshot {
+            items: source::session_items(&lib_rs),
+            deps: deps_text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
+            profile,
+        };
+        self.driven.snapshot = Some((generation, snap.clone()));
+        Ok(snap)
+    }
+
+    fn bind(&mut self, name: &str, ty: &str, dir: &Path, ranks: &[usize]) -> Result<(), Failure> {
+        let list: Vec<String> = ranks.iter().map(usize::to_string).collect();
+        let code = format!(
+            "let {name}: Vec<{ty}> = ranch::__rt::collect_ranks::<{ty}>({dir:?}, &[{list}]);",
+            dir = dir.to_string_lossy(),
+            list = list.join(", ")
+        );
+        self.context()?.execute(&code).map_err(|e| ranch_error(e.to_string().trim().to_string()))?;
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Adds the embedded `ranch` crate to the session once.
+    fn add_runtime(&mut self) -> Result<(), Failure> {
+        if self.driven.runtime_added {
+            return Ok(());
+        }
+        // Locked before it is unpacked: a kernel of another ranch version, tidying, then
+        // leaves it alone.
+        let dir = super::runtime_crate::dir();
+        if self.driven.runtime_in_use.is_none() {
+            let _ = std::fs::create_dir_all(dir.parent().expect("has parent"));
+            self.driven.runtime_in_use = super::disk::use_runtime(&dir).ok();
+        }
+        let dir = super::runtime_crate::unpack()
+            .map_err(|e| ranch_error(format!("cannot unpack the ranch runtime crate: {e}")))?;
+        let target = self.workdir.target_dir();
+        let old = super::disk::remove_unused_runtimes(&super::cache_dir::root(), &dir, &[target]);
+        if old > 0 {
+            crate::log!("removed {old} runtime crates of other ranch versions that no kernel uses");
+        }
+        let dep = self.runtime_dep();
+        self.context()?
+            .execute(&dep)
+            .map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
+        self.driven.runtime_added = true;
+        Ok(())
+    }
+
+    fn toolchain(&mut self) -> Result<BuildTools, Failure> {
+        if let Some(t) = &self.driven.toolchain {
+            return Ok(t.clone());
+        }
+        let tmpdir = self.evcxr_dir()?;
+        let host = super::host_rust::host_rust().map_err(ranch_error)?;
+        let linker =
+            self.context()?.execute(":linker").ok().and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
+        let mut rustflags = String::from("-Cprefer-dynamic");
+        if linker.contains("lld") {
+            rustflags.push_str(" -Clink-arg=-fuse-ld=lld");
+        }
+        let tools = BuildTools {
+            toolchain: Toolchain {
+                cargo: PathBuf::from("cargo"),
+                target_dir: tmpdir.join("target"),
+                target_triple: host.triple.clone(),
+                rustflags,
+                lockfile: Some(tmpdir.join("Cargo.lock")),
+                wrapper: std::env::current_exe().ok(),
+            },
+            // Rank programs link the toolchain's libstd dynamically, as evcxr's cells do.
+            library_path: super::host_rust::library_path_with(&host.libdir),
+        };
+        self.driven.toolchain = Some(tools.clone());
+        Ok(tools)
+    }
+
+    fn private_dir(&self) -> PathBuf {
+        self.private.path().to_path_buf()
+    }
+
+    fn rank_crate_dir(&self) -> PathBuf {
+        self.workdir.rank_crate_dir().to_path_buf()
+    }
+
+    fn pool(&mut self) -> Result<Box<dyn PoolRanks + '_>, Failure> {
+        self.await_pool()?;
+        let run = self.run.clone();
+        let pool = self.pool.as_mut().ok_or_else(super::px::no_pool)?;
+        Ok(Box::new(RunningPool { pool, run }))
+    }
+}
+
+/// The pool, while a cell uses it: an interrupt stops its build or its ranks.
+struct RunningPool<'a> {
+    pool: &'a mut Pool,
+    run: std::sync::Arc<RunState>,
+}
+
+impl PoolRanks for RunningPool<'_> {
+    fn size(&self) -> usize {
+        self.pool.size()
+    }
+
+    fn variables(&mut self) -> Vec<(String, String)> {
+        self.pool.variables()
+    }
+
+    fn bring_session_items(&mut self, snapshot: &SessionSnapshot) -> Result<(), Failure> {
+        Ok(self.pool.bring_session_items(snapshot)?)
+    }
+
+    fn run(&mut self, code: &str, ranks: &[usize]) -> Outcome {
+        let run = &self.run;
+        run.interrupted.store(false, Ordering::SeqCst);
+        run.stopped_build.store(false, Ordering::SeqCst);
+        *run.pool_child.lock().unwrap() = Some(self.pool.process());
+        run.running.store(true, Ordering::SeqCst);
+        let interrupted = || run.interrupted.load(Ordering::SeqCst);
+        let stopped_build = || run.stopped_build.load(Ordering::SeqCst);
+        let outcome = self.pool.run(code, ranks, &interrupted, &stopped_build);
+        *run.pool_child.lock().unwrap() = None;
+        Ok(outcome?)
+    }
+}
+
+/// The running cell, as the driver's host.
+pub(super) struct CellHost<'a> {
+    cx: &'a CellContext,
+    run: &'a RunState,
+}
+
+impl<'a> CellHost<'a> {
+    pub(super) fn new(cx: &'a CellContext, run: &'a RunState) -> CellHost<'a> {
+        CellHost { cx, run }
+    }
+}
+
+impl Host for CellHost<'_> {
+    fn stream(&self, stream: supervise::Stream, text: &str) {
+        let s = match stream {
+            supervise::Stream::Stdout => Stream::Stdout,
+            supervise::Stream::Stderr => Stream::Stderr,
+        };
+        self.cx.sink.stream(s, text);
+    }
+
+    fn display(&self, data: MimeBundle, rank: Option<usize>) {
+        let mut meta = MimeBundle::new();
+        if let Some(rank) = rank {
+            meta.insert("ranch".into(), serde_json::json!({ "rank": rank }));
+        }
+        self.cx.sink.display(data, meta);
+    }
+
+    fn interrupted(&self) -> bool {
+        self.run.interrupted.load(Ordering::SeqCst)
+    }
+
+    fn stoppable(&self, what: Stoppable) {
+        let (build, cancel) = match what {
+            Stoppable::Nothing => (None, None),
+            Stoppable::Build(b) => (Some(b), None),
+            Stoppable::Ranks(c) => (None, Some(c)),
+        };
+        *self.run.ranch_build.lock().unwrap() = build;
+        *self.run.ranch_cancel.lock().unwrap() = cancel;
+    }
+
+    fn watch(&self, pgid: i32, running: bool) {
+        if running { super::janitor::watch(pgid) } else { super::janitor::forget(pgid) }
+    }
+
+    fn children(&self) -> HashSet<i32> {
+        super::procs::children()
+    }
+
+    fn end_new_orphans(&self, before: &HashSet<i32>) -> usize {
+        super::procs::end_new_orphans(before, &self.run.own_children())
+    }
+
+    fn log(&self, line: &str) {
+        crate::log!("{line}");
+    }
+
+    fn gpus(&self) -> &ranch_magics::gpus::Discovery {
+        ranch_magics::gpus::discover()
+    }
+}

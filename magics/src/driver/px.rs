@@ -1,0 +1,218 @@
+//! `%%px`, `%px`, `%px_push`, `%px_pull` on the session's pool: ranks that keep their
+//! variables between cells. The pool runs each cell (compiled once, loaded by every rank);
+//! the driver decides which ranks run it, brings the session's items in first, and moves
+//! values between the session and the ranks as MessagePack files in a private directory,
+//! removed after the cell.
+
+use super::{Driver, Failure, Host, Outcome, RunDir, SERDE_HINT, Session, usage};
+use crate::args::Out;
+use crate::merge::ranks_label;
+use crate::pool::{Parsed, PoolArgs, PxArgs, RankPlan, Targets, cell_ranks, parse_px, parse_pull, parse_push, session_type, split_px_line};
+use crate::program::{SessionSnapshot, Shipped};
+use crate::supervise::Stream;
+use std::path::Path;
+
+/// What the driver needs of a running pool.
+pub trait PoolRanks {
+    /// How many ranks it has.
+    fn size(&self) -> usize;
+    /// The ranks' variables and their types (every rank has the same).
+    fn variables(&mut self) -> Vec<(String, String)>;
+    /// Brings the session's dependencies and items into the pool (nothing when unchanged).
+    fn bring_session_items(&mut self, snapshot: &SessionSnapshot) -> Result<(), Failure>;
+    /// Runs `code` on the pool ranks `ranks` (sorted), in a group of just those ranks;
+    /// their output reaches the cell as it comes, labelled.
+    fn run(&mut self, code: &str, ranks: &[usize]) -> Outcome;
+}
+
+/// A magic's arguments; its help is shown instead (`None`), a bad line is a usage error.
+pub fn args_or_help<T>(parsed: Result<Parsed<T>, String>, host: &dyn Host) -> Result<Option<T>, Failure> {
+    match parsed.map_err(usage)? {
+        Parsed::Help(text) => {
+            host.stream(Stream::Stdout, &text);
+            Ok(None)
+        }
+        Parsed::Run(a) => Ok(Some(a)),
+    }
+}
+
+/// A `%%px` cell or `%px` line: its parsed flags and its body; `None` when `code` is neither.
+pub fn px_cell(code: &str) -> Option<(Result<Parsed<PxArgs>, String>, &str)> {
+    let c = code.trim_start();
+    if let Some(rest) = c.strip_prefix("%%px") {
+        if rest.starts_with(char::is_whitespace) || rest.is_empty() {
+            let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
+            return Some((parse_px(line), body));
+        }
+    }
+    if let Some(rest) = c.strip_prefix("%px") {
+        if rest.starts_with(char::is_whitespace) {
+            let (flags, expr) = split_px_line(rest);
+            return Some((parse_px(flags), expr));
+        }
+    }
+    None
+}
+
+/// Brings the traits `ranch_encode` needs into scope, inside a block of generated code.
+const ENCODE_TRAITS: &str = "use ranch::__rt::{ViaNothing as _, ViaSerialize as _};";
+
+/// Code that writes `value` (an expression naming a place) to `dir` for this rank.
+fn emit(dir: &Path, value: &str) -> String {
+    format!("ranch::__rt::emit_to({:?}, &{value}, (&ranch::__rt::Ship(&{value})).ranch_encode());", dir.to_string_lossy())
+}
+
+/// A fresh private directory for one transfer.
+fn transfer_dir(session: &dyn Session, what: &str) -> Result<RunDir, Failure> {
+    static TRANSFERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = TRANSFERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    RunDir::make(&session.private_dir(), &format!("{what}-{k}"))
+}
+
+impl Driver {
+    /// `%ranch_start`'s checks and each rank's environment (`group_file`: where each cell's
+    /// group will be said); `None` when it showed its help.
+    pub fn pool_plan(&mut self, host: &dyn Host, args: &str, group_file: &Path) -> Result<Option<(PoolArgs, RankPlan)>, Failure> {
+        let Some(args) = args_or_help(crate::pool::parse(args), host)? else { return Ok(None) };
+        crate::pool::check_see(&args).map_err(usage)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let plan = self.plan_launch(args.n, host, |found, visible| {
+            crate::pool::rank_plan(&args, &found.devices, visible, cores, group_file, |k| std::env::var(k).ok())
+                .map(|p| (p.warning.clone(), p))
+        })?;
+        Ok(Some((args, plan)))
+    }
+
+    /// A `%%px` cell or `%px` line (`code` starts with the magic).
+    pub fn px(&mut self, session: &mut dyn Session, host: &dyn Host, code: &str) -> Outcome {
+        let Some((parsed, body)) = px_cell(code) else { return Err(usage("not a %%px cell")) };
+        let Some(args) = args_or_help(parsed, host)? else { return Ok(None) };
+        match &args.out {
+            Some(out) => px_out(session, body, &args, out),
+            None => run_px(session, body, args.targets.as_ref()),
+        }
+    }
+
+    /// `%px_push a, b`: `let mut a: T = <the session's a>;` on every rank.
+    pub fn px_push(&mut self, session: &mut dyn Session, host: &dyn Host, args: &str) -> Outcome {
+        let Some(args) = args_or_help(parse_push(args), host)? else { return Ok(None) };
+        let n = session.pool()?.size();
+        let vars = session.variables()?;
+        let mut shipped = Vec::new();
+        for name in &args.names {
+            let Some((_, ty)) = vars.iter().find(|(n, _)| n == name) else {
+                return Err(usage(format!("%px_push {name}: the session has no variable `{name}`")));
+            };
+            shipped.push(Shipped { name: name.clone(), ty: ty.clone() });
+        }
+        let dir = transfer_dir(session, "px-push")?;
+        let unshippable = session.export(&shipped, &dir.0)?;
+        if !unshippable.is_empty() {
+            return Err(Failure::new(
+                "UnshippableVariable",
+                format!("cannot send {} to the ranks. {SERDE_HINT}, or build the value in a %%px cell.", unshippable.join(", ")),
+            ));
+        }
+        let code: String = shipped
+            .iter()
+            .map(|v| {
+                format!(
+                    // `mut`: the ranks own their copies, to change as they like.
+                    "let mut {name}: {ty} = ranch::__rt::load_from::<{ty}>({dir:?}, {name:?}, {ty:?});\n",
+                    name = v.name,
+                    ty = v.ty,
+                    dir = dir.0.to_string_lossy()
+                )
+            })
+            .collect();
+        run_px(session, &code, None)?;
+        let names: Vec<String> = shipped.iter().map(|v| format!("`{}`", v.name)).collect();
+        host.stream(Stream::Stdout, &format!("Pushed {} to the pool's {n} ranks.\n", names.join(", ")));
+        Ok(None)
+    }
+
+    /// `%px_pull NAME [--out NAME] [--targets R,R]`: the ranks' NAME as `Vec<T>` in the session.
+    pub fn px_pull(&mut self, session: &mut dyn Session, host: &dyn Host, args: &str) -> Outcome {
+        let Some(args) = args_or_help(parse_pull(args), host)? else { return Ok(None) };
+        let mut pool = session.pool()?;
+        let ranks = cell_ranks(args.targets.as_ref(), pool.size()).map_err(usage)?;
+        let vars = pool.variables();
+        drop(pool);
+        let Some((_, ty)) = vars.iter().find(|(v, _)| *v == args.name) else {
+            let mut names: Vec<&str> = vars.iter().map(|(v, _)| v.as_str()).collect();
+            names.sort_unstable();
+            let have = if names.is_empty() { "none yet".to_string() } else { names.join(", ") };
+            return Err(usage(format!("the pool's ranks have no variable `{}` (they have: {have})", args.name)));
+        };
+        let dir = transfer_dir(session, "px-pull")?;
+        let code = format!("{{ {ENCODE_TRAITS} {} }}", emit(&dir.0, &args.name));
+        run_px(session, &code, args.targets.as_ref())?;
+        let out = Out { name: args.out.clone().unwrap_or_else(|| args.name.clone()), ty: Some(ty.clone()) };
+        let ty = bind_pulled(session, &out, &dir.0, &ranks, &format!("`{}`", args.name))?;
+        host.stream(
+            Stream::Stdout,
+            &format!("Pulled `{}` from {} into `{}: Vec<{ty}>`.\n", args.name, ranks_label(&ranks), out.name),
+        );
+        Ok(None)
+    }
+}
+
+/// Runs `body` on the pool's ranks (`targets`, or all), after bringing in the session's items.
+pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>) -> Outcome {
+    let n = session.pool()?.size();
+    let ranks = cell_ranks(targets, n).map_err(usage)?;
+    if ranks.len() < n && crate::cell_body::defines_variables(body) {
+        return Err(usage(
+            "a --targets cell cannot define variables with `let`: every rank must have the same variables. \
+             Define them on every rank (a %%px cell without --targets), or wrap the cell in a block `{ ... }`",
+        ));
+    }
+    let snapshot = session.snapshot()?;
+    let mut pool = session.pool()?;
+    pool.bring_session_items(&snapshot)?;
+    pool.run(body, &ranks)
+}
+
+/// `%%px --out NAME`: the cell, whose tail value each rank also writes, then bound.
+fn px_out(session: &mut dyn Session, body: &str, args: &PxArgs, out: &Out) -> Outcome {
+    let n = session.pool()?.size();
+    let ranks = cell_ranks(args.targets.as_ref(), n).map_err(usage)?;
+    let dir = transfer_dir(session, "px-out")?;
+    let wrapped = crate::cell_body::wrap_tail(body, |tail| {
+        format!("{{ {ENCODE_TRAITS} let __ranch_out = {tail}; {} __ranch_out }}", emit(&dir.0, "__ranch_out"))
+    })
+    .ok_or_else(|| usage("--out needs the cell to end in an expression (each rank's value)"))?;
+    let shown = run_px(session, &wrapped, args.targets.as_ref())?;
+    bind_pulled(session, out, &dir.0, &ranks, "the cell's value")?;
+    Ok(shown)
+}
+
+/// Binds `out` in the session to the values ranks `ranks` wrote to `dir`. Returns the
+/// element type.
+fn bind_pulled(session: &mut dyn Session, out: &Out, dir: &Path, ranks: &[usize], what: &str) -> Result<String, Failure> {
+    let error = |msg: String| Failure::new("PullError", msg);
+    let mut ty = None;
+    for &r in ranks {
+        let path = ranch::__rt::result_path(dir, r);
+        let bytes = std::fs::read(&path).map_err(|e| error(format!("rank {r} wrote no value for {what} ({e})")))?;
+        let result = ranch::__rt::RankResult::decode(&bytes).map_err(|e| error(format!("rank {r}'s value is corrupt: {e}")))?;
+        if result.value.is_none() {
+            let t = session_type(&result.type_name);
+            return Err(error(format!("{what} cannot be sent to the session: `{t}` is not Serialize + Deserialize. {SERDE_HINT}.")));
+        }
+        ty.get_or_insert(result.type_name);
+    }
+    let ty = match (&out.ty, ty) {
+        (Some(t), _) => t.clone(),
+        (None, Some(t)) => session_type(&t),
+        (None, None) => return Err(error(format!("no rank wrote {what}"))),
+    };
+    session.bind(&out.name, &ty, dir, ranks).map_err(|e| {
+        error(format!(
+            "the ranks' values could not be bound as `{}: Vec<{ty}>` in the session: {}. \
+             A type the pool defined must be defined in a session cell too (the pool sees the session's items).",
+            out.name, e.evalue
+        ))
+    })?;
+    Ok(ty)
+}

@@ -1,0 +1,364 @@
+//! `%%ranch N` and `%in_ddp`: ship the variables the cell uses out of the session, snapshot
+//! its items and dependencies, build the rank program once, launch N fresh ranks in a
+//! group, supervise them, merge what they report, bind `--out` back into the session.
+
+use super::{BuildTools, Driver, Failure, Host, HostSink, Outcome, RunDir, SERDE_HINT, Session, Stoppable, ranch_error, usage};
+use crate::args::{self, Parsed, RanchArgs};
+use crate::build::{self, BuildError, BuildHandle};
+use crate::group::{self, GroupService};
+use crate::launch::{LaunchPlan, Launcher, LocalSpawner};
+use crate::program::{self, CellProgram, RankProgram, Shipped};
+use crate::supervise::{self, Cancel, Policy};
+use crate::{artifacts, merge, source};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Whether a cell is a `%%ranch` cell or an `%in_ddp` line.
+pub fn is_ranch_cell(code: &str) -> bool {
+    let c = code.trim_start();
+    c.starts_with("%%ranch") || c.starts_with("%in_ddp")
+}
+
+fn interrupted_before_launch(host: &dyn Host) -> Result<(), Failure> {
+    if host.interrupted() {
+        return Err(Failure::new(
+            "Interrupted",
+            "Interrupted before the ranks started; nothing was launched. The session is unchanged.",
+        ));
+    }
+    Ok(())
+}
+
+impl Driver {
+    /// Runs a `%%ranch` cell or an `%in_ddp` line.
+    pub fn ranch(&mut self, session: &mut dyn Session, host: &dyn Host, code: &str) -> Outcome {
+        let code = code.trim_start();
+        let parsed = match code.strip_prefix("%in_ddp") {
+            // A line magic: the rest of the cell is the expression.
+            Some(rest) => args::parse_in_ddp(&rest.replace('\n', " ")),
+            None => {
+                let magic_line = code.split_once('\n').map_or(code, |(l, _)| l);
+                args::parse(magic_line.trim_start_matches("%%ranch"))
+            }
+        };
+        let (args, body, first_rank_only) = match parsed.map_err(|e| usage(e.0))? {
+            Parsed::Help(text) => {
+                host.stream(supervise::Stream::Stdout, &text);
+                return Ok(None);
+            }
+            Parsed::Run(a) => (a, code.split_once('\n').map_or("", |(_, b)| b).to_string(), false),
+            Parsed::InDdp(a, expr) => {
+                let single = !a.gather;
+                (a, expr, single)
+            }
+        };
+        let (rank_deps, rust, rust_line) = source::split_rank_deps(&body).map_err(usage)?;
+        let facts = source::body_facts(&rust);
+        if args.ctx.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(usage("--ctx needs an expression, e.g. --ctx 'setup()'"));
+        }
+        // GPUs are checked before anything is built: asking for one that is not there is a
+        // usage error.
+        let gpus = self.plan_launch(args.n, host, |found, visible| {
+            crate::gpus::plan(&found.devices, visible, &args.gpus, args.gpu_visibility, args.n).map(|p| (p.warning.clone(), p))
+        })?;
+        session.add_runtime()?;
+
+        // Which session variables go to the ranks: those the cell (or --ctx) mentions and
+        // does not define itself, and --share's.
+        let session_vars = session.variables()?;
+        for name in &args.share {
+            if !session_vars.iter().any(|(n, _)| n == name) {
+                return Err(usage(format!("--share {name}: the session has no variable `{name}`")));
+            }
+        }
+        let mentioned = |n: &str| {
+            (facts.idents.contains(n) && !facts.locals.contains(n))
+                || args.share.iter().any(|s| s == n)
+                || args.ctx.as_deref().is_some_and(|c| source::body_facts(c).idents.contains(n))
+        };
+        let shipped: Vec<Shipped> = session_vars
+            .iter()
+            .filter(|(n, _)| mentioned(n))
+            .map(|(n, t)| Shipped { name: n.clone(), ty: t.clone() })
+            .collect();
+
+        self.launches += 1;
+        let run_dir = RunDir::make(&session.private_dir(), &format!("run-{}", self.launches))?;
+        let vars_dir = run_dir.0.join("vars");
+        super::make_private(&vars_dir)?;
+
+        let t_export = Instant::now();
+        let snapshot = export_and_snapshot(session, &shipped, &vars_dir);
+        interrupted_before_launch(host)?;
+        let snapshot = snapshot?;
+        let export_s = t_export.elapsed().as_secs_f64();
+        let ranch_features = source::ranch_features(&format!("{rust}\n{}", args.ctx.as_deref().unwrap_or("")));
+        let cell = CellProgram {
+            body: rust,
+            body_cell_line: rust_line + 1, // the magic line is line 1
+            rank_deps,
+            shipped,
+            ctx: args.ctx.clone(),
+            uses_question_mark: facts.uses_question_mark,
+            has_tail: facts.has_tail,
+            ddp: args.ddp,
+            ranch_features,
+        };
+        let program = program::generate(&snapshot, &cell);
+        let tools = session.toolchain()?;
+        let t_build = Instant::now();
+        let exe = build_rank_program(session, host, &tools, &program, code);
+        interrupted_before_launch(host)?;
+        let exe = exe?;
+        let build_s = t_build.elapsed().as_secs_f64();
+        let t_launch = Instant::now();
+        let launched = Launch { args: &args, exe: &exe, run_dir: &run_dir.0, program: &program, tools: &tools };
+        let (shown, types) = launched.run(host, gpus.ranks, first_rank_only)?;
+        // The Jupyter server's log gets each phase (bench/ranch.py reads them).
+        host.log(&format!(
+            "%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s",
+            args.n,
+            t_launch.elapsed().as_secs_f64()
+        ));
+        if let Some(out) = &args.out {
+            bind_out(session, out, &types, &run_dir.0, args.n)?;
+        }
+        Ok(shown)
+    }
+}
+
+/// Writes the shipped variables and reads the session's items. Nothing is launched when a
+/// variable cannot be sent.
+fn export_and_snapshot(
+    session: &mut dyn Session,
+    shipped: &[Shipped],
+    vars_dir: &Path,
+) -> Result<program::SessionSnapshot, Failure> {
+    if !shipped.is_empty() {
+        let unshippable = session.export(shipped, vars_dir)?;
+        if !unshippable.is_empty() {
+            return Err(Failure::new(
+                "UnshippableVariable",
+                format!(
+                    "these session variables are used by the cell but cannot be sent to the ranks: {}. {SERDE_HINT}, \
+                     or build the value inside the cell. Nothing was launched.",
+                    unshippable.join(", ")
+                ),
+            ));
+        }
+    }
+    session.snapshot()
+}
+
+/// Builds the rank program once; an identical program reuses its artifact.
+fn build_rank_program(
+    session: &dyn Session,
+    host: &dyn Host,
+    tools: &BuildTools,
+    program: &RankProgram,
+    cell: &str,
+) -> Result<PathBuf, Failure> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&(&program.cargo_toml, &program.main_rs), &mut hasher);
+    let kept = session.private_dir().join("artifacts");
+    let artifact = kept.join(format!("{:016x}", std::hash::Hasher::finish(&hasher)));
+    if artifact.exists() {
+        artifacts::touch(&artifact);
+        return Ok(artifact);
+    }
+    let handle = BuildHandle::default();
+    host.stoppable(Stoppable::Build(handle.clone()));
+    let progress = |line: &str| host.stream(supervise::Stream::Stderr, &format!("{line}\n"));
+    let watch = |pgid: i32, running: bool| host.watch(pgid, running);
+    let built = build::build(program, &session.rank_crate_dir(), &tools.toolchain, &handle, &progress, &watch);
+    host.stoppable(Stoppable::Nothing);
+    let exe = match built {
+        Ok(exe) => exe,
+        Err(BuildError::Compile(diags)) => {
+            return Err(Failure {
+                ename: "CompilationError".into(),
+                evalue: diags[0].summary(),
+                traceback: diags.iter().map(|d| d.render(cell)).collect(),
+            });
+        }
+        Err(BuildError::Stopped) => {
+            return Err(Failure::new(
+                "Interrupted",
+                "Interrupted while building the rank program; nothing was launched. The session is unchanged.",
+            ));
+        }
+        Err(BuildError::Failed(msg)) => return Err(ranch_error(msg)),
+    };
+    std::fs::create_dir_all(&kept)
+        .and_then(|_| std::fs::copy(&exe, &artifact))
+        .map_err(|e| ranch_error(format!("cannot keep the built rank program: {e}")))?;
+    artifacts::bound_artifacts(&kept, artifacts::ARTIFACTS_MAX, artifacts::ARTIFACTS_MAX_BYTES);
+    Ok(artifact)
+}
+
+/// A built rank program, ready to run in N ranks.
+struct Launch<'a> {
+    args: &'a RanchArgs,
+    exe: &'a Path,
+    run_dir: &'a Path,
+    program: &'a RankProgram,
+    tools: &'a BuildTools,
+}
+
+impl Launch<'_> {
+    /// Launches and supervises the ranks; returns what the cell shows and each rank's value's
+    /// type.
+    fn run(
+        &self,
+        host: &dyn Host,
+        rank_env: Vec<Vec<(String, String)>>,
+        first_rank_only: bool,
+    ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
+        let args = self.args;
+        let note = |text: &str| host.stream(supervise::Stream::Stderr, text);
+        let (_service, master_port, token) = start_or_join_group(args, &|| host.interrupted(), &note)?;
+        // NCCL under the name cudarc looks for (see crate::gpus::nccl_lib).
+        let nccl_dir = self
+            .program
+            .ranch_features
+            .contains(&"nccl")
+            .then(|| crate::gpus::nccl_lib::link_for_ranks(&self.run_dir.join("lib")))
+            .flatten();
+        let library_path = match nccl_dir {
+            Some(dir) => format!("{}:{}", dir.display(), self.tools.library_path),
+            None => self.tools.library_path.clone(),
+        };
+        let mut env = vec![("LD_LIBRARY_PATH".into(), library_path), (group::TOKEN_ENV.to_string(), token)];
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        env.extend(crate::threads::thread_env(cores, args.n, |k| std::env::var(k).ok()));
+        if let Some(t) = args.collective_timeout {
+            env.push((group::TIMEOUT_ENV.to_string(), t.to_string()));
+        }
+        let plan = LaunchPlan {
+            exe: self.exe.to_path_buf(),
+            local_ranks: args.n,
+            world_size: args.world(),
+            base_rank: args.base_rank,
+            run_dir: self.run_dir.to_path_buf(),
+            master_addr: args.addr.clone(),
+            master_port,
+            env,
+            rank_env,
+        };
+        let policy = Policy {
+            on_error: args.on_error,
+            timeout: args.timeout.map(Duration::from_secs_f64),
+            group_outputs: args.group_outputs,
+            see: args.see.clone(),
+            first_rank: args.base_rank,
+        };
+        let cancel = Cancel::default();
+        host.stoppable(Stoppable::Ranks(cancel.clone()));
+        if host.interrupted() {
+            cancel.cancel(); // an interrupt that came just before the cancel handle existed
+        }
+        let panic_line = |line: u32| self.program.cell_line(line as usize);
+        // Each rank leads a process group, killed with the kernel if it dies first.
+        let spawn = |rank: usize| {
+            let child = LocalSpawner.spawn_rank(&plan, rank)?;
+            host.watch(child.id() as i32, true);
+            Ok(child)
+        };
+        let children_before = host.children();
+        let report = supervise::supervise(args.n, &spawn, self.run_dir, &policy, &HostSink(host), &cancel, &panic_line);
+        for pid in report.pids.iter().flatten() {
+            host.watch(*pid as i32, false);
+        }
+        host.stoppable(Stoppable::Nothing);
+        let left = host.end_new_orphans(&children_before);
+        if left > 0 {
+            host.log(&format!("stopped {left} processes the ranks left running"));
+        }
+        if let Some((evalue, traceback)) = merge::failure(&report) {
+            // Notebooks get the table as HTML before the error (its text form is in the traceback).
+            if let Some(html) = merge::failure_html(&report) {
+                let mut data = super::Bundle::new();
+                data.insert("text/html".into(), serde_json::Value::String(html));
+                host.display(data, None);
+            }
+            let ename = if report.stopped == Some(supervise::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
+            return Err(Failure { ename: ename.into(), evalue, traceback });
+        }
+        let results = merge::read_results(self.run_dir, args.n, args.base_rank)
+            .map_err(|e| Failure::new("RankFailed", format!("{e}. The session is unchanged.")))?;
+        if args.out.is_some() {
+            if let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()") {
+                return Err(ranch_error(format!(
+                    "--out needs values that are Serialize + Deserialize, but rank {r} returned a `{}`",
+                    results[r].type_name
+                )));
+            }
+        }
+        let types = results.iter().map(|r| r.type_name.clone()).collect();
+        let shown = if first_rank_only { merge::single_bundle(&results[0]) } else { merge::result_bundle(&results, args.base_rank) };
+        Ok((shown, types))
+    }
+}
+
+/// `let NAME: Vec<T> = ...` in the session, T given or read from the ranks' values.
+pub(super) fn bind_out(session: &mut dyn Session, out: &args::Out, types: &[String], run_dir: &Path, n: usize) -> Result<(), Failure> {
+    let inferred = types.first().map(|t| program::session_type_name(t));
+    let ty = match (&out.ty, inferred) {
+        (Some(t), _) => t.clone(),
+        (None, Some(t)) => t,
+        (None, None) => return Err(ranch_error("--out: the ranks returned no value")),
+    };
+    let ranks: Vec<usize> = (0..n).collect();
+    session.bind(&out.name, &ty, run_dir, &ranks).map_err(|e| {
+        ranch_error(format!(
+            "the ranks ran, but `{}` could not be bound as Vec<{ty}>: {}. State the type: --out {}: T",
+            out.name, e.evalue, out.name
+        ))
+    })
+}
+
+/// The group the ranks join: hosted here (this kernel launches rank 0), or another
+/// kernel's, found through the token it published for its port.
+fn start_or_join_group(
+    args: &RanchArgs,
+    interrupted: &dyn Fn() -> bool,
+    note: &dyn Fn(&str),
+) -> Result<(Option<GroupService>, u16, String), Failure> {
+    if args.hosts_group() {
+        let token = group::new_token().map_err(ranch_error)?;
+        let publish = args.world() > args.n;
+        let service = GroupService::start(&args.addr, args.port, args.world(), &token, publish).map_err(|e| {
+            if let Some(port) = args.port { usage(format!("--port {port}: {e}")) } else { ranch_error(e) }
+        })?;
+        let port = service.port();
+        return Ok((Some(service), port, token));
+    }
+    let port = args.port.expect("checked by the parser: joining needs --port");
+    // The hosting kernel may be a moment behind.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut waiting = false;
+    loop {
+        if let Some(token) = group::published_token(port).map_err(ranch_error)? {
+            return Ok((None, port, token));
+        }
+        if !waiting {
+            waiting = true;
+            note(&format!(
+                "waiting for the group on port {port}: run the part with --base-rank 0 in another kernel (interrupt to give up)\n"
+            ));
+        }
+        if interrupted() {
+            return Err(Failure::new(
+                "Interrupted",
+                format!("Interrupted while waiting for the group on port {port}; nothing was launched. The session is unchanged."),
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(usage(format!(
+                "no running kernel hosts a group on port {port}: run the part with --base-rank 0 first, in another kernel"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

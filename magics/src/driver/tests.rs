@@ -1,0 +1,328 @@
+//! The driver's pipeline against a fake session, pool and host: what is shipped, built,
+//! run and bound, and what a failure leaves unchanged.
+
+use super::px::{PoolRanks, px_cell};
+use super::*;
+use crate::args::Out;
+use crate::pool::Parsed;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Mutex;
+
+/// What the fake session and pool were asked to do.
+#[derive(Default)]
+struct Calls {
+    exported: Vec<String>,
+    toolchain_asked: bool,
+    bound: Vec<(String, String, Vec<usize>)>,
+    brought_items: usize,
+    /// Each pool run: its code and ranks.
+    ran: Vec<(String, Vec<usize>)>,
+}
+
+struct FakeSession {
+    vars: Vec<(String, String)>,
+    /// Variables whose export fails, with why.
+    unshippable: Vec<(String, String)>,
+    dir: PathBuf,
+    pool: Option<FakePool>,
+    calls: Rc<RefCell<Calls>>,
+}
+
+impl FakeSession {
+    fn new(name: &str, vars: &[(&str, &str)]) -> FakeSession {
+        let dir = std::env::temp_dir().join(format!("ranch-driver-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        FakeSession {
+            vars: vars.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(),
+            unshippable: Vec::new(),
+            dir,
+            pool: None,
+            calls: Rc::default(),
+        }
+    }
+
+    fn with_pool(mut self, n: usize, vars: &[(&str, &str)]) -> FakeSession {
+        let vars = vars.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        self.pool = Some(FakePool { n, vars, calls: self.calls.clone() });
+        self
+    }
+
+    /// What is left in the session's private directory.
+    fn left(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
+    }
+}
+
+impl Drop for FakeSession {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Session for FakeSession {
+    fn variables(&mut self) -> Result<Vec<(String, String)>, Failure> {
+        Ok(self.vars.clone())
+    }
+    fn export(&mut self, vars: &[Shipped], _dir: &Path) -> Result<Vec<String>, Failure> {
+        self.calls.borrow_mut().exported.extend(vars.iter().map(|v| v.name.clone()));
+        Ok(vars
+            .iter()
+            .filter_map(|v| {
+                let (_, why) = self.unshippable.iter().find(|(n, _)| *n == v.name)?;
+                Some(format!("`{}: {}` ({why})", v.name, v.ty))
+            })
+            .collect())
+    }
+    fn snapshot(&mut self) -> Result<SessionSnapshot, Failure> {
+        Ok(SessionSnapshot::default())
+    }
+    fn bind(&mut self, name: &str, ty: &str, dir: &Path, ranks: &[usize]) -> Result<(), Failure> {
+        if ty.contains("Unknown") {
+            return Err(Failure::new("Error", "cannot find type `Unknown`"));
+        }
+        // The values are there to read when the session binds them.
+        for &r in ranks {
+            assert!(ranch::__rt::result_path(dir, r).exists(), "rank {r}'s value is missing");
+        }
+        self.calls.borrow_mut().bound.push((name.into(), ty.into(), ranks.to_vec()));
+        Ok(())
+    }
+    fn add_runtime(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
+    fn toolchain(&mut self) -> Result<BuildTools, Failure> {
+        self.calls.borrow_mut().toolchain_asked = true;
+        Err(Failure::new("NoToolchain", "the fake session builds nothing"))
+    }
+    fn private_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+    fn rank_crate_dir(&self) -> PathBuf {
+        self.dir.join("crate")
+    }
+    fn pool(&mut self) -> Result<Box<dyn PoolRanks + '_>, Failure> {
+        match &mut self.pool {
+            Some(p) => Ok(Box::new(FakePoolRef(p))),
+            None => Err(usage("no pool is running: start one with `%ranch_start N` (N ranks)")),
+        }
+    }
+}
+
+struct FakePool {
+    n: usize,
+    vars: Vec<(String, String)>,
+    calls: Rc<RefCell<Calls>>,
+}
+
+struct FakePoolRef<'a>(&'a mut FakePool);
+
+impl PoolRanks for FakePoolRef<'_> {
+    fn size(&self) -> usize {
+        self.0.n
+    }
+    fn variables(&mut self) -> Vec<(String, String)> {
+        self.0.vars.clone()
+    }
+    fn bring_session_items(&mut self, _: &SessionSnapshot) -> Result<(), Failure> {
+        self.0.calls.borrow_mut().brought_items += 1;
+        Ok(())
+    }
+    /// Each rank "runs" the code: one that emits a value writes it where the code says.
+    fn run(&mut self, code: &str, ranks: &[usize]) -> Outcome {
+        self.0.calls.borrow_mut().ran.push((code.to_string(), ranks.to_vec()));
+        if let Some(rest) = code.split("emit_to(\"").nth(1) {
+            let dir = Path::new(rest.split('"').next().unwrap());
+            for &r in ranks {
+                let result = ranch::__rt::RankResult { type_name: "alloc::vec::Vec<f32>".into(), debug: None, value: Some(vec![0x90]) };
+                std::fs::write(ranch::__rt::result_path(dir, r), result.encode()).unwrap();
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Default)]
+struct FakeHost {
+    interrupted: bool,
+    gpus: crate::gpus::Discovery,
+    out: Mutex<String>,
+    err: Mutex<String>,
+}
+
+impl Host for FakeHost {
+    fn stream(&self, stream: supervise::Stream, text: &str) {
+        match stream {
+            supervise::Stream::Stdout => self.out.lock().unwrap().push_str(text),
+            supervise::Stream::Stderr => self.err.lock().unwrap().push_str(text),
+        }
+    }
+    fn display(&self, _: Bundle, _: Option<usize>) {}
+    fn interrupted(&self) -> bool {
+        self.interrupted
+    }
+    fn stoppable(&self, _: Stoppable) {}
+    fn watch(&self, _: i32, _: bool) {}
+    fn children(&self) -> HashSet<i32> {
+        HashSet::new()
+    }
+    fn end_new_orphans(&self, _: &HashSet<i32>) -> usize {
+        0
+    }
+    fn log(&self, _: &str) {}
+    fn gpus(&self) -> &crate::gpus::Discovery {
+        &self.gpus
+    }
+}
+
+#[test]
+fn a_missing_shared_variable_is_a_usage_error_and_nothing_is_exported() {
+    let mut s = FakeSession::new("share", &[("a", "u32")]);
+    let e = Driver::default().ranch(&mut s, &FakeHost::default(), "%%ranch 2 --share nope\n1").unwrap_err();
+    assert_eq!(e.ename, "UsageError");
+    assert!(e.evalue.contains("no variable `nope`"), "{}", e.evalue);
+    assert!(s.calls.borrow().exported.is_empty());
+    assert!(!s.calls.borrow().toolchain_asked);
+}
+
+#[test]
+fn only_what_the_cell_uses_is_shipped_and_an_unshippable_variable_stops_the_launch() {
+    let mut s = FakeSession::new("ship", &[("a", "Vec<u8>"), ("b", "u32"), ("c", "Foo"), ("unused", "u8")]);
+    s.unshippable.push(("c".into(), "Foo is not Serialize".into()));
+    let code = "%%ranch 2\nlet b = 1;\na.len() + c.0 + b";
+    let e = Driver::default().ranch(&mut s, &FakeHost::default(), code).unwrap_err();
+    assert_eq!(e.ename, "UnshippableVariable");
+    assert!(e.evalue.contains("`c: Foo` (Foo is not Serialize)") && e.evalue.contains("Nothing was launched"), "{}", e.evalue);
+    // `b` is the cell's own; `unused` is not mentioned.
+    assert_eq!(s.calls.borrow().exported, ["a", "c"]);
+    assert!(!s.calls.borrow().toolchain_asked, "nothing was built");
+    assert!(s.left().is_empty(), "the launch's directory is removed: {:?}", s.left());
+}
+
+#[test]
+fn an_interrupt_while_exporting_launches_nothing() {
+    let mut s = FakeSession::new("interrupt", &[("a", "u32")]);
+    let host = FakeHost { interrupted: true, ..Default::default() };
+    let e = Driver::default().ranch(&mut s, &host, "%%ranch 2\na + 1").unwrap_err();
+    assert_eq!(e.ename, "Interrupted");
+    assert!(e.evalue.contains("nothing was launched"));
+    assert!(!s.calls.borrow().toolchain_asked);
+}
+
+#[test]
+fn a_gpu_that_is_not_there_is_a_usage_error_before_anything_is_exported() {
+    let mut s = FakeSession::new("gpus", &[("a", "u32")]);
+    let e = Driver::default().ranch(&mut s, &FakeHost::default(), "%%ranch 2 --gpus 0,1
+a + 1").unwrap_err();
+    assert_eq!(e.ename, "UsageError");
+    assert!(e.evalue.contains("--gpus"), "{}", e.evalue);
+    assert!(s.calls.borrow().exported.is_empty());
+}
+
+#[test]
+fn help_is_shown_and_nothing_runs() {
+    let mut s = FakeSession::new("help", &[]);
+    let host = FakeHost::default();
+    assert_eq!(Driver::default().ranch(&mut s, &host, "%%ranch --help\n1"), Ok(None));
+    assert!(host.out.lock().unwrap().contains("Usage"));
+    assert!(s.calls.borrow().exported.is_empty() && !s.calls.borrow().toolchain_asked);
+}
+
+#[test]
+fn out_binds_a_vec_of_the_ranks_type_as_the_session_names_it() {
+    let mut s = FakeSession::new("out", &[]);
+    let dir = s.dir.clone();
+    for r in 0..3 {
+        std::fs::write(ranch::__rt::result_path(&dir, r), b"x").unwrap();
+    }
+    let out = Out { name: "v".into(), ty: None };
+    ranch_cell::bind_out(&mut s, &out, &["alloc::vec::Vec<u64>".into()], &dir, 3).unwrap();
+    assert_eq!(s.calls.borrow().bound, [("v".to_string(), "Vec<u64>".to_string(), vec![0, 1, 2])]);
+    let given = Out { name: "w".into(), ty: Some("Unknown".into()) };
+    let e = ranch_cell::bind_out(&mut s, &given, &[], &dir, 3).unwrap_err();
+    assert!(e.evalue.contains("could not be bound as Vec<Unknown>") && e.evalue.contains("--out w: T"), "{}", e.evalue);
+}
+
+#[test]
+fn px_without_a_pool_says_how_to_start_one() {
+    let mut s = FakeSession::new("nopool", &[]);
+    let e = Driver::default().px(&mut s, &FakeHost::default(), "%%px\n1").unwrap_err();
+    assert!(e.evalue.contains("%ranch_start N"));
+}
+
+#[test]
+fn a_px_cell_brings_the_session_items_then_runs_on_every_rank() {
+    let mut s = FakeSession::new("px", &[]).with_pool(3, &[]);
+    Driver::default().px(&mut s, &FakeHost::default(), "%%px\nlet x = ranch::rank();").unwrap();
+    let calls = s.calls.borrow();
+    assert_eq!(calls.brought_items, 1);
+    assert_eq!(calls.ran, [("let x = ranch::rank();".to_string(), vec![0, 1, 2])]);
+}
+
+#[test]
+fn a_targets_cell_may_not_define_variables_and_checks_its_ranks() {
+    let mut s = FakeSession::new("targets", &[]).with_pool(3, &[]);
+    let host = FakeHost::default();
+    let e = Driver::default().px(&mut s, &host, "%%px --targets 0,2\nlet y = 1;").unwrap_err();
+    assert!(e.evalue.contains("cannot define variables"), "{}", e.evalue);
+    let e = Driver::default().px(&mut s, &host, "%px --targets 5 1").unwrap_err();
+    assert!(e.evalue.contains("no rank 5"), "{}", e.evalue);
+    assert!(s.calls.borrow().ran.is_empty());
+    Driver::default().px(&mut s, &host, "%px --targets 2,0 { let y = 1; y }").unwrap();
+    assert_eq!(s.calls.borrow().ran[0].1, [0, 2]);
+}
+
+#[test]
+fn pull_gathers_a_rank_variable_into_the_session_and_names_what_exists() {
+    let mut s = FakeSession::new("pull", &[]).with_pool(3, &[("w", "Vec<f32>")]);
+    let host = FakeHost::default();
+    let e = Driver::default().px_pull(&mut s, &host, "nope").unwrap_err();
+    assert!(e.evalue.contains("no variable `nope` (they have: w)"), "{}", e.evalue);
+    Driver::default().px_pull(&mut s, &host, "w --targets 0,2 --out ws").unwrap();
+    assert_eq!(s.calls.borrow().bound, [("ws".to_string(), "Vec<f32>".to_string(), vec![0, 2])]);
+    assert!(host.out.lock().unwrap().contains("Pulled `w` from ranks 0, 2 into `ws: Vec<Vec<f32>>`"));
+    assert!(s.left().is_empty(), "the transfer's directory is removed: {:?}", s.left());
+}
+
+#[test]
+fn push_ships_session_variables_as_mutable_rank_variables() {
+    let mut s = FakeSession::new("push", &[("cfg", "Config"), ("other", "u8")]).with_pool(2, &[]);
+    let host = FakeHost::default();
+    let e = Driver::default().px_push(&mut s, &host, "cfg, missing").unwrap_err();
+    assert!(e.evalue.contains("no variable `missing`"));
+    assert!(s.calls.borrow().exported.is_empty());
+    Driver::default().px_push(&mut s, &host, "cfg").unwrap();
+    let calls = s.calls.borrow();
+    assert_eq!(calls.exported, ["cfg"]);
+    assert!(calls.ran[0].0.starts_with("let mut cfg: Config = ranch::__rt::load_from::<Config>("), "{}", calls.ran[0].0);
+    assert_eq!(calls.ran[0].1, [0, 1]);
+}
+
+#[test]
+fn px_out_wraps_the_tail_and_binds_every_rank_value() {
+    let mut s = FakeSession::new("pxout", &[]).with_pool(2, &[]);
+    let host = FakeHost::default();
+    let e = Driver::default().px(&mut s, &host, "%%px --out v\nlet z = 1;").unwrap_err();
+    assert!(e.evalue.contains("end in an expression"));
+    Driver::default().px(&mut s, &host, "%%px --out v\nvec![ranch::rank() as f32]").unwrap();
+    let calls = s.calls.borrow();
+    assert!(calls.ran[0].0.contains("let __ranch_out = vec![ranch::rank() as f32];"), "{}", calls.ran[0].0);
+    assert_eq!(calls.bound, [("v".to_string(), "Vec<f32>".to_string(), vec![0, 1])]);
+}
+
+#[test]
+fn px_cells_and_lines() {
+    let body = |code| match px_cell(code) {
+        Some((Ok(Parsed::Run(a)), body)) => Some((a.targets.map(|t| t.0), body)),
+        Some(_) => panic!("not a run: {code}"),
+        None => None,
+    };
+    assert_eq!(body("%%px\nlet x = 1;"), Some((None, "let x = 1;")));
+    assert_eq!(body("%%px --targets 1,0\nx"), Some((Some(vec![0, 1]), "x")));
+    assert_eq!(body("%px ranch::rank()"), Some((None, "ranch::rank()")));
+    assert_eq!(body("%px --targets 2 x.len()"), Some((Some(vec![2]), "x.len()")));
+    assert_eq!(body("let x = 1;"), None);
+    assert_eq!(body("%pxfoo"), None);
+    assert!(matches!(px_cell("%%px --bogus\n1"), Some((Err(_), _))));
+}
