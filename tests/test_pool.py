@@ -155,8 +155,18 @@ def test_stop_ends_the_ranks_and_a_new_pool_can_start(fresh_kernel):
     ok(execute(kc, "%ranch_start 3", timeout=600))
     assert "Stopped the pool's 3 ranks" in ok(execute(kc, "%ranch_stop", timeout=600)).stream()
     assert pool_processes(kc.pid) == {}
+    # --ddp: each cell's group is formed before its body runs (a cell that uses the runtime but
+    # never calls ranch::comm() has the segment mapped); --collective-timeout bounds a wait.
+    maps = '%px (ranch::rank(), std::fs::read_to_string("/proc/self/maps").unwrap().contains("/dev/shm/ranch-")).1'
+    ok(execute(kc, "%ranch_start 2 --ddp --backend shm --collective-timeout 1", timeout=600))
+    assert ok(execute(kc, maps, timeout=600)).result() == "[true, true]"
+    run = ok(execute(kc, "%%px\nif ranch::rank() == 1 { std::thread::sleep(std::time::Duration::from_secs(3)); None }\n"
+                         "else { ranch::comm().barrier().err().map(|e| e.to_string()) }", timeout=300))
+    assert "timed out after 1s" in run.result() and run.result().endswith(", None]"), run.result()
+    ok(execute(kc, "%ranch_stop"))
     ok(execute(kc, "%ranch_start 4", timeout=600))
     assert ok(execute(kc, "%px ranch::rank()", timeout=600)).result() == "[0, 1, 2, 3]"
+    assert ok(execute(kc, maps)).result() == "[false, false, false, false]"
 
 
 def test_the_sessions_items_and_deps_are_usable_and_pool_values_of_their_types_survive(pool):

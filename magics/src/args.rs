@@ -206,7 +206,7 @@ pub(crate) fn parse_out(s: &str) -> Result<Out, String> {
 /// they are added to.
 pub const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
-fn parse_timeout(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(t) if t > 0.0 && t <= MAX_TIMEOUT_SECS => Ok(t),
         Ok(t) if t > MAX_TIMEOUT_SECS => Err(format!("SECS must be at most {MAX_TIMEOUT_SECS} (a year), got {s}")),

@@ -1,6 +1,9 @@
 //! `%ranch_start`: the pool's arguments, and each pool rank's environment; `%%px`'s.
 
-use crate::args::{GpuVisibility, Gpus, Out, See, join_out_type, parse_gpus, parse_ident, parse_list, parse_out, parse_ranks, parse_see};
+use crate::args::{
+    Backend, GpuVisibility, Gpus, Out, See, join_out_type, parse_gpus, parse_ident, parse_list, parse_out, parse_ranks, parse_see,
+    parse_timeout,
+};
 use crate::gpus::{Device, plan};
 use clap::Parser;
 
@@ -24,6 +27,16 @@ pub struct PoolArgs {
     /// Ranks whose output to show in every pool cell: `all` or a list such as `0,2`.
     #[arg(long, value_name = "all|R,R", default_value = "all", value_parser = parse_see)]
     pub see: See,
+    /// Form each cell's group before the cell's body runs (every rank of the cell joins
+    /// first), as `%%ranch --ddp` does; otherwise a cell's first `ranch::comm()` forms it.
+    #[arg(long)]
+    pub ddp: bool,
+    /// How collectives move data.
+    #[arg(long, value_enum, default_value = "shm")]
+    pub backend: Backend,
+    /// Seconds a collective waits for the other ranks before failing (default 120).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub collective_timeout: Option<f64>,
 }
 
 /// A pool magic's arguments, or its help (`--help`, shown as normal output).
@@ -91,6 +104,12 @@ pub fn rank_plan(
                 ("LOCAL_WORLD_SIZE".to_string(), n.clone()),
                 (ranch::__rt::POOL_GROUP_ENV.to_string(), group_file.to_string_lossy().into_owned()),
             ];
+            if args.ddp {
+                env.push((ranch::__rt::POOL_DDP_ENV.to_string(), "1".to_string()));
+            }
+            if let Some(t) = args.collective_timeout {
+                env.push((ranch::__rt::TIMEOUT_ENV.to_string(), t.to_string()));
+            }
             env.extend(threads.iter().cloned());
             env.extend(gpus.ranks.get(rank).into_iter().flatten().cloned());
             env
@@ -250,6 +269,13 @@ mod tests {
         assert_eq!(get(2, "WORLD_SIZE").as_deref(), Some("3"));
         assert_eq!(get(0, "OMP_NUM_THREADS").as_deref(), Some("2"));
         assert_eq!(get(1, ranch::__rt::POOL_GROUP_ENV).as_deref(), Some("/p/group"));
+        assert_eq!(get(1, ranch::__rt::POOL_DDP_ENV), None);
+        assert_eq!(get(1, ranch::__rt::TIMEOUT_ENV), None);
+        let p = rank_plan(&start("2 --ddp --backend shm --collective-timeout 0.5"), &[], None, 6, std::path::Path::new("/g"), |_| None).unwrap();
+        let get = |r: usize, k: &str| p.env[r].iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get(1, ranch::__rt::POOL_DDP_ENV).as_deref(), Some("1"));
+        assert_eq!(get(0, ranch::__rt::TIMEOUT_ENV).as_deref(), Some("0.5"));
+        assert!(parse("2 --backend tcp").unwrap_err().contains("tcp"));
     }
 
     #[test]

@@ -8,10 +8,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
-pub use crate::comm::{POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
+pub use crate::comm::{POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
 
-/// The symbol a pool rank calls in each cell's library when the cell has returned.
+/// The symbols a pool rank calls in each cell's library before the cell runs and when it
+/// has returned.
+pub const POOL_CELL_BEGIN: &str = "ranch_pool_cell_begin";
 pub const POOL_CELL_END: &str = "ranch_pool_cell_end";
+
+/// Forms the cell's group before its body in a `--ddp` pool (see `comm::pool`).
+#[unsafe(no_mangle)]
+pub extern "C" fn ranch_pool_cell_begin() {
+    // Nothing may unwind into the caller.
+    let _ = std::panic::catch_unwind(crate::comm::begin_pool_cell);
+}
 
 /// Ends the cell's group in a pool rank (see `comm::pool`). Exported from every cell
 /// library that links this crate; a cell that does not has no group to end.

@@ -79,6 +79,11 @@ fn run_loop(end_line: &str) -> ! {
         let ran = unsafe {
             libloading::Library::new(library).and_then(|lib| {
                 let cell = *lib.get::<CellFn>(function.as_bytes())?;
+                if pool_rank {
+                    if let Ok(begin) = lib.get::<extern "C" fn()>(ranch::__rt::POOL_CELL_BEGIN.as_bytes()) {
+                        begin();
+                    }
+                }
                 store = cell(store);
                 if pool_rank {
                     // Only cells that link the runtime have it.

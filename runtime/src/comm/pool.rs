@@ -17,6 +17,9 @@ use std::time::Duration;
 /// The file that says where the running cell's group is (set by the pool).
 pub const POOL_GROUP_ENV: &str = "RANCH_POOL_GROUP";
 
+/// Set (to `1`) in a pool started with `--ddp`: each cell's group is formed before its body.
+pub const POOL_DDP_ENV: &str = "RANCH_POOL_DDP";
+
 /// What a group that outlived its cell says.
 pub(super) const RETIRED: &str =
     "this is the group of an earlier %%px cell, which has ended: call ranch::comm() in each cell (a pool forms a group per cell)";
@@ -83,6 +86,16 @@ pub(super) fn join(path: &Path) -> Comm {
         Err(why) => Backend::Broken(why),
     };
     Comm { rank, world, backend }
+}
+
+/// Before a cell's body, in a pool started with `--ddp`: joins the cell's group now, so the
+/// body starts with it formed (a failure to form it is what the body's `comm()` says).
+/// Called in every cell library that links this crate: a cell that reaches `comm()` at all,
+/// directly or through an earlier cell's fn, does.
+pub fn begin_pool_cell() {
+    if std::env::var_os(POOL_DDP_ENV).is_some() {
+        super::comm();
+    }
 }
 
 /// Ends this cell library's group: a `comm()` called after this says the cell has ended,
