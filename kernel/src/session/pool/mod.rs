@@ -43,6 +43,8 @@ struct PoolEvents {
     pids: Mutex<Vec<u32>>,
     /// The running cell's group.
     group: Mutex<Option<CellGroup>>,
+    /// When the pool started, until its ranks said they run.
+    starting: Mutex<Option<Instant>>,
 }
 
 impl EventHandler for PoolEvents {
@@ -64,7 +66,13 @@ impl EventHandler for PoolEvents {
                 }
                 self.cell.count_done()
             }
-            Event::PoolPids(pids) => *self.pids.lock().unwrap() = pids,
+            Event::PoolPids(pids) => {
+                // The Jupyter server's log gets it (bench/pool.py reads it).
+                if let Some(since) = self.starting.lock().unwrap().take() {
+                    crate::log!("pool: {} ranks running after {:.3} s", pids.len(), since.elapsed().as_secs_f64());
+                }
+                *self.pids.lock().unwrap() = pids
+            }
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
             // The Jupyter server's log gets it (bench/pool.py reads it).
             Event::Dispatched { ranks, micros } => crate::log!("%%px {ranks}: dispatch {:.3} ms", micros as f64 / 1000.0),
@@ -121,6 +129,7 @@ impl Pool {
             exits: Mutex::default(),
             pids: Mutex::default(),
             group: Mutex::default(),
+            starting: Mutex::new(Some(Instant::now())),
         });
         let listener = Listener::start(events.clone(), private, "pool.sock")
             .map_err(|e| pool_error(format!("cannot listen for the pool's ranks: {e}")))?;
