@@ -2,11 +2,13 @@
 //! notebook session and a cell into a rank program, build it once, launch N ranks with a
 //! process group, supervise them and merge what they report.
 //!
-//! In the order a cell goes through them:
+//! [`driver`] runs them for `%%ranch`, `%in_ddp` and the pool's `%%px`, reaching the
+//! notebook's session through a narrow trait. In the order a cell goes through them:
 //! - [`args`]: the magic line (clap);
-//! - [`source`]: what the session and the cell contain (rust-analyzer's parser);
+//! - [`source`], [`cell_body`]: what the session and the cell contain (rust-analyzer's parser);
 //! - [`program`]: the rank program's crate;
-//! - [`build`]: one cargo build, reusing the session's compiled dependencies;
+//! - [`build`], [`artifacts`]: one cargo build, reusing the session's compiled dependencies,
+//!   and the built programs kept for the same cell run again;
 //! - [`gpus`], [`group`], [`launch`]: GPU pinning, the process group's rendezvous and
 //!   segment, and spawning ranks;
 //! - [`supervise`], [`rank_output`]: live output, failures, timeout, interrupt;

@@ -101,6 +101,33 @@ fn last_line(report: &RunReport, rank: usize) -> String {
     short
 }
 
+/// Pool ranks that panicked in a `%%px` cell (each keeps its earlier variables), as
+/// (`evalue`, traceback lines); ranks failing alike are said once. `None` when none did.
+pub fn panics_failure(panics: &[(usize, String)]) -> Option<(String, Vec<String>)> {
+    let mut groups: Vec<(Vec<usize>, &str)> = Vec::new();
+    for (rank, message) in panics {
+        let message = if message.trim().is_empty() { "the cell panicked" } else { message.as_str() };
+        match groups.iter_mut().find(|(_, m)| *m == message) {
+            Some((ranks, _)) => ranks.push(*rank),
+            None => groups.push((vec![*rank], message)),
+        }
+    }
+    let said: Vec<String> = groups
+        .iter_mut()
+        .map(|(ranks, message)| {
+            ranks.sort_unstable();
+            format!("{} panicked: {message}", ranks_label(ranks))
+        })
+        .collect();
+    let evalue = said.first()?.clone();
+    let traceback = said
+        .iter()
+        .map(|s| format!("\x1b[1;31m%%px failed\x1b[0m: {s}"))
+        .chain(["Variables defined by this cell were dropped on every rank; earlier ones are kept.".to_string()])
+        .collect();
+    Some((evalue, traceback))
+}
+
 /// A failed run, as (`evalue`, traceback lines). `None` when every rank succeeded.
 pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
     let groups = groups(report);
@@ -191,6 +218,14 @@ fn list(ranks: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identical_pool_panics_are_said_once() {
+        let (evalue, tb) = panics_failure(&[(2, "boom".into()), (0, "boom".into()), (1, "other".into())]).unwrap();
+        assert_eq!(evalue, "ranks 0, 2 panicked: boom");
+        assert!(tb[1].contains("rank 1 panicked: other"));
+        assert_eq!(panics_failure(&[]), None);
+    }
     use crate::supervise::RankReport;
 
     fn res(ty: &str, debug: Option<&str>) -> RankResult {

@@ -256,8 +256,8 @@ impl Pool {
         match result {
             Ok(outputs) => {
                 let panics = std::mem::take(&mut *self.events.panics.lock().unwrap());
-                if !panics.is_empty() {
-                    return Err(rank_panics(&panics));
+                if let Some((evalue, traceback)) = ranch_magics::merge::panics_failure(&panics) {
+                    return Err(CellError { ename: "RankPanicked".into(), evalue, traceback });
                 }
                 let data = super::bundle(outputs);
                 if prepared.shows_value {
@@ -344,45 +344,4 @@ fn process_state(pid: u32) -> Option<(String, u64)> {
     let rss = field("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
     let state = if state.starts_with('R') { "running" } else { "idle" };
     Some((state.to_string(), rss))
-}
-
-/// One error for every rank that panicked; ranks with the same message are said once.
-fn rank_panics(panics: &[(usize, String)]) -> CellError {
-    let mut groups: Vec<(Vec<usize>, &str)> = Vec::new();
-    for (rank, message) in panics {
-        let message = if message.trim().is_empty() { "the cell panicked" } else { message.as_str() };
-        match groups.iter_mut().find(|(_, m)| *m == message) {
-            Some((ranks, _)) => ranks.push(*rank),
-            None => groups.push((vec![*rank], message)),
-        }
-    }
-    let said: Vec<String> = groups
-        .iter()
-        .map(|(ranks, message)| {
-            let mut ranks = ranks.clone();
-            ranks.sort_unstable();
-            format!("{} panicked: {message}", ranch_magics::merge::ranks_label(&ranks))
-        })
-        .collect();
-    CellError {
-        ename: "RankPanicked".into(),
-        evalue: said[0].clone(),
-        traceback: said
-            .iter()
-            .map(|s| format!("\x1b[1;31m%%px failed\x1b[0m: {s}"))
-            .chain(["Variables defined by this cell were dropped on every rank; earlier ones are kept.".to_string()])
-            .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identical_panics_are_said_once() {
-        let e = rank_panics(&[(2, "boom".into()), (0, "boom".into()), (1, "other".into())]);
-        assert_eq!(e.evalue, "ranks 0, 2 panicked: boom");
-        assert!(e.traceback[1].contains("rank 1 panicked: other"));
-    }
 }
