@@ -37,9 +37,10 @@ class RanchKernelTests(jkt.KernelTests):
 
     code_inspect_sample = "std::vec::Vec::new"
 
-    # Not supported, on purpose: ranch has no pager payloads (`code_page_something`) and
-    # no way for Rust code to send clear_output yet (`code_clear_output`); those two
-    # jupyter_kernel_test checks skip themselves.
+    code_page_something = "std::vec::Vec::new?"
+
+    # Not supported yet: no way for Rust code to send clear_output (`code_clear_output`);
+    # that jupyter_kernel_test check skips itself.
 
 
 class RanchIopubWelcome(jkt.IopubWelcomeTests):

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from conftest import execute, interrupt, local_crate, wait_for_output
+from conftest import execute, interrupt, local_crate, ok, wait_for_output
 
 
 def test_execution_count_starts_at_one(fresh_kernel):
@@ -199,3 +199,20 @@ def test_failed_cell_aborts_the_cells_queued_behind_it(kernel):
     assert replies[second]["status"] == "aborted"
     # Only what was queued is aborted: a cell sent as soon as the error arrived runs.
     assert execute(kernel, "3 + 3").result() == "6"
+
+
+def test_help_is_a_page_and_the_question_mark_operator_still_works(kernel):
+    kc = kernel
+    def page(run):
+        payload = ok(run).reply["content"]["payload"]
+        assert len(payload) == 1 and payload[0]["source"] == "page", payload
+        return payload[0]["data"]["text/plain"]
+    text = page(execute(kc, ":help"))
+    assert "%%ranch N" in text and "%ranch_start N" in text and ":dep" in text, text
+    assert "Vec" in page(execute(kc, "std::vec::Vec::new?")), "rust-analyzer's hover of the item"
+    run = ok(execute(kc, "no_such_item_here?"))
+    assert run.stream() == "No documentation found for `no_such_item_here`.\n" and run.reply["content"]["payload"] == []
+    # A session variable followed by `?` is Rust's operator, not a question.
+    ok(execute(kc, "let maybe: Result<i32, String> = Ok(41);"))
+    run = ok(execute(kc, "maybe? + 1"))
+    assert run.result() == "42" and run.reply["content"]["payload"] == []

@@ -30,6 +30,9 @@ impl Stream {
 pub trait OutputSink: Send + Sync {
     fn stream(&self, stream: Stream, text: &str);
     fn display(&self, data: MimeBundle, metadata: MimeBundle);
+    /// A help page: sent with the cell's reply as its `page` payload, which Jupyter shows in
+    /// its pager or help panel (ipykernel's `obj?`). The last page of a cell wins.
+    fn page(&self, _data: MimeBundle) {}
 }
 
 /// Asks the frontend for a line of input (Jupyter's stdin channel).

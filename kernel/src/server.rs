@@ -333,6 +333,8 @@ pub fn kernel_info() -> Value {
 struct IopubSink {
     iopub: Publisher,
     parent: JupyterMessage,
+    /// The cell's help page, for its reply.
+    page: std::sync::Mutex<Option<MimeBundle>>,
 }
 
 impl OutputSink for IopubSink {
@@ -344,6 +346,9 @@ impl OutputSink for IopubSink {
     fn display(&self, data: MimeBundle, metadata: MimeBundle) {
         let content = json!({"data": data, "metadata": metadata, "transient": {}});
         self.iopub.send_output("display_data", content, Some(&self.parent));
+    }
+    fn page(&self, data: MimeBundle) {
+        *self.page.lock().unwrap() = Some(data);
     }
 }
 
@@ -388,8 +393,9 @@ async fn execute(k: &Arc<Kernel>, msg: &JupyterMessage, req: &jupyter_protocol::
     if counts {
         k.history.lock().unwrap().record(n, &req.code);
     }
+    let sink = Arc::new(IopubSink { iopub: k.iopub.clone(), parent: msg.clone(), page: Default::default() });
     let cx = CellContext {
-        sink: Arc::new(IopubSink { iopub: k.iopub.clone(), parent: msg.clone() }),
+        sink: sink.clone(),
         input: req.allow_stdin.then(|| {
             Arc::new(StdinInput {
                 stdin: k.stdin.clone(),
@@ -411,7 +417,9 @@ async fn execute(k: &Arc<Kernel>, msg: &JupyterMessage, req: &jupyter_protocol::
                 let content = json!({"execution_count": n, "data": data, "metadata": {}, "transient": {}});
                 k.iopub.send("execute_result", content, Some(msg));
             }
-            json!({"status": "ok", "execution_count": n, "user_expressions": {}, "payload": []})
+            let page = sink.page.lock().unwrap().take();
+            let payload: Vec<Value> = page.map(|data| json!({"source": "page", "data": data, "start": 0})).into_iter().collect();
+            json!({"status": "ok", "execution_count": n, "user_expressions": {}, "payload": payload})
         }
         Err(e) => {
             let err = json!({"ename": e.ename, "evalue": e.evalue, "traceback": e.traceback});

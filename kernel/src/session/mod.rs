@@ -10,6 +10,7 @@ mod clean;
 mod disk;
 mod driven;
 mod events;
+mod help;
 mod host_rust;
 mod janitor;
 mod kernel_stderr;
@@ -259,6 +260,9 @@ impl EvcxrSession {
         if let Some(args) = code.trim_start().strip_prefix("%ranch_gpus") {
             return Ok(ranch_magics::driver::ranch_gpus(args)?);
         }
+        if let Some(outcome) = self.help(code, cx) {
+            return outcome;
+        }
         if let Some(outcome) = self.pool_magic(code, cx) {
             return outcome;
         }
@@ -382,7 +386,7 @@ impl Interpreter for EvcxrSession {
         }
         let ctx = self.context().ok()?;
         let (plain, html) = ctx.hover_at(code, cursor).ok()?;
-        if plain.trim().is_empty() {
+        if !help::documented(&plain) {
             return None;
         }
         let mut data = MimeBundle::new();
