@@ -201,6 +201,8 @@ def test_push_pull_and_out_move_values_between_the_session_and_the_ranks(pool):
     assert ok(execute(kc, "ws")).result() == "[[0.5, 0.25], [1.0, 0.5]]"
     ok(execute(kc, "%px_pull tag"))
     assert ok(execute(kc, "tag.len()")).result() == "3"
+    # --share copies session variables into every rank first (as %px_push), then runs the cell.
+    assert ok(execute(kc, "%%px --share lr\nlr[0]")).result() == "[9.0, 9.0, 9.0]"
 
 
 def test_data_magics_say_what_is_wrong(pool):

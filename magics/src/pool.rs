@@ -134,6 +134,9 @@ pub struct PxArgs {
     /// Bind the ranks' values in the session as `NAME: Vec<T>` (T: Serialize + Deserialize).
     #[arg(long, value_name = "NAME[: T]", value_parser = parse_out)]
     pub out: Option<Out>,
+    /// Session variables to copy into every rank first, as `%px_push` does.
+    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_ident)]
+    pub share: Vec<String>,
 }
 
 /// `--targets`: pool ranks, sorted, each once.

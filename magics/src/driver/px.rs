@@ -87,6 +87,9 @@ impl Driver {
     pub fn px(&mut self, session: &mut dyn Session, host: &dyn Host, code: &str) -> Outcome {
         let Some((parsed, body)) = px_cell(code) else { return Err(usage("not a %%px cell")) };
         let Some(args) = args_or_help(parsed, host)? else { return Ok(None) };
+        if !args.share.is_empty() {
+            push(session, &args.share)?;
+        }
         match &args.out {
             Some(out) => px_out(session, body, &args, out),
             None => run_px(session, body, args.targets.as_ref()),
@@ -97,35 +100,7 @@ impl Driver {
     pub fn px_push(&mut self, session: &mut dyn Session, host: &dyn Host, args: &str) -> Outcome {
         let Some(args) = args_or_help(parse_push(args), host)? else { return Ok(None) };
         let n = session.pool()?.size();
-        let vars = session.variables()?;
-        let mut shipped = Vec::new();
-        for name in &args.names {
-            let Some((_, ty)) = vars.iter().find(|(n, _)| n == name) else {
-                return Err(usage(format!("%px_push {name}: the session has no variable `{name}`")));
-            };
-            shipped.push(Shipped { name: name.clone(), ty: ty.clone() });
-        }
-        let dir = transfer_dir(session, "px-push")?;
-        let unshippable = session.export(&shipped, &dir.0)?;
-        if !unshippable.is_empty() {
-            return Err(Failure::new(
-                "UnshippableVariable",
-                format!("cannot send {} to the ranks. {SERDE_HINT}, or build the value in a %%px cell.", unshippable.join(", ")),
-            ));
-        }
-        let code: String = shipped
-            .iter()
-            .map(|v| {
-                format!(
-                    // `mut`: the ranks own their copies, to change as they like.
-                    "let mut {name}: {ty} = ranch::__rt::load_from::<{ty}>({dir:?}, {name:?}, {ty:?});\n",
-                    name = v.name,
-                    ty = v.ty,
-                    dir = dir.0.to_string_lossy()
-                )
-            })
-            .collect();
-        run_px(session, &code, None)?;
+        let shipped = push(session, &args.names)?;
         let names: Vec<String> = shipped.iter().map(|v| format!("`{}`", v.name)).collect();
         host.stream(Stream::Stdout, &format!("Pushed {} to the pool's {n} ranks.\n", names.join(", ")));
         Ok(None)
@@ -155,6 +130,40 @@ impl Driver {
         );
         Ok(None)
     }
+}
+
+/// `let mut a: T = <the session's a>;` on every rank, for each of `names`.
+fn push(session: &mut dyn Session, names: &[String]) -> Result<Vec<Shipped>, Failure> {
+    let vars = session.variables()?;
+    let mut shipped = Vec::new();
+    for name in names {
+        let Some((_, ty)) = vars.iter().find(|(n, _)| n == name) else {
+            return Err(usage(format!("the session has no variable `{name}` to copy to the ranks")));
+        };
+        shipped.push(Shipped { name: name.clone(), ty: ty.clone() });
+    }
+    let dir = transfer_dir(session, "px-push")?;
+    let unshippable = session.export(&shipped, &dir.0)?;
+    if !unshippable.is_empty() {
+        return Err(Failure::new(
+            "UnshippableVariable",
+            format!("cannot send {} to the ranks. {SERDE_HINT}, or build the value in a %%px cell.", unshippable.join(", ")),
+        ));
+    }
+    let code: String = shipped
+        .iter()
+        .map(|v| {
+            format!(
+                // `mut`: the ranks own their copies, to change as they like.
+                "let mut {name}: {ty} = ranch::__rt::load_from::<{ty}>({dir:?}, {name:?}, {ty:?});\n",
+                name = v.name,
+                ty = v.ty,
+                dir = dir.0.to_string_lossy()
+            )
+        })
+        .collect();
+    run_px(session, &code, None)?;
+    Ok(shipped)
 }
 
 /// Runs `body` on the pool's ranks (`targets`, or all), after bringing in the session's items.

@@ -297,6 +297,12 @@ fn push_ships_session_variables_as_mutable_rank_variables() {
     assert_eq!(calls.exported, ["cfg"]);
     assert!(calls.ran[0].0.starts_with("let mut cfg: Config = ranch::__rt::load_from::<Config>("), "{}", calls.ran[0].0);
     assert_eq!(calls.ran[0].1, [0, 1]);
+    drop(calls);
+    // --share on a cell pushes first, to every rank, then runs the cell on its targets.
+    Driver::default().px(&mut s, &host, "%%px --share cfg --targets 1\ncfg.len()").unwrap();
+    let calls = s.calls.borrow();
+    assert!(calls.ran[1].0.starts_with("let mut cfg: Config") && calls.ran[1].1 == [0, 1]);
+    assert_eq!(calls.ran[2], ("cfg.len()".to_string(), vec![1]));
 }
 
 #[test]
