@@ -66,8 +66,15 @@ fn run_loop(end_line: &str) -> ! {
     type CellFn = extern "C" fn(*mut std::ffi::c_void) -> *mut std::ffi::c_void;
     let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
     let mut libraries: Vec<libloading::Library> = Vec::new();
-    // A pool's rank ends each cell's group when the cell returns (see ranch's comm::pool).
+    // A pool's rank calls the runtime before each cell (`--ddp`: form its group) and after it
+    // (end its group); see ranch's comm::pool. Only cells that link the runtime have them.
     let pool_rank = std::env::var_os(super::pool::RANK_ENV).is_some();
+    let call = |lib: &libloading::Library, symbol: &str| {
+        // SAFETY: the runtime exports these as `extern "C" fn()`.
+        if let Ok(f) = unsafe { lib.get::<extern "C" fn()>(symbol.as_bytes()) } {
+            f();
+        }
+    };
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let Some((library, function)) = line.strip_prefix("LOAD_AND_RUN ").and_then(|r| r.split_once(' ')) else {
@@ -80,16 +87,11 @@ fn run_loop(end_line: &str) -> ! {
             libloading::Library::new(library).and_then(|lib| {
                 let cell = *lib.get::<CellFn>(function.as_bytes())?;
                 if pool_rank {
-                    if let Ok(begin) = lib.get::<extern "C" fn()>(ranch::__rt::POOL_CELL_BEGIN.as_bytes()) {
-                        begin();
-                    }
+                    call(&lib, ranch::__rt::POOL_CELL_BEGIN);
                 }
                 store = cell(store);
                 if pool_rank {
-                    // Only cells that link the runtime have it.
-                    if let Ok(end) = lib.get::<extern "C" fn()>(ranch::__rt::POOL_CELL_END.as_bytes()) {
-                        end();
-                    }
+                    call(&lib, ranch::__rt::POOL_CELL_END);
                 }
                 libraries.push(lib);
                 Ok(())

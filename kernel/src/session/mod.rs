@@ -358,7 +358,7 @@ impl Interpreter for EvcxrSession {
         self.cell.begin(cx.sink.clone());
         let _end = CellEnd { cell: self.cell.clone(), run: self.run.clone() };
         let outcome = self.execute_cell(code, cx);
-        procs::reap_adopted(&self.own_children());
+        procs::reap_adopted(&self.run.own_children());
         outcome
     }
 
@@ -426,12 +426,6 @@ impl Interpreter for EvcxrSession {
         self.listener = None;
         // The process exits without running destructors: remove what is ours now.
         let _ = std::fs::remove_dir_all(self.private.path());
-    }
-}
-
-impl EvcxrSession {
-    fn own_children(&self) -> Vec<i32> {
-        self.run.own_children()
     }
 }
 

@@ -6,7 +6,7 @@ use super::driven::CellHost;
 use super::pool::Pool;
 use crate::interpreter::{CellContext, CellError, CellOutcome, Stream};
 use ranch_magics::driver::Session as _;
-use ranch_magics::driver::px::{px_cell, run_px};
+use ranch_magics::driver::px::{args_or_help, px_cell, run_px};
 use std::sync::atomic::Ordering;
 
 fn usage(msg: impl Into<String>) -> CellError {
@@ -76,14 +76,15 @@ impl EvcxrSession {
     }
 
     fn ranch_start(&mut self, args: &str, cx: &CellContext) -> CellOutcome {
-        let group_file = Pool::group_file(self.private.path());
         let host = CellHost::new(cx, &self.run);
-        let Some((args, plan)) = self.driver.pool_plan(&host, args, &group_file)? else { return Ok(None) };
+        let Some(args) = args_or_help(ranch_magics::pool::parse(args), &host)? else { return Ok(None) };
+        // Before any check that says something (a GPU warning): a refused start changes nothing.
         if let Some(n) = self.pool.as_ref().map(Pool::size).or(self.pool_starting.as_ref().map(|s| s.n)) {
             return Err(usage(format!(
                 "a pool of {n} ranks is running: stop it first with `%ranch_stop` (its ranks' variables are lost)"
             )));
         }
+        let plan = self.driver.pool_plan(&host, &args, &Pool::group_file(self.private.path()))?;
         self.add_runtime()?;
         // The ranks start at once, but the pool's evcxr context takes seconds (rust-analyzer):
         // it starts in the background, and the first pool cell waits for it.

@@ -71,16 +71,14 @@ fn transfer_dir(session: &dyn Session, what: &str) -> Result<RunDir, Failure> {
 
 impl Driver {
     /// `%ranch_start`'s checks and each rank's environment (`group_file`: where each cell's
-    /// group will be said); `None` when it showed its help.
-    pub fn pool_plan(&mut self, host: &dyn Host, args: &str, group_file: &Path) -> Result<Option<(PoolArgs, RankPlan)>, Failure> {
-        let Some(args) = args_or_help(crate::pool::parse(args), host)? else { return Ok(None) };
-        crate::pool::check_see(&args).map_err(usage)?;
+    /// group will be said).
+    pub fn pool_plan(&mut self, host: &dyn Host, args: &PoolArgs, group_file: &Path) -> Result<RankPlan, Failure> {
+        crate::pool::check_see(args).map_err(usage)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let plan = self.plan_launch(args.n, host, |found, visible| {
-            crate::pool::rank_plan(&args, &found.devices, visible, cores, group_file, |k| std::env::var(k).ok())
+        self.plan_launch(args.n, host, |found, visible| {
+            crate::pool::rank_plan(args, &found.devices, visible, cores, group_file, |k| std::env::var(k).ok())
                 .map(|p| (p.warning.clone(), p))
-        })?;
-        Ok(Some((args, plan)))
+        })
     }
 
     /// A `%%px` cell or `%px` line (`code` starts with the magic).
