@@ -209,6 +209,9 @@ def test_ranch_gpus_adds_free_memory_and_utilisation_from_nvml(fake_driver, tmp_
 def test_nccl_collectives_move_device_buffers(fake_driver, fake_nccl):
     # The fake NCCL computes as if every rank held the same data: the point is the path from
     # a host vector through cudarc's buffers, NCCL's four collectives and back.
+    # It does not wait for the peers as a real NCCL does, so a fast rank could finish the cell
+    # while the other still calls NCCL (which then refuses: its peer is gone); the barrier at
+    # the end keeps both in the cell, as a real NCCL's collectives would.
     body = """%%ranch 2
 let nccl = ranch::cuda::nccl()?;
 let s = &nccl.gpu.stream;
@@ -221,6 +224,7 @@ let mut mine = s.alloc_zeros::<f32>(4)?;
 nccl.reduce_scatter(&all, &mut mine, ranch::Op::Sum)?;
 nccl.synchronize()?;
 let wrong = nccl.all_gather(&x, &mut mine).unwrap_err().to_string();
+ranch::comm().barrier()?;
 (s.clone_dtoh(&x)?, s.clone_dtoh(&all)?.len(), s.clone_dtoh(&mine)?, wrong)"""
     with kernel(fake_driver, 2, libs=[fake_nccl], FAKE_NCCL="works") as kc:
         run = ok(execute(kc, body, timeout=300))
