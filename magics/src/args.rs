@@ -1,5 +1,6 @@
 //! `%%ranch N [flags]`: the magic line, parsed with clap.
 
+use crate::hosts::{LauncherKind, Placement};
 use clap::{Parser, ValueEnum};
 
 /// Most ranks one cell may ask for unless `RANCH_MAX_RANKS` says otherwise.
@@ -113,9 +114,10 @@ pub struct RanchArgs {
     /// Global rank of this kernel's first rank.
     #[arg(long, value_name = "B", default_value = "0")]
     pub base_rank: usize,
-    /// Address of the group's rendezvous service (MASTER_ADDR).
-    #[arg(long, value_name = "A", default_value = "127.0.0.1")]
-    pub addr: String,
+    /// Address of the group's rendezvous service (MASTER_ADDR; default 127.0.0.1, or this
+    /// host's address toward the first of --hosts).
+    #[arg(long, value_name = "A")]
+    pub addr: Option<String>,
     /// Port of the group's rendezvous service (MASTER_PORT; default: a free port).
     #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
@@ -128,6 +130,19 @@ pub struct RanchArgs {
     /// `%in_ddp` only: return every rank's value, not only rank B's.
     #[arg(long)]
     pub gather: bool,
+    /// How ranks are started: on this host, by Open MPI's `mpirun`, or by Slurm's `srun`
+    /// (default: local, or mpirun when hosts are given).
+    #[arg(long, value_enum, value_name = "local|mpirun|srun")]
+    pub launcher: Option<LauncherKind>,
+    /// Hosts and their slots, e.g. `h1:2,h2:2`; N must be the sum of the slots.
+    #[arg(long, value_name = "H:S,H:S", conflicts_with = "hostfile")]
+    pub hosts: Option<String>,
+    /// A hostfile (Open MPI's form: `h1 slots=2` per line) instead of --hosts.
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<std::path::PathBuf>,
+    /// The launcher and hosts, from the three flags above (filled by `parse`).
+    #[arg(skip)]
+    pub placement: Placement,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,6 +155,17 @@ impl RanchArgs {
     /// Ranks in the whole group.
     pub fn world(&self) -> usize {
         self.world_size.unwrap_or(self.n)
+    }
+
+    /// `MASTER_ADDR`: `--addr`, else an address the ranks can reach (the hosts', when named).
+    pub fn master_addr(&self) -> Result<String, String> {
+        if let Some(a) = &self.addr {
+            return Ok(a.clone());
+        }
+        match self.placement.hosts.first() {
+            Some(h) => crate::hosts::address_toward(&h.name).map(|a| a.to_string()),
+            None => Ok("127.0.0.1".into()),
+        }
     }
 
     /// Whether this kernel hosts the group's rendezvous (it launches global rank 0).
@@ -158,7 +184,7 @@ impl RanchArgs {
                 self.n
             ));
         }
-        if world > self.n && self.port.is_none() {
+        if world > self.n && self.port.is_none() && self.hosts.is_none() && self.hostfile.is_none() {
             return Err(format!(
                 "a group of {world} ranks launched by several kernels needs a known rendezvous port: add --port P to every kernel's magic"
             ));
@@ -254,8 +280,9 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
     let tokens = shlex::split(args).ok_or_else(|| UsageError(format!("unbalanced quotes in `%%ranch {args}`")))?;
     let tokens = join_out_type(tokens);
     match RanchArgs::try_parse_from(tokens) {
-        Ok(a) => {
+        Ok(mut a) => {
             a.check_group().map_err(UsageError)?;
+            a.placement = placement(&a).map_err(UsageError)?;
             if a.gather {
                 return Err(UsageError("--gather is for %in_ddp; %%ranch always gathers every rank's value".into()));
             }
@@ -275,11 +302,23 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
     }
 }
 
+/// The launcher and hosts the flags ask for (a hostfile is read here: a bad one is a
+/// usage error before anything is built).
+pub(crate) fn placement(a: &RanchArgs) -> Result<Placement, String> {
+    let hosts = match (&a.hosts, &a.hostfile) {
+        (Some(spec), _) => Some(crate::hosts::parse_hosts(spec)?),
+        (None, Some(file)) => Some(crate::hosts::read_hostfile(file)?),
+        (None, None) => None,
+    };
+    crate::hosts::resolve(a.launcher, hosts, a.n)
+}
+
 /// Flags that take a value (the others are switches), for finding where `%in_ddp`'s
 /// expression starts.
 const VALUE_FLAGS: &[&str] = &[
     "--share", "--out", "--ctx", "--on-error", "--timeout", "--group-outputs", "--see", "--gpus",
     "--gpu-visibility", "--world-size", "--base-rank", "--addr", "--port", "--backend", "--collective-timeout",
+    "--launcher", "--hosts", "--hostfile",
 ];
 
 /// `%in_ddp N [flags] EXPR`: the launch (always with a process group) and the expression.

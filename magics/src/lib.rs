@@ -9,8 +9,9 @@
 //! - [`program`]: the rank program's crate;
 //! - [`build`], [`artifacts`]: one cargo build, reusing the session's compiled dependencies,
 //!   and the built programs kept for the same cell run again;
-//! - [`gpus`], [`group`], [`launch`]: GPU pinning, the process group's rendezvous and
-//!   segment, and spawning ranks;
+//! - [`gpus`], [`group`], [`hosts`], [`launch`]: GPU pinning, the process group's
+//!   rendezvous and segment, where ranks run, and starting them (spawned here, or by
+//!   `mpirun`/`srun`);
 //! - [`supervise`], [`rank_output`]: live output, failures, timeout, interrupt;
 //! - [`merge`], [`diagnostic`]: what the notebook shows.
 
@@ -22,6 +23,7 @@ pub mod diagnostic;
 pub mod driver;
 pub mod gpus;
 pub mod group;
+pub mod hosts;
 pub mod launch;
 pub mod merge;
 pub mod pool;

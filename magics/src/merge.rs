@@ -66,7 +66,10 @@ fn groups(report: &RunReport) -> Vec<(Vec<usize>, String)> {
         if matches!(r.ending, Ending::Success | Ending::Stopped) {
             continue;
         }
-        let what = describe(&r.ending);
+        let what = match &r.host {
+            Some(host) => format!("{} (host {host})", describe(&r.ending)),
+            None => describe(&r.ending),
+        };
         match groups.iter_mut().find(|(_, w)| *w == what) {
             Some((ranks, _)) => ranks.push(i + report.first_rank),
             None => groups.push((vec![i + report.first_rank], what)),
@@ -206,6 +209,7 @@ fn describe(e: &Ending) -> String {
             format!("was killed by signal {s} ({name})")
         }
         Ending::NotStarted(why) => format!("could not be started: {why}"),
+        Ending::Lost(why) => format!("was lost: {why}"),
         Ending::Success => "succeeded".into(),
         Ending::Stopped => "was stopped".into(),
     }
@@ -251,10 +255,11 @@ mod tests {
 
     #[test]
     fn failures_name_ranks_messages_and_last_lines() {
-        let ok = RankReport { ending: Ending::Success, last_lines: Default::default() };
+        let ok = RankReport { ending: Ending::Success, last_lines: Default::default(), host: None };
         let bad = RankReport {
             ending: Ending::Panicked { message: "boom".into(), line: Some(3) },
             last_lines: ["step 1".to_string()].into(),
+            host: None,
         };
         let report = RunReport {
             ranks: vec![ok.clone(), bad, RankReport { ending: Ending::Stopped, ..ok }],
@@ -271,9 +276,9 @@ mod tests {
 
     #[test]
     fn ranks_failing_the_same_way_are_said_once() {
-        let panic = |m: &str| RankReport { ending: Ending::Panicked { message: m.into(), line: Some(2) }, last_lines: [format!("<{m}>")].into() };
+        let panic = |m: &str| RankReport { ending: Ending::Panicked { message: m.into(), line: Some(2) }, last_lines: [format!("<{m}>")].into(), host: None };
         let mut ranks: Vec<RankReport> = (0..8).map(|_| panic("out of memory")).collect();
-        ranks[5] = RankReport { ending: Ending::ExitCode(3), last_lines: Default::default() };
+        ranks[5] = RankReport { ending: Ending::ExitCode(3), last_lines: Default::default(), host: None };
         ranks[9 - 2] = panic("bad shard");
         let report = RunReport { ranks, stopped: None, elapsed: Default::default(), first_rank: 10, pids: vec![] };
         let (evalue, tb) = failure(&report).unwrap();

@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stream {
     Stdout,
     Stderr,
@@ -38,14 +38,20 @@ pub type Deliver<'a> = &'a dyn Fn(Output) -> bool;
 /// Reads `pipe` of `rank` until it closes, or until [`DRAIN_AFTER_EXIT`] after `exited` is
 /// set. Delivers whole lines (a last unterminated one too).
 pub fn read(pipe: impl Read + AsFd, rank: usize, stream: Stream, deliver: Deliver, exited: &OnceLock<Instant>) {
+    let mut text = RankText::new(rank, stream);
+    read_with(pipe, exited, |bytes| text.feed(bytes, deliver));
+    text.finish(deliver);
+}
+
+/// Passes what `pipe` gives to `take` until the pipe closes, `take` fails (nobody listens),
+/// or [`DRAIN_AFTER_EXIT`] has passed since `exited` was set.
+pub fn read_with(pipe: impl Read + AsFd, exited: &OnceLock<Instant>, mut take: impl FnMut(&[u8]) -> Result<(), ()>) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut pipe = pipe;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut lines = LineSplitter::default();
-    let mut display = DisplayParser::default();
     loop {
         if exited.get().is_some_and(|t| t.elapsed() > DRAIN_AFTER_EXIT) {
-            break;
+            return;
         }
         let readable = {
             let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
@@ -55,18 +61,45 @@ pub fn read(pipe: impl Read + AsFd, rank: usize, stream: Stream, deliver: Delive
             continue;
         }
         let n = match pipe.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let complete = lines.push(&buf[..n]);
-        if !complete.is_empty() && send(complete, rank, stream, &mut display, deliver).is_err() {
+        if take(&buf[..n]).is_err() {
             return;
         }
     }
-    let mut rest = lines.finish();
-    rest.extend(display.abandon());
-    if !rest.is_empty() {
-        let _ = send(rest, rank, stream, &mut DisplayParser::default(), deliver);
+}
+
+/// One rank's stream turned into lines and displays as its bytes come, from a pipe of its
+/// own or from a launcher's tagged output.
+pub struct RankText {
+    rank: usize,
+    stream: Stream,
+    lines: LineSplitter,
+    display: DisplayParser,
+}
+
+impl RankText {
+    pub fn new(rank: usize, stream: Stream) -> RankText {
+        RankText { rank, stream, lines: LineSplitter::default(), display: DisplayParser::default() }
+    }
+
+    /// Delivers the complete lines `bytes` end. Err: nobody listens any more.
+    pub fn feed(&mut self, bytes: &[u8], deliver: Deliver) -> Result<(), ()> {
+        let complete = self.lines.push(bytes);
+        if complete.is_empty() {
+            return Ok(());
+        }
+        send(complete, self.rank, self.stream, &mut self.display, deliver)
+    }
+
+    /// Delivers what is left: a last unterminated line, an unfinished display block as text.
+    pub fn finish(mut self, deliver: Deliver) {
+        let mut rest = self.lines.finish();
+        rest.extend(self.display.abandon());
+        if !rest.is_empty() {
+            let _ = send(rest, self.rank, self.stream, &mut DisplayParser::default(), deliver);
+        }
     }
 }
 

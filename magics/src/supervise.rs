@@ -57,6 +57,8 @@ pub enum Ending {
     Stopped,
     /// The process could not be started.
     NotStarted(String),
+    /// Its launcher ended without saying how the rank did (the message says what is known).
+    Lost(String),
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +66,8 @@ pub struct RankReport {
     pub ending: Ending,
     /// The last lines it wrote (stdout and stderr), for error reports.
     pub last_lines: VecDeque<String>,
+    /// The host it ran on, when a launcher placed it on named hosts.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +92,20 @@ pub struct RunReport {
 
 enum Event {
     Output(Output),
+    /// A rank's process exited.
     Exit(usize, std::io::Result<ExitStatus>),
+    /// A rank started by a launcher ended as its launcher's report says.
+    Ended(usize, Ending, Option<String>),
+    /// A line the launcher wrote itself.
+    Launcher(String),
+}
+
+/// Who the supervisor signals to stop ranks.
+enum Targets<'a> {
+    /// Each rank leads its own process group.
+    Ranks(&'a std::sync::Mutex<Vec<Option<u32>>>),
+    /// One launcher (its process group) stops every rank it started.
+    Launcher { pid: &'a std::sync::Mutex<Option<u32>>, name: &'static str },
 }
 
 const LAST_LINES: usize = 10;
@@ -101,6 +118,10 @@ pub const GROUPED_LIMIT: usize = 16 << 20;
 pub const PANIC_EXIT_CODE: i32 = 101;
 /// Between the polite signal and SIGKILL.
 const GRACE: Duration = Duration::from_millis(500);
+/// Between SIGTERM to a launcher and SIGKILL: it stops its ranks on every host first.
+const LAUNCHER_GRACE: Duration = Duration::from_secs(5);
+/// The launcher's own last lines kept for reading its report.
+const LAUNCHER_LINES: usize = 200;
 
 /// Starts `n` ranks with `spawn(rank)` and supervises them until all have exited.
 /// `panic_line` maps a rank's panic location (line in its main.rs) to a cell line.
@@ -151,15 +172,134 @@ pub fn supervise(
             });
         }
         drop(tx);
-        watch(n, &rx, &pids, started, run_dir, policy, sink, cancel, panic_line)
+        watch(n, &rx, &Targets::Ranks(&pids), started, run_dir, policy, sink, cancel, panic_line)
     })
+}
+
+/// Runs `command`, a launcher that starts all `n` ranks itself, and supervises them until
+/// it exits: each rank's output is split from the launcher's tagged output, the
+/// launcher's own lines are shown as `[mpirun] ...`, and each rank's ending comes from
+/// its result or panic report and the launcher's account of the rank that failed.
+/// `rank_hosts` names each rank's host when hosts were named; `watch_pid` is told the
+/// launcher's process group when it starts.
+#[allow(clippy::too_many_arguments)]
+pub fn supervise_launcher(
+    n: usize,
+    command: &crate::launch::LauncherCommand,
+    rank_hosts: &[String],
+    run_dir: &Path,
+    policy: &Policy,
+    sink: &dyn RankSink,
+    cancel: &Cancel,
+    panic_line: &(dyn Fn(u32) -> Option<usize> + Sync),
+    watch_pid: &dyn Fn(u32),
+) -> RunReport {
+    let started = Instant::now();
+    let pid: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
+    let (tx, rx) = mpsc::sync_channel::<Event>(CHANNEL);
+    let own_lines: std::sync::Mutex<VecDeque<String>> = std::sync::Mutex::default();
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("cannot run `{}`: {e} (is {} installed and on the PATH?)", command.program, command.name);
+            for rank in 0..n {
+                let _ = tx.send(Event::Ended(rank, Ending::NotStarted(why.clone()), None));
+            }
+            drop(tx);
+            return watch(n, &rx, &Targets::Launcher { pid: &pid, name: command.name }, started, run_dir, policy, sink, cancel, panic_line);
+        }
+    };
+    *pid.lock().unwrap() = Some(child.id());
+    watch_pid(child.id());
+    let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    std::thread::scope(|scope| {
+        let exited: Arc<OnceLock<Instant>> = Arc::default();
+        let reader = |pipe: std::fs::File, stream: Stream| {
+            let (tx, exited, own_lines) = (tx.clone(), exited.clone(), &own_lines);
+            move || {
+                let deliver = |o| tx.send(Event::Output(o)).is_ok();
+                let launcher_line = |line: &str| {
+                    let mut kept = own_lines.lock().unwrap();
+                    if kept.len() == LAUNCHER_LINES {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line.to_string());
+                    let _ = tx.send(Event::Launcher(line.to_string()));
+                };
+                let mut demux = crate::launch::tagged::Demux::new(command.tags, n, stream, &deliver, &launcher_line);
+                rank_output::read_with(pipe, &exited, |bytes| demux.feed(bytes));
+                demux.finish();
+            }
+        };
+        let r1 = scope.spawn(reader(std::fs::File::from(std::os::fd::OwnedFd::from(out)), Stream::Stdout));
+        let r2 = scope.spawn(reader(std::fs::File::from(std::os::fd::OwnedFd::from(err)), Stream::Stderr));
+        let tx_end = tx.clone();
+        let (own_lines, pid) = (&own_lines, &pid);
+        scope.spawn(move || {
+            let status = child.wait();
+            let _ = exited.set(Instant::now());
+            let _ = (r1.join(), r2.join());
+            let lines: Vec<String> = own_lines.lock().unwrap().iter().cloned().collect();
+            let endings = launcher_endings(n, command, &status, &lines, rank_hosts, run_dir, panic_line);
+            *pid.lock().unwrap() = None;
+            for (rank, (ending, host)) in endings.into_iter().enumerate() {
+                let _ = tx_end.send(Event::Ended(rank, ending, host));
+            }
+        });
+        drop(tx);
+        watch(n, &rx, &Targets::Launcher { pid, name: command.name }, started, run_dir, policy, sink, cancel, panic_line)
+    })
+}
+
+/// How each rank of a launcher's job ended: a rank that wrote its result succeeded; the
+/// rank the launcher blames ended as it says (a panic as its report says); a rank that
+/// panicked otherwise panicked; the rest were stopped with the job, or are lost when the
+/// launcher failed without blaming anyone.
+fn launcher_endings(
+    n: usize,
+    command: &crate::launch::LauncherCommand,
+    status: &std::io::Result<ExitStatus>,
+    lines: &[String],
+    rank_hosts: &[String],
+    run_dir: &Path,
+    panic_line: &dyn Fn(u32) -> Option<usize>,
+) -> Vec<(Ending, Option<String>)> {
+    let culprits = (command.report)(lines);
+    (0..n)
+        .map(|rank| {
+            let culprit = culprits.iter().find(|c| c.rank == rank);
+            let host = culprit.and_then(|c| c.host.clone()).or_else(|| rank_hosts.get(rank).cloned());
+            if ranch::__rt::result_path(run_dir, rank).exists() {
+                return (Ending::Success, host);
+            }
+            let ending = match culprit {
+                Some(c) => {
+                    let raw = match c.end {
+                        crate::launch::RankEnd::Code(code) => (code & 0xff) << 8,
+                        crate::launch::RankEnd::Signal(sig) => sig & 0x7f,
+                    };
+                    ending_of(Ok(ExitStatus::from_raw(raw)), run_dir, rank, panic_line, false)
+                }
+                None => match read_panic(run_dir, rank, panic_line) {
+                    Some(p) => p,
+                    None if !culprits.is_empty() => Ending::Stopped,
+                    None => Ending::Lost(match status {
+                        Ok(s) if s.success() => format!("{} ended without this rank's result", command.name),
+                        Ok(s) => format!("{} failed ({s}) before this rank finished; its messages are above", command.name),
+                        Err(e) => format!("{} could not be waited for: {e}", command.name),
+                    }),
+                },
+            };
+            (ending, host)
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
 fn watch(
     n: usize,
     rx: &mpsc::Receiver<Event>,
-    pids: &std::sync::Mutex<Vec<Option<u32>>>,
+    targets: &Targets,
     started: Instant,
     run_dir: &Path,
     policy: &Policy,
@@ -179,13 +319,29 @@ fn watch(
     // of them ended it (a rank that died of its own SIGKILL while the others were being
     // stopped is the cause, and is named as such).
     let mut sent: Vec<Vec<Signal>> = vec![Vec::new(); n];
-    let stop_all = |sig: Signal, ranks: &[Option<RankReport>], sent: &mut Vec<Vec<Signal>>| {
-        for (r, pid) in pids.lock().unwrap().iter().enumerate() {
-            if let (Some(pid), None) = (pid, &ranks[r]) {
-                sent[r].push(sig);
-                kill_group(*pid, sig);
+    let stop_all = |sig: Signal, ranks: &[Option<RankReport>], sent: &mut Vec<Vec<Signal>>| match targets {
+        Targets::Ranks(pids) => {
+            for (r, pid) in pids.lock().unwrap().iter().enumerate() {
+                if let (Some(pid), None) = (pid, &ranks[r]) {
+                    sent[r].push(sig);
+                    kill_group(*pid, sig);
+                }
             }
         }
+        Targets::Launcher { pid, .. } => {
+            // The launcher stops its ranks on every host; SIGINT would only be forwarded.
+            let sig = if sig == Signal::SIGINT { Signal::SIGTERM } else { sig };
+            for s in sent.iter_mut() {
+                s.push(sig);
+            }
+            if let Some(pid) = *pid.lock().unwrap() {
+                kill_group(pid, sig);
+            }
+        }
+    };
+    let grace = match targets {
+        Targets::Ranks(_) => GRACE,
+        Targets::Launcher { .. } => LAUNCHER_GRACE,
     };
 
     while ranks.iter().any(Option::is_none) {
@@ -217,11 +373,30 @@ fn watch(
                 let by_us = ended_by(&status, &sent[rank]);
                 let ending = ending_of(status, run_dir, rank, panic_line, by_us);
                 let failed = ending != Ending::Success && ending != Ending::Stopped;
-                ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]) });
+                ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]), host: None });
                 if failed && policy.on_error == OnError::Abort && stopped.is_none() {
                     stopped = Some(StopReason::RankFailed(rank));
                     stop_all(Signal::SIGTERM, &ranks, &mut sent);
-                    kill_at = Some(Instant::now() + GRACE);
+                    kill_at = Some(Instant::now() + grace);
+                }
+            }
+            Ok(Event::Ended(rank, ending, host)) => {
+                // A rank the launcher stopped after our signal was stopped by us.
+                let ending = match ending {
+                    Ending::Lost(_) | Ending::Signal(_) | Ending::ExitCode(_) if !sent[rank].is_empty() => Ending::Stopped,
+                    e => e,
+                };
+                let failed = ending != Ending::Success && ending != Ending::Stopped;
+                ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]), host });
+                if failed && policy.on_error == OnError::Abort && stopped.is_none() {
+                    stopped = Some(StopReason::RankFailed(rank));
+                    stop_all(Signal::SIGTERM, &ranks, &mut sent);
+                    kill_at = Some(Instant::now() + grace);
+                }
+            }
+            Ok(Event::Launcher(line)) => {
+                if let Targets::Launcher { name, .. } = targets {
+                    sink.output(Stream::Stderr, &format!("[{name}] {line}\n"));
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -231,13 +406,13 @@ fn watch(
         if stopped.is_none() && cancel.is_cancelled() {
             stopped = Some(StopReason::Interrupted);
             stop_all(Signal::SIGINT, &ranks, &mut sent);
-            kill_at = Some(now + GRACE);
+            kill_at = Some(now + grace);
         }
         if stopped.is_none() && deadline.is_some_and(|d| now >= d) {
             let running = (0..n).filter(|&r| ranks[r].is_none()).collect();
             stopped = Some(StopReason::Timeout { running });
             stop_all(Signal::SIGTERM, &ranks, &mut sent);
-            kill_at = Some(now + GRACE);
+            kill_at = Some(now + grace);
         }
         if kill_at.is_some_and(|k| now >= k) {
             stop_all(Signal::SIGKILL, &ranks, &mut sent);
@@ -245,7 +420,11 @@ fn watch(
         }
     }
     // Whatever a rank started is gone with it.
-    for pid in pids.lock().unwrap().iter().flatten() {
+    let pids: Vec<Option<u32>> = match targets {
+        Targets::Ranks(pids) => pids.lock().unwrap().clone(),
+        Targets::Launcher { .. } => vec![None; n],
+    };
+    for pid in pids.iter().flatten() {
         kill_group(*pid, Signal::SIGKILL);
     }
     if policy.group_outputs == GroupOutputs::Rank {
@@ -274,7 +453,7 @@ fn watch(
         stopped,
         elapsed: started.elapsed(),
         first_rank: policy.first_rank,
-        pids: pids.lock().unwrap().clone(),
+        pids,
     }
 }
 
@@ -324,11 +503,8 @@ fn ending_of(
         Err(_) => false,
     };
     if ended_by_panic {
-        let panic = std::fs::read(ranch::__rt::panic_path(run_dir, rank))
-            .ok()
-            .and_then(|b| ranch::__rt::PanicReport::decode(&b).ok());
-        if let Some(p) = panic {
-            return Ending::Panicked { message: p.message, line: panic_line(p.line) };
+        if let Some(p) = read_panic(run_dir, rank, panic_line) {
+            return p;
         }
     }
     match status {
@@ -341,6 +517,13 @@ fn ending_of(
         },
         Err(e) => Ending::NotStarted(e.to_string()),
     }
+}
+
+/// The panic rank `rank` reported, if it did.
+fn read_panic(run_dir: &Path, rank: usize, panic_line: &dyn Fn(u32) -> Option<usize>) -> Option<Ending> {
+    let bytes = std::fs::read(ranch::__rt::panic_path(run_dir, rank)).ok()?;
+    let p = ranch::__rt::PanicReport::decode(&bytes).ok()?;
+    Some(Ending::Panicked { message: p.message, line: panic_line(p.line) })
 }
 
 #[cfg(test)]

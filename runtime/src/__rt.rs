@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
+pub use crate::info::BASE_RANK_ENV;
 pub use crate::comm::{POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
 
 /// The symbols a pool rank calls in each cell's library before the cell runs and when it
@@ -126,8 +127,8 @@ impl RankResult {
     }
 }
 
-/// Result and panic files are named by local rank: a kernel's run directory holds only the
-/// ranks it launched.
+/// Result and panic files are named by the rank's place in its launch: a kernel's run
+/// directory holds only the ranks it launched, wherever they run.
 pub fn result_path(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank-{rank}.result"))
 }
@@ -139,7 +140,7 @@ pub fn panic_path(dir: &Path, rank: usize) -> PathBuf {
 /// Records this rank's tail value for the kernel.
 pub fn emit(type_name: &str, debug: Option<String>, value: Result<Vec<u8>, String>) {
     let result = RankResult { type_name: type_name.to_string(), debug, value: value.ok() };
-    let path = result_path(&run_dir(), crate::local_rank());
+    let path = result_path(&run_dir(), crate::info::launch_index());
     let bytes = result.encode();
     if let Err(e) = std::fs::write(&path, bytes) {
         eprintln!("ranch: cannot write the result to {}: {e}", path.display());
@@ -241,7 +242,7 @@ pub fn install_panic_hook() {
         };
         let (file, line) = info.location().map(|l| (l.file().to_string(), l.line())).unwrap_or_default();
         let report = PanicReport { message, file, line };
-        let written = std::fs::write(panic_path(&run_dir(), crate::local_rank()), report.encode()).ok();
+        let written = std::fs::write(panic_path(&run_dir(), crate::info::launch_index()), report.encode()).ok();
         if written.is_none() {
             eprintln!("panicked: {}", report.message);
         }

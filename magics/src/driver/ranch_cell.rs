@@ -3,10 +3,11 @@
 //! group, supervise them, merge what they report, bind `--out` back into the session.
 
 use super::{BuildTools, Driver, Failure, Host, HostSink, Outcome, RunDir, SERDE_HINT, Session, Stoppable, ranch_error, usage};
-use crate::args::{self, Parsed, RanchArgs};
+use crate::args::{self, Gpus, Parsed, RanchArgs};
+use crate::hosts::LauncherKind;
 use crate::build::{self, BuildError, BuildHandle};
 use crate::group::{self, GroupService};
-use crate::launch::{LaunchPlan, Launcher, LocalSpawner};
+use crate::launch::{LaunchPlan, Launcher, LauncherCommand, LocalSpawner, mpirun, srun};
 use crate::program::{self, CellProgram, RankProgram, Shipped};
 use crate::supervise::{self, Cancel, Policy};
 use crate::{artifacts, merge, source};
@@ -59,8 +60,19 @@ impl Driver {
         }
         // GPUs are checked before anything is built: asking for one that is not there is a
         // usage error.
-        let gpus = self.plan_launch(args.n, host, |found, visible| {
-            crate::gpus::plan(&found.devices, visible, &args.gpus, args.gpu_visibility, args.n).map(|p| (p.warning.clone(), p))
+        let foreign = args.placement.launcher != LauncherKind::Local;
+        if foreign && matches!(args.gpus, Gpus::Devices(_)) {
+            return Err(usage(format!(
+                "--gpus D,D pins ranks to GPUs of this host; ranks started by {} see the GPUs of their own host \
+                 (pick one with ranch::local_rank())",
+                args.placement.launcher.name()
+            )));
+        }
+        // A launcher that starts every rank gives them all one environment: no pinning.
+        let gpu_flag = if foreign { Gpus::None } else { args.gpus.clone() };
+        let per_host = args.placement.most_on_one_host(args.n);
+        let gpus = self.plan_launch(per_host, host, |found, visible| {
+            crate::gpus::plan(&found.devices, visible, &gpu_flag, args.gpu_visibility, args.n).map(|p| (p.warning.clone(), p))
         })?;
         session.add_runtime()?;
 
@@ -217,7 +229,8 @@ impl Launch<'_> {
     ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
         let args = self.args;
         let note = |text: &str| host.stream(supervise::Stream::Stderr, text);
-        let (_service, master_port, token) = start_or_join_group(args, &|| host.interrupted(), &note)?;
+        let master_addr = args.master_addr().map_err(usage)?;
+        let (_service, master_port, token) = start_or_join_group(args, &master_addr, &|| host.interrupted(), &note)?;
         // NCCL under the name cudarc looks for (see crate::gpus::nccl_lib).
         let nccl_dir = self
             .program
@@ -231,7 +244,7 @@ impl Launch<'_> {
         };
         let mut env = vec![("LD_LIBRARY_PATH".into(), library_path), (group::TOKEN_ENV.to_string(), token)];
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        env.extend(crate::threads::thread_env(cores, args.n, |k| std::env::var(k).ok()));
+        env.extend(crate::threads::thread_env(cores, args.placement.most_on_one_host(args.n), |k| std::env::var(k).ok()));
         if let Some(t) = args.collective_timeout {
             env.push((group::TIMEOUT_ENV.to_string(), t.to_string()));
         }
@@ -241,11 +254,12 @@ impl Launch<'_> {
             world_size: args.world(),
             base_rank: args.base_rank,
             run_dir: self.run_dir.to_path_buf(),
-            master_addr: args.addr.clone(),
+            master_addr,
             master_port,
             env,
             rank_env,
         };
+        let launcher = launcher_command(args, &plan)?;
         let policy = Policy {
             on_error: args.on_error,
             timeout: args.timeout.map(Duration::from_secs_f64),
@@ -259,14 +273,42 @@ impl Launch<'_> {
             cancel.cancel(); // an interrupt that came just before the cancel handle existed
         }
         let panic_line = |line: u32| self.program.cell_line(line as usize);
-        // Each rank leads a process group, killed with the kernel if it dies first.
-        let spawn = |rank: usize| {
-            let child = LocalSpawner.spawn_rank(&plan, rank)?;
-            host.watch(child.id() as i32, true);
-            Ok(child)
-        };
         let children_before = host.children();
-        let report = supervise::supervise(args.n, &spawn, self.run_dir, &policy, &HostSink(host), &cancel, &panic_line);
+        let report = match &launcher {
+            None => {
+                // Each rank leads a process group, killed with the kernel if it dies first.
+                let spawn = |rank: usize| {
+                    let child = LocalSpawner.spawn_rank(&plan, rank)?;
+                    host.watch(child.id() as i32, true);
+                    Ok(child)
+                };
+                supervise::supervise(args.n, &spawn, self.run_dir, &policy, &HostSink(host), &cancel, &panic_line)
+            }
+            Some(command) => {
+                host.log(&format!("%%ranch {}: {}", args.n, command.shown()));
+                let launcher_pid = std::sync::Mutex::new(None);
+                let watch_pid = |pid: u32| {
+                    *launcher_pid.lock().unwrap() = Some(pid);
+                    host.watch(pid as i32, true);
+                };
+                let rank_hosts = args.placement.rank_hosts();
+                let report = supervise::supervise_launcher(
+                    args.n,
+                    command,
+                    &rank_hosts,
+                    self.run_dir,
+                    &policy,
+                    &HostSink(host),
+                    &cancel,
+                    &panic_line,
+                    &watch_pid,
+                );
+                if let Some(pid) = *launcher_pid.lock().unwrap() {
+                    host.watch(pid as i32, false);
+                }
+                report
+            }
+        };
         for pid in report.pids.iter().flatten() {
             host.watch(*pid as i32, false);
         }
@@ -318,17 +360,53 @@ pub(super) fn bind_out(session: &mut dyn Session, out: &args::Out, types: &[Stri
     })
 }
 
+/// The command of the launcher that starts every rank (`None`: ranks are spawned here).
+/// `RANCH_MPIRUN`/`RANCH_SRUN` name the launcher's program, `RANCH_MPIRUN_ARGS`/
+/// `RANCH_SRUN_ARGS` add a site's arguments.
+fn launcher_command(args: &RanchArgs, plan: &LaunchPlan) -> Result<Option<LauncherCommand>, Failure> {
+    let extra = |var: &str| -> Result<Vec<String>, Failure> {
+        match std::env::var(var) {
+            Ok(v) => shlex::split(&v).ok_or_else(|| usage(format!("{var} has unbalanced quotes: {v}"))),
+            Err(_) => Ok(Vec::new()),
+        }
+    };
+    let keep_going = args.on_error == args::OnError::Continue;
+    Ok(match args.placement.launcher {
+        LauncherKind::Local => None,
+        LauncherKind::Mpirun => Some(mpirun::command(
+            plan,
+            &mpirun::MpirunOptions {
+                hosts: args.placement.hosts.clone(),
+                keep_going,
+                as_root: nix::unistd::geteuid().is_root(),
+                program: std::env::var("RANCH_MPIRUN").ok(),
+                extra: extra("RANCH_MPIRUN_ARGS")?,
+            },
+        )),
+        LauncherKind::Srun => {
+            if !args.placement.hosts.is_empty() {
+                std::fs::write(srun::hostfile_path(plan), srun::hostfile(&args.placement))
+                    .map_err(|e| ranch_error(format!("cannot write the Slurm hostfile: {e}")))?;
+            }
+            let options =
+                srun::SrunOptions { keep_going, program: std::env::var("RANCH_SRUN").ok(), extra: extra("RANCH_SRUN_ARGS")? };
+            Some(srun::command(plan, &args.placement, &options))
+        }
+    })
+}
+
 /// The group the ranks join: hosted here (this kernel launches rank 0), or another
 /// kernel's, found through the token it published for its port.
 fn start_or_join_group(
     args: &RanchArgs,
+    addr: &str,
     interrupted: &dyn Fn() -> bool,
     note: &dyn Fn(&str),
 ) -> Result<(Option<GroupService>, u16, String), Failure> {
     if args.hosts_group() {
         let token = group::new_token().map_err(ranch_error)?;
         let publish = args.world() > args.n;
-        let service = GroupService::start(&args.addr, args.port, args.world(), &token, publish).map_err(|e| {
+        let service = GroupService::start(addr, args.port, args.world(), &token, publish).map_err(|e| {
             if let Some(port) = args.port { usage(format!("--port {port}: {e}")) } else { ranch_error(e) }
         })?;
         let port = service.port();
