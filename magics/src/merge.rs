@@ -143,9 +143,9 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
         .collect();
     let headline = match &report.stopped {
         Some(StopReason::Interrupted) => format!("interrupted: stopped all {} ranks", report.ranks.len()),
-        Some(StopReason::Timeout { running }) => {
+        Some(StopReason::Timeout { running, limit }) => {
             let running: Vec<usize> = running.iter().map(|r| r + report.first_rank).collect();
-            format!("timed out after {:.1}s; ranks still running were stopped: {}", report.elapsed.as_secs_f64(), list(&running))
+            format!("timed out after {:.1}s (--timeout); ranks still running were stopped: {}", limit.as_secs_f64(), list(&running))
         }
         _ if groups.is_empty() => return None,
         _ => groups.iter().map(|(ranks, what)| format!("{} {what}", ranks_label(ranks))).collect::<Vec<_>>().join("; "),

@@ -72,7 +72,7 @@ pub struct RankReport {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopReason {
-    Timeout { running: Vec<usize> },
+    Timeout { running: Vec<usize>, limit: Duration },
     Interrupted,
     /// `--on-error abort`: this rank failed first.
     RankFailed(usize),
@@ -242,7 +242,7 @@ pub fn supervise_launcher(
             let lines: Vec<String> = own_lines.lock().unwrap().iter().cloned().collect();
             let endings = launcher_endings(n, command, &status, &lines, rank_hosts, run_dir, panic_line);
             *pid.lock().unwrap() = None;
-            for (rank, (ending, host)) in endings.into_iter().enumerate() {
+            for (rank, ending, host) in endings {
                 let _ = tx_end.send(Event::Ended(rank, ending, host));
             }
         });
@@ -253,8 +253,9 @@ pub fn supervise_launcher(
 
 /// How each rank of a launcher's job ended: a rank that wrote its result succeeded; the
 /// rank the launcher blames ended as it says (a panic as its report says); a rank that
-/// panicked otherwise panicked; the rest were stopped with the job, or are lost when the
-/// launcher failed without blaming anyone.
+/// panicked otherwise panicked; the rest were stopped with the job when some rank's failure
+/// is known, and are lost when the launcher failed without a known cause. Failures come
+/// first, so the first is the one that stopped the job.
 fn launcher_endings(
     n: usize,
     command: &crate::launch::LauncherCommand,
@@ -263,37 +264,49 @@ fn launcher_endings(
     rank_hosts: &[String],
     run_dir: &Path,
     panic_line: &dyn Fn(u32) -> Option<usize>,
-) -> Vec<(Ending, Option<String>)> {
-    let culprits = (command.report)(lines);
-    (0..n)
+) -> Vec<(usize, Ending, Option<String>)> {
+    let mut culprits = (command.report)(lines);
+    // Ranks the launcher terminated because another failed are reported too (srun): they
+    // were stopped, not the cause.
+    let terminated = crate::launch::RankEnd::Signal(Signal::SIGTERM as i32);
+    if culprits.iter().any(|c| c.end != terminated) {
+        culprits.retain(|c| c.end != terminated);
+    }
+    let mut known: Vec<(usize, Option<Ending>, Option<String>)> = (0..n)
         .map(|rank| {
             let culprit = culprits.iter().find(|c| c.rank == rank);
             let host = culprit.and_then(|c| c.host.clone()).or_else(|| rank_hosts.get(rank).cloned());
-            if ranch::__rt::result_path(run_dir, rank).exists() {
-                return (Ending::Success, host);
-            }
-            let ending = match culprit {
-                Some(c) => {
-                    let raw = match c.end {
-                        crate::launch::RankEnd::Code(code) => (code & 0xff) << 8,
-                        crate::launch::RankEnd::Signal(sig) => sig & 0x7f,
-                    };
-                    ending_of(Ok(ExitStatus::from_raw(raw)), run_dir, rank, panic_line, false)
-                }
-                None => match read_panic(run_dir, rank, panic_line) {
-                    Some(p) => p,
-                    None if !culprits.is_empty() => Ending::Stopped,
-                    None => Ending::Lost(match status {
-                        Ok(s) if s.success() => format!("{} ended without this rank's result", command.name),
-                        Ok(s) => format!("{} failed ({s}) before this rank finished; its messages are above", command.name),
-                        Err(e) => format!("{} could not be waited for: {e}", command.name),
-                    }),
-                },
+            let ending = if ranch::__rt::result_path(run_dir, rank).exists() {
+                Some(Ending::Success)
+            } else if let Some(c) = culprit {
+                let raw = match c.end {
+                    crate::launch::RankEnd::Code(code) => (code & 0xff) << 8,
+                    crate::launch::RankEnd::Signal(sig) => sig & 0x7f,
+                };
+                Some(ending_of(Ok(ExitStatus::from_raw(raw)), run_dir, rank, panic_line, false))
+            } else {
+                read_panic(run_dir, rank, panic_line)
             };
-            (ending, host)
+            (rank, ending, host)
+        })
+        .collect();
+    let cause_known = known.iter().any(|(_, e, _)| e.as_ref().is_some_and(|e| *e != Ending::Success));
+    let lost = match status {
+        Ok(s) if s.success() => format!("{} ended without this rank's result", command.name),
+        Ok(s) => format!("{} failed ({s}) before this rank finished; its messages are above", command.name),
+        Err(e) => format!("{} could not be waited for: {e}", command.name),
+    };
+    // Failures first, then the rest in rank order.
+    known.sort_by_key(|(rank, e, _)| (!e.as_ref().is_some_and(|e| *e != Ending::Success), *rank));
+    known
+        .into_iter()
+        .map(|(rank, e, host)| {
+            let ending = e.unwrap_or_else(|| if cause_known { Ending::Stopped } else { Ending::Lost(lost.clone()) });
+            (rank, ending, host)
         })
         .collect()
 }
+
 
 #[allow(clippy::too_many_arguments)]
 fn watch(
@@ -381,9 +394,10 @@ fn watch(
                 }
             }
             Ok(Event::Ended(rank, ending, host)) => {
-                // A rank the launcher stopped after our signal was stopped by us.
+                // A rank the launcher ended after an interrupt or the timeout was stopped by us.
+                let by_us = matches!(stopped, Some(StopReason::Interrupted | StopReason::Timeout { .. }));
                 let ending = match ending {
-                    Ending::Lost(_) | Ending::Signal(_) | Ending::ExitCode(_) if !sent[rank].is_empty() => Ending::Stopped,
+                    Ending::Lost(_) | Ending::Signal(_) | Ending::ExitCode(_) if by_us && !sent[rank].is_empty() => Ending::Stopped,
                     e => e,
                 };
                 let failed = ending != Ending::Success && ending != Ending::Stopped;
@@ -410,7 +424,7 @@ fn watch(
         }
         if stopped.is_none() && deadline.is_some_and(|d| now >= d) {
             let running = (0..n).filter(|&r| ranks[r].is_none()).collect();
-            stopped = Some(StopReason::Timeout { running });
+            stopped = Some(StopReason::Timeout { running, limit: policy.timeout.unwrap_or_default() });
             stop_all(Signal::SIGTERM, &ranks, &mut sent);
             kill_at = Some(now + grace);
         }
