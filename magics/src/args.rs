@@ -162,9 +162,17 @@ impl RanchArgs {
         if let Some(a) = &self.addr {
             return Ok(a.clone());
         }
-        match self.placement.hosts.first() {
-            Some(h) => crate::hosts::address_toward(&h.name).map(|a| a.to_string()),
-            None => Ok("127.0.0.1".into()),
+        self.reach_addr()
+    }
+
+    /// An address of this host that the ranks can reach: toward the first of the hosts when
+    /// they are named, this host's own name's under srun (its tasks run on the allocation's
+    /// nodes), else loopback.
+    pub fn reach_addr(&self) -> Result<String, String> {
+        match (self.placement.hosts.first(), self.placement.launcher) {
+            (Some(h), _) => crate::hosts::address_toward(&h.name).map(|a| a.to_string()),
+            (None, LauncherKind::Srun) => Ok(crate::hosts::own_address().map_or("127.0.0.1".into(), |a| a.to_string())),
+            (None, _) => Ok("127.0.0.1".into()),
         }
     }
 

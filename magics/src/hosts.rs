@@ -160,6 +160,13 @@ pub fn address_toward(host: &str) -> Result<std::net::IpAddr, String> {
     socket.local_addr().map(|a| a.ip()).map_err(|e| format!("cannot find this host's address toward {host}: {e}"))
 }
 
+/// This host's address under its own name, when the name resolves.
+pub fn own_address() -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    (name.trim(), 9).to_socket_addrs().ok()?.map(|a| a.ip()).next()
+}
+
 /// Checks the launch's flags together: hosts imply `mpirun` unless another launcher is
 /// named, `local` takes no hosts, and the hosts' slots hold exactly the `n` ranks.
 pub fn resolve(launcher: Option<LauncherKind>, hosts: Option<Vec<HostSlots>>, n: usize) -> Result<Placement, String> {

@@ -12,6 +12,7 @@
 //! - [`gpus`], [`group`], [`hosts`], [`launch`]: GPU pinning, the process group's
 //!   rendezvous and segment, where ranks run, and starting them (spawned here, or by
 //!   `mpirun`/`srun`);
+//! - [`channel`]: variables to the ranks and results back, over TCP;
 //! - [`supervise`], [`rank_output`]: live output, failures, timeout, interrupt;
 //! - [`merge`], [`diagnostic`]: what the notebook shows.
 
@@ -19,6 +20,7 @@ pub mod args;
 pub mod artifacts;
 pub mod build;
 pub mod cell_body;
+pub mod channel;
 pub mod diagnostic;
 pub mod driver;
 pub mod gpus;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
+pub use crate::channel::{CHANNEL_ENV, CHANNEL_HELLO};
 pub use crate::info::BASE_RANK_ENV;
 pub use crate::comm::{POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
 
@@ -99,8 +100,13 @@ pub fn export(dir: &str, name: &str, encoded: Result<Vec<u8>, String>) {
 
 /// Reads a shipped variable in a rank program.
 pub fn load<T: DeserializeOwned>(name: &str, type_name: &str) -> T {
-    let path = run_dir().join("vars").join(format!("{name}.bin"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: cannot read variable `{name}` ({}): {e}", path.display()));
+    let bytes = match crate::channel::address() {
+        Some(addr) => crate::channel::fetch(&addr, name).unwrap_or_else(|e| panic!("ranch: cannot fetch variable `{name}`: {e}")),
+        None => {
+            let path = run_dir().join("vars").join(format!("{name}.bin"));
+            std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: cannot read variable `{name}` ({}): {e}", path.display()))
+        }
+    };
     rmp_serde::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("ranch: cannot decode variable `{name}: {type_name}`: {e}"))
 }
@@ -137,13 +143,25 @@ pub fn panic_path(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank-{rank}.panic"))
 }
 
+/// Hands `kind` ("result", "panic") to the kernel: through the launch's channel, or as a
+/// file in its run directory.
+fn report(kind: &str, bytes: &[u8]) -> Result<(), String> {
+    let index = crate::info::launch_index();
+    match crate::channel::address() {
+        Some(addr) => crate::channel::put(&addr, kind, index, bytes),
+        None => {
+            let dir = run_dir();
+            let path = if kind == "result" { result_path(&dir, index) } else { panic_path(&dir, index) };
+            std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+    }
+}
+
 /// Records this rank's tail value for the kernel.
 pub fn emit(type_name: &str, debug: Option<String>, value: Result<Vec<u8>, String>) {
     let result = RankResult { type_name: type_name.to_string(), debug, value: value.ok() };
-    let path = result_path(&run_dir(), crate::info::launch_index());
-    let bytes = result.encode();
-    if let Err(e) = std::fs::write(&path, bytes) {
-        eprintln!("ranch: cannot write the result to {}: {e}", path.display());
+    if let Err(e) = report("result", &result.encode()) {
+        eprintln!("ranch: cannot hand the result to the kernel: {e}");
         std::process::exit(3);
     }
 }
@@ -242,8 +260,7 @@ pub fn install_panic_hook() {
         };
         let (file, line) = info.location().map(|l| (l.file().to_string(), l.line())).unwrap_or_default();
         let report = PanicReport { message, file, line };
-        let written = std::fs::write(panic_path(&run_dir(), crate::info::launch_index()), report.encode()).ok();
-        if written.is_none() {
+        if self::report("panic", &report.encode()).is_err() {
             eprintln!("panicked: {}", report.message);
         }
     }));

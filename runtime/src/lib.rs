@@ -14,6 +14,7 @@
 mod comm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod channel;
 mod info;
 mod shard;
 

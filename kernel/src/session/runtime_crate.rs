@@ -9,6 +9,7 @@ const FILES: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("../../../runtime/Cargo.toml")),
     ("src/lib.rs", include_str!("../../../runtime/src/lib.rs")),
     ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
+    ("src/channel.rs", include_str!("../../../runtime/src/channel.rs")),
     ("src/shard.rs", include_str!("../../../runtime/src/shard.rs")),
     ("src/__rt.rs", include_str!("../../../runtime/src/__rt.rs")),
     ("src/cuda/mod.rs", include_str!("../../../runtime/src/cuda/mod.rs")),

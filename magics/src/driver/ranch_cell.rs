@@ -6,6 +6,7 @@ use super::{BuildTools, Driver, Failure, Host, HostSink, Outcome, RunDir, SERDE_
 use crate::args::{self, Gpus, Parsed, RanchArgs};
 use crate::hosts::LauncherKind;
 use crate::build::{self, BuildError, BuildHandle};
+use crate::channel::{self, Channel};
 use crate::group::{self, GroupService};
 use crate::launch::{LaunchPlan, Launcher, LauncherCommand, LocalSpawner, mpirun, srun};
 use crate::program::{self, CellProgram, RankProgram, Shipped};
@@ -242,7 +243,13 @@ impl Launch<'_> {
             Some(dir) => format!("{}:{}", dir.display(), self.tools.library_path),
             None => self.tools.library_path.clone(),
         };
-        let mut env = vec![("LD_LIBRARY_PATH".into(), library_path), (group::TOKEN_ENV.to_string(), token)];
+        // Variables go out and results come back over TCP: no launch needs a shared directory.
+        let channel = Channel::start(&args.reach_addr().map_err(usage)?, &token, self.run_dir, args.n).map_err(ranch_error)?;
+        let mut env = vec![
+            ("LD_LIBRARY_PATH".into(), library_path),
+            (group::TOKEN_ENV.to_string(), token),
+            (channel::CHANNEL_ENV.to_string(), channel.addr().to_string()),
+        ];
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         env.extend(crate::threads::thread_env(cores, args.placement.most_on_one_host(args.n), |k| std::env::var(k).ok()));
         if let Some(t) = args.collective_timeout {

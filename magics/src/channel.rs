@@ -1,0 +1,238 @@
+//! The channel between the kernel and the ranks of one launch, over TCP: shipped variables
+//! go out, results and panic reports come in, so a launch needs no directory that the
+//! ranks' hosts share with the kernel. Received files land in the launch's run directory
+//! under the names the rest of the driver reads (`rank-<i>.result`, `rank-<i>.panic`).
+//!
+//! One request per connection, started by a line `RANCH-CHANNEL1 <token> <request>`:
+//! - `GET <name>`: answered `OK <len>\n` and the bytes of `vars/<name>.bin`, or `ERR <why>\n`;
+//! - `PUT result|panic <index> <len>`, then the bytes: answered `OK\n` once on disk.
+//!
+//! A stranger gets nothing: a wrong token closes the connection without a reply. Bounds:
+//! [`MAX_CONNECTIONS`] at once (more are closed at once), [`HELLO_TIMEOUT`] to send the
+//! request line of at most [`MAX_LINE`] bytes, [`IDLE_TIMEOUT`] between bytes of a body, a
+//! body of at most [`MAX_RESULT`] bytes (streamed to disk, never held in memory), one
+//! result and one panic report per rank.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+pub use ranch::__rt::{CHANNEL_ENV, CHANNEL_HELLO};
+
+pub const MAX_CONNECTIONS: usize = 64;
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAX_LINE: usize = 256;
+/// Largest result a rank may send (`RANCH_MAX_RESULT_MIB` changes it).
+pub const MAX_RESULT: u64 = 4 << 30;
+
+/// The kernel's end of the channel of one launch; stops when dropped.
+pub struct Channel {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    token: Vec<u8>,
+    run_dir: PathBuf,
+    ranks: usize,
+    max_body: u64,
+    open: AtomicUsize,
+    /// (kind, index) already received.
+    received: Mutex<std::collections::HashSet<(String, usize)>>,
+}
+
+impl Channel {
+    /// Listens on `ip` (a free port) for the `ranks` ranks of the launch whose run
+    /// directory is `run_dir`.
+    pub fn start(ip: &str, token: &str, run_dir: &Path, ranks: usize) -> Result<Channel, String> {
+        let listener = TcpListener::bind((ip, 0)).map_err(|e| format!("cannot listen on {ip} for the ranks' channel: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = match local {
+            std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+            a => a.to_string(),
+        };
+        let max_body = std::env::var("RANCH_MAX_RESULT_MIB").ok().and_then(|m| m.parse::<u64>().ok()).map_or(MAX_RESULT, |m| m << 20);
+        let shared = Arc::new(Shared {
+            token: token.as_bytes().to_vec(),
+            run_dir: run_dir.to_path_buf(),
+            ranks,
+            max_body,
+            open: AtomicUsize::new(0),
+            received: Mutex::default(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ranch-channel".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop_flag.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    if shared.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        shared.open.fetch_sub(1, Ordering::SeqCst);
+                        continue; // dropped: closed at once
+                    }
+                    let shared = shared.clone();
+                    let counted = shared.clone();
+                    let spawned = std::thread::Builder::new().name("ranch-channel-conn".into()).spawn(move || {
+                        serve(&counted, stream);
+                        counted.open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    if spawned.is_err() {
+                        shared.open.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the ranks' channel: {e}"))?;
+        Ok(Channel { addr, stop, thread: Some(thread) })
+    }
+
+    /// `host:port`, for [`CHANNEL_ENV`].
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr.parse().expect("our own address"), Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(shared: &Shared, stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
+    let mut reader = BufReader::new((&stream).take(MAX_LINE as u64));
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || !line.ends_with('\n') {
+        return;
+    }
+    let buffered = reader.buffer().to_vec();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(&CHANNEL_HELLO), Some(token)) = (words.first(), words.get(1)) else { return };
+    if !bool::from(token.as_bytes().ct_eq(&shared.token)) {
+        return; // a stranger: nothing
+    }
+    let mut out = &stream;
+    let reply = match &words[2..] {
+        ["GET", name] => return send_variable(shared, name, out),
+        ["PUT", kind @ ("result" | "panic"), index, len] => {
+            let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+            let body = buffered.as_slice().chain(&stream);
+            receive(shared, kind, index, len, body)
+        }
+        _ => Err("unknown request".to_string()),
+    };
+    let _ = match reply {
+        Ok(()) => out.write_all(b"OK\n"),
+        Err(why) => out.write_all(format!("ERR {why}\n").as_bytes()),
+    };
+}
+
+fn send_variable(shared: &Shared, name: &str, mut out: &TcpStream) {
+    let valid = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    let file = valid.then(|| std::fs::File::open(shared.run_dir.join("vars").join(format!("{name}.bin"))));
+    match file {
+        Some(Ok(mut f)) => {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if out.write_all(format!("OK {len}\n").as_bytes()).is_ok() {
+                let _ = std::io::copy(&mut (&mut f).take(len), &mut out);
+            }
+        }
+        _ => {
+            let _ = out.write_all(format!("ERR no variable {name:?} was shipped\n").as_bytes());
+        }
+    }
+}
+
+fn receive(shared: &Shared, kind: &str, index: &str, len: &str, body: impl Read) -> Result<(), String> {
+    let index: usize = index.parse().map_err(|_| "bad rank")?;
+    let len: u64 = len.parse().map_err(|_| "bad length")?;
+    if index >= shared.ranks {
+        return Err(format!("no rank {index} in this launch"));
+    }
+    if len > shared.max_body {
+        return Err(format!("{len} bytes is more than the {} MiB a rank may send (RANCH_MAX_RESULT_MIB)", shared.max_body >> 20));
+    }
+    if !shared.received.lock().unwrap().insert((kind.to_string(), index)) {
+        return Err(format!("rank {index} sent its {kind} already"));
+    }
+    let path = match kind {
+        "result" => ranch::__rt::result_path(&shared.run_dir, index),
+        _ => ranch::__rt::panic_path(&shared.run_dir, index),
+    };
+    let tmp = path.with_extension("partial");
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        let copied = std::io::copy(&mut body.take(len), &mut file)?;
+        if copied != len {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{copied} of {len} bytes came")));
+        }
+        std::fs::rename(&tmp, &path)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot take rank {index}'s {kind}: {e}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ranch-channel-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(d.join("vars")).unwrap();
+        d
+    }
+
+    fn rand_suffix() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    }
+
+    fn request(addr: &str, line: &str, body: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(line.as_bytes());
+        let _ = s.write_all(body);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    }
+
+    #[test]
+    fn variables_out_results_in_strangers_nothing() {
+        let d = dir();
+        std::fs::write(d.join("vars/x.bin"), b"\x01\x02\x03").unwrap();
+        let ch = Channel::start("127.0.0.1", "tok", &d, 2).unwrap();
+        let a = ch.addr().to_string();
+        assert_eq!(request(&a, "RANCH-CHANNEL1 tok GET x\n", b""), "OK 3\n\x01\x02\x03");
+        assert!(request(&a, "RANCH-CHANNEL1 tok GET ../x\n", b"").starts_with("ERR"));
+        assert_eq!(request(&a, "RANCH-CHANNEL1 wrong GET x\n", b""), "", "a stranger gets no byte");
+        assert_eq!(request(&a, "RANCH-CHANNEL1 tok PUT result 1 5\n", b"hello"), "OK\n");
+        assert_eq!(std::fs::read(ranch::__rt::result_path(&d, 1)).unwrap(), b"hello");
+        assert!(request(&a, "RANCH-CHANNEL1 tok PUT result 1 5\n", b"again").contains("already"));
+        assert!(request(&a, "RANCH-CHANNEL1 tok PUT result 2 1\n", b"x").contains("no rank 2"));
+        assert!(request(&a, &format!("RANCH-CHANNEL1 tok PUT panic 0 {}\n", MAX_RESULT + 1), b"").contains("MiB"));
+        // A body cut short leaves no result behind.
+        assert!(request(&a, "RANCH-CHANNEL1 tok PUT panic 0 10\n", b"abc").starts_with("ERR"));
+        assert!(!ranch::__rt::panic_path(&d, 0).exists() && !d.join("rank-0.partial").exists());
+        let long = "x".repeat(MAX_LINE * 4);
+        assert_eq!(request(&a, &long, b""), "");
+        drop(ch);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

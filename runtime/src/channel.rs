@@ -1,0 +1,80 @@
+//! A rank's end of its launch's channel to the kernel (`RANCH_CHANNEL=host:port`): shipped
+//! variables are fetched from it and the result and panic report sent to it, so the rank
+//! needs no directory shared with the kernel. One request per connection, named by the
+//! launch's token (see the kernel's side for the protocol and its bounds).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Where the kernel's channel listens.
+pub const CHANNEL_ENV: &str = "RANCH_CHANNEL";
+/// First word of every request.
+pub const CHANNEL_HELLO: &str = "RANCH-CHANNEL1";
+
+/// Largest variable a rank accepts (the kernel never sends more than it was given).
+const MAX_VARIABLE: u64 = 1 << 40;
+
+/// The channel's address when this launch has one.
+pub(crate) fn address() -> Option<String> {
+    std::env::var(CHANNEL_ENV).ok().filter(|a| !a.is_empty())
+}
+
+fn open(addr: &str, request: &str) -> Result<TcpStream, String> {
+    let token = std::env::var(crate::comm::TOKEN_ENV).map_err(|_| format!("{} is not set", crate::comm::TOKEN_ENV))?;
+    let targets: Vec<_> = addr.to_socket_addrs().map_err(|e| format!("channel address {addr}: {e}"))?.collect();
+    let mut last = format!("channel address {addr} resolves to nothing");
+    for t in targets {
+        match TcpStream::connect_timeout(&t, Duration::from_secs(10)) {
+            Ok(mut s) => {
+                let _ = s.set_nodelay(true);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+                s.write_all(format!("{CHANNEL_HELLO} {token} {request}\n").as_bytes())
+                    .map_err(|e| format!("the kernel's channel at {addr}: {e}"))?;
+                return Ok(s);
+            }
+            Err(e) => last = format!("cannot reach the kernel's channel at {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+fn reply_line(reader: &mut impl BufRead, addr: &str) -> Result<String, String> {
+    let mut line = String::new();
+    reader.take(512).read_line(&mut line).map_err(|e| format!("the kernel's channel at {addr}: {e}"))?;
+    if line.is_empty() {
+        return Err(format!("the kernel's channel at {addr} closed without an answer"));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// The bytes of shipped variable `name`.
+pub(crate) fn fetch(addr: &str, name: &str) -> Result<Vec<u8>, String> {
+    let stream = open(addr, &format!("GET {name}"))?;
+    let mut reader = BufReader::new(stream);
+    let line = reply_line(&mut reader, addr)?;
+    let len: u64 = match line.strip_prefix("OK ") {
+        Some(n) => n.parse().map_err(|_| format!("the kernel's channel answered {line:?}"))?,
+        None => return Err(line.strip_prefix("ERR ").unwrap_or(&line).to_string()),
+    };
+    if len > MAX_VARIABLE {
+        return Err(format!("the kernel's channel announced {len} bytes"));
+    }
+    let mut bytes = Vec::with_capacity(len.min(1 << 30) as usize);
+    reader.take(len).read_to_end(&mut bytes).map_err(|e| format!("reading variable `{name}`: {e}"))?;
+    if bytes.len() as u64 != len {
+        return Err(format!("variable `{name}`: {} of {len} bytes came", bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Sends this rank's `kind` ("result" or "panic") and waits until the kernel has it.
+pub(crate) fn put(addr: &str, kind: &str, index: usize, bytes: &[u8]) -> Result<(), String> {
+    let mut stream = open(addr, &format!("PUT {kind} {index} {}", bytes.len()))?;
+    stream.write_all(bytes).map_err(|e| format!("sending the {kind}: {e}"))?;
+    let line = reply_line(&mut BufReader::new(stream), addr)?;
+    match line.as_str() {
+        "OK" => Ok(()),
+        other => Err(other.strip_prefix("ERR ").unwrap_or(other).to_string()),
+    }
+}
