@@ -255,8 +255,10 @@ impl Launch<'_> {
         if let Some(t) = args.collective_timeout {
             env.push((group::TIMEOUT_ENV.to_string(), t.to_string()));
         }
+        // Other hosts run the program from a directory they share with this one.
+        let exe = if args.placement.hosts.is_empty() { self.exe.to_path_buf() } else { shared_program(self.exe)? };
         let plan = LaunchPlan {
-            exe: self.exe.to_path_buf(),
+            exe,
             local_ranks: args.n,
             world_size: args.world(),
             base_rank: args.base_rank,
@@ -365,6 +367,31 @@ pub(super) fn bind_out(session: &mut dyn Session, out: &args::Out, types: &[Stri
             out.name, e.evalue, out.name
         ))
     })
+}
+
+/// Where ranks on other hosts find the rank program: `RANCH_SHARED_DIR`, else
+/// `~/.cache/ranch/programs` (a cluster's home directories are shared by its nodes; the
+/// kernel's own directories are under /tmp, which is each host's own).
+fn shared_program(exe: &Path) -> Result<PathBuf, Failure> {
+    let dir = match std::env::var_os("RANCH_SHARED_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => group::home_dir()
+            .ok_or_else(|| ranch_error("no home directory to put the rank program in for the other hosts: set RANCH_SHARED_DIR"))?
+            .join(".cache/ranch/programs"),
+    };
+    super::make_private(&dir)?;
+    let name = exe.file_name().ok_or_else(|| ranch_error("the rank program has no file name"))?;
+    let shared = dir.join(name);
+    if !shared.exists() {
+        let tmp = dir.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+        std::fs::copy(exe, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &shared))
+            .map_err(|e| ranch_error(format!("cannot copy the rank program to {} for the other hosts: {e}", dir.display())))?;
+    } else {
+        artifacts::touch(&shared);
+    }
+    artifacts::bound_artifacts(&dir, artifacts::ARTIFACTS_MAX, artifacts::ARTIFACTS_MAX_BYTES);
+    Ok(shared)
 }
 
 /// The command of the launcher that starts every rank (`None`: ranks are spawned here).

@@ -30,8 +30,8 @@ pub fn command(plan: &LaunchPlan, o: &MpirunOptions) -> LauncherCommand {
     } else {
         let hosts: Vec<String> = o.hosts.iter().map(|h| format!("{}:{}", h.name, h.slots)).collect();
         args.extend(["--host".into(), hosts.join(",")]);
-        // The rank program is copied to each host: no shared file system needed for it.
-        args.push("--preload-binary".into());
+        // Not `--preload-binary`: Open MPI 4.1 copies the program but then runs it as
+        // `./name` from the working directory, where it is not (seen on Debian's 4.1.4).
     }
     args.extend(["--map-by".into(), "slot".into(), "--bind-to".into(), "none".into(), "--tag-output".into()]);
     if o.as_root {
@@ -129,7 +129,7 @@ pub(crate) mod tests {
         let o = MpirunOptions { hosts, as_root: true, extra: vec!["--mca".into(), "btl".into(), "self,tcp".into()], ..Default::default() };
         let c = command(&plan(), &o);
         let line = c.args.join(" ");
-        assert!(line.starts_with("-np 4 --host h1:2,h2:2 --preload-binary --map-by slot --bind-to none --tag-output --allow-run-as-root"), "{line}");
+        assert!(line.starts_with("-np 4 --host h1:2,h2:2 --map-by slot --bind-to none --tag-output --allow-run-as-root"), "{line}");
         assert!(line.contains("-x RANCH_TOKEN -x OMP_NUM_THREADS"), "{line}");
         assert!(line.ends_with("--mca btl self,tcp /k/rank"), "{line}");
         assert!(!line.contains("s3cret"), "the token is on no command line: {line}");
@@ -148,7 +148,7 @@ pub(crate) mod tests {
         assert_eq!(c.program, "/opt/mpi/bin/mpirun");
         assert!(line.starts_with("-np 4 --oversubscribe --map-by slot"), "{line}");
         assert!(line.contains("--mca orte_abort_on_non_zero_status 0"), "{line}");
-        assert!(!line.contains("--allow-run-as-root") && !line.contains("--preload-binary"), "{line}");
+        assert!(!line.contains("--allow-run-as-root"), "{line}");
     }
 
     #[test]

@@ -1,0 +1,108 @@
+"""Simulated hosts for the multi-host tests: Linux network namespaces on a bridge, each
+entered by mpirun's remote-start agent with its own hostname (UTS namespace) and its own
+/dev/shm and /tmp (mount namespace), so a rank there shares nothing with the kernel but
+the file system's other directories. The fixture makes them and removes them; where they
+cannot be made (not root, no `ip`/`unshare`, no mpirun) the tests skip and say why.
+
+Host i is 10.77.S.i on bridge 10.77.S.254 (S from this process's id, so parallel runs do
+not meet); its hostname is simhost<i>. Traffic stays on those addresses: mpirun's and the
+ranks' interfaces are pinned to the subnet."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import pytest
+
+AGENT = """#!/bin/sh
+# mpirun's remote-start agent for simulated hosts: runs the command ("$@" after the host)
+# in the host's network namespace, with its own hostname, /dev/shm and /tmp.
+host="$1"; shift
+case "$host" in
+{cases}
+  *) echo "simulated hosts: unknown host $host" >&2; exit 1;;
+esac
+exec ip netns exec "$ns" unshare --uts --mount --propagation private sh -c \\
+  'hostname "$0"; mount -t tmpfs tmpfs /dev/shm; mount -t tmpfs tmpfs /tmp; exec sh -c "$1"' "$name" "$*"
+"""
+
+
+@dataclass
+class SimHosts:
+    addresses: list[str]
+    names: list[str]
+    namespaces: list[str]
+    mpirun_args: str
+
+    def pids(self, i: int) -> list[int]:
+        """Processes running in host i's namespace."""
+        out = subprocess.run(["ip", "netns", "pids", self.namespaces[i]], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+
+def _run(*cmd):
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def simulated_hosts(n: int = 2):
+    """Generator for a fixture: yields SimHosts, removes everything afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("simulated hosts need root (network and mount namespaces)")
+    for tool in ("ip", "unshare", "mpirun"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"simulated hosts need `{tool}` (install/mpi.sh installs Open MPI; iproute2 and util-linux give the rest)")
+    tag = os.getpid() % 100000
+    subnet = f"10.77.{100 + os.getpid() % 150}"
+    bridge = f"rbr{tag}"
+    namespaces = [f"rh{i + 1}-{tag}" for i in range(n)]
+    addresses = [f"{subnet}.{i + 1}" for i in range(n)]
+    names = [f"simhost{i + 1}" for i in range(n)]
+    # Outside /tmp: every simulated host has a /tmp of its own, and its daemons start the agent too.
+    agent_dir = tempfile.mkdtemp(prefix="ranch-simhosts-", dir="/var/tmp")
+    try:
+        _run("ip", "link", "add", bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{subnet}.254/24", "dev", bridge)
+        _run("ip", "link", "set", bridge, "up")
+        for i, ns in enumerate(namespaces):
+            veth = f"vh{i + 1}-{tag}"
+            _run("ip", "netns", "add", ns)
+            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _run("ip", "link", "set", veth, "master", bridge, "up")
+            _run("ip", "-n", ns, "addr", "add", f"{addresses[i]}/24", "dev", "eth0")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as e:
+        _teardown(bridge, namespaces, agent_dir)
+        pytest.skip(f"cannot make simulated hosts here: `{' '.join(e.cmd)}` failed: {e.stderr.strip()}")
+    cases = "\n".join(f'  {a}) ns={ns}; name={name};;' for a, ns, name in zip(addresses, namespaces, names))
+    agent = os.path.join(agent_dir, "agent")
+    with open(agent, "w") as f:
+        f.write(AGENT.format(cases=cases))
+    os.chmod(agent, 0o755)
+    mca = {
+        "plm_rsh_agent": agent,
+        "plm_rsh_no_tree_spawn": "1",
+        "oob_tcp_if_include": f"{subnet}.0/24",
+        "btl_tcp_if_include": f"{subnet}.0/24",
+        "pml": "ob1",
+        "btl": "self,vader,tcp",
+        "btl_vader_single_copy_mechanism": "none",
+    }
+    args = " ".join(f"--mca {k} {v}" for k, v in mca.items())
+    try:
+        yield SimHosts(addresses, names, namespaces, args)
+    finally:
+        _teardown(bridge, namespaces, agent_dir)
+
+
+def _teardown(bridge, namespaces, agent_dir):
+    for ns in namespaces:
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+        for pid in out.split():
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    shutil.rmtree(agent_dir, ignore_errors=True)

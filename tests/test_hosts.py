@@ -1,0 +1,79 @@
+"""Ranks on several hosts, launched by mpirun: two simulated hosts (network namespaces with
+their own hostname, /tmp and /dev/shm; see simhosts.py), so nothing reaches a rank but
+through mpirun and the kernel's TCP channel."""
+import os
+import time
+
+import pytest
+
+from conftest import execute, interrupt, ok, start, stop, wait_for_output
+from simhosts import simulated_hosts
+
+HOSTNAME = 'std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()'
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    yield from simulated_hosts(2)
+
+
+@pytest.fixture(scope="module")
+def kernel_km(hosts):
+    km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args))
+    yield km, kc
+    stop(km, kc)
+
+
+def nothing_left_on(hosts):
+    deadline = time.monotonic() + 10
+    while any(hosts.pids(i) for i in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [hosts.pids(i) for i in range(2)] == [[], []], "processes left on the simulated hosts"
+
+
+def test_ranks_on_two_hosts_get_variables_and_return_values(hosts, kernel_km):
+    _, kc = kernel_km
+    a, b = hosts.addresses
+    ok(execute(kc, 'let greeting = String::from("hello");'))
+    run = ok(execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2 --out got\n"
+                         f"let host = {HOSTNAME};\n"
+                         'println!("rank {} runs on {host}", ranch::rank());\n'
+                         'format!("{greeting} from {host}, rank {} of {}", ranch::rank(), ranch::world_size())'))
+    out = run.stream()
+    for rank, host in [(0, "simhost1"), (1, "simhost1"), (2, "simhost2"), (3, "simhost2")]:
+        assert f"[{rank}] rank {rank} runs on {host}" in out, out
+    got = ok(execute(kc, "got")).result()
+    assert got == ('["hello from simhost1, rank 0 of 4", "hello from simhost1, rank 1 of 4", '
+                   '"hello from simhost2, rank 2 of 4", "hello from simhost2, rank 3 of 4"]'), got
+    nothing_left_on(hosts)
+
+
+def test_a_rank_killed_on_host_2_is_named_with_its_host(hosts, kernel_km):
+    _, kc = kernel_km
+    a, b = hosts.addresses
+    run = execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2\n"
+                      "if ranch::rank() == 3 {\n"
+                      '    std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status().unwrap();\n'
+                      "}\n"
+                      "std::thread::sleep(std::time::Duration::from_secs(30));")
+    text = run.error_text()
+    assert run.reply["content"]["status"] == "error"
+    assert f"rank 3 was killed by signal 9 (SIGKILL) (host {b})" in text, text
+    assert "stopped because of the failure (--on-error abort): ranks 0, 1, 2" in text, text
+    nothing_left_on(hosts)
+
+
+def test_interrupt_leaves_nothing_on_either_host(hosts):
+    km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args))
+    try:
+        a, b = hosts.addresses
+        msg_id = kc.execute(f"%%ranch 2 --hosts {a}:1,{b}:1\n"
+                            'println!("up on {}", ' + HOSTNAME + ");\n"
+                            "std::thread::sleep(std::time::Duration::from_secs(60));")
+        wait_for_output(kc, msg_id, "up on simhost2")
+        assert hosts.pids(0) and hosts.pids(1), "ranks run on both hosts"
+        reply = interrupt(km, kc, msg_id, within=10)
+        assert "interrupted" in reply["evalue"], reply
+        nothing_left_on(hosts)
+    finally:
+        stop(km, kc)
