@@ -192,7 +192,7 @@ impl RanchArgs {
                 self.n
             ));
         }
-        if world > self.n && self.port.is_none() && self.hosts.is_none() && self.hostfile.is_none() {
+        if world > self.n && self.port.is_none() {
             return Err(format!(
                 "a group of {world} ranks launched by several kernels needs a known rendezvous port: add --port P to every kernel's magic"
             ));

@@ -11,7 +11,7 @@
 //! [`MAX_CONNECTIONS`] at once (more are closed at once), [`HELLO_TIMEOUT`] to send the
 //! request line of at most [`MAX_LINE`] bytes, [`IDLE_TIMEOUT`] between bytes of a body, a
 //! body of at most [`MAX_RESULT`] bytes (streamed to disk, never held in memory), one
-//! result and one panic report per rank.
+//! result per rank (a later panic report replaces an earlier one).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -167,14 +167,18 @@ fn receive(shared: &Shared, kind: &str, index: &str, len: &str, body: impl Read)
     if len > shared.max_body {
         return Err(format!("{len} bytes is more than the {} MiB a rank may send (RANCH_MAX_RESULT_MIB)", shared.max_body >> 20));
     }
-    if !shared.received.lock().unwrap().insert((kind.to_string(), index)) {
+    // A rank's later panic report replaces its earlier one (a caught panic, then the one
+    // that ended it); its result comes once.
+    if kind == "result" && !shared.received.lock().unwrap().insert((kind.to_string(), index)) {
         return Err(format!("rank {index} sent its {kind} already"));
     }
     let path = match kind {
         "result" => ranch::__rt::result_path(&shared.run_dir, index),
         _ => ranch::__rt::panic_path(&shared.run_dir, index),
     };
-    let tmp = path.with_extension("partial");
+    // Each request its own file: two threads of a rank may panic at once.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let tmp = path.with_extension(format!("partial{}", NEXT.fetch_add(1, Ordering::Relaxed)));
     let written = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         let copied = std::io::copy(&mut body.take(len), &mut file)?;
@@ -229,7 +233,10 @@ mod tests {
         assert!(request(&a, &format!("RANCH-CHANNEL1 tok PUT panic 0 {}\n", MAX_RESULT + 1), b"").contains("MiB"));
         // A body cut short leaves no result behind.
         assert!(request(&a, "RANCH-CHANNEL1 tok PUT panic 0 10\n", b"abc").starts_with("ERR"));
-        assert!(!ranch::__rt::panic_path(&d, 0).exists() && !d.join("rank-0.partial").exists());
+        assert!(!ranch::__rt::panic_path(&d, 0).exists() && !std::fs::read_dir(&d).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("partial")));
+        assert_eq!(request(&a, "RANCH-CHANNEL1 tok PUT panic 1 5\n", b"first"), "OK\n");
+        assert_eq!(request(&a, "RANCH-CHANNEL1 tok PUT panic 1 4\n", b"last"), "OK\n");
+        assert_eq!(std::fs::read(ranch::__rt::panic_path(&d, 1)).unwrap(), b"last", "the last panic is the one that counts");
         let long = "x".repeat(MAX_LINE * 4);
         assert_eq!(request(&a, &long, b""), "");
         drop(ch);
