@@ -71,9 +71,10 @@ def test_every_cell_has_a_working_group_and_a_comm_error_breaks_only_its_cell(po
     run = ok(execute(kc, "%%px\nlet mut g = vec![ranch::rank() as f64 + 1.0; 1 << 16];\n"
                          "ranch::comm().all_reduce(&mut g, ranch::Op::Sum).unwrap();\n(g[0], g[(1 << 16) - 1])", timeout=300))
     assert run.result() == "[(6.0, 6.0), (6.0, 6.0), (6.0, 6.0)]"
-    # Rank 0 waits alone: the others finished the cell, which the error says at once.
+    # Rank 0 waits alone: the others finished the cell, which the error says at once (it
+    # names those seen finished by then: one of them, or both).
     run = ok(execute(kc, "%px if ranch::rank() == 0 { ranch::comm().barrier().unwrap_err().to_string() } else { String::new() }"))
-    assert "ranks 1, 2 finished without joining barrier" in run.result(), run.result()
+    assert re.search(r"ranks? (1|2|1, 2) finished without joining barrier", run.result()), run.result()
     # The next cell has a new group; one kept from an earlier cell says so.
     ok(execute(kc, "%%px\nlet old = ranch::comm();"))
     assert ok(execute(kc, "%px ranch::comm().barrier().is_ok()")).result() == "[true, true, true]"
