@@ -293,6 +293,54 @@ v[0]"""
         s.close()
 
 
+def test_strangers_at_the_channel_get_nothing_and_do_not_stop_the_ranks(kernel):
+    """The channel that carries variables and results: strangers fill its connection slots,
+    send garbage, a wrong token and an endless line; the ranks still fetch their variable and
+    hand in their values (they try again while the slots are taken), and nobody but them
+    gets a byte."""
+    import socket
+    ok(execute(kernel, "let secret_input = 41u64;"))
+    code = """%%ranch 2 --out got
+use std::io::Write;
+println!("channel {}", std::env::var("RANCH_CHANNEL").unwrap());
+std::io::stdout().flush().unwrap();
+std::thread::sleep(std::time::Duration::from_secs(2));
+secret_input + 1"""
+    msg_id = kernel.execute(code)
+    deadline, seen, addr = time.monotonic() + 180, "", None
+    while addr is None and time.monotonic() < deadline:
+        msg = kernel.get_iopub_msg(timeout=180)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            seen += msg["content"]["text"]
+            if "channel " in seen and "\n" in seen.split("channel ", 1)[1]:
+                addr = seen.split("channel ", 1)[1].split()[0]
+    host, port = addr.rsplit(":", 1)
+    answers, socks = [], []
+    for hello in [b"garbage\n", b"RANCH-CHANNEL1 wrongtoken GET secret_input\n",
+                  b"RANCH-CHANNEL1 " + b"x" * (1 << 20), b"\xff\x00\x01" * 1000]:
+        s = socket.create_connection((host, int(port)), timeout=10)
+        try:
+            s.sendall(hello)
+            s.shutdown(socket.SHUT_WR)
+            answers.append(s.recv(65536))
+        except OSError:
+            answers.append(b"")
+        s.close()
+    for _ in range(100):  # idle strangers take every slot for a while
+        try:
+            socks.append(socket.create_connection((host, int(port)), timeout=2))
+        except OSError:
+            pass
+    assert answers == [b""] * 4, answers
+    reply = kernel.get_shell_msg(timeout=120)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kernel.get_shell_msg(timeout=120)
+    for s in socks:
+        s.close()
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert ok(execute(kernel, "got")).result() == "[42, 42]"
+
+
 @pytest.mark.parametrize("addr", ["::1", "localhost", "HOSTNAME"])
 def test_other_addresses_work_and_the_cell_ends(kernel, addr):
     import socket

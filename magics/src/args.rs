@@ -157,14 +157,6 @@ impl RanchArgs {
         self.world_size.unwrap_or(self.n)
     }
 
-    /// `MASTER_ADDR`: `--addr`, else an address the ranks can reach (the hosts', when named).
-    pub fn master_addr(&self) -> Result<String, String> {
-        if let Some(a) = &self.addr {
-            return Ok(a.clone());
-        }
-        self.reach_addr()
-    }
-
     /// An address of this host that the ranks can reach: toward the first of the hosts when
     /// they are named, this host's own name's under srun (its tasks run on the allocation's
     /// nodes), else loopback.

@@ -16,7 +16,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -33,7 +34,8 @@ pub const MAX_RESULT: u64 = 4 << 30;
 /// The kernel's end of the channel of one launch; stops when dropped.
 pub struct Channel {
     addr: String,
-    stop: Arc<AtomicBool>,
+    /// Closing it stops the accept loop.
+    stop: Option<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -66,33 +68,15 @@ impl Channel {
             open: AtomicUsize::new(0),
             received: Mutex::default(),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // Closing the write end stops the accept loop (no connection to ourselves needed,
+        // which a crowded listen queue could refuse).
+        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
         let thread = std::thread::Builder::new()
             .name("ranch-channel".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stop_flag.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    if shared.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                        shared.open.fetch_sub(1, Ordering::SeqCst);
-                        continue; // dropped: closed at once
-                    }
-                    let shared = shared.clone();
-                    let counted = shared.clone();
-                    let spawned = std::thread::Builder::new().name("ranch-channel-conn".into()).spawn(move || {
-                        serve(&counted, stream);
-                        counted.open.fetch_sub(1, Ordering::SeqCst);
-                    });
-                    if spawned.is_err() {
-                        shared.open.fetch_sub(1, Ordering::SeqCst);
-                    }
-                }
-            })
+            .spawn(move || accept_loop(&listener, &stop_rx, &shared))
             .map_err(|e| format!("cannot start the ranks' channel: {e}"))?;
-        Ok(Channel { addr, stop, thread: Some(thread) })
+        Ok(Channel { addr, stop: Some(stop_tx), thread: Some(thread) })
     }
 
     /// `host:port`, for [`CHANNEL_ENV`].
@@ -103,11 +87,55 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr.parse().expect("our own address"), Duration::from_secs(1));
+        self.stop.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Accepts connections until `stop` closes; each is served by a thread of its own, at most
+/// [`MAX_CONNECTIONS`] at once (more are closed at once).
+fn accept_loop(listener: &TcpListener, stop: &OwnedFd, shared: &Arc<Shared>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let (stopped, incoming) = {
+            let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::NONE).is_err() {
+                continue;
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if stopped {
+            return;
+        }
+        if !incoming {
+            continue;
+        }
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    break;
+                }
+            };
+            if shared.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS || stream.set_nonblocking(false).is_err() {
+                shared.open.fetch_sub(1, Ordering::SeqCst);
+                continue; // dropped: closed at once
+            }
+            let counted = shared.clone();
+            let spawned = std::thread::Builder::new().name("ranch-channel-conn".into()).spawn(move || {
+                serve(&counted, stream);
+                counted.open.fetch_sub(1, Ordering::SeqCst);
+            });
+            if spawned.is_err() {
+                shared.open.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 }

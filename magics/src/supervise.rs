@@ -358,7 +358,8 @@ fn watch(
     };
 
     while ranks.iter().any(Option::is_none) {
-        match rx.recv_timeout(Duration::from_millis(20)) {
+        // A rank that ended, with how and where.
+        let ended = match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Event::Output(Output::Lines(rank, stream, lines))) => {
                 let tail = &mut last_lines[rank];
                 for l in &lines {
@@ -375,23 +376,18 @@ fn watch(
                         GroupOutputs::Rank => grouped[rank].keep(stream, text, lines.len()),
                     }
                 }
+                None
             }
             Ok(Event::Output(Output::Display(rank, data))) => {
                 let global = policy.first_rank + rank;
                 if policy.see.shows(global) {
                     sink.display(global, data);
                 }
+                None
             }
             Ok(Event::Exit(rank, status)) => {
                 let by_us = ended_by(&status, &sent[rank]);
-                let ending = ending_of(status, run_dir, rank, panic_line, by_us);
-                let failed = ending != Ending::Success && ending != Ending::Stopped;
-                ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]), host: None });
-                if failed && policy.on_error == OnError::Abort && stopped.is_none() {
-                    stopped = Some(StopReason::RankFailed(rank));
-                    stop_all(Signal::SIGTERM, &ranks, &mut sent);
-                    kill_at = Some(Instant::now() + grace);
-                }
+                Some((rank, ending_of(status, run_dir, rank, panic_line, by_us), None))
             }
             Ok(Event::Ended(rank, ending, host)) => {
                 // A rank the launcher ended after an interrupt or the timeout was stopped by us.
@@ -400,21 +396,25 @@ fn watch(
                     Ending::Lost(_) | Ending::Signal(_) | Ending::ExitCode(_) if by_us && !sent[rank].is_empty() => Ending::Stopped,
                     e => e,
                 };
-                let failed = ending != Ending::Success && ending != Ending::Stopped;
-                ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]), host });
-                if failed && policy.on_error == OnError::Abort && stopped.is_none() {
-                    stopped = Some(StopReason::RankFailed(rank));
-                    stop_all(Signal::SIGTERM, &ranks, &mut sent);
-                    kill_at = Some(Instant::now() + grace);
-                }
+                Some((rank, ending, host))
             }
             Ok(Event::Launcher(line)) => {
                 if let Targets::Launcher { name, .. } = targets {
                     sink.output(Stream::Stderr, &format!("[{name}] {line}\n"));
                 }
+                None
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some((rank, ending, host)) = ended {
+            let failed = ending != Ending::Success && ending != Ending::Stopped;
+            ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]), host });
+            if failed && policy.on_error == OnError::Abort && stopped.is_none() {
+                stopped = Some(StopReason::RankFailed(rank));
+                stop_all(Signal::SIGTERM, &ranks, &mut sent);
+                kill_at = Some(Instant::now() + grace);
+            }
         }
         let now = Instant::now();
         if stopped.is_none() && cancel.is_cancelled() {

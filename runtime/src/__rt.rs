@@ -38,13 +38,6 @@ pub mod group {
     pub use crate::comm::{DONE, HELLO};
 }
 
-/// Directory of one launch: `vars/` holds shipped variables, `rank-<r>.result` results.
-pub const RUN_DIR_ENV: &str = "RANCH_RUN_DIR";
-
-fn run_dir() -> PathBuf {
-    std::env::var_os(RUN_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| ".".into())
-}
-
 // Autoref specialisation: `(&Ship(&x)).ranch_encode()` serialises when `x: Serialize`
 // and otherwise reports the type, so one compile tells which variables can be shipped.
 
@@ -100,13 +93,10 @@ pub fn export(dir: &str, name: &str, encoded: Result<Vec<u8>, String>) {
 
 /// Reads a shipped variable in a rank program.
 pub fn load<T: DeserializeOwned>(name: &str, type_name: &str) -> T {
-    let bytes = match crate::channel::address() {
-        Some(addr) => crate::channel::fetch(&addr, name).unwrap_or_else(|e| panic!("ranch: cannot fetch variable `{name}`: {e}")),
-        None => {
-            let path = run_dir().join("vars").join(format!("{name}.bin"));
-            std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: cannot read variable `{name}` ({}): {e}", path.display()))
-        }
-    };
+    let bytes = crate::channel::address()
+        .ok_or_else(|| format!("{CHANNEL_ENV} is not set: this program was not started by ranch"))
+        .and_then(|addr| crate::channel::fetch(&addr, name))
+        .unwrap_or_else(|e| panic!("ranch: cannot fetch variable `{name}`: {e}"));
     rmp_serde::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("ranch: cannot decode variable `{name}: {type_name}`: {e}"))
 }
@@ -143,18 +133,10 @@ pub fn panic_path(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank-{rank}.panic"))
 }
 
-/// Hands `kind` ("result", "panic") to the kernel: through the launch's channel, or as a
-/// file in its run directory.
+/// Hands `kind` ("result", "panic") to the kernel through the launch's channel.
 fn report(kind: &str, bytes: &[u8]) -> Result<(), String> {
-    let index = crate::info::launch_index();
-    match crate::channel::address() {
-        Some(addr) => crate::channel::put(&addr, kind, index, bytes),
-        None => {
-            let dir = run_dir();
-            let path = if kind == "result" { result_path(&dir, index) } else { panic_path(&dir, index) };
-            std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
-        }
-    }
+    let addr = crate::channel::address().ok_or_else(|| format!("{CHANNEL_ENV} is not set: this program was not started by ranch"))?;
+    crate::channel::put(&addr, kind, crate::info::launch_index(), bytes)
 }
 
 /// Records this rank's tail value for the kernel.
@@ -247,7 +229,7 @@ pub fn finish_rank() {
     crate::comm::finish();
 }
 
-/// Records panics in a file the kernel reads, instead of printing Rust's report with
+/// Sends panics to the kernel, instead of printing Rust's report with
 /// locations in generated code.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {

@@ -20,9 +20,32 @@ pub(crate) fn address() -> Option<String> {
     std::env::var(CHANNEL_ENV).ok().filter(|a| !a.is_empty())
 }
 
-fn open(addr: &str, request: &str) -> Result<TcpStream, String> {
-    let token = std::env::var(crate::comm::TOKEN_ENV).map_err(|_| format!("{} is not set", crate::comm::TOKEN_ENV))?;
-    let targets: Vec<_> = addr.to_socket_addrs().map_err(|e| format!("channel address {addr}: {e}"))?.collect();
+/// Why a request failed: `Unanswered` ones are tried again (the kernel closes connections
+/// beyond its limit at once, and strangers may hold its slots for a few seconds).
+enum Failed {
+    Unanswered(String),
+    Final(String),
+}
+
+/// How long a request is tried again when the kernel does not answer.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+fn retrying<T>(mut attempt: impl FnMut() -> Result<T, Failed>) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + RETRY_FOR;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(Failed::Final(why)) => return Err(why),
+            Err(Failed::Unanswered(why)) if std::time::Instant::now() >= deadline => return Err(why),
+            Err(Failed::Unanswered(_)) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn open(addr: &str, request: &str) -> Result<TcpStream, Failed> {
+    let token = std::env::var(crate::comm::TOKEN_ENV).map_err(|_| Failed::Final(format!("{} is not set", crate::comm::TOKEN_ENV)))?;
+    let targets: Vec<_> =
+        addr.to_socket_addrs().map_err(|e| Failed::Final(format!("channel address {addr}: {e}")))?.collect();
     let mut last = format!("channel address {addr} resolves to nothing");
     for t in targets {
         match TcpStream::connect_timeout(&t, Duration::from_secs(10)) {
@@ -30,51 +53,59 @@ fn open(addr: &str, request: &str) -> Result<TcpStream, String> {
                 let _ = s.set_nodelay(true);
                 let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
                 s.write_all(format!("{CHANNEL_HELLO} {token} {request}\n").as_bytes())
-                    .map_err(|e| format!("the kernel's channel at {addr}: {e}"))?;
+                    .map_err(|e| Failed::Unanswered(format!("the kernel's channel at {addr}: {e}")))?;
                 return Ok(s);
             }
             Err(e) => last = format!("cannot reach the kernel's channel at {addr}: {e}"),
         }
     }
-    Err(last)
+    Err(Failed::Unanswered(last))
 }
 
-fn reply_line(reader: &mut impl BufRead, addr: &str) -> Result<String, String> {
+/// The kernel's answer: `OK ...` lines, or why not.
+fn reply_line(reader: &mut impl BufRead, addr: &str) -> Result<String, Failed> {
     let mut line = String::new();
-    reader.take(512).read_line(&mut line).map_err(|e| format!("the kernel's channel at {addr}: {e}"))?;
+    reader.take(512).read_line(&mut line).map_err(|e| Failed::Unanswered(format!("the kernel's channel at {addr}: {e}")))?;
     if line.is_empty() {
-        return Err(format!("the kernel's channel at {addr} closed without an answer"));
+        return Err(Failed::Unanswered(format!("the kernel's channel at {addr} closed without an answer")));
     }
-    Ok(line.trim_end().to_string())
+    let line = line.trim_end().to_string();
+    match line.strip_prefix("ERR ") {
+        Some(why) => Err(Failed::Final(why.to_string())),
+        None => Ok(line),
+    }
 }
 
 /// The bytes of shipped variable `name`.
 pub(crate) fn fetch(addr: &str, name: &str) -> Result<Vec<u8>, String> {
-    let stream = open(addr, &format!("GET {name}"))?;
-    let mut reader = BufReader::new(stream);
-    let line = reply_line(&mut reader, addr)?;
-    let len: u64 = match line.strip_prefix("OK ") {
-        Some(n) => n.parse().map_err(|_| format!("the kernel's channel answered {line:?}"))?,
-        None => return Err(line.strip_prefix("ERR ").unwrap_or(&line).to_string()),
-    };
-    if len > MAX_VARIABLE {
-        return Err(format!("the kernel's channel announced {len} bytes"));
-    }
-    let mut bytes = Vec::with_capacity(len.min(1 << 30) as usize);
-    reader.take(len).read_to_end(&mut bytes).map_err(|e| format!("reading variable `{name}`: {e}"))?;
-    if bytes.len() as u64 != len {
-        return Err(format!("variable `{name}`: {} of {len} bytes came", bytes.len()));
-    }
-    Ok(bytes)
+    retrying(|| {
+        let stream = open(addr, &format!("GET {name}"))?;
+        let mut reader = BufReader::new(stream);
+        let line = reply_line(&mut reader, addr)?;
+        let len: u64 = line
+            .strip_prefix("OK ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Failed::Final(format!("the kernel's channel answered {line:?}")))?;
+        if len > MAX_VARIABLE {
+            return Err(Failed::Final(format!("the kernel's channel announced {len} bytes")));
+        }
+        let mut bytes = Vec::with_capacity(len.min(1 << 30) as usize);
+        reader.take(len).read_to_end(&mut bytes).map_err(|e| Failed::Final(format!("reading variable `{name}`: {e}")))?;
+        if bytes.len() as u64 != len {
+            return Err(Failed::Final(format!("variable `{name}`: {} of {len} bytes came", bytes.len())));
+        }
+        Ok(bytes)
+    })
 }
 
 /// Sends this rank's `kind` ("result" or "panic") and waits until the kernel has it.
 pub(crate) fn put(addr: &str, kind: &str, index: usize, bytes: &[u8]) -> Result<(), String> {
-    let mut stream = open(addr, &format!("PUT {kind} {index} {}", bytes.len()))?;
-    stream.write_all(bytes).map_err(|e| format!("sending the {kind}: {e}"))?;
-    let line = reply_line(&mut BufReader::new(stream), addr)?;
-    match line.as_str() {
-        "OK" => Ok(()),
-        other => Err(other.strip_prefix("ERR ").unwrap_or(other).to_string()),
-    }
+    retrying(|| {
+        let mut stream = open(addr, &format!("PUT {kind} {index} {}", bytes.len()))?;
+        stream.write_all(bytes).map_err(|e| Failed::Unanswered(format!("sending the {kind}: {e}")))?;
+        match reply_line(&mut BufReader::new(stream), addr)?.as_str() {
+            "OK" => Ok(()),
+            other => Err(Failed::Final(format!("the kernel's channel answered {other:?}"))),
+        }
+    })
 }

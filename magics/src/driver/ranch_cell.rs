@@ -230,7 +230,9 @@ impl Launch<'_> {
     ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
         let args = self.args;
         let note = |text: &str| host.stream(supervise::Stream::Stderr, text);
-        let master_addr = args.master_addr().map_err(usage)?;
+        // An address of this host the ranks can reach: the channel's, and MASTER_ADDR unless --addr.
+        let reach = args.reach_addr().map_err(usage)?;
+        let master_addr = args.addr.clone().unwrap_or_else(|| reach.clone());
         let (_service, master_port, token) = start_or_join_group(args, &master_addr, &|| host.interrupted(), &note)?;
         // NCCL under the name cudarc looks for (see crate::gpus::nccl_lib).
         let nccl_dir = self
@@ -244,7 +246,7 @@ impl Launch<'_> {
             None => self.tools.library_path.clone(),
         };
         // Variables go out and results come back over TCP: no launch needs a shared directory.
-        let channel = Channel::start(&args.reach_addr().map_err(usage)?, &token, self.run_dir, args.n).map_err(ranch_error)?;
+        let channel = Channel::start(&reach, &token, self.run_dir, args.n).map_err(ranch_error)?;
         let mut env = vec![
             ("LD_LIBRARY_PATH".into(), library_path),
             (group::TOKEN_ENV.to_string(), token),

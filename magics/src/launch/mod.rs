@@ -19,7 +19,8 @@ pub struct LaunchPlan {
     /// Ranks in the whole group (several kernels may launch parts of it).
     pub world_size: usize,
     pub base_rank: usize,
-    /// Directory of this launch (shipped variables, results).
+    /// Directory of this launch on the kernel's host (shipped variables, results: the ranks
+    /// reach them through the launch's channel).
     pub run_dir: PathBuf,
     pub master_addr: String,
     pub master_port: u16,
@@ -37,7 +38,6 @@ impl LaunchPlan {
             ("WORLD_SIZE".to_string(), self.world_size.to_string()),
             ("MASTER_ADDR".to_string(), self.master_addr.clone()),
             ("MASTER_PORT".to_string(), self.master_port.to_string()),
-            (ranch::__rt::RUN_DIR_ENV.to_string(), self.run_dir.to_string_lossy().into_owned()),
             (ranch::__rt::BASE_RANK_ENV.to_string(), self.base_rank.to_string()),
         ];
         env.extend(self.env.iter().cloned());
