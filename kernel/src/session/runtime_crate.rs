@@ -15,6 +15,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/cuda/mod.rs", include_str!("../../../runtime/src/cuda/mod.rs")),
     ("src/cuda/nccl.rs", include_str!("../../../runtime/src/cuda/nccl.rs")),
     ("src/comm/mod.rs", include_str!("../../../runtime/src/comm/mod.rs")),
+    ("src/comm/call.rs", include_str!("../../../runtime/src/comm/call.rs")),
     ("src/comm/error.rs", include_str!("../../../runtime/src/comm/error.rs")),
     ("src/comm/futex.rs", include_str!("../../../runtime/src/comm/futex.rs")),
     ("src/comm/stream_copy.rs", include_str!("../../../runtime/src/comm/stream_copy.rs")),

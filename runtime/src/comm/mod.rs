@@ -6,6 +6,7 @@
 //! A collective that cannot complete (a rank died, skipped it, or called another one)
 //! returns a [`CommError`] naming the operation and the ranks, instead of hanging.
 
+mod call;
 mod error;
 mod futex;
 mod pool;
@@ -272,7 +273,7 @@ impl Comm {
         const OP: &str = "send";
         self.check_root(OP, dest)?;
         // The type's tag first: `recv` of another type is an error, not a reinterpretation.
-        let mut bytes = shm::type_tag(std::any::type_name::<T>()).to_le_bytes().to_vec();
+        let mut bytes = call::type_tag(std::any::type_name::<T>()).to_le_bytes().to_vec();
         bytes.extend(encode(OP, value)?);
         match self.group(OP)?.get() {
             None => Err(CommError::new(OP, vec![0], "a group of one has no other rank to send to".into())),
@@ -292,7 +293,7 @@ impl Comm {
                 let bytes = g.recv_bytes(src)?;
                 let want = std::any::type_name::<T>();
                 match bytes.split_first_chunk::<8>() {
-                    Some((tag, value)) if u64::from_le_bytes(*tag) == shm::type_tag(want) => decode(OP, src, value),
+                    Some((tag, value)) if u64::from_le_bytes(*tag) == call::type_tag(want) => decode(OP, src, value),
                     _ => Err(CommError::new(
                         OP,
                         vec![src],

@@ -23,6 +23,7 @@
 //! (a barrier count, a mailbox, the abort word, an exited flag) bumps it and wakes the
 //! sleepers, if there are any.
 
+use super::call::{Desc, KINDS, Kind, kind_of, mismatch, type_code, type_tag};
 use super::error::CommError;
 use super::reduce::{Op, Reduce};
 use std::fs::{File, OpenOptions};
@@ -204,73 +205,6 @@ impl Drop for Group {
         // SAFETY: base/len come from a successful mmap.
         unsafe { ffi::munmap(self.base.cast(), self.lay.total) };
     }
-}
-
-/// Kinds of collective, for checking that every rank called the same one.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u64)]
-enum Kind {
-    Barrier = 1,
-    AllReduce,
-    Reduce,
-    Broadcast,
-    BroadcastSlice,
-    AllGather,
-    Gather,
-    Scatter,
-    // Not collectives, but they can break the group too.
-    Send,
-    Recv,
-}
-
-const KINDS: [(Kind, &str); 10] = [
-    (Kind::Barrier, "barrier"),
-    (Kind::AllReduce, "all_reduce"),
-    (Kind::Reduce, "reduce"),
-    (Kind::Broadcast, "broadcast"),
-    (Kind::BroadcastSlice, "broadcast_slice"),
-    (Kind::AllGather, "all_gather"),
-    (Kind::Gather, "gather"),
-    (Kind::Scatter, "scatter"),
-    (Kind::Send, "send"),
-    (Kind::Recv, "recv"),
-];
-
-fn kind_of(op: &str) -> Kind {
-    KINDS.iter().find(|(_, n)| *n == op).map(|(k, _)| *k).expect("known collective")
-}
-
-/// What a rank says it is doing: (kind, element type and op, length, root).
-type Desc = [u64; 4];
-
-fn type_code(name: &str, op: Option<Op>) -> u64 {
-    let mut code = [0u8; 8];
-    for (i, b) in name.bytes().take(7).enumerate() {
-        code[i] = b;
-    }
-    code[7] = op.map_or(0, |o| o.code() as u8 + 1);
-    u64::from_le_bytes(code)
-}
-
-fn describe(d: &Desc) -> String {
-    let name = KINDS.iter().find(|(k, _)| *k as u64 == d[0]).map_or("?", |(_, n)| n);
-    let bytes = d[1].to_le_bytes();
-    let ty: String = bytes[..7].iter().take_while(|b| **b != 0).map(|b| *b as char).collect();
-    let op = ["", "Sum", "Min", "Max", "Prod"].get(bytes[7] as usize).copied().unwrap_or("?");
-    let mut s = name.to_string();
-    if !ty.is_empty() {
-        s.push_str(&format!("<{ty}>"));
-    }
-    if d[2] > 0 {
-        s.push_str(&format!(" of {} elements", d[2]));
-    }
-    if !op.is_empty() {
-        s.push_str(&format!(", {op}"));
-    }
-    if d[3] > 0 {
-        s.push_str(&format!(", root {}", d[3] - 1));
-    }
-    s
 }
 
 impl Group {
@@ -574,17 +508,10 @@ impl Group {
         let theirs: Vec<Desc> = (0..self.world)
             .map(|r| std::array::from_fn(|i| self.desc(r, copy, i).load(Ordering::Relaxed)))
             .collect();
-        let odd: Vec<usize> = (0..self.world).filter(|&r| theirs[r] != desc).collect();
-        let only_types_differ = odd.iter().all(|&r| theirs[r][0] == desc[0] && theirs[r][2..] == desc[2..]);
-        if let (false, true, Some(ty)) = (odd.is_empty(), only_types_differ, ty) {
-            let message = format!("the ranks passed values of different types to {op} (rank {} passed a `{ty}`)", self.rank);
-            return Err(self.fail(op, odd, message));
+        match mismatch(op, self.rank, &desc, &theirs, ty) {
+            Some((odd, message)) => Err(self.fail(op, odd, message)),
+            None => Ok(()),
         }
-        if !odd.is_empty() {
-            let calls: Vec<String> = theirs.iter().enumerate().map(|(r, d)| format!("rank {r}: {}", describe(d))).collect();
-            return Err(self.fail(op, odd, format!("the ranks called different collectives here ({})", calls.join("; "))));
-        }
-        Ok(())
     }
 
     pub fn barrier(&self) -> Result<(), CommError> {
@@ -882,10 +809,6 @@ unsafe fn copy_out<T>(src: *const T, dst: &mut [T], stream: bool) {
     }
 }
 
-/// A tag for a type, the same in every rank of a launch (FNV-1a of its name).
-pub fn type_tag(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-}
 
 fn ranks_text(ranks: &[usize]) -> String {
     let list: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
@@ -909,11 +832,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn descriptions_read_well() {
-        let d = [Kind::AllReduce as u64, type_code("f32", Some(Op::Sum)), 1000, 0];
-        assert_eq!(describe(&d), "all_reduce<f32> of 1000 elements, Sum");
-        assert_eq!(describe(&[Kind::Barrier as u64, 0, 0, 0]), "barrier");
-        assert_eq!(describe(&[Kind::Broadcast as u64, 0, 0, 3]), "broadcast, root 2");
-    }
 }
