@@ -121,9 +121,9 @@ pub struct RanchArgs {
     /// Port of the group's rendezvous service (MASTER_PORT; default: a free port).
     #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
-    /// How collectives move data.
-    #[arg(long, value_enum, default_value = "shm")]
-    pub backend: Backend,
+    /// How collectives move data (default: shm on this host, hierarchical across hosts).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
     /// Seconds a collective waits for the other ranks before failing.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub collective_timeout: Option<f64>,
@@ -143,12 +143,32 @@ pub struct RanchArgs {
     /// The launcher and hosts, from the three flags above (filled by `parse`).
     #[arg(skip)]
     pub placement: Placement,
+    /// The backend, from --backend and the placement (filled by `parse`).
+    #[arg(skip)]
+    pub collectives: Backend,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Backend {
-    /// Shared memory on this host.
+    /// Shared memory on this host (the default when every rank runs here).
+    #[default]
     Shm,
+    /// Flat MPI: every collective is MPI calls among all ranks (ranks started by mpirun or srun).
+    Mpi,
+    /// Shared memory inside each host and MPI between one leader per host (the default
+    /// across hosts).
+    Hierarchical,
+}
+
+impl Backend {
+    /// The runtime's name for an MPI backend (`RANCH_BACKEND`); `None` for shared memory.
+    pub fn mpi_name(self) -> Option<&'static str> {
+        match self {
+            Backend::Shm => None,
+            Backend::Mpi => Some("mpi"),
+            Backend::Hierarchical => Some("hierarchical"),
+        }
+    }
 }
 
 impl RanchArgs {
@@ -283,6 +303,7 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
         Ok(mut a) => {
             a.check_group().map_err(UsageError)?;
             a.placement = placement(&a).map_err(UsageError)?;
+            a.collectives = resolve_backend(&mut a).map_err(UsageError)?;
             if a.gather {
                 return Err(UsageError("--gather is for %in_ddp; %%ranch always gathers every rank's value".into()));
             }
@@ -300,6 +321,37 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(Parsed::Help(e.render().to_string())),
         Err(e) => Err(UsageError(e.render().to_string().trim_end().to_string())),
     }
+}
+
+/// The backend `--backend` asks for, or the default for where the ranks run; MPI needs
+/// ranks that mpirun or srun start (`MPI_Init` talks to the launcher), so it implies mpirun
+/// when no launcher is named.
+fn resolve_backend(a: &mut RanchArgs) -> Result<Backend, String> {
+    let p = &mut a.placement;
+    let across_hosts = !p.hosts.is_empty() || p.launcher == LauncherKind::Srun;
+    let backend = match a.backend {
+        None if across_hosts => Backend::Hierarchical,
+        None => Backend::Shm,
+        Some(Backend::Shm) if !p.hosts.is_empty() => {
+            return Err("--backend shm: shared memory does not reach other hosts; leave --backend out (hierarchical: \
+                        shared memory inside each host, MPI between hosts) or use --backend mpi"
+                .into());
+        }
+        Some(b) => b,
+    };
+    let Some(name) = backend.mpi_name() else { return Ok(backend) };
+    if p.launcher == LauncherKind::Local {
+        if a.launcher == Some(LauncherKind::Local) {
+            return Err(format!("--backend {name} needs ranks started by mpirun or srun, not --launcher local"));
+        }
+        p.launcher = LauncherKind::Mpirun;
+    }
+    if a.world_size.is_some_and(|w| w != a.n) {
+        return Err(format!(
+            "--backend {name}: ranks launched by several kernels (--world-size) are not one MPI job; launch them all from one kernel"
+        ));
+    }
+    Ok(backend)
 }
 
 /// The launcher and hosts the flags ask for (a hostfile is read here: a bad one is a
@@ -515,6 +567,22 @@ mod tests {
         assert!(err("2 --world-size 4").contains("--port"));
         assert!(err("2 --gather").contains("%in_ddp"));
         assert!(err("2 --backend nccl").contains("nccl"));
+    }
+
+    #[test]
+    fn backend_follows_where_ranks_run() {
+        assert_eq!(run("2").collectives, Backend::Shm);
+        assert_eq!(run("2 --launcher mpirun").collectives, Backend::Shm, "one host: the kernel's shared memory");
+        let across = run("4 --hosts a:2,b:2");
+        assert_eq!((across.collectives, across.placement.launcher), (Backend::Hierarchical, LauncherKind::Mpirun));
+        assert_eq!(run("4 --launcher srun").collectives, Backend::Hierarchical);
+        assert_eq!(run("4 --hosts a:2,b:2 --backend mpi").collectives, Backend::Mpi);
+        let forced = run("2 --backend mpi");
+        assert_eq!((forced.collectives, forced.placement.launcher), (Backend::Mpi, LauncherKind::Mpirun), "MPI implies mpirun");
+        assert_eq!(run("2 --backend hierarchical --launcher srun").placement.launcher, LauncherKind::Srun);
+        assert!(err("4 --hosts a:2,b:2 --backend shm").contains("does not reach other hosts"));
+        assert!(err("2 --backend mpi --launcher local").contains("not --launcher local"));
+        assert!(err("2 --backend mpi --world-size 4 --port 9").contains("not one MPI job"));
     }
 
     #[test]

@@ -58,7 +58,13 @@ fn parse_magic<T: Parser>(magic: &str, args: &str, prepare: fn(Vec<String>) -> V
 
 /// Parses what follows `%ranch_start`.
 pub fn parse(args: &str) -> Result<Parsed<PoolArgs>, String> {
-    parse_magic("%ranch_start", args, |t| t)
+    let parsed = parse_magic::<PoolArgs>("%ranch_start", args, |t| t)?;
+    if let Parsed::Run(a) = &parsed {
+        if let Some(name) = a.backend.mpi_name() {
+            return Err(format!("--backend {name}: a pool runs on this host, and its collectives use shared memory (--backend shm)"));
+        }
+    }
+    Ok(parsed)
 }
 
 /// Each rank's environment: its place in the pool, its GPU, its share of the cores, and
@@ -279,6 +285,7 @@ mod tests {
         assert_eq!(get(1, ranch::__rt::POOL_DDP_ENV).as_deref(), Some("1"));
         assert_eq!(get(0, ranch::__rt::TIMEOUT_ENV).as_deref(), Some("0.5"));
         assert!(parse("2 --backend tcp").unwrap_err().contains("tcp"));
+        assert!(parse("2 --backend mpi").unwrap_err().contains("a pool runs on this host"));
     }
 
     #[test]

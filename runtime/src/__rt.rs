@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::channel::{CHANNEL_ENV, CHANNEL_HELLO};
 pub use crate::info::BASE_RANK_ENV;
-pub use crate::comm::{POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
+pub use crate::comm::{BACKEND_ENV, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
 
 /// The symbols a pool rank calls in each cell's library before the cell runs and when it
 /// has returned.
@@ -221,12 +221,24 @@ pub fn init_rank() {
             crate::comm::announce(&token, crate::rank());
         }
     }
+    crate::comm::start_backend();
 }
 
 /// Last thing a rank program does when the cell returned: ranks still waiting for this
 /// one in a collective learn that it finished without joining.
 pub fn finish_rank() {
     crate::comm::finish();
+    crate::comm::end_backend();
+}
+
+/// Reports a failure that ends the rank without a panic (the MPI watchdog's), as a panic
+/// report so that the cell's error says it.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn report_failure(message: &str) {
+    let report = PanicReport { message: message.to_string(), file: String::new(), line: 0 };
+    if self::report("panic", &report.encode()).is_err() {
+        eprintln!("ranch: rank {}: {message}", crate::rank());
+    }
 }
 
 /// Sends panics to the kernel, instead of printing Rust's report with

@@ -20,6 +20,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/comm/futex.rs", include_str!("../../../runtime/src/comm/futex.rs")),
     ("src/comm/stream_copy.rs", include_str!("../../../runtime/src/comm/stream_copy.rs")),
     ("src/comm/reduce.rs", include_str!("../../../runtime/src/comm/reduce.rs")),
+    ("src/comm/mpi.rs", include_str!("../../../runtime/src/comm/mpi.rs")),
     ("src/comm/pool.rs", include_str!("../../../runtime/src/comm/pool.rs")),
     ("src/comm/rendezvous.rs", include_str!("../../../runtime/src/comm/rendezvous.rs")),
     ("src/comm/shm.rs", include_str!("../../../runtime/src/comm/shm.rs")),

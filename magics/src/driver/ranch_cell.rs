@@ -69,6 +69,9 @@ impl Driver {
                 args.placement.launcher.name()
             )));
         }
+        if args.collectives.mpi_name().is_some() {
+            crate::launch::mpi_build::check().map_err(usage)?;
+        }
         // A launcher that starts every rank gives them all one environment: no pinning.
         let gpu_flag = if foreign { Gpus::None } else { args.gpus.clone() };
         let per_host = args.placement.most_on_one_host(args.n);
@@ -106,7 +109,10 @@ impl Driver {
         interrupted_before_launch(host)?;
         let snapshot = snapshot?;
         let export_s = t_export.elapsed().as_secs_f64();
-        let ranch_features = source::ranch_features(&format!("{rust}\n{}", args.ctx.as_deref().unwrap_or("")));
+        let mut ranch_features = source::ranch_features(&format!("{rust}\n{}", args.ctx.as_deref().unwrap_or("")));
+        if args.collectives.mpi_name().is_some() {
+            ranch_features.push("mpi");
+        }
         let cell = CellProgram {
             body: rust,
             body_cell_line: rust_line + 1, // the magic line is line 1
@@ -256,6 +262,9 @@ impl Launch<'_> {
         env.extend(crate::threads::thread_env(cores, args.placement.most_on_one_host(args.n), |k| std::env::var(k).ok()));
         if let Some(t) = args.collective_timeout {
             env.push((group::TIMEOUT_ENV.to_string(), t.to_string()));
+        }
+        if let Some(name) = args.collectives.mpi_name() {
+            env.push((group::BACKEND_ENV.to_string(), name.to_string()));
         }
         // Other hosts run the program from a directory they share with this one.
         let exe = if args.placement.hosts.is_empty() { self.exe.to_path_buf() } else { shared_program(self.exe)? };

@@ -2,6 +2,7 @@
 //! [`srun`] make the command line of a launcher that starts every rank itself, on this host
 //! or others, whose output [`tagged`] splits back into the ranks' streams.
 
+pub mod mpi_build;
 pub mod mpirun;
 pub mod srun;
 pub mod tagged;

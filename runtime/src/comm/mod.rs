@@ -9,6 +9,8 @@
 mod call;
 mod error;
 mod futex;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod pool;
 mod reduce;
 mod rendezvous;
@@ -33,12 +35,59 @@ use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 /// Environment of a launch's group (set by the kernel).
 pub const TOKEN_ENV: &str = "RANCH_TOKEN";
 pub const TIMEOUT_ENV: &str = "RANCH_COLLECTIVE_TIMEOUT";
+/// How collectives move data, when not through the kernel's shared memory: `mpi` (flat)
+/// or `hierarchical` (shared memory inside each host, MPI between hosts). Needs the
+/// runtime's `mpi` feature.
+pub const BACKEND_ENV: &str = "RANCH_BACKEND";
+
+/// The MPI flavour this launch asks for (`Some(hierarchical)`), in a group of several.
+fn mpi_flavour() -> Option<Result<bool, String>> {
+    if crate::world_size() < 2 {
+        return None;
+    }
+    match std::env::var(BACKEND_ENV).ok()?.as_str() {
+        "mpi" => Some(Ok(false)),
+        "hierarchical" => Some(Ok(true)),
+        other => Some(Err(format!("{BACKEND_ENV}={other} is not a backend (mpi, hierarchical)"))),
+    }
+}
+
+/// Starts the launch's backend as the rank starts, when it must be (MPI: every rank of the
+/// job joins at once).
+pub(crate) fn start_backend() {
+    #[cfg(feature = "mpi")]
+    if let Some(Ok(hierarchical)) = mpi_flavour() {
+        mpi::init(hierarchical);
+    }
+}
+
+/// Ends the backend as the rank returns.
+pub(crate) fn end_backend() {
+    #[cfg(feature = "mpi")]
+    if let Some(Ok(_)) = mpi_flavour() {
+        mpi::finalize();
+    }
+}
+
+/// How long a collective waits for the other ranks ([`TIMEOUT_ENV`], default 120 s).
+pub(crate) fn collective_timeout() -> std::time::Duration {
+    use std::time::Duration;
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .and_then(|t| Duration::try_from_secs_f64(t).ok())
+        .map_or(Duration::from_secs(120), |t| t.min(Duration::from_secs(365 * 24 * 3600)))
+}
 
 enum Backend {
     Serial,
     /// `None` once the group was retired: a pool's group lives for one cell, and its
     /// memory is unmapped when the cell ends (see [`pool`]).
     Shm(RwLock<Option<shm::Group>>),
+    /// MPI, whose state lives in [`mpi`] (initialised as the rank starts).
+    #[cfg(feature = "mpi")]
+    Mpi,
     /// Joining the group failed; every operation reports why.
     Broken(String),
 }
@@ -48,14 +97,59 @@ enum Backend {
 enum Held<'a> {
     Serial,
     Shm(RwLockReadGuard<'a, Option<shm::Group>>),
+    #[cfg(feature = "mpi")]
+    Mpi(mpi::Held),
 }
 
 impl Held<'_> {
-    fn get(&self) -> Option<&shm::Group> {
+    fn get(&self) -> Option<Via<'_>> {
         match self {
             Held::Serial => None,
-            Held::Shm(g) => g.as_ref(),
+            Held::Shm(g) => g.as_ref().map(Via::Shm),
+            #[cfg(feature = "mpi")]
+            Held::Mpi(state) => match state.as_ref() {
+                Some(Ok(state)) => Some(Via::Mpi(state)),
+                _ => None,
+            },
         }
+    }
+}
+
+/// The transport of a group of several ranks: each has the same operations.
+enum Via<'a> {
+    Shm(&'a shm::Group),
+    #[cfg(feature = "mpi")]
+    Mpi(&'a mpi::State),
+}
+
+macro_rules! via {
+    ($self:ident, $g:ident => $call:expr) => {
+        match $self {
+            Via::Shm($g) => $call,
+            #[cfg(feature = "mpi")]
+            Via::Mpi($g) => $call,
+        }
+    };
+}
+
+impl Via<'_> {
+    fn barrier(&self) -> Result<(), CommError> {
+        via!(self, g => g.barrier())
+    }
+    fn reduce<T: Reduce>(&self, buf: &mut [T], op: Op, root: Option<usize>) -> Result<(), CommError> {
+        via!(self, g => g.reduce(buf, op, root))
+    }
+    fn broadcast_slice<T: Reduce>(&self, buf: &mut [T], root: usize) -> Result<(), CommError> {
+        via!(self, g => g.broadcast_slice(buf, root))
+    }
+    fn all_gather_bytes(&self, op: &'static str, mine: &[u8], ty: &str) -> Result<Vec<Vec<u8>>, CommError> {
+        via!(self, g => g.all_gather_bytes(op, mine, ty))
+    }
+    fn send_bytes(&self, bytes: &[u8], dest: usize) -> Result<(), CommError> {
+        via!(self, g => g.send_bytes(bytes, dest))
+    }
+    fn recv_bytes(&self, src: usize) -> Result<Vec<u8>, CommError> {
+        via!(self, g => g.recv_bytes(src))
     }
 }
 
@@ -90,6 +184,9 @@ impl Comm {
             return pool::join(std::path::Path::new(&path));
         }
         let (rank, world) = (crate::rank(), crate::world_size());
+        if let Some(flavour) = mpi_flavour() {
+            return Comm { rank, world, backend: Self::mpi_backend(flavour) };
+        }
         let token = std::env::var(TOKEN_ENV).ok();
         let backend = match token {
             None if world == 1 => Backend::Serial,
@@ -100,6 +197,27 @@ impl Comm {
             },
         };
         Comm { rank, world, backend }
+    }
+
+    #[cfg(feature = "mpi")]
+    fn mpi_backend(flavour: Result<bool, String>) -> Backend {
+        match flavour {
+            Ok(hierarchical) => {
+                mpi::init(hierarchical); // already done as the rank started; here for other programs
+                Backend::Mpi
+            }
+            Err(why) => Backend::Broken(why),
+        }
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn mpi_backend(flavour: Result<bool, String>) -> Backend {
+        Backend::Broken(match flavour {
+            Ok(_) => format!(
+                "this launch uses MPI ({BACKEND_ENV}) but the rank program was built without the ranch runtime's `mpi` feature"
+            ),
+            Err(why) => why,
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -120,6 +238,12 @@ impl Comm {
                     None => return Err(CommError::new(op, vec![self.rank], pool::RETIRED.into())),
                 }
                 Ok(Held::Shm(held))
+            }
+            #[cfg(feature = "mpi")]
+            Backend::Mpi => {
+                let held = mpi::hold();
+                mpi::usable(&held, op)?;
+                Ok(Held::Mpi(held))
             }
             Backend::Broken(why) => Err(CommError::new(op, vec![self.rank], why.clone())),
         }

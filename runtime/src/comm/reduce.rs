@@ -19,6 +19,13 @@ pub trait Reduce: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     fn combine(self, other: Self, op: Op) -> Self;
 
+    /// The element's MPI datatype (for the `mpi` feature's backend; `None`: not movable over MPI).
+    #[cfg(feature = "mpi")]
+    #[doc(hidden)]
+    fn mpi_datatype() -> Option<mpi::datatype::DatatypeRef<'static>> {
+        None
+    }
+
     /// `out[i] = out[i] op src[i]`, with the op chosen once so the loop vectorises.
     fn combine_slice(out: &mut [Self], src: &[Self], op: Op) {
         match op {
@@ -34,6 +41,10 @@ macro_rules! reduce_float {
     ($($t:ty),*) => {$(
         impl Reduce for $t {
             const NAME: &'static str = stringify!($t);
+            #[cfg(feature = "mpi")]
+            fn mpi_datatype() -> Option<mpi::datatype::DatatypeRef<'static>> {
+                Some(<$t as mpi::traits::Equivalence>::equivalent_datatype())
+            }
             #[inline]
             fn combine(self, other: Self, op: Op) -> Self {
                 match op {
@@ -52,6 +63,10 @@ macro_rules! reduce_int {
     ($($t:ty),*) => {$(
         impl Reduce for $t {
             const NAME: &'static str = stringify!($t);
+            #[cfg(feature = "mpi")]
+            fn mpi_datatype() -> Option<mpi::datatype::DatatypeRef<'static>> {
+                Some(<$t as mpi::traits::Equivalence>::equivalent_datatype())
+            }
             #[inline]
             fn combine(self, other: Self, op: Op) -> Self {
                 match op {

@@ -220,12 +220,7 @@ impl Group {
         if base as isize == -1 {
             return Err(format!("cannot map the group's segment: {}", std::io::Error::last_os_error()));
         }
-        let timeout = std::env::var(super::TIMEOUT_ENV)
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|t| *t > 0.0)
-            .and_then(|t| Duration::try_from_secs_f64(t).ok())
-            .map_or(Duration::from_secs(120), |t| t.min(Duration::from_secs(365 * 24 * 3600)));
+        let timeout = super::collective_timeout();
         let locks = || (0..world).map(|_| Mutex::new(())).collect();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let spin = if crate::local_world_size() > cores { Duration::ZERO } else { SPIN };
@@ -278,6 +273,15 @@ impl Group {
             self.epoch().fetch_add(1, Ordering::Release);
             super::futex::wake_all(self.epoch());
         }
+    }
+
+    /// Marks this rank as finished, in a segment no kernel watches (a host's own, see
+    /// `mpi`): ranks waiting for it learn that it returned without joining.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub fn mark_finished(&self) {
+        self.at::<AtomicU32>(EXITED_OFF + 4 * self.rank).store(FINISHED, Ordering::SeqCst);
+        self.epoch().fetch_add(1, Ordering::SeqCst);
+        super::futex::wake_all(self.epoch());
     }
 
     fn exited(&self, rank: usize) -> u32 {
