@@ -8,6 +8,10 @@ import pytest
 
 from conftest import execute, interrupt, ok, start, stop, wait_for_output
 from simhosts import simulated_hosts
+from test_mpi_backend import needs_mpi_build
+
+# Across hosts collectives default to the hierarchical backend: every rank program links MPI.
+pytestmark = needs_mpi_build
 
 HOSTNAME = 'std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()'
 
@@ -55,11 +59,56 @@ def test_a_rank_killed_on_host_2_is_named_with_its_host(hosts, kernel_km):
                       "if ranch::rank() == 3 {\n"
                       '    std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status().unwrap();\n'
                       "}\n"
-                      "std::thread::sleep(std::time::Duration::from_secs(30));")
+                      "// The others wait for rank 3 inside MPI (hierarchical: rank 2 in its host's\n"
+                      "// shared memory, the leaders between hosts).\n"
+                      "let mut v = vec![1.0f32; 1000];\n"
+                      "ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();")
     text = run.error_text()
     assert run.reply["content"]["status"] == "error"
     assert f"rank 3 was killed by signal 9 (SIGKILL) (host {b})" in text, text
     assert "stopped because of the failure (--on-error abort): ranks 0, 1, 2" in text, text
+    assert "CommError" not in text and "all_reduce failed" not in text, text
+    nothing_left_on(hosts)
+
+
+# Each rank's vector differs; the sum over ranks is known in closed form.
+ALL_REDUCE = r"""
+let r = ranch::rank() as f64;
+let mut small: Vec<f64> = (0..512).map(|i| i as f64 * (r + 1.0)).collect();
+let mut large = vec![r + 1.0; 1 << 20];
+let c = ranch::comm();
+c.all_reduce(&mut small, ranch::Op::Sum).unwrap();
+c.all_reduce(&mut large, ranch::Op::Sum).unwrap();
+let mut most = [ranch::rank() as i64];
+c.all_reduce(&mut most, ranch::Op::Max).unwrap();
+let names = c.all_gather(&HOST).unwrap();
+(small[511], large.iter().all(|&x| x == 10.0), most[0], names)
+"""
+
+
+@pytest.mark.parametrize("backend", ["", " --backend mpi"])
+def test_all_reduce_across_hosts_equals_the_serial_sum(hosts, kernel_km, backend):
+    _, kc = kernel_km
+    a, b = hosts.addresses
+    body = ALL_REDUCE.replace("HOST", HOSTNAME)
+    run = ok(execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2{backend}\n{body}", timeout=600))
+    # 511 * (1 + 2 + 3 + 4); 1 + 2 + 3 + 4 everywhere; rank 3 the largest.
+    one = '(5110.0, true, 3, ["simhost1", "simhost1", "simhost2", "simhost2"])'
+    assert run.result() == "[" + ", ".join([one] * 4) + "]", run.result()
+    assert "flat MPI" not in run.stream("stderr"), "each host formed its shared-memory group"
+    nothing_left_on(hosts)
+
+
+def test_in_ddp_across_hosts(hosts, kernel_km):
+    _, kc = kernel_km
+    a, b = hosts.addresses
+    ok(execute(kc, "fn mean_of_ranks(scale: f64) -> (f64, String) {\n"
+                   "    let mut v = [ranch::rank() as f64 * scale];\n"
+                   "    ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();\n"
+                   f"    (v[0] / ranch::world_size() as f64, {HOSTNAME})\n"
+                   "}"))
+    run = ok(execute(kc, f"%in_ddp 4 --hosts {a}:2,{b}:2 --gather mean_of_ranks(2.0)", timeout=600))
+    assert run.result() == ('[(3.0, "simhost1"), (3.0, "simhost1"), (3.0, "simhost2"), (3.0, "simhost2")]'), run.result()
     nothing_left_on(hosts)
 
 
