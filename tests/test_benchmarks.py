@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -52,4 +54,14 @@ def test_pool_benchmark_runs_in_short_form():
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     for what in ("%%px cell", "dispatch of a built cell", "read 10 MB of rank state", "%ranch_start 4"):
+        assert what in out.stdout, out.stdout
+
+
+def test_hosts_benchmark_runs_in_short_form():
+    out = subprocess.run([sys.executable, str(BENCH / "hosts.py"), "--quick"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    if out.stdout.startswith("skipped:"):
+        pytest.skip(out.stdout.strip())
+    for what in ("4 KiB", "64 MiB", "hier/MPI", "mpirun, 2 hosts (MPI started)", "bare mpirun /bin/true"):
         assert what in out.stdout, out.stdout

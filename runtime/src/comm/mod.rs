@@ -1,8 +1,10 @@
 //! The process group of a ranked launch: collectives and point-to-point messages.
 //!
-//! `ranch::comm()` is the group. In a ranked launch its backend is shared memory on this
-//! host ([`shm`]), joined through the kernel's rendezvous service; outside one it is a
-//! group of one whose collectives are identities, so the same code runs in a plain cell.
+//! `ranch::comm()` is the group. In a ranked launch on one host its backend is shared
+//! memory ([`shm`]), joined through the kernel's rendezvous service; across hosts it is MPI
+//! (`mpi`, feature `mpi`: flat, or hierarchical with shared memory inside each host);
+//! outside a launch it is a group of one whose collectives are identities, so the same
+//! code runs in a plain cell.
 //! A collective that cannot complete (a rank died, skipped it, or called another one)
 //! returns a [`CommError`] naming the operation and the ranks, instead of hanging.
 

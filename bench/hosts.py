@@ -1,0 +1,127 @@
+"""ranch across hosts against plain Open MPI, on two simulated hosts (tests/simhosts.py:
+network namespaces on a bridge, 2 ranks each), in one run.
+
+Times all-reduce (f32 sum) of 4 KiB and 64 MiB over 4 ranks on 2 hosts with ranch's
+hierarchical backend (the default across hosts: shared memory inside a host, MPI between
+host leaders), with `--backend mpi` (flat MPI through ranch), and with a C program calling
+`MPI_Allreduce` directly (bench/mpi_collectives.c) over the same hosts and MCA settings;
+and what a launch costs: a trivial `%%ranch 4` cell (program already built) with the local
+launcher, with mpirun on this host, and with mpirun on the two hosts (which starts MPI in
+every rank), beside a bare `mpirun ... /bin/true`. Prints figures and ratios; asserts
+nothing. Needs root (namespaces), mpirun, mpicc and libclang (install/mpi.sh).
+
+`--quick` (the test suite's form): fewer rounds and launches.
+
+Simulated hosts share this machine's cores and memory: the figures say what ranch adds to
+MPI and what the hierarchy saves in bytes over the network, not what a real cluster's
+network gives.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+import pytest  # noqa: E402  (simhosts skips through pytest)
+from conftest import execute, logged_kernel, timed  # noqa: E402
+from simhosts import simulated_hosts  # noqa: E402
+
+CELL = """%%ranch 4 --hosts {hosts}{backend} --see 0
+use std::time::Instant;
+let c = ranch::comm();
+// Median over rounds of the mean of `iters` calls.
+let time = |rounds: usize, iters: usize, f: &mut dyn FnMut()| {{
+    let mut t: Vec<f64> = (0..rounds).map(|_| {{ c.barrier().unwrap(); let t = Instant::now(); for _ in 0..iters {{ f(); }} t.elapsed().as_secs_f64() / iters as f64 }}).collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}};
+let mut small = vec![1.0f32; 1024];
+let mut large = vec![1.0f32; 16 << 20];
+time(1, 20, &mut || c.all_reduce(&mut small, ranch::Op::Sum).unwrap());
+let allreduce_4k = time({rounds}, {iters}, &mut || c.all_reduce(&mut small, ranch::Op::Sum).unwrap());
+let allreduce_64m = time({rounds}, 1, &mut || c.all_reduce(&mut large, ranch::Op::Sum).unwrap());
+(allreduce_4k, allreduce_64m)"""
+
+
+def ranch_allreduce(kc, hosts, backend, rounds, iters):
+    run = execute(kc, CELL.format(hosts=hosts, backend=backend, rounds=rounds, iters=iters), timeout=600)
+    assert run.reply["content"]["status"] == "ok", run.error_text()
+    first = run.result().strip("[]").split("), (")[0].strip("()")
+    small, large = (float(x) for x in first.split(","))
+    return small, large
+
+
+def plain_mpi(sim, hosts, quick):
+    """bench/mpi_collectives.c over the same hosts: {allreduce_4k, allreduce_64m, ...}."""
+    # Outside /tmp: each simulated host has a /tmp of its own.
+    build = tempfile.mkdtemp(prefix="ranch-bench-", dir="/var/tmp")
+    exe = os.path.join(build, "mpi_collectives")
+    try:
+        subprocess.run(["mpicc", "-O2", "-o", exe, os.path.join(HERE, "mpi_collectives.c")], check=True)
+        cmd = ["mpirun", "-np", "4", "--host", hosts, "--allow-run-as-root", *sim.mpirun_args.split(),
+               exe, "0.1", "10" if quick else "1"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["rm", "-rf", build])
+
+
+def launch_costs(kc, sim, hosts, launches):
+    """Seconds per trivial launch (median), by launcher; the programs are built first."""
+    cells = {
+        "local launcher (this host)": "%%ranch 4\nranch::rank()",
+        "mpirun, this host": "%%ranch 4 --launcher mpirun\nranch::rank()",
+        "mpirun, 2 hosts (MPI started)": f"%%ranch 4 --hosts {hosts}\nranch::rank()",
+    }
+    costs = {}
+    for name, cell in cells.items():
+        timed(kc, cell)  # builds
+        costs[name] = statistics.median(timed(kc, cell) for _ in range(launches))
+    bare = ["mpirun", "-np", "4", "--host", hosts, "--allow-run-as-root", *sim.mpirun_args.split(), "/bin/true"]
+    samples = []
+    for _ in range(launches):
+        t = time.monotonic()
+        subprocess.run(bare, check=True, capture_output=True)
+        samples.append(time.monotonic() - t)
+    costs["bare mpirun /bin/true, 2 hosts"] = statistics.median(samples)
+    return costs
+
+
+def main():
+    quick = "--quick" in sys.argv
+    rounds, iters, launches = (3, 50, 3) if quick else (11, 400, 9)
+    gen = simulated_hosts(2)
+    try:
+        sim = next(gen)
+    except pytest.skip.Exception as e:
+        print(f"skipped: {e}")
+        return
+    try:
+        a, b = sim.addresses
+        hosts = f"{a}:2,{b}:2"
+        os.environ["RANCH_MPIRUN_ARGS"] = sim.mpirun_args
+        with logged_kernel() as (kc, _log):
+            hier = ranch_allreduce(kc, hosts, "", rounds, iters)
+            flat = ranch_allreduce(kc, hosts, " --backend mpi", rounds, iters)
+            costs = launch_costs(kc, sim, hosts, launches)
+        mpi = plain_mpi(sim, hosts, quick)
+    finally:
+        next(gen, None)  # removes the simulated hosts
+    print("all-reduce, 4 ranks on 2 simulated hosts (f32 sum; median seconds per call)")
+    print(f"{'size':<8}{'hierarchical':>14}{'ranch mpi':>14}{'MPI_Allreduce':>16}{'hier/MPI':>10}{'flat/MPI':>10}")
+    for label, i, key in (("4 KiB", 0, "allreduce_4k"), ("64 MiB", 1, "allreduce_64m")):
+        ref = mpi[key]
+        print(f"{label:<8}{hier[i]:>14.6f}{flat[i]:>14.6f}{ref:>16.6f}{hier[i] / ref:>10.2f}{flat[i] / ref:>10.2f}")
+    print()
+    print("launch cost: a trivial %%ranch 4 cell end to end (median seconds)")
+    base = costs["local launcher (this host)"]
+    for name, s in costs.items():
+        print(f"  {name:<34}{s:>8.3f}  ({s / base:.1f}x local)")
+
+
+if __name__ == "__main__":
+    main()
