@@ -10,5 +10,9 @@ cargo_ test --release --locked --workspace
 echo "==> the runtime's GPU features build (no CUDA needed: it is loaded at run time)"
 cargo_ check --release --locked -p ranch --features cuda
 cargo_ check --release --locked -p ranch --features nccl
+if command -v mpicc >/dev/null 2>&1; then
+  echo "==> the runtime's MPI feature builds (against this host's MPI; install/mpi.sh installs it)"
+  cargo_ check --release --locked -p ranch --features mpi
+fi
 echo "==> end-to-end tests through Jupyter clients"
 "$RANCH_VENV/bin/python" -m pytest tests "$@"
