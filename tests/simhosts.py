@@ -1,7 +1,8 @@
 """Simulated hosts for the multi-host tests: Linux network namespaces on a bridge, each
 entered by mpirun's remote-start agent with its own hostname (UTS namespace) and its own
-/dev/shm and /tmp (mount namespace), so a rank there shares nothing with the kernel but
-the file system's other directories. The fixture makes them and removes them; where they
+/dev/shm, /tmp and home directory (mount namespace), so a rank there shares nothing with
+the kernel but the system's directories (/usr, /etc): not the kernel's files, its cache or
+the Rust toolchain. The fixture makes them and removes them; where they
 cannot be made (not root, no `ip`/`unshare`, no mpirun) the tests skip and say why.
 
 Host i is 10.77.S.i on bridge 10.77.S.254 (S from this process's id, so parallel runs do
@@ -10,6 +11,7 @@ ranks' interfaces are pinned to the subnet."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -19,14 +21,16 @@ import pytest
 
 AGENT = """#!/bin/sh
 # mpirun's remote-start agent for simulated hosts: runs the command ("$@" after the host)
-# in the host's network namespace, with its own hostname, /dev/shm and /tmp.
+# in the host's network namespace, with its own hostname, /dev/shm, /tmp and home directory
+# (so the kernel's files, its cache and the Rust toolchain are not there).
 host="$1"; shift
 case "$host" in
 {cases}
   *) echo "simulated hosts: unknown host $host" >&2; exit 1;;
 esac
 exec ip netns exec "$ns" unshare --uts --mount --propagation private sh -c \\
-  'hostname "$0"; mount -t tmpfs tmpfs /dev/shm; mount -t tmpfs tmpfs /tmp; exec sh -c "$1"' "$name" "$*"
+  'hostname "$0"; mount -t tmpfs tmpfs /dev/shm; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs "$2"; exec sh -c "$1"' \\
+  "$name" "$*" {home}
 """
 
 
@@ -80,7 +84,7 @@ def simulated_hosts(n: int = 2):
     cases = "\n".join(f'  {a}) ns={ns}; name={name};;' for a, ns, name in zip(addresses, namespaces, names))
     agent = os.path.join(agent_dir, "agent")
     with open(agent, "w") as f:
-        f.write(AGENT.format(cases=cases))
+        f.write(AGENT.format(cases=cases, home=shlex.quote(os.path.expanduser("~"))))
     os.chmod(agent, 0o755)
     mca = {
         "plm_rsh_agent": agent,

@@ -1,7 +1,9 @@
 """Ranks on several hosts, launched by mpirun: two simulated hosts (network namespaces with
-their own hostname, /tmp and /dev/shm; see simhosts.py), so nothing reaches a rank but
-through mpirun and the kernel's TCP channel."""
+their own hostname, /tmp, /dev/shm and home directory; see simhosts.py), so nothing reaches
+a rank but through mpirun and the kernel's TCP channel, the program included."""
 import os
+import shutil
+import tempfile
 import time
 
 import pytest
@@ -42,10 +44,17 @@ def test_ranks_on_two_hosts_get_variables_and_return_values(hosts, kernel_km):
     run = ok(execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2 --out got\n"
                          f"let host = {HOSTNAME};\n"
                          'println!("rank {} runs on {host}", ranch::rank());\n'
+                         # The program came over the channel: the kernel's home is not there,
+                         # and the rank's copy was deleted before it ran.
+                         f'let home_seen = std::path::Path::new("{os.path.expanduser("~/.cache")}").exists();\n'
+                         'let exe = std::fs::read_link("/proc/self/exe").unwrap();\n'
+                         'println!("rank {} home seen: {home_seen}, exe {}", ranch::rank(), exe.display());\n'
                          'format!("{greeting} from {host}, rank {} of {}", ranch::rank(), ranch::world_size())'))
     out = run.stream()
     for rank, host in [(0, "simhost1"), (1, "simhost1"), (2, "simhost2"), (3, "simhost2")]:
         assert f"[{rank}] rank {rank} runs on {host}" in out, out
+        assert f"[{rank}] rank {rank} home seen: false, exe /tmp/ranch-rank." in out, out
+    assert out.count("/rank (deleted)") == 4, out
     got = ok(execute(kc, "got")).result()
     assert got == ('["hello from simhost1, rank 0 of 4", "hello from simhost1, rank 1 of 4", '
                    '"hello from simhost2, rank 2 of 4", "hello from simhost2, rank 3 of 4"]'), got
@@ -126,3 +135,19 @@ def test_interrupt_leaves_nothing_on_either_host(hosts):
         nothing_left_on(hosts)
     finally:
         stop(km, kc)
+
+
+def test_a_shared_directory_named_by_the_user_is_used_instead_of_shipping(hosts):
+    # /var/tmp stands for a cluster's shared file system: the simulated hosts see it.
+    shared = tempfile.mkdtemp(prefix="ranch-shared-", dir="/var/tmp")
+    km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args, RANCH_SHARED_DIR=shared))
+    try:
+        a, b = hosts.addresses
+        run = ok(execute(kc, f"%%ranch 2 --hosts {a}:1,{b}:1\n"
+                             'println!("exe {}", std::fs::read_link("/proc/self/exe").unwrap().display());'))
+        out = run.stream()
+        assert out.count(f"exe {shared}/") == 2, out
+        nothing_left_on(hosts)
+    finally:
+        stop(km, kc)
+        shutil.rmtree(shared, ignore_errors=True)

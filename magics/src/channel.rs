@@ -5,6 +5,7 @@
 //!
 //! One request per connection, started by a line `RANCH-CHANNEL1 <token> <request>`:
 //! - `GET <name>`: answered `OK <len>\n` and the bytes of `vars/<name>.bin`, or `ERR <why>\n`;
+//! - `PROGRAM`: the same with the rank program, when the launch ships it (`crate::launch::ship`);
 //! - `PUT result|panic <index> <len>`, then the bytes: answered `OK\n` once on disk.
 //!
 //! A stranger gets nothing: a wrong token closes the connection without a reply. Bounds:
@@ -42,6 +43,8 @@ pub struct Channel {
 struct Shared {
     token: Vec<u8>,
     run_dir: PathBuf,
+    /// The rank program, for ranks on hosts that cannot read it here.
+    program: Option<PathBuf>,
     ranks: usize,
     max_body: u64,
     open: AtomicUsize,
@@ -51,8 +54,8 @@ struct Shared {
 
 impl Channel {
     /// Listens on `ip` (a free port) for the `ranks` ranks of the launch whose run
-    /// directory is `run_dir`.
-    pub fn start(ip: &str, token: &str, run_dir: &Path, ranks: usize) -> Result<Channel, String> {
+    /// directory is `run_dir`, serving `program` to ranks that ask for it.
+    pub fn start(ip: &str, token: &str, run_dir: &Path, ranks: usize, program: Option<&Path>) -> Result<Channel, String> {
         let listener = TcpListener::bind((ip, 0)).map_err(|e| format!("cannot listen on {ip} for the ranks' channel: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let addr = match local {
@@ -63,6 +66,7 @@ impl Channel {
         let shared = Arc::new(Shared {
             token: token.as_bytes().to_vec(),
             run_dir: run_dir.to_path_buf(),
+            program: program.map(Path::to_path_buf),
             ranks,
             max_body,
             open: AtomicUsize::new(0),
@@ -157,6 +161,10 @@ fn serve(shared: &Shared, stream: TcpStream) {
     let mut out = &stream;
     let reply = match &words[2..] {
         ["GET", name] => return send_variable(shared, name, out),
+        ["PROGRAM"] => {
+            let file = shared.program.as_ref().map(std::fs::File::open);
+            return send_file(file, "this launch ships no program", out);
+        }
         ["PUT", kind @ ("result" | "panic"), index, len] => {
             let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
             let body = buffered.as_slice().chain(&stream);
@@ -170,9 +178,14 @@ fn serve(shared: &Shared, stream: TcpStream) {
     };
 }
 
-fn send_variable(shared: &Shared, name: &str, mut out: &TcpStream) {
+fn send_variable(shared: &Shared, name: &str, out: &TcpStream) {
     let valid = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_alphanumeric() || c == '_');
     let file = valid.then(|| std::fs::File::open(shared.run_dir.join("vars").join(format!("{name}.bin"))));
+    send_file(file, &format!("no variable {name:?} was shipped"), out);
+}
+
+/// `OK <len>` and the file's bytes, or `ERR <missing>`.
+fn send_file(file: Option<std::io::Result<std::fs::File>>, missing: &str, mut out: &TcpStream) {
     match file {
         Some(Ok(mut f)) => {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -181,7 +194,7 @@ fn send_variable(shared: &Shared, name: &str, mut out: &TcpStream) {
             }
         }
         _ => {
-            let _ = out.write_all(format!("ERR no variable {name:?} was shipped\n").as_bytes());
+            let _ = out.write_all(format!("ERR {missing}\n").as_bytes());
         }
     }
 }
@@ -249,7 +262,7 @@ mod tests {
     fn variables_out_results_in_strangers_nothing() {
         let d = dir();
         std::fs::write(d.join("vars/x.bin"), b"\x01\x02\x03").unwrap();
-        let ch = Channel::start("127.0.0.1", "tok", &d, 2).unwrap();
+        let ch = Channel::start("127.0.0.1", "tok", &d, 2, None).unwrap();
         let a = ch.addr().to_string();
         assert_eq!(request(&a, "RANCH-CHANNEL1 tok GET x\n", b""), "OK 3\n\x01\x02\x03");
         assert!(request(&a, "RANCH-CHANNEL1 tok GET ../x\n", b"").starts_with("ERR"));

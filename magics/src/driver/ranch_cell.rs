@@ -251,8 +251,17 @@ impl Launch<'_> {
             Some(dir) => format!("{}:{}", dir.display(), self.tools.library_path),
             None => self.tools.library_path.clone(),
         };
-        // Variables go out and results come back over TCP: no launch needs a shared directory.
-        let channel = Channel::start(&reach, &token, self.run_dir, args.n).map_err(ranch_error)?;
+        // Ranks on other hosts (named, or wherever srun puts them) run the program from a
+        // directory shared with this host when the user names one, else fetch it.
+        let elsewhere = !args.placement.hosts.is_empty() || args.placement.launcher == LauncherKind::Srun;
+        let shared_dir = std::env::var_os("RANCH_SHARED_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
+        let (exe, ship) = match (&shared_dir, elsewhere) {
+            (Some(dir), true) => (shared_program(self.exe, dir)?, false),
+            _ => (self.exe.to_path_buf(), elsewhere),
+        };
+        // Variables go out and results (and the program) come back over TCP: no launch needs
+        // a shared directory.
+        let channel = Channel::start(&reach, &token, self.run_dir, args.n, ship.then_some(self.exe)).map_err(ranch_error)?;
         let mut env = vec![
             ("LD_LIBRARY_PATH".into(), library_path),
             (group::TOKEN_ENV.to_string(), token),
@@ -266,10 +275,9 @@ impl Launch<'_> {
         if let Some(name) = args.collectives.mpi_name() {
             env.push((group::BACKEND_ENV.to_string(), name.to_string()));
         }
-        // Other hosts run the program from a directory they share with this one.
-        let exe = if args.placement.hosts.is_empty() { self.exe.to_path_buf() } else { shared_program(self.exe)? };
         let plan = LaunchPlan {
             exe,
+            ship,
             local_ranks: args.n,
             world_size: args.world(),
             base_rank: args.base_rank,
@@ -380,17 +388,10 @@ pub(super) fn bind_out(session: &mut dyn Session, out: &args::Out, types: &[Stri
     })
 }
 
-/// Where ranks on other hosts find the rank program: `RANCH_SHARED_DIR`, else
-/// `~/.cache/ranch/programs` (a cluster's home directories are shared by its nodes; the
-/// kernel's own directories are under /tmp, which is each host's own).
-fn shared_program(exe: &Path) -> Result<PathBuf, Failure> {
-    let dir = match std::env::var_os("RANCH_SHARED_DIR").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => group::home_dir()
-            .ok_or_else(|| ranch_error("no home directory to put the rank program in for the other hosts: set RANCH_SHARED_DIR"))?
-            .join(".cache/ranch/programs"),
-    };
-    super::make_private(&dir)?;
+/// The rank program's copy in `dir` (`RANCH_SHARED_DIR`), a directory the ranks' hosts share
+/// with this one (the kernel's own directories may be under /tmp, which is each host's own).
+fn shared_program(exe: &Path, dir: &Path) -> Result<PathBuf, Failure> {
+    super::make_private(dir)?;
     let name = exe.file_name().ok_or_else(|| ranch_error("the rank program has no file name"))?;
     let shared = dir.join(name);
     if !shared.exists() {
@@ -401,7 +402,7 @@ fn shared_program(exe: &Path) -> Result<PathBuf, Failure> {
     } else {
         artifacts::touch(&shared);
     }
-    artifacts::bound_artifacts(&dir, artifacts::ARTIFACTS_MAX, artifacts::ARTIFACTS_MAX_BYTES);
+    artifacts::bound_artifacts(dir, artifacts::ARTIFACTS_MAX, artifacts::ARTIFACTS_MAX_BYTES);
     Ok(shared)
 }
 

@@ -4,6 +4,7 @@
 
 pub mod mpi_build;
 pub mod mpirun;
+pub mod ship;
 pub mod srun;
 pub mod tagged;
 
@@ -15,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 #[derive(Debug, Clone)]
 pub struct LaunchPlan {
     pub exe: PathBuf,
+    /// Ranks fetch the program over the launch's channel ([`ship`]): their hosts cannot read `exe`.
+    pub ship: bool,
     /// Ranks this launcher starts: global ranks `base_rank .. base_rank + local_ranks`.
     pub local_ranks: usize,
     /// Ranks in the whole group (several kernels may launch parts of it).
@@ -43,6 +46,12 @@ impl LaunchPlan {
         ];
         env.extend(self.env.iter().cloned());
         env
+    }
+
+    /// What a launcher that starts every rank runs on each: the program, or the script that
+    /// fetches it.
+    pub fn program_argv(&self) -> Vec<String> {
+        if self.ship { ship::command() } else { vec![self.exe.to_string_lossy().into_owned()] }
     }
 }
 

@@ -45,7 +45,7 @@ pub fn command(plan: &LaunchPlan, o: &MpirunOptions) -> LauncherCommand {
         args.extend(["-x".into(), name.clone()]);
     }
     args.extend(o.extra.iter().cloned());
-    args.push(plan.exe.to_string_lossy().into_owned());
+    args.extend(plan.program_argv());
     LauncherCommand {
         name: "mpirun",
         program: o.program.clone().unwrap_or_else(|| "mpirun".into()),
@@ -112,6 +112,7 @@ pub(crate) mod tests {
     pub(crate) fn plan() -> LaunchPlan {
         LaunchPlan {
             exe: PathBuf::from("/k/rank"),
+            ship: false,
             local_ranks: 4,
             world_size: 4,
             base_rank: 0,

@@ -29,7 +29,7 @@ pub fn command(plan: &LaunchPlan, placement: &Placement, o: &SrunOptions) -> Lau
         env.push(("SLURM_HOSTFILE".into(), hostfile_path(plan).to_string_lossy().into_owned()));
     }
     args.extend(o.extra.iter().cloned());
-    args.push(plan.exe.to_string_lossy().into_owned());
+    args.extend(plan.program_argv());
     LauncherCommand { name: "srun", program: o.program.clone().unwrap_or_else(|| "srun".into()), args, env, tags: TagFormat::Slurm, report }
 }
 
