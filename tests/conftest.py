@@ -35,7 +35,18 @@ class Run:
         return res[-1]["content"]["data"].get(mime) if res else None
 
     def displays(self):
-        return [m["content"]["data"] for m in self.outputs if m["msg_type"] == "display_data"]
+        """What the cell displayed, less the launch's status table."""
+        return [m["content"]["data"] for m in self.outputs
+                if m["msg_type"] == "display_data" and not is_status(m)]
+
+    def status_messages(self):
+        """The status table as shown, then each redraw (display_data, update_display_data...)."""
+        return [m for m in self.outputs if is_status(m)]
+
+    def status(self, mime="text/plain"):
+        """The status table in its final state, as a notebook shows it after the cell."""
+        shown = self.status_messages()
+        return shown[-1]["content"]["data"].get(mime) if shown else None
 
     def error(self):
         errs = [m["content"] for m in self.outputs if m["msg_type"] == "error"]
@@ -44,6 +55,11 @@ class Run:
     def error_text(self):
         e = self.error()
         return ANSI.sub("", "\n".join(e["traceback"])) if e else ""
+
+
+def is_status(msg) -> bool:
+    return (msg["msg_type"] in ("display_data", "update_display_data")
+            and msg["content"].get("metadata", {}).get("ranch", {}).get("status") is True)
 
 
 def execute(kc, code, timeout=120, **kwargs) -> Run:

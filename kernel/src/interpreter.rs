@@ -33,6 +33,16 @@ pub trait OutputSink: Send + Sync {
     /// A help page: sent with the cell's reply as its `page` payload, which Jupyter shows in
     /// its pager or help panel (ipykernel's `obj?`). The last page of a cell wins.
     fn page(&self, _data: MimeBundle) {}
+    /// Shows `data` under the display id `id`, or (`update`) replaces what was shown under
+    /// it wherever it is (Jupyter's `update_display_data`).
+    fn display_in_place(&self, data: MimeBundle, metadata: MimeBundle, id: &str, update: bool) {
+        let _ = id;
+        if !update {
+            self.display(data, metadata);
+        }
+    }
+    /// Clears the cell's output when the next output arrives (`clear_output`, `wait: true`).
+    fn clear_output(&self) {}
 }
 
 /// Asks the frontend for a line of input (Jupyter's stdin channel).

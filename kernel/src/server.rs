@@ -350,6 +350,14 @@ impl OutputSink for IopubSink {
     fn page(&self, data: MimeBundle) {
         *self.page.lock().unwrap() = Some(data);
     }
+    fn display_in_place(&self, data: MimeBundle, metadata: MimeBundle, id: &str, update: bool) {
+        let content = json!({"data": data, "metadata": metadata, "transient": {"display_id": id}});
+        let kind = if update { "update_display_data" } else { "display_data" };
+        self.iopub.send_output(kind, content, Some(&self.parent));
+    }
+    fn clear_output(&self) {
+        self.iopub.send_output("clear_output", json!({"wait": true}), Some(&self.parent));
+    }
 }
 
 struct StdinInput {

@@ -98,6 +98,12 @@ pub struct RanchArgs {
     /// Ranks whose output to show: `all` or a list such as `0,2`.
     #[arg(long, value_name = "all|R,R", default_value = "all", value_parser = parse_see)]
     pub see: See,
+    /// No live status table (rank, state, progress...) while the ranks run.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Show the build time and each rank's start and finish as a timeline chart and a summary.
+    #[arg(long)]
+    pub timing: bool,
     /// GPUs to pin ranks to: `auto` (all visible, if any), `none`, or a list such as `0,2`.
     #[arg(long, value_name = "auto|none|D,D", default_value = "auto", value_parser = parse_gpus)]
     pub gpus: Gpus,

@@ -14,6 +14,8 @@
 //!   `mpirun`/`srun`);
 //! - [`channel`]: variables to the ranks and results back, over TCP;
 //! - [`supervise`], [`rank_output`]: live output, failures, timeout, interrupt;
+//! - [`status`], [`display_op`], [`timing`]: the live status table, what ranks ask to show,
+//!   and `--timing`'s chart;
 //! - [`merge`], [`diagnostic`]: what the notebook shows.
 
 pub mod args;
@@ -22,6 +24,7 @@ pub mod build;
 pub mod cell_body;
 pub mod channel;
 pub mod diagnostic;
+pub mod display_op;
 pub mod driver;
 pub mod gpus;
 pub mod group;
@@ -32,5 +35,7 @@ pub mod pool;
 pub mod program;
 pub mod rank_output;
 pub mod source;
+pub mod status;
 pub mod supervise;
 pub mod threads;
+pub mod timing;

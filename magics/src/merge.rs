@@ -255,11 +255,11 @@ mod tests {
 
     #[test]
     fn failures_name_ranks_messages_and_last_lines() {
-        let ok = RankReport { ending: Ending::Success, last_lines: Default::default(), host: None };
+        let ok = RankReport { ending: Ending::Success, last_lines: Default::default(), host: None, started: Default::default(), ended: Default::default() };
         let bad = RankReport {
             ending: Ending::Panicked { message: "boom".into(), line: Some(3) },
             last_lines: ["step 1".to_string()].into(),
-            host: None,
+            ..ok.clone()
         };
         let report = RunReport {
             ranks: vec![ok.clone(), bad, RankReport { ending: Ending::Stopped, ..ok }],
@@ -276,9 +276,9 @@ mod tests {
 
     #[test]
     fn ranks_failing_the_same_way_are_said_once() {
-        let panic = |m: &str| RankReport { ending: Ending::Panicked { message: m.into(), line: Some(2) }, last_lines: [format!("<{m}>")].into(), host: None };
+        let panic = |m: &str| RankReport { ending: Ending::Panicked { message: m.into(), line: Some(2) }, last_lines: [format!("<{m}>")].into(), host: None, started: Default::default(), ended: Default::default() };
         let mut ranks: Vec<RankReport> = (0..8).map(|_| panic("out of memory")).collect();
-        ranks[5] = RankReport { ending: Ending::ExitCode(3), last_lines: Default::default(), host: None };
+        ranks[5] = RankReport { ending: Ending::ExitCode(3), last_lines: Default::default(), host: None, started: Default::default(), ended: Default::default() };
         ranks[9 - 2] = panic("bad shard");
         let report = RunReport { ranks, stopped: None, elapsed: Default::default(), first_rank: 10, pids: vec![] };
         let (evalue, tb) = failure(&report).unwrap();

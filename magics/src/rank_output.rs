@@ -7,6 +7,7 @@
 //! exited, what still arrives comes from something it left running that holds the pipe;
 //! it is read for [`DRAIN_AFTER_EXIT`] at most, so such a process cannot keep a cell open.
 
+use crate::display_op::{self, DisplayOp};
 use serde_json::{Map, Value};
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -23,6 +24,8 @@ pub enum Stream {
 pub enum Output {
     Lines(usize, Stream, Vec<String>),
     Display(usize, Map<String, Value>),
+    /// A `ranch::display` request (progress, a display updated in place, clearing).
+    Control(usize, DisplayOp),
 }
 
 /// Longest line passed on in one piece.
@@ -148,6 +151,12 @@ fn send(lines: Vec<String>, rank: usize, stream: Stream, display: &mut DisplayPa
         match display.feed(line) {
             Fed::Text(t) => text.extend(t),
             Fed::Consumed => {}
+            Fed::Control(op) => {
+                if !text.is_empty() {
+                    tx(Output::Lines(rank, stream, std::mem::take(&mut text)))?;
+                }
+                tx(Output::Control(rank, op))?;
+            }
             Fed::Block(data) => {
                 if !text.is_empty() {
                     tx(Output::Lines(rank, stream, std::mem::take(&mut text)))?;
@@ -172,6 +181,7 @@ enum Fed {
     Text(Vec<String>),
     Consumed,
     Block(Map<String, Value>),
+    Control(DisplayOp),
 }
 
 const BEGIN: &str = "EVCXR_BEGIN_CONTENT ";
@@ -181,6 +191,9 @@ impl DisplayParser {
     fn feed(&mut self, line: String) -> Fed {
         if let Some((mime, mut body, size)) = self.block.take() {
             if line == END {
+                if mime == display_op::CONTROL_MIME {
+                    return display_op::parse(&body.join("\n")).map_or(Fed::Consumed, Fed::Control);
+                }
                 let mut data = Map::new();
                 data.insert(mime, Value::String(body.join("\n")));
                 return Fed::Block(data);

@@ -2,7 +2,9 @@
 //! and what each rank ended with.
 
 use crate::args::{GroupOutputs, OnError, See};
+use crate::display_op::DisplayOp;
 use crate::launch::kill_group;
+use crate::status::{Board, StatusSetup};
 use nix::sys::signal::Signal;
 pub use crate::rank_output::Stream;
 use crate::rank_output::{self, Output};
@@ -21,6 +23,10 @@ pub trait RankSink: Sync {
     fn output(&self, stream: Stream, text: &str);
     /// A rich output block of one rank.
     fn display(&self, rank: usize, data: Map<String, Value>);
+    /// The launch's status table: `first` shows it, later calls replace it in place.
+    fn status(&self, _data: Map<String, Value>, _first: bool) {}
+    /// A rank's `ranch::display` request (a display to update in place, clearing output).
+    fn control(&self, _rank: usize, _op: DisplayOp) {}
 }
 
 /// Set by an interrupt; the supervisor stops every rank when it sees it.
@@ -44,6 +50,8 @@ pub struct Policy {
     pub see: See,
     /// Global rank of local rank 0 (labels and `--see` use global ranks).
     pub first_rank: usize,
+    /// The live status table (`None`: `--quiet`).
+    pub status: Option<StatusSetup>,
 }
 
 /// How one rank ended.
@@ -68,6 +76,10 @@ pub struct RankReport {
     pub last_lines: VecDeque<String>,
     /// The host it ran on, when a launcher placed it on named hosts.
     pub host: Option<String>,
+    /// When its process started and when its end was known, from the launch's start (a
+    /// launcher's ranks start with the launcher).
+    pub started: Duration,
+    pub ended: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +103,8 @@ pub struct RunReport {
 }
 
 enum Event {
+    /// A rank's process started, with its id.
+    Spawned(usize, u32, Instant),
     Output(Output),
     /// A rank's process exited.
     Exit(usize, std::io::Result<ExitStatus>),
@@ -153,6 +167,7 @@ pub fn supervise(
                     }
                 };
                 pids.lock().unwrap()[rank] = Some(child.id());
+                let _ = tx.send(Event::Spawned(rank, child.id(), Instant::now()));
                 let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
                 let exited: Arc<OnceLock<Instant>> = Arc::default();
                 let reader = |pipe, stream| {
@@ -332,6 +347,9 @@ fn watch(
     // of them ended it (a rank that died of its own SIGKILL while the others were being
     // stopped is the cause, and is named as such).
     let mut sent: Vec<Vec<Signal>> = vec![Vec::new(); n];
+    let mut board = policy.status.clone().map(|setup| Board::new(n, policy.first_rank, setup));
+    let mut spawned: Vec<Duration> = vec![Duration::ZERO; n];
+    let mut board_shown = false;
     let stop_all = |sig: Signal, ranks: &[Option<RankReport>], sent: &mut Vec<Vec<Signal>>| match targets {
         Targets::Ranks(pids) => {
             for (r, pid) in pids.lock().unwrap().iter().enumerate() {
@@ -360,7 +378,17 @@ fn watch(
     while ranks.iter().any(Option::is_none) {
         // A rank that ended, with how and where.
         let ended = match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(Event::Spawned(rank, pid, at)) => {
+                spawned[rank] = at.saturating_duration_since(started);
+                if let Some(b) = board.as_mut() {
+                    b.pid(rank, Some(pid));
+                }
+                None
+            }
             Ok(Event::Output(Output::Lines(rank, stream, lines))) => {
+                if let Some(b) = board.as_mut() {
+                    b.lines(rank, &lines);
+                }
                 let tail = &mut last_lines[rank];
                 for l in &lines {
                     if tail.len() == LAST_LINES {
@@ -382,6 +410,19 @@ fn watch(
                 let global = policy.first_rank + rank;
                 if policy.see.shows(global) {
                     sink.display(global, data);
+                }
+                None
+            }
+            Ok(Event::Output(Output::Control(rank, DisplayOp::Progress { done, total }))) => {
+                if let Some(b) = board.as_mut() {
+                    b.progress(rank, done, total);
+                }
+                None
+            }
+            Ok(Event::Output(Output::Control(rank, op))) => {
+                let global = policy.first_rank + rank;
+                if policy.see.shows(global) {
+                    sink.control(global, op);
                 }
                 None
             }
@@ -408,8 +449,17 @@ fn watch(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         if let Some((rank, ending, host)) = ended {
+            if let Some(b) = board.as_mut() {
+                b.ended(rank, &ending);
+            }
             let failed = ending != Ending::Success && ending != Ending::Stopped;
-            ranks[rank] = Some(RankReport { ending, last_lines: std::mem::take(&mut last_lines[rank]), host });
+            ranks[rank] = Some(RankReport {
+                ending,
+                last_lines: std::mem::take(&mut last_lines[rank]),
+                host,
+                started: spawned[rank],
+                ended: started.elapsed(),
+            });
             if failed && policy.on_error == OnError::Abort && stopped.is_none() {
                 stopped = Some(StopReason::RankFailed(rank));
                 stop_all(Signal::SIGTERM, &ranks, &mut sent);
@@ -432,6 +482,13 @@ fn watch(
             stop_all(Signal::SIGKILL, &ranks, &mut sent);
             kill_at = None;
         }
+        if let Some(b) = board.as_mut().filter(|b| b.due(now)) {
+            sink.status(b.render(false), !board_shown);
+            board_shown = true;
+        }
+    }
+    if let Some(b) = board.as_mut() {
+        sink.status(b.render(true), !board_shown);
     }
     // Whatever a rank started is gone with it.
     let pids: Vec<Option<u32>> = match targets {

@@ -15,6 +15,7 @@ mod comm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod channel;
+pub mod display;
 mod info;
 mod shard;
 
@@ -22,5 +23,6 @@ mod shard;
 pub mod __rt;
 
 pub use comm::{Comm, CommError, Op, Reduce, comm};
+pub use display::progress;
 pub use info::{gpu, local_rank, local_world_size, rank, seed, world_size};
 pub use shard::{shard, shard_range};

@@ -15,6 +15,7 @@
 //! forwarder turns into evcxr's completion line; a user's `EVCXR_EXECUTION_COMPLETE` is text.
 
 use super::events::{Event, SOCKET_ENV};
+use ranch_magics::display_op::CONTROL_MIME;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -297,7 +298,12 @@ impl Forwarder {
             }
         }
         if let Some((mime, mut body)) = self.block.take() {
-            if line == END {
+            if line == END && mime == CONTROL_MIME {
+                // A `ranch::display` request: carried out now, never the cell's value.
+                self.flush_text();
+                self.flush_group();
+                self.send(Event::Display(std::iter::once((mime, serde_json::Value::String(body))).collect()));
+            } else if line == END {
                 if self.group.iter().any(|(m, _)| *m == mime) {
                     self.flush_text();
                     self.flush_group();

@@ -285,6 +285,14 @@ impl Host for CellHost<'_> {
         self.cx.sink.display(data, meta);
     }
 
+    fn display_in_place(&self, data: MimeBundle, metadata: MimeBundle, id: &str, update: bool) {
+        self.cx.sink.display_in_place(data, metadata, id, update);
+    }
+
+    fn clear_output(&self) {
+        self.cx.sink.clear_output();
+    }
+
     fn interrupted(&self) -> bool {
         self.run.interrupted.load(Ordering::SeqCst)
     }

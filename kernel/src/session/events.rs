@@ -6,6 +6,7 @@
 //! display block, and panic messages.
 
 use crate::interpreter::{MimeBundle, OutputSink, Stream};
+use ranch_magics::display_op::{self, DisplayOp};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -143,11 +144,7 @@ impl CurrentCell {
         match event {
             Event::Stdout(t) => self.stream(Stream::Stdout, &t),
             Event::Stderr(t) => self.stream(Stream::Stderr, &t),
-            Event::Display(data) => {
-                if let Some(sink) = &*self.sink.lock().unwrap() {
-                    sink.display(data, Default::default());
-                }
-            }
+            Event::Display(data) => self.display(data, Default::default()),
             Event::Panic(msg) => *self.panic.lock().unwrap() = Some(msg),
             Event::Done => self.count_done(),
             Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } | Event::Dispatched { .. } => {}
@@ -159,10 +156,19 @@ impl CurrentCell {
         self.done.1.notify_all();
     }
 
-    /// Shows rich output in the running cell, with metadata (a rank's, say).
+    /// Shows rich output in the running cell, with metadata (a rank's, say), or does what a
+    /// `ranch::display` block asks (progress outside a launch's table is not shown).
     pub fn display(&self, data: MimeBundle, meta: MimeBundle) {
-        if let Some(sink) = &*self.sink.lock().unwrap() {
+        let Some(sink) = &*self.sink.lock().unwrap() else { return };
+        let Some(body) = data.get(display_op::CONTROL_MIME) else {
             sink.display(data, meta);
+            return;
+        };
+        match body.as_str().and_then(display_op::parse) {
+            Some(DisplayOp::Show { data, id }) => sink.display_in_place(data, meta, &display_op::jupyter_id(&id), false),
+            Some(DisplayOp::Update { data, id }) => sink.display_in_place(data, meta, &display_op::jupyter_id(&id), true),
+            Some(DisplayOp::Clear) => sink.clear_output(),
+            Some(DisplayOp::Progress { .. }) | None => {}
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod ranch_cell;
 mod tests;
 
 use crate::build::{BuildHandle, Toolchain};
+use crate::display_op::{self, DisplayOp};
 use crate::program::{SessionSnapshot, Shipped};
 use crate::supervise::{self, Cancel, RankSink};
 use serde_json::{Map, Value};
@@ -114,19 +115,62 @@ pub trait Host: Sync {
     fn log(&self, line: &str);
     /// The machine's GPUs (`crate::gpus::discover`, asked once per process).
     fn gpus(&self) -> &crate::gpus::Discovery;
+    /// Shows `data` with `metadata` under the Jupyter display id `id` (`update`: replaces
+    /// what was shown under it).
+    fn display_in_place(&self, data: Bundle, metadata: Bundle, id: &str, update: bool) {
+        let _ = (metadata, id);
+        if !update {
+            self.display(data, None);
+        }
+    }
+    /// Clears the cell's output when the next output arrives.
+    fn clear_output(&self) {}
 }
 
 impl<H: Host + ?Sized> RankSink for HostSink<'_, H> {
     fn output(&self, stream: supervise::Stream, text: &str) {
-        self.0.stream(stream, text);
+        self.host.stream(stream, text);
     }
     fn display(&self, rank: usize, data: Map<String, Value>) {
-        self.0.display(data, Some(rank));
+        self.host.display(data, Some(rank));
+    }
+    fn status(&self, data: Map<String, Value>, first: bool) {
+        let mut meta = Bundle::new();
+        meta.insert("ranch".into(), serde_json::json!({ "status": true }));
+        self.host.display_in_place(data, meta, &self.status_id, !first);
+    }
+    fn control(&self, rank: usize, op: DisplayOp) {
+        show_display_op(self.host, op, Some(rank));
     }
 }
 
-/// A host as the supervisor's sink.
-struct HostSink<'a, H: ?Sized>(&'a H);
+/// A rank's or a cell's `ranch::display` request, carried out (progress has no place here).
+pub fn show_display_op<H: Host + ?Sized>(host: &H, op: DisplayOp, rank: Option<usize>) {
+    let mut meta = Bundle::new();
+    if let Some(rank) = rank {
+        meta.insert("ranch".into(), serde_json::json!({ "rank": rank }));
+    }
+    match op {
+        DisplayOp::Show { data, id } => host.display_in_place(data, meta, &display_op::jupyter_id(&id), false),
+        DisplayOp::Update { data, id } => host.display_in_place(data, meta, &display_op::jupyter_id(&id), true),
+        DisplayOp::Clear => host.clear_output(),
+        DisplayOp::Progress { .. } => {}
+    }
+}
+
+/// A host as the supervisor's sink; `status_id` is the launch's status table's display id.
+struct HostSink<'a, H: ?Sized> {
+    host: &'a H,
+    status_id: String,
+}
+
+impl<'a, H: ?Sized> HostSink<'a, H> {
+    fn new(host: &'a H) -> Self {
+        static LAUNCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = LAUNCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HostSink { host, status_id: format!("ranch-status-{}-{n}", std::process::id()) }
+    }
+}
 
 /// Per-session state of the driver.
 #[derive(Default)]

@@ -10,6 +10,7 @@ use crate::channel::{self, Channel};
 use crate::group::{self, GroupService};
 use crate::launch::{LaunchPlan, Launcher, LauncherCommand, LocalSpawner, mpirun, srun};
 use crate::program::{self, CellProgram, RankProgram, Shipped};
+use crate::status::StatusSetup;
 use crate::supervise::{self, Cancel, Policy};
 use crate::{artifacts, merge, source};
 use std::path::{Path, PathBuf};
@@ -132,7 +133,8 @@ impl Driver {
         let exe = exe?;
         let build_s = t_build.elapsed().as_secs_f64();
         let t_launch = Instant::now();
-        let launched = Launch { args: &args, exe: &exe, run_dir: &run_dir.0, program: &program, tools: &tools };
+        let phases = (Duration::from_secs_f64(export_s), Duration::from_secs_f64(build_s));
+        let launched = Launch { args: &args, exe: &exe, run_dir: &run_dir.0, program: &program, tools: &tools, phases };
         let (shown, types) = launched.run(host, gpus.ranks, first_rank_only)?;
         // The Jupyter server's log gets each phase (bench/ranch.py reads them).
         host.log(&format!(
@@ -223,6 +225,8 @@ struct Launch<'a> {
     run_dir: &'a Path,
     program: &'a RankProgram,
     tools: &'a BuildTools,
+    /// How long exporting and building took (for `--timing`).
+    phases: (Duration, Duration),
 }
 
 impl Launch<'_> {
@@ -294,6 +298,7 @@ impl Launch<'_> {
             group_outputs: args.group_outputs,
             see: args.see.clone(),
             first_rank: args.base_rank,
+            status: (!args.quiet).then(|| StatusSetup { hosts: args.placement.rank_hosts(), gpus: rank_gpus(&plan.rank_env) }),
         };
         let cancel = Cancel::default();
         host.stoppable(Stoppable::Ranks(cancel.clone()));
@@ -310,7 +315,7 @@ impl Launch<'_> {
                     host.watch(child.id() as i32, true);
                     Ok(child)
                 };
-                supervise::supervise(args.n, &spawn, self.run_dir, &policy, &HostSink(host), &cancel, &panic_line)
+                supervise::supervise(args.n, &spawn, self.run_dir, &policy, &HostSink::new(host), &cancel, &panic_line)
             }
             Some(command) => {
                 host.log(&format!("%%ranch {}: {}", args.n, command.shown()));
@@ -326,7 +331,7 @@ impl Launch<'_> {
                     &rank_hosts,
                     self.run_dir,
                     &policy,
-                    &HostSink(host),
+                    &HostSink::new(host),
                     &cancel,
                     &panic_line,
                     &watch_pid,
@@ -344,6 +349,9 @@ impl Launch<'_> {
         let left = host.end_new_orphans(&children_before);
         if left > 0 {
             host.log(&format!("stopped {left} processes the ranks left running"));
+        }
+        if args.timing {
+            host.display(crate::timing::bundle(self.phases.0, self.phases.1, &report), None);
         }
         if let Some((evalue, traceback)) = merge::failure(&report) {
             // Notebooks get the table as HTML before the error (its text form is in the traceback).
@@ -404,6 +412,20 @@ fn shared_program(exe: &Path, dir: &Path) -> Result<PathBuf, Failure> {
     }
     artifacts::bound_artifacts(dir, artifacts::ARTIFACTS_MAX, artifacts::ARTIFACTS_MAX_BYTES);
     Ok(shared)
+}
+
+/// Each rank's GPU as the machine numbers it (its entry in the `CUDA_VISIBLE_DEVICES` it was
+/// given), for the status table.
+fn rank_gpus(rank_env: &[Vec<(String, String)>]) -> Vec<Option<String>> {
+    let var = |env: &[(String, String)], name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    rank_env
+        .iter()
+        .map(|env| {
+            let visible = var(env, "CUDA_VISIBLE_DEVICES")?;
+            let ordinal: usize = var(env, "RANCH_GPU")?.parse().ok()?;
+            visible.split(',').nth(ordinal).map(str::to_string)
+        })
+        .collect()
 }
 
 /// The command of the launcher that starts every rank (`None`: ranks are spawned here).

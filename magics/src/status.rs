@@ -1,0 +1,297 @@
+//! The live status table of a launch: one row per rank (rank, host, pid, GPU, state, elapsed,
+//! lines written, last line, progress), shown when the ranks start, redrawn in place at most
+//! every [`REFRESH`] while anything changes, and left in its final state (how each rank
+//! ended, its wall time, stragglers) when the cell ends. HTML for notebooks, a text table
+//! for console clients.
+
+use crate::supervise::Ending;
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// Least time between two redraws.
+pub const REFRESH: Duration = Duration::from_millis(250);
+/// Longest last line shown (characters).
+const LAST_LINE: usize = 60;
+/// A finished rank is a straggler when it took this much longer than the median rank, and
+/// at least [`STRAGGLER_MIN`] more.
+const STRAGGLER_RATIO: f64 = 1.25;
+const STRAGGLER_MIN: Duration = Duration::from_millis(500);
+
+/// What is known of each rank before it starts.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSetup {
+    /// Each rank's host (empty: this host, named once).
+    pub hosts: Vec<String>,
+    /// Each rank's GPU, when pinned.
+    pub gpus: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    pid: Option<u32>,
+    ended: Option<(Instant, Ending)>,
+    lines: u64,
+    last_line: String,
+    progress: Option<(u64, u64)>,
+}
+
+/// The table of one launch.
+#[derive(Debug)]
+pub struct Board {
+    setup: StatusSetup,
+    this_host: String,
+    first_rank: usize,
+    started: Instant,
+    rows: Vec<Row>,
+    changed: bool,
+    drawn: Option<Instant>,
+}
+
+impl Board {
+    pub fn new(n: usize, first_rank: usize, setup: StatusSetup) -> Board {
+        let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| "this host".into());
+        let row = Row { pid: None, ended: None, lines: 0, last_line: String::new(), progress: None };
+        Board { setup, this_host, first_rank, started: Instant::now(), rows: vec![row; n], changed: true, drawn: None }
+    }
+
+    pub fn pid(&mut self, rank: usize, pid: Option<u32>) {
+        if self.rows[rank].pid != pid {
+            self.rows[rank].pid = pid;
+            self.changed = true;
+        }
+    }
+
+    pub fn lines(&mut self, rank: usize, lines: &[String]) {
+        let row = &mut self.rows[rank];
+        row.lines += lines.len() as u64;
+        if let Some(last) = lines.iter().rev().find(|l| !l.trim().is_empty()) {
+            row.last_line = last.chars().take(LAST_LINE).collect();
+        }
+        self.changed = true;
+    }
+
+    pub fn progress(&mut self, rank: usize, done: u64, total: u64) {
+        self.rows[rank].progress = Some((done.min(total), total));
+        self.changed = true;
+    }
+
+    pub fn ended(&mut self, rank: usize, ending: &Ending) {
+        self.rows[rank].ended = Some((Instant::now(), ending.clone()));
+        self.changed = true;
+    }
+
+    /// Whether a redraw is due: something changed (or the clock of a running rank moved)
+    /// and [`REFRESH`] has passed since the last.
+    pub fn due(&self, now: Instant) -> bool {
+        let running = self.rows.iter().any(|r| r.ended.is_none());
+        (self.changed || running) && self.drawn.is_none_or(|d| now.duration_since(d) >= REFRESH)
+    }
+
+    /// The table as a display bundle (`text/html`, `text/plain`); marks it drawn.
+    pub fn render(&mut self, finished: bool) -> Map<String, Value> {
+        let now = Instant::now();
+        self.drawn = Some(now);
+        self.changed = false;
+        let rows = self.view(now, finished);
+        let mut data = Map::new();
+        data.insert("text/html".into(), Value::String(html(&rows, finished)));
+        data.insert("text/plain".into(), Value::String(text(&rows)));
+        data
+    }
+
+    fn view(&self, now: Instant, finished: bool) -> Vec<RowView> {
+        let walls: Vec<Option<Duration>> =
+            self.rows.iter().map(|r| r.ended.as_ref().map(|(at, _)| at.duration_since(self.started))).collect();
+        let median = median(walls.iter().flatten().copied().collect());
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let elapsed = walls[i].unwrap_or_else(|| now.duration_since(self.started));
+                let straggler = finished
+                    && median.is_some_and(|m| {
+                        walls[i].is_some_and(|w| w.as_secs_f64() > m.as_secs_f64() * STRAGGLER_RATIO && w > m + STRAGGLER_MIN)
+                    });
+                let (state, ok) = match &r.ended {
+                    None if r.pid.is_none() && r.lines == 0 && r.progress.is_none() => ("starting".to_string(), None),
+                    None => ("running".to_string(), None),
+                    Some((_, e)) => (ending_text(e), Some(matches!(e, Ending::Success))),
+                };
+                RowView {
+                    rank: self.first_rank + i,
+                    host: self.setup.hosts.get(i).filter(|h| !h.is_empty()).cloned().unwrap_or_else(|| self.this_host.clone()),
+                    pid: r.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                    gpu: self.setup.gpus.get(i).cloned().flatten().unwrap_or_else(|| "-".into()),
+                    state: if straggler { format!("{state} (straggler)") } else { state },
+                    ok,
+                    elapsed: format!("{:.1} s", elapsed.as_secs_f64()),
+                    lines: r.lines,
+                    last_line: r.last_line.clone(),
+                    progress: r.progress,
+                }
+            })
+            .collect()
+    }
+}
+
+struct RowView {
+    rank: usize,
+    host: String,
+    pid: String,
+    gpu: String,
+    state: String,
+    /// Some(true) succeeded, Some(false) failed, None still running.
+    ok: Option<bool>,
+    elapsed: String,
+    lines: u64,
+    last_line: String,
+    progress: Option<(u64, u64)>,
+}
+
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+fn ending_text(e: &Ending) -> String {
+    match e {
+        Ending::Success => "done".into(),
+        Ending::Panicked { .. } => "panicked".into(),
+        Ending::ExitCode(c) => format!("exit {c}"),
+        Ending::Signal(s) => format!("killed (signal {s})"),
+        Ending::Stopped => "stopped".into(),
+        Ending::NotStarted(_) => "not started".into(),
+        Ending::Lost(_) => "lost".into(),
+    }
+}
+
+fn percent(done: u64, total: u64) -> f64 {
+    if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn html(rows: &[RowView], finished: bool) -> String {
+    let mut h = String::from(
+        "<table class=\"ranch-status\" style=\"font-family:monospace;font-size:12px;border-collapse:collapse\">\
+         <thead><tr><th>rank</th><th>host</th><th>pid</th><th>GPU</th><th>state</th><th>elapsed</th>\
+         <th>lines</th><th>last line</th><th>progress</th></tr></thead><tbody>",
+    );
+    for r in rows {
+        let color = match r.ok {
+            Some(true) => "#1a7f37",
+            Some(false) => "#cf222e",
+            None => "#9a6700",
+        };
+        let bar = match r.progress {
+            Some((d, t)) => format!(
+                "<div style=\"display:inline-block;width:100px;height:8px;background:#ddd;vertical-align:middle\">\
+                 <div style=\"width:{p:.0}%;height:8px;background:#2f81f7\"></div></div> {d}/{t}",
+                p = percent(d, t)
+            ),
+            None => String::new(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"color:{color}\">{}</td><td>{}</td><td>{}</td>\
+             <td style=\"text-align:left\">{}</td><td>{bar}</td></tr>",
+            r.rank,
+            escape(&r.host),
+            r.pid,
+            escape(&r.gpu),
+            escape(&r.state),
+            r.elapsed,
+            r.lines,
+            escape(&r.last_line)
+        );
+    }
+    h.push_str("</tbody></table>");
+    if !finished {
+        h.push_str("<div class=\"ranch-status-live\" style=\"font-size:11px;color:#888\">running...</div>");
+    }
+    h
+}
+
+fn text(rows: &[RowView]) -> String {
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            let progress = r.progress.map_or(String::new(), |(d, t)| {
+                let filled = (percent(d, t) / 10.0).round() as usize;
+                format!("[{}{}] {d}/{t}", "#".repeat(filled), ".".repeat(10 - filled.min(10)))
+            });
+            [
+                r.rank.to_string(),
+                r.host.clone(),
+                r.pid.clone(),
+                r.gpu.clone(),
+                r.state.clone(),
+                r.elapsed.clone(),
+                r.lines.to_string(),
+                format!("{progress} {}", r.last_line).trim().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["rank", "host", "pid", "GPU", "state", "elapsed", "lines", "progress / last line"];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for c in &cells {
+        for (w, v) in widths.iter_mut().zip(c.iter()) {
+            *w = (*w).max(v.chars().count());
+        }
+    }
+    let line = |vals: Vec<&str>| -> String {
+        vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    for c in &cells {
+        out.push('\n');
+        out.push_str(&line(c.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_follow_the_ranks_and_the_end_is_final() {
+        let mut b = Board::new(3, 4, StatusSetup { hosts: vec![], gpus: vec![Some("0".into()), Some("1".into()), None] });
+        assert!(b.due(Instant::now()));
+        let first = b.render(false);
+        assert!(first["text/plain"].as_str().unwrap().contains("starting"));
+        assert!(!b.due(Instant::now()), "not again within the refresh time");
+        b.pid(0, Some(42));
+        b.lines(0, &["one".into(), "two <b>".into(), "   ".into()]);
+        b.progress(1, 30, 120);
+        b.ended(2, &Ending::ExitCode(3));
+        let t = b.render(false);
+        let plain = t["text/plain"].as_str().unwrap();
+        assert!(plain.lines().nth(1).unwrap().starts_with("4 ") && plain.contains("42") && plain.contains("running"), "{plain}");
+        assert!(plain.contains("[###.......] 30/120") && plain.contains("exit 3"), "{plain}");
+        let html = t["text/html"].as_str().unwrap();
+        assert!(html.contains("two &lt;b&gt;") && html.contains("width:25%") && html.contains("running..."), "{html}");
+        b.ended(0, &Ending::Success);
+        b.ended(1, &Ending::Panicked { message: "x".into(), line: None });
+        let last = b.render(true);
+        assert!(!last["text/html"].as_str().unwrap().contains("running..."));
+        assert!(last["text/plain"].as_str().unwrap().contains("panicked"));
+        assert!(!b.due(Instant::now() + REFRESH), "nothing runs, nothing changed");
+    }
+
+    #[test]
+    fn a_rank_much_slower_than_the_others_is_a_straggler() {
+        let mut b = Board::new(3, 0, StatusSetup::default());
+        let t0 = b.started;
+        for (r, secs) in [(0, 1.0), (1, 1.1), (2, 3.0)] {
+            b.rows[r].ended = Some((t0 + Duration::from_secs_f64(secs), Ending::Success));
+        }
+        let plain = b.render(true)["text/plain"].as_str().unwrap().to_string();
+        let straggling: Vec<&str> = plain.lines().filter(|l| l.contains("straggler")).collect();
+        assert_eq!(straggling.len(), 1, "{plain}");
+        assert!(straggling[0].starts_with("2 "), "{plain}");
+    }
+}
