@@ -1,5 +1,7 @@
 """Executes a notebook headless through the installed kernel and prints every cell's
-source and outputs, the way a reader would see them. Exits non-zero if a cell fails."""
+source and outputs, the way a reader would see them. Exits non-zero if a cell fails (cells
+tagged `raises-exception` may fail: nbclient's convention). With `--save`, writes the
+outputs into the notebook (how the committed notebooks got theirs)."""
 import re
 import sys
 
@@ -27,7 +29,7 @@ def show(cell):
             print(prefix + line)
 
 
-def main(path):
+def main(path, save=False):
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, kernel_name="ranch", timeout=600, allow_errors=False)
     failed = None
@@ -38,6 +40,8 @@ def main(path):
     for cell in nb.cells:
         if cell.cell_type == "code":
             show(cell)
+    if save and not failed:
+        nbformat.write(nb, path)
     if failed:
         print(f"\nnotebook failed: {ANSI.sub('', str(failed)).splitlines()[-1]}", file=sys.stderr)
         return 1
@@ -45,4 +49,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], save="--save" in sys.argv[2:]))

@@ -10,17 +10,36 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def run(name):
+    """Executes the notebook; fails on an error output outside cells tagged
+    `raises-exception` (nbclient's convention for deliberate failures)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     NotebookClient(nb, kernel_name="ranch", timeout=600).execute()
-    return [c for c in nb.cells if c.cell_type == "code"]
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    for i, c in enumerate(cells):
+        if "raises-exception" not in c.metadata.get("tags", []):
+            errors = [o for o in c.outputs if o.output_type == "error"]
+            assert not errors, (name, i, errors)
+    return cells
+
+
+def is_status(output):
+    return output.get("metadata", {}).get("ranch", {}).get("status") is True
+
+
+def status(cell):
+    """A launch's status table as the notebook keeps it (its final state)."""
+    tables = [o.data["text/plain"] for o in cell.outputs if is_status(o)]
+    assert len(tables) == 1, cell.outputs
+    return tables[0]
 
 
 def text(cell):
+    """What a reader sees, less the status table and cargo's build lines."""
     parts = []
     for o in cell.outputs:
         if o.output_type == "stream":
-            parts.append(o.text)
-        elif o.output_type in ("execute_result", "display_data"):
+            parts.extend(l for l in o.text.splitlines(keepends=True) if not l.lstrip().startswith("Compiling "))
+        elif o.output_type in ("execute_result", "display_data") and not is_status(o):
             parts.append(o.data.get("text/plain") or o.data.get("text/html", ""))
     return "".join(parts)
 
@@ -31,26 +50,49 @@ def test_quickstart():
     assert text(cells[0]) == "Hello from Rust, 1 + 1 = 2\n"
     assert text(cells[2]) == "5.0"
     assert text(cells[3]) == "385"
-    assert [o.output_type for o in cells[4].outputs] == ["display_data", "display_data"]
+    # ranch::display: two displays, the second updated in place.
+    assert [o.data for o in cells[4].outputs] == [{"text/html": "<b>bold from Rust</b>"},
+                                                  {"text/html": "<i>done: a display updated in place</i>"}]
     assert "squares" in text(cells[5]) and "Vec<u64>" in text(cells[5])
     hello = cells[6]
     # (ranch's once-per-session note on machines with fewer than 4 cores is not the ranks' output.)
     said = [l for l in text(hello).splitlines() if not l.startswith("ranch: ")]
     assert sorted(said[:4]) == [f"[{r}] hello from {r} of 4" for r in range(4)]
     assert hello.outputs[-1].data["text/plain"] == "[0, 1, 4, 9]"
+    assert [l.split()[4] for l in status(hello).splitlines()[1:]] == ["done"] * 4
     assert text(cells[8]) == "[31375.0, 93875.0, 156375.0, 218875.0]"
     assert text(cells[9]) == "500500.0"
+    failing = cells[10]
+    error = [o for o in failing.outputs if o.output_type == "error"]
+    assert len(error) == 1 and "rank 2 panicked at cell line 5: rank 2 found a bad record" in error[0].evalue
+    assert any("<table" in o.data.get("text/html", "") for o in failing.outputs if o.output_type == "display_data" and not is_status(o))
+    states = {int(l.split()[0]): l.split()[4] for l in status(failing).splitlines()[1:]}
+    assert states == {0: "stopped", 1: "stopped", 2: "panicked", 3: "stopped"}, status(failing)
 
 
-def test_data_parallel_gradient_descent_matches_serial():
-    cells = run("ddp_gradient_descent.ipynb")
-    serial = cells[2].outputs[-1].data["text/plain"]
-    ddp = cells[3].outputs[-1].data["text/plain"]
-    w, b = (float(v) for v in serial.strip("()").split(","))
-    assert abs(w - 3.0) < 0.1 and abs(b - 0.5) < 0.1, serial
-    dw, db = (float(v) for v in ddp.strip("()").split(","))
-    assert abs(dw - w) < 1e-9 and abs(db - b) < 1e-9, (serial, ddp)
-    assert text(cells[4]) == "true"
+def test_data_parallel_matches_serial_and_plots_its_loss():
+    cells = run("data_parallel.ipynb")
+    w, b = (float(v) for v in text(cells[2]).strip("()").split(","))
+    assert abs(w - 3.0) < 0.1 and abs(b - 0.5) < 0.1
+    assert text(cells[4]) == "true", "every rank's parameters equal the serial ones"
+    chart = [o.data for o in cells[7].outputs if o.output_type == "display_data"]
+    assert len(chart) == 1 and chart[0]["image/svg+xml"].startswith("<svg") and "mean squared error" in chart[0]["image/svg+xml"]
+    first, last = re.match(r"loss: ([\d.]+) at step 1, ([\d.]+) at step 500", text(cells[7])).groups()
+    assert float(last) < float(first) / 100
+
+
+def test_monte_carlo_estimates_pi_and_charts_the_speed_up():
+    cells = run("monte_carlo.ipynb")
+    assert abs(float(text(cells[1])) - 3.14159) < 0.01
+    lines = text(cells[5]).splitlines()
+    assert [l.split()[0] for l in lines] == ["1", "2", "4"], lines
+    for l in lines:
+        pi = float(re.search(r"pi = ([\d.]+)", l).group(1))
+        assert abs(pi - 3.14159) < 0.01, l
+    # Four ranks reported their progress to the end.
+    assert status(cells[4]).count("10000000/10000000") == 4
+    chart = [o.data for o in cells[8].outputs if o.output_type == "display_data"]
+    assert len(chart) == 1 and "speed-up" in chart[0]["image/svg+xml"]
 
 
 def test_gpus_notebook_runs_its_cpu_path_without_a_gpu():

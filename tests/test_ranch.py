@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import alive, descendants, execute, interrupt, local_crate, ok, rank_processes, start, stop
+from conftest import alive, descendants, execute, interrupt, local_crate, ok, rank_processes, start, stop, is_status
 
 
 @pytest.fixture(autouse=True)
@@ -143,7 +143,7 @@ def test_see_filters_ranks(kc):
 def test_rich_display_carries_the_rank(kc):
     run = ok(execute(kc, '%%ranch 2\nprintln!("EVCXR_BEGIN_CONTENT text/html\\n<b>{}</b>\\nEVCXR_END_CONTENT", ranch::rank());'))
     shown = sorted((m["metadata"]["ranch"]["rank"], m["data"]["text/html"])
-                   for m in (o["content"] for o in run.outputs if o["msg_type"] == "display_data"))
+                   for m in (o["content"] for o in run.outputs if o["msg_type"] == "display_data" and not is_status(o)))
     assert shown == [(0, "<b>0</b>"), (1, "<b>1</b>")]
 
 
