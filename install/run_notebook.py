@@ -31,7 +31,8 @@ def show(cell):
 
 def main(path, save=False):
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, kernel_name="ranch", timeout=600, allow_errors=False)
+    # record_timing=False: saved notebooks change only where their outputs do.
+    client = NotebookClient(nb, kernel_name="ranch", timeout=600, allow_errors=False, record_timing=False)
     failed = None
     try:
         client.execute()

@@ -4,6 +4,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 "$RANCH_ROOT/install/build.sh"
 "$RANCH_ROOT/install/mpi.sh"
+"$RANCH_ROOT/install/browser.sh"
 cd "$RANCH_ROOT"
 echo "==> cargo tests"
 cargo_ test --release --locked --workspace

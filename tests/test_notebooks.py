@@ -60,9 +60,13 @@ def test_quickstart():
     assert sorted(said[:4]) == [f"[{r}] hello from {r} of 4" for r in range(4)]
     assert hello.outputs[-1].data["text/plain"] == "[0, 1, 4, 9]"
     assert [l.split()[4] for l in status(hello).splitlines()[1:]] == ["done"] * 4
-    assert text(cells[8]) == "[31375.0, 93875.0, 156375.0, 218875.0]"
-    assert text(cells[9]) == "500500.0"
-    failing = cells[10]
+    paced = cells[7]
+    rows = status(paced).splitlines()[1:]
+    assert all(r.split()[4] == "done" and "[##########] 40/40" in r for r in rows), rows
+    assert sorted(text(paced).splitlines()) == [f"[{r}] rank {r} finished 40 steps" for r in range(4)]
+    assert text(cells[9]) == "[31375.0, 93875.0, 156375.0, 218875.0]"
+    assert text(cells[10]) == "500500.0"
+    failing = cells[11]
     error = [o for o in failing.outputs if o.output_type == "error"]
     assert len(error) == 1 and "rank 2 panicked at cell line 5: rank 2 found a bad record" in error[0].evalue
     assert any("<table" in o.data.get("text/html", "") for o in failing.outputs if o.output_type == "display_data" and not is_status(o))

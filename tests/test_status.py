@@ -84,3 +84,42 @@ def test_rich_output_from_rust_in_a_cell_and_in_ranks(kc):
     for m in shown:
         by_id.setdefault(m["content"]["transient"]["display_id"], []).append(m["content"]["data"]["text/html"])
     assert sorted(by_id.values()) == [["<p>rank 0</p>", "<p>rank 0 done</p>"], ["<p>rank 1</p>", "<p>rank 1 done</p>"]]
+
+
+def test_px_cells_show_the_live_table_too(kc):
+    ok(execute(kc, "%ranch_start 2", timeout=300))
+    try:
+        run = ok(execute(kc, "%%px\n"
+                             "for i in 0..20u64 {\n"
+                             "    ranch::progress(i + 1, 20);\n"
+                             "    std::thread::sleep(std::time::Duration::from_millis(60));\n"
+                             "}\n"
+                             'println!("rank {} done", ranch::rank());\n'
+                             "ranch::rank()", timeout=300))
+        shown = run.status_messages()
+        assert len({m["content"]["transient"]["display_id"] for m in shown}) == 1, "one table, redrawn in place"
+        assert [m["msg_type"] for m in shown[:2]] == ["display_data", "update_display_data"], shown
+        assert any("running" in m["content"]["data"]["text/plain"] for m in shown[:-1])
+        lines = run.status().splitlines()
+        for rank in (0, 1):
+            row = lines[1 + rank].split()
+            assert row[0] == str(rank) and row[2].isdigit() and row[4] == "done", lines
+            assert lines[1 + rank].endswith(f"[##########] 20/20 rank {rank} done"), lines
+        assert run.displays() == [], "progress feeds the table and is not shown otherwise"
+        assert run.result() == "[0, 1]"
+
+        run = execute(kc, "%%px --targets 1\n"
+                          '{ if ranch::rank() == 1 { panic!("bad shard"); } }', timeout=300)
+        assert run.reply["content"]["status"] == "error"
+        rows = run.status().splitlines()[1:]
+        assert len(rows) == 1 and rows[0].split()[0] == "1" and " panicked " in rows[0], rows
+
+        assert ok(execute(kc, "%px ranch::rank()")).status_messages() == [], "a quick step shows no table"
+        slow = "{ std::thread::sleep(std::time::Duration::from_millis(1500)); ranch::rank() }"
+        assert len(ok(execute(kc, f"%px {slow}")).status_messages()) >= 2, "a slow one does, once it has run 1 s"
+        assert ok(execute(kc, f"%px --quiet {slow}")).status_messages() == []
+        run = execute(kc, '%%px\nlet y: u8 = "not a number";', timeout=300)
+        assert run.reply["content"]["ename"] == "CompilationError"
+        assert run.status_messages() == [], "a cell that does not compile never ran: no table"
+    finally:
+        execute(kc, "%ranch_stop")

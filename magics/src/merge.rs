@@ -184,12 +184,16 @@ pub fn failure_html(report: &RunReport) -> Option<String> {
     if groups.is_empty() {
         return None;
     }
-    let mut html = String::from("<table><thead><tr><th>ranks</th><th>outcome</th><th>last output</th></tr></thead><tbody>");
+    // Left-aligned: notebooks right-align table cells, which suits numbers, not messages.
+    let mut html = String::from(
+        "<table class=\"ranch-failure\"><thead><tr><th style=\"text-align:left\">ranks</th><th style=\"text-align:left\">outcome</th>\
+         <th style=\"text-align:left\">last output</th></tr></thead><tbody>",
+    );
     for (ranks, what) in &groups {
         let last = &report.ranks[ranks[0] - report.first_rank].last_lines;
         let lines: Vec<String> = last.iter().map(|l| html_escape(l)).collect();
         html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            "<tr><td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td><td style=\"text-align:left\"><pre>{}</pre></td></tr>",
             html_escape(&ranks_label(ranks)),
             html_escape(what),
             lines.join("\n")
@@ -290,7 +294,7 @@ mod tests {
         assert!(tb[2].starts_with("  ranks 10-14, 16  panicked at cell line 2: out of memory") && tb[2].ends_with("<out of memory>"), "{tb:?}");
         let html = failure_html(&report).unwrap();
         assert_eq!(html.matches("<tr>").count(), 4);
-        assert!(html.contains("<td>ranks 10-14, 16</td>") && html.contains("&lt;bad shard&gt;"));
+        assert!(html.contains(">ranks 10-14, 16</td>") && html.contains("&lt;bad shard&gt;"));
         assert_eq!(ranks_label(&[0, 1]), "ranks 0, 1");
         assert_eq!(ranks_label(&[4]), "rank 4");
     }

@@ -143,6 +143,9 @@ pub struct PxArgs {
     /// Session variables to copy into every rank first, as `%px_push` does.
     #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_ident)]
     pub share: Vec<String>,
+    /// No live status table of the ranks.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `--targets`: pool ranks, sorted, each once.
@@ -167,7 +170,7 @@ pub fn split_px_line(line: &str) -> (&str, &str) {
     loop {
         let words = match rest.split_whitespace().next().unwrap_or("") {
             "--targets" => 2,
-            w if w.starts_with("--targets=") || w == "--help" => 1,
+            w if w.starts_with("--targets=") || w == "--help" || w == "--quiet" => 1,
             _ => break,
         };
         for _ in 0..words {
@@ -296,6 +299,7 @@ mod tests {
         };
         assert_eq!(run(""), PxArgs::default());
         assert_eq!(run("--targets 2,0,2").targets, Some(Targets(vec![0, 2])));
+        assert!(run("--quiet").quiet && !run("").quiet);
         assert_eq!(run("--out w: Vec<f64>").out, Some(Out { name: "w".into(), ty: Some("Vec<f64>".into()) }));
         assert!(parse_px("--targets x").unwrap_err().contains("rank numbers"));
         assert!(parse_px("--bogus").is_err());
@@ -332,5 +336,6 @@ mod tests {
         assert_eq!(split_px_line(" --targets 0,2  x.len() "), ("--targets 0,2", "x.len()"));
         assert_eq!(split_px_line("--targets=1 --x"), ("--targets=1", "--x"));
         assert_eq!(split_px_line("-x"), ("", "-x"));
+        assert_eq!(split_px_line("--quiet --targets 1 x"), ("--quiet --targets 1", "x"));
     }
 }

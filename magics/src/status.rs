@@ -33,6 +33,8 @@ struct Row {
     ended: Option<(Instant, Ending)>,
     lines: u64,
     last_line: String,
+    /// The line being written, for output that arrives in pieces.
+    partial: String,
     progress: Option<(u64, u64)>,
 }
 
@@ -41,7 +43,8 @@ struct Row {
 pub struct Board {
     setup: StatusSetup,
     this_host: String,
-    first_rank: usize,
+    /// Each row's rank, as the user knows it.
+    labels: Vec<usize>,
     started: Instant,
     rows: Vec<Row>,
     changed: bool,
@@ -49,10 +52,11 @@ pub struct Board {
 }
 
 impl Board {
-    pub fn new(n: usize, first_rank: usize, setup: StatusSetup) -> Board {
+    /// A table with one row for each of `ranks` (in that order).
+    pub fn new(ranks: Vec<usize>, setup: StatusSetup) -> Board {
         let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| "this host".into());
-        let row = Row { pid: None, ended: None, lines: 0, last_line: String::new(), progress: None };
-        Board { setup, this_host, first_rank, started: Instant::now(), rows: vec![row; n], changed: true, drawn: None }
+        let row = Row { pid: None, ended: None, lines: 0, last_line: String::new(), partial: String::new(), progress: None };
+        Board { setup, this_host, started: Instant::now(), rows: vec![row; ranks.len()], labels: ranks, changed: true, drawn: None }
     }
 
     pub fn pid(&mut self, rank: usize, pid: Option<u32>) {
@@ -69,6 +73,31 @@ impl Board {
             row.last_line = last.chars().take(LAST_LINE).collect();
         }
         self.changed = true;
+    }
+
+    /// Output that arrives in pieces rather than lines: each newline ends a line, and the
+    /// last non-blank piece is the last line.
+    pub fn text(&mut self, rank: usize, text: &str) {
+        let row = &mut self.rows[rank];
+        for piece in text.split_inclusive('\n') {
+            let body = piece.trim_end_matches(['\n', '\r']);
+            // Only the first LAST_LINE characters of a line are ever shown.
+            let room = LAST_LINE.saturating_sub(row.partial.chars().count());
+            row.partial.extend(body.chars().take(room));
+            if !row.partial.trim().is_empty() {
+                row.last_line.clone_from(&row.partial);
+            }
+            if piece.ends_with('\n') {
+                row.lines += 1;
+                row.partial.clear();
+            }
+        }
+        self.changed = true;
+    }
+
+    /// Whether rank `rank`'s end is known.
+    pub fn has_ended(&self, rank: usize) -> bool {
+        self.rows[rank].ended.is_some()
     }
 
     pub fn progress(&mut self, rank: usize, done: u64, total: u64) {
@@ -119,7 +148,7 @@ impl Board {
                     Some((_, e)) => (ending_text(e), Some(matches!(e, Ending::Success))),
                 };
                 RowView {
-                    rank: self.first_rank + i,
+                    rank: self.labels[i],
                     host: self.setup.hosts.get(i).filter(|h| !h.is_empty()).cloned().unwrap_or_else(|| self.this_host.clone()),
                     pid: r.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                     gpu: self.setup.gpus.get(i).cloned().flatten().unwrap_or_else(|| "-".into()),
@@ -259,7 +288,7 @@ mod tests {
 
     #[test]
     fn rows_follow_the_ranks_and_the_end_is_final() {
-        let mut b = Board::new(3, 4, StatusSetup { hosts: vec![], gpus: vec![Some("0".into()), Some("1".into()), None] });
+        let mut b = Board::new(vec![4, 5, 6], StatusSetup { hosts: vec![], gpus: vec![Some("0".into()), Some("1".into()), None] });
         assert!(b.due(Instant::now()));
         let first = b.render(false);
         assert!(first["text/plain"].as_str().unwrap().contains("starting"));
@@ -283,8 +312,21 @@ mod tests {
     }
 
     #[test]
+    fn output_in_pieces_counts_lines_and_keeps_the_last() {
+        let mut b = Board::new(vec![2, 5], StatusSetup::default());
+        b.text(1, "step 1\nstep");
+        b.text(1, " 2\n\n");
+        assert!(!b.has_ended(1));
+        b.ended(1, &Ending::Success);
+        assert!(b.has_ended(1) && !b.has_ended(0));
+        let plain = b.render(true)["text/plain"].as_str().unwrap().to_string();
+        let row = plain.lines().find(|l| l.starts_with("5 ")).unwrap_or_else(|| panic!("{plain}"));
+        assert!(row.contains(" 3 ") && row.ends_with(" step 2"), "{row}");
+    }
+
+    #[test]
     fn a_rank_much_slower_than_the_others_is_a_straggler() {
-        let mut b = Board::new(3, 0, StatusSetup::default());
+        let mut b = Board::new(vec![0, 1, 2], StatusSetup::default());
         let t0 = b.started;
         for (r, secs) in [(0, 1.0), (1, 1.1), (2, 3.0)] {
             b.rows[r].ended = Some((t0 + Duration::from_secs_f64(secs), Ending::Success));

@@ -347,7 +347,7 @@ fn watch(
     // of them ended it (a rank that died of its own SIGKILL while the others were being
     // stopped is the cause, and is named as such).
     let mut sent: Vec<Vec<Signal>> = vec![Vec::new(); n];
-    let mut board = policy.status.clone().map(|setup| Board::new(n, policy.first_rank, setup));
+    let mut board = policy.status.clone().map(|setup| Board::new((policy.first_rank..policy.first_rank + n).collect(), setup));
     let mut spawned: Vec<Duration> = vec![Duration::ZERO; n];
     let mut board_shown = false;
     let stop_all = |sig: Signal, ranks: &[Option<RankReport>], sent: &mut Vec<Vec<Signal>>| match targets {

@@ -242,7 +242,7 @@ impl PoolRanks for RunningPool<'_> {
         Ok(self.pool.bring_session_items(snapshot)?)
     }
 
-    fn run(&mut self, code: &str, ranks: &[usize]) -> Outcome {
+    fn run(&mut self, code: &str, ranks: &[usize], live_status: bool) -> Outcome {
         let run = &self.run;
         run.interrupted.store(false, Ordering::SeqCst);
         run.stopped_build.store(false, Ordering::SeqCst);
@@ -250,7 +250,7 @@ impl PoolRanks for RunningPool<'_> {
         run.running.store(true, Ordering::SeqCst);
         let interrupted = || run.interrupted.load(Ordering::SeqCst);
         let stopped_build = || run.stopped_build.load(Ordering::SeqCst);
-        let outcome = self.pool.run(code, ranks, &interrupted, &stopped_build);
+        let outcome = self.pool.run(code, ranks, live_status, &interrupted, &stopped_build);
         *run.pool_child.lock().unwrap() = None;
         Ok(outcome?)
     }

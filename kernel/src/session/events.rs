@@ -33,6 +33,8 @@ pub enum Event {
     PoolPids(Vec<u32>),
     /// From a pool's fan-out process: a rank's process ended in the middle of a cell.
     RankExited { rank: usize, how: String },
+    /// From a pool's fan-out process: the ranks (pool ranks) that start running a cell now.
+    Running { ranks: Vec<usize> },
     /// From a pool's fan-out process: microseconds from evcxr's `LOAD_AND_RUN` to the last
     /// rank's end of the cell (for benchmarks: the kernel logs it).
     Dispatched { ranks: usize, micros: u64 },
@@ -147,13 +149,21 @@ impl CurrentCell {
             Event::Display(data) => self.display(data, Default::default()),
             Event::Panic(msg) => *self.panic.lock().unwrap() = Some(msg),
             Event::Done => self.count_done(),
-            Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } | Event::Dispatched { .. } => {}
+            Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } | Event::Running { .. } | Event::Dispatched { .. } => {}
         }
     }
 
     pub fn count_done(&self) {
         *self.done.0.lock().unwrap() += 1;
         self.done.1.notify_all();
+    }
+
+    /// Shows `data` in the running cell under display id `id`, or replaces what it shows
+    /// there (`update`).
+    pub fn display_in_place(&self, data: MimeBundle, meta: MimeBundle, id: &str, update: bool) {
+        if let Some(sink) = &*self.sink.lock().unwrap() {
+            sink.display_in_place(data, meta, id, update);
+        }
     }
 
     /// Shows rich output in the running cell, with metadata (a rank's, say), or does what a

@@ -69,7 +69,7 @@ impl EvcxrSession {
             "%autopx" => Err(usage("%autopx takes no arguments: it turns running every cell on the pool on or off")),
             _ if px_cell(code).is_some() => self.drive(cx, |d, s, h| d.px(s, h, code)),
             // With %autopx on, Rust cells (not magics, not evcxr's `:` commands) go to the pool.
-            _ if self.autopx && !c.starts_with('%') && !c.starts_with(':') => self.drive(cx, |_, s, _| run_px(s, code, None)),
+            _ if self.autopx && !c.starts_with('%') && !c.starts_with(':') => self.drive(cx, |_, s, _| run_px(s, code, None, true)),
             _ => return None,
         };
         Some(outcome)

@@ -21,8 +21,9 @@ pub trait PoolRanks {
     /// Brings the session's dependencies and items into the pool (nothing when unchanged).
     fn bring_session_items(&mut self, snapshot: &SessionSnapshot) -> Result<(), Failure>;
     /// Runs `code` on the pool ranks `ranks` (sorted), in a group of just those ranks;
-    /// their output reaches the cell as it comes, labelled.
-    fn run(&mut self, code: &str, ranks: &[usize]) -> Outcome;
+    /// their output reaches the cell as it comes, labelled, with a live status table of
+    /// the ranks (`live_status`).
+    fn run(&mut self, code: &str, ranks: &[usize], live_status: bool) -> Outcome;
 }
 
 /// A magic's arguments; its help is shown instead (`None`), a bad line is a usage error.
@@ -90,7 +91,7 @@ impl Driver {
         }
         match &args.out {
             Some(out) => px_out(session, body, &args, out),
-            None => run_px(session, body, args.targets.as_ref()),
+            None => run_px(session, body, args.targets.as_ref(), !args.quiet),
         }
     }
 
@@ -119,7 +120,7 @@ impl Driver {
         };
         let dir = transfer_dir(session, "px-pull")?;
         let code = format!("{{ {ENCODE_TRAITS} {} }}", emit(&dir.0, &args.name));
-        run_px(session, &code, args.targets.as_ref())?;
+        run_px(session, &code, args.targets.as_ref(), false)?;
         let out = Out { name: args.out.clone().unwrap_or_else(|| args.name.clone()), ty: Some(ty.clone()) };
         let ty = bind_pulled(session, &out, &dir.0, &ranks, &format!("`{}`", args.name))?;
         host.stream(
@@ -160,12 +161,13 @@ fn push(session: &mut dyn Session, names: &[String]) -> Result<Vec<Shipped>, Fai
             )
         })
         .collect();
-    run_px(session, &code, None)?;
+    run_px(session, &code, None, false)?;
     Ok(shipped)
 }
 
-/// Runs `body` on the pool's ranks (`targets`, or all), after bringing in the session's items.
-pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>) -> Outcome {
+/// Runs `body` on the pool's ranks (`targets`, or all), after bringing in the session's
+/// items, with a live status table of the ranks unless `live_status` is false.
+pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>, live_status: bool) -> Outcome {
     let n = session.pool()?.size();
     let ranks = cell_ranks(targets, n).map_err(usage)?;
     if ranks.len() < n && crate::cell_body::defines_variables(body) {
@@ -177,7 +179,7 @@ pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>) 
     let snapshot = session.snapshot()?;
     let mut pool = session.pool()?;
     pool.bring_session_items(&snapshot)?;
-    pool.run(body, &ranks)
+    pool.run(body, &ranks, live_status)
 }
 
 /// `%%px --out NAME`: the cell, whose tail value each rank also writes, then bound.
@@ -189,7 +191,7 @@ fn px_out(session: &mut dyn Session, body: &str, args: &PxArgs, out: &Out) -> Ou
         format!("{{ {ENCODE_TRAITS} let __ranch_out = {tail}; {} __ranch_out }}", emit(&dir.0, "__ranch_out"))
     })
     .ok_or_else(|| usage("--out needs the cell to end in an expression (each rank's value)"))?;
-    let shown = run_px(session, &wrapped, args.targets.as_ref())?;
+    let shown = run_px(session, &wrapped, args.targets.as_ref(), !args.quiet)?;
     bind_pulled(session, out, &dir.0, &ranks, "the cell's value")?;
     Ok(shown)
 }

@@ -18,6 +18,8 @@ struct Calls {
     brought_items: usize,
     /// Each pool run: its code and ranks.
     ran: Vec<(String, Vec<usize>)>,
+    /// Each pool run: whether it showed a live status table.
+    live: Vec<bool>,
 }
 
 struct FakeSession {
@@ -130,8 +132,9 @@ impl PoolRanks for FakePoolRef<'_> {
         Ok(())
     }
     /// Each rank "runs" the code: one that emits a value writes it where the code says.
-    fn run(&mut self, code: &str, ranks: &[usize]) -> Outcome {
+    fn run(&mut self, code: &str, ranks: &[usize], live_status: bool) -> Outcome {
         self.0.calls.borrow_mut().ran.push((code.to_string(), ranks.to_vec()));
+        self.0.calls.borrow_mut().live.push(live_status);
         if let Some(rest) = code.split("emit_to(\"").nth(1) {
             let dir = Path::new(rest.split('"').next().unwrap());
             for &r in ranks {
@@ -303,6 +306,13 @@ fn push_ships_session_variables_as_mutable_rank_variables() {
     let calls = s.calls.borrow();
     assert!(calls.ran[1].0.starts_with("let mut cfg: Config") && calls.ran[1].1 == [0, 1]);
     assert_eq!(calls.ran[2], ("cfg.len()".to_string(), vec![1]));
+    // Moving variables shows no status table; the user's cells do, unless --quiet.
+    assert_eq!(calls.live, [false, false, true]);
+    drop(calls);
+    Driver::default().px(&mut s, &host, "%%px --quiet
+1").unwrap();
+    Driver::default().px(&mut s, &host, "%px --quiet 1").unwrap();
+    assert_eq!(s.calls.borrow().live[3..], [false, false]);
 }
 
 #[test]

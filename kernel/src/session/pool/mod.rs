@@ -13,6 +13,7 @@
 
 mod fanout;
 mod group;
+mod status;
 
 use super::events::{Connection, CurrentCell, Event, EventHandler, Listener, SOCKET_ENV};
 use super::workdir::WorkDir;
@@ -20,6 +21,9 @@ use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
 use evcxr::{CommandContext, EvalCallbacks, EvalContext};
 use group::CellGroup;
 use ranch_magics::args::See;
+use ranch_magics::display_op::{self, DisplayOp};
+use ranch_magics::supervise::Ending;
+use status::CellStatus;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -45,22 +49,47 @@ struct PoolEvents {
     group: Mutex<Option<CellGroup>>,
     /// When the pool started, until its ranks said they run.
     starting: Mutex<Option<Instant>>,
+    /// The running cell's live status table (`None`: `--quiet`, or moving variables).
+    status: Mutex<Option<CellStatus>>,
+}
+
+impl PoolEvents {
+    fn status(&self, f: impl FnOnce(&mut CellStatus)) {
+        if let Some(s) = self.status.lock().unwrap().as_mut() {
+            f(s)
+        }
+    }
 }
 
 impl EventHandler for PoolEvents {
     fn apply(&self, conn: &mut Connection, event: Event) {
+        if let (Some(rank), Event::Stdout(t) | Event::Stderr(t)) = (conn.rank, &event) {
+            self.status(|s| s.text(rank, t));
+        }
         match event {
             Event::Rank(r) => conn.rank = Some(r),
             Event::Stdout(_) | Event::Stderr(_) if conn.rank.is_some_and(|r| !self.see.shows(r)) => {}
             Event::Stdout(t) => self.cell.stream(Stream::Stdout, &conn.label(Stream::Stdout, &t)),
             Event::Stderr(t) => self.cell.stream(Stream::Stderr, &conn.label(Stream::Stderr, &t)),
             Event::Display(data) => {
+                let progress = data.get(display_op::CONTROL_MIME).and_then(Value::as_str).and_then(display_op::parse);
+                if let (Some(DisplayOp::Progress { done, total }), Some(rank)) = (&progress, conn.rank) {
+                    self.status(|s| s.progress(rank, *done, *total));
+                    return;
+                }
                 let mut meta = MimeBundle::new();
                 meta.insert("ranch".into(), serde_json::json!({ "rank": conn.rank }));
                 self.cell.display(data, meta);
             }
-            Event::Panic(message) => self.panics.lock().unwrap().push((conn.rank.unwrap_or(0), message)),
+            Event::Panic(message) => {
+                let rank = conn.rank.unwrap_or(0);
+                self.status(|s| s.ended(rank, Ending::Panicked { message: message.clone(), line: None }));
+                self.panics.lock().unwrap().push((rank, message))
+            }
             Event::Done => {
+                if let Some(rank) = conn.rank {
+                    self.status(|s| s.ended(rank, Ending::Success));
+                }
                 if let (Some(rank), Some(group)) = (conn.rank, self.group.lock().unwrap().as_ref()) {
                     group.finished(rank);
                 }
@@ -74,6 +103,7 @@ impl EventHandler for PoolEvents {
                 *self.pids.lock().unwrap() = pids
             }
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
+            Event::Running { .. } => self.status(CellStatus::running),
             // The Jupyter server's log gets it (bench/pool.py reads it).
             Event::Dispatched { ranks, micros } => crate::log!("%%px {ranks}: dispatch {:.3} ms", micros as f64 / 1000.0),
         }
@@ -130,6 +160,7 @@ impl Pool {
             pids: Mutex::default(),
             group: Mutex::default(),
             starting: Mutex::new(Some(Instant::now())),
+            status: Mutex::default(),
         });
         let listener = Listener::start(events.clone(), private, "pool.sock")
             .map_err(|e| pool_error(format!("cannot listen for the pool's ranks: {e}")))?;
@@ -224,17 +255,21 @@ impl Pool {
         self.ctx.process_handle()
     }
 
-    /// Runs `code` on the pool ranks `ranks` (sorted), in a group of those ranks.
-    /// `interrupted` says whether an interrupt stopped it.
+    /// Runs `code` on the pool ranks `ranks` (sorted), in a group of those ranks, with a
+    /// live status table (`live_status`). `interrupted` says whether an interrupt stopped it.
     pub(super) fn run(
         &mut self,
         code: &str,
         ranks: &[usize],
+        live_status: bool,
         interrupted: &dyn Fn() -> bool,
         stopped_build: &dyn Fn() -> bool,
     ) -> CellOutcome {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
+        let pids = self.events.pids.lock().unwrap().clone();
+        *self.events.status.lock().unwrap() = live_status.then(|| CellStatus::new(ranks, &self.gpus, pids));
+        let ticker = StatusTicker::start(&self.events);
         let prepared = crate::syntax::with_stdout_flush(code);
         let group = CellGroup::start(ranks, &self.group_file).map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
         *self.events.group.lock().unwrap() = Some(group);
@@ -244,6 +279,16 @@ impl Pool {
         let ran = result.as_ref().is_ok_and(|o| o.phases.iter().any(|p| p.name == "Execution"));
         // Every rank's output was sent before its `Done`.
         self.events.cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
+        drop(ticker);
+        if let Some(mut status) = self.events.status.lock().unwrap().take() {
+            let exits = self.events.exits.lock().unwrap().clone();
+            let died = matches!(result, Err(evcxr::Error::SubprocessTerminated(_)));
+            status.finish(&self.events.cell, |rank| match exits.iter().find(|(r, _)| *r == rank) {
+                Some((_, how)) => Ending::Lost(format!("its process {how}")),
+                None if died || interrupted() => Ending::Stopped,
+                None => Ending::Lost("it did not say that it finished the cell".into()),
+            });
+        }
         drop(self.events.group.lock().unwrap().take());
         self.cells += 1;
         let lost = |what: &str| {
@@ -330,6 +375,37 @@ impl Pool {
         data.insert("text/plain".into(), Value::String(text));
         data.insert("text/html".into(), Value::String(html));
         data
+    }
+}
+
+/// Redraws the running cell's status table while it lives.
+struct StatusTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusTicker {
+    fn start(events: &Arc<PoolEvents>) -> StatusTicker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = events.status.lock().unwrap().is_some().then(|| {
+            let (events, stop) = (events.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    events.status(|s| s.tick(&events.cell));
+                }
+            })
+        });
+        StatusTicker { stop, thread }
+    }
+}
+
+impl Drop for StatusTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
