@@ -155,8 +155,8 @@ c.barrier().unwrap();"""
     assert "rank 2 exited before joining barrier" in text
     # And as a table before the error, for notebooks.
     html = [d["text/html"] for d in run.displays() if "text/html" in d]
-    assert html and "<td>rank 2</td>" in html[-1]
-    assert "<td>ranks 0, 1</td>" in html[-1] or ("<td>rank 0</td>" in html[-1] and "<td>rank 1</td>" in html[-1])
+    assert html and ">rank 2</td>" in html[-1] and ">rank 2 gives up</td>" in html[-1], html[-1]
+    assert ">ranks 0, 1</td>" in html[-1] or (">rank 0</td>" in html[-1] and ">rank 1</td>" in html[-1])
 
 
 def test_a_rank_that_finishes_without_joining_is_named_at_once(kc):

@@ -1,19 +1,28 @@
-"""The example notebooks, executed headless with nbclient through the installed kernel."""
+"""The example notebooks, executed headless with nbclient through the installed kernel.
+RANCH_SAVE_NOTEBOOKS=1 writes each executed notebook back (for those only a test can run,
+such as the one on simulated hosts; install/run_notebook.py --save does the others)."""
 import json
+import os
 import re
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+from simhosts import simulated_hosts
+from test_mpi_backend import needs_mpi_build
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def run(name):
-    """Executes the notebook; fails on an error output outside cells tagged
-    `raises-exception` (nbclient's convention for deliberate failures)."""
+def run(name, **kernel):
+    """Executes the notebook (`kernel`: cwd, env for its kernel); fails on an error output
+    outside cells tagged `raises-exception` (nbclient's convention for deliberate failures)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(nb, kernel_name="ranch", timeout=600).execute()
+    NotebookClient(nb, kernel_name="ranch", timeout=600, record_timing=False).execute(**kernel)
+    if os.environ.get("RANCH_SAVE_NOTEBOOKS"):
+        nbformat.write(nb, NOTEBOOKS / name)
     cells = [c for c in nb.cells if c.cell_type == "code"]
     for i, c in enumerate(cells):
         if "raises-exception" not in c.metadata.get("tags", []):
@@ -132,3 +141,20 @@ def test_pool_notebook_keeps_rank_state_across_cells():
     assert text(cells[11]) == "[(1, 0, [1, 3]), (3, 1, [1, 3])]"
     assert text(cells[18]) == "[250000, 250000, 250000, 250000]"
     assert "Stopped the pool's 4 ranks" in text(cells[20])
+
+
+@pytest.fixture
+def two_hosts():
+    yield from simulated_hosts(2)
+
+
+@needs_mpi_build
+def test_hosts_notebook_on_two_simulated_hosts(two_hosts, tmp_path):
+    a, b = two_hosts.addresses
+    (tmp_path / "hosts.txt").write_text(f"{a} slots=2\n{b} slots=2\n")
+    cells = run("hosts.ipynb", cwd=str(tmp_path), env=dict(os.environ, RANCH_MPIRUN_ARGS=two_hosts.mpirun_args))
+    said = sorted(l for l in text(cells[0]).splitlines() if re.match(r"\[\d\] ", l))
+    assert said == [f"[{r}] rank {r} of 4 runs on simhost{1 + r // 2}" for r in range(4)], said
+    assert cells[0].outputs[-1].data["text/plain"] == '["simhost1", "simhost1", "simhost2", "simhost2"]'
+    assert text(cells[2]) == "(true, 499999500000.0)"
+    assert text(cells[4]) == '[(1.5, "simhost1"), (1.5, "simhost1"), (1.5, "simhost2"), (1.5, "simhost2")]'

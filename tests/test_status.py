@@ -64,6 +64,23 @@ def test_quiet_shows_no_table_and_timing_shows_a_timeline(kc):
     assert "(last: rank " in charts[0]["text/plain"]
 
 
+def test_progress_in_a_plain_cell_is_one_bar_redrawn_in_place(kc):
+    run = ok(execute(kc, "for i in 0..5u64 {\n"
+                         "    ranch::progress(i + 1, 5);\n"
+                         "    std::thread::sleep(std::time::Duration::from_millis(150));\n"
+                         "}"))
+    bars = [m for m in run.outputs if m["msg_type"] in ("display_data", "update_display_data")]
+    assert len(bars) >= 3, run.kinds()
+    assert [m["msg_type"] for m in bars] == ["display_data"] + ["update_display_data"] * (len(bars) - 1)
+    assert len({m["content"]["transient"]["display_id"] for m in bars}) == 1
+    assert bars[-1]["content"]["data"]["text/plain"] == "[##########] 5/5"
+    assert "width:100%" in bars[-1]["content"]["data"]["text/html"]
+    # The next cell's bar is a new one.
+    again = ok(execute(kc, "ranch::progress(1, 2); ranch::progress(2, 2);"))
+    ids = {m["content"]["transient"]["display_id"] for m in again.outputs if "transient" in m["content"]}
+    assert again.outputs[0]["msg_type"] == "display_data" and ids and ids.isdisjoint({bars[0]["content"]["transient"]["display_id"]})
+
+
 def test_rich_output_from_rust_in_a_cell_and_in_ranks(kc):
     run = ok(execute(kc, 'let chart = ranch::display::svg("<svg xmlns=\'http://www.w3.org/2000/svg\'/>");\n'
                          'chart.update_html("<b>redrawn</b>");\n'

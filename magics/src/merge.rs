@@ -178,29 +178,47 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
 }
 
 /// The failure as an HTML table (for notebooks, shown before the error): one row per way of
-/// failing, with the ranks, the outcome and the last lines the first of them wrote.
+/// failing, with the ranks, the outcome, its message and cell line, and the last lines the
+/// first of them wrote.
 pub fn failure_html(report: &RunReport) -> Option<String> {
     let groups = groups(report);
     if groups.is_empty() {
         return None;
     }
     // Left-aligned: notebooks right-align table cells, which suits numbers, not messages.
-    let mut html = String::from(
-        "<table class=\"ranch-failure\"><thead><tr><th style=\"text-align:left\">ranks</th><th style=\"text-align:left\">outcome</th>\
-         <th style=\"text-align:left\">last output</th></tr></thead><tbody>",
-    );
-    for (ranks, what) in &groups {
-        let last = &report.ranks[ranks[0] - report.first_rank].last_lines;
-        let lines: Vec<String> = last.iter().map(|l| html_escape(l)).collect();
-        html.push_str(&format!(
-            "<tr><td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td><td style=\"text-align:left\"><pre>{}</pre></td></tr>",
-            html_escape(&ranks_label(ranks)),
-            html_escape(what),
-            lines.join("\n")
-        ));
+    let cell = |tag: &str, body: &str| format!("<{tag} style=\"text-align:left\">{body}</{tag}>");
+    let mut html = String::from("<table class=\"ranch-failure\"><thead><tr>");
+    for h in ["ranks", "outcome", "message", "cell line", "last output"] {
+        html.push_str(&cell("th", h));
+    }
+    html.push_str("</tr></thead><tbody>");
+    for (ranks, _) in &groups {
+        let first = &report.ranks[ranks[0] - report.first_rank];
+        let (mut outcome, message, line) = columns(&first.ending);
+        if let Some(host) = &first.host {
+            outcome.push_str(&format!(" (host {host})"));
+        }
+        let last: Vec<String> = first.last_lines.iter().map(|l| html_escape(l)).collect();
+        html.push_str("<tr>");
+        html.push_str(&cell("td", &html_escape(&ranks_label(ranks))));
+        html.push_str(&cell("td", &html_escape(&outcome)));
+        html.push_str(&cell("td", &html_escape(&message)));
+        html.push_str(&cell("td", &line.map_or(String::new(), |l| l.to_string())));
+        html.push_str(&cell("td", &format!("<pre>{}</pre>", last.join("\n"))));
+        html.push_str("</tr>");
     }
     html.push_str("</tbody></table>");
     Some(html)
+}
+
+/// How a rank failed, as the failure table's outcome, message and cell line.
+fn columns(e: &Ending) -> (String, String, Option<usize>) {
+    match e {
+        Ending::Panicked { message, line } => ("panicked".into(), message.clone(), *line),
+        Ending::NotStarted(why) => ("not started".into(), why.clone(), None),
+        Ending::Lost(why) => ("lost".into(), why.clone(), None),
+        other => (describe(other), String::new(), None),
+    }
 }
 
 fn describe(e: &Ending) -> String {
@@ -295,6 +313,11 @@ mod tests {
         let html = failure_html(&report).unwrap();
         assert_eq!(html.matches("<tr>").count(), 4);
         assert!(html.contains(">ranks 10-14, 16</td>") && html.contains("&lt;bad shard&gt;"));
+        // The first row: who, how, what the panic said and where.
+        let row = html.split("<tr>").nth(2).unwrap();
+        let cells: Vec<&str> = row.split("</td>").map(|c| c.rsplit('>').next().unwrap()).collect();
+        assert_eq!(cells[..4], ["ranks 10-14, 16", "panicked", "out of memory", "2"], "{row}");
+        assert!(html.contains(">exited with status 3</td>"), "{html}");
         assert_eq!(ranks_label(&[0, 1]), "ranks 0, 1");
         assert_eq!(ranks_label(&[4]), "rank 4");
     }

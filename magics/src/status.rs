@@ -199,6 +199,30 @@ fn percent(done: u64, total: u64) -> f64 {
     if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 }
 }
 
+/// A progress bar, `done` of `total`, as HTML.
+pub fn bar_html(done: u64, total: u64) -> String {
+    format!(
+        "<div style=\"display:inline-block;width:100px;height:8px;background:#ddd;vertical-align:middle\">\
+         <div style=\"width:{p:.0}%;height:8px;background:#2f81f7\"></div></div> {done}/{total}",
+        p = percent(done, total)
+    )
+}
+
+/// A progress bar, `done` of `total`, as text: `[###.......] 30/120`.
+pub fn bar_text(done: u64, total: u64) -> String {
+    let filled = ((percent(done, total) / 10.0).round() as usize).min(10);
+    format!("[{}{}] {done}/{total}", "#".repeat(filled), ".".repeat(10 - filled))
+}
+
+/// A cell's own progress (`ranch::progress` in a plain cell) as a display bundle.
+pub fn progress_bundle(done: u64, total: u64) -> Map<String, Value> {
+    let done = done.min(total);
+    let mut data = Map::new();
+    data.insert("text/html".into(), Value::String(format!("<div class=\"ranch-progress\">{}</div>", bar_html(done, total))));
+    data.insert("text/plain".into(), Value::String(bar_text(done, total)));
+    data
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -215,14 +239,7 @@ fn html(rows: &[RowView], finished: bool) -> String {
             Some(false) => "#cf222e",
             None => "#9a6700",
         };
-        let bar = match r.progress {
-            Some((d, t)) => format!(
-                "<div style=\"display:inline-block;width:100px;height:8px;background:#ddd;vertical-align:middle\">\
-                 <div style=\"width:{p:.0}%;height:8px;background:#2f81f7\"></div></div> {d}/{t}",
-                p = percent(d, t)
-            ),
-            None => String::new(),
-        };
+        let bar = r.progress.map_or(String::new(), |(d, t)| bar_html(d, t));
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"color:{color}\">{}</td><td>{}</td><td>{}</td>\
@@ -248,10 +265,7 @@ fn text(rows: &[RowView]) -> String {
     let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
-            let progress = r.progress.map_or(String::new(), |(d, t)| {
-                let filled = (percent(d, t) / 10.0).round() as usize;
-                format!("[{}{}] {d}/{t}", "#".repeat(filled), ".".repeat(10 - filled.min(10)))
-            });
+            let progress = r.progress.map_or(String::new(), |(d, t)| bar_text(d, t));
             [
                 r.rank.to_string(),
                 r.host.clone(),
@@ -309,6 +323,15 @@ mod tests {
         assert!(!last["text/html"].as_str().unwrap().contains("running..."));
         assert!(last["text/plain"].as_str().unwrap().contains("panicked"));
         assert!(!b.due(Instant::now() + REFRESH), "nothing runs, nothing changed");
+    }
+
+    #[test]
+    fn a_cell_progress_bar() {
+        let b = progress_bundle(7, 10);
+        assert_eq!(b["text/plain"], "[#######...] 7/10");
+        assert!(b["text/html"].as_str().unwrap().contains("width:70%"));
+        assert_eq!(progress_bundle(12, 10)["text/plain"], "[##########] 10/10");
+        assert_eq!(progress_bundle(0, 0)["text/plain"], "[##########] 0/0");
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub trait EventHandler: Send + Sync + 'static {
 #[derive(Default)]
 pub struct CurrentCell {
     sink: Mutex<Option<Arc<dyn OutputSink>>>,
+    /// The display id of the running cell's own progress bar, once shown.
+    progress_id: Mutex<Option<String>>,
     panic: Mutex<Option<String>>,
     done: (Mutex<u64>, Condvar),
 }
@@ -86,6 +88,7 @@ pub struct CurrentCell {
 impl CurrentCell {
     /// Routes output to `sink` until [`end`](Self::end).
     pub fn begin(&self, sink: Arc<dyn OutputSink>) {
+        *self.progress_id.lock().unwrap() = None;
         *self.sink.lock().unwrap() = Some(sink);
     }
 
@@ -167,7 +170,7 @@ impl CurrentCell {
     }
 
     /// Shows rich output in the running cell, with metadata (a rank's, say), or does what a
-    /// `ranch::display` block asks (progress outside a launch's table is not shown).
+    /// `ranch::display` block asks (the cell's own `ranch::progress`: one bar, redrawn in place).
     pub fn display(&self, data: MimeBundle, meta: MimeBundle) {
         let Some(sink) = &*self.sink.lock().unwrap() else { return };
         let Some(body) = data.get(display_op::CONTROL_MIME) else {
@@ -178,7 +181,17 @@ impl CurrentCell {
             Some(DisplayOp::Show { data, id }) => sink.display_in_place(data, meta, &display_op::jupyter_id(&id), false),
             Some(DisplayOp::Update { data, id }) => sink.display_in_place(data, meta, &display_op::jupyter_id(&id), true),
             Some(DisplayOp::Clear) => sink.clear_output(),
-            Some(DisplayOp::Progress { .. }) | None => {}
+            Some(DisplayOp::Progress { done, total }) => {
+                static BARS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let mut id = self.progress_id.lock().unwrap();
+                let update = id.is_some();
+                let id = id.get_or_insert_with(|| {
+                    let k = BARS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    format!("ranch-progress-{}-{k}", std::process::id())
+                });
+                sink.display_in_place(ranch_magics::status::progress_bundle(done, total), meta, id, update);
+            }
+            None => {}
         }
     }
 }
