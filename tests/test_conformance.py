@@ -39,8 +39,7 @@ class RanchKernelTests(jkt.KernelTests):
 
     code_page_something = "std::vec::Vec::new?"
 
-    # Not supported yet: no way for Rust code to send clear_output (`code_clear_output`);
-    # that jupyter_kernel_test check skips itself.
+    code_clear_output = "ranch::display::clear_output();"
 
 
 class RanchIopubWelcome(jkt.IopubWelcomeTests):

@@ -316,3 +316,30 @@ def test_each_rank_gets_its_own_reproducible_seed(kc):
     triples = [tuple(map(int, t)) for t in re.findall(r"\((\d+), (\d+), (\d+)\)", first)]
     assert len(triples) == 3 and all(a == b != c for a, b, c in triples)
     assert len({a for a, _, _ in triples}) == 3
+
+
+PANICS_IN_A_FN = ("%%ranch 2\n"
+                  "#[inline(never)]\n"
+                  'fn find_bad_record(r: usize) { if r == 1 { panic!("bad record"); } }\n'
+                  "find_bad_record(ranch::rank());\n"
+                  "ranch::rank()")
+
+
+@pytest.mark.parametrize("backtrace", ["1", None])
+def test_a_panicking_rank_brings_its_backtrace_when_rust_backtrace_is_set(backtrace):
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
+    if backtrace:
+        env["RUST_BACKTRACE"] = backtrace
+    km, kc = start(env=env)
+    try:
+        text = execute(kc, PANICS_IN_A_FN).error_text()
+        assert "rank 1 panicked at cell line 3: bad record" in text, text
+        if not backtrace:
+            assert "backtrace" not in text, text
+            return
+        trace = text.split("backtrace of rank 1 (RUST_BACKTRACE):\n", 1)[1]
+        frames = [l for l in trace.splitlines() if re.match(r"\s+\d+: ", l)]
+        assert frames and "find_bad_record" in frames[0], trace
+        assert not any(m in f for f in frames for m in ("panicking", "lang_start", "libc_start")), trace
+    finally:
+        stop(km, kc)

@@ -169,6 +169,11 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
             tb.push(format!("  last output of rank {rank}:"));
             tb.extend(last.iter().map(|l| format!("    [{rank}] {l}")));
         }
+        let backtrace = &report.ranks[rank - report.first_rank].backtrace;
+        if !backtrace.is_empty() {
+            tb.push(format!("  backtrace of rank {rank} (RUST_BACKTRACE):"));
+            tb.extend(backtrace.lines().map(|l| format!("  {l}")));
+        }
     }
     if !stopped.is_empty() && !matches!(report.stopped, Some(StopReason::Timeout { .. }) | Some(StopReason::Interrupted)) {
         tb.push(format!("stopped because of the failure (--on-error abort): ranks {}", list(&stopped)));
@@ -277,10 +282,11 @@ mod tests {
 
     #[test]
     fn failures_name_ranks_messages_and_last_lines() {
-        let ok = RankReport { ending: Ending::Success, last_lines: Default::default(), host: None, started: Default::default(), ended: Default::default() };
+        let ok = RankReport { ending: Ending::Success, last_lines: Default::default(), host: None, started: Default::default(), ended: Default::default(), backtrace: String::new() };
         let bad = RankReport {
             ending: Ending::Panicked { message: "boom".into(), line: Some(3) },
             last_lines: ["step 1".to_string()].into(),
+            backtrace: "   3: cell::inner\n   4: cell::main".into(),
             ..ok.clone()
         };
         let report = RunReport {
@@ -294,13 +300,14 @@ mod tests {
         assert_eq!(evalue, "rank 1 panicked at cell line 3: boom");
         let all = tb.join("\n");
         assert!(all.contains("[1] step 1") && all.contains("ranks 2") && all.contains("session is unchanged"));
+        assert!(all.contains("backtrace of rank 1 (RUST_BACKTRACE):\n     3: cell::inner\n     4: cell::main"), "{all}");
     }
 
     #[test]
     fn ranks_failing_the_same_way_are_said_once() {
-        let panic = |m: &str| RankReport { ending: Ending::Panicked { message: m.into(), line: Some(2) }, last_lines: [format!("<{m}>")].into(), host: None, started: Default::default(), ended: Default::default() };
+        let panic = |m: &str| RankReport { ending: Ending::Panicked { message: m.into(), line: Some(2) }, last_lines: [format!("<{m}>")].into(), host: None, started: Default::default(), ended: Default::default(), backtrace: String::new() };
         let mut ranks: Vec<RankReport> = (0..8).map(|_| panic("out of memory")).collect();
-        ranks[5] = RankReport { ending: Ending::ExitCode(3), last_lines: Default::default(), host: None, started: Default::default(), ended: Default::default() };
+        ranks[5] = RankReport { ending: Ending::ExitCode(3), last_lines: Default::default(), host: None, started: Default::default(), ended: Default::default(), backtrace: String::new() };
         ranks[9 - 2] = panic("bad shard");
         let report = RunReport { ranks, stopped: None, elapsed: Default::default(), first_rank: 10, pids: vec![] };
         let (evalue, tb) = failure(&report).unwrap();

@@ -80,6 +80,8 @@ pub struct RankReport {
     /// launcher's ranks start with the launcher).
     pub started: Duration,
     pub ended: Duration,
+    /// Its backtrace, when it panicked and `RUST_BACKTRACE` asked for one (else empty).
+    pub backtrace: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -459,6 +461,7 @@ fn watch(
                 host,
                 started: spawned[rank],
                 ended: started.elapsed(),
+                backtrace: read_backtrace(run_dir, rank),
             });
             if failed && policy.on_error == OnError::Abort && stopped.is_none() {
                 stopped = Some(StopReason::RankFailed(rank));
@@ -595,6 +598,12 @@ fn read_panic(run_dir: &Path, rank: usize, panic_line: &dyn Fn(u32) -> Option<us
     let bytes = std::fs::read(ranch::__rt::panic_path(run_dir, rank)).ok()?;
     let p = ranch::__rt::PanicReport::decode(&bytes).ok()?;
     Some(Ending::Panicked { message: p.message, line: panic_line(p.line) })
+}
+
+/// The backtrace rank `rank` sent with its panic report, if any.
+fn read_backtrace(run_dir: &Path, rank: usize) -> String {
+    let report = std::fs::read(ranch::__rt::panic_path(run_dir, rank)).ok().and_then(|b| ranch::__rt::PanicReport::decode(&b).ok());
+    report.map(|p| p.backtrace).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ mod tests {
             host: None,
             started: Duration::from_millis(start),
             ended: Duration::from_millis(end),
+            backtrace: String::new(),
         };
         let report = RunReport {
             ranks: vec![rank(0, 1000, Ending::Success), rank(10, 3000, Ending::ExitCode(2))],

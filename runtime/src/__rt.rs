@@ -171,17 +171,59 @@ pub struct PanicReport {
     pub message: String,
     pub file: String,
     pub line: u32,
+    /// The frames of the rank's own code when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`)
+    /// asks for backtraces; empty otherwise.
+    pub backtrace: String,
 }
 
 impl PanicReport {
     pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec(&(&self.message, &self.file, self.line)).expect("plain data serialises")
+        rmp_serde::to_vec(&(&self.message, &self.file, self.line, &self.backtrace)).expect("plain data serialises")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<PanicReport, String> {
-        let (message, file, line) = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
-        Ok(PanicReport { message, file, line })
+        let (message, file, line, backtrace) = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+        Ok(PanicReport { message, file, line, backtrace })
     }
+}
+
+/// Most lines of a backtrace sent with a panic report.
+const BACKTRACE_LINES: usize = 60;
+
+/// This thread's backtrace, if the environment asks for one, cut to the frames between the
+/// panic machinery and the program's start (the user's code), at most [`BACKTRACE_LINES`].
+fn backtrace_text() -> String {
+    let bt = std::backtrace::Backtrace::capture();
+    if bt.status() != std::backtrace::BacktraceStatus::Captured {
+        return String::new();
+    }
+    short_backtrace(&bt.to_string())
+}
+
+/// The frames of a backtrace's text (`  N: name` lines, each followed by its `at file:line`
+/// lines) after the last frame of the panic machinery and before the program's start.
+fn short_backtrace(full: &str) -> String {
+    let mut frames: Vec<Vec<&str>> = Vec::new();
+    for line in full.lines() {
+        let t = line.trim_start();
+        let starts_frame = t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        match frames.last_mut() {
+            Some(f) if !starts_frame => f.push(line),
+            _ => frames.push(vec![line]),
+        }
+    }
+    // The program's start calls main through these (and catches panics there, so the
+    // machinery is looked for only before it).
+    let start_up = ["__rust_begin_short_backtrace", "lang_start", "__libc_start", ": _start"];
+    let end = frames.iter().position(|f| start_up.iter().any(|m| f[0].contains(m))).unwrap_or(frames.len());
+    let machinery = ["backtrace_rs", "Backtrace::", "panicking", "begin_unwind", "install_panic_hook", "panic_fmt"];
+    let start = frames[..end].iter().rposition(|f| machinery.iter().any(|m| f[0].contains(m))).map_or(0, |i| i + 1);
+    let lines: Vec<&str> = frames[start..end].iter().flatten().copied().collect();
+    let mut text = lines.iter().take(BACKTRACE_LINES).copied().collect::<Vec<_>>().join("\n");
+    if lines.len() > BACKTRACE_LINES {
+        text.push_str(&format!("\n      … ({} more lines)", lines.len() - BACKTRACE_LINES));
+    }
+    text
 }
 
 /// Environment variable with the kernel's pid: a rank whose parent is gone exits.
@@ -235,7 +277,7 @@ pub fn finish_rank() {
 /// report so that the cell's error says it.
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn report_failure(message: &str) {
-    let report = PanicReport { message: message.to_string(), file: String::new(), line: 0 };
+    let report = PanicReport { message: message.to_string(), file: String::new(), line: 0, backtrace: String::new() };
     if self::report("panic", &report.encode()).is_err() {
         eprintln!("ranch: rank {}: {message}", crate::rank());
     }
@@ -253,7 +295,7 @@ pub fn install_panic_hook() {
             "Box<dyn Any>".to_string()
         };
         let (file, line) = info.location().map(|l| (l.file().to_string(), l.line())).unwrap_or_default();
-        let report = PanicReport { message, file, line };
+        let report = PanicReport { message, file, line, backtrace: backtrace_text() };
         if self::report("panic", &report.encode()).is_err() {
             eprintln!("panicked: {}", report.message);
         }
@@ -279,6 +321,30 @@ pub fn collect_ranks<T: DeserializeOwned>(dir: &str, ranks: &[usize]) -> Vec<T> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backtraces_keep_the_frames_of_the_users_code() {
+        let full = "   0: std::backtrace_rs::backtrace::trace\n             at /rustc/x/backtrace.rs:1:1\n\
+                    \x20  1: std::panicking::begin_panic_handler\n\
+                    \x20  2: core::panicking::panic_fmt\n\
+                    \x20  3: rank::cell::inner_helper\n             at ./src/main.rs:7:5\n\
+                    \x20  4: rank::main\n\
+                    \x20  5: std::sys::backtrace::__rust_begin_short_backtrace\n\
+                    \x20  6: std::panicking::catch_unwind\n\
+                    \x20  7: std::rt::lang_start\n\
+                    \x20  8: __libc_start_main_impl\n             at ./csu/libc-start.c:360:3\n\
+                    \x20  9: _start";
+        assert_eq!(short_backtrace(full), "   3: rank::cell::inner_helper\n             at ./src/main.rs:7:5\n   4: rank::main");
+        let no_std_main = "  0: core::panicking::panic_fmt\n  1: cell::f\n  2: main\n  3: __libc_start_call_main\n  4: _start";
+        assert_eq!(short_backtrace(no_std_main), "  1: cell::f\n  2: main");
+        let long: String = (0..100).map(|i| format!("  {i}: f{i}\n")).collect();
+        let short = short_backtrace(&long);
+        assert_eq!(short.lines().count(), BACKTRACE_LINES + 1);
+        assert!(short.ends_with("(40 more lines)"), "{short}");
+        let r = PanicReport { message: "m".into(), file: "f".into(), line: 3, backtrace: "  3: x".into() };
+        let back = PanicReport::decode(&r.encode()).unwrap();
+        assert_eq!((back.message, back.line, back.backtrace), ("m".to_string(), 3, "  3: x".to_string()));
+    }
 
     #[test]
     fn specialisation_picks_serialize_when_available() {
