@@ -3,12 +3,13 @@ their own hostname, /tmp, /dev/shm and home directory; see simhosts.py), so noth
 a rank but through mpirun and the kernel's TCP channel, the program included."""
 import os
 import shutil
+import signal
 import tempfile
 import time
 
 import pytest
 
-from conftest import execute, interrupt, ok, start, stop, wait_for_output
+from conftest import execute, interrupt, ok, processes, start, stop, wait_for_output
 from simhosts import simulated_hosts
 from test_mpi_backend import needs_mpi_build
 
@@ -135,6 +136,32 @@ def test_interrupt_leaves_nothing_on_either_host(hosts):
         nothing_left_on(hosts)
     finally:
         stop(km, kc)
+
+
+def test_a_killed_kernel_leaves_nothing_on_either_host(hosts):
+    km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args))
+    try:
+        a, b = hosts.addresses
+        msg_id = kc.execute(f"%%ranch 2 --hosts {a}:1,{b}:1\n"
+                            'println!("up on {}", ' + HOSTNAME + ");\n"
+                            "std::thread::sleep(std::time::Duration::from_secs(120));")
+        wait_for_output(kc, msg_id, "up on simhost2")
+        assert hosts.pids(0) and hosts.pids(1), "ranks run on both hosts"
+        # kill -9: the kernel runs no code; its janitor ends mpirun, whose daemons on the
+        # hosts end their ranks when they lose it.
+        os.kill(kc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(hosts.pids(i) for i in range(2)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [hosts.pids(i) for i in range(2)] == [[], []], "processes left on the simulated hosts"
+        agent = hosts.mpirun_args.split()[2]  # --mca plm_rsh_agent PATH: this test's mpirun only
+        assert agent.endswith("/agent")
+        launchers = [cmd for _, cmd in processes().values()
+                     if cmd and os.path.basename(cmd.split()[0]) in ("mpirun", "mpiexec", "orterun") and agent in cmd]
+        assert not launchers, f"mpirun left running: {launchers}"
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
 
 
 def test_a_shared_directory_named_by_the_user_is_used_instead_of_shipping(hosts):

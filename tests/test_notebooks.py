@@ -35,6 +35,11 @@ def is_status(output):
     return output.get("metadata", {}).get("ranch", {}).get("status") is True
 
 
+def is_progress(output):
+    """A plain cell's own `ranch::progress` bar."""
+    return output.get("metadata", {}).get("ranch", {}).get("progress") is True
+
+
 def status(cell):
     """A launch's status table as the notebook keeps it (its final state)."""
     tables = [o.data["text/plain"] for o in cell.outputs if is_status(o)]
@@ -43,12 +48,12 @@ def status(cell):
 
 
 def text(cell):
-    """What a reader sees, less the status table and cargo's build lines."""
+    """What a reader sees, less the status table, progress bars and cargo's build lines."""
     parts = []
     for o in cell.outputs:
         if o.output_type == "stream":
             parts.extend(l for l in o.text.splitlines(keepends=True) if not l.lstrip().startswith("Compiling "))
-        elif o.output_type in ("execute_result", "display_data") and not is_status(o):
+        elif o.output_type in ("execute_result", "display_data") and not is_status(o) and not is_progress(o):
             parts.append(o.data.get("text/plain") or o.data.get("text/html", ""))
     return "".join(parts)
 

@@ -75,6 +75,7 @@ def test_progress_in_a_plain_cell_is_one_bar_redrawn_in_place(kc):
     assert len({m["content"]["transient"]["display_id"] for m in bars}) == 1
     assert bars[-1]["content"]["data"]["text/plain"] == "[##########] 5/5"
     assert "width:100%" in bars[-1]["content"]["data"]["text/html"]
+    assert bars[0]["content"]["metadata"] == {"ranch": {"progress": True}}
     # The next cell's bar is a new one.
     again = ok(execute(kc, "ranch::progress(1, 2); ranch::progress(2, 2);"))
     ids = {m["content"]["transient"]["display_id"] for m in again.outputs if "transient" in m["content"]}

@@ -189,6 +189,8 @@ impl CurrentCell {
                     let k = BARS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     format!("ranch-progress-{}-{k}", std::process::id())
                 });
+                let mut meta = meta;
+                meta.insert("ranch".into(), serde_json::json!({ "progress": true }));
                 sink.display_in_place(ranch_magics::status::progress_bundle(done, total), meta, id, update);
             }
             None => {}
