@@ -31,8 +31,8 @@ def kernel_km(hosts):
     stop(km, kc)
 
 
-def nothing_left_on(hosts):
-    deadline = time.monotonic() + 10
+def nothing_left_on(hosts, within=10):
+    deadline = time.monotonic() + within
     while any(hosts.pids(i) for i in range(2)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [hosts.pids(i) for i in range(2)] == [[], []], "processes left on the simulated hosts"
@@ -122,15 +122,21 @@ def test_in_ddp_across_hosts(hosts, kernel_km):
     nothing_left_on(hosts)
 
 
-def test_interrupt_leaves_nothing_on_either_host(hosts):
+def sleeping_on_both_hosts(hosts):
+    """A new kernel whose cell has a rank sleeping on each host: (km, kc, the cell's msg_id)."""
     km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args))
+    a, b = hosts.addresses
+    msg_id = kc.execute(f"%%ranch 2 --hosts {a}:1,{b}:1\n"
+                        'println!("up on {}", ' + HOSTNAME + ");\n"
+                        "std::thread::sleep(std::time::Duration::from_secs(120));")
+    wait_for_output(kc, msg_id, "up on simhost2")
+    assert hosts.pids(0) and hosts.pids(1), "ranks run on both hosts"
+    return km, kc, msg_id
+
+
+def test_interrupt_leaves_nothing_on_either_host(hosts):
+    km, kc, msg_id = sleeping_on_both_hosts(hosts)
     try:
-        a, b = hosts.addresses
-        msg_id = kc.execute(f"%%ranch 2 --hosts {a}:1,{b}:1\n"
-                            'println!("up on {}", ' + HOSTNAME + ");\n"
-                            "std::thread::sleep(std::time::Duration::from_secs(60));")
-        wait_for_output(kc, msg_id, "up on simhost2")
-        assert hosts.pids(0) and hosts.pids(1), "ranks run on both hosts"
         reply = interrupt(km, kc, msg_id, within=10)
         assert "interrupted" in reply["evalue"], reply
         nothing_left_on(hosts)
@@ -139,21 +145,12 @@ def test_interrupt_leaves_nothing_on_either_host(hosts):
 
 
 def test_a_killed_kernel_leaves_nothing_on_either_host(hosts):
-    km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args))
+    km, kc, _ = sleeping_on_both_hosts(hosts)
     try:
-        a, b = hosts.addresses
-        msg_id = kc.execute(f"%%ranch 2 --hosts {a}:1,{b}:1\n"
-                            'println!("up on {}", ' + HOSTNAME + ");\n"
-                            "std::thread::sleep(std::time::Duration::from_secs(120));")
-        wait_for_output(kc, msg_id, "up on simhost2")
-        assert hosts.pids(0) and hosts.pids(1), "ranks run on both hosts"
         # kill -9: the kernel runs no code; its janitor ends mpirun, whose daemons on the
         # hosts end their ranks when they lose it.
         os.kill(kc.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while any(hosts.pids(i) for i in range(2)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert [hosts.pids(i) for i in range(2)] == [[], []], "processes left on the simulated hosts"
+        nothing_left_on(hosts, within=30)
         agent = hosts.mpirun_args.split()[2]  # --mca plm_rsh_agent PATH: this test's mpirun only
         assert agent.endswith("/agent")
         launchers = [cmd for _, cmd in processes().values()
