@@ -131,6 +131,8 @@ def test_usage_errors_change_nothing(pool):
     assert "--targets <R,R>" in ok(execute(kc, "%%px --help")).stream()
     assert "invalid value '0'" in execute(kc, "%ranch_start 0").error_text()
     assert "--bogus" in execute(kc, "%ranch_start 2 --bogus").error_text()
+    refused = execute(kc, "%ranch_start 2 --hosts a:1,b:1").error()
+    assert refused["ename"] == "UsageError" and "a pool runs on this host only" in refused["evalue"], refused
     assert ok(execute(kc, "%px ranch::world_size()")).result() == "[3, 3, 3]"
 
 

@@ -58,6 +58,14 @@ fn parse_magic<T: Parser>(magic: &str, args: &str, prepare: fn(Vec<String>) -> V
 
 /// Parses what follows `%ranch_start`.
 pub fn parse(args: &str) -> Result<Parsed<PoolArgs>, String> {
+    let tokens = shlex::split(args).unwrap_or_default();
+    let wants_hosts = |flag: &str| tokens.iter().any(|t| t == flag || t.starts_with(&format!("{flag}=")));
+    if let Some(flag) = ["--hosts", "--hostfile", "--launcher"].into_iter().find(|f| wants_hosts(f)) {
+        return Err(format!(
+            "{flag}: a pool runs on this host only (its ranks load each cell as a library built here). \
+             Run cells across hosts with `%%ranch N {flag} ...` or `%in_ddp N {flag} ...`"
+        ));
+    }
     let parsed = parse_magic::<PoolArgs>("%ranch_start", args, |t| t)?;
     if let Parsed::Run(a) = &parsed {
         if let Some(name) = a.backend.mpi_name() {
@@ -289,6 +297,10 @@ mod tests {
         assert_eq!(get(0, ranch::__rt::TIMEOUT_ENV).as_deref(), Some("0.5"));
         assert!(parse("2 --backend tcp").unwrap_err().contains("tcp"));
         assert!(parse("2 --backend mpi").unwrap_err().contains("a pool runs on this host"));
+        for flag in ["--hosts a:1,b:1", "--hostfile=h.txt", "--launcher mpirun"] {
+            let e = parse(&format!("2 {flag}")).unwrap_err();
+            assert!(e.contains("a pool runs on this host only") && e.contains("%%ranch N --"), "{e}");
+        }
     }
 
     #[test]
