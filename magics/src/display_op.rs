@@ -46,9 +46,26 @@ pub fn jupyter_id(id: &str) -> String {
     format!("ranch-user-{id}")
 }
 
+/// A display id of ranch's own (a status table, a progress bar): `ranch-<kind>-<pid>-<n>`,
+/// unique in this kernel and apart from every [`jupyter_id`].
+pub fn own_id(kind: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("ranch-{kind}-{}-{n}", std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_ids_are_unique_and_never_a_users() {
+        let (a, b) = (own_id("status"), own_id("status"));
+        assert!(a.starts_with(&format!("ranch-status-{}-", std::process::id())) && a != b, "{a} {b}");
+        for kind in ["status", "px-status", "progress"] {
+            assert!(!own_id(kind).starts_with(&jupyter_id("")), "the kinds in use never look like a user's id");
+        }
+    }
 
     #[test]
     fn requests_are_read_and_junk_is_dropped() {

@@ -95,6 +95,11 @@ impl Board {
         self.changed = true;
     }
 
+    /// How long since the table was made (the launch's start).
+    pub fn running_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
     /// Whether rank `rank`'s end is known.
     pub fn has_ended(&self, rank: usize) -> bool {
         self.rows[rank].ended.is_some()

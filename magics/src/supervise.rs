@@ -455,13 +455,14 @@ fn watch(
                 b.ended(rank, &ending);
             }
             let failed = ending != Ending::Success && ending != Ending::Stopped;
+            let backtrace = if matches!(ending, Ending::Panicked { .. }) { read_backtrace(run_dir, rank) } else { String::new() };
             ranks[rank] = Some(RankReport {
                 ending,
                 last_lines: std::mem::take(&mut last_lines[rank]),
                 host,
                 started: spawned[rank],
                 ended: started.elapsed(),
-                backtrace: read_backtrace(run_dir, rank),
+                backtrace,
             });
             if failed && policy.on_error == OnError::Abort && stopped.is_none() {
                 stopped = Some(StopReason::RankFailed(rank));

@@ -74,8 +74,9 @@ pub fn clear_output() {
 }
 
 /// Reports this rank's progress: `done` of `total` units, shown as a bar in the launch's
-/// status table (in a plain cell, as a bar of its own, redrawn in place). Cheap enough for a hot loop: a call that moves the bar by less than a
-/// thousandth, or comes within 100 ms of the last report, costs a division and a compare.
+/// status table (in a plain cell, as a bar of its own, redrawn in place). Cheap enough for a
+/// hot loop: a call that moves the bar by less than a thousandth, or comes within 100 ms of
+/// the last report, costs a division and a compare.
 pub fn progress(done: u64, total: u64) {
     static LAST_PERMILLE: AtomicU64 = AtomicU64::new(u64::MAX);
     static LAST_AT_MS: AtomicU64 = AtomicU64::new(0);

@@ -33,8 +33,8 @@ pub enum Event {
     PoolPids(Vec<u32>),
     /// From a pool's fan-out process: a rank's process ended in the middle of a cell.
     RankExited { rank: usize, how: String },
-    /// From a pool's fan-out process: the ranks (pool ranks) that start running a cell now.
-    Running { ranks: Vec<usize> },
+    /// From a pool's fan-out process: the cell's ranks start running it now.
+    Running,
     /// From a pool's fan-out process: microseconds from evcxr's `LOAD_AND_RUN` to the last
     /// rank's end of the cell (for benchmarks: the kernel logs it).
     Dispatched { ranks: usize, micros: u64 },
@@ -152,7 +152,7 @@ impl CurrentCell {
             Event::Display(data) => self.display(data, Default::default()),
             Event::Panic(msg) => *self.panic.lock().unwrap() = Some(msg),
             Event::Done => self.count_done(),
-            Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } | Event::Running { .. } | Event::Dispatched { .. } => {}
+            Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } | Event::Running | Event::Dispatched { .. } => {}
         }
     }
 
@@ -182,13 +182,9 @@ impl CurrentCell {
             Some(DisplayOp::Update { data, id }) => sink.display_in_place(data, meta, &display_op::jupyter_id(&id), true),
             Some(DisplayOp::Clear) => sink.clear_output(),
             Some(DisplayOp::Progress { done, total }) => {
-                static BARS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let mut id = self.progress_id.lock().unwrap();
                 let update = id.is_some();
-                let id = id.get_or_insert_with(|| {
-                    let k = BARS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    format!("ranch-progress-{}-{k}", std::process::id())
-                });
+                let id = id.get_or_insert_with(|| display_op::own_id("progress"));
                 let mut meta = meta;
                 meta.insert("ranch".into(), serde_json::json!({ "progress": true }));
                 sink.display_in_place(ranch_magics::status::progress_bundle(done, total), meta, id, update);

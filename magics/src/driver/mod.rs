@@ -166,9 +166,7 @@ struct HostSink<'a, H: ?Sized> {
 
 impl<'a, H: ?Sized> HostSink<'a, H> {
     fn new(host: &'a H) -> Self {
-        static LAUNCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = LAUNCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HostSink { host, status_id: format!("ranch-status-{}-{n}", std::process::id()) }
+        HostSink { host, status_id: display_op::own_id("status") }
     }
 }
 

@@ -69,7 +69,7 @@ pub fn run_if_fanout() {
                 .map(|g| g.targets.into_iter().filter(|&r| r < plan.len()).collect::<Vec<_>>())
                 .filter(|t| !t.is_empty())
                 .unwrap_or(all);
-            send(&mut events, &Event::Running { ranks: targets.clone() });
+            send(&mut events, &Event::Running);
             if let Err((rank, how)) = fanout.run(&line, &targets) {
                 send(&mut events, &Event::RankExited { rank, how });
                 // The other ranks die with this process (their parent-death signal).

@@ -103,7 +103,7 @@ impl EventHandler for PoolEvents {
                 *self.pids.lock().unwrap() = pids
             }
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
-            Event::Running { .. } => self.status(CellStatus::running),
+            Event::Running => self.status(CellStatus::running),
             // The Jupyter server's log gets it (bench/pool.py reads it).
             Event::Dispatched { ranks, micros } => crate::log!("%%px {ranks}: dispatch {:.3} ms", micros as f64 / 1000.0),
         }

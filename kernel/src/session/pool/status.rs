@@ -22,7 +22,6 @@ pub(super) struct CellStatus {
     pids: Vec<u32>,
     /// Made when the ranks start the cell.
     board: Option<Board>,
-    started: Option<Instant>,
     /// A rank reported progress, or did not finish well: the table is worth showing.
     worth_showing: bool,
     id: String,
@@ -33,17 +32,14 @@ impl CellStatus {
     /// The table of a cell that runs on pool ranks `ranks`; `gpus` and `pids` are every pool
     /// rank's.
     pub(super) fn new(ranks: &[usize], gpus: &[String], pids: Vec<u32>) -> CellStatus {
-        static CELLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let k = CELLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let gpus = ranks.iter().map(|&r| gpus.get(r).filter(|g| g.as_str() != "-").cloned()).collect();
         CellStatus {
             ranks: ranks.to_vec(),
             setup: StatusSetup { hosts: Vec::new(), gpus },
             pids,
             board: None,
-            started: None,
             worth_showing: false,
-            id: format!("ranch-px-status-{}-{k}", std::process::id()),
+            id: ranch_magics::display_op::own_id("px-status"),
             shown: false,
         }
     }
@@ -60,7 +56,6 @@ impl CellStatus {
     }
 
     fn board(&mut self) -> &mut Board {
-        self.started.get_or_insert_with(Instant::now);
         self.board.get_or_insert_with(|| {
             let mut b = Board::new(self.ranks.clone(), self.setup.clone());
             for (row, &rank) in self.ranks.iter().enumerate() {
@@ -96,7 +91,7 @@ impl CellStatus {
     /// Redraws the table if it is due.
     pub(super) fn tick(&mut self, cell: &CurrentCell) {
         let now = Instant::now();
-        let long = self.started.is_some_and(|t| now.duration_since(t) >= SHOW_AFTER);
+        let long = self.board.as_ref().is_some_and(|b| b.running_for(now) >= SHOW_AFTER);
         if (self.shown || self.worth_showing || long) && self.board.as_ref().is_some_and(|b| b.due(now)) {
             self.draw(cell, false);
         }
