@@ -1,7 +1,9 @@
 """Ranks on several hosts, launched by mpirun: two simulated hosts (network namespaces with
 their own hostname, /tmp, /dev/shm and home directory; see simhosts.py), so nothing reaches
 a rank but through mpirun and the kernel's TCP channel, the program included."""
+import contextlib
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -175,3 +177,75 @@ def test_a_shared_directory_named_by_the_user_is_used_instead_of_shipping(hosts)
     finally:
         stop(km, kc)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pool_on(hosts, kc, slots):
+    """A pool of ranks on both simulated hosts, `slots` on each; stopped afterwards, leaving nothing."""
+    a, b = hosts.addresses
+    ok(execute(kc, f"%ranch_start {2 * slots} --hosts {a}:{slots},{b}:{slots}", timeout=600))
+    try:
+        ok(execute(kc, "%px ranch::rank()", timeout=600))
+        yield
+    finally:
+        ok(execute(kc, "%ranch_stop"))
+    nothing_left_on(hosts)
+
+
+def test_a_pool_on_two_hosts_keeps_state_and_moves_variables(hosts, kernel_km):
+    _, kc = kernel_km
+    with pool_on(hosts, kc, 2):
+        # The relays came over the channel: no toolchain, no home, no shared directory there.
+        run = ok(execute(kc, "%%px\n"
+                             f"let host = {HOSTNAME};\n"
+                             "let x = ranch::rank() * 10;\n"
+                             'println!("pool rank {} on {host}", ranch::rank());\n'
+                             f'std::path::Path::new("{os.path.expanduser("~/.cache")}").exists()', timeout=600))
+        out = run.stream()
+        for rank, host in [(0, "simhost1"), (1, "simhost1"), (2, "simhost2"), (3, "simhost2")]:
+            assert f"[{rank}] pool rank {rank} on {host}" in out, out
+        assert run.result() == "[false, false, false, false]", run.result()
+        assert hosts.pids(0) and hosts.pids(1), "the pool's ranks live on between cells"
+        # State lives across cells; the session's variables go out and the ranks' come back.
+        ok(execute(kc, "let scale = vec![0.5f64, 2.0];"))
+        ok(execute(kc, "%px_push scale"))
+        assert ok(execute(kc, "%px (x as f64 * scale[1], host.clone())")).result() == (
+            '[(0.0, "simhost1"), (20.0, "simhost1"), (40.0, "simhost2"), (60.0, "simhost2")]')
+        ok(execute(kc, "%px_pull x --out xs"))
+        assert ok(execute(kc, "xs")).result() == "[0, 10, 20, 30]"
+        assert ok(execute(kc, "%px --targets 3 ranch::comm().world_size()")).result() == "[1]"
+        status = ok(execute(kc, "%ranch_status")).result()
+        assert re.search(r"^3\s+simhost2\s", status, re.M), status
+        # Collectives across hosts are a pool's limit: said, not hung.
+        run = ok(execute(kc, "%px ranch::comm().barrier().map_err(|e| e.to_string()).unwrap_err()", timeout=120))
+        assert "collectives across hosts are not available in a pool" in run.result(), run.result()
+
+
+def test_a_pool_rank_killed_on_host_2_is_named_and_the_pool_comes_back(hosts, kernel_km):
+    _, kc = kernel_km
+    with pool_on(hosts, kc, 1):
+        run = execute(kc, "%%px\nif ranch::rank() == 1 {\n"
+                          '    std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status().unwrap();\n'
+                          "}\nstd::thread::sleep(std::time::Duration::from_secs(5));", timeout=300)
+        assert run.error()["ename"] == "RankDied", run.error_text()
+        assert "Rank 1 was killed by signal 9 (SIGKILL) (host simhost2) during the cell" in run.error_text(), run.error_text()
+        # Restarted on both hosts.
+        assert ok(execute(kc, f"%px {HOSTNAME}", timeout=600)).result() == '["simhost1", "simhost2"]'
+
+
+def test_interrupting_a_pool_cell_leaves_nothing_but_the_restarted_pool(hosts, kernel_km):
+    km, kc = kernel_km
+    with pool_on(hosts, kc, 1):
+        before = [hosts.pids(0), hosts.pids(1)]
+        msg_id = kc.execute("%%px\n" 'println!("up on {}", ' + HOSTNAME + ");\n"
+                            "std::thread::sleep(std::time::Duration::from_secs(120));")
+        wait_for_output(kc, msg_id, "up on simhost2")
+        reply = interrupt(km, kc, msg_id, within=15)
+        assert "the ranks were stopped" in reply["evalue"], reply
+        assert ok(execute(kc, f"%px {HOSTNAME}", timeout=600)).result() == '["simhost1", "simhost2"]'
+        # The interrupted ranks are gone (the old job's Open MPI daemon may take a moment).
+        def ranks(i):
+            table = processes()
+            return {p for p in hosts.pids(i) if not table.get(p, (0, "orted"))[1].startswith("orted")}
+        after = [ranks(0), ranks(1)]
+        assert all(not set(b) & a for b, a in zip(before, after)), (before, after)

@@ -114,7 +114,7 @@ def test_a_panicking_rank_is_named_by_mpiruns_report(kernel):
 def test_mpi_flags_are_checked_before_anything_is_built(kernel):
     for magic, says in [("%%ranch 2 --backend mpi --launcher local", "not --launcher local"),
                         ("%%ranch 4 --hosts a:2,b:2 --backend shm", "does not reach other hosts"),
-                        ("%ranch_start 2 --backend mpi", "a pool runs on this host")]:
+                        ("%ranch_start 2 --backend mpi", "a pool's collectives use shared memory")]:
         run = execute(kernel, magic + "\n1" if magic.startswith("%%") else magic)
         assert run.reply["content"]["status"] == "error"
         assert says in run.error_text(), run.error_text()

@@ -2,6 +2,7 @@
 `%ranch_stop`), through a real Jupyter client: rank-local state across cells, labelled
 output, gathered values, failures named per rank, interrupt, and no process left behind."""
 import re
+import shutil
 import time
 
 import pytest
@@ -25,7 +26,7 @@ def pool():
 
 def pids(kc):
     text = ok(execute(kc, "%ranch_status")).result()
-    return [int(m) for m in re.findall(r"^\d+\s+(\d+)\s", text, re.M)]
+    return [int(m) for m in re.findall(r"^\d+\s+\S+\s+(\d+)\s", text, re.M)]
 
 
 def test_rank_local_state_lives_across_cells(pool):
@@ -131,8 +132,9 @@ def test_usage_errors_change_nothing(pool):
     assert "--targets <R,R>" in ok(execute(kc, "%%px --help")).stream()
     assert "invalid value '0'" in execute(kc, "%ranch_start 0").error_text()
     assert "--bogus" in execute(kc, "%ranch_start 2 --bogus").error_text()
-    refused = execute(kc, "%ranch_start 2 --hosts a:1,b:1").error()
-    assert refused["ename"] == "UsageError" and "a pool runs on this host only" in refused["evalue"], refused
+    refused = execute(kc, "%ranch_start 3 --hosts a:1,b:1").error()
+    assert refused["ename"] == "UsageError" and "the hosts have 2 slots" in refused["evalue"], refused
+    assert "not local" in execute(kc, "%ranch_start 2 --hosts a:1,b:1 --launcher local").error_text()
     assert ok(execute(kc, "%px ranch::world_size()")).result() == "[3, 3, 3]"
 
 
@@ -231,3 +233,26 @@ def test_interrupting_the_wait_for_a_starting_pool_leaves_session_and_pool_alone
     assert "waiting for the pool to start" in content["evalue"], content
     assert ok(execute(kc, "keep")).result() == "5"
     assert ok(execute(kc, "%px ranch::rank()", timeout=600)).result() == "[0, 1]"
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun (install/test.sh installs openmpi-bin)")
+def test_a_pool_started_by_mpirun_moves_variables_and_reduces(fresh_kernel):
+    _, kc = fresh_kernel
+    ok(execute(kc, "%ranch_start 2 --launcher mpirun", timeout=600))
+    # mpirun started each rank's relay; the ranks are this host's, so the group is shared memory.
+    run = ok(execute(kc, "%%px\nlet mut v = [ranch::rank() as f64 + 1.0];\n"
+                         "ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();\n"
+                         'println!("sum {}", v[0]);\n'
+                         "(v[0], std::env::var(\"OMPI_COMM_WORLD_RANK\").unwrap())", timeout=600))
+    assert run.result() == '[(3.0, "0"), (3.0, "1")]', run.result()
+    assert sorted(run.stream().splitlines()) == ["[0] sum 3", "[1] sum 3"]
+    ok(execute(kc, 'let words = vec!["a".to_string(), "b".to_string()];'))
+    ok(execute(kc, "%px_push words"))
+    ok(execute(kc, "%%px\nlet mine = words[ranch::rank()].repeat(3);"))
+    ok(execute(kc, "%px_pull mine"))
+    assert ok(execute(kc, "mine")).result() == '["aaa", "bbb"]'
+    ok(execute(kc, "%ranch_stop"))
+    deadline = time.monotonic() + 10
+    while pool_processes(kc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pool_processes(kc.pid) == {}

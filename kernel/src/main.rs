@@ -61,6 +61,8 @@ fn main() {
     // The evcxr child process is this same binary: it serves evcxr's protocol and never
     // returns (a no-op in the kernel itself).
     // A pool's fan-out process is evcxr's child too, in front of the pool's ranks.
+    // And a pool's rank started by a launcher, in front of the rank itself.
+    ranch_kernel::session::run_pool_relay_if_asked();
     ranch_kernel::session::run_pool_fanout_if_asked();
     ranch_kernel::session::run_child_if_child();
     // Never returns when this process is evcxr's rustc wrapper (used if the user turns off

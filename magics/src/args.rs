@@ -1,6 +1,6 @@
 //! `%%ranch N [flags]`: the magic line, parsed with clap.
 
-use crate::hosts::{LauncherKind, Placement};
+use crate::hosts::{LauncherKind, Placement, PlacementFlags};
 use clap::{Parser, ValueEnum};
 
 /// Most ranks one cell may ask for unless `RANCH_MAX_RANKS` says otherwise.
@@ -136,16 +136,8 @@ pub struct RanchArgs {
     /// `%in_ddp` only: return every rank's value, not only rank B's.
     #[arg(long)]
     pub gather: bool,
-    /// How ranks are started: on this host, by Open MPI's `mpirun`, or by Slurm's `srun`
-    /// (default: local, or mpirun when hosts are given).
-    #[arg(long, value_enum, value_name = "local|mpirun|srun")]
-    pub launcher: Option<LauncherKind>,
-    /// Hosts and their slots, e.g. `h1:2,h2:2`; N must be the sum of the slots.
-    #[arg(long, value_name = "H:S,H:S", conflicts_with = "hostfile")]
-    pub hosts: Option<String>,
-    /// A hostfile (Open MPI's form: `h1 slots=2` per line) instead of --hosts.
-    #[arg(long, value_name = "FILE")]
-    pub hostfile: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub place: PlacementFlags,
     /// The launcher and hosts, from the three flags above (filled by `parse`).
     #[arg(skip)]
     pub placement: Placement,
@@ -183,15 +175,9 @@ impl RanchArgs {
         self.world_size.unwrap_or(self.n)
     }
 
-    /// An address of this host that the ranks can reach: toward the first of the hosts when
-    /// they are named, this host's own name's under srun (its tasks run on the allocation's
-    /// nodes), else loopback.
+    /// An address of this host that the ranks can reach (see [`Placement::reach_addr`]).
     pub fn reach_addr(&self) -> Result<String, String> {
-        match (self.placement.hosts.first(), self.placement.launcher) {
-            (Some(h), _) => crate::hosts::address_toward(&h.name).map(|a| a.to_string()),
-            (None, LauncherKind::Srun) => Ok(crate::hosts::own_address().map_or("127.0.0.1".into(), |a| a.to_string())),
-            (None, _) => Ok("127.0.0.1".into()),
-        }
+        self.placement.reach_addr()
     }
 
     /// Whether this kernel hosts the group's rendezvous (it launches global rank 0).
@@ -347,7 +333,7 @@ fn resolve_backend(a: &mut RanchArgs) -> Result<Backend, String> {
     };
     let Some(name) = backend.mpi_name() else { return Ok(backend) };
     if p.launcher == LauncherKind::Local {
-        if a.launcher == Some(LauncherKind::Local) {
+        if a.place.launcher == Some(LauncherKind::Local) {
             return Err(format!("--backend {name} needs ranks started by mpirun or srun, not --launcher local"));
         }
         p.launcher = LauncherKind::Mpirun;
@@ -363,12 +349,7 @@ fn resolve_backend(a: &mut RanchArgs) -> Result<Backend, String> {
 /// The launcher and hosts the flags ask for (a hostfile is read here: a bad one is a
 /// usage error before anything is built).
 pub(crate) fn placement(a: &RanchArgs) -> Result<Placement, String> {
-    let hosts = match (&a.hosts, &a.hostfile) {
-        (Some(spec), _) => Some(crate::hosts::parse_hosts(spec)?),
-        (None, Some(file)) => Some(crate::hosts::read_hostfile(file)?),
-        (None, None) => None,
-    };
-    crate::hosts::resolve(a.launcher, hosts, a.n)
+    a.place.resolve(a.n)
 }
 
 /// Flags that take a value (the others are switches), for finding where `%in_ddp`'s

@@ -55,6 +55,22 @@ impl Placement {
         self.hosts.iter().flat_map(|h| std::iter::repeat_n(h.name.clone(), h.slots)).collect()
     }
 
+    /// Whether ranks may run on other hosts than this one (named hosts, or srun's allocation).
+    pub fn elsewhere(&self) -> bool {
+        !self.hosts.is_empty() || self.launcher == LauncherKind::Srun
+    }
+
+    /// An address of this host that the ranks can reach: toward the first of the hosts when
+    /// they are named, this host's own name's under srun (its tasks run on the allocation's
+    /// nodes), else loopback.
+    pub fn reach_addr(&self) -> Result<String, String> {
+        match (self.hosts.first(), self.launcher) {
+            (Some(h), _) => address_toward(&h.name).map(|a| a.to_string()),
+            (None, LauncherKind::Srun) => Ok(own_address().map_or("127.0.0.1".into(), |a| a.to_string())),
+            (None, _) => Ok("127.0.0.1".into()),
+        }
+    }
+
     /// Most ranks on one host (for thread defaults): all `n` when no hosts were named.
     pub fn most_on_one_host(&self, n: usize) -> usize {
         self.hosts.iter().map(|h| h.slots).max().unwrap_or(n)
@@ -165,6 +181,34 @@ pub fn own_address() -> Option<std::net::IpAddr> {
     use std::net::ToSocketAddrs;
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     (name.trim(), 9).to_socket_addrs().ok()?.map(|a| a.ip()).next()
+}
+
+/// The flags that say where ranks run (`%%ranch`, `%in_ddp`, `%ranch_start`).
+#[derive(clap::Args, Debug, Clone, PartialEq, Default)]
+pub struct PlacementFlags {
+    /// How ranks are started: on this host, by Open MPI's `mpirun`, or by Slurm's `srun`
+    /// (default: local, or mpirun when hosts are given).
+    #[arg(long, value_enum, value_name = "local|mpirun|srun")]
+    pub launcher: Option<LauncherKind>,
+    /// Hosts and their slots, e.g. `h1:2,h2:2`; N must be the sum of the slots.
+    #[arg(long, value_name = "H:S,H:S", conflicts_with = "hostfile")]
+    pub hosts: Option<String>,
+    /// A hostfile (Open MPI's form: `h1 slots=2` per line) instead of --hosts.
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<std::path::PathBuf>,
+}
+
+impl PlacementFlags {
+    /// The placement the flags ask for, for `n` ranks (a hostfile is read here: a bad one
+    /// is a usage error before anything starts).
+    pub fn resolve(&self, n: usize) -> Result<Placement, String> {
+        let hosts = match (&self.hosts, &self.hostfile) {
+            (Some(spec), _) => Some(parse_hosts(spec)?),
+            (None, Some(file)) => Some(read_hostfile(file)?),
+            (None, None) => None,
+        };
+        resolve(self.launcher, hosts, n)
+    }
 }
 
 /// Checks the launch's flags together: hosts imply `mpirun` unless another launcher is

@@ -5,6 +5,7 @@ use crate::args::{
     parse_timeout,
 };
 use crate::gpus::{Device, plan};
+use crate::hosts::{Placement, PlacementFlags};
 use clap::Parser;
 
 #[derive(Parser, Debug, Clone, PartialEq)]
@@ -37,6 +38,11 @@ pub struct PoolArgs {
     /// Seconds a collective waits for the other ranks before failing (default 120).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub collective_timeout: Option<f64>,
+    #[command(flatten)]
+    pub place: PlacementFlags,
+    /// The launcher and hosts, from the three flags above (filled by `parse`).
+    #[arg(skip)]
+    pub placement: Placement,
 }
 
 /// A pool magic's arguments, or its help (`--help`, shown as normal output).
@@ -58,18 +64,19 @@ fn parse_magic<T: Parser>(magic: &str, args: &str, prepare: fn(Vec<String>) -> V
 
 /// Parses what follows `%ranch_start`.
 pub fn parse(args: &str) -> Result<Parsed<PoolArgs>, String> {
-    let tokens = shlex::split(args).unwrap_or_default();
-    let wants_hosts = |flag: &str| tokens.iter().any(|t| t == flag || t.starts_with(&format!("{flag}=")));
-    if let Some(flag) = ["--hosts", "--hostfile", "--launcher"].into_iter().find(|f| wants_hosts(f)) {
-        return Err(format!(
-            "{flag}: a pool runs on this host only (its ranks load each cell as a library built here). \
-             Run cells across hosts with `%%ranch N {flag} ...` or `%in_ddp N {flag} ...`"
-        ));
-    }
-    let parsed = parse_magic::<PoolArgs>("%ranch_start", args, |t| t)?;
-    if let Parsed::Run(a) = &parsed {
+    let mut parsed = parse_magic::<PoolArgs>("%ranch_start", args, |t| t)?;
+    if let Parsed::Run(a) = &mut parsed {
         if let Some(name) = a.backend.mpi_name() {
-            return Err(format!("--backend {name}: a pool runs on this host, and its collectives use shared memory (--backend shm)"));
+            return Err(format!(
+                "--backend {name}: a pool's collectives use shared memory (--backend shm); for MPI collectives run the \
+                 cell with `%%ranch N --backend {name}` or `%in_ddp`"
+            ));
+        }
+        a.placement = a.place.resolve(a.n)?;
+        if a.placement.elsewhere() && a.gpus != Gpus::Auto && a.gpus != Gpus::None {
+            return Err("--gpus with ranks on other hosts: a pool pins GPUs on this host only; leave --gpus out \
+                        (each rank then sees its host's GPUs)"
+                .into());
         }
     }
     Ok(parsed)
@@ -106,16 +113,27 @@ pub fn rank_plan(
     group_file: &std::path::Path,
     user_env: impl Fn(&str) -> Option<String>,
 ) -> Result<RankPlan, String> {
-    let gpus = plan(devices, cuda_visible, &args.gpus, args.gpu_visibility, args.n)?;
-    let threads = crate::threads::thread_env(cores, args.n, user_env);
+    // This host's GPUs mean nothing to ranks elsewhere.
+    let elsewhere = args.placement.elsewhere();
+    let gpus = if elsewhere { plan(&[], None, &Gpus::None, args.gpu_visibility, args.n)? } else { plan(devices, cuda_visible, &args.gpus, args.gpu_visibility, args.n)? };
+    let threads = crate::threads::thread_env(cores, args.placement.most_on_one_host(args.n), user_env);
     let n = args.n.to_string();
+    // Each rank's host and its place on it (every rank is here unless hosts are named).
+    let hosts = args.placement.rank_hosts();
+    let local = |rank: usize| -> (usize, usize) {
+        match hosts.get(rank) {
+            Some(h) => (hosts[..rank].iter().filter(|x| *x == h).count(), hosts.iter().filter(|x| *x == h).count()),
+            None => (rank, args.n),
+        }
+    };
     let env = (0..args.n)
         .map(|rank| {
+            let (local_rank, local_size) = local(rank);
             let mut env = vec![
                 ("RANK".to_string(), rank.to_string()),
-                ("LOCAL_RANK".to_string(), rank.to_string()),
+                ("LOCAL_RANK".to_string(), local_rank.to_string()),
                 ("WORLD_SIZE".to_string(), n.clone()),
-                ("LOCAL_WORLD_SIZE".to_string(), n.clone()),
+                ("LOCAL_WORLD_SIZE".to_string(), local_size.to_string()),
                 (ranch::__rt::POOL_GROUP_ENV.to_string(), group_file.to_string_lossy().into_owned()),
             ];
             if args.ddp {
@@ -259,6 +277,7 @@ pub fn cell_ranks(targets: Option<&Targets>, n: usize) -> Result<Vec<usize>, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosts::LauncherKind;
 
     fn start(args: &str) -> PoolArgs {
         match parse(args) {
@@ -296,11 +315,28 @@ mod tests {
         assert_eq!(get(1, ranch::__rt::POOL_DDP_ENV).as_deref(), Some("1"));
         assert_eq!(get(0, ranch::__rt::TIMEOUT_ENV).as_deref(), Some("0.5"));
         assert!(parse("2 --backend tcp").unwrap_err().contains("tcp"));
-        assert!(parse("2 --backend mpi").unwrap_err().contains("a pool runs on this host"));
-        for flag in ["--hosts a:1,b:1", "--hostfile=h.txt", "--launcher mpirun"] {
-            let e = parse(&format!("2 {flag}")).unwrap_err();
-            assert!(e.contains("a pool runs on this host only") && e.contains("%%ranch N --"), "{e}");
-        }
+        assert!(parse("2 --backend mpi").unwrap_err().contains("%%ranch N --backend mpi"));
+    }
+
+    #[test]
+    fn hosts_place_the_ranks_and_number_them_on_each_host() {
+        let a = start("3 --hosts a:1,b:2");
+        assert_eq!(a.placement.launcher, LauncherKind::Mpirun);
+        assert!(a.placement.elsewhere());
+        let p = rank_plan(&a, &[], Some("0,1"), 6, std::path::Path::new("/g"), |_| None).unwrap();
+        let get = |r: usize, k: &str| p.env[r].iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!([get(0, "LOCAL_RANK"), get(1, "LOCAL_RANK"), get(2, "LOCAL_RANK")].map(Option::unwrap), ["0", "0", "1"]);
+        assert_eq!([get(0, "LOCAL_WORLD_SIZE"), get(2, "LOCAL_WORLD_SIZE")].map(Option::unwrap), ["1", "2"]);
+        assert_eq!(get(0, "CUDA_VISIBLE_DEVICES"), None, "this host's GPUs are not pinned on others");
+        // Threads share the busiest host's cores: two ranks there.
+        assert_eq!(get(0, "OMP_NUM_THREADS").as_deref(), Some("3"));
+        assert_eq!(start("2 --launcher mpirun").placement.hosts, vec![]);
+        assert!(!start("2 --launcher mpirun").placement.elsewhere());
+        assert!(start("2 --launcher srun").placement.elsewhere());
+        assert!(parse("3 --hosts a:1,b:1").unwrap_err().contains("2 slots"));
+        assert!(parse("2 --hosts a:1,b:1 --launcher local").unwrap_err().contains("not local"));
+        assert!(parse("2 --hosts a:1,b:1 --gpus 0").unwrap_err().contains("--gpus with ranks on other hosts"));
+        assert!(parse("2 --hostfile /nonexistent/h").unwrap_err().contains("/nonexistent/h"));
     }
 
     #[test]

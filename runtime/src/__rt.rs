@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::channel::{CHANNEL_ENV, CHANNEL_HELLO};
 pub use crate::info::BASE_RANK_ENV;
-pub use crate::comm::{BACKEND_ENV, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
+pub use crate::comm::{BACKEND_ENV, NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TIMEOUT_ENV, TOKEN_ENV};
 
 /// The symbols a pool rank calls in each cell's library before the cell runs and when it
 /// has returned.
@@ -148,11 +148,30 @@ pub fn emit(type_name: &str, debug: Option<String>, value: Result<Vec<u8>, Strin
     }
 }
 
+/// In a pool rank on another host: the kernel's private directory (`KERNEL_DIR_ENV`) and
+/// its mirror on this host (`MIRROR_DIR_ENV`), which the rank's relay keeps in step with it.
+pub const KERNEL_DIR_ENV: &str = "RANCH_POOL_KERNEL_DIR";
+pub const MIRROR_DIR_ENV: &str = "RANCH_POOL_MIRROR_DIR";
+
+/// Where a directory the kernel names is on this host: its mirror, for a pool rank on
+/// another host; itself otherwise.
+pub fn pool_dir(dir: &str) -> PathBuf {
+    let (Some(kernel), Some(mirror)) = (std::env::var_os(KERNEL_DIR_ENV), std::env::var_os(MIRROR_DIR_ENV)) else {
+        return PathBuf::from(dir);
+    };
+    match Path::new(dir).strip_prefix(&kernel) {
+        Ok(rest) => Path::new(&mirror).join(rest),
+        Err(_) => PathBuf::from(dir),
+    }
+}
+
 /// A pool rank's value for the kernel (`%px_pull`, `%%px --out`): `<dir>/rank-<pool rank>.result`.
 /// `encoded` is `(&Ship(value)).ranch_encode()`.
 pub fn emit_to<T: ?Sized>(dir: &str, _value: &T, encoded: Result<Vec<u8>, String>) {
     let result = RankResult { type_name: std::any::type_name::<T>().to_string(), debug: None, value: encoded.ok() };
-    let path = result_path(Path::new(dir), crate::rank());
+    let dir = pool_dir(dir);
+    let _ = std::fs::create_dir_all(&dir);
+    let path = result_path(&dir, crate::rank());
     if let Err(e) = std::fs::write(&path, result.encode()) {
         panic!("ranch: cannot write this rank's value to {}: {e}", path.display());
     }
@@ -160,7 +179,7 @@ pub fn emit_to<T: ?Sized>(dir: &str, _value: &T, encoded: Result<Vec<u8>, String
 
 /// A variable the kernel exported (`%px_push`), in a pool rank.
 pub fn load_from<T: DeserializeOwned>(dir: &str, name: &str, type_name: &str) -> T {
-    let path = Path::new(dir).join(format!("{name}.bin"));
+    let path = pool_dir(dir).join(format!("{name}.bin"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: cannot read variable `{name}` ({}): {e}", path.display()));
     rmp_serde::from_slice(&bytes).unwrap_or_else(|e| panic!("ranch: cannot decode variable `{name}: {type_name}`: {e}"))
 }

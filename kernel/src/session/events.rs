@@ -31,6 +31,8 @@ pub enum Event {
     Rank(usize),
     /// From a pool's fan-out process: its ranks' process ids, in rank order.
     PoolPids(Vec<u32>),
+    /// From a pool's fan-out process whose ranks run on other hosts: each rank's host.
+    PoolHosts(Vec<String>),
     /// From a pool's fan-out process: a rank's process ended in the middle of a cell.
     RankExited { rank: usize, how: String },
     /// From a pool's fan-out process: the cell's ranks start running it now.
@@ -152,7 +154,7 @@ impl CurrentCell {
             Event::Display(data) => self.display(data, Default::default()),
             Event::Panic(msg) => *self.panic.lock().unwrap() = Some(msg),
             Event::Done => self.count_done(),
-            Event::Rank(_) | Event::PoolPids(_) | Event::RankExited { .. } | Event::Running | Event::Dispatched { .. } => {}
+            Event::Rank(_) | Event::PoolPids(_) | Event::PoolHosts(_) | Event::RankExited { .. } | Event::Running | Event::Dispatched { .. } => {}
         }
     }
 

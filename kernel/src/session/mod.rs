@@ -37,6 +37,7 @@ use std::time::Duration;
 pub use child::run_if_child as run_child_if_child;
 pub use janitor::run_if_janitor;
 pub use pool::run_if_fanout as run_pool_fanout_if_asked;
+pub use pool::run_if_relay as run_pool_relay_if_asked;
 
 /// What the interrupter shares with the running cell.
 #[derive(Default)]

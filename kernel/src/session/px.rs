@@ -85,6 +85,7 @@ impl EvcxrSession {
             )));
         }
         let plan = self.driver.pool_plan(&host, &args, &Pool::group_file(self.private.path()))?;
+        let remote = super::pool::remote_spec(&args.placement, self.private.path(), args.n)?;
         self.add_runtime()?;
         // The ranks start at once, but the pool's evcxr context takes seconds (rust-analyzer):
         // it starts in the background, and the first pool cell waits for it.
@@ -94,7 +95,7 @@ impl EvcxrSession {
             .name("pool-start".into())
             // evcxr analyses code on the thread that makes the context, as on the interpreter's.
             .stack_size(crate::syntax::PARSE_STACK)
-            .spawn(move || match Pool::start(plan.env, see, cell, &private, &dep) {
+            .spawn(move || match Pool::start(plan.env, remote, see, cell, &private, &dep) {
                 Ok(mut pool) => {
                     // The fan-out's parent-death signal fires when the thread that spawned it
                     // ends, not the kernel: this thread lives as long as the pool.

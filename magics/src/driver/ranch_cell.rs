@@ -8,7 +8,7 @@ use crate::hosts::LauncherKind;
 use crate::build::{self, BuildError, BuildHandle};
 use crate::channel::{self, Channel};
 use crate::group::{self, GroupService};
-use crate::launch::{LaunchPlan, Launcher, LauncherCommand, LocalSpawner, mpirun, srun};
+use crate::launch::{LaunchPlan, Launcher, LauncherCommand, LocalSpawner};
 use crate::program::{self, CellProgram, RankProgram, Shipped};
 use crate::status::StatusSetup;
 use crate::supervise::{self, Cancel, Policy};
@@ -257,7 +257,7 @@ impl Launch<'_> {
         };
         // Ranks on other hosts (named, or wherever srun puts them) run the program from a
         // directory shared with this host when the user names one, else fetch it.
-        let elsewhere = !args.placement.hosts.is_empty() || args.placement.launcher == LauncherKind::Srun;
+        let elsewhere = args.placement.elsewhere();
         let shared_dir = std::env::var_os("RANCH_SHARED_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
         let (exe, ship) = match (&shared_dir, elsewhere) {
             (Some(dir), true) => (shared_program(self.exe, dir)?, false),
@@ -429,37 +429,10 @@ fn rank_gpus(rank_env: &[Vec<(String, String)>]) -> Vec<Option<String>> {
 }
 
 /// The command of the launcher that starts every rank (`None`: ranks are spawned here).
-/// `RANCH_MPIRUN`/`RANCH_SRUN` name the launcher's program, `RANCH_MPIRUN_ARGS`/
-/// `RANCH_SRUN_ARGS` add a site's arguments.
 fn launcher_command(args: &RanchArgs, plan: &LaunchPlan) -> Result<Option<LauncherCommand>, Failure> {
-    let extra = |var: &str| -> Result<Vec<String>, Failure> {
-        match std::env::var(var) {
-            Ok(v) => shlex::split(&v).ok_or_else(|| usage(format!("{var} has unbalanced quotes: {v}"))),
-            Err(_) => Ok(Vec::new()),
-        }
-    };
-    let keep_going = args.on_error == args::OnError::Continue;
-    Ok(match args.placement.launcher {
-        LauncherKind::Local => None,
-        LauncherKind::Mpirun => Some(mpirun::command(
-            plan,
-            &mpirun::MpirunOptions {
-                hosts: args.placement.hosts.clone(),
-                keep_going,
-                as_root: nix::unistd::geteuid().is_root(),
-                program: std::env::var("RANCH_MPIRUN").ok(),
-                extra: extra("RANCH_MPIRUN_ARGS")?,
-            },
-        )),
-        LauncherKind::Srun => {
-            if !args.placement.hosts.is_empty() {
-                std::fs::write(srun::hostfile_path(plan), srun::hostfile(&args.placement))
-                    .map_err(|e| ranch_error(format!("cannot write the Slurm hostfile: {e}")))?;
-            }
-            let options =
-                srun::SrunOptions { keep_going, program: std::env::var("RANCH_SRUN").ok(), extra: extra("RANCH_SRUN_ARGS")? };
-            Some(srun::command(plan, &args.placement, &options))
-        }
+    crate::launch::command_for(&args.placement, args.on_error == args::OnError::Continue, plan).map_err(|e| match e {
+        crate::launch::CommandError::Usage(m) => usage(m),
+        crate::launch::CommandError::Io(m) => ranch_error(m),
     })
 }
 

@@ -8,6 +8,7 @@ pub mod ship;
 pub mod srun;
 pub mod tagged;
 
+use crate::hosts::{LauncherKind, Placement};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -89,6 +90,49 @@ impl LauncherCommand {
             .process_group(0)
             .spawn()
     }
+}
+
+/// Why a launcher's command could not be made.
+#[derive(Debug)]
+pub enum CommandError {
+    /// A setting of the user's is wrong (`RANCH_MPIRUN_ARGS` with unbalanced quotes).
+    Usage(String),
+    /// A file the launcher needs could not be written.
+    Io(String),
+}
+
+/// The command of the launcher that starts every rank of `plan` where `placement` says
+/// (`None`: ranks are spawned here). `keep_going`: a failing rank does not end the others.
+/// `RANCH_MPIRUN`/`RANCH_SRUN` name the launcher's program, `RANCH_MPIRUN_ARGS`/
+/// `RANCH_SRUN_ARGS` add a site's arguments.
+pub fn command_for(placement: &Placement, keep_going: bool, plan: &LaunchPlan) -> Result<Option<LauncherCommand>, CommandError> {
+    let extra = |var: &str| -> Result<Vec<String>, CommandError> {
+        match std::env::var(var) {
+            Ok(v) => shlex::split(&v).ok_or_else(|| CommandError::Usage(format!("{var} has unbalanced quotes: {v}"))),
+            Err(_) => Ok(Vec::new()),
+        }
+    };
+    Ok(match placement.launcher {
+        LauncherKind::Local => None,
+        LauncherKind::Mpirun => Some(mpirun::command(
+            plan,
+            &mpirun::MpirunOptions {
+                hosts: placement.hosts.clone(),
+                keep_going,
+                as_root: nix::unistd::geteuid().is_root(),
+                program: std::env::var("RANCH_MPIRUN").ok(),
+                extra: extra("RANCH_MPIRUN_ARGS")?,
+            },
+        )),
+        LauncherKind::Srun => {
+            if !placement.hosts.is_empty() {
+                std::fs::write(srun::hostfile_path(plan), srun::hostfile(placement))
+                    .map_err(|e| CommandError::Io(format!("cannot write the Slurm hostfile: {e}")))?;
+            }
+            let options = srun::SrunOptions { keep_going, program: std::env::var("RANCH_SRUN").ok(), extra: extra("RANCH_SRUN_ARGS")? };
+            Some(srun::command(plan, placement, &options))
+        }
+    })
 }
 
 /// A rank a launcher reported as the cause of a failure.

@@ -22,7 +22,7 @@ mod stream_copy;
 pub use error::CommError;
 pub use rendezvous::{DONE, HELLO};
 pub(crate) use rendezvous::{announce, finish};
-pub use pool::{POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, begin_pool_cell, end_pool_cell};
+pub use pool::{NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, begin_pool_cell, end_pool_cell};
 
 /// What the kernel needs of the segment's layout.
 pub mod shm_segment {

@@ -25,6 +25,13 @@ pub(super) const RETIRED: &str =
     "this is the group of an earlier %%px cell, which has ended: call ranch::comm() in each cell (a pool forms a group per cell)";
 
 const MAGIC: &str = "RANCH_POOL_GROUP1";
+
+/// The port of a group that has no rendezvous service: a pool whose ranks run on other hosts.
+pub const NO_SERVICE: u16 = 0;
+/// What `comm()` says in a cell of several ranks of such a pool.
+const ACROSS_HOSTS: &str = "this pool's ranks run on other hosts (started with --hosts, --hostfile or --launcher srun), \
+and a pool forms its groups in this host's shared memory: collectives across hosts are not available in a pool yet. \
+Run the collective part with `%%ranch N --hosts ...` or `%in_ddp N --hosts ...` (MPI between hosts)";
 /// The file is one short line; anything longer is not the pool's.
 const MAX_FILE: u64 = 64 << 10;
 
@@ -79,6 +86,9 @@ pub(super) fn join(path: &Path) -> Comm {
     let world = group.targets.len();
     if world == 1 {
         return Comm { rank: 0, world: 1, backend: Backend::Serial };
+    }
+    if group.port == NO_SERVICE {
+        return broken(ACROSS_HOSTS.into());
     }
     let target = (format!("127.0.0.1:{}", group.port), vec![std::net::SocketAddr::from(([127, 0, 0, 1], group.port))]);
     let backend = match rendezvous::join_at(target, &group.token, rank, world) {

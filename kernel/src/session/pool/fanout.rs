@@ -13,6 +13,7 @@
 //! evcxr's idea of what exists and the ranks' stores never disagree.
 
 use super::super::events::{Event, SOCKET_ENV};
+use super::hub::{Hub, REMOTE_ENV, RemoteSpec};
 use super::{PLAN_ENV, RANK_ENV};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -50,14 +51,25 @@ pub fn run_if_fanout() {
         Err(e) => fail(&format!("bad pool plan: {e}")),
     };
     let mut events = std::env::var_os(SOCKET_ENV).and_then(|p| UnixStream::connect(p).ok());
-    let mut fanout = match FanOut::start(&plan) {
+    let remote: Option<RemoteSpec> = match std::env::var(REMOTE_ENV) {
+        Ok(spec) => match serde_json::from_str(&spec) {
+            Ok(s) => Some(s),
+            Err(e) => fail(&format!("bad pool launch: {e}")),
+        },
+        Err(_) => None,
+    };
+    let mut fanout = match FanOut::start(&plan, remote.as_ref()) {
         Ok(f) => f,
         Err(e) => fail(&format!("cannot start the pool's ranks: {e}")),
     };
-    send(&mut events, &Event::PoolPids(fanout.children.iter().map(Child::id).collect()));
+    match &fanout.ranks {
+        Ranks::Local { children, .. } => send(&mut events, &Event::PoolPids(children.iter().map(Child::id).collect())),
+        Ranks::Remote(hub) => send(&mut events, &Event::PoolHosts(hub.hosts.clone())),
+    }
     // The kernel says which ranks run a `%%px` cell in the cell's group file; without one
     // (the session's items brought in) every rank runs it.
     let group_file = plan.first().and_then(|env| env.iter().find(|(k, _)| k == ranch::__rt::POOL_GROUP_ENV)).map(|(_, v)| v.clone());
+    fanout.group_file = group_file.clone().map(std::path::PathBuf::from);
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         if line.starts_with("LOAD_AND_RUN ") {
@@ -72,13 +84,16 @@ pub fn run_if_fanout() {
             send(&mut events, &Event::Running);
             if let Err((rank, how)) = fanout.run(&line, &targets) {
                 send(&mut events, &Event::RankExited { rank, how });
-                // The other ranks die with this process (their parent-death signal).
+                // The other ranks die with this process (their parent-death signal; remote
+                // ones when their links close).
+                drop(fanout);
                 std::process::exit(1);
             }
             let micros = t.elapsed().as_micros() as u64;
             send(&mut events, &Event::Dispatched { ranks: targets.len(), micros });
         }
     }
+    drop(fanout);
     std::process::exit(0)
 }
 
@@ -96,10 +111,17 @@ fn send(events: &mut Option<UnixStream>, event: &Event) {
 }
 
 struct FanOut {
-    children: Vec<Child>,
-    stdins: Vec<ChildStdin>,
+    ranks: Ranks,
     /// Every rank's protocol lines, `None` when its stdout closed.
     lines: mpsc::Receiver<(usize, Option<String>)>,
+    /// Where the kernel says each cell's group is.
+    group_file: Option<std::path::PathBuf>,
+}
+
+/// The rank processes: children of this one, or relays on other hosts.
+enum Ranks {
+    Local { children: Vec<Child>, stdins: Vec<ChildStdin> },
+    Remote(Hub),
 }
 
 /// What one rank said about the running cell.
@@ -115,9 +137,14 @@ struct RankReply {
 }
 
 impl FanOut {
-    fn start(plan: &[Vec<(String, String)>]) -> std::io::Result<FanOut> {
-        let exe = std::env::current_exe()?;
+    fn start(plan: &[Vec<(String, String)>], remote: Option<&RemoteSpec>) -> Result<FanOut, String> {
         let (tx, lines) = mpsc::channel();
+        if let Some(spec) = remote {
+            let events = std::env::var_os(SOCKET_ENV).map(std::path::PathBuf::from);
+            let hub = Hub::start(plan, spec, tx, events.as_deref())?;
+            return Ok(FanOut { ranks: Ranks::Remote(hub), lines, group_file: None });
+        }
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut children = Vec::new();
         let mut stdins = Vec::new();
         for (rank, env) in plan.iter().enumerate() {
@@ -127,7 +154,8 @@ impl FanOut {
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .spawn()?;
+                .spawn()
+                .map_err(|e| e.to_string())?;
             stdins.push(child.stdin.take().expect("piped"));
             let stdout = child.stdout.take().expect("piped");
             let tx = tx.clone();
@@ -142,19 +170,33 @@ impl FanOut {
             });
             children.push(child);
         }
-        Ok(FanOut { children, stdins, lines })
+        Ok(FanOut { ranks: Ranks::Local { children, stdins }, lines, group_file: None })
+    }
+
+    /// Sends rank `rank` one protocol line (to a remote rank, what the cell needs first).
+    fn send_line(&mut self, rank: usize, line: &str) -> std::io::Result<()> {
+        match &mut self.ranks {
+            Ranks::Local { stdins, .. } => writeln!(stdins[rank], "{line}").and_then(|_| stdins[rank].flush()),
+            Ranks::Remote(hub) => hub.send_line(rank, line, self.group_file.as_deref()),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match &self.ranks {
+            Ranks::Local { children, .. } => children.len(),
+            Ranks::Remote(hub) => hub.hosts.len(),
+        }
     }
 
     /// Runs one cell on the ranks `targets` and answers evcxr; `Err` names a rank whose
     /// process ended, and how.
     fn run(&mut self, line: &str, targets: &[usize]) -> Result<(), (usize, String)> {
         for &rank in targets {
-            let stdin = &mut self.stdins[rank];
-            if writeln!(stdin, "{line}").and_then(|_| stdin.flush()).is_err() {
+            if self.send_line(rank, line).is_err() {
                 return Err((rank, self.how_it_ended(rank)));
             }
         }
-        let n = self.children.len();
+        let n = self.size();
         let mut replies: Vec<RankReply> = (0..n).map(|_| RankReply::default()).collect();
         let mut changed = BTreeSet::new();
         while targets.iter().any(|&r| !replies[r].complete) {
@@ -190,8 +232,7 @@ impl FanOut {
                 reply.block = Some((mime.trim().to_string(), String::new()));
             } else if line.starts_with(INPUT_REQUEST) {
                 // Ranks have no one to ask: they read an empty line.
-                let _ = writeln!(self.stdins[rank],);
-                let _ = self.stdins[rank].flush();
+                let _ = self.send_line(rank, "");
             }
         }
         let mut out = std::io::stdout().lock();
@@ -214,8 +255,10 @@ impl FanOut {
 
     /// Its output closed: it has ended, or is ending (else it is made to).
     fn how_it_ended(&mut self, rank: usize) -> String {
-        use std::os::unix::process::ExitStatusExt;
-        let child = &mut self.children[rank];
+        let child = match &mut self.ranks {
+            Ranks::Local { children, .. } => &mut children[rank],
+            Ranks::Remote(hub) => return hub.how_it_ended(rank),
+        };
         for _ in 0..200 {
             if let Ok(Some(_)) = child.try_wait() {
                 break;
@@ -228,16 +271,22 @@ impl FanOut {
             return "closed its output pipe and was stopped".into();
         }
         match child.wait() {
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => format!("exited with status {code}"),
-                (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
-                    Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
-                    Err(_) => format!("was killed by signal {sig}"),
-                },
-                _ => "ended".into(),
-            },
+            Ok(status) => describe_exit(status),
             Err(e) => format!("ended ({e})"),
         }
+    }
+}
+
+/// How a rank's process ended, as its error says.
+pub(super) fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
+            Err(_) => format!("was killed by signal {sig}"),
+        },
+        _ => "ended".into(),
     }
 }
 

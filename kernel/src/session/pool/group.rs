@@ -18,13 +18,16 @@ pub(super) struct CellGroup {
 
 impl CellGroup {
     /// Starts the cell's service and writes the file the ranks read.
-    pub(super) fn start(ranks: &[usize], file: &Path) -> Result<CellGroup, String> {
+    /// `across_hosts`: the ranks run on other hosts, where this host's shared memory is not:
+    /// the group says it has no service, and its ranks' `comm()` says why.
+    pub(super) fn start(ranks: &[usize], file: &Path, across_hosts: bool) -> Result<CellGroup, String> {
         let token = new_token()?;
         let service = match ranks.len() {
             1 => None,
+            _ if across_hosts => None,
             n => Some(GroupService::start("127.0.0.1", None, n, &token, false)?),
         };
-        let said = PoolGroup { port: service.as_ref().map_or(0, GroupService::port), token, targets: ranks.to_vec() };
+        let said = PoolGroup { port: service.as_ref().map_or(ranch::__rt::NO_SERVICE, GroupService::port), token, targets: ranks.to_vec() };
         write_private(file, &said.render()).map_err(|e| format!("cannot write the cell's group file {}: {e}", file.display()))?;
         Ok(CellGroup { service, ranks: ranks.to_vec(), file: file.to_path_buf() })
     }

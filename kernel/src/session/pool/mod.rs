@@ -13,6 +13,9 @@
 
 mod fanout;
 mod group;
+mod hub;
+mod link;
+mod relay;
 mod status;
 
 use super::events::{Connection, CurrentCell, Event, EventHandler, Listener, SOCKET_ENV};
@@ -20,6 +23,8 @@ use super::workdir::WorkDir;
 use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
 use evcxr::{CommandContext, EvalCallbacks, EvalContext};
 use group::CellGroup;
+use ranch_magics::hosts::{LauncherKind, Placement};
+use ranch_magics::launch::LaunchPlan;
 use ranch_magics::args::See;
 use ranch_magics::display_op::{self, DisplayOp};
 use ranch_magics::supervise::Ending;
@@ -31,6 +36,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use fanout::run_if_fanout;
+pub use hub::RemoteSpec;
+pub use relay::{HUB_ENV, run_if_relay};
 
 /// The fan-out's plan: every rank's environment, as JSON.
 const PLAN_ENV: &str = "RANCH_POOL_PLAN";
@@ -45,6 +52,8 @@ struct PoolEvents {
     panics: Mutex<Vec<(usize, String)>>,
     exits: Mutex<Vec<(usize, String)>>,
     pids: Mutex<Vec<u32>>,
+    /// Each rank's host, when the ranks run on other hosts.
+    hosts: Mutex<Vec<String>>,
     /// The running cell's group.
     group: Mutex<Option<CellGroup>>,
     /// When the pool started, until its ranks said they run.
@@ -102,6 +111,12 @@ impl EventHandler for PoolEvents {
                 }
                 *self.pids.lock().unwrap() = pids
             }
+            Event::PoolHosts(hosts) => {
+                if let Some(since) = self.starting.lock().unwrap().take() {
+                    crate::log!("pool: {} ranks running on other hosts after {:.3} s", hosts.len(), since.elapsed().as_secs_f64());
+                }
+                *self.hosts.lock().unwrap() = hosts
+            }
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
             Event::Running => self.status(CellStatus::running),
             // The Jupyter server's log gets it (bench/pool.py reads it).
@@ -123,6 +138,8 @@ pub(super) struct Pool {
     session_items: Option<u64>,
     /// Where each cell's group is said (the ranks' `POOL_GROUP_ENV`).
     group_file: PathBuf,
+    /// The ranks run on other hosts: a cell's group cannot be this host's shared memory.
+    across_hosts: bool,
     _listener: Listener,
     _workdir: WorkDir,
     /// Dropped last: ends the thread that spawned the fan-out (see `keep_spawner`).
@@ -142,12 +159,14 @@ impl Pool {
     /// Starts the fan-out and its ranks, and adds the runtime crate (`ranch::rank()`).
     pub(super) fn start(
         plan: Vec<Vec<(String, String)>>,
+        remote: Option<RemoteSpec>,
         see: See,
         cell: Arc<CurrentCell>,
         private: &Path,
         runtime_dep: &str,
     ) -> Result<Pool, CellError> {
         let n = plan.len();
+        let across_hosts = remote.as_ref().is_some_and(|s| s.ship.is_some());
         let gpus = plan
             .iter()
             .map(|env| env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map_or("-".to_string(), |(_, v)| v.clone()))
@@ -158,6 +177,7 @@ impl Pool {
             panics: Mutex::default(),
             exits: Mutex::default(),
             pids: Mutex::default(),
+            hosts: Mutex::default(),
             group: Mutex::default(),
             starting: Mutex::new(Some(Instant::now())),
             status: Mutex::default(),
@@ -168,6 +188,9 @@ impl Pool {
         let exe = std::env::current_exe().map_err(|e| pool_error(e.to_string()))?;
         let mut fanout = std::process::Command::new(exe);
         fanout.env(SOCKET_ENV, listener.path()).env(PLAN_ENV, serde_json::to_string(&plan).expect("plan serialises"));
+        if let Some(spec) = &remote {
+            fanout.env(hub::REMOTE_ENV, serde_json::to_string(spec).expect("the launch serialises"));
+        }
         if let Ok(host) = super::host_rust::host_rust() {
             fanout.env("LD_LIBRARY_PATH", super::host_rust::library_path_with(&host.libdir));
         }
@@ -205,6 +228,7 @@ impl Pool {
             cells: 0,
             session_items: None,
             group_file: Pool::group_file(private),
+            across_hosts,
             _listener: listener,
             _workdir: workdir,
             _spawner: None,
@@ -268,10 +292,11 @@ impl Pool {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
         let pids = self.events.pids.lock().unwrap().clone();
-        *self.events.status.lock().unwrap() = live_status.then(|| CellStatus::new(ranks, &self.gpus, pids));
+        let hosts = self.events.hosts.lock().unwrap().clone();
+        *self.events.status.lock().unwrap() = live_status.then(|| CellStatus::new(ranks, &self.gpus, pids, &hosts));
         let ticker = StatusTicker::start(&self.events);
         let prepared = crate::syntax::with_stdout_flush(code);
-        let group = CellGroup::start(ranks, &self.group_file).map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
+        let group = CellGroup::start(ranks, &self.group_file, self.across_hosts).map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
         *self.events.group.lock().unwrap() = Some(group);
         let seen = self.events.cell.done_count();
         let mut callbacks = EvalCallbacks { input_reader: &|_| String::new() };
@@ -337,17 +362,22 @@ impl Pool {
     /// `%ranch_status`: one row per rank.
     pub(super) fn status(&self) -> MimeBundle {
         let pids = self.events.pids.lock().unwrap().clone();
-        let rows: Vec<[String; 5]> = (0..self.n)
+        let hosts = self.events.hosts.lock().unwrap().clone();
+        let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let rows: Vec<[String; 6]> = (0..self.n)
             .map(|rank| {
                 let pid = pids.get(rank).copied();
-                let (state, memory) = match pid.and_then(process_state) {
-                    Some((state, rss_kib)) => (state, format!("{:.1} MiB", rss_kib as f64 / 1024.0)),
-                    None => ("gone".to_string(), "-".to_string()),
+                let (state, memory) = match (pid.and_then(process_state), hosts.get(rank)) {
+                    (Some((state, rss_kib)), _) => (state, format!("{:.1} MiB", rss_kib as f64 / 1024.0)),
+                    // A rank elsewhere: its relay's link says it lives (see the fan-out).
+                    (None, Some(_)) => ("up".to_string(), "-".to_string()),
+                    (None, None) => ("gone".to_string(), "-".to_string()),
                 };
-                [rank.to_string(), pid.map_or("-".into(), |p| p.to_string()), self.gpus[rank].clone(), state, memory]
+                let host = hosts.get(rank).cloned().unwrap_or_else(|| this_host.clone());
+                [rank.to_string(), host, pid.map_or("-".into(), |p| p.to_string()), self.gpus[rank].clone(), state, memory]
             })
             .collect();
-        let head = ["rank", "pid", "GPU", "state", "memory"];
+        let head = ["rank", "host", "pid", "GPU", "state", "memory"];
         let title = format!(
             "pool of {} ranks, up {:.0} s, {} cells run",
             self.n,
@@ -355,7 +385,7 @@ impl Pool {
             self.cells
         );
         let mut text = format!("{title}\n");
-        let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).chain([head[c].len()]).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..head.len()).map(|c| rows.iter().map(|r| r[c].len()).chain([head[c].len()]).max().unwrap_or(0)).collect();
         for row in std::iter::once(head.map(str::to_string)).chain(rows.iter().cloned()) {
             let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             text.push_str(cells.join("  ").trim_end());
@@ -376,6 +406,60 @@ impl Pool {
         data.insert("text/html".into(), Value::String(html));
         data
     }
+}
+
+/// How the fan-out starts ranks through a launcher (`None`: it spawns them itself): the
+/// launcher's command, whose ranks are relays that fetch this binary over a channel when
+/// they run elsewhere, and connect back to the fan-out with the pool's token.
+pub(super) fn remote_spec(placement: &Placement, private: &Path, n: usize) -> Result<Option<RemoteSpec>, CellError> {
+    if placement.launcher == LauncherKind::Local {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe().map_err(|e| pool_error(e.to_string()))?;
+    let reach = placement.reach_addr().map_err(|e| CellError::new("UsageError", e))?;
+    let token = ranch_magics::group::new_token().map_err(pool_error)?;
+    let ship = placement.elsewhere();
+    let plan = LaunchPlan {
+        exe: exe.clone(),
+        ship,
+        local_ranks: n,
+        world_size: n,
+        base_rank: 0,
+        run_dir: private.to_path_buf(),
+        master_addr: reach.clone(),
+        master_port: 0,
+        // The fan-out fills in the addresses once it listens.
+        env: vec![
+            (ranch::__rt::TOKEN_ENV.to_string(), token.clone()),
+            (HUB_ENV.to_string(), String::new()),
+            (ranch_magics::channel::CHANNEL_ENV.to_string(), String::new()),
+        ],
+        rank_env: Vec::new(),
+    };
+    let command = match ranch_magics::launch::command_for(placement, false, &plan) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(None),
+        Err(ranch_magics::launch::CommandError::Usage(m)) => return Err(CellError::new("UsageError", m)),
+        Err(ranch_magics::launch::CommandError::Io(m)) => return Err(pool_error(m)),
+    };
+    let libstd = super::host_rust::host_rust().ok().and_then(|h| {
+        std::fs::read_dir(&h.libdir).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libstd-") && n.ends_with(".so"))
+        })
+    });
+    let start_timeout_s = std::env::var("RANCH_POOL_START_TIMEOUT").ok().and_then(|t| t.parse().ok()).filter(|t: &f64| *t > 0.0).unwrap_or(120.0);
+    Ok(Some(RemoteSpec {
+        launcher: command.name.to_string(),
+        program: command.program,
+        args: command.args,
+        env: command.env,
+        reach,
+        token,
+        ship: ship.then_some(exe),
+        libstd,
+        private: private.to_path_buf(),
+        start_timeout_s,
+    }))
 }
 
 /// Redraws the running cell's status table while it lives.

@@ -31,11 +31,12 @@ pub(super) struct CellStatus {
 impl CellStatus {
     /// The table of a cell that runs on pool ranks `ranks`; `gpus` and `pids` are every pool
     /// rank's.
-    pub(super) fn new(ranks: &[usize], gpus: &[String], pids: Vec<u32>) -> CellStatus {
+    pub(super) fn new(ranks: &[usize], gpus: &[String], pids: Vec<u32>, hosts: &[String]) -> CellStatus {
         let gpus = ranks.iter().map(|&r| gpus.get(r).filter(|g| g.as_str() != "-").cloned()).collect();
+        let hosts = if hosts.is_empty() { Vec::new() } else { ranks.iter().map(|&r| hosts.get(r).cloned().unwrap_or_default()).collect() };
         CellStatus {
             ranks: ranks.to_vec(),
-            setup: StatusSetup { hosts: Vec::new(), gpus },
+            setup: StatusSetup { hosts, gpus },
             pids,
             board: None,
             worth_showing: false,
