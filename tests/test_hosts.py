@@ -216,9 +216,34 @@ def test_a_pool_on_two_hosts_keeps_state_and_moves_variables(hosts, kernel_km):
         assert ok(execute(kc, "%px --targets 3 ranch::comm().world_size()")).result() == "[1]"
         status = ok(execute(kc, "%ranch_status")).result()
         assert re.search(r"^3\s+simhost2\s", status, re.M), status
-        # Collectives across hosts are a pool's limit: said, not hung.
-        run = ok(execute(kc, "%px ranch::comm().barrier().map_err(|e| e.to_string()).unwrap_err()", timeout=120))
-        assert "collectives across hosts are not available in a pool" in run.result(), run.result()
+
+def test_a_pool_across_hosts_reduces_over_tcp(hosts, kernel_km):
+    _, kc = kernel_km
+    with pool_on(hosts, kc, 2):
+        # Every cell's group spans both hosts: all-reduce equals the serial sum (1 + 2 + 3 + 4).
+        run = ok(execute(kc, "%%px\n"
+                             f"let host = {HOSTNAME};\n"
+                             "let c = ranch::comm();\n"
+                             "let mut v = vec![ranch::rank() as f64 + 1.0; 1 << 20];\n"
+                             "c.all_reduce(&mut v, ranch::Op::Sum).unwrap();\n"
+                             "let hosts = c.all_gather(&host).unwrap();\n"
+                             "(v[0], v.iter().all(|&x| x == 10.0), hosts, c.broadcast(Some(host.clone()), 3).unwrap())",
+                         timeout=300))
+        one = '(10.0, true, ["simhost1", "simhost1", "simhost2", "simhost2"], "simhost2")'
+        assert run.result() == "[" + ", ".join([one] * 4) + "]", run.result()
+        # A --targets group across the hosts, numbered 0.. in target order.
+        run = ok(execute(kc, "%%px --targets 1,2\n{ let c = ranch::comm(); let mut v = [ranch::rank()];\n"
+                             "c.all_reduce(&mut v, ranch::Op::Sum).unwrap(); (c.rank(), v[0]) }"))
+        assert run.result() == "[(0, 3), (1, 3)]", run.result()
+        # A rank that skips the group ends the others' wait with its name, not a timeout.
+        run = ok(execute(kc, "%%px\nif ranch::rank() == 3 { String::new() } else {\n"
+                             "    ranch::comm().barrier().map_err(|e| e.to_string()).unwrap_err() }", timeout=120))
+        assert run.result().count("ranks 3 of this cell's group finished the cell without joining it") == 3, run.result()
+        # Different calls fail on every rank with one error.
+        run = ok(execute(kc, "%%px\nlet c = ranch::comm();\n"
+                             "let r = if ranch::rank() == 2 { c.barrier() } else { c.all_reduce(&mut [1u8], ranch::Op::Sum) };\n"
+                             "r.map_err(|e| e.to_string()).unwrap_err()", timeout=120))
+        assert run.result().count("the ranks called different collectives here") == 4, run.result()
 
 
 def test_a_pool_rank_killed_on_host_2_is_named_and_the_pool_comes_back(hosts, kernel_km):

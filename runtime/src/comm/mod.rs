@@ -18,9 +18,11 @@ mod reduce;
 mod rendezvous;
 mod shm;
 mod stream_copy;
+mod tcp;
 
 pub use error::CommError;
 pub use rendezvous::{DONE, HELLO};
+pub use tcp::HELLO as TCP_HELLO;
 pub(crate) use rendezvous::{announce, finish};
 pub use pool::{NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, begin_pool_cell, end_pool_cell};
 
@@ -87,6 +89,8 @@ enum Backend {
     /// `None` once the group was retired: a pool's group lives for one cell, and its
     /// memory is unmapped when the cell ends (see [`pool`]).
     Shm(RwLock<Option<shm::Group>>),
+    /// TCP between the ranks of a pool's cell on several hosts (`None` once retired).
+    Tcp(RwLock<Option<tcp::Group>>),
     /// MPI, whose state lives in [`mpi`] (initialised as the rank starts).
     #[cfg(feature = "mpi")]
     Mpi,
@@ -99,6 +103,7 @@ enum Backend {
 enum Held<'a> {
     Serial,
     Shm(RwLockReadGuard<'a, Option<shm::Group>>),
+    Tcp(RwLockReadGuard<'a, Option<tcp::Group>>),
     #[cfg(feature = "mpi")]
     Mpi(mpi::Held),
 }
@@ -108,6 +113,7 @@ impl Held<'_> {
         match self {
             Held::Serial => None,
             Held::Shm(g) => g.as_ref().map(Via::Shm),
+            Held::Tcp(g) => g.as_ref().map(Via::Tcp),
             #[cfg(feature = "mpi")]
             Held::Mpi(state) => match state.as_ref() {
                 Some(Ok(state)) => Some(Via::Mpi(state)),
@@ -120,6 +126,7 @@ impl Held<'_> {
 /// The transport of a group of several ranks: each has the same operations.
 enum Via<'a> {
     Shm(&'a shm::Group),
+    Tcp(&'a tcp::Group),
     #[cfg(feature = "mpi")]
     Mpi(&'a mpi::State),
 }
@@ -128,6 +135,7 @@ macro_rules! via {
     ($self:ident, $g:ident => $call:expr) => {
         match $self {
             Via::Shm($g) => $call,
+            Via::Tcp($g) => $call,
             #[cfg(feature = "mpi")]
             Via::Mpi($g) => $call,
         }
@@ -241,6 +249,14 @@ impl Comm {
                 }
                 Ok(Held::Shm(held))
             }
+            Backend::Tcp(lock) => {
+                let held = lock.read().unwrap_or_else(|e| e.into_inner());
+                match held.as_ref() {
+                    Some(g) => g.ensure_usable(op)?,
+                    None => return Err(CommError::new(op, vec![self.rank], pool::RETIRED.into())),
+                }
+                Ok(Held::Tcp(held))
+            }
             #[cfg(feature = "mpi")]
             Backend::Mpi => {
                 let held = mpi::hold();
@@ -254,7 +270,16 @@ impl Comm {
     /// Unmaps the group's memory once no operation uses it (waiting at most `patience`,
     /// after which it stays mapped); later operations say the group's cell has ended.
     fn retire(&self, patience: std::time::Duration) {
-        let Backend::Shm(lock) = &self.backend else { return };
+        match &self.backend {
+            Backend::Shm(lock) => Self::retire_group(lock, patience),
+            // Closing the links tells the other ranks that this one has left the cell.
+            Backend::Tcp(lock) => Self::retire_group(lock, patience),
+            _ => {}
+        }
+    }
+
+    /// Drops a pool cell's group once no operation holds it (waiting at most `patience`).
+    fn retire_group<G>(lock: &RwLock<Option<G>>, patience: std::time::Duration) {
         let deadline = std::time::Instant::now() + patience;
         loop {
             match lock.try_write() {

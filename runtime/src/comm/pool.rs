@@ -26,28 +26,27 @@ pub(super) const RETIRED: &str =
 
 const MAGIC: &str = "RANCH_POOL_GROUP1";
 
-/// The port of a group that has no rendezvous service: a pool whose ranks run on other hosts.
+/// The port of a group of one rank, which has no service.
 pub const NO_SERVICE: u16 = 0;
-/// What `comm()` says in a cell of several ranks of such a pool.
-const ACROSS_HOSTS: &str = "this pool's ranks run on other hosts (started with --hosts, --hostfile or --launcher srun), \
-and a pool forms its groups in this host's shared memory: collectives across hosts are not available in a pool yet. \
-Run the collective part with `%%ranch N --hosts ...` or `%in_ddp N --hosts ...` (MPI between hosts)";
 /// The file is one short line; anything longer is not the pool's.
 const MAX_FILE: u64 = 64 << 10;
 
 /// Where a cell's group is: the rendezvous port on this host, the cell's token, and the
-/// pool ranks of the cell, in group-rank order.
+/// pool ranks of the cell, in group-rank order. With `host`, the ranks run on several hosts:
+/// the port is the cell's address book on that host, and the group is TCP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolGroup {
     pub port: u16,
     pub token: String,
     pub targets: Vec<usize>,
+    pub host: Option<String>,
 }
 
 impl PoolGroup {
     pub fn render(&self) -> String {
         let targets: Vec<String> = self.targets.iter().map(usize::to_string).collect();
-        format!("{MAGIC} {} {} {}\n", self.port, self.token, targets.join(","))
+        let host = self.host.as_ref().map_or(String::new(), |h| format!(" {h}"));
+        format!("{MAGIC} {} {} {}{host}\n", self.port, self.token, targets.join(","))
     }
 
     pub fn parse(text: &str) -> Option<PoolGroup> {
@@ -58,7 +57,8 @@ impl PoolGroup {
         let port = parts.next()?.parse().ok()?;
         let token = parts.next()?.to_string();
         let targets = parts.next()?.split(',').map(|t| t.parse().ok()).collect::<Option<Vec<usize>>>()?;
-        (parts.next().is_none() && !targets.is_empty()).then_some(PoolGroup { port, token, targets })
+        let host = parts.next().map(str::to_string);
+        (parts.next().is_none() && !targets.is_empty()).then_some(PoolGroup { port, token, targets, host })
     }
 
     /// Reads the file the pool wrote for the running cell.
@@ -87,8 +87,13 @@ pub(super) fn join(path: &Path) -> Comm {
     if world == 1 {
         return Comm { rank: 0, world: 1, backend: Backend::Serial };
     }
-    if group.port == NO_SERVICE {
-        return broken(ACROSS_HOSTS.into());
+    if let Some(host) = &group.host {
+        let book = if host.contains(':') { format!("[{host}]:{}", group.port) } else { format!("{host}:{}", group.port) };
+        let backend = match super::tcp::join(&book, &group.token, rank, world) {
+            Ok(g) => Backend::Tcp(RwLock::new(Some(g))),
+            Err(why) => Backend::Broken(why),
+        };
+        return Comm { rank, world, backend };
     }
     let target = (format!("127.0.0.1:{}", group.port), vec![std::net::SocketAddr::from(([127, 0, 0, 1], group.port))]);
     let backend = match rendezvous::join_at(target, &group.token, rank, world) {
@@ -125,9 +130,11 @@ mod tests {
 
     #[test]
     fn the_group_file_round_trips_and_rejects_junk() {
-        let g = PoolGroup { port: 4000, token: "abc".into(), targets: vec![0, 2] };
+        let g = PoolGroup { port: 4000, token: "abc".into(), targets: vec![0, 2], host: None };
         assert_eq!(PoolGroup::parse(&g.render()), Some(g));
-        for junk in ["", "RANCH_POOL_GROUP1 1 t", "RANCH_POOL_GROUP1 x t 0", "RANCH_POOL_GROUP1 1 t 0,a", "OTHER 1 t 0", "RANCH_POOL_GROUP1 1 t 0 extra"] {
+        let g = PoolGroup { port: 4000, token: "abc".into(), targets: vec![0, 2], host: Some("10.0.0.1".into()) };
+        assert_eq!(PoolGroup::parse(&g.render()), Some(g));
+        for junk in ["", "RANCH_POOL_GROUP1 1 t", "RANCH_POOL_GROUP1 x t 0", "RANCH_POOL_GROUP1 1 t 0,a", "OTHER 1 t 0", "RANCH_POOL_GROUP1 1 t 0 h extra"] {
             assert_eq!(PoolGroup::parse(junk), None, "{junk}");
         }
     }

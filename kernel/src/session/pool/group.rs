@@ -2,15 +2,18 @@
 //! that tells the ranks (and the fan-out) where it is and which ranks run the cell.
 //!
 //! Each cell gets a fresh group, so that a `CommError` breaks collectives for the rest of
-//! that cell only, and a `--targets` cell has a group of just its ranks.
+//! that cell only, and a `--targets` cell has a group of just its ranks. On one host the
+//! group is shared memory formed through a rendezvous service; when the ranks run on other
+//! hosts it is TCP between them, formed through an [`AddressBook`].
 
+use super::address_book::AddressBook;
 use ranch::__rt::PoolGroup;
 use ranch_magics::group::{GroupService, new_token, write_private};
 use std::path::{Path, PathBuf};
 
 pub(super) struct CellGroup {
     /// `None` for a cell on one rank (its group is a group of one).
-    service: Option<GroupService>,
+    service: Option<Service>,
     /// Pool ranks of the cell, in group-rank order.
     ranks: Vec<usize>,
     file: PathBuf,
@@ -18,26 +21,39 @@ pub(super) struct CellGroup {
 
 impl CellGroup {
     /// Starts the cell's service and writes the file the ranks read.
-    /// `across_hosts`: the ranks run on other hosts, where this host's shared memory is not:
-    /// the group says it has no service, and its ranks' `comm()` says why.
-    pub(super) fn start(ranks: &[usize], file: &Path, across_hosts: bool) -> Result<CellGroup, String> {
+    /// `hosts_reach`: the ranks run on other hosts, which reach this one at that address.
+    pub(super) fn start(ranks: &[usize], file: &Path, hosts_reach: Option<&str>) -> Result<CellGroup, String> {
         let token = new_token()?;
-        let service = match ranks.len() {
-            1 => None,
-            _ if across_hosts => None,
-            n => Some(GroupService::start("127.0.0.1", None, n, &token, false)?),
+        let service = match (ranks.len(), hosts_reach) {
+            (1, _) => None,
+            (n, Some(ip)) => Some(Service::Tcp(AddressBook::start(ip, n, &token)?)),
+            (n, None) => Some(Service::Shm(GroupService::start("127.0.0.1", None, n, &token, false)?)),
         };
-        let said = PoolGroup { port: service.as_ref().map_or(ranch::__rt::NO_SERVICE, GroupService::port), token, targets: ranks.to_vec() };
+        let port = match &service {
+            None => ranch::__rt::NO_SERVICE,
+            Some(Service::Shm(s)) => s.port(),
+            Some(Service::Tcp(b)) => b.port(),
+        };
+        let host = hosts_reach.filter(|_| service.is_some()).map(str::to_string);
+        let said = PoolGroup { port, token, targets: ranks.to_vec(), host };
         write_private(file, &said.render()).map_err(|e| format!("cannot write the cell's group file {}: {e}", file.display()))?;
         Ok(CellGroup { service, ranks: ranks.to_vec(), file: file.to_path_buf() })
     }
 
     /// Pool rank `rank` returned from the cell: ranks waiting for it stop waiting.
     pub(super) fn finished(&self, rank: usize) {
-        if let (Some(s), Some(r)) = (&self.service, self.ranks.iter().position(|&x| x == rank)) {
-            s.mark_finished(r);
+        match (&self.service, self.ranks.iter().position(|&x| x == rank)) {
+            (Some(Service::Shm(s)), Some(r)) => s.mark_finished(r),
+            (Some(Service::Tcp(b)), Some(r)) => b.mark_finished(r),
+            _ => {}
         }
     }
+}
+
+/// Where the cell's ranks form their group.
+enum Service {
+    Shm(GroupService),
+    Tcp(AddressBook),
 }
 
 impl Drop for CellGroup {

@@ -11,6 +11,7 @@
 //! dies with the cell. Why a second context rather than the session's: the session's
 //! variables stay in the kernel's own child, untouched by what ranks do.
 
+mod address_book;
 mod fanout;
 mod group;
 mod hub;
@@ -138,8 +139,9 @@ pub(super) struct Pool {
     session_items: Option<u64>,
     /// Where each cell's group is said (the ranks' `POOL_GROUP_ENV`).
     group_file: PathBuf,
-    /// The ranks run on other hosts: a cell's group cannot be this host's shared memory.
-    across_hosts: bool,
+    /// The ranks run on other hosts, which reach this one at this address: a cell's group
+    /// is TCP between them, not this host's shared memory.
+    hosts_reach: Option<String>,
     _listener: Listener,
     _workdir: WorkDir,
     /// Dropped last: ends the thread that spawned the fan-out (see `keep_spawner`).
@@ -166,7 +168,7 @@ impl Pool {
         runtime_dep: &str,
     ) -> Result<Pool, CellError> {
         let n = plan.len();
-        let across_hosts = remote.as_ref().is_some_and(|s| s.ship.is_some());
+        let hosts_reach = remote.as_ref().filter(|s| s.ship.is_some()).map(|s| s.reach.clone());
         let gpus = plan
             .iter()
             .map(|env| env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map_or("-".to_string(), |(_, v)| v.clone()))
@@ -228,7 +230,7 @@ impl Pool {
             cells: 0,
             session_items: None,
             group_file: Pool::group_file(private),
-            across_hosts,
+            hosts_reach,
             _listener: listener,
             _workdir: workdir,
             _spawner: None,
@@ -296,7 +298,7 @@ impl Pool {
         *self.events.status.lock().unwrap() = live_status.then(|| CellStatus::new(ranks, &self.gpus, pids, &hosts));
         let ticker = StatusTicker::start(&self.events);
         let prepared = crate::syntax::with_stdout_flush(code);
-        let group = CellGroup::start(ranks, &self.group_file, self.across_hosts).map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
+        let group = CellGroup::start(ranks, &self.group_file, self.hosts_reach.as_deref()).map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
         *self.events.group.lock().unwrap() = Some(group);
         let seen = self.events.cell.done_count();
         let mut callbacks = EvalCallbacks { input_reader: &|_| String::new() };

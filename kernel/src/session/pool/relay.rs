@@ -122,7 +122,7 @@ impl Relay {
         let stdout = child.stdout.take().expect("piped");
         let child = Arc::new(Mutex::new(child));
         forward_events(listener, writer.clone());
-        forward_protocol(stdout, writer.clone(), dir.0.join("mirror"), child.clone());
+        forward_protocol(stdout, writer.clone(), dir.0.clone(), child.clone());
         Ok(Relay { reader, writer, dir, child, stdin })
     }
 
@@ -139,7 +139,12 @@ impl Relay {
                 Frame::File(name) => receive_file(&mut self.reader, &self.dir.0, &name).map_err(|e| eprintln!("ranch pool relay: {e}")).is_ok(),
                 Frame::Group(text) => {
                     let path = self.dir.0.join("group");
-                    if text.is_empty() { std::fs::remove_file(&path).is_ok() || true } else { std::fs::write(&path, text).is_ok() }
+                    if text.is_empty() {
+                        let _ = std::fs::remove_file(&path);
+                        true
+                    } else {
+                        std::fs::write(&path, text).is_ok()
+                    }
                 }
                 Frame::Line(line) => {
                     let line = match line.strip_prefix("LOAD_AND_RUN ").and_then(|r| r.split_once(' ')) {
@@ -225,15 +230,18 @@ fn forward_events(listener: std::os::unix::net::UnixListener, writer: Writer) {
 }
 
 /// The rank's protocol lines go to the hub; before the line that ends a cell, the values
-/// the cell wrote for the kernel (`%px_pull`) do. When the rank's output closes, how it
-/// ended goes last.
-fn forward_protocol(stdout: std::process::ChildStdout, writer: Writer, mirror: PathBuf, child: Arc<Mutex<Child>>) {
+/// the cell wrote for the kernel (`%px_pull`) do, and the files the cell has loaded or read
+/// are removed (a long session would fill the host's `/tmp`). When the rank's output
+/// closes, how it ended goes last.
+fn forward_protocol(stdout: std::process::ChildStdout, writer: Writer, dir: PathBuf, child: Arc<Mutex<Child>>) {
     std::thread::spawn(move || {
+        let mirror = dir.join("mirror");
         let mut sent: HashSet<PathBuf> = HashSet::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if line == COMPLETE {
                 send_pulled(&mirror, &writer, &mut sent);
+                remove_used(&dir);
             }
             if !send(&writer, &Frame::Line(line)) {
                 return;
@@ -257,6 +265,17 @@ fn forward_protocol(stdout: std::process::ChildStdout, writer: Writer, mirror: P
         send(&writer, &Frame::Exit(how));
         // The hub closes the link once it knows; the relay then ends.
     });
+}
+
+/// Removes the cells' libraries (loaded: the rank keeps them mapped) and pushed variables
+/// (read by the cell that pushed them).
+fn remove_used(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir.join("cells"));
+    for pushed in std::fs::read_dir(dir.join("mirror")).into_iter().flatten().flatten() {
+        if pushed.file_name().to_string_lossy().starts_with("px-push-") {
+            let _ = std::fs::remove_dir_all(pushed.path());
+        }
+    }
 }
 
 /// Sends the values written under the mirror's `px-pull-*` directories, once each, and
