@@ -4,7 +4,8 @@ network namespaces on a bridge, 2 ranks each), in one run.
 Times all-reduce (f32 sum) of 4 KiB and 64 MiB over 4 ranks on 2 hosts with ranch's
 hierarchical backend (the default across hosts: shared memory inside a host, MPI between
 host leaders), with `--backend mpi` (flat MPI through ranch), and with a C program calling
-`MPI_Allreduce` directly (bench/mpi_collectives.c) over the same hosts and MCA settings;
+`MPI_Allreduce` directly (bench/mpi_collectives.c) over the same hosts and MCA settings,
+and in a pool on the same hosts (`%ranch_start 4 --hosts`: TCP through the group's rank 0);
 and what a launch costs: a trivial `%%ranch 4` cell (program already built) with the local
 launcher, with mpirun on this host, and with mpirun on the two hosts (which starts MPI in
 every rank), beside a bare `mpirun ... /bin/true`. Prints figures and ratios; asserts
@@ -53,6 +54,21 @@ def ranch_allreduce(kc, hosts, backend, rounds, iters):
     first = run.result().strip("[]").split("), (")[0].strip("()")
     small, large = (float(x) for x in first.split(","))
     return small, large
+
+
+def pool_allreduce(kc, hosts, rounds, iters):
+    """The same body in a `%%px` cell of a pool on the hosts (collectives over TCP)."""
+    run = execute(kc, f"%ranch_start 4 --hosts {hosts}", timeout=600)
+    assert run.reply["content"]["status"] == "ok", run.error_text()
+    try:
+        body = CELL.format(hosts=hosts, backend="", rounds=rounds, iters=iters).split("\n", 1)[1]
+        # In braces: a pool keeps top-level variables, and a closure cannot be kept.
+        run = execute(kc, "%%px --quiet\n{\n" + body + "\n}", timeout=600)
+        assert run.reply["content"]["status"] == "ok", run.error_text()
+        first = run.result().strip("[]").split("), (")[0].strip("()")
+        return tuple(float(x) for x in first.split(","))
+    finally:
+        execute(kc, "%ranch_stop", timeout=60)
 
 
 def plain_mpi(sim, hosts, quick):
@@ -107,15 +123,16 @@ def main():
         with logged_kernel() as (kc, _log):
             hier = ranch_allreduce(kc, hosts, "", rounds, iters)
             flat = ranch_allreduce(kc, hosts, " --backend mpi", rounds, iters)
+            pool = pool_allreduce(kc, hosts, rounds, iters)
             costs = launch_costs(kc, sim, hosts, launches)
         mpi = plain_mpi(sim, hosts, quick)
     finally:
         next(gen, None)  # removes the simulated hosts
     print("all-reduce, 4 ranks on 2 simulated hosts (f32 sum; median seconds per call)")
-    print(f"{'size':<8}{'hierarchical':>14}{'ranch mpi':>14}{'MPI_Allreduce':>16}{'hier/MPI':>10}{'flat/MPI':>10}")
+    print(f"{'size':<8}{'hierarchical':>14}{'ranch mpi':>14}{'pool tcp':>12}{'MPI_Allreduce':>16}{'hier/MPI':>10}{'flat/MPI':>10}{'pool/MPI':>10}")
     for label, i, key in (("4 KiB", 0, "allreduce_4k"), ("64 MiB", 1, "allreduce_64m")):
         ref = mpi[key]
-        print(f"{label:<8}{hier[i]:>14.6f}{flat[i]:>14.6f}{ref:>16.6f}{hier[i] / ref:>10.2f}{flat[i] / ref:>10.2f}")
+        print(f"{label:<8}{hier[i]:>14.6f}{flat[i]:>14.6f}{pool[i]:>12.6f}{ref:>16.6f}{hier[i] / ref:>10.2f}{flat[i] / ref:>10.2f}{pool[i] / ref:>10.2f}")
     print()
     print("launch cost: a trivial %%ranch 4 cell end to end (median seconds)")
     base = costs["local launcher (this host)"]
