@@ -124,11 +124,15 @@ def test_in_ddp_across_hosts(hosts, kernel_km):
     nothing_left_on(hosts)
 
 
-def sleeping_on_both_hosts(hosts):
-    """A new kernel whose cell has a rank sleeping on each host: (km, kc, the cell's msg_id)."""
+def sleeping_on_both_hosts(hosts, pool=False):
+    """A new kernel whose cell has a rank sleeping on each host (a `%%ranch` cell, or a pool's
+    `%%px` cell): (km, kc, the cell's msg_id)."""
     km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args))
     a, b = hosts.addresses
-    msg_id = kc.execute(f"%%ranch 2 --hosts {a}:1,{b}:1\n"
+    if pool:
+        ok(execute(kc, f"%ranch_start 2 --hosts {a}:1,{b}:1", timeout=600))
+    magic = "%%px" if pool else f"%%ranch 2 --hosts {a}:1,{b}:1"
+    msg_id = kc.execute(f"{magic}\n"
                         'println!("up on {}", ' + HOSTNAME + ");\n"
                         "std::thread::sleep(std::time::Duration::from_secs(120));")
     wait_for_output(kc, msg_id, "up on simhost2")
@@ -146,8 +150,9 @@ def test_interrupt_leaves_nothing_on_either_host(hosts):
         stop(km, kc)
 
 
-def test_a_killed_kernel_leaves_nothing_on_either_host(hosts):
-    km, kc, _ = sleeping_on_both_hosts(hosts)
+@pytest.mark.parametrize("pool", [False, True], ids=["ranch-cell", "pool"])
+def test_a_killed_kernel_leaves_nothing_on_either_host(hosts, pool):
+    km, kc, _ = sleeping_on_both_hosts(hosts, pool)
     try:
         # kill -9: the kernel runs no code; its janitor ends mpirun, whose daemons on the
         # hosts end their ranks when they lose it.
