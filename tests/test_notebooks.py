@@ -163,3 +163,7 @@ def test_hosts_notebook_on_two_simulated_hosts(two_hosts, tmp_path):
     assert cells[0].outputs[-1].data["text/plain"] == '["simhost1", "simhost1", "simhost2", "simhost2"]'
     assert text(cells[2]) == "(true, 499999500000.0)"
     assert text(cells[4]) == '[(1.5, "simhost1"), (1.5, "simhost1"), (1.5, "simhost2"), (1.5, "simhost2")]'
+    # The pool on the same hosts keeps each rank's shard and reduces over TCP.
+    assert cells[6].outputs[-1].data["text/plain"] == (
+        '["250000 values on simhost1", "250000 values on simhost1", "250000 values on simhost2", "250000 values on simhost2"]')
+    assert cells[7].outputs[-1].data["text/plain"] == "[true, true, true, true]"

@@ -76,7 +76,8 @@ impl Driver {
     pub fn pool_plan(&mut self, host: &dyn Host, args: &PoolArgs, group_file: &Path) -> Result<RankPlan, Failure> {
         crate::pool::check_see(args).map_err(usage)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.plan_launch(args.n, host, |found, visible| {
+        // Cores are shared by the ranks of one host: the busiest one's count.
+        self.plan_launch(args.placement.most_on_one_host(args.n), host, |found, visible| {
             crate::pool::rank_plan(args, &found.devices, visible, cores, group_file, |k| std::env::var(k).ok())
                 .map(|p| (p.warning.clone(), p))
         })
