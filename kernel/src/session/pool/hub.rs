@@ -196,19 +196,28 @@ impl Drop for Hub {
     }
 }
 
-/// Asks the launcher to stop its job, then makes it.
+/// Lets the launcher's job end by itself for a moment (relays whose links closed clean up
+/// and exit), then asks the launcher to stop it, then makes it.
 fn stop(launcher: &mut Child) {
+    let ended = |launcher: &mut Child, within: Duration| {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = launcher.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    if ended(launcher, Duration::from_secs(2)) {
+        return;
+    }
     let pid = nix::unistd::Pid::from_raw(launcher.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = launcher.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !ended(launcher, Duration::from_secs(5)) {
+        let _ = launcher.kill();
+        let _ = launcher.wait();
     }
-    let _ = launcher.kill();
-    let _ = launcher.wait();
 }
 
 /// Accepts one relay per rank: the pool's token, a rank not yet taken. Sends each its

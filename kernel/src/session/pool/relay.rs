@@ -35,7 +35,23 @@ const MAX_EVENT_LINE: u64 = 60 << 20;
 pub fn run_if_relay() {
     let Some(hub) = std::env::var_os(HUB_ENV) else { return };
     let hub = hub.to_string_lossy().into_owned();
-    // The launcher stops ranks with SIGINT or SIGTERM; the rank goes with this process.
+    // The launcher stops ranks with SIGTERM (or SIGINT, SIGHUP): the relay then ends its rank
+    // and removes its directory before it goes, instead of dying with files left on the host.
+    // Blocked here, before any thread exists, and waited for by one thread.
+    let stops = stop_signals();
+    if stops.thread_block().is_ok() {
+        std::thread::spawn(move || {
+            let _ = stops.wait();
+            let (pid, dir) = (CHILD_PID.get().copied(), DIR.get().cloned());
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            if let Some(dir) = dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            std::process::exit(143)
+        });
+    }
     let code = match Relay::start(&hub) {
         Ok(relay) => relay.serve(),
         Err(e) => {
@@ -44,6 +60,19 @@ pub fn run_if_relay() {
         }
     };
     std::process::exit(code)
+}
+
+/// The rank's process and the relay's directory, for the signal thread.
+static CHILD_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
 }
 
 fn hostname() -> String {
@@ -88,6 +117,7 @@ impl Relay {
         let base = std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).unwrap_or_else(|| "/tmp".into());
         let dir = nix::unistd::mkdtemp(&Path::new(&base).join("ranch-pool.XXXXXX"))
             .map_err(|e| format!("cannot make a directory in {} (set TMPDIR): {e}", base.to_string_lossy()))?;
+        let _ = DIR.set(dir.clone());
         let dir = TempDir(dir);
         // Setting up: the rank's environment and files, then `Start`.
         let _ = reader.get_ref().set_read_timeout(Some(Duration::from_secs(120)));
@@ -104,7 +134,15 @@ impl Relay {
         let events = dir.0.join("events.sock");
         let listener = std::os::unix::net::UnixListener::bind(&events).map_err(|e| format!("cannot listen at {}: {e}", events.display()))?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = Command::new(if exe.exists() { exe } else { PathBuf::from("/proc/self/exe") })
+        let mut command = Command::new(if exe.exists() { exe } else { PathBuf::from("/proc/self/exe") });
+        // SAFETY: pthread_sigmask is async-signal-safe. The rank starts with no signal
+        // blocked: the relay's stop signals are its own (see run_if_relay).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                stop_signals().thread_unblock().map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .env_remove(HUB_ENV)
             .env_remove(ranch::__rt::TOKEN_ENV)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -118,6 +156,7 @@ impl Relay {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start the rank: {e}"))?;
+        let _ = CHILD_PID.set(child.id());
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let child = Arc::new(Mutex::new(child));
