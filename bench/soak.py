@@ -8,7 +8,14 @@ sometimes ended with kill -9 instead of a shutdown; then nothing of theirs may r
 
 Prints launches, failures reported correctly, orphaned processes, leaked segments, the
 kernels' fd growth and RSS growth (from after a warm-up to the end). Goal: 0 orphans, 0 leaked
-segments, no fd growth, flat RSS. `--quick` is the short form the test suite runs."""
+segments, no fd growth, flat RSS. `--quick` is the short form the test suite runs.
+
+`--strangers SECONDS`: instead, one kernel and a client that runs cells (plain and
+`%%ranch 2`) while strangers without the key send mixed hostile traffic to every Jupyter
+port (the client's identity claimed, junk frames, frames announcing 1 GiB, long
+subscriptions, silent and reset connections, pings never read). Prints the replies the
+client got of those it asked for, and the kernel's RSS and fd count over the run. Goal:
+every reply, RSS within 64 MiB of the start, fds back where they were."""
 import argparse
 import glob
 import os
@@ -145,13 +152,118 @@ def soak(launches, kernels, seed):
     return totals, fd_growth, rss_growth, wrong
 
 
+def stranger_traffic(kc, stop_at, counts):
+    """One stranger's loop until `stop_at`: a random hostile act on a random port."""
+    import socket
+    import zmq
+    from test_hostile import zmtp_peer
+    rnd = random.Random()
+    ports = [kc.shell_port, kc.control_port, kc.stdin_port, kc.iopub_port, kc.hb_port]
+    ctx = zmq.Context.instance()
+    held = []
+    while time.monotonic() < stop_at:
+        port = rnd.choice(ports)
+        act = rnd.randrange(7)
+        try:
+            if act == 0:  # claim the client's identity
+                d = ctx.socket(zmq.DEALER)
+                d.setsockopt(zmq.LINGER, 0)
+                d.setsockopt(zmq.IDENTITY, kc.session.bsession)
+                d.connect(f"tcp://127.0.0.1:{port}")
+                d.send_multipart([b"<IDS|MSG>", b"0" * 64, b"{}", b"{}", b"{}", b"{}"])
+                held.append(d)
+            elif act == 1:  # junk: one frame, no delimiter
+                d = ctx.socket(zmq.DEALER)
+                d.setsockopt(zmq.LINGER, 0)
+                d.connect(f"tcp://127.0.0.1:{port}")
+                d.send(os.urandom(rnd.randrange(1, 4096)))
+                held.append(d)
+            elif act == 2:  # a frame announcing 1 GiB, then a little of it
+                s = zmtp_peer(port, b"SUB" if port == kc.iopub_port else b"DEALER")
+                s.sendall(b"\x02" + (1 << 30).to_bytes(8, "big") + b"x" * 65536)
+                held.append(s)
+            elif act == 3:  # long subscriptions
+                s = zmtp_peer(kc.iopub_port, b"SUB")
+                topic = b"\x01" + b"t" * (1 << 16)
+                for _ in range(16):
+                    s.sendall(b"\x02" + len(topic).to_bytes(8, "big") + topic)
+                held.append(s)
+            elif act == 4:  # a connection that never says a word
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            elif act == 5:  # a reset in the middle of a greeting
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(b"\xff\x00")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.close()
+            else:  # pings whose echoes are never read
+                s = zmtp_peer(kc.hb_port, b"DEALER", rcvbuf=4096)
+                for _ in range(200):
+                    s.sendall(b"\x01\x00\x02" + (2000).to_bytes(8, "big") + b"p" * 2000)
+                held.append(s)
+            counts["acts"] += 1
+        except OSError:
+            counts["refused"] += 1
+        if len(held) > 200:  # let go of the oldest, as strangers come and go
+            old = held.pop(0)
+            old.close()
+        time.sleep(rnd.uniform(0, 0.02))
+    for h in held:
+        h.close()
+
+
+def stranger_soak(seconds, strangers=4):
+    import threading
+    km, kc = start()
+    pid = kc.pid
+    try:
+        execute(kc, "0", timeout=300)
+        execute(kc, "%%ranch 2\nranch::rank()", timeout=300)  # built once: later runs are launches
+        fds0, rss0 = kernel_fds(pid), kernel_rss(pid)
+        counts = {"acts": 0, "refused": 0}
+        stop_at = time.monotonic() + seconds
+        threads = [threading.Thread(target=stranger_traffic, args=(kc, stop_at, counts), daemon=True)
+                   for _ in range(strangers)]
+        for t in threads:
+            t.start()
+        asked = answered = 0
+        rss_peak = rss0
+        while time.monotonic() < stop_at:
+            asked += 1
+            code = "%%ranch 2\nranch::rank()" if asked % 4 == 0 else f"{asked} + 1"
+            want = "[0, 1]" if asked % 4 == 0 else str(asked + 1)
+            try:
+                run = execute(kc, code, timeout=60)
+                answered += run.reply["content"]["status"] == "ok" and run.result() == want
+            except Exception as e:  # a lost reply: count it, go on
+                print("lost:", code.splitlines()[0], type(e).__name__)
+            rss_peak = max(rss_peak, kernel_rss(pid))
+        for t in threads:
+            t.join()
+        settle(lambda: kernel_fds(pid) > fds0, seconds=15)
+        beating = kc.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"
+        return {"seconds": seconds, "stranger acts": counts["acts"], "acts refused by the kernel": counts["refused"],
+                "cells asked": asked, "cells answered right": answered, "kernel still answers": beating,
+                "RSS growth at peak (MiB)": round((rss_peak - rss0) / 2**20, 1),
+                "RSS growth at end (MiB)": round((kernel_rss(pid) - rss0) / 2**20, 1),
+                "fd growth at end": kernel_fds(pid) - fds0}
+    finally:
+        stop(km, kc)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--launches", type=int, default=300)
     parser.add_argument("--kernels", type=int, default=4)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--quick", action="store_true", help="24 launches on 2 kernels (the test suite's form)")
+    parser.add_argument("--strangers", type=float, metavar="SECONDS",
+                        help="hostile traffic from strangers on every Jupyter port for this long, while a client runs cells")
     args = parser.parse_args()
+    if args.strangers:
+        for key, value in stranger_soak(args.strangers).items():
+            print(f"{key:28} {value}")
+        print("goal: every cell answered right, RSS growth < 64 MiB, fd growth 0")
+        return
     if args.quick:
         args.launches, args.kernels = 24, 2
     t0 = time.monotonic()

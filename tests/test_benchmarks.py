@@ -34,6 +34,18 @@ def test_fault_soak_in_short_form():
     assert max(rss) < 64, out.stdout
 
 
+def test_stranger_soak_in_short_form():
+    out = subprocess.run([sys.executable, str(BENCH / "soak.py"), "--strangers", "20"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = {l[:28].strip(): l[28:].strip() for l in out.stdout.splitlines() if l and not l.startswith(("goal", "lost"))}
+    assert int(figures["stranger acts"]) > 20, out.stdout
+    assert figures["cells answered right"] == figures["cells asked"], out.stdout
+    assert figures["kernel still answers"] == "True", out.stdout
+    assert float(figures["RSS growth at peak (MiB)"]) < 64, out.stdout
+    assert int(figures["fd growth at end"]) <= 0, out.stdout
+
+
 def test_collectives_benchmark_runs_in_short_form_and_waiters_sleep():
     out = subprocess.run([sys.executable, str(BENCH / "collectives.py"), "--quick"],
                          capture_output=True, text=True, timeout=900)

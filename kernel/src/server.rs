@@ -27,7 +27,7 @@ type Router = jzc::RouterSendConnection;
 struct Kernel {
     iopub: Publisher,
     engine: Engine,
-    stdin: Arc<Mutex<jzc::KernelStdinConnection>>,
+    stdin: Mutex<jzc::KernelStdinConnection>,
     execution_count: AtomicUsize,
     history: std::sync::Mutex<History>,
     replays: wire::ReplayGuard,
@@ -45,11 +45,27 @@ pub fn max_message_bytes() -> usize {
     std::env::var("RANCH_MAX_MESSAGE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
 }
 
+/// What a peer that has not sent a correctly signed message may make the kernel hold
+/// (vendor/zeromq's `strangers`): anyone on the machine can reach the ports. A client's
+/// first message (kernel_info, a cell) fits easily; after it, the client's messages go up
+/// to [`max_message_bytes`].
+const STRANGERS: zeromq::UntrustedLimits = zeromq::UntrustedLimits {
+    message_size: 1 << 20,
+    budget: 16 << 20,
+    max_peers: 64,
+};
+
+/// Heartbeats: pings are tiny (jupyter_client sends `ping`), and a peer that never reads its
+/// echoes gets a few queued, then loses them.
+const HEARTBEAT_MAX_PING: usize = 4096;
+const HEARTBEAT_QUEUE: usize = 8;
+
 /// Serves the kernel until a shutdown request; returns when it is time to exit.
 pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow::Result<()> {
     zeromq::set_default_max_message_size(max_message_bytes());
+    zeromq::set_untrusted_limits(STRANGERS);
     let session = uuid::Uuid::new_v4().to_string();
-    let mut hb = jzc::create_kernel_heartbeat_connection(&info).await?;
+    let hb = heartbeat_socket(&info).await?;
     let (shell_tx, shell_rx) = jzc::create_kernel_shell_connection(&info, &session).await?.split();
     let (control_tx, control_rx) = jzc::create_kernel_control_connection(&info, &session).await?.split();
     let stdin = jzc::create_kernel_stdin_connection(&info, &session).await?;
@@ -59,7 +75,7 @@ pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow
     let kernel = Arc::new(Kernel {
         iopub,
         engine: Engine::start(interp),
-        stdin: Arc::new(Mutex::new(stdin)),
+        stdin: Mutex::new(stdin),
         execution_count: AtomicUsize::new(0),
         history: Default::default(),
         replays: Default::default(),
@@ -67,15 +83,7 @@ pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow
         runtime: tokio::runtime::Handle::current(),
     });
 
-    tokio::spawn(async move {
-        use zeromq::{SocketRecv, SocketSend};
-        // Echo, as the spec asks (the crate's helper answers "pong").
-        while let Ok(ping) = hb.socket.recv().await {
-            if hb.socket.send(ping).await.is_err() {
-                break;
-            }
-        }
-    });
+    tokio::spawn(echo_heartbeats(hb));
 
     let k = kernel.clone();
     tokio::spawn(async move {
@@ -103,6 +111,36 @@ pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow
     let control = tokio::spawn(serve_channel(kernel.clone(), control_rx, control_tx, "control"));
     tokio::select! { _ = shell => {}, _ = control => {} }
     Ok(())
+}
+
+/// The heartbeat socket: a ROUTER, not the REP of jupyter_client's helper, so that each
+/// peer is answered on its own (a REP serves one request at a time, and one malformed
+/// message or a peer that never reads would stop heartbeats for everyone).
+async fn heartbeat_socket(info: &ConnectionInfo) -> anyhow::Result<zeromq::RouterSocket> {
+    use zeromq::Socket;
+    let mut options = zeromq::SocketOptions::default();
+    options.max_message_size(HEARTBEAT_MAX_PING).send_high_water_mark(HEARTBEAT_QUEUE);
+    let mut socket = zeromq::RouterSocket::with_options(options);
+    socket.bind(&info.hb_url()).await?;
+    Ok(socket)
+}
+
+/// Echoes every ping to the peer that sent it, as the spec asks, forever: a REQ client's
+/// `[delimiter, ping]` comes back as it went; whatever else a stranger sends goes back to it.
+async fn echo_heartbeats(mut socket: zeromq::RouterSocket) {
+    use zeromq::{SocketRecv, SocketSend};
+    loop {
+        match socket.recv().await {
+            // Never waits: a full queue drops the echo for that peer only.
+            Ok(ping) => {
+                let _ = socket.send(ping).await;
+            }
+            Err(e) => {
+                crate::log!("heartbeat: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 impl Kernel {
@@ -361,28 +399,44 @@ impl OutputSink for IopubSink {
 }
 
 struct StdinInput {
-    stdin: Arc<Mutex<jzc::KernelStdinConnection>>,
+    kernel: Arc<Kernel>,
     parent: JupyterMessage,
-    cancel: Arc<Notify>,
-    runtime: tokio::runtime::Handle,
 }
 
 impl InputProvider for StdinInput {
+    /// Asks the client for a line and waits for its answer: only a correctly signed
+    /// `input_reply` answers (anything else on the socket, a stranger's junk among it, is
+    /// logged and ignored); an interrupt ends the wait with no answer.
     fn read_line(&self, prompt: &str, password: bool) -> Option<String> {
-        self.runtime.block_on(async {
-            let mut stdin = self.stdin.lock().await;
+        let k = &self.kernel;
+        k.runtime.block_on(async {
+            let cancelled = k.input_cancel.notified();
+            tokio::pin!(cancelled);
+            cancelled.as_mut().enable();
+            let mut stdin = k.stdin.lock().await;
             let request = UnknownMessage {
                 msg_type: "input_request".into(),
                 content: json!({"prompt": prompt, "password": password}),
             }
             .as_child_of(&self.parent);
             stdin.send(request).await.ok()?;
-            tokio::select! {
-                reply = stdin.read() => match reply.ok()?.content {
-                    JupyterMessageContent::InputReply(r) => Some(r.value),
-                    _ => None,
-                },
-                _ = self.cancel.notified() => None,
+            loop {
+                tokio::select! {
+                    read = wire::read(&mut stdin, &k.replays) => match read {
+                        Ok(Incoming::Request(m)) => match m.content {
+                            JupyterMessageContent::InputReply(r) => return Some(r.value),
+                            _ => crate::log!("stdin: ignored a {} while waiting for input", m.header.msg_type),
+                        },
+                        Ok(Incoming::Malformed { reason, .. }) => crate::log!("stdin: ignored a malformed message: {reason}"),
+                        Err(e) => {
+                            crate::log!("stdin: {e}");
+                            if matches!(e, wire::WireError::Socket(_)) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    },
+                    _ = &mut cancelled => return None,
+                }
             }
         })
     }
@@ -404,14 +458,9 @@ async fn execute(k: &Arc<Kernel>, msg: &JupyterMessage, req: &jupyter_protocol::
     let sink = Arc::new(IopubSink { iopub: k.iopub.clone(), parent: msg.clone(), page: Default::default() });
     let cx = CellContext {
         sink: sink.clone(),
-        input: req.allow_stdin.then(|| {
-            Arc::new(StdinInput {
-                stdin: k.stdin.clone(),
-                parent: msg.clone(),
-                cancel: k.input_cancel.clone(),
-                runtime: k.runtime.clone(),
-            }) as Arc<dyn InputProvider>
-        }),
+        input: req
+            .allow_stdin
+            .then(|| Arc::new(StdinInput { kernel: k.clone(), parent: msg.clone() }) as Arc<dyn InputProvider>),
         execution_count: n,
     };
     let outcome = k

@@ -56,9 +56,42 @@ pub enum WireError {
     Rejected(String),
 }
 
-pub async fn read<S: SocketRecv>(conn: &mut Connection<S>, replays: &ReplayGuard) -> Result<Incoming, WireError> {
+/// A ROUTER socket that can be told a peer has authenticated (vendor/zeromq's `strangers`:
+/// until then its messages are limited as a stranger's).
+pub trait Authenticating: SocketRecv {
+    fn trust_peer(&self, identity: &[u8]);
+}
+
+impl Authenticating for zeromq::RouterRecvHalf {
+    fn trust_peer(&self, identity: &[u8]) {
+        zeromq::RouterRecvHalf::trust_peer(self, identity)
+    }
+}
+
+impl Authenticating for zeromq::RouterSocket {
+    fn trust_peer(&self, identity: &[u8]) {
+        zeromq::RouterSocket::trust_peer(self, identity)
+    }
+}
+
+/// The next message on a ROUTER socket. A peer whose message is signed correctly is
+/// trusted from then on. Messages of the kernel's own session are refused: anyone can
+/// subscribe to IOPub and send what the kernel signed back to it.
+pub async fn read<S: Authenticating>(conn: &mut Connection<S>, replays: &ReplayGuard) -> Result<Incoming, WireError> {
     let multipart = conn.socket.recv().await?;
-    parse(multipart, &conn.mac, replays)
+    let peer = multipart.get(0).cloned();
+    let incoming = parse(multipart, &conn.mac, replays)?;
+    let header = match &incoming {
+        Incoming::Request(m) => &m.header,
+        Incoming::Malformed { envelope, .. } => &envelope.header,
+    };
+    if header.session == conn.session_id {
+        return Err(WireError::Rejected(format!("a {} of the kernel's own session, sent back to it", header.msg_type)));
+    }
+    if let Some(peer) = peer {
+        conn.socket.trust_peer(&peer);
+    }
+    Ok(incoming)
 }
 
 /// A received multipart message, checked (signature, replay) and decoded. Any bytes give an

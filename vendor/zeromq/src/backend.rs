@@ -1,6 +1,7 @@
 use crate::async_rt;
 use crate::codec::{FramedIo, Message, ZmqFramedRead};
 use crate::fair_queue::QueueInner;
+use crate::strangers::PeerTrust;
 use crate::util::PeerIdentity;
 use crate::write_queue::write_message_queue;
 use crate::{
@@ -23,6 +24,8 @@ const PEER_SEND_QUEUE_CAPACITY: usize = 100_000;
 
 pub(crate) struct Peer {
     pub(crate) send_queue: mpsc::Sender<Message>,
+    // ranch: whether the application has authenticated this peer (see `strangers`).
+    pub(crate) trust: Arc<PeerTrust>,
 }
 
 #[derive(Clone)]
@@ -149,29 +152,39 @@ impl GenericSocketBackend {
         }
     }
 
-    pub(crate) async fn send_to_peer(
+    /// ranch: queues `message` for `peer_id` without waiting: a peer whose queue is full
+    /// (it does not read) loses the message, as with libzmq's ROUTER at its high-water mark.
+    pub(crate) fn send_to_peer_or_drop(
         &self,
         peer_id: &PeerIdentity,
         message: Message,
     ) -> ZmqResult<()> {
-        let message = match self
-            .finish_cached_send(self.try_send_cached_single_peer(message, Some(peer_id)))
-            .await?
-        {
-            SendResolution::Sent => return Ok(()),
-            SendResolution::Miss(message) => message,
+        let Some(mut peer) = self.peers.get_sync(peer_id) else {
+            return Err(ZmqError::Other("Destination client not found by identity"));
         };
-
-        let send_result = match self.peers.get_async(peer_id).await {
-            Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
-            None => return Err(ZmqError::Other("Destination client not found by identity")),
-        };
-        match send_result {
+        let result = peer.send_queue.try_send(message);
+        drop(peer);
+        match result {
             Ok(()) => Ok(()),
-            Err(e) => {
-                self.peer_disconnected(peer_id);
-                Err(e.into())
+            Err(error) if error.is_full() => {
+                log::debug!("Dropping a message for peer {:?}: its queue is full", peer_id);
+                Ok(())
             }
+            Err(error) => {
+                self.peer_disconnected(peer_id);
+                Err(error.into_send_error().into())
+            }
+        }
+    }
+
+    /// ranch: marks `peer_id` as authenticated: its messages are no longer limited as a
+    /// stranger's (see `strangers`).
+    pub(crate) fn trust_peer(&self, peer_id: &[u8]) {
+        let Ok(peer_id) = PeerIdentity::try_from(peer_id) else {
+            return;
+        };
+        if let Some(peer) = self.peers.get_sync(&peer_id) {
+            peer.trust.trust();
         }
     }
 
@@ -286,16 +299,24 @@ impl SocketBackend for GenericSocketBackend {
 #[async_trait]
 impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
+        let trust = io.read_half.trust();
         let (recv_queue, send_queue) = io.into_parts();
-        let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
-        self.peers
-            .upsert_async(
-                peer_id.clone(),
-                Peer {
-                    send_queue: queue_sender,
-                },
-            )
-            .await;
+        let capacity = match self.socket_type {
+            SocketType::ROUTER => self.socket_options.send_high_water_mark,
+            _ => PEER_SEND_QUEUE_CAPACITY,
+        };
+        let (queue_sender, queue_receiver) = mpsc::channel(capacity);
+        // ranch: an identity already connected is not handed over (libzmq's default,
+        // without ZMQ_ROUTER_HANDOVER): the newcomer is closed and the peer keeps its
+        // queue and its stream. Identities are public (Jupyter's session ids).
+        let peer = Peer {
+            send_queue: queue_sender,
+            trust,
+        };
+        if self.peers.insert_async(peer_id.clone(), peer).await.is_err() {
+            log::debug!("Refused a second connection claiming identity {:?}", peer_id);
+            return;
+        }
         self.refresh_single_peer_cache();
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
@@ -369,7 +390,7 @@ mod tests {
         let (send_queue, recv_queue) = mpsc::channel(8);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer { send_queue, trust: Default::default() })
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -412,8 +433,7 @@ mod tests {
         );
 
         backend
-            .send_to_peer(&peer_id, message_with_frame(b"routed"))
-            .await
+            .send_to_peer_or_drop(&peer_id, message_with_frame(b"routed"))
             .expect("send to cached peer");
 
         let queued = recv_queue.next().await.expect("queued message");
@@ -433,8 +453,7 @@ mod tests {
         assert!(backend.single_peer.lock().is_none());
 
         backend
-            .send_to_peer(&second_peer_id, message_with_frame(b"routed-b"))
-            .await
+            .send_to_peer_or_drop(&second_peer_id, message_with_frame(b"routed-b"))
             .expect("send to selected peer");
 
         assert!(first_recv_queue.try_recv().is_err());
@@ -453,7 +472,7 @@ mod tests {
             .expect("prefill peer queue");
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer { send_queue, trust: Default::default() })
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -484,7 +503,7 @@ mod tests {
         drop(recv_queue);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer { send_queue, trust: Default::default() })
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());

@@ -16,6 +16,7 @@ mod rep;
 mod req;
 mod router;
 mod sub;
+mod strangers;
 mod sub_backend;
 mod task_handle;
 mod transport;
@@ -206,6 +207,7 @@ pub use crate::r#pub::*;
 pub use crate::rep::*;
 pub use crate::req::*;
 pub use crate::router::*;
+pub use crate::strangers::{set_untrusted_limits, untrusted_bytes_held, UntrustedLimits, FREE_ALLOWANCE, HANDSHAKE_TIMEOUT};
 pub use crate::sub::*;
 pub use crate::transport::Listener;
 pub use crate::xpub::*;
@@ -355,7 +357,14 @@ pub struct SocketOptions {
     pub(crate) read_buffer_short_reads: usize,
     // ranch: largest message a peer may send (see `max_message_size`).
     pub(crate) max_message_size: usize,
+    // ranch: the socket's open connections (bounded by `strangers::set_untrusted_limits`).
+    pub(crate) connections: strangers::ConnectionCount,
+    // ranch: messages queued for one ROUTER peer before new ones are dropped for it.
+    pub(crate) send_high_water_mark: usize,
 }
+
+/// ranch: libzmq's default send high-water mark, for ROUTER peers.
+pub const ROUTER_SEND_HWM: usize = 1000;
 
 // ranch: the limit sockets get by default, for code that builds sockets with `new()`.
 static DEFAULT_MAX_MESSAGE_SIZE: std::sync::atomic::AtomicUsize =
@@ -376,6 +385,8 @@ impl Default for SocketOptions {
             read_buffer_max_size: 64 * 1024,
             read_buffer_short_reads: 2,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE.load(std::sync::atomic::Ordering::Relaxed),
+            connections: Default::default(),
+            send_high_water_mark: ROUTER_SEND_HWM,
         }
     }
 }
@@ -437,6 +448,14 @@ impl SocketOptions {
     /// the peer is disconnected before anything that size is reserved.
     pub fn max_message_size(&mut self, bytes: usize) -> &mut Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// ranch: messages queued for one ROUTER peer (default 1000, libzmq's send high-water
+    /// mark); a message to a peer whose queue is full is dropped for it, as libzmq's ROUTER
+    /// does, so that a peer that never reads stalls no one.
+    pub fn send_high_water_mark(&mut self, messages: usize) -> &mut Self {
+        self.send_high_water_mark = messages.max(1);
         self
     }
 

@@ -86,15 +86,15 @@ impl MultiPeerBackend for RepSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
 
-        self.peers
-            .upsert_async(
-                peer_id.clone(),
-                RepPeer {
-                    _identity: peer_id.clone(),
-                    send_queue,
-                },
-            )
-            .await;
+        // ranch: an identity already connected is not handed over (see backend.rs).
+        let peer = RepPeer {
+            _identity: peer_id.clone(),
+            send_queue,
+        };
+        if self.peers.insert_async(peer_id.clone(), peer).await.is_err() {
+            log::debug!("Refused a second connection claiming identity {:?}", peer_id);
+            return;
+        }
         self.fair_queue_inner
             .lock()
             .insert(peer_id.clone(), recv_queue);

@@ -106,12 +106,16 @@ impl SocketSend for RouterSocket {
         }
         let peer_id: PeerIdentity = message.pop_front().unwrap().try_into()?;
         self.backend
-            .send_to_peer(&peer_id, Message::Message(message))
-            .await
+            .send_to_peer_or_drop(&peer_id, Message::Message(message))
     }
 }
 
 impl RouterSocket {
+    /// ranch: marks the peer with this identity as authenticated (see `set_untrusted_limits`).
+    pub fn trust_peer(&self, peer_id: &[u8]) {
+        self.backend.trust_peer(peer_id);
+    }
+
     /// Splits the socket into separate send and recv halves, allowing concurrent
     /// sending and receiving from independent async tasks.
     ///
@@ -167,6 +171,13 @@ pub struct RouterRecvHalf {
     fair_queue: FairQueue<ZmqFramedRead, PeerIdentity>,
 }
 
+impl RouterRecvHalf {
+    /// ranch: marks the peer with this identity as authenticated (see `set_untrusted_limits`).
+    pub fn trust_peer(&self, peer_id: &[u8]) {
+        self.inner.backend.trust_peer(peer_id);
+    }
+}
+
 #[async_trait]
 impl SocketSend for RouterSendHalf {
     async fn send(&mut self, mut message: ZmqMessage) -> ZmqResult<()> {
@@ -178,8 +189,7 @@ impl SocketSend for RouterSendHalf {
         let peer_id: PeerIdentity = message.pop_front().unwrap().try_into()?;
         self.inner
             .backend
-            .send_to_peer(&peer_id, Message::Message(message))
-            .await
+            .send_to_peer_or_drop(&peer_id, Message::Message(message))
     }
 }
 

@@ -191,7 +191,12 @@ pub(crate) async fn peer_connected(
     mut raw_socket: FramedIo,
     backend: Arc<dyn MultiPeerBackend>,
 ) -> ZmqResult<PeerIdentity> {
-    let peer_id = peer_handshake(&mut raw_socket, backend.clone()).await?;
+    // ranch: a peer that never finishes the handshake is not kept.
+    let peer_id = run_with_timeout(
+        Some(crate::strangers::HANDSHAKE_TIMEOUT),
+        peer_handshake(&mut raw_socket, backend.clone()),
+    )
+    .await?;
     backend.peer_connected(&peer_id, raw_socket).await;
     Ok(peer_id)
 }

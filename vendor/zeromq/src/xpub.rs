@@ -25,6 +25,12 @@ use std::sync::Arc;
 /// others, and the socket's user, never wait for it.
 const XPUB_SEND_HWM: usize = 1000;
 
+/// ranch: subscriptions kept per subscriber, and the longest topic kept; others are
+/// ignored (neither stored nor shown to the application), so a peer cannot grow the
+/// socket by subscribing.
+const MAX_SUBSCRIPTIONS: usize = 64;
+const MAX_TOPIC: usize = 1024;
+
 pub(crate) struct XPubSubscriber {
     pub(crate) subscriptions: Vec<Vec<u8>>,
     // ranch: a bounded queue drained by the subscriber's own writer task.
@@ -39,27 +45,34 @@ pub(crate) struct XPubSocketBackend {
 }
 
 impl XPubSocketBackend {
-    fn message_received(&self, peer_id: &PeerIdentity, message: Message) {
+    /// Records a (un)subscription; ranch: false when it was ignored.
+    fn message_received(&self, peer_id: &PeerIdentity, message: Message) -> bool {
         let data = match message {
             Message::Message(m) => {
                 if m.len() != 1 {
-                    return;
+                    return false;
                 }
                 m.into_vec().pop().unwrap_or_default()
             }
-            _ => return,
+            _ => return false,
         };
 
         if data.is_empty() {
-            return;
+            return false;
         }
 
         match data.first() {
             Some(1) => {
                 // Subscribe
-                if let Some(mut entry) = self.subscribers.get_sync(peer_id) {
-                    entry.subscriptions.push(Vec::from(&data[1..]));
+                let topic = &data[1..];
+                let Some(mut entry) = self.subscribers.get_sync(peer_id) else {
+                    return false;
+                };
+                if topic.len() > MAX_TOPIC || entry.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                    log::debug!("Ignored a subscription of {:?}: too long or too many", peer_id);
+                    return false;
                 }
+                entry.subscriptions.push(Vec::from(topic));
             }
             Some(0) => {
                 // Unsubscribe
@@ -70,8 +83,9 @@ impl XPubSocketBackend {
                     }
                 }
             }
-            _ => {}
+            _ => return false,
         }
+        true
     }
 }
 
@@ -99,15 +113,15 @@ impl MultiPeerBackend for XPubSocketBackend {
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(XPUB_SEND_HWM);
 
-        self.subscribers
-            .upsert_async(
-                peer_id.clone(),
-                XPubSubscriber {
-                    subscriptions: vec![],
-                    send_queue: queue_sender,
-                },
-            )
-            .await;
+        // ranch: an identity already connected is not handed over (see backend.rs).
+        let subscriber = XPubSubscriber {
+            subscriptions: vec![],
+            send_queue: queue_sender,
+        };
+        if self.subscribers.insert_async(peer_id.clone(), subscriber).await.is_err() {
+            log::debug!("Refused a second connection claiming identity {:?}", peer_id);
+            return;
+        }
         let writer_backend = Arc::downgrade(&self);
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
@@ -187,10 +201,13 @@ impl SocketRecv for XPubSocket {
             match self.fair_queue.next().await {
                 Some((peer_id, Ok(Message::Message(message)))) => {
                     // Process the subscription message internally to update tracking
-                    self.backend
-                        .message_received(&peer_id, Message::Message(message.clone()));
-                    // Also expose it to the application
-                    return Ok(message);
+                    // Also expose it to the application (ranch: unless it was ignored)
+                    if self
+                        .backend
+                        .message_received(&peer_id, Message::Message(message.clone()))
+                    {
+                        return Ok(message);
+                    }
                 }
                 Some((_peer_id, Ok(_msg))) => {
                     // Ignore non-message frames

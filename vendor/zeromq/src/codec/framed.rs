@@ -1,4 +1,5 @@
 use crate::codec::ZmqCodec;
+use crate::strangers::{ConnectionSlot, PeerTrust};
 use crate::SocketOptions;
 
 use super::error::{CodecError, CodecResult};
@@ -35,6 +36,8 @@ pub struct ZmqFramedRead {
     // Configuration is shared; adaptation state belongs to this connection.
     options: Arc<SocketOptions>,
     short_reads: usize,
+    // ranch: the socket's count of this connection, given back when the reader goes.
+    slot: Option<ConnectionSlot>,
 }
 
 impl ZmqFramedRead {
@@ -46,7 +49,18 @@ impl ZmqFramedRead {
             read_chunk_size: options.read_buffer_initial_size,
             options,
             short_reads: 0,
+            slot: None,
         }
+    }
+
+    /// ranch: whether the application has authenticated this connection's peer.
+    pub(crate) fn trust(&self) -> Arc<PeerTrust> {
+        self.codec.charge.trust.clone()
+    }
+
+    /// ranch: keeps the connection's slot for as long as the connection is read.
+    pub(crate) fn hold(&mut self, slot: ConnectionSlot) {
+        self.slot = Some(slot);
     }
 
     fn poll_read_into_buffer(

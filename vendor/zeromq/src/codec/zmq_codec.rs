@@ -2,6 +2,7 @@ use super::command::ZmqCommand;
 use super::error::CodecError;
 use super::greeting::ZmqGreeting;
 use super::Message;
+use crate::strangers::Charge;
 use crate::{SocketOptions, ZmqMessage};
 
 use asynchronous_codec::{Decoder, Encoder};
@@ -36,6 +37,8 @@ pub struct ZmqCodec {
     // ranch: the message-size limit, and what the message being read has used of it.
     max_message_size: usize,
     message_size: usize,
+    // ranch: what a stranger's message in progress holds of the process-wide budget.
+    pub(crate) charge: Charge,
 }
 
 /// ranch: what a frame costs besides its payload (its `Bytes` and queue slot), so that a
@@ -55,6 +58,7 @@ impl ZmqCodec {
             max_read_chunk_size: options.read_buffer_max_size,
             max_message_size: options.max_message_size,
             message_size: 0,
+            charge: Charge::default(),
         }
     }
 
@@ -91,7 +95,9 @@ impl Decoder for ZmqCodec {
                 } else {
                     self.waiting_for
                 };
-                src.reserve(reserve_to - src.len());
+                // ranch: grow as bytes arrive, never by what a header announced: a peer
+                // announcing a huge frame and sending nothing holds one chunk, not the frame.
+                src.reserve((reserve_to - src.len()).min(2 * self.max_read_chunk_size));
                 return Ok(None);
             }
             match self.state {
@@ -140,6 +146,7 @@ impl Decoder for ZmqCodec {
                     if message_size > self.max_message_size {
                         return Err(CodecError::Decode("Message exceeds the size limit"));
                     }
+                    self.charge.grow(message_size).map_err(CodecError::Decode)?;
                     self.message_size = if frame.command { 0 } else { message_size };
                     self.state = DecoderState::Frame(frame);
                     self.waiting_for = frame_len;
@@ -149,6 +156,7 @@ impl Decoder for ZmqCodec {
                     self.state = DecoderState::FrameHeader;
                     self.waiting_for = 1;
                     if frame.command {
+                        self.charge.release();
                         return Ok(Some(Message::Command(ZmqCommand::try_from(data.freeze())?)));
                     }
 
@@ -160,6 +168,7 @@ impl Decoder for ZmqCodec {
 
                     if !frame.more {
                         self.message_size = 0;
+                        self.charge.release();
                         // Quoth the Raven “Nevermore.”
                         return Ok(Some(Message::Message(
                             self.buffered_message

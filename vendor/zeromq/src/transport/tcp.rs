@@ -91,23 +91,43 @@ where
     let (stop_channel, stop_callback) = futures::channel::oneshot::channel::<()>();
     let task_handle = async_rt::task::spawn(async move {
         let mut stop_callback = stop_callback.fuse();
+        // ranch: after a failed accept (out of descriptors, say) wait before the next,
+        // doubling up to a second, rather than spin.
+        let mut backoff = std::time::Duration::ZERO;
         loop {
+            if !backoff.is_zero() {
+                select! {
+                    _ = async_rt::task::sleep(backoff).fuse() => {}
+                    _ = stop_callback => break,
+                }
+            }
             select! {
                 incoming = listener.accept().fuse() => {
+                    backoff = match &incoming {
+                        Ok(_) => std::time::Duration::ZERO,
+                        Err(_) => (backoff * 2).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1)),
+                    };
+                    // ranch: a socket holds at most `max_peers` connections; more are closed.
+                    let incoming = match incoming {
+                        Ok((raw_socket, remote_addr)) => match options.connections.admit() {
+                            Some(slot) => Ok((raw_socket, remote_addr, slot)),
+                            None => continue,
+                        },
+                        Err(e) => Err(e),
+                    };
                     let maybe_accepted: Result<_, _> = incoming
-                        .and_then(|(raw_socket, remote_addr)| {
+                        .and_then(|(raw_socket, remote_addr, slot)| {
                             raw_socket
                                 .set_nodelay(true)
                                 .map(|_| {
                                     tune_socket_buffers(&raw_socket);
-                                    (raw_socket, remote_addr)
+                                    (raw_socket, remote_addr, slot)
                                 })
                         })
-                        .map(|(raw_socket, remote_addr)| {
-                            (
-                                make_framed(raw_socket, Arc::clone(&options)),
-                                Endpoint::from_tcp_addr(remote_addr),
-                            )
+                        .map(|(raw_socket, remote_addr, slot)| {
+                            let mut io = make_framed(raw_socket, Arc::clone(&options));
+                            io.read_half.hold(slot);
+                            (io, Endpoint::from_tcp_addr(remote_addr))
                         })
                         .map_err(|err| err.into());
                     async_rt::task::spawn(cback(maybe_accepted));
