@@ -148,10 +148,8 @@ def test_what_strangers_send_costs_the_kernel_little(own_kernel):
     assert grown_rss < 64 << 10, f"strangers made the kernel hold {grown_rss >> 10} MiB"
     assert grown_vm < 1 << 20, f"strangers made the kernel reserve {grown_vm >> 10} MiB"
     # Silent connections are dropped once their handshake time is up, and refused
-    # strangers are gone. What stays: the few that hold the budget, and those on stdin
-    # (read only while a cell asks for input; at most 64, their bytes unread in the
-    # system's socket buffers).
-    bound = fds0 + 16 + 64
+    # strangers are gone: what stays is the few that hold the budget (16 MiB).
+    bound = fds0 + 24
     deadline = time.monotonic() + 30
     while open_fds(pid) > bound and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -27,7 +27,10 @@ type Router = jzc::RouterSendConnection;
 struct Kernel {
     iopub: Publisher,
     engine: Engine,
-    stdin: Mutex<jzc::KernelStdinConnection>,
+    /// Where `input_request`s go; answers come through `input_replies`.
+    stdin: Mutex<Router>,
+    /// The values of signed `input_reply`s, read off the stdin socket by [`read_stdin`].
+    input_replies: Mutex<tokio::sync::mpsc::Receiver<String>>,
     execution_count: AtomicUsize,
     history: std::sync::Mutex<History>,
     replays: wire::ReplayGuard,
@@ -68,14 +71,16 @@ pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow
     let hb = heartbeat_socket(&info).await?;
     let (shell_tx, shell_rx) = jzc::create_kernel_shell_connection(&info, &session).await?.split();
     let (control_tx, control_rx) = jzc::create_kernel_control_connection(&info, &session).await?.split();
-    let stdin = jzc::create_kernel_stdin_connection(&info, &session).await?;
+    let (stdin_tx, stdin_rx) = jzc::create_kernel_stdin_connection(&info, &session).await?.split();
+    let (replies_tx, replies_rx) = tokio::sync::mpsc::channel(INPUT_REPLIES_QUEUED);
     let iopub = Publisher::spawn(jzc::create_kernel_iopub_xpub_connection(&info, &session).await?, session);
     iopub.status("starting", None);
 
     let kernel = Arc::new(Kernel {
         iopub,
         engine: Engine::start(interp),
-        stdin: Mutex::new(stdin),
+        stdin: Mutex::new(stdin_tx),
+        input_replies: Mutex::new(replies_rx),
         execution_count: AtomicUsize::new(0),
         history: Default::default(),
         replays: Default::default(),
@@ -84,6 +89,7 @@ pub async fn serve(info: ConnectionInfo, interp: Box<dyn Interpreter>) -> anyhow
     });
 
     tokio::spawn(echo_heartbeats(hb));
+    tokio::spawn(read_stdin(stdin_rx, kernel.clone(), replies_tx));
 
     let k = kernel.clone();
     tokio::spawn(async move {
@@ -138,6 +144,34 @@ async fn echo_heartbeats(mut socket: zeromq::RouterSocket) {
             Err(e) => {
                 crate::log!("heartbeat: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Answers kept for a prompt; more are dropped (a client sends one per request).
+const INPUT_REPLIES_QUEUED: usize = 16;
+
+/// Reads the stdin socket all the time, not only while a prompt waits, so that strangers'
+/// junk is read and dropped (and their connections noticed when they close) rather than
+/// waiting there for the next prompt. Only a correctly signed `input_reply` gets through.
+async fn read_stdin(mut rx: jzc::RouterRecvConnection, k: Arc<Kernel>, replies: tokio::sync::mpsc::Sender<String>) {
+    loop {
+        match wire::read(&mut rx, &k.replays).await {
+            Ok(Incoming::Request(m)) => match m.content {
+                JupyterMessageContent::InputReply(r) => {
+                    if replies.try_send(r.value).is_err() {
+                        crate::log!("stdin: dropped an input_reply (no prompt is waiting for so many)");
+                    }
+                }
+                _ => crate::log!("stdin: ignored a {}", m.header.msg_type),
+            },
+            Ok(Incoming::Malformed { reason, .. }) => crate::log!("stdin: ignored a malformed message: {reason}"),
+            Err(e) => {
+                crate::log!("stdin: {e}");
+                if matches!(e, wire::WireError::Socket(_)) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     }
@@ -404,39 +438,26 @@ struct StdinInput {
 }
 
 impl InputProvider for StdinInput {
-    /// Asks the client for a line and waits for its answer: only a correctly signed
-    /// `input_reply` answers (anything else on the socket, a stranger's junk among it, is
-    /// logged and ignored); an interrupt ends the wait with no answer.
+    /// Asks the client for a line and waits for its answer (see [`read_stdin`]: only a
+    /// correctly signed `input_reply` answers); an interrupt ends the wait with no answer.
     fn read_line(&self, prompt: &str, password: bool) -> Option<String> {
         let k = &self.kernel;
         k.runtime.block_on(async {
             let cancelled = k.input_cancel.notified();
             tokio::pin!(cancelled);
             cancelled.as_mut().enable();
-            let mut stdin = k.stdin.lock().await;
+            let mut replies = k.input_replies.lock().await;
+            // Answers to earlier prompts that came too late are not this prompt's answer.
+            while replies.try_recv().is_ok() {}
             let request = UnknownMessage {
                 msg_type: "input_request".into(),
                 content: json!({"prompt": prompt, "password": password}),
             }
             .as_child_of(&self.parent);
-            stdin.send(request).await.ok()?;
-            loop {
-                tokio::select! {
-                    read = wire::read(&mut stdin, &k.replays) => match read {
-                        Ok(Incoming::Request(m)) => match m.content {
-                            JupyterMessageContent::InputReply(r) => return Some(r.value),
-                            _ => crate::log!("stdin: ignored a {} while waiting for input", m.header.msg_type),
-                        },
-                        Ok(Incoming::Malformed { reason, .. }) => crate::log!("stdin: ignored a malformed message: {reason}"),
-                        Err(e) => {
-                            crate::log!("stdin: {e}");
-                            if matches!(e, wire::WireError::Socket(_)) {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        }
-                    },
-                    _ = &mut cancelled => return None,
-                }
+            k.stdin.lock().await.send(request).await.ok()?;
+            tokio::select! {
+                value = replies.recv() => value,
+                _ = &mut cancelled => None,
             }
         })
     }
