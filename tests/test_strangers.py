@@ -157,3 +157,31 @@ def test_what_strangers_send_costs_the_kernel_little(own_kernel):
     for s in held:
         s.close()
     assert kc.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"
+
+
+def zmtp_message(parts):
+    out = b""
+    for i, p in enumerate(parts):
+        more = 1 if i < len(parts) - 1 else 0
+        out += bytes([more, len(p)]) + p if len(p) < 256 else bytes([more | 2]) + len(p).to_bytes(8, "big") + p
+    return out
+
+
+def test_what_the_kernel_signed_sent_back_to_it_is_refused(own_kernel):
+    kc = own_kernel
+    # Anyone may subscribe to IOPub and read what the kernel signed there.
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{kc.iopub_port}")
+    time.sleep(0.5)
+    ok(execute(kc, "1"))
+    assert sub.poll(10000)
+    signed = sub.recv_multipart()[1:]  # without the topic
+    stranger = zmtp_peer(kc.shell_port, b"DEALER")
+    stranger.sendall(zmtp_message(signed))
+    # Not taken as the stranger's credentials: its messages are still limited as a stranger's.
+    stranger.sendall(b"\x02" + (2 << 20).to_bytes(8, "big") + b"z" * 4096)
+    assert closed_by_peer(stranger), "a 2 MiB message from a stranger is refused"
+    assert ok(execute(kc, "2")).result() == "2"
+    sub.close()
