@@ -185,3 +185,36 @@ def test_what_the_kernel_signed_sent_back_to_it_is_refused(own_kernel):
     assert closed_by_peer(stranger), "a 2 MiB message from a stranger is refused"
     assert ok(execute(kc, "2")).result() == "2"
     sub.close()
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_out_of_descriptors_the_kernel_waits_instead_of_spinning(own_kernel):
+    import shutil
+    import subprocess
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux) to lower the kernel's descriptor limit")
+    kc = own_kernel
+    ok(execute(kc, "0"))
+    pid = kc.pid
+    limit = subprocess.run(["prlimit", "--pid", str(pid), "--nofile", "--output", "SOFT", "--noheadings"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    held = []
+    try:
+        subprocess.run(["prlimit", "--pid", str(pid), f"--nofile={open_fds(pid) + 2}:"], check=True)
+        for _ in range(20):  # queued in the listen backlog: every accept fails with EMFILE
+            held.append(socket.create_connection(("127.0.0.1", kc.shell_port)))
+        time.sleep(0.5)
+        t0 = cpu_ticks(pid)
+        time.sleep(3)
+        used = (cpu_ticks(pid) - t0) / os.sysconf("SC_CLK_TCK")
+        assert used < 0.5, f"the kernel used {used:.1f} s of CPU in 3 s while out of descriptors"
+    finally:
+        subprocess.run(["prlimit", "--pid", str(pid), f"--nofile={limit}:"], check=True)
+        for s in held:
+            s.close()
+    assert ok(execute(kc, "3 + 4", timeout=60)).result() == "7"
