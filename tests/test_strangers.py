@@ -218,3 +218,24 @@ def test_out_of_descriptors_the_kernel_waits_instead_of_spinning(own_kernel):
         for s in held:
             s.close()
     assert ok(execute(kc, "3 + 4", timeout=60)).result() == "7"
+
+
+def test_strangers_holding_every_connection_do_not_keep_a_new_client_out(own_kernel):
+    kc = own_kernel
+    ok(execute(kc, "0"))
+    # Strangers that finished the handshake and then wait: more than a socket keeps.
+    held = [zmtp_peer(port, b"DEALER") for port in (kc.shell_port, kc.control_port, kc.stdin_port, kc.hb_port)
+            for _ in range(70)]
+    # A new frontend connects: it sends its first message at once, and is authenticated by it.
+    late = kc.__class__(connection_file=kc.connection_file)
+    late.load_connection_file()
+    late.start_channels()
+    try:
+        assert late.kernel_info(reply=True, timeout=30)["content"]["status"] == "ok"
+        assert ok(execute(late, "5 + 5", timeout=60)).result() == "10"
+        assert ping(kc.hb_port, b"new", timeout_ms=5000) == b"new", "a new heartbeat client is answered"
+        assert ok(execute(kc, "6 + 6", timeout=60)).result() == "12", "and the first client still is"
+    finally:
+        late.stop_channels()
+        for s in held:
+            s.close()

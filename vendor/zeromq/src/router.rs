@@ -33,6 +33,8 @@ impl Drop for RouterSocket {
 impl Socket for RouterSocket {
     fn with_options(options: SocketOptions) -> Self {
         let mut fair_queue = FairQueue::new(true);
+        // ranch: a full ROUTER makes room for a newcomer (see `strangers::ConnectionCount`).
+        options.connections.evict_idle_strangers();
         let backend = Arc::new(GenericSocketBackend::with_options(
             Some(fair_queue.inner()),
             SocketType::ROUTER,

@@ -7,15 +7,16 @@
 //! - the bytes of its messages in progress beyond a small free allowance count against one
 //!   process-wide budget, so that many strangers together cannot hold more than it; a
 //!   message that would exceed the budget disconnects its peer;
-//! - a socket accepts at most [`max peers`](set_untrusted_limits) connections at once
-//!   (more are closed on accept), and a connection must finish the ZMTP handshake within
-//!   [`HANDSHAKE_TIMEOUT`].
+//! - a socket keeps at most [`max peers`](set_untrusted_limits) connections at once (see
+//!   `ConnectionCount` for who gives way to a newcomer), and a connection must finish the
+//!   ZMTP handshake within [`HANDSHAKE_TIMEOUT`].
 //!
 //! Without a call to [`set_untrusted_limits`] nothing is limited (upstream behaviour).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Time an accepted connection has to complete the greeting and READY exchange.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,9 +61,23 @@ pub fn untrusted_bytes_held() -> usize {
 }
 
 /// One connection's standing, shared by its reader (the decoder) and its socket's peer table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PeerTrust {
     trusted: AtomicBool,
+    /// When it last completed a message (milliseconds since [`EPOCH`]).
+    last_active: AtomicU64,
+}
+
+impl Default for PeerTrust {
+    fn default() -> Self {
+        Self { trusted: AtomicBool::new(false), last_active: AtomicU64::new(now_ms()) }
+    }
+}
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn now_ms() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl PeerTrust {
@@ -72,6 +87,11 @@ impl PeerTrust {
 
     pub(crate) fn is_trusted(&self) -> bool {
         self.trusted.load(Ordering::Relaxed)
+    }
+
+    /// The peer completed a message.
+    pub(crate) fn touch(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -123,25 +143,67 @@ impl Drop for Charge {
     }
 }
 
-/// Counts a socket's open connections; a slot is given back when its connection's reader
-/// is dropped.
+/// A socket's open connections. When it has [`max_peers`] already, a newcomer is refused,
+/// or, on a socket that evicts (ROUTER: its clients authenticate with their first message),
+/// takes the place of the unauthenticated connection idle the longest: strangers holding
+/// every slot cannot keep a client from connecting. (XPUB subscribers never authenticate, so
+/// there a full socket refuses newcomers rather than cut a subscriber off.)
 #[derive(Debug, Default)]
-pub(crate) struct ConnectionCount(Arc<AtomicUsize>);
-
-impl ConnectionCount {
-    /// A slot for one more connection, unless the socket has [`max_peers`] already.
-    pub(crate) fn admit(&self) -> Option<ConnectionSlot> {
-        let limit = max_peers();
-        self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).ok()?;
-        Some(ConnectionSlot(self.0.clone()))
-    }
+pub(crate) struct ConnectionCount {
+    open: Arc<Mutex<Vec<Open>>>,
+    evicts: AtomicBool,
+    next_id: AtomicU64,
 }
 
 #[derive(Debug)]
-pub(crate) struct ConnectionSlot(Arc<AtomicUsize>);
+struct Open {
+    id: u64,
+    trust: Arc<PeerTrust>,
+    /// Shut down to evict it. Valid while the entry is here: the slot that removes the
+    /// entry is dropped before the connection's stream (see `ZmqFramedRead`).
+    fd: RawFd,
+}
+
+impl ConnectionCount {
+    pub(crate) fn evict_idle_strangers(&self) {
+        self.evicts.store(true, Ordering::Relaxed);
+    }
+
+    /// A slot for the connection on `fd` whose standing is `trust`, unless the socket is full
+    /// and evicts no one.
+    pub(crate) fn admit(&self, trust: Arc<PeerTrust>, fd: RawFd) -> Option<ConnectionSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.len() >= max_peers() {
+            if !self.evicts.load(Ordering::Relaxed) {
+                return None;
+            }
+            let idlest = open
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| !o.trust.is_trusted())
+                .min_by_key(|(_, o)| o.trust.last_active.load(Ordering::Relaxed))
+                .map(|(i, _)| i)?;
+            let evicted = open.swap_remove(idlest);
+            // SAFETY: the entry was still registered, so its stream is open (see `Open::fd`).
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(evicted.fd) };
+            let _ = socket2::SockRef::from(&borrowed).shutdown(std::net::Shutdown::Both);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        open.push(Open { id, trust, fd });
+        Some(ConnectionSlot { open: self.open.clone(), id })
+    }
+}
+
+/// A connection's place among its socket's open connections, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    open: Arc<Mutex<Vec<Open>>>,
+    id: u64,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|o| o.id != self.id);
     }
 }

@@ -29,6 +29,10 @@ pub(crate) type ZmqFramedWrite = asynchronous_codec::FramedWrite<Box<dyn Frameab
 /// still reducing read/poll loops for large receive bursts. Short-read
 /// recovery reduces initialization and allocation traffic after a burst ends.
 pub struct ZmqFramedRead {
+    // ranch: the socket's count of this connection, given back when the reader goes.
+    // First, so that it is dropped before the stream closes (an evicting socket shuts the
+    // connection down by its descriptor while the slot is held).
+    slot: Option<ConnectionSlot>,
     inner: Box<dyn FrameableRead>,
     codec: ZmqCodec,
     buffer: BytesMut,
@@ -36,8 +40,6 @@ pub struct ZmqFramedRead {
     // Configuration is shared; adaptation state belongs to this connection.
     options: Arc<SocketOptions>,
     short_reads: usize,
-    // ranch: the socket's count of this connection, given back when the reader goes.
-    slot: Option<ConnectionSlot>,
 }
 
 impl ZmqFramedRead {

@@ -169,6 +169,7 @@ impl Decoder for ZmqCodec {
                     if !frame.more {
                         self.message_size = 0;
                         self.charge.release();
+                        self.charge.trust.touch();
                         // Quoth the Raven “Nevermore.”
                         return Ok(Some(Message::Message(
                             self.buffered_message

@@ -107,29 +107,36 @@ where
                         Ok(_) => std::time::Duration::ZERO,
                         Err(_) => (backoff * 2).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1)),
                     };
-                    // ranch: a socket holds at most `max_peers` connections; more are closed.
-                    let incoming = match incoming {
-                        Ok((raw_socket, remote_addr)) => match options.connections.admit() {
-                            Some(slot) => Ok((raw_socket, remote_addr, slot)),
-                            None => continue,
-                        },
-                        Err(e) => Err(e),
-                    };
                     let maybe_accepted: Result<_, _> = incoming
-                        .and_then(|(raw_socket, remote_addr, slot)| {
+                        .and_then(|(raw_socket, remote_addr)| {
                             raw_socket
                                 .set_nodelay(true)
                                 .map(|_| {
                                     tune_socket_buffers(&raw_socket);
-                                    (raw_socket, remote_addr, slot)
+                                    (raw_socket, remote_addr)
                                 })
                         })
-                        .map(|(raw_socket, remote_addr, slot)| {
-                            let mut io = make_framed(raw_socket, Arc::clone(&options));
-                            io.read_half.hold(slot);
-                            (io, Endpoint::from_tcp_addr(remote_addr))
+                        .map(|(raw_socket, remote_addr)| {
+                            use std::os::fd::AsRawFd;
+                            let fd = raw_socket.as_raw_fd();
+                            let io = make_framed(raw_socket, Arc::clone(&options));
+                            (io, fd, Endpoint::from_tcp_addr(remote_addr))
                         })
-                        .map_err(|err| err.into());
+                        .map_err(crate::ZmqError::from);
+                    // ranch: a socket holds at most `max_peers` connections (see
+                    // `strangers::ConnectionCount`); one refused is closed here.
+                    let maybe_accepted = match maybe_accepted {
+                        Ok((mut io, fd, endpoint)) => {
+                            match options.connections.admit(io.read_half.trust(), fd) {
+                                Some(slot) => {
+                                    io.read_half.hold(slot);
+                                    Ok((io, endpoint))
+                                }
+                                None => continue,
+                            }
+                        }
+                        Err(e) => Err(e),
+                    };
                     async_rt::task::spawn(cback(maybe_accepted));
                 }
                 _ = stop_callback => {
