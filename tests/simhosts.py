@@ -22,14 +22,16 @@ import pytest
 AGENT = """#!/bin/sh
 # mpirun's remote-start agent for simulated hosts: runs the command ("$@" after the host)
 # in the host's network namespace, with its own hostname, /dev/shm, /tmp and home directory
-# (so the kernel's files, its cache and the Rust toolchain are not there).
+# (so the kernel's files, its cache and the Rust toolchain are not there). The home directory
+# is made after /tmp, in case it is under /tmp (HOME=/tmp/...), where the new /tmp hid it.
 host="$1"; shift
 case "$host" in
 {cases}
   *) echo "simulated hosts: unknown host $host" >&2; exit 1;;
 esac
 exec ip netns exec "$ns" unshare --uts --mount --propagation private sh -c \\
-  'hostname "$0"; mount -t tmpfs tmpfs /dev/shm; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs "$2"; exec sh -c "$1"' \\
+  'hostname "$0"; mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /tmp && mkdir -p "$2" && mount -t tmpfs tmpfs "$2" \\
+   || { echo "simulated host $0: cannot make its /dev/shm, /tmp and home directory $2" >&2; exit 1; }; exec sh -c "$1"' \\
   "$name" "$*" {home}
 """
 

@@ -112,7 +112,7 @@ pub(crate) mod tests {
     pub(crate) fn plan() -> LaunchPlan {
         LaunchPlan {
             exe: PathBuf::from("/k/rank"),
-            ship: false,
+            delivery: super::super::Delivery::Path,
             local_ranks: 4,
             world_size: 4,
             base_rank: 0,
