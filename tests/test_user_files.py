@@ -47,7 +47,7 @@ def test_the_shared_directory_keeps_the_users_files_and_runs_only_what_ranch_wro
 
         # A subdirectory others can write is not used; nothing runs.
         ours.chmod(0o777)
-        run = execute(kc, f"%%ranch 2 --hosts localhost:2\nstd::fs::write({str(marker)!r}, \"ran\").unwrap();", timeout=300)
+        run = execute(kc, f"%%ranch 2 --hosts localhost:2\nstd::fs::write({json.dumps(str(marker))}, \"ran\").unwrap();", timeout=300)
         assert run.reply["content"]["status"] == "error"
         evalue = run.reply["content"]["evalue"]
         assert "RANCH_SHARED_DIR" in evalue and f"{ours} can be written by other users (mode 777)" in evalue, evalue
