@@ -31,7 +31,7 @@ case "$host" in
 esac
 exec ip netns exec "$ns" unshare --uts --mount --propagation private sh -c \\
   'hostname "$0"; mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /tmp && mkdir -p "$2" && mount -t tmpfs tmpfs "$2" \\
-   || { echo "simulated host $0: cannot make its /dev/shm, /tmp and home directory $2" >&2; exit 1; }; exec sh -c "$1"' \\
+   || {{ echo "simulated host $0: cannot make its /dev/shm, /tmp and home directory $2" >&2; exit 1; }}; exec sh -c "$1"' \\
   "$name" "$*" {home}
 """
 

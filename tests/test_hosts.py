@@ -184,6 +184,25 @@ def test_a_shared_directory_named_by_the_user_is_used_instead_of_shipping(hosts)
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_open_mpi_is_kept_on_the_subnet_that_reaches_the_hosts(hosts):
+    # Without the fixture's own interface settings, ranch's are what keep Open MPI there.
+    args = re.sub(r"--mca (oob|btl)_tcp_if_include \S+ ?", "", hosts.mpirun_args)
+    assert "if_include" not in args
+    km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=args))
+    try:
+        a, b = hosts.addresses
+        subnet = a.rsplit(".", 1)[0] + ".0/24"
+        run = ok(execute(kc, f"%%ranch 2 --hosts {a}:1,{b}:1\n"
+                             "let mut v = vec![1.0f32; 1000];\n"
+                             "ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();\n"
+                             'let mca = |p: &str| std::env::var(format!("OMPI_MCA_{p}")).ok();\n'
+                             '(v[0], mca("oob_tcp_if_include"), mca("btl_tcp_if_include"))'))
+        assert run.result() == f'[(2.0, Some("{subnet}"), Some("{subnet}")), (2.0, Some("{subnet}"), Some("{subnet}"))]'
+        nothing_left_on(hosts)
+    finally:
+        stop(km, kc)
+
+
 @contextlib.contextmanager
 def pool_on(hosts, kc, slots):
     """A pool of ranks on both simulated hosts, `slots` on each; stopped afterwards, leaving nothing."""

@@ -310,7 +310,7 @@ fn launcher_endings(
     let cause_known = known.iter().any(|(_, e, _)| e.as_ref().is_some_and(|e| *e != Ending::Success));
     let lost = match status {
         Ok(s) if s.success() => format!("{} ended without this rank's result", command.name),
-        Ok(s) if !lines.is_empty() => format!("{} failed ({s}) before this rank finished; its messages are above", command.name),
+        Ok(s) if lines.iter().any(|l| !l.trim().is_empty()) => format!("{} failed ({s}) before this rank finished; its messages are above", command.name),
         Ok(s) => silent_failure(command, *s, rank_hosts),
         Err(e) => format!("{} could not be waited for: {e}", command.name),
     };
@@ -328,11 +328,8 @@ fn launcher_endings(
 /// Why ranks were lost when their launcher failed without a word: what it returned, where
 /// its ranks were, and what to check there.
 fn silent_failure(command: &crate::launch::LauncherCommand, status: ExitStatus, rank_hosts: &[String]) -> String {
+    // mpirun's exit status is its own error code, not a signal's number.
     let how = match (status.code(), status.signal()) {
-        (Some(code), _) if code > 128 && code < 128 + 65 => {
-            let sig = Signal::try_from(code - 128).map_or_else(|_| format!("signal {}", code - 128), |s| s.as_str().to_string());
-            format!("exit status {code}, which is 128 + {sig}: a process it started, or it, died of that signal")
-        }
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(sig)) => Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| format!("killed by {}", s.as_str())),
         (None, None) => status.to_string(),
@@ -664,9 +661,10 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let silent = lost(&[]);
-        assert!(silent.starts_with("mpirun failed (exit status 135, which is 128 + SIGBUS"), "{silent}");
+        assert!(silent.starts_with("mpirun failed (exit status 135) before this rank finished and printed nothing"), "{silent}");
         assert!(silent.contains("printed nothing") && silent.contains("(simhost1, simhost2)"), "{silent}");
         assert!(silent.contains("home and working directories") && !silent.contains("above"), "{silent}");
+        assert_eq!(lost(&[" ".into()]), silent, "blank lines say nothing either");
         assert!(lost(&["ORTE was unable to start".into()]).ends_with("its messages are above"));
     }
 }

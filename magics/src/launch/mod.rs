@@ -134,16 +134,22 @@ pub fn command_for(placement: &Placement, keep_going: bool, plan: &LaunchPlan) -
     };
     Ok(match placement.launcher {
         LauncherKind::Local => None,
-        LauncherKind::Mpirun => Some(mpirun::command(
-            plan,
-            &mpirun::MpirunOptions {
-                hosts: placement.hosts.clone(),
-                keep_going,
-                as_root: nix::unistd::geteuid().is_root(),
-                program: std::env::var("RANCH_MPIRUN").ok(),
-                extra: extra("RANCH_MPIRUN_ARGS")?,
-            },
-        )),
+        LauncherKind::Mpirun => {
+            let extra = extra("RANCH_MPIRUN_ARGS")?;
+            let reach = placement.reach_addr().unwrap_or_default();
+            let network = mpirun::network_args(&placement.hosts, &reach, &|param| mpirun::user_sets(param, &extra));
+            Some(mpirun::command(
+                plan,
+                &mpirun::MpirunOptions {
+                    hosts: placement.hosts.clone(),
+                    keep_going,
+                    as_root: nix::unistd::geteuid().is_root(),
+                    program: std::env::var("RANCH_MPIRUN").ok(),
+                    extra,
+                    network,
+                },
+            ))
+        }
         LauncherKind::Srun => {
             if !placement.hosts.is_empty() {
                 std::fs::write(srun::hostfile_path(plan), srun::hostfile(placement))
