@@ -33,11 +33,18 @@ def kernel_km(hosts):
     stop(km, kc)
 
 
+def ranch_files_on(hosts):
+    """What ranch left in the hosts' /dev/shm and /tmp (segments, relays' and ranks' directories)."""
+    return [os.path.join(hosts.dir(i, d), f) for i in range(2) for d in ("shm", "tmp")
+            for f in os.listdir(hosts.dir(i, d)) if f.startswith("ranch")]
+
+
 def nothing_left_on(hosts, within=10):
     deadline = time.monotonic() + within
-    while any(hosts.pids(i) for i in range(2)) and time.monotonic() < deadline:
+    while (any(hosts.pids(i) for i in range(2)) or ranch_files_on(hosts)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [hosts.pids(i) for i in range(2)] == [[], []], "processes left on the simulated hosts"
+    assert ranch_files_on(hosts) == [], "files left on the simulated hosts"
 
 
 def test_ranks_on_two_hosts_get_variables_and_return_values(hosts, kernel_km):
@@ -131,7 +138,8 @@ def sleeping_on_both_hosts(hosts, pool=False):
     a, b = hosts.addresses
     if pool:
         ok(execute(kc, f"%ranch_start 2 --hosts {a}:1,{b}:1", timeout=600))
-    magic = "%%px" if pool else f"%%ranch 2 --hosts {a}:1,{b}:1"
+    # Two ranks on each host: the hierarchical backend gives each host a shared-memory segment.
+    magic = "%%px" if pool else f"%%ranch 4 --hosts {a}:2,{b}:2\nranch::comm().barrier().unwrap();"
     msg_id = kc.execute(f"{magic}\n"
                         'println!("up on {}", ' + HOSTNAME + ");\n"
                         "std::thread::sleep(std::time::Duration::from_secs(120));")
