@@ -34,7 +34,7 @@ impl EvcxrSession {
         // No cache directory of this user's: nothing of it to remove.
         let cache = super::cache_dir::root().ok();
         if let (Some(root), Ok(runtime)) = (&cache, super::runtime_crate::dir()) {
-            let versions = disk::remove_unused_runtimes(root, &runtime, &[target.clone()]);
+            let versions = disk::remove_unused_runtimes(root, &runtime, std::slice::from_ref(&target));
             said.push(format!("{versions} runtime crates of other ranch versions"));
         }
         if all {
