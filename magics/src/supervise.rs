@@ -310,7 +310,9 @@ fn launcher_endings(
     let cause_known = known.iter().any(|(_, e, _)| e.as_ref().is_some_and(|e| *e != Ending::Success));
     let lost = match status {
         Ok(s) if s.success() => format!("{} ended without this rank's result", command.name),
-        Ok(s) if lines.iter().any(|l| !l.trim().is_empty()) => format!("{} failed ({s}) before this rank finished; its messages are above", command.name),
+        Ok(s) if lines.iter().any(|l| !l.trim().is_empty()) => {
+            format!("{} failed ({s}) before this rank finished; its messages are above", command.name)
+        }
         Ok(s) => silent_failure(command, *s, rank_hosts),
         Err(e) => format!("{} could not be waited for: {e}", command.name),
     };

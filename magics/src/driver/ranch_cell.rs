@@ -269,7 +269,8 @@ impl Launch<'_> {
         };
         // Variables go out and results (and the program) come back over TCP: no launch needs
         // a shared directory.
-        let channel = Channel::start(&reach, &token, self.run_dir, args.n, (delivery == Delivery::Channel).then_some(self.exe)).map_err(ranch_error)?;
+        let shipped = (delivery == Delivery::Channel).then_some(self.exe);
+        let channel = Channel::start(&reach, &token, self.run_dir, args.n, shipped).map_err(ranch_error)?;
         let mut env = vec![
             ("LD_LIBRARY_PATH".into(), library_path),
             (group::TOKEN_ENV.to_string(), token),

@@ -104,7 +104,8 @@ fail() { echo "ranch: this rank will not run the program ${RANCH_PROGRAM:-?} fro
 exec 4<"$RANCH_PROGRAM" || fail "it cannot be read on this host (does this host share RANCH_SHARED_DIR with the kernel's?)"
 sum=$(sha256sum <&4) || fail "sha256sum (coreutils) is needed on this host"
 sum=${sum%% *}
-[ "$sum" = "$RANCH_PROGRAM_SHA256" ] || fail "its content is not the program the kernel wrote (SHA-256 $sum, expected $RANCH_PROGRAM_SHA256): something else changed it"
+[ "$sum" = "$RANCH_PROGRAM_SHA256" ] \
+  || fail "its content is not the program the kernel wrote (SHA-256 $sum, expected $RANCH_PROGRAM_SHA256): something else changed it"
 shopt -s execfail
 exec -a ranch-rank /proc/self/fd/4 "$@"
 fail "it cannot run from there (is RANCH_SHARED_DIR mounted noexec?)"
