@@ -176,6 +176,37 @@ def test_a_killed_kernel_leaves_nothing_on_either_host(hosts, pool):
         km.cleanup_resources()
 
 
+def test_what_killed_ranks_and_relays_left_on_a_host_is_removed_by_the_next(hosts, kernel_km):
+    import subprocess
+    _, kc = kernel_km
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    shm, tmp = hosts.dir(0, "shm"), hosts.dir(0, "tmp")
+    stale = [os.path.join(shm, f"ranch-{dead.pid}-host-0123"), os.path.join(tmp, f"ranch-pool-{dead.pid}-AbCdEf")]
+    live = [os.path.join(shm, f"ranch-{os.getpid()}-host-4567"), os.path.join(tmp, f"ranch-pool-{os.getpid()}-GhIjKl")]
+    theirs = os.path.join(tmp, f"ranch-pool-{dead.pid}-Theirs")
+    for path in [stale[0], live[0]]:
+        open(path, "w").close()
+    for path in [stale[1], live[1], theirs]:
+        os.mkdir(path)
+    os.chown(theirs, 65534, 65534)
+    try:
+        a, b = hosts.addresses
+        # A %%ranch cell makes each host's segment; a pool's relays make their directories.
+        ok(execute(kc, f"%%ranch 2 --hosts {a}:1,{b}:1\nranch::comm().barrier().unwrap();"))
+        assert not os.path.exists(stale[0]), "a dead rank's segment is removed"
+        ok(execute(kc, f"%ranch_start 2 --hosts {a}:1,{b}:1", timeout=600))
+        try:
+            ok(execute(kc, "%px ranch::rank()", timeout=600))
+            assert not os.path.exists(stale[1]), "a dead relay's directory is removed"
+        finally:
+            ok(execute(kc, "%ranch_stop"))
+        assert all(os.path.exists(p) for p in live + [theirs]), "a live process's and another user's stay"
+    finally:
+        for path in live + [theirs]:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
 def test_a_shared_directory_named_by_the_user_is_used_instead_of_shipping(hosts):
     # /var/tmp stands for a cluster's shared file system: the simulated hosts see it.
     shared = tempfile.mkdtemp(prefix="ranch-shared-", dir="/var/tmp")

@@ -11,6 +11,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
     ("src/channel.rs", include_str!("../../../runtime/src/channel.rs")),
     ("src/shard.rs", include_str!("../../../runtime/src/shard.rs")),
+    ("src/stale.rs", include_str!("../../../runtime/src/stale.rs")),
     ("src/display.rs", include_str!("../../../runtime/src/display.rs")),
     ("src/__rt.rs", include_str!("../../../runtime/src/__rt.rs")),
     ("src/cuda/mod.rs", include_str!("../../../runtime/src/cuda/mod.rs")),

@@ -113,7 +113,10 @@ impl Relay {
         }
         let mut reader = BufReader::new(stream);
         let base = std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).unwrap_or_else(|| "/tmp".into());
-        let dir = nix::unistd::mkdtemp(&Path::new(&base).join("ranch-pool.XXXXXX"))
+        // Named by this process: a relay killed with SIGKILL leaves its directory, which the
+        // next relay on this host removes.
+        ranch::__rt::remove_stale(Path::new(&base), "ranch-pool-");
+        let dir = nix::unistd::mkdtemp(&Path::new(&base).join(format!("ranch-pool-{}-XXXXXX", std::process::id())))
             .map_err(|e| format!("cannot make a directory in {} (set TMPDIR): {e}", base.to_string_lossy()))?;
         let _ = DIR.set(dir.clone());
         let dir = TempDir(dir);
