@@ -33,11 +33,18 @@ def kernel_km(hosts):
     stop(km, kc)
 
 
+def ranch_files_on(hosts):
+    """What ranch left in the hosts' /dev/shm and /tmp (segments, relays' and ranks' directories)."""
+    return [os.path.join(hosts.dir(i, d), f) for i in range(2) for d in ("shm", "tmp")
+            for f in os.listdir(hosts.dir(i, d)) if f.startswith("ranch")]
+
+
 def nothing_left_on(hosts, within=10):
     deadline = time.monotonic() + within
-    while any(hosts.pids(i) for i in range(2)) and time.monotonic() < deadline:
+    while (any(hosts.pids(i) for i in range(2)) or ranch_files_on(hosts)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [hosts.pids(i) for i in range(2)] == [[], []], "processes left on the simulated hosts"
+    assert ranch_files_on(hosts) == [], "files left on the simulated hosts"
 
 
 def test_ranks_on_two_hosts_get_variables_and_return_values(hosts, kernel_km):
@@ -131,7 +138,8 @@ def sleeping_on_both_hosts(hosts, pool=False):
     a, b = hosts.addresses
     if pool:
         ok(execute(kc, f"%ranch_start 2 --hosts {a}:1,{b}:1", timeout=600))
-    magic = "%%px" if pool else f"%%ranch 2 --hosts {a}:1,{b}:1"
+    # Two ranks on each host: the hierarchical backend gives each host a shared-memory segment.
+    magic = "%%px" if pool else f"%%ranch 4 --hosts {a}:2,{b}:2\nranch::comm().barrier().unwrap();"
     msg_id = kc.execute(f"{magic}\n"
                         'println!("up on {}", ' + HOSTNAME + ");\n"
                         "std::thread::sleep(std::time::Duration::from_secs(120));")
@@ -168,6 +176,37 @@ def test_a_killed_kernel_leaves_nothing_on_either_host(hosts, pool):
         km.cleanup_resources()
 
 
+def test_what_killed_ranks_and_relays_left_on_a_host_is_removed_by_the_next(hosts, kernel_km):
+    import subprocess
+    _, kc = kernel_km
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    shm, tmp = hosts.dir(0, "shm"), hosts.dir(0, "tmp")
+    stale = [os.path.join(shm, f"ranch-{dead.pid}-host-0123"), os.path.join(tmp, f"ranch-pool-{dead.pid}-AbCdEf")]
+    live = [os.path.join(shm, f"ranch-{os.getpid()}-host-4567"), os.path.join(tmp, f"ranch-pool-{os.getpid()}-GhIjKl")]
+    theirs = os.path.join(tmp, f"ranch-pool-{dead.pid}-Theirs")
+    for path in [stale[0], live[0]]:
+        open(path, "w").close()
+    for path in [stale[1], live[1], theirs]:
+        os.mkdir(path)
+    os.chown(theirs, 65534, 65534)
+    try:
+        a, b = hosts.addresses
+        # A %%ranch cell makes each host's segment; a pool's relays make their directories.
+        ok(execute(kc, f"%%ranch 2 --hosts {a}:1,{b}:1\nranch::comm().barrier().unwrap();"))
+        assert not os.path.exists(stale[0]), "a dead rank's segment is removed"
+        ok(execute(kc, f"%ranch_start 2 --hosts {a}:1,{b}:1", timeout=600))
+        try:
+            ok(execute(kc, "%px ranch::rank()", timeout=600))
+            assert not os.path.exists(stale[1]), "a dead relay's directory is removed"
+        finally:
+            ok(execute(kc, "%ranch_stop"))
+        assert all(os.path.exists(p) for p in live + [theirs]), "a live process's and another user's stay"
+    finally:
+        for path in live + [theirs]:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
 def test_a_shared_directory_named_by_the_user_is_used_instead_of_shipping(hosts):
     # /var/tmp stands for a cluster's shared file system: the simulated hosts see it.
     shared = tempfile.mkdtemp(prefix="ranch-shared-", dir="/var/tmp")
@@ -182,6 +221,25 @@ def test_a_shared_directory_named_by_the_user_is_used_instead_of_shipping(hosts)
     finally:
         stop(km, kc)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_open_mpi_is_kept_on_the_subnet_that_reaches_the_hosts(hosts):
+    # Without the fixture's own interface settings, ranch's are what keep Open MPI there.
+    args = re.sub(r"--mca (oob|btl)_tcp_if_include \S+ ?", "", hosts.mpirun_args)
+    assert "if_include" not in args
+    km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=args))
+    try:
+        a, b = hosts.addresses
+        subnet = a.rsplit(".", 1)[0] + ".0/24"
+        run = ok(execute(kc, f"%%ranch 2 --hosts {a}:1,{b}:1\n"
+                             "let mut v = vec![1.0f32; 1000];\n"
+                             "ranch::comm().all_reduce(&mut v, ranch::Op::Sum).unwrap();\n"
+                             'let mca = |p: &str| std::env::var(format!("OMPI_MCA_{p}")).ok();\n'
+                             '(v[0], mca("oob_tcp_if_include"), mca("btl_tcp_if_include"))'))
+        assert run.result() == f'[(2.0, Some("{subnet}"), Some("{subnet}")), (2.0, Some("{subnet}"), Some("{subnet}"))]'
+        nothing_left_on(hosts)
+    finally:
+        stop(km, kc)
 
 
 @contextlib.contextmanager

@@ -175,3 +175,57 @@ def test_a_hostfile_is_read(kernel, tmp_path):
     f.write_text("# two hosts\nnode1 slots=2\nnode2 slots=1\n")
     run = execute(kernel, f"%%ranch 2 --hostfile {f}\n1")
     assert "the hosts have 3 slots (node1:2,node2:1) but N is 2" in run.error_text(), run.error_text()
+
+
+def test_a_launcher_that_fails_without_a_word_is_described(tmp_path):
+    # mpirun failing before it prints anything (seen: exit status 135 when a host's working
+    # directory is missing and its remote shell says nothing).
+    silent = tmp_path / "mpirun"
+    silent.write_text("#!/bin/sh\nexit 135\n")
+    silent.chmod(0o755)
+    km, kc = start(env=dict(os.environ, RANCH_MPIRUN=str(silent)))
+    try:
+        run = execute(kc, "%%ranch 2 --hosts 127.0.0.1:1,localhost:1\nranch::rank()")
+        text = run.error_text()
+        assert "mpirun failed (exit status 135) before this rank finished and printed nothing" in text, text
+        assert "on the hosts (127.0.0.1, localhost)" in text and "working directories exist there" in text, text
+        assert "messages are above" not in text, text
+    finally:
+        stop(km, kc)
+
+
+LISTENERS = r"""%%ranch 2 --launcher mpirun --backend mpi
+ranch::comm().barrier().unwrap(); // MPI is up, with whatever it listens on
+let inodes: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd").unwrap().flatten()
+    .filter_map(|e| std::fs::read_link(e.path()).ok())
+    .filter_map(|l| Some(l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_string()))
+    .collect();
+let mut open = Vec::new(); // listening sockets of this rank on other addresses than loopback
+for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+    for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let loopback = f[1].starts_with("0100007F:") || f[1].starts_with("00000000000000000000000001000000:");
+        if f[3] == "0A" && inodes.contains(f[9]) && !loopback { open.push(f[1].to_string()); }
+    }
+}
+(open, std::env::var("OMPI_MCA_oob_tcp_if_include").ok())"""
+
+
+@needs_mpirun
+def test_mpirun_on_one_host_keeps_open_mpi_on_loopback_unless_the_user_says(tmp_path):
+    from test_mpi_backend import needs_mpi_build
+    if needs_mpi_build.args[0]:
+        pytest.skip(needs_mpi_build.kwargs["reason"])
+    km, kc = start()
+    try:
+        run = ok(execute(kc, LISTENERS, timeout=600))
+        assert run.result() == '[([], Some("127.0.0.0/8")), ([], Some("127.0.0.0/8"))]', run.result()
+    finally:
+        stop(km, kc)
+    # The user's own settings win.
+    km, kc = start(env=dict(os.environ, OMPI_MCA_oob_tcp_if_exclude="192.0.2.0/24", RANCH_MPIRUN_ARGS="--mca btl self,vader,tcp"))
+    try:
+        run = ok(execute(kc, LISTENERS, timeout=600))
+        assert 'None)' in run.result() and "[]" not in run.result(), run.result()
+    finally:
+        stop(km, kc)

@@ -239,7 +239,7 @@ def test_interrupting_the_wait_for_a_starting_pool_leaves_session_and_pool_alone
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun (install/test.sh installs openmpi-bin)")
 def test_a_pool_started_by_mpirun_moves_variables_and_reduces(fresh_kernel):
     _, kc = fresh_kernel
-    relay_dirs = set(glob.glob("/tmp/ranch-pool.*"))
+    relay_dirs = set(glob.glob("/tmp/ranch-pool-*"))
     ok(execute(kc, "%ranch_start 2 --launcher mpirun", timeout=600))
     # mpirun started each rank's relay; the ranks are this host's, so the group is shared memory.
     run = ok(execute(kc, "%%px\nlet mut v = [ranch::rank() as f64 + 1.0];\n"
@@ -259,4 +259,4 @@ def test_a_pool_started_by_mpirun_moves_variables_and_reduces(fresh_kernel):
         time.sleep(0.1)
     assert pool_processes(kc.pid) == {}
     # Each rank's relay removed its directory (libstd, pushed and pulled variables) as it ended.
-    assert set(glob.glob("/tmp/ranch-pool.*")) <= relay_dirs
+    assert set(glob.glob("/tmp/ranch-pool-*")) <= relay_dirs

@@ -31,6 +31,7 @@ pub mod group;
 pub mod hosts;
 pub mod launch;
 pub mod merge;
+pub mod owned_dir;
 pub mod pool;
 pub mod program;
 pub mod rank_output;

@@ -5,8 +5,30 @@ use ranch::__rt::RankResult;
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// Reads every rank's result file (rank order; `first_rank` names local rank 0).
+/// Most bytes of all the ranks' values together that the kernel reads into memory: the
+/// channel bounds each rank's ([`crate::channel::MAX_RESULT`], streamed to disk), this
+/// bounds what every rank sending its most at once would add up to.
+pub const MAX_RESULTS: u64 = crate::channel::MAX_RESULT;
+
+/// Reads every rank's result file (rank order; `first_rank` names local rank 0), unless
+/// together they are over [`MAX_RESULTS`] (or a larger `RANCH_MAX_RESULT_MIB`).
 pub fn read_results(run_dir: &Path, local_ranks: usize, first_rank: usize) -> Result<Vec<RankResult>, String> {
+    let limit =
+        std::env::var("RANCH_MAX_RESULT_MIB").ok().and_then(|m| m.parse::<u64>().ok()).map_or(MAX_RESULTS, |m| (m << 20).max(MAX_RESULTS));
+    let sizes: Vec<u64> =
+        (0..local_ranks).map(|r| std::fs::metadata(ranch::__rt::result_path(run_dir, r)).map_or(0, |m| m.len())).collect();
+    let total: u64 = sizes.iter().sum();
+    if total > limit {
+        let (largest, size) = sizes.iter().enumerate().max_by_key(|(r, s)| (**s, std::cmp::Reverse(*r))).map_or((0, 0), |(r, s)| (r, *s));
+        return Err(format!(
+            "the ranks' values are {} MiB together, more than the {} MiB the kernel reads (RANCH_MAX_RESULT_MIB); rank {}'s \
+             alone is {} MiB. Return less from the cell (a summary), or have the ranks write large data to files",
+            total.div_ceil(1 << 20),
+            limit >> 20,
+            largest + first_rank,
+            size >> 20
+        ));
+    }
     (0..local_ranks)
         .map(|r| {
             let path = ranch::__rt::result_path(run_dir, r);
@@ -278,6 +300,31 @@ mod tests {
         let data = result_bundle(&[res("usize", Some("5")), res("usize", Some("6"))], 2).unwrap();
         let html = data["text/html"].as_str().unwrap();
         assert!(html.contains("<td>2</td>") && html.contains("<td>3</td>") && !html.contains("<td>0</td>"), "{html}");
+    }
+
+    #[test]
+    fn the_values_of_all_ranks_together_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("ranch-merge-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = RankResult { type_name: "u8".into(), debug: Some("1".into()), value: None }.encode();
+        std::fs::write(ranch::__rt::result_path(&dir, 0), &small).unwrap();
+        std::fs::write(ranch::__rt::result_path(&dir, 1), &small).unwrap();
+        assert_eq!(read_results(&dir, 2, 0).unwrap().len(), 2);
+        // Each under the channel's limit, both over what the kernel reads (sparse files: no disk).
+        for r in 0..2 {
+            std::fs::File::options().write(true).open(ranch::__rt::result_path(&dir, r)).unwrap().set_len(MAX_RESULTS / 2 + 1).unwrap();
+        }
+        let e = read_results(&dir, 2, 4).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "the ranks' values are {} MiB together, more than the {} MiB",
+                (MAX_RESULTS >> 20) + 1,
+                MAX_RESULTS >> 20
+            )),
+            "{e}"
+        );
+        assert!(e.contains("rank 4's alone is 2048 MiB"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -310,7 +310,10 @@ fn launcher_endings(
     let cause_known = known.iter().any(|(_, e, _)| e.as_ref().is_some_and(|e| *e != Ending::Success));
     let lost = match status {
         Ok(s) if s.success() => format!("{} ended without this rank's result", command.name),
-        Ok(s) => format!("{} failed ({s}) before this rank finished; its messages are above", command.name),
+        Ok(s) if lines.iter().any(|l| !l.trim().is_empty()) => {
+            format!("{} failed ({s}) before this rank finished; its messages are above", command.name)
+        }
+        Ok(s) => silent_failure(command, *s, rank_hosts),
         Err(e) => format!("{} could not be waited for: {e}", command.name),
     };
     // Failures first, then the rest in rank order.
@@ -324,6 +327,29 @@ fn launcher_endings(
         .collect()
 }
 
+/// Why ranks were lost when their launcher failed without a word: what it returned, where
+/// its ranks were, and what to check there.
+fn silent_failure(command: &crate::launch::LauncherCommand, status: ExitStatus, rank_hosts: &[String]) -> String {
+    // mpirun's exit status is its own error code, not a signal's number.
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| format!("killed by {}", s.as_str())),
+        (None, None) => status.to_string(),
+    };
+    let mut hosts: Vec<&str> = Vec::new();
+    for h in rank_hosts {
+        if !hosts.contains(&h.as_str()) {
+            hosts.push(h);
+        }
+    }
+    let place = if hosts.is_empty() { "this host".to_string() } else { format!("the hosts ({})", hosts.join(", ")) };
+    format!(
+        "{} failed ({how}) before this rank finished and printed nothing. Check that it can start its ranks on {place}: \
+         the remote shell it uses, the same installation of {} there, and that the home and working directories exist \
+         there; its command line is in the kernel's log",
+        command.name, command.name
+    )
+}
 
 #[allow(clippy::too_many_arguments)]
 fn watch(
@@ -624,5 +650,23 @@ mod tests {
         assert!(!ended_by(&exited(3), &[]));
         assert!(ended_by(&exited(3), &[Signal::SIGTERM]), "it handled SIGTERM and exited");
         assert!(!ended_by(&exited(0), &[Signal::SIGTERM]));
+    }
+
+    #[test]
+    fn a_launcher_that_fails_silently_is_described_with_its_hosts() {
+        let command = crate::launch::mpirun::command(&crate::launch::mpirun::tests::plan(), &Default::default());
+        let run_dir = std::env::temp_dir().join(format!("ranch-silent-launcher-{}", std::process::id()));
+        let hosts = ["simhost1".to_string(), "simhost1".into(), "simhost2".into()];
+        let status = Ok(ExitStatus::from_raw(135 << 8));
+        let lost = |lines: &[String]| match &launcher_endings(3, &command, &status, lines, &hosts, &run_dir, &|_| None)[0].1 {
+            Ending::Lost(why) => why.clone(),
+            other => panic!("{other:?}"),
+        };
+        let silent = lost(&[]);
+        assert!(silent.starts_with("mpirun failed (exit status 135) before this rank finished and printed nothing"), "{silent}");
+        assert!(silent.contains("printed nothing") && silent.contains("(simhost1, simhost2)"), "{silent}");
+        assert!(silent.contains("home and working directories") && !silent.contains("above"), "{silent}");
+        assert_eq!(lost(&[" ".into()]), silent, "blank lines say nothing either");
+        assert!(lost(&["ORTE was unable to start".into()]).ends_with("its messages are above"));
     }
 }

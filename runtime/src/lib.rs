@@ -18,6 +18,7 @@ mod channel;
 pub mod display;
 mod info;
 mod shard;
+mod stale;
 
 #[doc(hidden)]
 pub mod __rt;

@@ -31,11 +31,17 @@ impl EvcxrSession {
         let (programs, bytes) = bound_artifacts(&artifacts, 0, 0);
         said.push(format!("{programs} built rank programs of this session ({})", mib(bytes)));
         let target = self.workdir.target_dir();
-        let versions = disk::remove_unused_runtimes(&super::cache_dir::root(), &super::runtime_crate::dir(), &[target.clone()]);
-        said.push(format!("{versions} runtime crates of other ranch versions"));
+        // No cache directory of this user's: nothing of it to remove.
+        let cache = super::cache_dir::root().ok();
+        if let (Some(root), Ok(runtime)) = (&cache, super::runtime_crate::dir()) {
+            let versions = disk::remove_unused_runtimes(root, &runtime, std::slice::from_ref(&target));
+            said.push(format!("{versions} runtime crates of other ranch versions"));
+        }
         if all {
-            let (dirs, bytes) = super::workdir::remove_unused(&super::cache_dir::root().join("work"));
-            said.push(format!("{dirs} build directories no running kernel uses ({})", mib(bytes)));
+            if let Some(root) = &cache {
+                let (dirs, bytes) = super::workdir::remove_unused(&root.join("work"));
+                said.push(format!("{dirs} build directories no running kernel uses ({})", mib(bytes)));
+            }
             let own = disk::disk_usage(&target);
             let _ = std::fs::remove_dir_all(&target);
             said.push(format!("this kernel's build directory ({}; dependencies are compiled again when next needed)", mib(own)));

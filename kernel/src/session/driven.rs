@@ -54,8 +54,9 @@ impl EvcxrSession {
     }
 
     /// The `:dep` line that adds the runtime crate to an evcxr context.
-    pub(super) fn runtime_dep(&self) -> String {
-        format!(":dep ranch = {{ path = {:?} }}", super::runtime_crate::dir().to_string_lossy())
+    pub(super) fn runtime_dep(&self) -> Result<String, Failure> {
+        let dir = super::runtime_crate::dir().map_err(ranch_error)?;
+        Ok(format!(":dep ranch = {{ path = {:?} }}", dir.to_string_lossy()))
     }
 
     /// Runs a magic of the driver on this session, as the cell `cx`. An interrupt meanwhile
@@ -159,7 +160,7 @@ impl driver::Session for EvcxrSession {
         }
         // Locked before it is unpacked: a kernel of another ranch version, tidying, then
         // leaves it alone.
-        let dir = super::runtime_crate::dir();
+        let dir = super::runtime_crate::dir().map_err(ranch_error)?;
         if self.driven.runtime_in_use.is_none() {
             let _ = std::fs::create_dir_all(dir.parent().expect("has parent"));
             self.driven.runtime_in_use = super::disk::use_runtime(&dir).ok();
@@ -167,11 +168,11 @@ impl driver::Session for EvcxrSession {
         let dir = super::runtime_crate::unpack()
             .map_err(|e| ranch_error(format!("cannot unpack the ranch runtime crate: {e}")))?;
         let target = self.workdir.target_dir();
-        let old = super::disk::remove_unused_runtimes(&super::cache_dir::root(), &dir, &[target]);
+        let old = super::disk::remove_unused_runtimes(dir.parent().expect("in the cache directory"), &dir, &[target]);
         if old > 0 {
             crate::log!("removed {old} runtime crates of other ranch versions that no kernel uses");
         }
-        let dep = self.runtime_dep();
+        let dep = self.runtime_dep()?;
         self.context()?
             .execute(&dep)
             .map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;

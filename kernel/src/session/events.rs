@@ -17,6 +17,51 @@ use std::time::{Duration, Instant};
 /// Environment variable naming the socket for the child.
 pub const SOCKET_ENV: &str = "RANCH_OUTPUT_SOCKET";
 
+/// Most bytes of one line read from evcxr's child or a pool rank (an event, a protocol
+/// line): a display may be large, but nothing a cell writes is held without bound.
+pub const MAX_LINE: u64 = 60 << 20;
+
+/// Calls `each` with every line of `reader` (without its newline) until it returns false or
+/// the input ends; a line longer than [`MAX_LINE`] is read to its end but not kept, and
+/// `too_long` is told instead.
+pub fn for_each_line(reader: impl std::io::Read, mut each: impl FnMut(Vec<u8>) -> bool, mut too_long: impl FnMut()) {
+    use std::io::Read;
+    let mut reader = BufReader::new(reader);
+    loop {
+        let mut line = Vec::new();
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line.ends_with(b"\n") || (line.len() as u64) < MAX_LINE => {
+                if line.ends_with(b"\n") {
+                    line.pop();
+                }
+                if !each(line) {
+                    return;
+                }
+            }
+            Ok(_) => {
+                // Over the limit: the rest of the line goes, a buffer at a time.
+                drop(line);
+                loop {
+                    let buf = match reader.fill_buf() {
+                        Ok([]) | Err(_) => return,
+                        Ok(buf) => buf,
+                    };
+                    let (used, end) = match buf.iter().position(|&b| b == b'\n') {
+                        Some(i) => (i + 1, true),
+                        None => (buf.len(), false),
+                    };
+                    reader.consume(used);
+                    if end {
+                        break;
+                    }
+                }
+                too_long();
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
@@ -238,11 +283,45 @@ impl Drop for Listener {
 
 fn read_events(conn: UnixStream, cell: &Arc<dyn EventHandler>) {
     let mut from = Connection::new();
-    for line in BufReader::new(conn).lines() {
-        let Ok(line) = line else { break };
-        match serde_json::from_str::<Event>(&line) {
+    let each = |line: Vec<u8>| {
+        match serde_json::from_slice::<Event>(&line) {
             Ok(event) => cell.apply(&mut from, event),
             Err(e) => crate::log!("bad event from the evcxr child: {e}"),
         }
+        true
+    };
+    for_each_line(conn, each, || crate::log!("an event of more than {} MiB from the evcxr child was dropped", MAX_LINE >> 20));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_with_a_bound_and_a_longer_one_is_skipped_whole() {
+        let mut input = b"first\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE as usize + 5));
+        input.extend(b"\nlast\nunfinished");
+        let (mut lines, mut dropped) = (Vec::new(), 0);
+        for_each_line(
+            &input[..],
+            |l| {
+                lines.push(String::from_utf8(l).unwrap());
+                true
+            },
+            || dropped += 1,
+        );
+        assert_eq!(lines, ["first", "last", "unfinished"]);
+        assert_eq!(dropped, 1);
+        let mut first = Vec::new();
+        for_each_line(
+            &b"a\nb\n"[..],
+            |l| {
+                first.push(l);
+                false
+            },
+            || {},
+        );
+        assert_eq!(first, [b"a".to_vec()], "stops when told");
     }
 }

@@ -36,20 +36,6 @@ pub fn make(dir: &Path) -> std::io::Result<()> {
 /// Removes what kernels that were killed left behind: private directories and group
 /// segments (`/dev/shm/ranch-<pid>-*`) whose kernel process is gone.
 pub fn remove_stale() {
-    let places = [(std::env::temp_dir(), PREFIX), (PathBuf::from("/dev/shm"), "ranch-")];
-    for (dir, prefix) in places {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.strip_prefix(prefix).and_then(|r| r.split('-').next()?.parse::<i32>().ok()) else {
-                continue;
-            };
-            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
-            let ours = entry.metadata().is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == nix::unistd::getuid().as_raw());
-            if gone && ours {
-                let path = entry.path();
-                let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            }
-        }
-    }
+    ranch::__rt::remove_stale(&std::env::temp_dir(), PREFIX);
+    ranch::__rt::remove_stale(Path::new("/dev/shm"), "ranch-");
 }

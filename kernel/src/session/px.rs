@@ -89,7 +89,7 @@ impl EvcxrSession {
         self.add_runtime()?;
         // The ranks start at once, but the pool's evcxr context takes seconds (rust-analyzer):
         // it starts in the background, and the first pool cell waits for it.
-        let (cell, private, dep, see) = (self.cell.clone(), self.private.path().to_path_buf(), self.runtime_dep(), args.see.clone());
+        let (cell, private, dep, see) = (self.cell.clone(), self.private.path().to_path_buf(), self.runtime_dep()?, args.see.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("pool-start".into())

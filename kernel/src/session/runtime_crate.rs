@@ -11,6 +11,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
     ("src/channel.rs", include_str!("../../../runtime/src/channel.rs")),
     ("src/shard.rs", include_str!("../../../runtime/src/shard.rs")),
+    ("src/stale.rs", include_str!("../../../runtime/src/stale.rs")),
     ("src/display.rs", include_str!("../../../runtime/src/display.rs")),
     ("src/__rt.rs", include_str!("../../../runtime/src/__rt.rs")),
     ("src/cuda/mod.rs", include_str!("../../../runtime/src/cuda/mod.rs")),
@@ -29,15 +30,15 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 /// Where this version of the crate is unpacked.
-pub fn dir() -> PathBuf {
+pub fn dir() -> Result<PathBuf, String> {
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(FILES, &mut hasher);
-    super::cache_dir::root().join(format!("runtime-{:016x}", std::hash::Hasher::finish(&hasher)))
+    Ok(super::cache_dir::root()?.join(format!("runtime-{:016x}", std::hash::Hasher::finish(&hasher))))
 }
 
 /// Unpacks the crate (if this version is not there yet) and returns its directory.
 pub fn unpack() -> std::io::Result<PathBuf> {
-    let dir = dir();
+    let dir = dir().map_err(std::io::Error::other)?;
     if dir.join("Cargo.toml").exists() {
         return Ok(dir);
     }

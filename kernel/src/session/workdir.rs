@@ -58,7 +58,17 @@ impl WorkDir {
             let temp = temporary_root();
             return WorkDir { evcxr: PathBuf::from(dir), rank: temp.join("rank"), _lock: None, temporary: Some(temp) };
         }
-        let base = super::cache_dir::root().join("work");
+        let temporary = || {
+            let temp = temporary_root();
+            WorkDir { evcxr: temp.join("evcxr"), rank: temp.join("rank"), _lock: None, temporary: Some(temp) }
+        };
+        let base = match super::cache_dir::root() {
+            Ok(root) => root.join("work"),
+            Err(e) => {
+                crate::log!("{e}; this kernel builds from scratch");
+                return temporary();
+            }
+        };
         match claim_persistent(&base) {
             Ok(Some((root, lock))) => {
                 WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), _lock: Some(lock), temporary: None }
@@ -69,8 +79,7 @@ impl WorkDir {
                 } else {
                     crate::log!("all {MAX_DIRS} work directories in {} are in use; this kernel builds from scratch", base.display());
                 }
-                let temp = temporary_root();
-                WorkDir { evcxr: temp.join("evcxr"), rank: temp.join("rank"), _lock: None, temporary: Some(temp) }
+                temporary()
             }
         }
     }

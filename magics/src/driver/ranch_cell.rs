@@ -8,7 +8,7 @@ use crate::hosts::LauncherKind;
 use crate::build::{self, BuildError, BuildHandle};
 use crate::channel::{self, Channel};
 use crate::group::{self, GroupService};
-use crate::launch::{LaunchPlan, Launcher, LauncherCommand, LocalSpawner};
+use crate::launch::{Delivery, LaunchPlan, Launcher, LauncherCommand, LocalSpawner};
 use crate::program::{self, CellProgram, RankProgram, Shipped};
 use crate::status::StatusSetup;
 use crate::supervise::{self, Cancel, Policy};
@@ -183,7 +183,7 @@ fn build_rank_program(
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&(&program.cargo_toml, &program.main_rs), &mut hasher);
     let kept = session.private_dir().join("artifacts");
-    let artifact = kept.join(format!("{:016x}", std::hash::Hasher::finish(&hasher)));
+    let artifact = kept.join(artifacts::file_name(&format!("{:016x}", std::hash::Hasher::finish(&hasher))));
     if artifact.exists() {
         artifacts::touch(&artifact);
         return Ok(artifact);
@@ -259,13 +259,18 @@ impl Launch<'_> {
         // directory shared with this host when the user names one, else fetch it.
         let elsewhere = args.placement.elsewhere();
         let shared_dir = std::env::var_os("RANCH_SHARED_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
-        let (exe, ship) = match (&shared_dir, elsewhere) {
-            (Some(dir), true) => (shared_program(self.exe, dir)?, false),
-            _ => (self.exe.to_path_buf(), elsewhere),
+        let (exe, delivery) = match (&shared_dir, elsewhere) {
+            (Some(dir), true) => {
+                let shared = crate::launch::shared::publish(self.exe, dir).map_err(ranch_error)?;
+                (shared.path, Delivery::SharedDir { sha256: shared.sha256 })
+            }
+            (None, true) => (self.exe.to_path_buf(), Delivery::Channel),
+            (_, false) => (self.exe.to_path_buf(), Delivery::Path),
         };
         // Variables go out and results (and the program) come back over TCP: no launch needs
         // a shared directory.
-        let channel = Channel::start(&reach, &token, self.run_dir, args.n, ship.then_some(self.exe)).map_err(ranch_error)?;
+        let shipped = (delivery == Delivery::Channel).then_some(self.exe);
+        let channel = Channel::start(&reach, &token, self.run_dir, args.n, shipped).map_err(ranch_error)?;
         let mut env = vec![
             ("LD_LIBRARY_PATH".into(), library_path),
             (group::TOKEN_ENV.to_string(), token),
@@ -281,7 +286,7 @@ impl Launch<'_> {
         }
         let plan = LaunchPlan {
             exe,
-            ship,
+            delivery,
             local_ranks: args.n,
             world_size: args.world(),
             base_rank: args.base_rank,
@@ -394,24 +399,6 @@ pub(super) fn bind_out(session: &mut dyn Session, out: &args::Out, types: &[Stri
             out.name, e.evalue, out.name
         ))
     })
-}
-
-/// The rank program's copy in `dir` (`RANCH_SHARED_DIR`), a directory the ranks' hosts share
-/// with this one (the kernel's own directories may be under /tmp, which is each host's own).
-fn shared_program(exe: &Path, dir: &Path) -> Result<PathBuf, Failure> {
-    super::make_private(dir)?;
-    let name = exe.file_name().ok_or_else(|| ranch_error("the rank program has no file name"))?;
-    let shared = dir.join(name);
-    if !shared.exists() {
-        let tmp = dir.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
-        std::fs::copy(exe, &tmp)
-            .and_then(|_| std::fs::rename(&tmp, &shared))
-            .map_err(|e| ranch_error(format!("cannot copy the rank program to {} for the other hosts: {e}", dir.display())))?;
-    } else {
-        artifacts::touch(&shared);
-    }
-    artifacts::bound_artifacts(dir, artifacts::ARTIFACTS_MAX, artifacts::ARTIFACTS_MAX_BYTES);
-    Ok(shared)
 }
 
 /// Each rank's GPU as the machine numbers it (its entry in the `CUDA_VISIBLE_DEVICES` it was

@@ -4,6 +4,7 @@
 
 pub mod mpi_build;
 pub mod mpirun;
+pub mod shared;
 pub mod ship;
 pub mod srun;
 pub mod tagged;
@@ -17,8 +18,7 @@ use std::process::{Child, Command, Stdio};
 #[derive(Debug, Clone)]
 pub struct LaunchPlan {
     pub exe: PathBuf,
-    /// Ranks fetch the program over the launch's channel ([`ship`]): their hosts cannot read `exe`.
-    pub ship: bool,
+    pub delivery: Delivery,
     /// Ranks this launcher starts: global ranks `base_rank .. base_rank + local_ranks`.
     pub local_ranks: usize,
     /// Ranks in the whole group (several kernels may launch parts of it).
@@ -35,6 +35,18 @@ pub struct LaunchPlan {
     pub rank_env: Vec<Vec<(String, String)>>,
 }
 
+/// How the ranks get their program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// They run `exe`, this host's file.
+    Path,
+    /// They fetch it over the launch's channel ([`ship`]): their hosts cannot read `exe`.
+    Channel,
+    /// They run `exe`, a copy in the user's shared directory, once they have checked that it
+    /// has this SHA-256 ([`shared`]).
+    SharedDir { sha256: String },
+}
+
 impl LaunchPlan {
     /// What every rank is told, whoever starts it (a launcher that starts every rank tells
     /// each its rank in its own variables, read by `ranch::rank()`).
@@ -45,14 +57,22 @@ impl LaunchPlan {
             ("MASTER_PORT".to_string(), self.master_port.to_string()),
             (ranch::__rt::BASE_RANK_ENV.to_string(), self.base_rank.to_string()),
         ];
+        if let Delivery::SharedDir { sha256 } = &self.delivery {
+            env.push((shared::PROGRAM_ENV.to_string(), self.exe.to_string_lossy().into_owned()));
+            env.push((shared::SHA256_ENV.to_string(), sha256.clone()));
+        }
         env.extend(self.env.iter().cloned());
         env
     }
 
     /// What a launcher that starts every rank runs on each: the program, or the script that
-    /// fetches it.
+    /// fetches it or checks it.
     pub fn program_argv(&self) -> Vec<String> {
-        if self.ship { ship::command() } else { vec![self.exe.to_string_lossy().into_owned()] }
+        match self.delivery {
+            Delivery::Path => vec![self.exe.to_string_lossy().into_owned()],
+            Delivery::Channel => ship::command(),
+            Delivery::SharedDir { .. } => shared::command(),
+        }
     }
 }
 
@@ -114,16 +134,22 @@ pub fn command_for(placement: &Placement, keep_going: bool, plan: &LaunchPlan) -
     };
     Ok(match placement.launcher {
         LauncherKind::Local => None,
-        LauncherKind::Mpirun => Some(mpirun::command(
-            plan,
-            &mpirun::MpirunOptions {
-                hosts: placement.hosts.clone(),
-                keep_going,
-                as_root: nix::unistd::geteuid().is_root(),
-                program: std::env::var("RANCH_MPIRUN").ok(),
-                extra: extra("RANCH_MPIRUN_ARGS")?,
-            },
-        )),
+        LauncherKind::Mpirun => {
+            let extra = extra("RANCH_MPIRUN_ARGS")?;
+            let reach = placement.reach_addr().unwrap_or_default();
+            let network = mpirun::network_args(&placement.hosts, &reach, &|param| mpirun::user_sets(param, &extra));
+            Some(mpirun::command(
+                plan,
+                &mpirun::MpirunOptions {
+                    hosts: placement.hosts.clone(),
+                    keep_going,
+                    as_root: nix::unistd::geteuid().is_root(),
+                    program: std::env::var("RANCH_MPIRUN").ok(),
+                    extra,
+                    network,
+                },
+            ))
+        }
         LauncherKind::Srun => {
             if !placement.hosts.is_empty() {
                 std::fs::write(srun::hostfile_path(plan), srun::hostfile(placement))

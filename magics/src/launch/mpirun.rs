@@ -17,6 +17,8 @@ pub struct MpirunOptions {
     pub program: Option<String>,
     /// More arguments, before the program (`RANCH_MPIRUN_ARGS`: MCA settings of a site).
     pub extra: Vec<String>,
+    /// MCA settings that keep Open MPI on the network that reaches the hosts ([`network_args`]).
+    pub network: Vec<String>,
 }
 
 /// `mpirun -np N ... exe`: ranks fill each host's slots in order, output tagged with the
@@ -44,6 +46,7 @@ pub fn command(plan: &LaunchPlan, o: &MpirunOptions) -> LauncherCommand {
     for (name, _) in &env {
         args.extend(["-x".into(), name.clone()]);
     }
+    args.extend(o.network.iter().cloned());
     args.extend(o.extra.iter().cloned());
     args.extend(plan.program_argv());
     LauncherCommand {
@@ -54,6 +57,104 @@ pub fn command(plan: &LaunchPlan, o: &MpirunOptions) -> LauncherCommand {
         tags: TagFormat::OpenMpi,
         report,
     }
+}
+
+/// MCA settings that keep Open MPI's out-of-band channel (mpirun and its daemons) and its
+/// TCP transport (between ranks) on the network that reaches the hosts; by default Open MPI
+/// uses, and advertises, every interface of every host. With every rank on this host: the
+/// loopback interface, and neither the TCP transport nor libfabric's (`ofi`, which listens
+/// on the first interface it finds) between ranks: they share memory.
+/// Across hosts: the subnet of this host's address toward them (`reach`), when every host is
+/// in it; hosts behind a router leave the choice to Open MPI. Whatever the user set for
+/// either (include or exclude lists, `btl`), in `RANCH_MPIRUN_ARGS`, the environment
+/// (`OMPI_MCA_*`) or their `mca-params.conf`, is left as they set it (`user_set`).
+///
+/// Open MPI 4.1 still binds its listening sockets to every address: these settings choose
+/// which addresses it hands out and connects to, not which it listens on.
+pub fn network_args(hosts: &[HostSlots], reach: &str, user_set: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let any_set = |params: &[&str]| params.iter().any(|p| user_set(p));
+    let oob_set = any_set(&["oob_tcp_if_include", "oob_tcp_if_exclude", "oob_tcp_include", "oob_tcp_exclude"]);
+    let btl_tcp_set = any_set(&["btl_tcp_if_include", "btl_tcp_if_exclude", "btl_tcp_include", "btl_tcp_exclude"]);
+    let mut args = Vec::new();
+    let mut set = |param: &str, value: &str| args.extend(["--mca".to_string(), param.to_string(), value.to_string()]);
+    if hosts.iter().all(|h| is_loopback_host(&h.name)) {
+        if !oob_set {
+            set("oob_tcp_if_include", "127.0.0.0/8");
+        }
+        if !btl_tcp_set && !user_set("btl") {
+            set("btl", "^tcp,ofi");
+        }
+    } else if let Some(subnet) = subnet_of(reach).filter(|net| hosts.iter().all(|h| host_in(&h.name, net))) {
+        let cidr = subnet.to_string();
+        if !oob_set {
+            set("oob_tcp_if_include", &cidr);
+        }
+        if !btl_tcp_set {
+            set("btl_tcp_if_include", &cidr);
+        }
+    }
+    args
+}
+
+/// Whether the user set the MCA parameter `param`: on mpirun's command line in `extra`, in
+/// the environment, or in their `~/.openmpi/mca-params.conf`.
+pub fn user_sets(param: &str, extra: &[String]) -> bool {
+    let on_line = extra.windows(2).any(|w| matches!(w[0].as_str(), "--mca" | "-mca" | "--gmca" | "-gmca") && w[1] == param);
+    let in_env = std::env::var_os(format!("OMPI_MCA_{param}")).is_some();
+    let in_file = || {
+        let file = crate::group::home_dir().map(|h| h.join(".openmpi/mca-params.conf"));
+        let text = file.and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+        text.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == param))
+    };
+    on_line || in_env || in_file()
+}
+
+/// An IPv4 subnet: its address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Subnet(std::net::Ipv4Addr, u32);
+
+impl Subnet {
+    fn contains(&self, a: std::net::Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - self.1).unwrap_or(0);
+        u32::from(a) & mask == u32::from(self.0) & mask
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mask = u32::MAX.checked_shl(32 - self.1).unwrap_or(0);
+        write!(f, "{}/{}", std::net::Ipv4Addr::from(u32::from(self.0) & mask), self.1)
+    }
+}
+
+/// The subnet of this host's interface that holds the address `addr` (IPv4 only).
+fn subnet_of(addr: &str) -> Option<Subnet> {
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|i| {
+        let mine = i.address?.as_sockaddr_in()?.ip();
+        let mask = i.netmask?.as_sockaddr_in()?.ip();
+        (mine == addr).then(|| Subnet(mine, u32::from(mask).leading_ones()))
+    })
+}
+
+fn resolve(host: &str) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    (host, 9).to_socket_addrs().map(|a| a.map(|a| a.ip()).collect()).unwrap_or_default()
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let addrs = resolve(host);
+    !addrs.is_empty() && addrs.iter().all(|a| a.is_loopback())
+}
+
+/// Whether `host` is in `net` (or is this host under a loopback name).
+fn host_in(host: &str, net: &Subnet) -> bool {
+    let addrs = resolve(host);
+    !addrs.is_empty()
+        && addrs.iter().all(|a| match a {
+            std::net::IpAddr::V4(v4) => v4.is_loopback() || net.contains(*v4),
+            std::net::IpAddr::V6(v6) => v6.is_loopback(),
+        })
 }
 
 /// The ranks Open MPI's report says ended the job:
@@ -112,7 +213,7 @@ pub(crate) mod tests {
     pub(crate) fn plan() -> LaunchPlan {
         LaunchPlan {
             exe: PathBuf::from("/k/rank"),
-            ship: false,
+            delivery: super::super::Delivery::Path,
             local_ranks: 4,
             world_size: 4,
             base_rank: 0,
@@ -150,6 +251,25 @@ pub(crate) mod tests {
         assert!(line.starts_with("-np 4 --oversubscribe --map-by slot"), "{line}");
         assert!(line.contains("--mca orte_abort_on_non_zero_status 0"), "{line}");
         assert!(!line.contains("--allow-run-as-root"), "{line}");
+    }
+
+    #[test]
+    fn open_mpi_is_kept_on_the_network_that_reaches_the_hosts_unless_the_user_says() {
+        let none = |_: &str| false;
+        let local = [HostSlots { name: "localhost".into(), slots: 2 }];
+        assert_eq!(network_args(&[], "127.0.0.1", &none).join(" "), "--mca oob_tcp_if_include 127.0.0.0/8 --mca btl ^tcp,ofi");
+        assert_eq!(network_args(&local, "127.0.0.1", &none).join(" "), "--mca oob_tcp_if_include 127.0.0.0/8 --mca btl ^tcp,ofi");
+        let theirs = |p: &str| p == "oob_tcp_if_exclude" || p == "btl";
+        assert!(network_args(&[], "127.0.0.1", &theirs).is_empty(), "the user's settings win");
+        // Hosts in the subnet of this host's address toward them (loopback stands in here).
+        let hosts = [HostSlots { name: "127.0.0.2".into(), slots: 1 }, HostSlots { name: "10.9.9.9".into(), slots: 1 }];
+        assert!(network_args(&hosts, "127.0.0.1", &none).is_empty(), "a host outside the subnet: Open MPI chooses");
+        let net = subnet_of("127.0.0.1").expect("loopback is 127.0.0.1/8");
+        assert_eq!(net.to_string(), "127.0.0.0/8");
+        assert!(net.contains("127.1.2.3".parse().unwrap()) && !net.contains("10.0.0.1".parse().unwrap()));
+        assert_eq!(Subnet("10.77.5.1".parse().unwrap(), 24).to_string(), "10.77.5.0/24");
+        assert!(user_sets("btl", &["--mca".into(), "btl".into(), "self,tcp".into()]));
+        assert!(!user_sets("btl", &["--mca".into(), "pml".into(), "btl".into()]));
     }
 
     #[test]

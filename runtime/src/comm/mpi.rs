@@ -170,13 +170,16 @@ fn host_group(world: &SimpleCommunicator) -> Option<Host> {
     })
 }
 
-/// A new segment for `world` ranks in /dev/shm, named so that no one can guess it.
+/// A new segment for `world` ranks in /dev/shm, named so that no one can guess it, and by
+/// this process: one left by a rank killed before every rank of its host mapped it is
+/// removed by the next (as the kernel's are).
 fn create_segment(world: usize) -> std::io::Result<String> {
     use std::io::Read;
+    crate::stale::remove_stale(std::path::Path::new("/dev/shm"), "ranch-");
     let mut random = [0u8; 12];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
     let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let path = format!("/dev/shm/ranch-host-{hex}");
+    let path = format!("/dev/shm/ranch-{}-host-{hex}", std::process::id());
     shm::create(&path, world)?;
     Ok(path)
 }

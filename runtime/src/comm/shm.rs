@@ -80,33 +80,130 @@ fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
 
+/// The smallest slot and mailbox a segment gets when memory is short (slower large
+/// collectives and messages, in more rounds).
+const MIN_SLOT_BYTES: usize = 64 << 10;
+const MIN_MAILBOX_BYTES: usize = 1024;
+
 impl Layout {
+    /// The layout for `world` ranks at full speed.
     pub fn new(world: usize) -> Layout {
+        let mailbox_bytes = round_up((16 << 20) / (world * world), 64).clamp(MIN_MAILBOX_BYTES, 64 << 10);
+        // Big enough slots move data at memory speed.
+        let slot_bytes = round_up((256 << 20) / (world + 1), PAGE).clamp(MIN_SLOT_BYTES, 4 << 20);
+        Layout::sized(world, slot_bytes, mailbox_bytes)
+    }
+
+    /// With slots of `slot_bytes` (a multiple of a page) and mailboxes of `mailbox_bytes` (a
+    /// multiple of 64).
+    fn sized(world: usize, slot_bytes: usize, mailbox_bytes: usize) -> Layout {
         let reason = round_up(EXITED_OFF + 4 * world, 64);
         let ctrl = round_up(reason + REASON_BYTES, 128);
         let inline = round_up(ctrl + CTRL_BYTES * world, PAGE);
         let mailboxes = round_up(inline + 2 * world * INLINE_BYTES, PAGE);
-        let mailbox_bytes = round_up((16 << 20) / (world * world), 64).clamp(1024, 64 << 10);
         let slots = round_up(mailboxes + world * world * (MAILBOX_HEADER + mailbox_bytes), PAGE);
-        // Big enough slots move data at memory speed; the file is sparse, so pages only
-        // exist once touched.
-        let slot_bytes = round_up((256 << 20) / (world + 1), PAGE).clamp(64 << 10, 4 << 20);
         let total = slots + (world + 1) * slot_bytes;
         Layout { world, reason, ctrl, inline, mailboxes, mailbox_bytes, slots, slot_bytes, total }
     }
+
+    /// The smallest layout for `world` ranks.
+    fn smallest(world: usize) -> Layout {
+        Layout::sized(world, MIN_SLOT_BYTES, MIN_MAILBOX_BYTES)
+    }
+
+    /// The full-speed layout if it fits in `room` bytes; else one with smaller slots and
+    /// mailboxes (large collectives in more rounds) that takes at most half of `room`, the
+    /// rest staying for other programs and launches; `None` if even the smallest does not.
+    fn fitting(world: usize, room: u64) -> Option<Layout> {
+        let mut lay = Layout::new(world);
+        if lay.total as u64 <= room {
+            return Some(lay);
+        }
+        let budget = room / 2;
+        while lay.total as u64 > budget && (lay.slot_bytes > MIN_SLOT_BYTES || lay.mailbox_bytes > MIN_MAILBOX_BYTES) {
+            let slot_bytes = round_up(lay.slot_bytes / 2, PAGE).max(MIN_SLOT_BYTES);
+            let mailbox_bytes = round_up(lay.mailbox_bytes / 2, 64).max(MIN_MAILBOX_BYTES);
+            lay = Layout::sized(world, slot_bytes, mailbox_bytes);
+        }
+        (lay.total as u64 <= budget).then_some(lay)
+    }
 }
 
-/// Creates the segment of a launch (kernel side).
+/// Creates the segment of a launch (kernel side), its memory reserved: `/dev/shm` is a
+/// tmpfs whose pages exist only once touched, so a sparse segment in a full one would kill
+/// the ranks with SIGBUS in the middle of a collective. When the full-speed layout does not
+/// fit in what is free, a smaller one that does is used; when none does, the error names the
+/// directory, what is needed and what is free, and nothing is left behind.
 pub fn create(path: &str, world: usize) -> std::io::Result<()> {
-    let lay = Layout::new(world);
     // The owner's alone: `/dev/shm` is world-listable, and the data is the launch's.
     let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path)?;
-    file.set_len(lay.total as u64)?;
-    let mut header = Vec::with_capacity(32);
-    for word in [MAGIC, world as u64, lay.slot_bytes as u64, lay.mailbox_bytes as u64] {
-        header.extend_from_slice(&word.to_ne_bytes());
+    let made = (|| {
+        let lay = match free_bytes(&file) {
+            Some(room) => Layout::fitting(world, room).ok_or_else(|| no_room(path, world, room))?,
+            None => Layout::new(world),
+        };
+        reserve(&file, lay.total as u64).map_err(|e| match e.raw_os_error() {
+            Some(ffi::ENOSPC) => no_room(path, world, free_bytes(&file).unwrap_or(0)),
+            _ => e,
+        })?;
+        let mut header = Vec::with_capacity(32);
+        for word in [MAGIC, world as u64, lay.slot_bytes as u64, lay.mailbox_bytes as u64] {
+            header.extend_from_slice(&word.to_ne_bytes());
+        }
+        file.write_all_at(&header, 0)
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    file.write_all_at(&header, 0)
+    made
+}
+
+/// Bytes free (for this user) on the filesystem of `file`; `None` if it cannot say.
+fn free_bytes(file: &File) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<ffi::Statvfs>::zeroed();
+    // SAFETY: `st` is at least as large as `struct statvfs` on 64-bit Linux (glibc, musl).
+    let rc = unsafe { ffi::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    // SAFETY: filled in by the successful call.
+    let st = (rc == 0).then(|| unsafe { st.assume_init() })?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Gives `file` its `len` bytes of memory now (`fallocate`); on a filesystem that cannot
+/// reserve, the file is sparse, as it always was.
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    // SAFETY: a plain system call on a descriptor we own.
+    if unsafe { ffi::fallocate(file.as_raw_fd(), 0, 0, len as i64) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(ffi::EOPNOTSUPP | ffi::ENOSYS) => file.set_len(len),
+        _ => Err(e),
+    }
+}
+
+fn no_room(path: &str, world: usize, free: u64) -> std::io::Error {
+    let dir = std::path::Path::new(path).parent().map_or("/dev/shm".into(), |d| d.display().to_string());
+    // `fitting` takes at most half of what is free unless the full-speed layout fits.
+    let least = (2 * Layout::smallest(world).total as u64).min(Layout::new(world).total as u64);
+    std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        format!(
+            "{dir} has {} free, and the shared memory of {world} ranks on this host needs {}. Free space in {dir} \
+             (other programs' files count), make it larger (a container's: `docker run --shm-size=1g`), or run \
+             fewer ranks on this host",
+            size_text(free),
+            size_text(least),
+        ),
+    )
+}
+
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{} KiB", b.div_ceil(1024)),
+    }
 }
 
 /// Values of a rank's "exited" flag.
@@ -170,6 +267,31 @@ mod ffi {
     }
     pub const PROT_READ_WRITE: i32 = 0x1 | 0x2;
     pub const MAP_SHARED: i32 = 0x01;
+
+    unsafe extern "C" {
+        pub fn fallocate(fd: i32, mode: i32, offset: i64, len: i64) -> i32;
+        pub fn fstatvfs(fd: i32, buf: *mut Statvfs) -> i32;
+    }
+    pub const ENOSPC: i32 = 28;
+    pub const ENOSYS: i32 = 38;
+    pub const EOPNOTSUPP: i32 = 95;
+
+    /// `struct statvfs` of 64-bit Linux (glibc and musl), with room to spare.
+    #[repr(C)]
+    pub struct Statvfs {
+        pub f_bsize: u64,
+        pub f_frsize: u64,
+        pub f_blocks: u64,
+        pub f_bfree: u64,
+        pub f_bavail: u64,
+        pub f_files: u64,
+        pub f_ffree: u64,
+        pub f_favail: u64,
+        pub f_fsid: u64,
+        pub f_flag: u64,
+        pub f_namemax: u64,
+        pub spare: [u64; 8],
+    }
 }
 
 #[derive(Default)]
@@ -207,10 +329,23 @@ impl Drop for Group {
     }
 }
 
+/// The layout `create` chose for the segment in `file`, from its header.
+fn layout_of(file: &File, path: &str, world: usize) -> Result<Layout, String> {
+    let mut header = [0u8; 32];
+    file.read_exact_at(&mut header, 0).map_err(|e| format!("cannot read the group's segment {path}: {e}"))?;
+    let word = |i: usize| u64::from_ne_bytes(header[8 * i..8 * i + 8].try_into().unwrap());
+    let (slot_bytes, mailbox_bytes) = (word(2) as usize, word(3) as usize);
+    let sane = slot_bytes >= MIN_SLOT_BYTES && slot_bytes % PAGE == 0 && mailbox_bytes >= MIN_MAILBOX_BYTES && mailbox_bytes % 64 == 0;
+    if word(0) != MAGIC || word(1) != world as u64 || !sane {
+        return Err(format!("{path} is not a ranch group segment for {world} ranks"));
+    }
+    Ok(Layout::sized(world, slot_bytes, mailbox_bytes))
+}
+
 impl Group {
     pub fn open(path: &str, rank: usize, world: usize) -> Result<Group, String> {
-        let lay = Layout::new(world);
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("cannot open the group's segment {path}: {e}"))?;
+        let lay = layout_of(&file, path, world)?;
         let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
         if len != lay.total {
             return Err(format!("the group's segment {path} has {len} bytes, expected {}", lay.total));
@@ -834,6 +969,47 @@ mod tests {
             assert!(l.reason >= EXITED_OFF + 4 * world && l.ctrl >= l.reason + REASON_BYTES);
             assert!(l.total < (1 << 30), "world {world}: {} bytes", l.total);
         }
+    }
+
+    #[test]
+    fn a_layout_shrinks_to_fit_what_is_free() {
+        for world in [1, 2, 16, 64] {
+            let full = Layout::new(world);
+            assert_eq!(Layout::fitting(world, full.total as u64), Some(full));
+            let short = Layout::fitting(world, full.total as u64 - 1).unwrap_or_else(|| panic!("world {world}"));
+            assert!(short.total as u64 <= (full.total as u64 - 1) / 2 && short.slot_bytes >= MIN_SLOT_BYTES);
+            assert_eq!(short.slot_bytes % PAGE, 0);
+            assert_eq!(short.mailbox_bytes % 64, 0);
+            let least = Layout::smallest(world).total as u64;
+            assert_eq!(Layout::fitting(world, 2 * least), Some(Layout::smallest(world)));
+            assert_eq!(Layout::fitting(world, 2 * least - 1), None);
+        }
+        // A container's default /dev/shm (64 MiB) holds 16 ranks, at a lower speed.
+        assert!(Layout::new(16).total > 64 << 20 && Layout::fitting(16, 64 << 20).is_some());
+    }
+
+    #[test]
+    fn a_segment_has_its_memory_when_created_and_opens_with_its_layout() {
+        use std::os::unix::fs::MetadataExt;
+        let path = format!("/dev/shm/ranch-test-{}", std::process::id());
+        create(&path, 2).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.len(), Layout::new(2).total as u64);
+        assert!(m.blocks() * 512 >= m.len(), "reserved, not sparse: {} of {} bytes", m.blocks() * 512, m.len());
+        let g = Group::open(&path, 0, 2).unwrap();
+        assert_eq!(g.lay, Layout::new(2));
+        drop(g);
+        // A segment made smaller (as `create` does when memory is short) opens with its sizes.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let small = Layout::smallest(2);
+        file.set_len(small.total as u64).unwrap();
+        file.write_all_at(&(MIN_SLOT_BYTES as u64).to_ne_bytes(), 16).unwrap();
+        file.write_all_at(&(MIN_MAILBOX_BYTES as u64).to_ne_bytes(), 24).unwrap();
+        assert_eq!(Group::open(&path, 1, 2).unwrap().lay, small);
+        file.write_all_at(&1u64.to_ne_bytes(), 16).unwrap();
+        assert!(Group::open(&path, 1, 2).is_err_and(|e| e.contains("is not a ranch group segment")));
+        std::fs::remove_file(&path).unwrap();
+        assert!(create(&format!("/nonexistent-dir/ranch-{}", std::process::id()), 2).is_err());
     }
 
 }

@@ -12,11 +12,11 @@
 //! restarts it, which restarts every rank, and forgets the pool's variables, so that
 //! evcxr's idea of what exists and the ranks' stores never disagree.
 
-use super::super::events::{Event, SOCKET_ENV};
+use super::super::events::{Event, MAX_LINE, SOCKET_ENV, for_each_line};
 use super::hub::{Hub, REMOTE_ENV, RemoteSpec};
 use super::{PLAN_ENV, RANK_ENV};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -160,13 +160,17 @@ impl FanOut {
             let stdout = child.stdout.take().expect("piped");
             let tx = tx.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send((rank, Some(line))).is_err() {
-                        return;
-                    }
+                let mut open = true;
+                let each = |line: Vec<u8>| {
+                    open = tx.send((rank, Some(String::from_utf8_lossy(&line).into_owned()))).is_ok();
+                    open
+                };
+                for_each_line(stdout, each, || {
+                    eprintln!("ranch pool: a line of more than {} MiB from rank {rank} was dropped", MAX_LINE >> 20)
+                });
+                if open {
+                    let _ = tx.send((rank, None));
                 }
-                let _ = tx.send((rank, None));
             });
             children.push(child);
         }

@@ -423,7 +423,7 @@ pub(super) fn remote_spec(placement: &Placement, private: &Path, n: usize) -> Re
     let ship = placement.elsewhere();
     let plan = LaunchPlan {
         exe: exe.clone(),
-        ship,
+        delivery: if ship { ranch_magics::launch::Delivery::Channel } else { ranch_magics::launch::Delivery::Path },
         local_ranks: n,
         world_size: n,
         base_rank: 0,

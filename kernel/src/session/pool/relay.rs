@@ -12,11 +12,11 @@
 //! The directory and everything in it are removed when the relay ends; the rank dies with
 //! the relay (its parent-death signal), and the relay ends when the hub's connection does.
 
-use super::super::events::SOCKET_ENV;
+use super::super::events::{MAX_LINE, SOCKET_ENV, for_each_line};
 use super::link::{self, Frame, HELLO};
 use super::RANK_ENV;
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -27,8 +27,6 @@ use std::time::{Duration, Instant};
 pub const HUB_ENV: &str = "RANCH_POOL_HUB";
 /// The line evcxr's child ends a cell with.
 const COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
-/// Most bytes of one event line from the rank.
-const MAX_EVENT_LINE: u64 = 60 << 20;
 
 /// In a relay: serves the hub and never returns. Elsewhere: does nothing. Must run before
 /// any other thread exists.
@@ -115,7 +113,10 @@ impl Relay {
         }
         let mut reader = BufReader::new(stream);
         let base = std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).unwrap_or_else(|| "/tmp".into());
-        let dir = nix::unistd::mkdtemp(&Path::new(&base).join("ranch-pool.XXXXXX"))
+        // Named by this process: a relay killed with SIGKILL leaves its directory, which the
+        // next relay on this host removes.
+        ranch::__rt::remove_stale(Path::new(&base), "ranch-pool-");
+        let dir = nix::unistd::mkdtemp(&Path::new(&base).join(format!("ranch-pool-{}-XXXXXX", std::process::id())))
             .map_err(|e| format!("cannot make a directory in {} (set TMPDIR): {e}", base.to_string_lossy()))?;
         let _ = DIR.set(dir.clone());
         let dir = TempDir(dir);
@@ -250,19 +251,11 @@ fn forward_events(listener: std::os::unix::net::UnixListener, writer: Writer) {
             let Ok(conn) = conn else { continue };
             let writer = writer.clone();
             std::thread::spawn(move || {
-                let mut lines = BufReader::new(conn);
-                loop {
-                    let mut line = Vec::new();
-                    match (&mut lines).take(MAX_EVENT_LINE).read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) if !line.ends_with(b"\n") => continue, // over the limit: dropped
-                        Ok(_) => {
-                            if !send(&writer, &Frame::Events(line)) {
-                                break;
-                            }
-                        }
-                    }
-                }
+                let each = |mut line: Vec<u8>| {
+                    line.push(b'\n');
+                    send(&writer, &Frame::Events(line))
+                };
+                for_each_line(conn, each, || eprintln!("ranch pool relay: an event of more than {} MiB was dropped", MAX_LINE >> 20));
             });
         }
     });
@@ -276,15 +269,19 @@ fn forward_protocol(stdout: std::process::ChildStdout, writer: Writer, dir: Path
     std::thread::spawn(move || {
         let mirror = dir.join("mirror");
         let mut sent: HashSet<PathBuf> = HashSet::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
+        let mut sending = true;
+        let each = |line: Vec<u8>| {
+            let line = String::from_utf8_lossy(&line).into_owned();
             if line == COMPLETE {
                 send_pulled(&mirror, &writer, &mut sent);
                 remove_used(&dir);
             }
-            if !send(&writer, &Frame::Line(line)) {
-                return;
-            }
+            sending = send(&writer, &Frame::Line(line));
+            sending
+        };
+        for_each_line(stdout, each, || eprintln!("ranch pool relay: a line of more than {} MiB from the rank was dropped", MAX_LINE >> 20));
+        if !sending {
+            return;
         }
         let how = {
             let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
