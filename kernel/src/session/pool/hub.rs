@@ -14,14 +14,14 @@ use ranch_magics::channel::{CHANNEL_ENV, Channel};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use ranch::__rt::listener::{Listener, Rules};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
 
 /// How the fan-out starts ranks elsewhere (from the kernel, as JSON in `REMOTE_ENV`).
 pub const REMOTE_ENV: &str = "RANCH_POOL_REMOTE";
@@ -75,8 +75,9 @@ impl Hub {
         events: Option<&Path>,
     ) -> Result<Hub, String> {
         let n = plan.len();
-        let listener = TcpListener::bind((spec.reach.as_str(), 0)).map_err(|e| format!("cannot listen on {} for the pool's ranks: {e}", spec.reach))?;
-        let hub_addr = match listener.local_addr().map_err(|e| e.to_string())? {
+        let rules = Rules { framing: link::hello_progress, max_hello: link::MAX_HELLO, ..Rules::line(HELLO, &spec.token) };
+        let listener = Listener::bind((spec.reach.as_str(), 0), rules).map_err(|e| format!("cannot listen on {} for the pool's ranks: {e}", spec.reach))?;
+        let hub_addr = match listener.local_addr() {
             std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
             a => a.to_string(),
         };
@@ -224,7 +225,7 @@ fn stop(launcher: &mut Child) {
 /// environment and libstd. Strangers are closed on; the wait ends when every rank came,
 /// the launcher ended, or the spec's timeout passed.
 fn accept_ranks(
-    listener: &TcpListener,
+    listener: &Listener,
     plan: &[Vec<(String, String)>],
     spec: &RemoteSpec,
     launcher: &mut Child,
@@ -232,7 +233,6 @@ fn accept_ranks(
 ) -> Result<Vec<(TcpStream, String)>, String> {
     let n = plan.len();
     let mut got: Vec<Option<(TcpStream, String)>> = (0..n).map(|_| None).collect();
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs_f64(spec.start_timeout_s);
     let said = |tail: &Tail| {
         let t = tail.lock().unwrap_or_else(|e| e.into_inner());
@@ -247,21 +247,13 @@ fn accept_ranks(
         if Instant::now() >= deadline {
             return Err(format!("ranks {} did not start within {:.0} s{}", missing(), spec.start_timeout_s, said(tail)));
         }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.set_nodelay(true);
-        let Some((rank, host)) = hello(&stream, &spec.token, n) else { continue };
+        // Waits in short steps: the launcher may end meanwhile.
+        let Some(admitted) = listener.next_before((Instant::now() + Duration::from_millis(200)).min(deadline)) else { continue };
+        let Some((rank, host)) = rank_and_host(&admitted.words, n) else { continue };
         if got[rank].is_some() {
             continue;
         }
+        let stream = admitted.stream;
         let mut w = &stream;
         let mut env = plan[rank].clone();
         env.push((ranch::__rt::KERNEL_DIR_ENV.to_string(), spec.private.to_string_lossy().into_owned()));
@@ -278,25 +270,15 @@ fn accept_ranks(
         if setup.and_then(|_| link::write_frame(&mut w, &Frame::Start)).is_err() {
             continue;
         }
-        let _ = stream.set_read_timeout(None);
         got[rank] = Some((stream, host));
     }
     Ok(got.into_iter().map(|g| g.expect("every rank came")).collect())
 }
 
-/// A relay's hello: the rank and host, when the token is the pool's.
-fn hello(stream: &TcpStream, token: &str, n: usize) -> Option<(usize, String)> {
-    let mut r = stream;
-    let Ok(Frame::Hello(text)) = link::read_frame(&mut r) else { return None };
-    let mut words = text.split_whitespace();
-    if words.next()? != HELLO {
-        return None;
-    }
-    if !bool::from(words.next()?.as_bytes().ct_eq(token.as_bytes())) {
-        return None;
-    }
-    let rank: usize = words.next()?.parse().ok().filter(|&r| r < n)?;
-    let host = words.next()?.chars().take(255).collect();
+/// A relay's hello after the greeting and the pool's token: `<rank> <host> <pid>`.
+fn rank_and_host(words: &[String], n: usize) -> Option<(usize, String)> {
+    let rank: usize = words.first()?.parse().ok().filter(|&r| r < n)?;
+    let host = words.get(1)?.chars().take(255).collect();
     Some((rank, host))
 }
 

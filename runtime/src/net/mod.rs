@@ -1,0 +1,3 @@
+//! What every TCP service of ranch shares: how it listens ([`listener`]).
+
+pub mod listener;
