@@ -348,7 +348,9 @@ mod tests {
     #[test]
     fn strangers_are_closed_on_without_a_byte() {
         let l = Listener::bind("127.0.0.1:0", rules()).unwrap();
-        for hello in [&b"HI wrong 0\n"[..], b"HI sesamE 0\n", b"HI sesame_longer 0\n", b"HO sesame 0\n", b"\xff\xfe sesame\n", b"HI\n", b"\n"] {
+        for hello in
+            [&b"HI wrong 0\n"[..], b"HI sesamE 0\n", b"HI sesame_longer 0\n", b"HO sesame 0\n", b"\xff\xfe sesame\n", b"HI\n", b"\n"]
+        {
             let mut s = connect(&l);
             s.write_all(hello).unwrap();
             assert!(closed(&s), "{hello:?}");
@@ -442,6 +444,59 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         assert!(closed(&silent));
         assert!(TcpStream::connect(addr).is_err(), "nothing listens any more");
+    }
+
+    /// CPU time this process has used (user and system), from its /proc/self/stat (opened
+    /// before descriptors run out).
+    fn cpu_time(file: &mut std::fs::File) -> Duration {
+        use std::io::Seek;
+        let mut stat = String::new();
+        file.rewind().unwrap();
+        file.read_to_string(&mut stat).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+
+    #[test]
+    fn out_of_descriptors_accepting_backs_off_and_recovers() {
+        const CHILD: &str = "RANCH_LISTENER_TEST_EMFILE";
+        // The descriptor limit is the process's: run alone, in a child.
+        if std::env::var_os(CHILD).is_none() {
+            let name = "net::listener::tests::out_of_descriptors_accepting_backs_off_and_recovers";
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--test-threads=1"])
+                .env(CHILD, "1")
+                .status()
+                .unwrap();
+            assert!(status.success());
+            return;
+        }
+        #[repr(C)]
+        struct Rlimit {
+            cur: u64,
+            max: u64,
+        }
+        unsafe extern "C" {
+            fn setrlimit(resource: std::ffi::c_int, limit: *const Rlimit) -> std::ffi::c_int;
+        }
+        const RLIMIT_NOFILE: std::ffi::c_int = 7;
+        // SAFETY: a valid struct for the call's duration.
+        assert_eq!(unsafe { setrlimit(RLIMIT_NOFILE, &Rlimit { cur: 256, max: 256 }) }, 0);
+        let l = Listener::bind("127.0.0.1:0", rules()).unwrap();
+        let mut peer = connect(&l);
+        peer.write_all(b"HI sesame 1\n").unwrap();
+        let mut stat = std::fs::File::open("/proc/self/stat").unwrap();
+        let mut hogs = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hogs.push(f);
+        }
+        let (cpu, wall) = (cpu_time(&mut stat), Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu_time(&mut stat) - cpu;
+        assert!(used < Duration::from_millis(300), "accepting used {used:?} of CPU in {:?}", wall.elapsed());
+        drop(hogs);
+        assert!(l.next_before(Instant::now() + Duration::from_secs(5)).is_some(), "the waiting peer is admitted");
     }
 
     #[test]

@@ -213,6 +213,17 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_frame_is_read_to_its_end_and_nothing_else_is_a_hello() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &Frame::Hello("RANCH-POOL1 t 0 h 1".into())).unwrap();
+        assert_eq!(hello_progress(&wire[..2]), Progress::Need(3));
+        assert_eq!(hello_progress(&wire[..HEAD]), Progress::Need(wire.len() - HEAD));
+        assert_eq!(hello_progress(&wire), Progress::Complete(HEAD..wire.len()));
+        assert_eq!(hello_progress(&[b'H', 0, 1, 0, 0]), Progress::Bad, "longer than a hello may be");
+        assert_eq!(hello_progress(&[b'L', 0, 0, 0, 1]), Progress::Bad, "not a hello");
+    }
+
+    #[test]
     fn only_plain_relative_names_are_taken() {
         assert!(safe_relative("cells/libcode_3.so").is_some());
         assert!(safe_relative("mirror/px-push-1/a.bin").is_some());
