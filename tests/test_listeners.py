@@ -2,7 +2,8 @@
 hub, address book and mesh) is reachable by anyone on the machine or the network. Strangers
 that connect to every one of them and dribble a byte every few seconds (never finishing a
 hello) must not cost the ranks their wait: the cells finish with the right values in about
-their usual time, and no stranger gets a byte."""
+their usual time, and no stranger gets a byte. And a link to another host notices when that
+host vanishes without a word (no reset ever comes)."""
 from __future__ import annotations
 
 import os
@@ -10,12 +11,13 @@ import select
 import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import descendants, execute, ok, start, stop
+from conftest import descendants, execute, ok, start, stop, wait_for_output
 from simhosts import simulated_hosts
 from test_mpi_backend import needs_mpi_build
 
@@ -181,6 +183,7 @@ def test_strangers_dribbling_into_a_launchs_ports_do_not_slow_its_cell(kernel):
     assert ok(execute(kernel, "got")).result() == "[41, 41]"
     # The channel and the rendezvous.
     attacked(strangers, 2)
+    print(f"the launch took {took:.1f} s with strangers, {usual:.1f} s without")
     assert took < usual + 5, f"the cell took {took:.1f} s with strangers, {usual:.1f} s without"
 
 
@@ -200,6 +203,7 @@ def test_strangers_dribbling_into_a_pools_ports_do_not_slow_its_cells(kernel):
             run, took = timed(kernel, POOL_CELL, timeout=120)
         assert run.result() == "[3.0, 3.0]", run.result()
         attacked(strangers, 1)  # the cell's rendezvous
+        print(f"the pool's cell took {took:.1f} s with strangers, {usual:.1f} s without")
         assert took < usual + 5, f"the cell took {took:.1f} s with strangers, {usual:.1f} s without"
     finally:
         ok(execute(kernel, "%ranch_stop"))
@@ -232,4 +236,35 @@ def test_strangers_dribbling_into_a_pool_across_hosts_do_not_stop_it(hosts, tmp_
                 ok(execute(kc, "%ranch_stop"))
         attacked(strangers, 3)  # the hub, the channel and the cell's address book
     finally:
+        stop(km, kc)
+
+
+@needs_mpi_build
+def test_a_host_that_vanishes_ends_the_cell_within_the_collective_timeout_naming_it(hosts):
+    """Host 2's network link drops in the middle of a pool's cell (inside its namespace: no
+    reset, no FIN, nothing comes back): the cell ends within the collective timeout and says
+    which rank and host went silent, instead of hanging until the user interrupts."""
+    timeout = 10
+    env = dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args, RANCH_COLLECTIVE_TIMEOUT=str(timeout))
+    km, kc = start(env=env)
+    link = ["ip", "-n", hosts.namespaces[1], "link", "set", "eth0"]
+    try:
+        a, b = hosts.addresses
+        ok(execute(kc, f"%ranch_start 2 --hosts {a}:1,{b}:1", timeout=600))
+        ok(execute(kc, "%px ranch::rank()", timeout=600))
+        msg_id = kc.execute('%%px\nprintln!("up {}", ranch::rank());\nstd::thread::sleep(std::time::Duration::from_secs(600));')
+        wait_for_output(kc, msg_id, "up 1")
+        subprocess.run([*link, "down"], check=True)
+        dropped = time.monotonic()
+        reply = kc.get_shell_msg(timeout=timeout + 60)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=timeout + 60)
+        took = time.monotonic() - dropped
+        print(f"the cell ended {took:.1f} s after host 2's link dropped (collective timeout {timeout} s)")
+        assert reply["content"]["status"] == "error", reply["content"]
+        why = reply["content"]["evalue"]
+        assert "Rank 1 went silent" in why and "(host simhost2)" in why, why
+        assert took < timeout, f"the cell ended {took:.1f} s after the link dropped"
+    finally:
+        subprocess.run([*link, "up"], capture_output=True)
         stop(km, kc)

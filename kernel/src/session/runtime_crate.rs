@@ -11,6 +11,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
     ("src/channel.rs", include_str!("../../../runtime/src/channel.rs")),
     ("src/net/mod.rs", include_str!("../../../runtime/src/net/mod.rs")),
+    ("src/net/keepalive.rs", include_str!("../../../runtime/src/net/keepalive.rs")),
     ("src/net/listener.rs", include_str!("../../../runtime/src/net/listener.rs")),
     ("src/shard.rs", include_str!("../../../runtime/src/shard.rs")),
     ("src/display.rs", include_str!("../../../runtime/src/display.rs")),

@@ -103,6 +103,8 @@ pub fn join(book: &str, token: &str, rank: usize, world: usize) -> Result<Group,
 
 fn ready(s: TcpStream) -> Result<Peer, String> {
     let _ = s.set_nodelay(true);
+    // A peer's host that vanishes without a word fails the link within the timeout too.
+    let _ = crate::net::keepalive::watch(&s, timeout());
     s.set_read_timeout(Some(timeout())).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout())).map_err(|e| e.to_string())?;
     Ok(Peer { stream: s, kept: VecDeque::new() })

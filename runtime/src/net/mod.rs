@@ -1,3 +1,5 @@
-//! What every TCP service of ranch shares: how it listens ([`listener`]).
+//! What every TCP service and link of ranch shares: how it listens ([`listener`]) and how a
+//! link notices a peer whose host went silent ([`keepalive`]).
 
+pub mod keepalive;
 pub mod listener;

@@ -14,6 +14,7 @@ use ranch_magics::channel::{CHANNEL_ENV, Channel};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
+use ranch::__rt::keepalive;
 use ranch::__rt::listener::{Listener, Rules};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -187,13 +188,24 @@ impl Hub {
     }
 }
 
+/// How a rank whose host vanished without a word ended (its link timed out).
+const SILENT: &str = "went silent";
+
 impl Drop for Hub {
     fn drop(&mut self) {
         // Closing the links ends the relays, and with them the ranks; then the launcher.
         for w in &self.writers {
             let _ = w.lock().unwrap_or_else(|e| e.into_inner()).shutdown(std::net::Shutdown::Both);
         }
-        stop(&mut self.launcher);
+        let vanished = self.ended.lock().unwrap_or_else(|e| e.into_inner()).iter().flatten().any(|how| how.starts_with(SILENT));
+        if vanished {
+            // The launcher cannot reach that host to stop its job, and would wait for it; the
+            // relays on the other hosts end with their links.
+            let _ = self.launcher.kill();
+            let _ = self.launcher.wait();
+        } else {
+            stop(&mut self.launcher);
+        }
     }
 }
 
@@ -254,6 +266,9 @@ fn accept_ranks(
             continue;
         }
         let stream = admitted.stream;
+        // The rank's host may vanish without a word (no reset): the link then fails within the
+        // collective timeout, and the cell says which rank and host went silent.
+        let _ = keepalive::watch(&stream, ranch::__rt::collective_timeout());
         let mut w = &stream;
         let mut env = plan[rank].clone();
         env.push((ranch::__rt::KERNEL_DIR_ENV.to_string(), spec.private.to_string_lossy().into_owned()));
@@ -316,7 +331,14 @@ fn serve_rank(
                 break;
             }
             Ok(_) => {}
-            Err(_) => break,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    let secs = ranch::__rt::collective_timeout().as_secs_f64() / 2.0;
+                    let how = format!("{SILENT}: its host acknowledged nothing for {secs:.0} s (it lost power or its network link)");
+                    ended.lock().unwrap_or_else(|e| e.into_inner())[rank].get_or_insert(how);
+                }
+                break;
+            }
         }
     }
     let _ = lines.send((rank, None));
