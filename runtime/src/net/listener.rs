@@ -119,11 +119,12 @@ struct Shared {
     pending: Mutex<Pending>,
 }
 
-/// Connections whose hello is being read, oldest first (a clone of each, to evict it).
+/// Connections whose hello is being read, oldest first (shared with the thread that reads
+/// each, to evict it: no second descriptor, which could be missing when they run out).
 #[derive(Default)]
 struct Pending {
     next_id: u64,
-    conns: VecDeque<(u64, TcpStream)>,
+    conns: VecDeque<(u64, Arc<TcpStream>)>,
 }
 
 /// A hello thread needs little: a few locals and a buffer on the heap.
@@ -234,7 +235,7 @@ fn accept_loop(shared: &Arc<Shared>, admitted: &SyncSender<Admitted>) {
 /// connection when the pending set is full.
 fn start_hello(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, admitted: SyncSender<Admitted>) {
     let deadline = Instant::now() + shared.rules.hello_deadline;
-    let Ok(handle) = stream.try_clone() else { return };
+    let stream = Arc::new(stream);
     let id = {
         let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
         if shared.stopped.load(Ordering::SeqCst) {
@@ -247,7 +248,7 @@ fn start_hello(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, admitt
         }
         pending.next_id += 1;
         let id = pending.next_id;
-        pending.conns.push_back((id, handle));
+        pending.conns.push_back((id, stream.clone()));
         id
     };
     let s = shared.clone();
@@ -258,6 +259,8 @@ fn start_hello(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, admitt
             return;
         }
         let Some(words) = words else { return }; // a stranger: closed without a byte
+        // No longer pending: this thread holds the only reference.
+        let Ok(stream) = Arc::try_unwrap(stream) else { return };
         if stream.set_read_timeout(None).is_ok() {
             let _ = stream.set_nodelay(true);
             let _ = admitted.send(Admitted { stream, words, peer });
@@ -464,12 +467,12 @@ mod tests {
         // The descriptor limit is the process's: run alone, in a child.
         if std::env::var_os(CHILD).is_none() {
             let name = "net::listener::tests::out_of_descriptors_accepting_backs_off_and_recovers";
-            let status = std::process::Command::new(std::env::current_exe().unwrap())
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
                 .args([name, "--exact", "--test-threads=1"])
                 .env(CHILD, "1")
-                .status()
+                .output()
                 .unwrap();
-            assert!(status.success());
+            assert!(child.status.success(), "{}{}", String::from_utf8_lossy(&child.stdout), String::from_utf8_lossy(&child.stderr));
             return;
         }
         #[repr(C)]
