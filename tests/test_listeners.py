@@ -84,6 +84,7 @@ class Strangers:
         self.attacked: set[tuple[str, int]] = set()  # ever
         self.opened = 0
         self.received = 0  # bytes any stranger got: must stay 0
+        self.peak_threads = self.peak_fds = 0  # the kernel's, while strangers are on it
         self.socks: dict[int, tuple[socket.socket, tuple[str, int], float]] = {}
         self.done = threading.Event()
         self.failed: BaseException | None = None
@@ -117,6 +118,15 @@ class Strangers:
         self.opened += 1
         return True
 
+    def _measure(self):
+        try:
+            with open(f"/proc/{self.root}/status") as f:
+                threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+            fds = len(os.listdir(f"/proc/{self.root}/fd"))
+        except OSError:
+            return
+        self.peak_threads, self.peak_fds = max(self.peak_threads, threads), max(self.peak_fds, fds)
+
     def _run(self):
         last_scan = 0.0
         while not self.done.is_set():
@@ -125,6 +135,7 @@ class Strangers:
                 self.ports |= listening(self.root) - self.before
                 self.attacked |= self.ports
                 last_scan = now
+                self._measure()
             counts = {}
             for _, addr, _ in self.socks.values():
                 counts[addr] = counts.get(addr, 0) + 1
@@ -183,7 +194,10 @@ def test_strangers_dribbling_into_a_launchs_ports_do_not_slow_its_cell(kernel):
     assert ok(execute(kernel, "got")).result() == "[41, 41]"
     # The channel and the rendezvous.
     attacked(strangers, 2)
-    print(f"the launch took {took:.1f} s with strangers, {usual:.1f} s without")
+    print(f"the launch took {took:.1f} s with strangers, {usual:.1f} s without; "
+          f"the kernel had at most {strangers.peak_threads} threads and {strangers.peak_fds} descriptors meanwhile")
+    # Each listener reads at most 64 hellos at once, a thread each.
+    assert strangers.peak_threads < 250, strangers.peak_threads
     assert took < usual + 5, f"the cell took {took:.1f} s with strangers, {usual:.1f} s without"
 
 
