@@ -58,20 +58,38 @@ fn timeout() -> Duration {
 pub fn join(book: &str, token: &str, rank: usize, world: usize) -> Result<Group, String> {
     let deadline = Instant::now() + timeout();
     let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(book).map_err(|e| format!("address book {book}: {e}"))?.collect();
-    let stream = addrs
-        .iter()
-        .find_map(|a| TcpStream::connect_timeout(a, Duration::from_secs(10)).ok())
-        .ok_or_else(|| format!("rank {rank} cannot reach the cell's address book at {book}"))?;
+    let connect = || {
+        addrs
+            .iter()
+            .find_map(|a| TcpStream::connect_timeout(a, Duration::from_secs(10)).ok())
+            .ok_or_else(|| format!("rank {rank} cannot reach the cell's address book at {book}"))
+    };
+    let mut stream = connect()?;
     // Listen on the address this host reaches the kernel by: the other hosts reach it too.
     let me = stream.local_addr().map_err(|e| e.to_string())?.ip();
     // Peers connect with `HELLO <token> <their rank>`; their first message may follow at once,
     // and the listener reads nothing past the hello.
     let listener = Listener::bind((me, 0), Rules::line(HELLO, token)).map_err(|e| format!("cannot listen on {me}: {e}"))?;
     let mine = listener.local_addr();
-    (&stream).write_all(format!("{HELLO} {token} {rank} {mine}\n").as_bytes()).map_err(|e| format!("address book {book}: {e}"))?;
-    stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    BufReader::new((&stream).take(64 << 10)).read_line(&mut reply).map_err(|e| format!("the cell's group did not form: {e}"))?;
+    let hello = format!("{HELLO} {token} {rank} {mine}\n");
+    let reply = loop {
+        (&stream).write_all(hello.as_bytes()).map_err(|e| format!("address book {book}: {e}"))?;
+        stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
+        let mut reply = String::new();
+        match BufReader::new((&stream).take(64 << 10)).read_line(&mut reply) {
+            Ok(_) if !reply.is_empty() => break reply,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(format!("the cell's group did not form: {e}"));
+            }
+            // Closed without a word: strangers crowding the book's listener evicted this
+            // connection before its hello was read. Said again, until the deadline.
+            _ if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+                stream = connect()?;
+            }
+            _ => break reply,
+        }
+    };
     let mut words = reply.split_whitespace();
     match words.next() {
         Some("OK") => {}
@@ -429,6 +447,24 @@ mod tests {
     fn on_each<R: Send + 'static>(gs: Vec<Group>, f: impl Fn(&Group) -> R + Send + Sync + Copy + 'static) -> Vec<R> {
         let hs: Vec<_> = gs.into_iter().map(|g| std::thread::spawn(move || f(&g))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_rank_whose_hello_the_book_dropped_says_it_again() {
+        let book = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = book.local_addr().unwrap().to_string();
+        let serve = std::thread::spawn(move || {
+            // The first connection is closed unread, as a crowded listener evicts one.
+            drop(book.accept().unwrap());
+            let (s, _) = book.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(format!("OK {}\n", line.split_whitespace().nth(3).unwrap()).as_bytes()).unwrap();
+            line
+        });
+        let g = join(&at, "tok", 0, 1).unwrap();
+        assert_eq!((g.rank, g.world), (0, 1));
+        assert!(serve.join().unwrap().starts_with("RANCH-TCP1 tok 0 127.0.0.1:"));
     }
 
     #[test]
