@@ -45,8 +45,8 @@ pub fn line(bytes: &[u8]) -> Progress {
     }
 }
 
-/// What a listener admits, and its bounds against strangers.
-#[derive(Debug, Clone)]
+/// What a listener admits, and its bounds against strangers (not `Debug`: it holds the token).
+#[derive(Clone)]
 pub struct Rules {
     /// First word of every hello.
     pub greeting: &'static str,
@@ -88,6 +88,7 @@ pub struct Admitted {
     pub stream: TcpStream,
     /// The hello's words after the greeting and the token.
     pub words: Vec<String>,
+    /// Where it came from, for messages.
     pub peer: SocketAddr,
 }
 
@@ -101,6 +102,8 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// A listening socket, the thread that accepts on it and the threads that read hellos;
+/// stopped (pending connections closed) when dropped or by its [`Stopper`].
 pub struct Listener {
     shared: Arc<Shared>,
     admitted: Receiver<Admitted>,
