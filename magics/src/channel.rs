@@ -8,20 +8,22 @@
 //! - `PROGRAM`: the same with the rank program, when the launch ships it (`crate::launch::ship`);
 //! - `PUT result|panic <index> <len>`, then the bytes: answered `OK\n` once on disk.
 //!
-//! A stranger gets nothing: a wrong token closes the connection without a reply. Bounds:
-//! [`MAX_CONNECTIONS`] at once (more are closed at once), [`HELLO_TIMEOUT`] to send the
-//! request line of at most [`MAX_LINE`] bytes, [`IDLE_TIMEOUT`] between bytes of a body, a
-//! body of at most [`MAX_RESULT`] bytes (streamed to disk, never held in memory), one
-//! result per rank (a later panic report replaces an earlier one).
+//! A stranger gets nothing: the request line is the hello of a
+//! [`Listener`](ranch::__rt::listener::Listener), which closes on a wrong token without a
+//! reply and bounds what strangers hold (one deadline of [`HELLO_TIMEOUT`] in all for the
+//! request line of at most [`MAX_LINE`] bytes, a bounded set of pending connections).
+//! Admitted requests: [`MAX_CONNECTIONS`] served at once (more are closed at once, and the
+//! rank asks again), [`IDLE_TIMEOUT`] between bytes of a body, a body of at most
+//! [`MAX_RESULT`] bytes (streamed to disk, never held in memory), one result per rank (a
+//! later panic report replaces an earlier one).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use ranch::__rt::listener::{Admitted, Listener, Rules, Stopper};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 
 pub use ranch::__rt::{CHANNEL_ENV, CHANNEL_HELLO};
 
@@ -35,13 +37,11 @@ pub const MAX_RESULT: u64 = 4 << 30;
 /// The kernel's end of the channel of one launch; stops when dropped.
 pub struct Channel {
     addr: String,
-    /// Closing it stops the accept loop.
-    stop: Option<OwnedFd>,
+    stop: Stopper,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Shared {
-    token: Vec<u8>,
     run_dir: PathBuf,
     /// The rank program, for ranks on hosts that cannot read it here.
     program: Option<PathBuf>,
@@ -56,15 +56,14 @@ impl Channel {
     /// Listens on `ip` (a free port) for the `ranks` ranks of the launch whose run
     /// directory is `run_dir`, serving `program` to ranks that ask for it.
     pub fn start(ip: &str, token: &str, run_dir: &Path, ranks: usize, program: Option<&Path>) -> Result<Channel, String> {
-        let listener = TcpListener::bind((ip, 0)).map_err(|e| format!("cannot listen on {ip} for the ranks' channel: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let addr = match local {
+        let rules = Rules { max_hello: MAX_LINE, hello_deadline: HELLO_TIMEOUT, ..Rules::line(CHANNEL_HELLO, token) };
+        let listener = Listener::bind((ip, 0), rules).map_err(|e| format!("cannot listen on {ip} for the ranks' channel: {e}"))?;
+        let addr = match listener.local_addr() {
             std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
             a => a.to_string(),
         };
         let max_body = std::env::var("RANCH_MAX_RESULT_MIB").ok().and_then(|m| m.parse::<u64>().ok()).map_or(MAX_RESULT, |m| m << 20);
         let shared = Arc::new(Shared {
-            token: token.as_bytes().to_vec(),
             run_dir: run_dir.to_path_buf(),
             program: program.map(Path::to_path_buf),
             ranks,
@@ -72,15 +71,12 @@ impl Channel {
             open: AtomicUsize::new(0),
             received: Mutex::default(),
         });
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        // Closing the write end stops the accept loop (no connection to ourselves needed,
-        // which a crowded listen queue could refuse).
-        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
+        let stop = listener.stopper();
         let thread = std::thread::Builder::new()
             .name("ranch-channel".into())
-            .spawn(move || accept_loop(&listener, &stop_rx, &shared))
+            .spawn(move || dispatch(&listener, &shared))
             .map_err(|e| format!("cannot start the ranks' channel: {e}"))?;
-        Ok(Channel { addr, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Channel { addr, stop, thread: Some(thread) })
     }
 
     /// `host:port`, for [`CHANNEL_ENV`].
@@ -91,75 +87,37 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        self.stop.take();
+        self.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// Accepts connections until `stop` closes; each is served by a thread of its own, at most
-/// [`MAX_CONNECTIONS`] at once (more are closed at once).
-fn accept_loop(listener: &TcpListener, stop: &OwnedFd, shared: &Arc<Shared>) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    loop {
-        let (stopped, incoming) = {
-            let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-            if poll(&mut fds, PollTimeout::NONE).is_err() {
-                continue;
-            }
-            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]))
-        };
-        if stopped {
-            return;
+/// Serves each admitted request on a thread of its own, at most [`MAX_CONNECTIONS`] at once
+/// (more are closed at once), until the listener stops.
+fn dispatch(listener: &Listener, shared: &Arc<Shared>) {
+    while let Some(request) = listener.next() {
+        if shared.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            continue; // dropped: closed at once
         }
-        if !incoming {
-            continue;
-        }
-        loop {
-            let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    // Out of descriptors, say: wait a little rather than spin.
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    break;
-                }
-            };
-            if shared.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS || stream.set_nonblocking(false).is_err() {
-                shared.open.fetch_sub(1, Ordering::SeqCst);
-                continue; // dropped: closed at once
-            }
-            let counted = shared.clone();
-            let spawned = std::thread::Builder::new().name("ranch-channel-conn".into()).spawn(move || {
-                serve(&counted, stream);
-                counted.open.fetch_sub(1, Ordering::SeqCst);
-            });
-            if spawned.is_err() {
-                shared.open.fetch_sub(1, Ordering::SeqCst);
-            }
+        let counted = shared.clone();
+        let spawned = std::thread::Builder::new().name("ranch-channel-conn".into()).spawn(move || {
+            serve(&counted, request);
+            counted.open.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-fn serve(shared: &Shared, stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+fn serve(shared: &Shared, Admitted { stream, words, .. }: Admitted) {
     let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
-    let mut reader = BufReader::new((&stream).take(MAX_LINE as u64));
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() || !line.ends_with('\n') {
-        return;
-    }
-    let buffered = reader.buffer().to_vec();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (Some(&CHANNEL_HELLO), Some(token)) = (words.first(), words.get(1)) else { return };
-    if !bool::from(token.as_bytes().ct_eq(&shared.token)) {
-        return; // a stranger: nothing
-    }
-    let mut out = &stream;
-    let reply = match &words[2..] {
+    let out = &stream;
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let reply = match words.as_slice() {
         ["GET", name] => return send_variable(shared, name, out),
         ["PROGRAM"] => {
             let file = shared.program.as_ref().map(std::fs::File::open);
@@ -167,11 +125,11 @@ fn serve(shared: &Shared, stream: TcpStream) {
         }
         ["PUT", kind @ ("result" | "panic"), index, len] => {
             let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-            let body = buffered.as_slice().chain(&stream);
-            receive(shared, kind, index, len, body)
+            receive(shared, kind, index, len, &stream)
         }
         _ => Err("unknown request".to_string()),
     };
+    let mut out = out;
     let _ = match reply {
         Ok(()) => out.write_all(b"OK\n"),
         Err(why) => out.write_all(format!("ERR {why}\n").as_bytes()),

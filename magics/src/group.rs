@@ -2,23 +2,23 @@
 //! use, and a rendezvous listener at `MASTER_ADDR:MASTER_PORT` that hands the segment to
 //! ranks presenting the launch's secret token.
 //!
-//! Everything runs on one thread polling every socket, with bounds a stranger cannot get
-//! around: at most [`MAX_PENDING`] connections that have not said who they are (the oldest
-//! is dropped for a new one, and a rank says who it is in its first packet), [`HELLO_TIMEOUT`]
-//! to say it, lines of at most [`MAX_LINE`] bytes, one registration per rank for the launch.
-//! Strangers get nothing: their connection is closed without a reply. A rank's connection
-//! stays open while it lives; when the rank says it finished, or the connection closes, the
-//! rank is marked as gone in the segment, so collectives waiting for it fail at once.
+//! The listener is ranch's [`Listener`]: a rank's hello `RANCH1 <token> <rank>` is read with
+//! one deadline of [`HELLO_TIMEOUT`] in all, at most [`MAX_LINE`] bytes, at most
+//! [`MAX_PENDING`] connections at once that have not said who they are (the oldest goes for
+//! a new one), the token compared in constant time. Strangers get nothing: their connection
+//! is closed without a reply. One registration per rank for the launch. A rank's connection
+//! stays open while it lives, watched by a thread of its own; when the rank says it
+//! finished, or the connection closes, the rank is marked as gone in the segment, so
+//! collectives waiting for it fail at once.
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use std::collections::VecDeque;
+use ranch::__rt::listener::{Admitted, Listener, Rules, Stopper};
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Environment a launch gives its ranks: the group's token, the collective timeout.
 pub use ranch::__rt::{BACKEND_ENV, TIMEOUT_ENV, TOKEN_ENV};
@@ -33,8 +33,8 @@ pub const MAX_LINE: usize = 256;
 pub struct GroupService {
     segment: PathBuf,
     port: u16,
-    /// Closing it stops the service thread.
-    stop: Option<OwnedFd>,
+    /// Stops the service thread's listener.
+    stop: Option<Stopper>,
     thread: Option<std::thread::JoinHandle<()>>,
     token_file: Option<PathBuf>,
     /// The segment's header, shared with the service thread.
@@ -113,10 +113,10 @@ impl GroupService {
     /// free port, see [`port`](Self::port)). With `publish`, the token is also written
     /// (mode 0600) where other kernels of this user can read it.
     pub fn start(addr: &str, port: Option<u16>, world: usize, token: &str, publish: bool) -> Result<GroupService, String> {
-        let listener = TcpListener::bind((addr, port.unwrap_or(0)))
+        let rules = Rules { max_hello: MAX_LINE, hello_deadline: HELLO_TIMEOUT, max_pending: MAX_PENDING, ..Rules::line(ranch::__rt::group::HELLO, token) };
+        let listener = Listener::bind((addr, port.unwrap_or(0)), rules)
             .map_err(|e| format!("cannot listen on {addr}:{}: {e}", port.map_or("<any port>".into(), |p| p.to_string())))?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let port = listener.local_addr().port();
         // The name says nothing about the token; the file is the owner's alone.
         let segment = PathBuf::from(format!("/dev/shm/ranch-{}-{}", std::process::id(), hex(&random_bytes::<12>()?)));
         let seg = segment.to_string_lossy().into_owned();
@@ -128,10 +128,7 @@ impl GroupService {
             ranch::__rt::group::Header::map(&segment_file, world).map_err(|e| format!("cannot map the shared-memory segment: {e}"))?,
         );
         service.header = Some(header.clone());
-        // Close-on-exec: a process spawned meanwhile (a pool restarting) must not hold the
-        // write end open, or closing it here would never stop the thread.
-        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
-        service.stop = Some(stop_tx);
+        service.stop = Some(listener.stopper());
         if publish {
             let path = token_path(port)?;
             let published = format!("{} {token}", std::process::id());
@@ -140,18 +137,17 @@ impl GroupService {
         }
         let rendezvous = Rendezvous {
             listener,
-            token: token.as_bytes().to_vec(),
             reply: format!("OK {seg} {world}\n"),
             world,
             segment: header,
-            pending: VecDeque::new(),
             members: Vec::new(),
             registered: vec![false; world],
+            stopping: Arc::default(),
         };
         service.thread = Some(
             std::thread::Builder::new()
                 .name("ranch-rendezvous".into())
-                .spawn(move || rendezvous.serve(stop_rx))
+                .spawn(move || rendezvous.serve())
                 .map_err(|e| format!("cannot start the rendezvous service: {e}"))?,
         );
         Ok(service)
@@ -188,194 +184,74 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// A connection that has not said who it is yet.
-struct Pending {
-    stream: TcpStream,
-    line: Vec<u8>,
-    since: Instant,
-}
-
-/// A rank's connection, for the rank's life.
-struct Member {
-    stream: TcpStream,
-    rank: usize,
-    line: Vec<u8>,
-}
-
 struct Rendezvous {
-    listener: TcpListener,
-    token: Vec<u8>,
+    listener: Listener,
     reply: String,
     world: usize,
-    segment: std::sync::Arc<ranch::__rt::group::Header>,
-    pending: VecDeque<Pending>,
-    members: Vec<Member>,
+    segment: Arc<ranch::__rt::group::Header>,
+    /// Each registered rank's connection (to close it when the service stops) and the
+    /// thread that watches it.
+    members: Vec<(TcpStream, std::thread::JoinHandle<()>)>,
     registered: Vec<bool>,
-}
-
-/// What reading from a connection gave.
-enum Reading {
-    /// Complete lines, and whether the peer closed after them.
-    Lines(Vec<Vec<u8>>, bool),
-    /// Closed, failed, or sent a line too long to be ours.
-    Gone,
-}
-
-/// Reads what is there (non-blocking) into `line`, returning the complete lines.
-fn read_lines(stream: &mut TcpStream, line: &mut Vec<u8>) -> Reading {
-    let mut chunk = [0u8; 512];
-    let mut lines = Vec::new();
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => return Reading::Lines(lines, true),
-            Ok(n) => {
-                for &b in &chunk[..n] {
-                    if b == b'\n' {
-                        lines.push(std::mem::take(line));
-                    } else if line.len() >= MAX_LINE {
-                        return Reading::Gone;
-                    } else {
-                        line.push(b);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Reading::Lines(lines, false),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Reading::Gone,
-        }
-    }
+    /// Set when the service stops: closing the members' connections then says nothing of
+    /// the ranks.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Rendezvous {
-    fn serve(mut self, stop: OwnedFd) {
-        loop {
-            let now = Instant::now();
-            self.pending.retain(|p| now.duration_since(p.since) < HELLO_TIMEOUT);
-            let wait = self
-                .pending
-                .front()
-                .map(|p| HELLO_TIMEOUT.saturating_sub(now.duration_since(p.since)) + Duration::from_millis(1));
-            let (stop_ready, listener_ready, pending_ready, member_ready) = {
-                let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN), PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
-                fds.extend(self.pending.iter().map(|p| PollFd::new(p.stream.as_fd(), PollFlags::POLLIN)));
-                fds.extend(self.members.iter().map(|m| PollFd::new(m.stream.as_fd(), PollFlags::POLLIN)));
-                let timeout = wait.map_or(PollTimeout::NONE, |w| PollTimeout::try_from(w).unwrap_or(PollTimeout::MAX));
-                if poll(&mut fds, timeout).is_err() {
-                    continue;
-                }
-                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                let (first, rest) = fds.split_at(2);
-                let (pending, members) = rest.split_at(self.pending.len());
-                (ready(&first[0]), ready(&first[1]), pending.iter().map(ready).collect::<Vec<_>>(), members.iter().map(ready).collect::<Vec<_>>())
-            };
-            if stop_ready {
-                return;
-            }
-            // Members first: their indices match the poll set only until it changes.
-            for i in (0..self.members.len()).rev() {
-                if member_ready[i] {
-                    self.on_member(i);
-                }
-            }
-            for i in (0..self.pending.len()).rev() {
-                if pending_ready[i] {
-                    self.on_pending(i);
-                }
-            }
-            if listener_ready {
-                self.accept();
-            }
+    fn serve(mut self) {
+        while let Some(admitted) = self.listener.next() {
+            self.register(admitted);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        for (stream, thread) in self.members.drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = thread.join();
         }
     }
 
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    if self.pending.len() >= MAX_PENDING {
-                        self.pending.pop_front(); // the oldest stranger goes
-                    }
-                    self.pending.push_back(Pending { stream, line: Vec::new(), since: Instant::now() });
-                    // A rank says who it is right after connecting: usually it is here already.
-                    let last = self.pending.len() - 1;
-                    self.on_pending(last);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return, // WouldBlock, or out of descriptors: try on the next wake-up
-            }
-        }
-    }
-
-    fn on_pending(&mut self, i: usize) {
-        let p = &mut self.pending[i];
-        let (lines, closed) = match read_lines(&mut p.stream, &mut p.line) {
-            Reading::Lines(lines, closed) => (lines, closed),
-            Reading::Gone => {
-                self.pending.remove(i);
-                return;
-            }
-        };
-        let Some(hello) = lines.first() else {
-            if closed {
-                self.pending.remove(i);
-            }
+    /// Answers a rank of this launch not yet registered with the segment, and watches its
+    /// connection; anything else is closed without a word.
+    fn register(&mut self, Admitted { stream, words, .. }: Admitted) {
+        let Some(rank) = words.first().and_then(|r| r.parse::<usize>().ok()).filter(|&r| r < self.world && !self.registered[r]) else {
             return;
         };
-        let p = self.pending.remove(i).expect("index in range");
-        let Some(rank) = self.admit(hello) else { return }; // a stranger: closed without a word
-        let mut stream = p.stream;
-        if stream.write_all(self.reply.as_bytes()).is_err() {
-            self.gone(rank, false);
-            return;
-        }
         self.registered[rank] = true;
-        let mut member = Member { stream, rank, line: p.line };
-        // What came with the hello (a rank that finished at once says DONE right away).
-        let done = lines[1..].iter().any(|l| l.trim_ascii() == ranch::__rt::group::DONE.as_bytes());
-        if done || closed {
-            self.gone(rank, done);
+        let handle = stream.try_clone();
+        let (Ok(handle), Ok(())) = (handle, (&stream).write_all(self.reply.as_bytes())) else {
+            self.segment.mark_exited(rank, false);
             return;
-        }
-        member.line.shrink_to_fit();
-        self.members.push(member);
-    }
-
-    /// The rank a hello registers, if it is a rank of this launch not yet registered.
-    fn admit(&self, hello: &[u8]) -> Option<usize> {
-        let text = std::str::from_utf8(hello).ok()?;
-        let mut parts = text.split_whitespace();
-        let (greeting, theirs, rank) = (parts.next()?, parts.next()?, parts.next()?);
-        let token_ok: bool = theirs.as_bytes().ct_eq(&self.token).into();
-        let rank: usize = rank.parse().ok()?;
-        (greeting == ranch::__rt::group::HELLO && token_ok && rank < self.world && !self.registered[rank]).then_some(rank)
-    }
-
-    fn on_member(&mut self, i: usize) {
-        let m = &mut self.members[i];
-        let (done, closed) = match read_lines(&mut m.stream, &mut m.line) {
-            Reading::Lines(lines, closed) => {
-                (lines.iter().any(|l| l.trim_ascii() == ranch::__rt::group::DONE.as_bytes()), closed)
-            }
-            Reading::Gone => (false, true),
         };
-        if done || closed {
-            let m = self.members.swap_remove(i);
-            self.gone(m.rank, done);
+        let (segment, stopping) = (self.segment.clone(), self.stopping.clone());
+        match std::thread::Builder::new().name("ranch-rendezvous-rank".into()).spawn(move || watch(stream, rank, &segment, &stopping)) {
+            Ok(thread) => self.members.push((handle, thread)),
+            Err(_) => self.segment.mark_exited(rank, false),
         }
     }
+}
 
-    /// Marks a rank as gone for the group (`finished`: it returned from the cell).
-    fn gone(&self, rank: usize, finished: bool) {
-        self.segment.mark_exited(rank, finished);
+/// Reads rank `rank`'s connection until it says `DONE` (it returned from the cell) or
+/// closes (it died, or sent a line too long to be ours), then marks it gone in the segment.
+fn watch(stream: TcpStream, rank: usize, segment: &ranch::__rt::group::Header, stopping: &AtomicBool) {
+    let mut reader = BufReader::new(stream);
+    let finished = loop {
+        let mut line = Vec::new();
+        match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut line) {
+            Ok(_) if line.trim_ascii() == ranch::__rt::group::DONE.as_bytes() => break true,
+            Ok(_) if line.ends_with(b"\n") => {}
+            _ => break false,
+        }
+    };
+    if !stopping.load(Ordering::SeqCst) {
+        segment.mark_exited(rank, finished);
     }
 }
 
 impl Drop for GroupService {
     fn drop(&mut self) {
-        drop(self.stop.take()); // the thread sees the pipe close
+        if let Some(stop) = self.stop.take() {
+            stop.stop();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -389,7 +265,7 @@ impl Drop for GroupService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufRead;
+    use std::time::Instant;
 
     fn hello(port: u16, line: &str) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -17,6 +17,7 @@ pub mod cuda;
 mod channel;
 pub mod display;
 mod info;
+mod net;
 mod shard;
 mod stale;
 

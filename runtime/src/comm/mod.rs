@@ -74,7 +74,7 @@ pub(crate) fn end_backend() {
 }
 
 /// How long a collective waits for the other ranks ([`TIMEOUT_ENV`], default 120 s).
-pub(crate) fn collective_timeout() -> std::time::Duration {
+pub fn collective_timeout() -> std::time::Duration {
     use std::time::Duration;
     std::env::var(TIMEOUT_ENV)
         .ok()

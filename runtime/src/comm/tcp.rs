@@ -10,7 +10,8 @@
 //! rank. `send`/`recv` go straight to the peer. Messages carry a kind, so a point-to-point
 //! message that arrives while a collective is awaited is kept for the `recv` that wants it.
 //!
-//! Bounds: every read waits at most the collective timeout; a message's length is checked
+//! Bounds: each rank's listener is ranch's [`Listener`] (a total deadline per hello, the
+//! token compared in constant time, strangers never in a peer's way); every read waits at most the collective timeout; a message's length is checked
 //! against what was agreed (collectives) or [`MAX_MESSAGE`]; a peer that closes its link
 //! (it finished the cell, or died) fails the operation with its rank.
 
@@ -18,8 +19,9 @@ use super::call::{Desc, Kind, kind_of, mismatch, type_code, type_tag};
 use super::error::CommError;
 use super::reduce::{Op, Reduce};
 use std::collections::VecDeque;
+use crate::net::listener::{Listener, Rules};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant};
 pub const HELLO: &str = "RANCH-TCP1";
 /// Largest point-to-point message.
 const MAX_MESSAGE: u64 = 16 << 30;
+/// Most bytes of a message set aside before they arrive.
+const PREALLOCATE: usize = 64 << 20;
 const COLLECTIVE: u8 = b'C';
 const POINT: u8 = b'P';
 
@@ -54,18 +58,38 @@ fn timeout() -> Duration {
 pub fn join(book: &str, token: &str, rank: usize, world: usize) -> Result<Group, String> {
     let deadline = Instant::now() + timeout();
     let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(book).map_err(|e| format!("address book {book}: {e}"))?.collect();
-    let stream = addrs
-        .iter()
-        .find_map(|a| TcpStream::connect_timeout(a, Duration::from_secs(10)).ok())
-        .ok_or_else(|| format!("rank {rank} cannot reach the cell's address book at {book}"))?;
+    let connect = || {
+        addrs
+            .iter()
+            .find_map(|a| TcpStream::connect_timeout(a, Duration::from_secs(10)).ok())
+            .ok_or_else(|| format!("rank {rank} cannot reach the cell's address book at {book}"))
+    };
+    let mut stream = connect()?;
     // Listen on the address this host reaches the kernel by: the other hosts reach it too.
     let me = stream.local_addr().map_err(|e| e.to_string())?.ip();
-    let listener = TcpListener::bind((me, 0)).map_err(|e| format!("cannot listen on {me}: {e}"))?;
-    let mine = listener.local_addr().map_err(|e| e.to_string())?;
-    (&stream).write_all(format!("{HELLO} {token} {rank} {mine}\n").as_bytes()).map_err(|e| format!("address book {book}: {e}"))?;
-    stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    BufReader::new((&stream).take(64 << 10)).read_line(&mut reply).map_err(|e| format!("the cell's group did not form: {e}"))?;
+    // Peers connect with `HELLO <token> <their rank>`; their first message may follow at once,
+    // and the listener reads nothing past the hello.
+    let listener = Listener::bind((me, 0), Rules::line(HELLO, token)).map_err(|e| format!("cannot listen on {me}: {e}"))?;
+    let mine = listener.local_addr();
+    let hello = format!("{HELLO} {token} {rank} {mine}\n");
+    let reply = loop {
+        (&stream).write_all(hello.as_bytes()).map_err(|e| format!("address book {book}: {e}"))?;
+        stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
+        let mut reply = String::new();
+        match BufReader::new((&stream).take(64 << 10)).read_line(&mut reply) {
+            Ok(_) if !reply.is_empty() => break reply,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(format!("the cell's group did not form: {e}"));
+            }
+            // Closed without a word: strangers crowding the book's listener evicted this
+            // connection before its hello was read. Said again, until the deadline.
+            _ if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+                stream = connect()?;
+            }
+            _ => break reply,
+        }
+    };
     let mut words = reply.split_whitespace();
     match words.next() {
         Some("OK") => {}
@@ -82,50 +106,23 @@ pub fn join(book: &str, token: &str, rank: usize, world: usize) -> Result<Group,
         (&s).write_all(format!("{HELLO} {token} {rank}\n").as_bytes()).map_err(|e| format!("rank {r}: {e}"))?;
         peers[r] = Some(Mutex::new(ready(s)?));
     }
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     while peers.iter().enumerate().any(|(r, p)| r > rank && p.is_none()) {
-        if Instant::now() >= deadline {
+        let Some(admitted) = listener.next_before(deadline) else {
             let missing: Vec<String> = (rank + 1..world).filter(|&r| peers[r].is_none()).map(|r| r.to_string()).collect();
             return Err(format!("ranks {} did not connect to rank {rank}", missing.join(", ")));
-        }
-        let s = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            Err(_) => continue,
         };
-        let _ = s.set_nonblocking(false);
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        // Read byte by byte: the peer's first collective may follow its hello at once.
-        let Some(line) = read_line_exactly(&s, 256) else { continue };
-        let mut w = line.split_whitespace();
-        let (Some(HELLO), Some(t), Some(r)) = (w.next(), w.next(), w.next().and_then(|r| r.parse::<usize>().ok())) else { continue };
-        if t != token || r <= rank || r >= world || peers[r].is_some() {
-            continue;
+        match admitted.words.first().and_then(|r| r.parse::<usize>().ok()) {
+            Some(r) if r > rank && r < world && peers[r].is_none() => peers[r] = Some(Mutex::new(ready(admitted.stream)?)),
+            _ => {}
         }
-        peers[r] = Some(Mutex::new(ready(s)?));
     }
     Ok(Group { rank, world, peers, broken: Mutex::new(None) })
 }
 
-/// One line, reading nothing after its newline; `None` past `max` bytes or on an error.
-fn read_line_exactly(mut s: &TcpStream, max: usize) -> Option<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < max {
-        s.read_exact(&mut byte).ok()?;
-        if byte[0] == b'\n' {
-            return String::from_utf8(line).ok();
-        }
-        line.push(byte[0]);
-    }
-    None
-}
-
 fn ready(s: TcpStream) -> Result<Peer, String> {
     let _ = s.set_nodelay(true);
+    // A peer's host that vanishes without a word fails the link within the timeout too.
+    let _ = crate::net::keepalive::watch(&s, timeout());
     s.set_read_timeout(Some(timeout())).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout())).map_err(|e| e.to_string())?;
     Ok(Peer { stream: s, kept: VecDeque::new() })
@@ -212,8 +209,12 @@ impl Group {
                 return Err(self.fail(CommError::new(op, vec![from], format!("rank {from} sent a message of {len} bytes where at most {allowed} fit"))));
             }
             let keep = if len > allowed { keep_head.unwrap_or(0).min(len as usize) } else { len as usize };
-            let mut body = vec![0u8; keep];
-            peer.stream.read_exact(&mut body).map_err(|e| self.link_error(op, from, e))?;
+            // Grown as the bytes arrive past what is surely needed: a length is only a claim.
+            let mut body = Vec::with_capacity(keep.min(PREALLOCATE));
+            let got = (&mut peer.stream).take(keep as u64).read_to_end(&mut body).map_err(|e| self.link_error(op, from, e))?;
+            if got != keep {
+                return Err(self.link_error(op, from, std::io::ErrorKind::UnexpectedEof.into()));
+            }
             let rest = len - keep as u64;
             if rest > 0 {
                 let drained = std::io::copy(&mut (&mut peer.stream).take(rest), &mut std::io::sink()).map_err(|e| self.link_error(op, from, e))?;
@@ -412,6 +413,7 @@ fn split_gathered(bytes: &[u8], world: usize) -> Option<Vec<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     /// A group of `n` ranks on threads, joined through a tiny address book.
     fn groups(n: usize) -> Vec<Group> {
@@ -445,6 +447,24 @@ mod tests {
     fn on_each<R: Send + 'static>(gs: Vec<Group>, f: impl Fn(&Group) -> R + Send + Sync + Copy + 'static) -> Vec<R> {
         let hs: Vec<_> = gs.into_iter().map(|g| std::thread::spawn(move || f(&g))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_rank_whose_hello_the_book_dropped_says_it_again() {
+        let book = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = book.local_addr().unwrap().to_string();
+        let serve = std::thread::spawn(move || {
+            // The first connection is closed unread, as a crowded listener evicts one.
+            drop(book.accept().unwrap());
+            let (s, _) = book.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(format!("OK {}\n", line.split_whitespace().nth(3).unwrap()).as_bytes()).unwrap();
+            line
+        });
+        let g = join(&at, "tok", 0, 1).unwrap();
+        assert_eq!((g.rank, g.world), (0, 1));
+        assert!(serve.join().unwrap().starts_with("RANCH-TCP1 tok 0 127.0.0.1:"));
     }
 
     #[test]

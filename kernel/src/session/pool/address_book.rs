@@ -4,17 +4,22 @@
 //! TCP group). A rank that finishes the cell without joining ends the wait for the others
 //! with a reason instead of a timeout.
 //!
-//! Bounds: connections are read one at a time, each within 5 s: one line of at most 512
-//! bytes with the cell's token (checked in constant time); strangers are closed on. Only
-//! the cell's ranks' connections are held, one each.
+//! Bounds: the listener is ranch's [`Listener`] (a rank's line `RANCH-TCP1 <token> <rank>
+//! <ip:port>` within one deadline in all, the token checked in constant time, strangers
+//! closed on and never in a rank's way). Only the cell's ranks' connections are held, one
+//! each.
 
 use ranch::__rt::TCP_HELLO;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use ranch::__rt::listener::{Listener, Rules};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use subtle::ConstantTimeEq;
+use std::time::{Duration, Instant};
+
+/// How often the book looks at ranks that finished, and whether it should stop, while no
+/// rank connects.
+const TICK: Duration = Duration::from_millis(20);
 
 pub(super) struct AddressBook {
     port: u16,
@@ -26,15 +31,14 @@ pub(super) struct AddressBook {
 
 impl AddressBook {
     pub(super) fn start(ip: &str, world: usize, token: &str) -> Result<AddressBook, String> {
-        let listener = TcpListener::bind((ip, 0)).map_err(|e| format!("cannot listen on {ip} for the cell's group: {e}"))?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let listener = Listener::bind((ip, 0), Rules::line(TCP_HELLO, token)).map_err(|e| format!("cannot listen on {ip} for the cell's group: {e}"))?;
+        let port = listener.local_addr().port();
         let stop = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(Mutex::new(Vec::new()));
-        let (s, f, token) = (stop.clone(), finished.clone(), token.to_string());
+        let (s, f) = (stop.clone(), finished.clone());
         let thread = std::thread::Builder::new()
             .name("ranch-address-book".into())
-            .spawn(move || serve(listener, world, &token, &s, &f))
+            .spawn(move || serve(&listener, world, &s, &f))
             .map_err(|e| e.to_string())?;
         Ok(AddressBook { port, stop, finished, thread: Some(thread) })
     }
@@ -58,7 +62,7 @@ impl Drop for AddressBook {
     }
 }
 
-fn serve(listener: TcpListener, world: usize, token: &str, stop: &AtomicBool, finished: &Mutex<Vec<usize>>) {
+fn serve(listener: &Listener, world: usize, stop: &AtomicBool, finished: &Mutex<Vec<usize>>) {
     let mut joined: Vec<Option<(SocketAddr, TcpStream)>> = (0..world).map(|_| None).collect();
     // Once a rank finished without joining, every rank that joins (then or later: its
     // connection may still wait to be accepted) is told so, until the cell ends.
@@ -84,43 +88,31 @@ fn serve(listener: TcpListener, world: usize, token: &str, stop: &AtomicBool, fi
                 refusal = Some(why);
             }
         }
-        match listener.accept() {
-            Ok((mut s, _)) => {
-                if let Some((rank, addr)) = hello(&s, token, world) {
-                    match &refusal {
-                        Some(why) => {
-                            let _ = s.write_all(why.as_bytes());
-                            // Kept open until the cell ends: closing at once could reset the reply.
-                            joined.push(Some((addr, s)));
-                        }
-                        None if joined[rank].is_none() => joined[rank] = Some((addr, s)),
-                        None => {}
-                    }
-                }
+        let Some(admitted) = listener.next_before(Instant::now() + TICK) else { continue };
+        let Some((rank, addr)) = rank_and_address(&admitted.words, world) else { continue };
+        let mut s = admitted.stream;
+        match &refusal {
+            Some(why) => {
+                let _ = s.write_all(why.as_bytes());
+                // Kept open until the cell ends: closing at once could reset the reply.
+                joined.push(Some((addr, s)));
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            None if joined[rank].is_none() => joined[rank] = Some((addr, s)),
+            None => {}
         }
     }
 }
 
-/// `RANCH-TCP1 <token> <rank> <ip:port>`, read within 5 s.
-fn hello(s: &TcpStream, token: &str, world: usize) -> Option<(usize, SocketAddr)> {
-    s.set_nonblocking(false).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut line = String::new();
-    BufReader::new(s.take(512)).read_line(&mut line).ok()?;
-    let mut w = line.split_whitespace();
-    if w.next()? != TCP_HELLO || !bool::from(w.next()?.as_bytes().ct_eq(token.as_bytes())) {
-        return None;
-    }
-    let rank = w.next()?.parse().ok().filter(|&r: &usize| r < world)?;
-    let addr = w.next()?.parse().ok()?;
-    Some((rank, addr))
+/// `<rank> <ip:port>`, after the greeting and the token.
+fn rank_and_address(words: &[String], world: usize) -> Option<(usize, SocketAddr)> {
+    let [rank, addr] = words else { return None };
+    Some((rank.parse().ok().filter(|&r: &usize| r < world)?, addr.parse().ok()?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
 
     fn ask(port: u16, line: &str) -> std::thread::JoinHandle<String> {
         let line = line.to_string();

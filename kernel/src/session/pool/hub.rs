@@ -14,14 +14,15 @@ use ranch_magics::channel::{CHANNEL_ENV, Channel};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use ranch::__rt::keepalive;
+use ranch::__rt::listener::{Listener, Rules};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
 
 /// How the fan-out starts ranks elsewhere (from the kernel, as JSON in `REMOTE_ENV`).
 pub const REMOTE_ENV: &str = "RANCH_POOL_REMOTE";
@@ -75,8 +76,9 @@ impl Hub {
         events: Option<&Path>,
     ) -> Result<Hub, String> {
         let n = plan.len();
-        let listener = TcpListener::bind((spec.reach.as_str(), 0)).map_err(|e| format!("cannot listen on {} for the pool's ranks: {e}", spec.reach))?;
-        let hub_addr = match listener.local_addr().map_err(|e| e.to_string())? {
+        let rules = Rules { framing: link::hello_progress, max_hello: link::MAX_HELLO, ..Rules::line(HELLO, &spec.token) };
+        let listener = Listener::bind((spec.reach.as_str(), 0), rules).map_err(|e| format!("cannot listen on {} for the pool's ranks: {e}", spec.reach))?;
+        let hub_addr = match listener.local_addr() {
             std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
             a => a.to_string(),
         };
@@ -186,13 +188,24 @@ impl Hub {
     }
 }
 
+/// How a rank whose host vanished without a word ended (its link timed out).
+const SILENT: &str = "went silent";
+
 impl Drop for Hub {
     fn drop(&mut self) {
         // Closing the links ends the relays, and with them the ranks; then the launcher.
         for w in &self.writers {
             let _ = w.lock().unwrap_or_else(|e| e.into_inner()).shutdown(std::net::Shutdown::Both);
         }
-        stop(&mut self.launcher);
+        let vanished = self.ended.lock().unwrap_or_else(|e| e.into_inner()).iter().flatten().any(|how| how.starts_with(SILENT));
+        if vanished {
+            // The launcher cannot reach that host to stop its job, and would wait for it; the
+            // relays on the other hosts end with their links.
+            let _ = self.launcher.kill();
+            let _ = self.launcher.wait();
+        } else {
+            stop(&mut self.launcher);
+        }
     }
 }
 
@@ -224,7 +237,7 @@ fn stop(launcher: &mut Child) {
 /// environment and libstd. Strangers are closed on; the wait ends when every rank came,
 /// the launcher ended, or the spec's timeout passed.
 fn accept_ranks(
-    listener: &TcpListener,
+    listener: &Listener,
     plan: &[Vec<(String, String)>],
     spec: &RemoteSpec,
     launcher: &mut Child,
@@ -232,7 +245,6 @@ fn accept_ranks(
 ) -> Result<Vec<(TcpStream, String)>, String> {
     let n = plan.len();
     let mut got: Vec<Option<(TcpStream, String)>> = (0..n).map(|_| None).collect();
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs_f64(spec.start_timeout_s);
     let said = |tail: &Tail| {
         let t = tail.lock().unwrap_or_else(|e| e.into_inner());
@@ -247,21 +259,16 @@ fn accept_ranks(
         if Instant::now() >= deadline {
             return Err(format!("ranks {} did not start within {:.0} s{}", missing(), spec.start_timeout_s, said(tail)));
         }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.set_nodelay(true);
-        let Some((rank, host)) = hello(&stream, &spec.token, n) else { continue };
+        // Waits in short steps: the launcher may end meanwhile.
+        let Some(admitted) = listener.next_before((Instant::now() + Duration::from_millis(200)).min(deadline)) else { continue };
+        let Some((rank, host)) = rank_and_host(&admitted.words, n) else { continue };
         if got[rank].is_some() {
             continue;
         }
+        let stream = admitted.stream;
+        // The rank's host may vanish without a word (no reset): the link then fails within the
+        // collective timeout, and the cell says which rank and host went silent.
+        let _ = keepalive::watch(&stream, ranch::__rt::collective_timeout());
         let mut w = &stream;
         let mut env = plan[rank].clone();
         env.push((ranch::__rt::KERNEL_DIR_ENV.to_string(), spec.private.to_string_lossy().into_owned()));
@@ -278,25 +285,15 @@ fn accept_ranks(
         if setup.and_then(|_| link::write_frame(&mut w, &Frame::Start)).is_err() {
             continue;
         }
-        let _ = stream.set_read_timeout(None);
         got[rank] = Some((stream, host));
     }
     Ok(got.into_iter().map(|g| g.expect("every rank came")).collect())
 }
 
-/// A relay's hello: the rank and host, when the token is the pool's.
-fn hello(stream: &TcpStream, token: &str, n: usize) -> Option<(usize, String)> {
-    let mut r = stream;
-    let Ok(Frame::Hello(text)) = link::read_frame(&mut r) else { return None };
-    let mut words = text.split_whitespace();
-    if words.next()? != HELLO {
-        return None;
-    }
-    if !bool::from(words.next()?.as_bytes().ct_eq(token.as_bytes())) {
-        return None;
-    }
-    let rank: usize = words.next()?.parse().ok().filter(|&r| r < n)?;
-    let host = words.next()?.chars().take(255).collect();
+/// A relay's hello after the greeting and the pool's token: `<rank> <host> <pid>`.
+fn rank_and_host(words: &[String], n: usize) -> Option<(usize, String)> {
+    let rank: usize = words.first()?.parse().ok().filter(|&r| r < n)?;
+    let host = words.get(1)?.chars().take(255).collect();
     Some((rank, host))
 }
 
@@ -334,7 +331,14 @@ fn serve_rank(
                 break;
             }
             Ok(_) => {}
-            Err(_) => break,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    let secs = ranch::__rt::collective_timeout().as_secs_f64() / 2.0;
+                    let how = format!("{SILENT}: its host acknowledged nothing for {secs:.0} s (it lost power or its network link)");
+                    ended.lock().unwrap_or_else(|e| e.into_inner())[rank].get_or_insert(how);
+                }
+                break;
+            }
         }
     }
     let _ = lines.send((rank, None));

@@ -3,15 +3,21 @@
 //!
 //! A frame is a kind byte, a 4-byte big-endian length and that many bytes; a file frame's
 //! bytes are its name, and an 8-byte length and the file's bytes follow, streamed rather
-//! than held. Every length is bounded by its kind: bytes from the network may be garbage.
+//! than held. Every length is bounded by its kind, and a body's memory grows as its bytes
+//! arrive: bytes from the network may be garbage.
 
+use ranch::__rt::listener::Progress;
 use std::io::{self, Read, Write};
 
 /// First bytes of a rank's hello: `RANCH-POOL1 <token> <rank> <host> <pid>`.
 pub(super) const HELLO: &str = "RANCH-POOL1";
 /// Most bytes of a frame other than a file's body (a rank's event line may carry an image).
 const MAX_FRAME: u32 = 64 << 20;
-/// Most bytes of a file's name.
+/// A frame's head: its kind and its length.
+const HEAD: usize = 5;
+/// Most bytes of a frame set aside before they arrive.
+const PREALLOCATE: usize = 64 << 10;
+/// Most bytes of a file's name (and of a rank's hello).
 const MAX_NAME: u32 = 4096;
 /// Most bytes of one file (a cell's library, libstd, a variable).
 pub(super) const MAX_FILE: u64 = 4 << 30;
@@ -62,7 +68,7 @@ impl Frame {
 pub(super) fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
     let body = frame.body();
     let len = u32::try_from(body.len()).ok().filter(|&l| l <= MAX_FRAME).ok_or_else(|| invalid("frame too large"))?;
-    let mut head = [0u8; 5];
+    let mut head = [0u8; HEAD];
     head[0] = frame.kind();
     head[1..].copy_from_slice(&len.to_be_bytes());
     w.write_all(&head)?;
@@ -83,10 +89,8 @@ pub(super) fn write_file(w: &mut impl Write, name: &str, len: u64, from: &mut im
     Ok(())
 }
 
-/// Reads one frame; after a [`Frame::File`], read its body with [`read_file_body`].
-pub(super) fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
-    let mut head = [0u8; 5];
-    r.read_exact(&mut head)?;
+/// A frame's kind and length from its head, when the length is within the kind's limit.
+fn parse_head(head: &[u8; HEAD]) -> io::Result<(u8, usize)> {
     let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes"));
     let limit = match head[0] {
         b'F' | b'H' => MAX_NAME,
@@ -95,10 +99,34 @@ pub(super) fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
     if len > limit {
         return Err(invalid(format!("a frame of {len} bytes (kind {:?}) is over its limit", head[0] as char)));
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body)?;
+    Ok((head[0], len as usize))
+}
+
+/// How far a rank's hello frame is, for the hub's listener: the head, then its body.
+pub(super) fn hello_progress(bytes: &[u8]) -> Progress {
+    let Some(head) = bytes.first_chunk::<HEAD>() else { return Progress::Need(HEAD - bytes.len()) };
+    match parse_head(head) {
+        Ok((b'H', len)) if bytes.len() < HEAD + len => Progress::Need(HEAD + len - bytes.len()),
+        Ok((b'H', len)) => Progress::Complete(HEAD..HEAD + len),
+        _ => Progress::Bad,
+    }
+}
+
+/// Most bytes of a rank's hello frame.
+pub(super) const MAX_HELLO: usize = HEAD + MAX_NAME as usize;
+
+/// Reads one frame; after a [`Frame::File`], read its body with [`read_file_body`].
+pub(super) fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
+    let mut head = [0u8; HEAD];
+    r.read_exact(&mut head)?;
+    let (kind, len) = parse_head(&head)?;
+    // Grown as the bytes arrive: a length is only a claim until they do.
+    let mut body = Vec::with_capacity(len.min(PREALLOCATE));
+    if r.take(len as u64).read_to_end(&mut body)? != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("a frame ended before its {len} bytes")));
+    }
     let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| invalid("a text frame is not UTF-8"));
-    Ok(match head[0] {
+    Ok(match kind {
         b'H' => Frame::Hello(text(body)?),
         b'V' => Frame::Env(body),
         b'S' => Frame::Start,
@@ -182,6 +210,17 @@ mod tests {
         let mut r = &huge_file[..];
         read_frame(&mut r).unwrap();
         assert!(read_file_body(&mut r, &mut io::sink()).is_err());
+    }
+
+    #[test]
+    fn a_hello_frame_is_read_to_its_end_and_nothing_else_is_a_hello() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &Frame::Hello("RANCH-POOL1 t 0 h 1".into())).unwrap();
+        assert_eq!(hello_progress(&wire[..2]), Progress::Need(3));
+        assert_eq!(hello_progress(&wire[..HEAD]), Progress::Need(wire.len() - HEAD));
+        assert_eq!(hello_progress(&wire), Progress::Complete(HEAD..wire.len()));
+        assert_eq!(hello_progress(&[b'H', 0, 1, 0, 0]), Progress::Bad, "longer than a hello may be");
+        assert_eq!(hello_progress(&[b'L', 0, 0, 0, 1]), Progress::Bad, "not a hello");
     }
 
     #[test]

@@ -106,6 +106,8 @@ impl Relay {
         let token = std::env::var(ranch::__rt::TOKEN_ENV).map_err(|_| format!("{} is not set", ranch::__rt::TOKEN_ENV))?;
         let stream = connect(hub)?;
         let _ = stream.set_nodelay(true);
+        // The kernel's host may vanish without a word: the relay (and its rank) then end.
+        let _ = ranch::__rt::keepalive::watch(&stream, ranch::__rt::collective_timeout());
         let writer: Writer = Arc::new(Mutex::new(stream.try_clone().map_err(|e| e.to_string())?));
         let hello = format!("{HELLO} {token} {} {} {}", ranch::rank(), hostname(), std::process::id());
         if !send(&writer, &Frame::Hello(hello)) {
