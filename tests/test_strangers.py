@@ -239,3 +239,22 @@ def test_strangers_holding_every_connection_do_not_keep_a_new_client_out(own_ker
         late.stop_channels()
         for s in held:
             s.close()
+
+
+def test_an_interrupt_ends_a_prompt_and_a_late_answer_does_not_answer_the_next(fresh_kernel):
+    km, kc = fresh_kernel
+    execute(kc, ':dep evcxr_input = "1"', timeout=300)
+    code = 'let answer = evcxr_input::get_string("name? ");\nanswer'
+    msg_id = kc.execute(code, allow_stdin=True)
+    assert kc.get_stdin_msg(timeout=120)["content"]["prompt"] == "name? "
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    kc.input("too late")  # the answer to the prompt the interrupt ended
+    time.sleep(0.5)
+    msg_id = kc.execute(code, allow_stdin=True)
+    assert kc.get_stdin_msg(timeout=120)["content"]["prompt"] == "name? "
+    kc.input("on time")
+    reply = kc.get_shell_msg(timeout=60)
+    assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "ok", reply["content"]
+    assert ok(execute(kc, "answer.clone()")).result() == '"on time"'
