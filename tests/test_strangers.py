@@ -250,6 +250,7 @@ def test_an_interrupt_ends_a_prompt_and_a_late_answer_does_not_answer_the_next(f
     km.interrupt_kernel()
     reply = kc.get_shell_msg(timeout=30)
     assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"].get("ename") == "Interrupted", reply["content"]  # not an empty answer
     kc.input("too late")  # the answer to the prompt the interrupt ended
     time.sleep(0.5)
     msg_id = kc.execute(code, allow_stdin=True)

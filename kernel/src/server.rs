@@ -179,8 +179,10 @@ async fn read_stdin(mut rx: jzc::RouterRecvConnection, k: Arc<Kernel>, replies: 
 
 impl Kernel {
     fn interrupt(&self) {
-        self.input_cancel.notify_waiters();
+        // Stop the code first, then end a prompt's wait: the other way round, the cell gets an
+        // empty answer and may finish before the stop lands, which then hits the next cell.
         self.engine.interrupter().interrupt();
+        self.input_cancel.notify_waiters();
     }
 }
 
