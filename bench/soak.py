@@ -160,24 +160,31 @@ def stranger_traffic(kc, stop_at, counts):
     rnd = random.Random()
     ports = [kc.shell_port, kc.control_port, kc.stdin_port, kc.iopub_port, kc.hb_port]
     ctx = zmq.Context.instance()
+
+    def dealer(port, identity=None):
+        # A send never blocks the stranger: a DEALER whose connection the kernel refused has
+        # no peer, and would wait for one forever.
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.SNDTIMEO, 200)
+        if identity is not None:
+            d.setsockopt(zmq.IDENTITY, identity)
+        d.connect(f"tcp://127.0.0.1:{port}")
+        return d
+
     held = []
     while time.monotonic() < stop_at:
         port = rnd.choice(ports)
         act = rnd.randrange(7)
         try:
             if act == 0:  # claim the client's identity
-                d = ctx.socket(zmq.DEALER)
-                d.setsockopt(zmq.LINGER, 0)
-                d.setsockopt(zmq.IDENTITY, kc.session.bsession)
-                d.connect(f"tcp://127.0.0.1:{port}")
+                d = dealer(port, kc.session.bsession)
+                held.append(d)
                 d.send_multipart([b"<IDS|MSG>", b"0" * 64, b"{}", b"{}", b"{}", b"{}"])
-                held.append(d)
             elif act == 1:  # junk: one frame, no delimiter
-                d = ctx.socket(zmq.DEALER)
-                d.setsockopt(zmq.LINGER, 0)
-                d.connect(f"tcp://127.0.0.1:{port}")
-                d.send(os.urandom(rnd.randrange(1, 4096)))
+                d = dealer(port)
                 held.append(d)
+                d.send(os.urandom(rnd.randrange(1, 4096)))
             elif act == 2:  # a frame announcing 1 GiB, then a little of it
                 s = zmtp_peer(port, b"SUB" if port == kc.iopub_port else b"DEALER")
                 s.sendall(b"\x02" + (1 << 30).to_bytes(8, "big") + b"x" * 65536)
@@ -201,7 +208,7 @@ def stranger_traffic(kc, stop_at, counts):
                     s.sendall(b"\x01\x00\x02" + (2000).to_bytes(8, "big") + b"p" * 2000)
                 held.append(s)
             counts["acts"] += 1
-        except OSError:
+        except (OSError, zmq.ZMQError):  # closed, or (a DEALER the kernel refused) no peer to send to
             counts["refused"] += 1
         if len(held) > 200:  # let go of the oldest, as strangers come and go
             old = held.pop(0)

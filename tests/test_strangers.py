@@ -26,6 +26,7 @@ def open_fds(pid):
 def dealer(port, identity=None):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 5000)  # a refused DEALER has no peer: fail, never hang
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
     sock.connect(f"tcp://127.0.0.1:{port}")
