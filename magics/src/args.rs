@@ -355,9 +355,24 @@ pub(crate) fn placement(a: &RanchArgs) -> Result<Placement, String> {
 /// Flags that take a value (the others are switches), for finding where `%in_ddp`'s
 /// expression starts.
 const VALUE_FLAGS: &[&str] = &[
-    "--share", "--out", "--ctx", "--on-error", "--timeout", "--group-outputs", "--see", "--gpus",
-    "--gpu-visibility", "--world-size", "--base-rank", "--addr", "--port", "--backend", "--collective-timeout",
-    "--launcher", "--hosts", "--hostfile",
+    "--share",
+    "--out",
+    "--ctx",
+    "--on-error",
+    "--timeout",
+    "--group-outputs",
+    "--see",
+    "--gpus",
+    "--gpu-visibility",
+    "--world-size",
+    "--base-rank",
+    "--addr",
+    "--port",
+    "--backend",
+    "--collective-timeout",
+    "--launcher",
+    "--hosts",
+    "--hostfile",
 ];
 
 /// `%in_ddp N [flags] EXPR`: the launch (always with a process group) and the expression.

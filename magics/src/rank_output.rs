@@ -132,11 +132,7 @@ impl LineSplitter {
     }
 
     fn finish(&mut self) -> Vec<String> {
-        if self.partial.is_empty() {
-            vec![]
-        } else {
-            vec![String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()]
-        }
+        if self.partial.is_empty() { vec![] } else { vec![String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()] }
     }
 }
 

@@ -152,7 +152,8 @@ fn format_args_names(literal: &str) -> Vec<String> {
         }
         let end = rest.find(['}', ':']).unwrap_or(rest.len());
         let name = rest[..end].trim();
-        if !name.is_empty() && name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        if !name.is_empty()
+            && name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_alphanumeric() || c == '_')
         {
             names.push(name.to_string());
