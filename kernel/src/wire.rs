@@ -33,10 +33,10 @@ impl ReplayGuard {
             return false;
         }
         order.push_back(signature.clone());
-        if order.len() > REMEMBERED {
-            if let Some(old) = order.pop_front() {
-                seen.remove(&old);
-            }
+        if order.len() > REMEMBERED
+            && let Some(old) = order.pop_front()
+        {
+            seen.remove(&old);
         }
         true
     }
@@ -102,12 +102,11 @@ pub async fn read<S: Authenticating>(conn: &mut Connection<S>, replays: &ReplayG
 pub fn parse(multipart: zeromq::ZmqMessage, mac: &Option<ring::hmac::Key>, replays: &ReplayGuard) -> Result<Incoming, WireError> {
     let signature = multipart.iter().skip_while(|p| &p[..] != b"<IDS|MSG>").nth(1).cloned();
     let raw = RawMessage::from_multipart(multipart, mac).map_err(|e| WireError::Rejected(format!("{e} (bad signature or framing)")))?;
-    if mac.is_some() {
-        if let Some(signature) = signature {
-            if !replays.first_time(&signature) {
-                return Err(WireError::Rejected("a message with the signature of an earlier one (a replay)".into()));
-            }
-        }
+    if mac.is_some()
+        && let Some(signature) = signature
+        && !replays.first_time(&signature)
+    {
+        return Err(WireError::Rejected("a message with the signature of an earlier one (a replay)".into()));
     }
     decode(raw.zmq_identities, &raw.jparts).map_err(WireError::Rejected)
 }

@@ -462,10 +462,10 @@ pub(crate) fn join_out_type(tokens: Vec<String>) -> Vec<String> {
     let mut iter = tokens.into_iter().peekable();
     while let Some(mut t) = iter.next() {
         if out.last().is_some_and(|p| p == "--out") {
-            if t.ends_with(':') {
-                if let Some(ty) = iter.next_if(|n| !n.starts_with("--")) {
-                    t = format!("{t} {ty}");
-                }
+            if t.ends_with(':')
+                && let Some(ty) = iter.next_if(|n| !n.starts_with("--"))
+            {
+                t = format!("{t} {ty}");
             }
             while depth(&t) > 0 {
                 match iter.next_if(|n| !n.starts_with("--")) {

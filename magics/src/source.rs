@@ -117,7 +117,7 @@ pub fn body_facts(body: &str) -> BodyFacts {
     for pat in file.syntax().descendants().filter_map(ast::IdentPat::cast) {
         let Some(name) = pat.name() else { continue };
         let in_let = pat.syntax().ancestors().any(|a| a.kind() == SyntaxKind::LET_STMT);
-        if in_let && first_use.get(&name.text().to_string()) == Some(&name.syntax().text_range().start()) {
+        if in_let && first_use.get(name.text()) == Some(&name.syntax().text_range().start()) {
             facts.locals.insert(name.text().to_string());
         }
     }

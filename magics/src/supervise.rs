@@ -608,10 +608,8 @@ fn ending_of(
         Ok(s) => s.code() == Some(PANIC_EXIT_CODE) || s.signal() == Some(Signal::SIGABRT as i32),
         Err(_) => false,
     };
-    if ended_by_panic {
-        if let Some(p) = read_panic(run_dir, rank, panic_line) {
-            return p;
-        }
+    if ended_by_panic && let Some(p) = read_panic(run_dir, rank, panic_line) {
+        return p;
     }
     match status {
         Ok(s) if s.success() => Ending::Success,

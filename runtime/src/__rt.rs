@@ -369,9 +369,9 @@ mod tests {
     #[test]
     fn specialisation_picks_serialize_when_available() {
         struct Opaque;
-        assert!((&Ship(&vec![1u8, 2])).ranch_encode().is_ok());
+        assert!(Ship(&vec![1u8, 2]).ranch_encode().is_ok());
         assert!((&Ship(&Opaque)).ranch_encode().is_err());
-        assert_eq!((&Ship(&3u8)).ranch_debug().as_deref(), Some("3"));
+        assert_eq!(Ship(&3u8).ranch_debug().as_deref(), Some("3"));
         assert_eq!((&Ship(&Opaque)).ranch_debug(), None);
     }
 

@@ -278,15 +278,14 @@ impl Forwarder {
     fn on_stdout_line(&mut self, line: String, err_f: &mut File) {
         // `print!("x")` without a newline, then the end-of-cell marker (or another protocol line):
         // both arrive as one line. The user's part is text; the rest is evcxr's.
-        if self.block.is_none() {
-            if let Some(at) = sentinel_start(&line, &self.marker.0) {
-                if at > 0 {
-                    self.flush_group();
-                    self.text.push_str(&line[..at]);
-                    self.on_stdout_line(line[at..].to_string(), err_f);
-                    return;
-                }
-            }
+        if self.block.is_none()
+            && let Some(at) = sentinel_start(&line, &self.marker.0)
+            && at > 0
+        {
+            self.flush_group();
+            self.text.push_str(&line[..at]);
+            self.on_stdout_line(line[at..].to_string(), err_f);
+            return;
         }
         if let Some((mime, mut body)) = self.block.take() {
             if line == END && mime == CONTROL_MIME {

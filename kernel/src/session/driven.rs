@@ -112,10 +112,10 @@ impl driver::Session for EvcxrSession {
 
     fn snapshot(&mut self) -> Result<SessionSnapshot, Failure> {
         let generation = self.generation;
-        if let Some((g, snap)) = &self.driven.snapshot {
-            if *g == generation {
-                return Ok(snap.clone());
-            }
+        if let Some((g, snap)) = &self.driven.snapshot
+            && *g == generation
+        {
+            return Ok(snap.clone());
         }
         // The last compile may have been a cell that failed: an empty export makes evcxr's
         // source the session's.

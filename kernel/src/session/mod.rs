@@ -456,7 +456,7 @@ fn unknown_magic(code: &str) -> Option<&str> {
 
 /// evcxr commands that would break the session's builds.
 fn refused_command(code: &str) -> Option<CellError> {
-    let mut words = code.trim().split_whitespace();
+    let mut words = code.split_whitespace();
     let (Some(":cache"), Some(size)) = (words.next(), words.next()) else { return None };
     if size.parse::<u64>().is_ok_and(|s| s == 0) {
         return None;

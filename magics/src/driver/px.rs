@@ -40,17 +40,17 @@ pub fn args_or_help<T>(parsed: Result<Parsed<T>, String>, host: &dyn Host) -> Re
 /// A `%%px` cell or `%px` line: its parsed flags and its body; `None` when `code` is neither.
 pub fn px_cell(code: &str) -> Option<(Result<Parsed<PxArgs>, String>, &str)> {
     let c = code.trim_start();
-    if let Some(rest) = c.strip_prefix("%%px") {
-        if rest.starts_with(char::is_whitespace) || rest.is_empty() {
-            let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
-            return Some((parse_px(line), body));
-        }
+    if let Some(rest) = c.strip_prefix("%%px")
+        && (rest.starts_with(char::is_whitespace) || rest.is_empty())
+    {
+        let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
+        return Some((parse_px(line), body));
     }
-    if let Some(rest) = c.strip_prefix("%px") {
-        if rest.starts_with(char::is_whitespace) {
-            let (flags, expr) = split_px_line(rest);
-            return Some((parse_px(flags), expr));
-        }
+    if let Some(rest) = c.strip_prefix("%px")
+        && rest.starts_with(char::is_whitespace)
+    {
+        let (flags, expr) = split_px_line(rest);
+        return Some((parse_px(flags), expr));
     }
     None
 }

@@ -356,13 +356,13 @@ impl Launch<'_> {
         }
         let results = merge::read_results(self.run_dir, args.n, args.base_rank)
             .map_err(|e| Failure::new("RankFailed", format!("{e}. The session is unchanged.")))?;
-        if args.out.is_some() {
-            if let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()") {
-                return Err(ranch_error(format!(
-                    "--out needs values that are Serialize + Deserialize, but rank {r} returned a `{}`",
-                    results[r].type_name
-                )));
-            }
+        if args.out.is_some()
+            && let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()")
+        {
+            return Err(ranch_error(format!(
+                "--out needs values that are Serialize + Deserialize, but rank {r} returned a `{}`",
+                results[r].type_name
+            )));
         }
         let types = results.iter().map(|r| r.type_name.clone()).collect();
         let shown = if first_rank_only { merge::single_bundle(&results[0]) } else { merge::result_bundle(&results, args.base_rank) };

@@ -244,6 +244,8 @@ impl Group {
 
     /// One collective: every rank's description and data to rank 0, which answers each.
     /// `combine` (on rank 0) makes the answer from every rank's description and data.
+    // The parts of one collective, as every caller names them; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn collective(
         &self,
         op: &'static str,

@@ -328,10 +328,10 @@ fn serve_rank(
                 }
             }
             Ok(Frame::Events(bytes)) => {
-                if let Some(k) = &mut to_kernel {
-                    if k.write_all(&bytes).is_err() {
-                        to_kernel = None;
-                    }
+                if let Some(k) = &mut to_kernel
+                    && k.write_all(&bytes).is_err()
+                {
+                    to_kernel = None;
                 }
             }
             Ok(Frame::File(name)) => {

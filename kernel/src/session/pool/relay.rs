@@ -170,12 +170,8 @@ impl Relay {
     /// Serves the hub until it goes away; returns the exit status.
     fn serve(mut self) -> i32 {
         let cells = self.dir.0.join("cells");
-        loop {
-            let frame = match link::read_frame(&mut self.reader) {
-                Ok(f) => f,
-                // The hub is gone (the pool stopped, or its host did): so is the rank.
-                Err(_) => break,
-            };
+        // Until the hub is gone (the pool stopped, or its host did): then so is the rank.
+        while let Ok(frame) = link::read_frame(&mut self.reader) {
             let ok = match frame {
                 Frame::File(name) => {
                     receive_file(&mut self.reader, &self.dir.0, &name).map_err(|e| eprintln!("ranch pool relay: {e}")).is_ok()
