@@ -6,6 +6,11 @@ source "$(dirname "$0")/env.sh"
 "$RANCH_ROOT/install/mpi.sh"
 "$RANCH_ROOT/install/browser.sh"
 cd "$RANCH_ROOT"
+echo "==> rustfmt and clippy"
+cargo_ fmt --version >/dev/null 2>&1 && cargo_ clippy --version >/dev/null 2>&1 \
+  || { echo "rustfmt or clippy is missing: rustup component add rustfmt clippy" >&2; exit 1; }
+cargo_ fmt --all -- --check
+cargo_ clippy --release --locked --workspace --all-targets -- -D warnings
 echo "==> cargo tests"
 cargo_ test --release --locked --workspace
 echo "==> the runtime's GPU features build (no CUDA needed: it is loaded at run time)"

@@ -9,8 +9,7 @@ use std::path::Path;
 /// Only `hmac-sha256` is implemented by the signing layer, so any other scheme stops the
 /// kernel here: otherwise every message would fail verification and be dropped silently.
 pub fn load(path: &Path) -> anyhow::Result<ConnectionInfo> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read connection file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read connection file {}", path.display()))?;
     parse(&text).with_context(|| format!("bad connection file {}", path.display()))
 }
 

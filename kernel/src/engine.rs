@@ -1,8 +1,7 @@
 //! Runs the (blocking) interpreter on its own thread, fed by the async server.
 
 use crate::interpreter::{
-    CellContext, CellError, CellOutcome, Completeness, CompletenessCheck, Completions, Interpreter, Interrupter,
-    MimeBundle,
+    CellContext, CellError, CellOutcome, Completeness, CompletenessCheck, Completions, Interpreter, Interrupter, MimeBundle,
 };
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -41,8 +40,8 @@ impl Engine {
                 for job in rx {
                     match job {
                         Job::Execute(code, cx, tx) => {
-                            let outcome = catch_unwind(AssertUnwindSafe(|| interp.execute(&code, &cx)))
-                                .unwrap_or_else(|e| Err(internal_error(&e)));
+                            let outcome =
+                                catch_unwind(AssertUnwindSafe(|| interp.execute(&code, &cx))).unwrap_or_else(|e| Err(internal_error(&e)));
                             let _ = tx.send(outcome);
                         }
                         Job::Complete(code, pos, tx) => {

@@ -48,8 +48,7 @@ impl History {
             HistoryRequest::Search { pattern, unique, output, n, .. } => {
                 let glob = Glob::new(pattern)?;
                 let mut budget = SEARCH_BUDGET;
-                let mut hits: Vec<&(usize, String)> =
-                    self.entries.iter().filter(|(_, code)| glob.matches(code, &mut budget)).collect();
+                let mut hits: Vec<&(usize, String)> = self.entries.iter().filter(|(_, code)| glob.matches(code, &mut budget)).collect();
                 if *unique {
                     let mut seen = std::collections::HashSet::new();
                     hits.retain(|(_, code)| seen.insert(code.clone()));
@@ -61,10 +60,7 @@ impl History {
                 (*output, hits)
             }
         };
-        Ok(picked
-            .into_iter()
-            .map(|(n, code)| if output { json!([0, n, [code, null]]) } else { json!([0, n, code]) })
-            .collect())
+        Ok(picked.into_iter().map(|(n, code)| if output { json!([0, n, [code, null]]) } else { json!([0, n, code]) }).collect())
     }
 }
 
@@ -169,8 +165,7 @@ mod tests {
             h.record(i, &format!("cell {i}"));
         }
         let req: HistoryRequest =
-            serde_json::from_value(json!({"hist_access_type": "tail", "n": 2, "output": false, "raw": true}))
-                .unwrap();
+            serde_json::from_value(json!({"hist_access_type": "tail", "n": 2, "output": false, "raw": true})).unwrap();
         assert_eq!(h.answer(&req).unwrap(), vec![json!([0, 4, "cell 4"]), json!([0, 5, "cell 5"])]);
     }
 }

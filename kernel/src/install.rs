@@ -57,10 +57,10 @@ fn sys_prefix() -> anyhow::Result<PathBuf> {
         }
     }
     let exe = std::env::current_exe()?;
-    if let Some(prefix) = exe.parent().and_then(Path::parent) {
-        if prefix.join("pyvenv.cfg").exists() {
-            return Ok(prefix.to_path_buf());
-        }
+    if let Some(prefix) = exe.parent().and_then(Path::parent)
+        && prefix.join("pyvenv.cfg").exists()
+    {
+        return Ok(prefix.to_path_buf());
     }
     bail!("--sys-prefix needs an active Python environment (VIRTUAL_ENV or CONDA_PREFIX); activate one or use --prefix PATH")
 }

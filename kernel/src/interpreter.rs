@@ -88,7 +88,9 @@ pub struct Completions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completeness {
     Complete,
-    Incomplete { indent: String },
+    Incomplete {
+        indent: String,
+    },
     Invalid,
     /// Not decided (the code is too big to parse safely).
     Unknown,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 const OUTPUT_QUEUE: usize = 4096;
 
 enum Outgoing {
-    Message(JupyterMessage),
+    Message(Box<JupyterMessage>),
     /// Resolved once every message queued before it has been handed to the socket.
     Flush(oneshot::Sender<()>),
 }
@@ -43,7 +43,7 @@ impl Publisher {
                 tokio::select! {
                     out = rx.recv() => match out {
                         Some(Outgoing::Message(m)) => {
-                            if let Err(e) = socket.send(m).await {
+                            if let Err(e) = socket.send(*m).await {
                                 crate::log!("iopub send failed: {e}");
                             }
                             sent.fetch_sub(1, Ordering::Relaxed);
@@ -72,7 +72,7 @@ impl Publisher {
         let topic = Bytes::from(format!("kernel.{}.{}", self.session, msg_type));
         let msg = JupyterMessage::new(content, parent).with_zmq_identities(vec![topic]);
         self.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Outgoing::Message(msg)).is_err() {
+        if self.tx.send(Outgoing::Message(Box::new(msg))).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }

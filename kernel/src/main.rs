@@ -80,8 +80,10 @@ fn main() {
         }),
         (None, Some(file)) => run_kernel(&file),
         (None, None) => {
-            eprintln!("ranch-kernel: nothing to do. Jupyter starts it with --connection-file FILE; \
-                       run `ranch-kernel install` to register it (see --help).");
+            eprintln!(
+                "ranch-kernel: nothing to do. Jupyter starts it with --connection-file FILE; \
+                       run `ranch-kernel install` to register it (see --help)."
+            );
             std::process::exit(2);
         }
     };

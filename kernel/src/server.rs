@@ -6,9 +6,7 @@
 //! publishes is queued before its `idle`.
 
 use crate::engine::Engine;
-use crate::interpreter::{
-    CellContext, CellError, Completeness, InputProvider, Interpreter, MimeBundle, OutputSink, Stream,
-};
+use crate::interpreter::{CellContext, CellError, Completeness, InputProvider, Interpreter, MimeBundle, OutputSink, Stream};
 use crate::iopub::Publisher;
 use crate::wire::{self, Incoming};
 use crate::{history::History, text};
@@ -52,11 +50,7 @@ pub fn max_message_bytes() -> usize {
 /// (vendor/zeromq's `strangers`): anyone on the machine can reach the ports. A client's
 /// first message (kernel_info, a cell) fits easily; after it, the client's messages go up
 /// to [`max_message_bytes`].
-const STRANGERS: zeromq::UntrustedLimits = zeromq::UntrustedLimits {
-    message_size: 1 << 20,
-    budget: 16 << 20,
-    max_peers: 64,
-};
+const STRANGERS: zeromq::UntrustedLimits = zeromq::UntrustedLimits { message_size: 1 << 20, budget: 16 << 20, max_peers: 64 };
 
 /// Heartbeats: pings are tiny (jupyter_client sends `ping`), and a peer that never reads its
 /// echoes gets a few queued, then loses them.
@@ -244,9 +238,7 @@ async fn serve_channel(k: Arc<Kernel>, mut rx: jzc::RouterRecvConnection, mut tx
                 reply_malformed(&k, &mut tx, &msg, &reason).await;
                 Next::Continue
             }
-            None if msg.header.msg_type == "execute_request"
-                && aborting.as_ref().is_some_and(|a| msg.header.date <= a.failed_at) =>
-            {
+            None if msg.header.msg_type == "execute_request" && aborting.as_ref().is_some_and(|a| msg.header.date <= a.failed_at) => {
                 let n = k.execution_count.load(Ordering::SeqCst);
                 let reply = json!({"status": "aborted", "execution_count": n, "user_expressions": {}, "payload": []});
                 send_reply(&mut tx, &msg, "execute_reply", reply).await;
@@ -257,9 +249,7 @@ async fn serve_channel(k: Arc<Kernel>, mut rx: jzc::RouterRecvConnection, mut tx
         k.iopub.status("idle", Some(&msg));
         match next {
             Next::Continue => {}
-            Next::AbortQueued(failed_at) => {
-                aborting = Some(Aborting { until: tokio::time::Instant::now() + ABORT_WINDOW, failed_at })
-            }
+            Next::AbortQueued(failed_at) => aborting = Some(Aborting { until: tokio::time::Instant::now() + ABORT_WINDOW, failed_at }),
             Next::Exit => {
                 k.iopub.flush().await;
                 // Sends are queued, not flushed; give the sockets a moment before exiting.
@@ -451,11 +441,8 @@ impl InputProvider for StdinInput {
             let mut replies = k.input_replies.lock().await;
             // Answers to earlier prompts that came too late are not this prompt's answer.
             while replies.try_recv().is_ok() {}
-            let request = UnknownMessage {
-                msg_type: "input_request".into(),
-                content: json!({"prompt": prompt, "password": password}),
-            }
-            .as_child_of(&self.parent);
+            let request = UnknownMessage { msg_type: "input_request".into(), content: json!({"prompt": prompt, "password": password}) }
+                .as_child_of(&self.parent);
             k.stdin.lock().await.send(request).await.ok()?;
             tokio::select! {
                 value = replies.recv() => value,
@@ -467,11 +454,7 @@ impl InputProvider for StdinInput {
 
 async fn execute(k: &Arc<Kernel>, msg: &JupyterMessage, req: &jupyter_protocol::ExecuteRequest) -> Value {
     let counts = !req.silent && req.store_history;
-    let n = if counts {
-        k.execution_count.fetch_add(1, Ordering::SeqCst) + 1
-    } else {
-        k.execution_count.load(Ordering::SeqCst)
-    };
+    let n = if counts { k.execution_count.fetch_add(1, Ordering::SeqCst) + 1 } else { k.execution_count.load(Ordering::SeqCst) };
     if !req.silent {
         k.iopub.send("execute_input", json!({"code": req.code, "execution_count": n}), Some(msg));
     }
@@ -481,9 +464,7 @@ async fn execute(k: &Arc<Kernel>, msg: &JupyterMessage, req: &jupyter_protocol::
     let sink = Arc::new(IopubSink { iopub: k.iopub.clone(), parent: msg.clone(), page: Default::default() });
     let cx = CellContext {
         sink: sink.clone(),
-        input: req
-            .allow_stdin
-            .then(|| Arc::new(StdinInput { kernel: k.clone(), parent: msg.clone() }) as Arc<dyn InputProvider>),
+        input: req.allow_stdin.then(|| Arc::new(StdinInput { kernel: k.clone(), parent: msg.clone() }) as Arc<dyn InputProvider>),
         execution_count: n,
     };
     let outcome = k

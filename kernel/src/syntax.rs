@@ -3,8 +3,8 @@
 
 use crate::interpreter::Completeness;
 use ra_ap_syntax::{AstNode, Edition, SourceFile, SyntaxKind};
-pub use ranch_magics::cell_body::rust_start;
 use ranch_magics::cell_body::body;
+pub use ranch_magics::cell_body::rust_start;
 
 /// Limits on what the kernel parses. rust-analyzer's parser (used here, by evcxr and by the
 /// magics) takes time quadratic in how deeply code nests (braces, prefix operators, chains
@@ -51,15 +51,11 @@ pub fn nesting(code: &str) -> usize {
 pub fn refuse_to_parse(code: &str) -> Option<String> {
     let tokens = ra_ap_parser::LexedStr::new(Edition::Edition2024, code).len();
     if tokens > MAX_PARSE_TOKENS {
-        return Some(format!(
-            "the cell has {tokens} tokens; ranch accepts up to {MAX_PARSE_TOKENS} (load big data from a file instead)"
-        ));
+        return Some(format!("the cell has {tokens} tokens; ranch accepts up to {MAX_PARSE_TOKENS} (load big data from a file instead)"));
     }
     let depth = nesting(code);
     (depth > MAX_NESTING).then(|| {
-        format!(
-            "the cell nests {depth} levels deep (brackets, or a run of {MAX_NESTING}+ operators); ranch accepts up to {MAX_NESTING}"
-        )
+        format!("the cell nests {depth} levels deep (brackets, or a run of {MAX_NESTING}+ operators); ranch accepts up to {MAX_NESTING}")
     })
 }
 
@@ -115,9 +111,7 @@ pub fn with_stdout_flush(code: &str) -> Prepared {
             let inserted = Some(Insertion { line, column, len: text.chars().count() });
             Prepared { code: format!("{}{text}{}", &code[..at], &code[at..]), inserted, shows_value: true }
         }
-        None if !b.code_statements.is_empty() => {
-            Prepared { code: format!("{code}\n{FLUSH}"), inserted: None, shows_value: false }
-        }
+        None if !b.code_statements.is_empty() => Prepared { code: format!("{code}\n{FLUSH}"), inserted: None, shows_value: false },
         None => unchanged(false),
     }
 }

@@ -33,10 +33,10 @@ impl ReplayGuard {
             return false;
         }
         order.push_back(signature.clone());
-        if order.len() > REMEMBERED {
-            if let Some(old) = order.pop_front() {
-                seen.remove(&old);
-            }
+        if order.len() > REMEMBERED
+            && let Some(old) = order.pop_front()
+        {
+            seen.remove(&old);
         }
         true
     }
@@ -45,7 +45,10 @@ impl ReplayGuard {
 pub enum Incoming {
     Request(JupyterMessage),
     /// Signed correctly, but the content is not a valid request of its type.
-    Malformed { envelope: JupyterMessage, reason: String },
+    Malformed {
+        envelope: JupyterMessage,
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,27 +99,20 @@ pub async fn read<S: Authenticating>(conn: &mut Connection<S>, replays: &ReplayG
 
 /// A received multipart message, checked (signature, replay) and decoded. Any bytes give an
 /// answer: a request, a malformed request, or a rejection.
-pub fn parse(
-    multipart: zeromq::ZmqMessage,
-    mac: &Option<ring::hmac::Key>,
-    replays: &ReplayGuard,
-) -> Result<Incoming, WireError> {
+pub fn parse(multipart: zeromq::ZmqMessage, mac: &Option<ring::hmac::Key>, replays: &ReplayGuard) -> Result<Incoming, WireError> {
     let signature = multipart.iter().skip_while(|p| &p[..] != b"<IDS|MSG>").nth(1).cloned();
-    let raw = RawMessage::from_multipart(multipart, mac)
-        .map_err(|e| WireError::Rejected(format!("{e} (bad signature or framing)")))?;
-    if mac.is_some() {
-        if let Some(signature) = signature {
-            if !replays.first_time(&signature) {
-                return Err(WireError::Rejected("a message with the signature of an earlier one (a replay)".into()));
-            }
-        }
+    let raw = RawMessage::from_multipart(multipart, mac).map_err(|e| WireError::Rejected(format!("{e} (bad signature or framing)")))?;
+    if mac.is_some()
+        && let Some(signature) = signature
+        && !replays.first_time(&signature)
+    {
+        return Err(WireError::Rejected("a message with the signature of an earlier one (a replay)".into()));
     }
     decode(raw.zmq_identities, &raw.jparts).map_err(WireError::Rejected)
 }
 
 fn decode(identities: Vec<Bytes>, parts: &[Bytes]) -> Result<Incoming, String> {
-    let header: Header =
-        serde_json::from_slice(&parts[0]).map_err(|e| format!("unreadable header: {e}"))?;
+    let header: Header = serde_json::from_slice(&parts[0]).map_err(|e| format!("unreadable header: {e}"))?;
     let parent_header = serde_json::from_slice(&parts[1]).ok();
     let metadata = serde_json::from_slice(&parts[2]).unwrap_or(Value::Object(Default::default()));
     let content: Value = serde_json::from_slice(&parts[3]).unwrap_or(Value::Null);
@@ -133,12 +129,10 @@ fn decode(identities: Vec<Bytes>, parts: &[Bytes]) -> Result<Incoming, String> {
     match JupyterMessageContent::from_type_and_content(&header.msg_type, lenient) {
         Ok(content) => Ok(Incoming::Request(envelope(content))),
         Err(e) => Ok(Incoming::Malformed {
-            envelope: envelope(JupyterMessageContent::UnknownMessage(
-                jupyter_protocol::UnknownMessage {
-                    msg_type: header.msg_type.clone(),
-                    content: Value::Null,
-                },
-            )),
+            envelope: envelope(JupyterMessageContent::UnknownMessage(jupyter_protocol::UnknownMessage {
+                msg_type: header.msg_type.clone(),
+                content: Value::Null,
+            })),
             reason: e.to_string(),
         }),
     }

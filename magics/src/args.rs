@@ -355,9 +355,24 @@ pub(crate) fn placement(a: &RanchArgs) -> Result<Placement, String> {
 /// Flags that take a value (the others are switches), for finding where `%in_ddp`'s
 /// expression starts.
 const VALUE_FLAGS: &[&str] = &[
-    "--share", "--out", "--ctx", "--on-error", "--timeout", "--group-outputs", "--see", "--gpus",
-    "--gpu-visibility", "--world-size", "--base-rank", "--addr", "--port", "--backend", "--collective-timeout",
-    "--launcher", "--hosts", "--hostfile",
+    "--share",
+    "--out",
+    "--ctx",
+    "--on-error",
+    "--timeout",
+    "--group-outputs",
+    "--see",
+    "--gpus",
+    "--gpu-visibility",
+    "--world-size",
+    "--base-rank",
+    "--addr",
+    "--port",
+    "--backend",
+    "--collective-timeout",
+    "--launcher",
+    "--hosts",
+    "--hostfile",
 ];
 
 /// `%in_ddp N [flags] EXPR`: the launch (always with a process group) and the expression.
@@ -447,10 +462,10 @@ pub(crate) fn join_out_type(tokens: Vec<String>) -> Vec<String> {
     let mut iter = tokens.into_iter().peekable();
     while let Some(mut t) = iter.next() {
         if out.last().is_some_and(|p| p == "--out") {
-            if t.ends_with(':') {
-                if let Some(ty) = iter.next_if(|n| !n.starts_with("--")) {
-                    t = format!("{t} {ty}");
-                }
+            if t.ends_with(':')
+                && let Some(ty) = iter.next_if(|n| !n.starts_with("--"))
+            {
+                t = format!("{t} {ty}");
             }
             while depth(&t) > 0 {
                 match iter.next_if(|n| !n.starts_with("--")) {

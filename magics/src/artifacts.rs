@@ -43,7 +43,7 @@ pub fn bound_artifacts(dir: &Path, max_count: usize, max_bytes: u64) -> (usize, 
             Some((m.accessed().ok()?, m.len(), e.path()))
         })
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0)); // most recently used first
+    files.sort_by_key(|f| std::cmp::Reverse(f.0)); // most recently used first
     let (mut kept, mut bytes, mut removed, mut freed) = (0usize, 0u64, 0usize, 0u64);
     for (_, len, path) in files {
         if kept < max_count && bytes + len <= max_bytes {

@@ -88,10 +88,10 @@ pub fn build(
     std::fs::create_dir_all(dir.join("src")).map_err(io)?;
     write_if_changed(&dir.join("Cargo.toml"), &program.cargo_toml).map_err(io)?;
     write_if_changed(&dir.join("src/main.rs"), &program.main_rs).map_err(io)?;
-    if let Some(lock) = &tools.lockfile {
-        if let Ok(text) = std::fs::read_to_string(lock) {
-            write_if_changed(&dir.join("Cargo.lock"), &text).map_err(io)?;
-        }
+    if let Some(lock) = &tools.lockfile
+        && let Ok(text) = std::fs::read_to_string(lock)
+    {
+        write_if_changed(&dir.join("Cargo.lock"), &text).map_err(io)?;
     }
     let mut cmd = Command::new(&tools.cargo);
     cmd.current_dir(dir)

@@ -44,11 +44,7 @@ pub fn body(rust: &str) -> Option<Body> {
         (usize::from(r.start()).saturating_sub(shift), usize::from(r.end()).saturating_sub(shift))
     };
     let lets = list.statements().any(|s| matches!(s, ast::Stmt::LetStmt(_)));
-    let code_statements = list
-        .statements()
-        .filter(|s| !matches!(s, ast::Stmt::Item(_)))
-        .map(|s| range(s.syntax()))
-        .collect();
+    let code_statements = list.statements().filter(|s| !matches!(s, ast::Stmt::Item(_))).map(|s| range(s.syntax())).collect();
     let tail = list.tail_expr().map(|e| {
         let (s, t) = range(e.syntax());
         let is_print = matches!(&e, ast::Expr::MacroExpr(m)
@@ -71,7 +67,6 @@ pub fn wrap_tail(code: &str, wrap: impl Fn(&str) -> String) -> Option<String> {
     let (s, e) = (start + s, start + e);
     Some(format!("{}{}{}", &code[..s], wrap(&code[s..e]), &code[e..]))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -232,7 +232,10 @@ mod tests {
         assert!(request(&a, &format!("RANCH-CHANNEL1 tok PUT panic 0 {}\n", MAX_RESULT + 1), b"").contains("MiB"));
         // A body cut short leaves no result behind.
         assert!(request(&a, "RANCH-CHANNEL1 tok PUT panic 0 10\n", b"abc").starts_with("ERR"));
-        assert!(!ranch::__rt::panic_path(&d, 0).exists() && !std::fs::read_dir(&d).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("partial")));
+        assert!(
+            !ranch::__rt::panic_path(&d, 0).exists()
+                && !std::fs::read_dir(&d).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("partial"))
+        );
         assert_eq!(request(&a, "RANCH-CHANNEL1 tok PUT panic 1 5\n", b"first"), "OK\n");
         assert_eq!(request(&a, "RANCH-CHANNEL1 tok PUT panic 1 4\n", b"last"), "OK\n");
         assert_eq!(std::fs::read(ranch::__rt::panic_path(&d, 1)).unwrap(), b"last", "the last panic is the one that counts");

@@ -40,10 +40,10 @@ impl Diagnostic {
 
     /// The full report, with the cell's lines and carets.
     pub fn render(&self, cell: &str) -> String {
-        if self.labels.is_empty() {
-            if let Some(text) = &self.fallback {
-                return text.clone();
-            }
+        if self.labels.is_empty()
+            && let Some(text) = &self.fallback
+        {
+            return text.clone();
         }
         let lines: Vec<&str> = cell.lines().collect();
         let head = match &self.code {

@@ -12,11 +12,20 @@ const MAX_ID: usize = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub enum DisplayOp {
     /// A new display; `id` lets later updates replace it.
-    Show { data: Map<String, Value>, id: String },
-    Update { data: Map<String, Value>, id: String },
+    Show {
+        data: Map<String, Value>,
+        id: String,
+    },
+    Update {
+        data: Map<String, Value>,
+        id: String,
+    },
     /// Clear the cell's output when the next output comes.
     Clear,
-    Progress { done: u64, total: u64 },
+    Progress {
+        done: u64,
+        total: u64,
+    },
 }
 
 /// The request in a control block's body, `None` when it is not one.
@@ -28,9 +37,7 @@ pub fn parse(body: &str) -> Option<DisplayOp> {
             .filter(|id| !id.is_empty() && id.len() <= MAX_ID && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
             .map(str::to_string)
     };
-    let data = || {
-        v.get("data").and_then(Value::as_object).filter(|d| !d.is_empty() && d.values().all(Value::is_string)).cloned()
-    };
+    let data = || v.get("data").and_then(Value::as_object).filter(|d| !d.is_empty() && d.values().all(Value::is_string)).cloned();
     match v.get("op")?.as_str()? {
         "display" => Some(DisplayOp::Show { data: data()?, id: id()? }),
         "update" => Some(DisplayOp::Update { data: data()?, id: id()? }),

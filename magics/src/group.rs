@@ -113,7 +113,12 @@ impl GroupService {
     /// free port, see [`port`](Self::port)). With `publish`, the token is also written
     /// (mode 0600) where other kernels of this user can read it.
     pub fn start(addr: &str, port: Option<u16>, world: usize, token: &str, publish: bool) -> Result<GroupService, String> {
-        let rules = Rules { max_hello: MAX_LINE, hello_deadline: HELLO_TIMEOUT, max_pending: MAX_PENDING, ..Rules::line(ranch::__rt::group::HELLO, token) };
+        let rules = Rules {
+            max_hello: MAX_LINE,
+            hello_deadline: HELLO_TIMEOUT,
+            max_pending: MAX_PENDING,
+            ..Rules::line(ranch::__rt::group::HELLO, token)
+        };
         let listener = Listener::bind((addr, port.unwrap_or(0)), rules)
             .map_err(|e| format!("cannot listen on {addr}:{}: {e}", port.map_or("<any port>".into(), |p| p.to_string())))?;
         let port = listener.local_addr().port();

@@ -155,9 +155,7 @@ pub fn read_hostfile(path: &Path) -> Result<Vec<HostSlots>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("--hostfile {}: {e}", path.display()))?;
     let mut text = String::new();
-    file.take(MAX_HOSTFILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("--hostfile {}: {e}", path.display()))?;
+    file.take(MAX_HOSTFILE + 1).read_to_string(&mut text).map_err(|e| format!("--hostfile {}: {e}", path.display()))?;
     if text.len() as u64 > MAX_HOSTFILE {
         return Err(format!("--hostfile {}: larger than {} KiB, not a hostfile", path.display(), MAX_HOSTFILE >> 10));
     }

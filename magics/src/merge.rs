@@ -47,8 +47,7 @@ pub fn result_bundle(results: &[RankResult], first_rank: usize) -> Option<Map<St
     if results.is_empty() || results.iter().all(|r| r.type_name == "()") {
         return None;
     }
-    let shown: Vec<String> =
-        results.iter().map(|r| r.debug.clone().unwrap_or_else(|| format!("<{}>", r.type_name))).collect();
+    let shown: Vec<String> = results.iter().map(|r| r.debug.clone().unwrap_or_else(|| format!("<{}>", r.type_name))).collect();
     let plain = format!("[{}]", shown.join(", "));
     let rows: String = shown
         .iter()
@@ -110,7 +109,11 @@ pub fn ranks_label(ranks: &[usize]) -> String {
         while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
             j += 1;
         }
-        parts.push(if j >= i + 2 { format!("{}-{}", ranks[i], ranks[j]) } else { (i..=j).map(|k| ranks[k].to_string()).collect::<Vec<_>>().join(", ") });
+        parts.push(if j >= i + 2 {
+            format!("{}-{}", ranks[i], ranks[j])
+        } else {
+            (i..=j).map(|k| ranks[k].to_string()).collect::<Vec<_>>().join(", ")
+        });
         i = j + 1;
     }
     format!("rank{} {}", if ranks.len() == 1 { "" } else { "s" }, parts.join(", "))
@@ -156,13 +159,8 @@ pub fn panics_failure(panics: &[(usize, String)]) -> Option<(String, Vec<String>
 /// A failed run, as (`evalue`, traceback lines). `None` when every rank succeeded.
 pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
     let groups = groups(report);
-    let stopped: Vec<usize> = report
-        .ranks
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.ending == Ending::Stopped)
-        .map(|(i, _)| i + report.first_rank)
-        .collect();
+    let stopped: Vec<usize> =
+        report.ranks.iter().enumerate().filter(|(_, r)| r.ending == Ending::Stopped).map(|(i, _)| i + report.first_rank).collect();
     let headline = match &report.stopped {
         Some(StopReason::Interrupted) => format!("interrupted: stopped all {} ranks", report.ranks.len()),
         Some(StopReason::Timeout { running, limit }) => {
@@ -329,7 +327,14 @@ mod tests {
 
     #[test]
     fn failures_name_ranks_messages_and_last_lines() {
-        let ok = RankReport { ending: Ending::Success, last_lines: Default::default(), host: None, started: Default::default(), ended: Default::default(), backtrace: String::new() };
+        let ok = RankReport {
+            ending: Ending::Success,
+            last_lines: Default::default(),
+            host: None,
+            started: Default::default(),
+            ended: Default::default(),
+            backtrace: String::new(),
+        };
         let bad = RankReport {
             ending: Ending::Panicked { message: "boom".into(), line: Some(3) },
             last_lines: ["step 1".to_string()].into(),
@@ -352,9 +357,23 @@ mod tests {
 
     #[test]
     fn ranks_failing_the_same_way_are_said_once() {
-        let panic = |m: &str| RankReport { ending: Ending::Panicked { message: m.into(), line: Some(2) }, last_lines: [format!("<{m}>")].into(), host: None, started: Default::default(), ended: Default::default(), backtrace: String::new() };
+        let panic = |m: &str| RankReport {
+            ending: Ending::Panicked { message: m.into(), line: Some(2) },
+            last_lines: [format!("<{m}>")].into(),
+            host: None,
+            started: Default::default(),
+            ended: Default::default(),
+            backtrace: String::new(),
+        };
         let mut ranks: Vec<RankReport> = (0..8).map(|_| panic("out of memory")).collect();
-        ranks[5] = RankReport { ending: Ending::ExitCode(3), last_lines: Default::default(), host: None, started: Default::default(), ended: Default::default(), backtrace: String::new() };
+        ranks[5] = RankReport {
+            ending: Ending::ExitCode(3),
+            last_lines: Default::default(),
+            host: None,
+            started: Default::default(),
+            ended: Default::default(),
+            backtrace: String::new(),
+        };
         ranks[9 - 2] = panic("bad shard");
         let report = RunReport { ranks, stopped: None, elapsed: Default::default(), first_rank: 10, pids: vec![] };
         let (evalue, tb) = failure(&report).unwrap();
@@ -363,7 +382,10 @@ mod tests {
             "ranks 10-14, 16 panicked at cell line 2: out of memory; rank 15 exited with status 3; rank 17 panicked at cell line 2: bad shard"
         );
         assert_eq!(tb[1].split_whitespace().collect::<Vec<_>>(), ["ranks", "outcome", "last", "output"]);
-        assert!(tb[2].starts_with("  ranks 10-14, 16  panicked at cell line 2: out of memory") && tb[2].ends_with("<out of memory>"), "{tb:?}");
+        assert!(
+            tb[2].starts_with("  ranks 10-14, 16  panicked at cell line 2: out of memory") && tb[2].ends_with("<out of memory>"),
+            "{tb:?}"
+        );
         let html = failure_html(&report).unwrap();
         assert_eq!(html.matches("<tr>").count(), 4);
         assert!(html.contains(">ranks 10-14, 16</td>") && html.contains("&lt;bad shard&gt;"));

@@ -115,7 +115,11 @@ pub fn rank_plan(
 ) -> Result<RankPlan, String> {
     // This host's GPUs mean nothing to ranks elsewhere.
     let elsewhere = args.placement.elsewhere();
-    let gpus = if elsewhere { plan(&[], None, &Gpus::None, args.gpu_visibility, args.n)? } else { plan(devices, cuda_visible, &args.gpus, args.gpu_visibility, args.n)? };
+    let gpus = if elsewhere {
+        plan(&[], None, &Gpus::None, args.gpu_visibility, args.n)?
+    } else {
+        plan(devices, cuda_visible, &args.gpus, args.gpu_visibility, args.n)?
+    };
     let threads = crate::threads::thread_env(cores, args.placement.most_on_one_host(args.n), user_env);
     let n = args.n.to_string();
     // Each rank's host and its place on it (every rank is here unless hosts are named).
@@ -310,7 +314,8 @@ mod tests {
         assert_eq!(get(1, ranch::__rt::POOL_GROUP_ENV).as_deref(), Some("/p/group"));
         assert_eq!(get(1, ranch::__rt::POOL_DDP_ENV), None);
         assert_eq!(get(1, ranch::__rt::TIMEOUT_ENV), None);
-        let p = rank_plan(&start("2 --ddp --backend shm --collective-timeout 0.5"), &[], None, 6, std::path::Path::new("/g"), |_| None).unwrap();
+        let p = rank_plan(&start("2 --ddp --backend shm --collective-timeout 0.5"), &[], None, 6, std::path::Path::new("/g"), |_| None)
+            .unwrap();
         let get = |r: usize, k: &str| p.env[r].iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get(1, ranch::__rt::POOL_DDP_ENV).as_deref(), Some("1"));
         assert_eq!(get(0, ranch::__rt::TIMEOUT_ENV).as_deref(), Some("0.5"));

@@ -261,10 +261,10 @@ mod tests {
 
     #[test]
     fn shipped_variables_are_loaded_with_their_types() {
-        let p = program("s.len() + v.len()", vec![
-            Shipped { name: "v".into(), ty: "Vec<f64>".into() },
-            Shipped { name: "s".into(), ty: "&str".into() },
-        ]);
+        let p = program(
+            "s.len() + v.len()",
+            vec![Shipped { name: "v".into(), ty: "Vec<f64>".into() }, Shipped { name: "s".into(), ty: "&str".into() }],
+        );
         assert!(p.main_rs.contains("let mut v: Vec<f64> = ranch::__rt::load(\"v\", \"Vec<f64>\");"));
         assert!(p.main_rs.contains("<str as ::std::borrow::ToOwned>::Owned"));
         assert!(p.main_rs.contains("let mut s: &str = ::std::borrow::Borrow::borrow(&__ranch_owned_s);"));

@@ -46,9 +46,13 @@ pub fn read(pipe: impl Read + AsFd, rank: usize, stream: Stream, deliver: Delive
     text.finish(deliver);
 }
 
+/// The output's reader has gone (the cell ended): there is no one to pass output to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NobodyListens;
+
 /// Passes what `pipe` gives to `take` until the pipe closes, `take` fails (nobody listens),
 /// or [`DRAIN_AFTER_EXIT`] has passed since `exited` was set.
-pub fn read_with(pipe: impl Read + AsFd, exited: &OnceLock<Instant>, mut take: impl FnMut(&[u8]) -> Result<(), ()>) {
+pub fn read_with(pipe: impl Read + AsFd, exited: &OnceLock<Instant>, mut take: impl FnMut(&[u8]) -> Result<(), NobodyListens>) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut pipe = pipe;
     let mut buf = vec![0u8; 64 * 1024];
@@ -88,7 +92,7 @@ impl RankText {
     }
 
     /// Delivers the complete lines `bytes` end. Err: nobody listens any more.
-    pub fn feed(&mut self, bytes: &[u8], deliver: Deliver) -> Result<(), ()> {
+    pub fn feed(&mut self, bytes: &[u8], deliver: Deliver) -> Result<(), NobodyListens> {
         let complete = self.lines.push(bytes);
         if complete.is_empty() {
             return Ok(());
@@ -132,17 +136,13 @@ impl LineSplitter {
     }
 
     fn finish(&mut self) -> Vec<String> {
-        if self.partial.is_empty() {
-            vec![]
-        } else {
-            vec![String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()]
-        }
+        if self.partial.is_empty() { vec![] } else { vec![String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()] }
     }
 }
 
 /// Sends lines, turning display blocks on stdout into displays. Err: nobody listens.
-fn send(lines: Vec<String>, rank: usize, stream: Stream, display: &mut DisplayParser, deliver: Deliver) -> Result<(), ()> {
-    let tx = |o| if deliver(o) { Ok(()) } else { Err(()) };
+fn send(lines: Vec<String>, rank: usize, stream: Stream, display: &mut DisplayParser, deliver: Deliver) -> Result<(), NobodyListens> {
+    let tx = |o| if deliver(o) { Ok(()) } else { Err(NobodyListens) };
     if stream == Stream::Stderr {
         return tx(Output::Lines(rank, stream, lines));
     }

@@ -117,7 +117,7 @@ pub fn body_facts(body: &str) -> BodyFacts {
     for pat in file.syntax().descendants().filter_map(ast::IdentPat::cast) {
         let Some(name) = pat.name() else { continue };
         let in_let = pat.syntax().ancestors().any(|a| a.kind() == SyntaxKind::LET_STMT);
-        if in_let && first_use.get(&name.text().to_string()) == Some(&name.syntax().text_range().start()) {
+        if in_let && first_use.get(name.text()) == Some(&name.syntax().text_range().start()) {
             facts.locals.insert(name.text().to_string());
         }
     }
@@ -152,7 +152,8 @@ fn format_args_names(literal: &str) -> Vec<String> {
         }
         let end = rest.find(['}', ':']).unwrap_or(rest.len());
         let name = rest[..end].trim();
-        if !name.is_empty() && name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        if !name.is_empty()
+            && name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_alphanumeric() || c == '_')
         {
             names.push(name.to_string());

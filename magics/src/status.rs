@@ -54,7 +54,11 @@ pub struct Board {
 impl Board {
     /// A table with one row for each of `ranks` (in that order).
     pub fn new(ranks: Vec<usize>, setup: StatusSetup) -> Board {
-        let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| "this host".into());
+        let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "this host".into());
         let row = Row { pid: None, ended: None, lines: 0, last_line: String::new(), partial: String::new(), progress: None };
         Board { setup, this_host, started: Instant::now(), rows: vec![row; ranks.len()], labels: ranks, changed: true, drawn: None }
     }

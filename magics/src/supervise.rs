@@ -4,10 +4,10 @@
 use crate::args::{GroupOutputs, OnError, See};
 use crate::display_op::DisplayOp;
 use crate::launch::kill_group;
-use crate::status::{Board, StatusSetup};
-use nix::sys::signal::Signal;
 pub use crate::rank_output::Stream;
 use crate::rank_output::{self, Output};
+use crate::status::{Board, StatusSetup};
+use nix::sys::signal::Signal;
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -58,7 +58,10 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ending {
     Success,
-    Panicked { message: String, line: Option<usize> },
+    Panicked {
+        message: String,
+        line: Option<usize>,
+    },
     ExitCode(i32),
     Signal(i32),
     /// Stopped by the supervisor (another rank failed, timeout, interrupt).
@@ -86,7 +89,10 @@ pub struct RankReport {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopReason {
-    Timeout { running: Vec<usize>, limit: Duration },
+    Timeout {
+        running: Vec<usize>,
+        limit: Duration,
+    },
     Interrupted,
     /// `--on-error abort`: this rank failed first.
     RankFailed(usize),
@@ -363,7 +369,6 @@ fn watch(
     cancel: &Cancel,
     panic_line: &dyn Fn(u32) -> Option<usize>,
 ) -> RunReport {
-
     let mut ranks: Vec<Option<RankReport>> = vec![None; n];
     let mut last_lines: Vec<VecDeque<String>> = vec![VecDeque::new(); n];
     let mut grouped: Vec<Grouped> = (0..n).map(|_| Grouped::default()).collect();
@@ -603,10 +608,8 @@ fn ending_of(
         Ok(s) => s.code() == Some(PANIC_EXIT_CODE) || s.signal() == Some(Signal::SIGABRT as i32),
         Err(_) => false,
     };
-    if ended_by_panic {
-        if let Some(p) = read_panic(run_dir, rank, panic_line) {
-            return p;
-        }
+    if ended_by_panic && let Some(p) = read_panic(run_dir, rank, panic_line) {
+        return p;
     }
     match status {
         Ok(s) if s.success() => Ending::Success,

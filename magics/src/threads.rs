@@ -5,11 +5,7 @@
 /// The variables thread pools read, and their value for `local_ranks` ranks on `cores`.
 pub fn thread_env(cores: usize, local_ranks: usize, get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
     let per_rank = (cores / local_ranks.max(1)).max(1).to_string();
-    ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"]
-        .into_iter()
-        .filter(|k| get(k).is_none())
-        .map(|k| (k.to_string(), per_rank.clone()))
-        .collect()
+    ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"].into_iter().filter(|k| get(k).is_none()).map(|k| (k.to_string(), per_rank.clone())).collect()
 }
 
 /// A warning when ranks outnumber cores (they then take turns, and timings mean little).
@@ -29,7 +25,10 @@ mod tests {
 
     #[test]
     fn cores_are_shared_out_and_the_users_choice_wins() {
-        assert_eq!(thread_env(16, 4, |_| None), [("OMP_NUM_THREADS".to_string(), "4".to_string()), ("RAYON_NUM_THREADS".to_string(), "4".to_string())]);
+        assert_eq!(
+            thread_env(16, 4, |_| None),
+            [("OMP_NUM_THREADS".to_string(), "4".to_string()), ("RAYON_NUM_THREADS".to_string(), "4".to_string())]
+        );
         assert_eq!(thread_env(2, 8, |_| None)[0].1, "1", "at least one");
         let set = thread_env(16, 4, |k| (k == "OMP_NUM_THREADS").then(|| "7".to_string()));
         assert_eq!(set, [("RAYON_NUM_THREADS".to_string(), "4".to_string())]);

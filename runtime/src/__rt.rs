@@ -9,11 +9,11 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
 pub use crate::channel::{CHANNEL_ENV, CHANNEL_HELLO};
-pub use crate::info::BASE_RANK_ENV;
 pub use crate::comm::collective_timeout;
+pub use crate::comm::{BACKEND_ENV, NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TCP_HELLO, TIMEOUT_ENV, TOKEN_ENV};
+pub use crate::info::BASE_RANK_ENV;
 pub use crate::net::{keepalive, listener};
 pub use crate::stale::remove_stale;
-pub use crate::comm::{BACKEND_ENV, NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TCP_HELLO, TIMEOUT_ENV, TOKEN_ENV};
 
 /// The symbols a pool rank calls in each cell's library before the cell runs and when it
 /// has returned.
@@ -100,8 +100,7 @@ pub fn load<T: DeserializeOwned>(name: &str, type_name: &str) -> T {
         .ok_or_else(|| format!("{CHANNEL_ENV} is not set: this program was not started by ranch"))
         .and_then(|addr| crate::channel::fetch(&addr, name))
         .unwrap_or_else(|e| panic!("ranch: cannot fetch variable `{name}`: {e}"));
-    rmp_serde::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("ranch: cannot decode variable `{name}: {type_name}`: {e}"))
+    rmp_serde::from_slice(&bytes).unwrap_or_else(|e| panic!("ranch: cannot decode variable `{name}: {type_name}`: {e}"))
 }
 
 /// What a rank reports about its tail value. (Encoded as a tuple: the runtime avoids
@@ -334,8 +333,7 @@ pub fn collect_ranks<T: DeserializeOwned>(dir: &str, ranks: &[usize]) -> Vec<T> 
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("ranch: no result of rank {r}: {e}"));
             let result = RankResult::decode(&bytes).expect("ranch: corrupt result file");
             let value = result.value.unwrap_or_else(|| panic!("ranch: rank {r}'s value ({}) is not Serialize", result.type_name));
-            rmp_serde::from_slice(&value)
-                .unwrap_or_else(|e| panic!("ranch: rank {r}'s value does not decode as the requested type: {e}"))
+            rmp_serde::from_slice(&value).unwrap_or_else(|e| panic!("ranch: rank {r}'s value does not decode as the requested type: {e}"))
         })
         .collect()
 }
@@ -371,9 +369,9 @@ mod tests {
     #[test]
     fn specialisation_picks_serialize_when_available() {
         struct Opaque;
-        assert!((&Ship(&vec![1u8, 2])).ranch_encode().is_ok());
+        assert!(Ship(&vec![1u8, 2]).ranch_encode().is_ok());
         assert!((&Ship(&Opaque)).ranch_encode().is_err());
-        assert_eq!((&Ship(&3u8)).ranch_debug().as_deref(), Some("3"));
+        assert_eq!(Ship(&3u8).ranch_debug().as_deref(), Some("3"));
         assert_eq!((&Ship(&Opaque)).ranch_debug(), None);
     }
 

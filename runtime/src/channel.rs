@@ -44,8 +44,7 @@ fn retrying<T>(mut attempt: impl FnMut() -> Result<T, Failed>) -> Result<T, Stri
 
 fn open(addr: &str, request: &str) -> Result<TcpStream, Failed> {
     let token = std::env::var(crate::comm::TOKEN_ENV).map_err(|_| Failed::Final(format!("{} is not set", crate::comm::TOKEN_ENV)))?;
-    let targets: Vec<_> =
-        addr.to_socket_addrs().map_err(|e| Failed::Final(format!("channel address {addr}: {e}")))?.collect();
+    let targets: Vec<_> = addr.to_socket_addrs().map_err(|e| Failed::Final(format!("channel address {addr}: {e}")))?.collect();
     let mut last = format!("channel address {addr} resolves to nothing");
     for t in targets {
         match TcpStream::connect_timeout(&t, Duration::from_secs(10)) {

@@ -15,8 +15,8 @@
 //! `clear_output`. Under a launch, output is labelled with the rank that made it.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// The MIME type of ranch's display blocks (read by the kernel, never shown).

@@ -32,10 +32,7 @@ impl Info {
             return Info::SERIAL;
         }
         let local_world_size = num("LOCAL_WORLD_SIZE").or_else(|| first(&LAUNCHER_LOCAL_SIZE)).unwrap_or(world_size);
-        let local_rank = num("LOCAL_RANK")
-            .or_else(|| first(&LAUNCHER_LOCAL_RANK))
-            .unwrap_or(rank)
-            .min(local_world_size.saturating_sub(1));
+        let local_rank = num("LOCAL_RANK").or_else(|| first(&LAUNCHER_LOCAL_RANK)).unwrap_or(rank).min(local_world_size.saturating_sub(1));
         Info { rank, world_size, local_rank, local_world_size, gpu: num("RANCH_GPU") }
     }
 }

@@ -11,10 +11,10 @@
 //! assert_eq!(ranch::shard(&data), &data[..]);
 //! ```
 
+mod channel;
 mod comm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-mod channel;
 pub mod display;
 mod info;
 mod net;

@@ -15,8 +15,8 @@
 //! forwarder turns into evcxr's completion line; a user's `EVCXR_EXECUTION_COMPLETE` is text.
 
 use super::events::{Event, SOCKET_ENV};
-use ranch_magics::display_op::CONTROL_MIME;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use ranch_magics::display_op::CONTROL_MIME;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -153,10 +153,7 @@ fn redirect(events: UnixStream, marker: Marker) -> nix::Result<()> {
     if let Some(rank) = std::env::var(super::pool::RANK_ENV).ok().and_then(|r| r.parse().ok()) {
         fwd.send(Event::Rank(rank));
     }
-    std::thread::Builder::new()
-        .name("ranch-output".into())
-        .spawn(move || fwd.run(out_r, err_r))
-        .map_err(|_| nix::Error::EAGAIN)?;
+    std::thread::Builder::new().name("ranch-output".into()).spawn(move || fwd.run(out_r, err_r)).map_err(|_| nix::Error::EAGAIN)?;
     Ok(())
 }
 
@@ -202,10 +199,7 @@ impl Forwarder {
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             let (out_ready, err_ready) = {
-                let mut fds = [
-                    PollFd::new(out_f.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(err_f.as_fd(), PollFlags::POLLIN),
-                ];
+                let mut fds = [PollFd::new(out_f.as_fd(), PollFlags::POLLIN), PollFd::new(err_f.as_fd(), PollFlags::POLLIN)];
                 if poll(&mut fds, PollTimeout::NONE).is_err() {
                     continue;
                 }
@@ -251,10 +245,7 @@ impl Forwarder {
     /// Sends the held block group as an ordinary display: it was not the cell's value.
     fn flush_group(&mut self) {
         if !self.group.is_empty() {
-            let bundle = std::mem::take(&mut self.group)
-                .into_iter()
-                .map(|(mime, body)| (mime, serde_json::Value::String(body)))
-                .collect();
+            let bundle = std::mem::take(&mut self.group).into_iter().map(|(mime, body)| (mime, serde_json::Value::String(body))).collect();
             self.send(Event::Display(bundle));
         }
     }
@@ -287,15 +278,14 @@ impl Forwarder {
     fn on_stdout_line(&mut self, line: String, err_f: &mut File) {
         // `print!("x")` without a newline, then the end-of-cell marker (or another protocol line):
         // both arrive as one line. The user's part is text; the rest is evcxr's.
-        if self.block.is_none() {
-            if let Some(at) = sentinel_start(&line, &self.marker.0) {
-                if at > 0 {
-                    self.flush_group();
-                    self.text.push_str(&line[..at]);
-                    self.on_stdout_line(line[at..].to_string(), err_f);
-                    return;
-                }
-            }
+        if self.block.is_none()
+            && let Some(at) = sentinel_start(&line, &self.marker.0)
+            && at > 0
+        {
+            self.flush_group();
+            self.text.push_str(&line[..at]);
+            self.on_stdout_line(line[at..].to_string(), err_f);
+            return;
         }
         if let Some((mime, mut body)) = self.block.take() {
             if line == END && mime == CONTROL_MIME {
@@ -357,11 +347,7 @@ impl Forwarder {
         self.flush_text();
         self.flush_group();
         self.drain_stderr(err_f);
-        let message = self
-            .panic
-            .take()
-            .or_else(|| self.panic_lines.take().map(|l| l.join("\n")))
-            .unwrap_or_default();
+        let message = self.panic.take().or_else(|| self.panic_lines.take().map(|l| l.join("\n"))).unwrap_or_default();
         self.send(Event::Panic(message));
         self.pass_to_evcxr(PANIC);
     }
@@ -442,14 +428,11 @@ impl Forwarder {
 /// Where the end-of-cell marker or one of evcxr's protocol lines starts inside `line`
 /// (after unterminated user text).
 fn sentinel_start(line: &str, marker: &str) -> Option<usize> {
-    const SENTINELS: [&str; 5] =
-        [PANIC, BEGIN, "EVCXR_INPUT_REQUEST", "EVCXR_ERROR_OCCURRED", "EVCXR_VARIABLE_CHANGED_TYPE:"];
+    const SENTINELS: [&str; 5] = [PANIC, BEGIN, "EVCXR_INPUT_REQUEST", "EVCXR_ERROR_OCCURRED", "EVCXR_VARIABLE_CHANGED_TYPE:"];
     if let Some(at) = line.find(marker) {
         return Some(at);
     }
-    line.match_indices("EVCXR_")
-        .map(|(i, _)| i)
-        .find(|&i| SENTINELS.iter().any(|s| line[i..].starts_with(s)))
+    line.match_indices("EVCXR_").map(|(i, _)| i).find(|&i| SENTINELS.iter().any(|s| line[i..].starts_with(s)))
 }
 
 /// Where the first place is from which the rest of `buf` could be (the start of) one of

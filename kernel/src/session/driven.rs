@@ -97,9 +97,9 @@ impl driver::Session for EvcxrSession {
             ));
         }
         export.push_str("};");
-        self.context()?.execute(&export).map_err(|e| {
-            ranch_error(format!("could not export the variables from the session: {}", e.to_string().trim()))
-        })?;
+        self.context()?
+            .execute(&export)
+            .map_err(|e| ranch_error(format!("could not export the variables from the session: {}", e.to_string().trim())))?;
         self.driven.exported_at = Some(self.generation);
         Ok(vars
             .iter()
@@ -112,10 +112,10 @@ impl driver::Session for EvcxrSession {
 
     fn snapshot(&mut self) -> Result<SessionSnapshot, Failure> {
         let generation = self.generation;
-        if let Some((g, snap)) = &self.driven.snapshot {
-            if *g == generation {
-                return Ok(snap.clone());
-            }
+        if let Some((g, snap)) = &self.driven.snapshot
+            && *g == generation
+        {
+            return Ok(snap.clone());
         }
         // The last compile may have been a cell that failed: an empty export makes evcxr's
         // source the session's.
@@ -125,11 +125,7 @@ impl driver::Session for EvcxrSession {
         }
         let ctx = self.context()?;
         let lib_rs = ctx.last_source().map_err(|e| ranch_error(format!("cannot read the session's source: {e}")))?;
-        let deps_text = ctx
-            .execute(":show_deps")
-            .ok()
-            .and_then(|o| o.get("text/plain").map(str::to_string))
-            .unwrap_or_default();
+        let deps_text = ctx.execute(":show_deps").ok().and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
         let tmpdir = self.evcxr_dir()?;
         let profile = std::fs::read_to_string(tmpdir.join("Cargo.toml")).map(|t| source::profile_section(&t)).unwrap_or_default();
         let snap = SessionSnapshot {
@@ -165,17 +161,14 @@ impl driver::Session for EvcxrSession {
             let _ = std::fs::create_dir_all(dir.parent().expect("has parent"));
             self.driven.runtime_in_use = super::disk::use_runtime(&dir).ok();
         }
-        let dir = super::runtime_crate::unpack()
-            .map_err(|e| ranch_error(format!("cannot unpack the ranch runtime crate: {e}")))?;
+        let dir = super::runtime_crate::unpack().map_err(|e| ranch_error(format!("cannot unpack the ranch runtime crate: {e}")))?;
         let target = self.workdir.target_dir();
         let old = super::disk::remove_unused_runtimes(dir.parent().expect("in the cache directory"), &dir, &[target]);
         if old > 0 {
             crate::log!("removed {old} runtime crates of other ranch versions that no kernel uses");
         }
         let dep = self.runtime_dep()?;
-        self.context()?
-            .execute(&dep)
-            .map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
+        self.context()?.execute(&dep).map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
         self.driven.runtime_added = true;
         Ok(())
     }
@@ -186,8 +179,7 @@ impl driver::Session for EvcxrSession {
         }
         let tmpdir = self.evcxr_dir()?;
         let host = super::host_rust::host_rust().map_err(ranch_error)?;
-        let linker =
-            self.context()?.execute(":linker").ok().and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
+        let linker = self.context()?.execute(":linker").ok().and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
         let mut rustflags = String::from("-Cprefer-dynamic");
         if linker.contains("lld") {
             rustflags.push_str(" -Clink-arg=-fuse-ld=lld");

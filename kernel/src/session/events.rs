@@ -79,12 +79,18 @@ pub enum Event {
     /// From a pool's fan-out process whose ranks run on other hosts: each rank's host.
     PoolHosts(Vec<String>),
     /// From a pool's fan-out process: a rank's process ended in the middle of a cell.
-    RankExited { rank: usize, how: String },
+    RankExited {
+        rank: usize,
+        how: String,
+    },
     /// From a pool's fan-out process: the cell's ranks start running it now.
     Running,
     /// From a pool's fan-out process: microseconds from evcxr's `LOAD_AND_RUN` to the last
     /// rank's end of the cell (for benchmarks: the kernel logs it).
-    Dispatched { ranks: usize, micros: u64 },
+    Dispatched {
+        ranks: usize,
+        micros: u64,
+    },
 }
 
 /// Who is on the other end of one connection, as far as its events said.
@@ -199,7 +205,12 @@ impl CurrentCell {
             Event::Display(data) => self.display(data, Default::default()),
             Event::Panic(msg) => *self.panic.lock().unwrap() = Some(msg),
             Event::Done => self.count_done(),
-            Event::Rank(_) | Event::PoolPids(_) | Event::PoolHosts(_) | Event::RankExited { .. } | Event::Running | Event::Dispatched { .. } => {}
+            Event::Rank(_)
+            | Event::PoolPids(_)
+            | Event::PoolHosts(_)
+            | Event::RankExited { .. }
+            | Event::Running
+            | Event::Dispatched { .. } => {}
         }
     }
 
@@ -262,9 +273,7 @@ impl Listener {
         std::thread::Builder::new().name("child-output".into()).spawn(move || {
             for conn in listener.incoming().flatten() {
                 let cell = cell.clone();
-                let _ = std::thread::Builder::new()
-                    .name("child-output-conn".into())
-                    .spawn(move || read_events(conn, &cell));
+                let _ = std::thread::Builder::new().name("child-output-conn".into()).spawn(move || read_events(conn, &cell));
             }
         })?;
         Ok(Listener { path })

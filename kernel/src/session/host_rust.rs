@@ -31,10 +31,9 @@ fn ask_rustc() -> Result<HostRust, String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().map(str::trim);
     match (out.status.success(), lines.next(), lines.next()) {
-        (true, Some(sysroot), Some(triple)) if !sysroot.is_empty() && !triple.is_empty() => Ok(HostRust {
-            triple: triple.to_string(),
-            libdir: format!("{sysroot}/lib/rustlib/{triple}/lib"),
-        }),
+        (true, Some(sysroot), Some(triple)) if !sysroot.is_empty() && !triple.is_empty() => {
+            Ok(HostRust { triple: triple.to_string(), libdir: format!("{sysroot}/lib/rustlib/{triple}/lib") })
+        }
         _ => Err(format!(
             "`rustc --print sysroot --print host-tuple` failed ({}): Rust 1.84 or newer is needed",
             String::from_utf8_lossy(&out.stderr).trim()

@@ -32,9 +32,7 @@ pub fn capture_cargo_progress(cell: Arc<CurrentCell>) -> nix::Result<()> {
 
 fn is_cargo_progress(line: &str) -> bool {
     let t = line.trim_start();
-    ["Compiling ", "Downloaded ", "Downloading ", "Updating ", "Blocking "]
-        .iter()
-        .any(|p| t.starts_with(p))
+    ["Compiling ", "Downloaded ", "Downloading ", "Updating ", "Blocking "].iter().any(|p| t.starts_with(p))
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ mod help;
 mod host_rust;
 mod janitor;
 mod kernel_stderr;
-mod private_dir;
 mod pool;
+mod private_dir;
 mod procs;
 mod px;
 mod render;
@@ -23,12 +23,11 @@ mod runtime_crate;
 mod workdir;
 
 use crate::interpreter::{
-    CellContext, CellError, CellOutcome, CompletenessCheck, Completions, Interpreter, Interrupter, MimeBundle,
-    Stream,
+    CellContext, CellError, CellOutcome, CompletenessCheck, Completions, Interpreter, Interrupter, MimeBundle, Stream,
 };
 use crate::syntax;
-use events::{CurrentCell, Listener};
 use evcxr::{CommandContext, EvalCallbacks, EvalContext, EvalOutputs};
+use events::{CurrentCell, Listener};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -325,10 +324,7 @@ impl EvcxrSession {
             Err(evcxr::Error::CompilationErrors(errors)) => Err(compile_errors(&errors, code, prepared.inserted)),
             Err(evcxr::Error::TypeRedefinedVariablesLost(vars)) => Err(CellError::new(
                 "VariablesLost",
-                format!(
-                    "These variables were dropped because their type was redefined: {}",
-                    vars.join(", ")
-                ),
+                format!("These variables were dropped because their type was redefined: {}", vars.join(", ")),
             )),
             Err(e) => Err(CellError::new("Error", e.to_string().trim().to_string())),
         }
@@ -369,11 +365,7 @@ impl Interpreter for EvcxrSession {
         }
         let Ok(ctx) = self.context() else { return Completions::default() };
         match ctx.completions(code, cursor) {
-            Ok(c) => Completions {
-                matches: c.completions.into_iter().map(|c| c.code).collect(),
-                start: c.start_offset,
-                end: c.end_offset,
-            },
+            Ok(c) => Completions { matches: c.completions.into_iter().map(|c| c.code).collect(), start: c.start_offset, end: c.end_offset },
             Err(e) => {
                 crate::log!("completion failed: {e}");
                 Completions { matches: vec![], start: cursor, end: cursor }
@@ -464,7 +456,7 @@ fn unknown_magic(code: &str) -> Option<&str> {
 
 /// evcxr commands that would break the session's builds.
 fn refused_command(code: &str) -> Option<CellError> {
-    let mut words = code.trim().split_whitespace();
+    let mut words = code.split_whitespace();
     let (Some(":cache"), Some(size)) = (words.next(), words.next()) else { return None };
     if size.parse::<u64>().is_ok_and(|s| s == 0) {
         return None;
@@ -487,11 +479,8 @@ pub(super) fn bundle(outputs: EvalOutputs) -> Option<MimeBundle> {
         .content_by_mime_type
         .into_iter()
         .map(|(mime, text)| {
-            let value = if mime.contains("json") {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            } else {
-                Value::String(text)
-            };
+            let value =
+                if mime.contains("json") { serde_json::from_str(&text).unwrap_or(Value::String(text)) } else { Value::String(text) };
             (mime, value)
         })
         .collect();
@@ -502,8 +491,10 @@ fn panic_error(message: String) -> CellError {
     let message = if message.trim().is_empty() { "the cell panicked".to_string() } else { message };
     CellError {
         ename: "panic".into(),
-        traceback: vec![format!("\x1b[1;31mpanic\x1b[0m: {message}"), 
-            "Variables defined by this cell were dropped; earlier ones are kept.".into()],
+        traceback: vec![
+            format!("\x1b[1;31mpanic\x1b[0m: {message}"),
+            "Variables defined by this cell were dropped; earlier ones are kept.".into(),
+        ],
         evalue: message,
     }
 }

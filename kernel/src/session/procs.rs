@@ -99,11 +99,7 @@ pub fn reap_adopted(keep: &[i32]) {
 pub fn kill_cargo_builds() -> bool {
     let procs = table();
     let me = std::process::id() as i32;
-    let cargos: Vec<i32> = procs
-        .iter()
-        .filter(|(_, p)| p.ppid == me && p.comm == "cargo")
-        .map(|(&pid, _)| pid)
-        .collect();
+    let cargos: Vec<i32> = procs.iter().filter(|(_, p)| p.ppid == me && p.comm == "cargo").map(|(&pid, _)| pid).collect();
     for &cargo in &cargos {
         for pid in descendants_of(cargo, &procs).into_iter().chain([cargo]) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

@@ -80,9 +80,7 @@ impl EvcxrSession {
         let Some(args) = args_or_help(ranch_magics::pool::parse(args), &host)? else { return Ok(None) };
         // Before any check that says something (a GPU warning): a refused start changes nothing.
         if let Some(n) = self.pool.as_ref().map(Pool::size).or(self.pool_starting.as_ref().map(|s| s.n)) {
-            return Err(usage(format!(
-                "a pool of {n} ranks is running: stop it first with `%ranch_stop` (its ranks' variables are lost)"
-            )));
+            return Err(usage(format!("a pool of {n} ranks is running: stop it first with `%ranch_stop` (its ranks' variables are lost)")));
         }
         let plan = self.driver.pool_plan(&host, &args, &Pool::group_file(self.private.path()))?;
         let remote = super::pool::remote_spec(&args.placement, self.private.path(), args.n)?;
@@ -113,10 +111,7 @@ impl EvcxrSession {
         self.pool_starting = Some(Starting { n: args.n, since: std::time::Instant::now(), started: rx, outcome: None });
         cx.sink.stream(
             Stream::Stdout,
-            &format!(
-                "Starting a pool of {} ranks in the background; %%px cells (and %px, %autopx) wait until it is up.\n",
-                args.n
-            ),
+            &format!("Starting a pool of {} ranks in the background; %%px cells (and %px, %autopx) wait until it is up.\n", args.n),
         );
         Ok(None)
     }

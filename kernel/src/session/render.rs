@@ -12,11 +12,11 @@ pub fn diagnostic(err: &CompilationError, inserted: Option<Insertion>) -> Diagno
         .filter_map(|m| {
             let span = m.span?;
             let (mut start, mut end) = (span.start_column, span.end_column);
-            if let Some(ins) = inserted.filter(|i| i.line == span.start_line) {
-                if start >= ins.column + ins.len {
-                    start -= ins.len;
-                    end = end.saturating_sub(ins.len);
-                }
+            if let Some(ins) = inserted.filter(|i| i.line == span.start_line)
+                && start >= ins.column + ins.len
+            {
+                start -= ins.len;
+                end = end.saturating_sub(ins.len);
             }
             if span.end_line != span.start_line {
                 end = usize::MAX; // clipped to the line when rendered

@@ -70,9 +70,7 @@ impl WorkDir {
             }
         };
         match claim_persistent(&base) {
-            Ok(Some((root, lock))) => {
-                WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), _lock: Some(lock), temporary: None }
-            }
+            Ok(Some((root, lock))) => WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), _lock: Some(lock), temporary: None },
             outcome => {
                 if let Err(e) = outcome {
                     crate::log!("no persistent work directory in {} ({e}); this kernel builds from scratch", base.display());

@@ -7,7 +7,7 @@
 use super::{Driver, Failure, Host, Outcome, RunDir, SERDE_HINT, Session, usage};
 use crate::args::Out;
 use crate::merge::ranks_label;
-use crate::pool::{Parsed, PoolArgs, PxArgs, RankPlan, Targets, cell_ranks, parse_px, parse_pull, parse_push, session_type, split_px_line};
+use crate::pool::{Parsed, PoolArgs, PxArgs, RankPlan, Targets, cell_ranks, parse_pull, parse_push, parse_px, session_type, split_px_line};
 use crate::program::{SessionSnapshot, Shipped};
 use crate::supervise::Stream;
 use std::path::Path;
@@ -40,17 +40,17 @@ pub fn args_or_help<T>(parsed: Result<Parsed<T>, String>, host: &dyn Host) -> Re
 /// A `%%px` cell or `%px` line: its parsed flags and its body; `None` when `code` is neither.
 pub fn px_cell(code: &str) -> Option<(Result<Parsed<PxArgs>, String>, &str)> {
     let c = code.trim_start();
-    if let Some(rest) = c.strip_prefix("%%px") {
-        if rest.starts_with(char::is_whitespace) || rest.is_empty() {
-            let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
-            return Some((parse_px(line), body));
-        }
+    if let Some(rest) = c.strip_prefix("%%px")
+        && (rest.starts_with(char::is_whitespace) || rest.is_empty())
+    {
+        let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
+        return Some((parse_px(line), body));
     }
-    if let Some(rest) = c.strip_prefix("%px") {
-        if rest.starts_with(char::is_whitespace) {
-            let (flags, expr) = split_px_line(rest);
-            return Some((parse_px(flags), expr));
-        }
+    if let Some(rest) = c.strip_prefix("%px")
+        && rest.starts_with(char::is_whitespace)
+    {
+        let (flags, expr) = split_px_line(rest);
+        return Some((parse_px(flags), expr));
     }
     None
 }
@@ -124,10 +124,7 @@ impl Driver {
         run_px(session, &code, args.targets.as_ref(), false)?;
         let out = Out { name: args.out.clone().unwrap_or_else(|| args.name.clone()), ty: Some(ty.clone()) };
         let ty = bind_pulled(session, &out, &dir.0, &ranks, &format!("`{}`", args.name))?;
-        host.stream(
-            Stream::Stdout,
-            &format!("Pulled `{}` from {} into `{}: Vec<{ty}>`.\n", args.name, ranks_label(&ranks), out.name),
-        );
+        host.stream(Stream::Stdout, &format!("Pulled `{}` from {} into `{}: Vec<{ty}>`.\n", args.name, ranks_label(&ranks), out.name));
         Ok(None)
     }
 }

@@ -4,10 +4,10 @@
 
 use super::{BuildTools, Driver, Failure, Host, HostSink, Outcome, RunDir, SERDE_HINT, Session, Stoppable, ranch_error, usage};
 use crate::args::{self, Gpus, Parsed, RanchArgs};
-use crate::hosts::LauncherKind;
 use crate::build::{self, BuildError, BuildHandle};
 use crate::channel::{self, Channel};
 use crate::group::{self, GroupService};
+use crate::hosts::LauncherKind;
 use crate::launch::{Delivery, LaunchPlan, Launcher, LauncherCommand, LocalSpawner};
 use crate::program::{self, CellProgram, RankProgram, Shipped};
 use crate::status::StatusSetup;
@@ -24,10 +24,7 @@ pub fn is_ranch_cell(code: &str) -> bool {
 
 fn interrupted_before_launch(host: &dyn Host) -> Result<(), Failure> {
     if host.interrupted() {
-        return Err(Failure::new(
-            "Interrupted",
-            "Interrupted before the ranks started; nothing was launched. The session is unchanged.",
-        ));
+        return Err(Failure::new("Interrupted", "Interrupted before the ranks started; nothing was launched. The session is unchanged."));
     }
     Ok(())
 }
@@ -94,11 +91,8 @@ impl Driver {
                 || args.share.iter().any(|s| s == n)
                 || args.ctx.as_deref().is_some_and(|c| source::body_facts(c).idents.contains(n))
         };
-        let shipped: Vec<Shipped> = session_vars
-            .iter()
-            .filter(|(n, _)| mentioned(n))
-            .map(|(n, t)| Shipped { name: n.clone(), ty: t.clone() })
-            .collect();
+        let shipped: Vec<Shipped> =
+            session_vars.iter().filter(|(n, _)| mentioned(n)).map(|(n, t)| Shipped { name: n.clone(), ty: t.clone() }).collect();
 
         self.launches += 1;
         let run_dir = RunDir::make(&session.private_dir(), &format!("run-{}", self.launches))?;
@@ -137,11 +131,7 @@ impl Driver {
         let launched = Launch { args: &args, exe: &exe, run_dir: &run_dir.0, program: &program, tools: &tools, phases };
         let (shown, types) = launched.run(host, gpus.ranks, first_rank_only)?;
         // The Jupyter server's log gets each phase (bench/ranch.py reads them).
-        host.log(&format!(
-            "%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s",
-            args.n,
-            t_launch.elapsed().as_secs_f64()
-        ));
+        host.log(&format!("%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s", args.n, t_launch.elapsed().as_secs_f64()));
         if let Some(out) = &args.out {
             bind_out(session, out, &types, &run_dir.0, args.n)?;
         }
@@ -151,11 +141,7 @@ impl Driver {
 
 /// Writes the shipped variables and reads the session's items. Nothing is launched when a
 /// variable cannot be sent.
-fn export_and_snapshot(
-    session: &mut dyn Session,
-    shipped: &[Shipped],
-    vars_dir: &Path,
-) -> Result<program::SessionSnapshot, Failure> {
+fn export_and_snapshot(session: &mut dyn Session, shipped: &[Shipped], vars_dir: &Path) -> Result<program::SessionSnapshot, Failure> {
     if !shipped.is_empty() {
         let unshippable = session.export(shipped, vars_dir)?;
         if !unshippable.is_empty() {
@@ -370,13 +356,13 @@ impl Launch<'_> {
         }
         let results = merge::read_results(self.run_dir, args.n, args.base_rank)
             .map_err(|e| Failure::new("RankFailed", format!("{e}. The session is unchanged.")))?;
-        if args.out.is_some() {
-            if let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()") {
-                return Err(ranch_error(format!(
-                    "--out needs values that are Serialize + Deserialize, but rank {r} returned a `{}`",
-                    results[r].type_name
-                )));
-            }
+        if args.out.is_some()
+            && let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()")
+        {
+            return Err(ranch_error(format!(
+                "--out needs values that are Serialize + Deserialize, but rank {r} returned a `{}`",
+                results[r].type_name
+            )));
         }
         let types = results.iter().map(|r| r.type_name.clone()).collect();
         let shown = if first_rank_only { merge::single_bundle(&results[0]) } else { merge::result_bundle(&results, args.base_rank) };
@@ -434,9 +420,8 @@ fn start_or_join_group(
     if args.hosts_group() {
         let token = group::new_token().map_err(ranch_error)?;
         let publish = args.world() > args.n;
-        let service = GroupService::start(addr, args.port, args.world(), &token, publish).map_err(|e| {
-            if let Some(port) = args.port { usage(format!("--port {port}: {e}")) } else { ranch_error(e) }
-        })?;
+        let service = GroupService::start(addr, args.port, args.world(), &token, publish)
+            .map_err(|e| if let Some(port) = args.port { usage(format!("--port {port}: {e}")) } else { ranch_error(e) })?;
         let port = service.port();
         return Ok((Some(service), port, token));
     }

@@ -216,8 +216,14 @@ fn an_interrupt_while_exporting_launches_nothing() {
 #[test]
 fn a_gpu_that_is_not_there_is_a_usage_error_before_anything_is_exported() {
     let mut s = FakeSession::new("gpus", &[("a", "u32")]);
-    let e = Driver::default().ranch(&mut s, &FakeHost::default(), "%%ranch 2 --gpus 0,1
-a + 1").unwrap_err();
+    let e = Driver::default()
+        .ranch(
+            &mut s,
+            &FakeHost::default(),
+            "%%ranch 2 --gpus 0,1
+a + 1",
+        )
+        .unwrap_err();
     assert_eq!(e.ename, "UsageError");
     assert!(e.evalue.contains("--gpus"), "{}", e.evalue);
     assert!(s.calls.borrow().exported.is_empty());
@@ -309,8 +315,14 @@ fn push_ships_session_variables_as_mutable_rank_variables() {
     // Moving variables shows no status table; the user's cells do, unless --quiet.
     assert_eq!(calls.live, [false, false, true]);
     drop(calls);
-    Driver::default().px(&mut s, &host, "%%px --quiet
-1").unwrap();
+    Driver::default()
+        .px(
+            &mut s,
+            &host,
+            "%%px --quiet
+1",
+        )
+        .unwrap();
     Driver::default().px(&mut s, &host, "%px --quiet 1").unwrap();
     assert_eq!(s.calls.borrow().live[3..], [false, false]);
 }

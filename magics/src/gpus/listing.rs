@@ -30,7 +30,16 @@ pub fn listing(found: &Discovery, cuda_visible: Option<&str>) -> Map<String, Val
         })
         .collect();
     for (i, id) in visible.iter().enumerate().filter(|(_, id)| id.starts_with("MIG-")) {
-        rows.push([i.to_string(), "MIG instance".into(), id.clone(), String::new(), String::new(), String::new(), String::new(), String::new()]);
+        rows.push([
+            i.to_string(),
+            "MIG instance".into(),
+            id.clone(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
     }
     rows.sort_by_key(|r| r[0].parse::<usize>().unwrap_or(usize::MAX));
     let mut notes = Vec::new();
@@ -48,7 +57,8 @@ pub fn listing(found: &Discovery, cuda_visible: Option<&str>) -> Map<String, Val
     }
     const HEAD: [&str; 8] = ["--gpus", "name", "UUID", "PCI bus", "memory", "free", "busy", "compute"];
     let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].len()).chain([HEAD[c].len()]).max().unwrap_or(0)).collect();
-    let line = |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string();
+    let line =
+        |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string();
     let mut text = Vec::new();
     if !rows.is_empty() {
         text.push(line(&HEAD.map(String::from)));

@@ -154,7 +154,9 @@ fn probe_here() -> Result<(Vec<Device>, Option<String>), String> {
         unsafe { sys::cuDeviceGetUuid_v2(&mut uuid, dev) }.result().map_err(|e| format!("cuDeviceGetUuid: {:?}", e.0))?;
         let mut bus = [0 as std::ffi::c_char; 32];
         // SAFETY: the buffer's length is passed; the driver writes a NUL-terminated string.
-        unsafe { sys::cuDeviceGetPCIBusId(bus.as_mut_ptr(), bus.len() as i32, dev) }.result().map_err(|e| format!("cuDeviceGetPCIBusId: {:?}", e.0))?;
+        unsafe { sys::cuDeviceGetPCIBusId(bus.as_mut_ptr(), bus.len() as i32, dev) }
+            .result()
+            .map_err(|e| format!("cuDeviceGetPCIBusId: {:?}", e.0))?;
         // SAFETY: NUL-terminated (the driver's contract; the last byte is never written).
         let pci_bus_id = unsafe { std::ffi::CStr::from_ptr(bus.as_ptr()) }.to_string_lossy().into_owned();
         // SAFETY: dev came from cuDeviceGet.
@@ -170,7 +172,16 @@ fn probe_here() -> Result<(Vec<Device>, Option<String>), String> {
         let u = uuid.bytes.map(|b| b as u8);
         let hex = |r: std::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
         let uuid = format!("GPU-{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16));
-        devices.push(Device { index: 0, name, uuid, pci_bus_id, memory_bytes, compute_capability: cc, memory_free_bytes: None, utilization_percent: None });
+        devices.push(Device {
+            index: 0,
+            name,
+            uuid,
+            pci_bus_id,
+            memory_bytes,
+            compute_capability: cc,
+            memory_free_bytes: None,
+            utilization_percent: None,
+        });
     }
     add_nvml_figures(&mut devices);
     // The helper runs with CUDA_DEVICE_ORDER=PCI_BUS_ID, but the order is made sure of here.
@@ -198,7 +209,8 @@ mod tests {
 
     #[test]
     fn answers_are_read_back_and_garbage_is_a_note() {
-        let text = r#"{"devices":[{"index":0,"name":"A","uuid":"GPU-1","pci_bus_id":"0000:01:00.0","memory_bytes":5,"cc":[9,0]}],"note":null}"#;
+        let text =
+            r#"{"devices":[{"index":0,"name":"A","uuid":"GPU-1","pci_bus_id":"0000:01:00.0","memory_bytes":5,"cc":[9,0]}],"note":null}"#;
         let d = parse_answer(text).unwrap();
         assert_eq!(d.devices[0].uuid, "GPU-1");
         assert_eq!(d.devices[0].compute_capability, (9, 0));

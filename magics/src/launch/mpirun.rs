@@ -187,10 +187,10 @@ pub fn report(lines: &[String]) -> Vec<Culprit> {
         } else {
             None
         };
-        if let Some(c) = culprit {
-            if !found.iter().any(|f| f.rank == c.rank) {
-                found.push(c);
-            }
+        if let Some(c) = culprit
+            && !found.iter().any(|f| f.rank == c.rank)
+        {
+            found.push(c);
         }
     }
     found

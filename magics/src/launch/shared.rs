@@ -125,13 +125,7 @@ mod tests {
 
     fn run_script(program: &Path, sha256: &str) -> std::process::Output {
         let argv = command();
-        Command::new(&argv[0])
-            .args(&argv[1..])
-            .arg("checked and run")
-            .env(PROGRAM_ENV, program)
-            .env(SHA256_ENV, sha256)
-            .output()
-            .unwrap()
+        Command::new(&argv[0]).args(&argv[1..]).arg("checked and run").env(PROGRAM_ENV, program).env(SHA256_ENV, sha256).output().unwrap()
     }
 
     #[test]

@@ -77,10 +77,11 @@ fn task_list(list: &str) -> Vec<usize> {
     for part in list.split(',') {
         let part = part.trim();
         let (a, b) = part.split_once('-').unwrap_or((part, part));
-        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
-            if a <= b && b - a < 1 << 16 {
-                ranks.extend(a..=b);
-            }
+        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>())
+            && a <= b
+            && b - a < 1 << 16
+        {
+            ranks.extend(a..=b);
         }
     }
     ranks

@@ -129,7 +129,7 @@ impl<'a> Demux<'a> {
     }
 
     /// Takes bytes as they come. Err: nobody listens any more.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), ()> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), crate::rank_output::NobodyListens> {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(bytes);
         let mut at = 0;
@@ -174,7 +174,7 @@ impl<'a> Demux<'a> {
         self.pass(&buf[run..])
     }
 
-    fn pass(&mut self, bytes: &[u8]) -> Result<(), ()> {
+    fn pass(&mut self, bytes: &[u8]) -> Result<(), crate::rank_output::NobodyListens> {
         if bytes.is_empty() {
             return Ok(());
         }

@@ -21,10 +21,10 @@ mod stream_copy;
 mod tcp;
 
 pub use error::CommError;
-pub use rendezvous::{DONE, HELLO};
-pub use tcp::HELLO as TCP_HELLO;
-pub(crate) use rendezvous::{announce, finish};
 pub use pool::{NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, begin_pool_cell, end_pool_cell};
+pub use rendezvous::{DONE, HELLO};
+pub(crate) use rendezvous::{announce, finish};
+pub use tcp::HELLO as TCP_HELLO;
 
 /// What the kernel needs of the segment's layout.
 pub mod shm_segment {
@@ -223,9 +223,9 @@ impl Comm {
     #[cfg(not(feature = "mpi"))]
     fn mpi_backend(flavour: Result<bool, String>) -> Backend {
         Backend::Broken(match flavour {
-            Ok(_) => format!(
-                "this launch uses MPI ({BACKEND_ENV}) but the rank program was built without the ranch runtime's `mpi` feature"
-            ),
+            Ok(_) => {
+                format!("this launch uses MPI ({BACKEND_ENV}) but the rank program was built without the ranch runtime's `mpi` feature")
+            }
             Err(why) => why,
         })
     }
@@ -400,11 +400,7 @@ impl Comm {
         let mine = if self.rank == root {
             let values = values.ok_or_else(|| CommError::new(OP, vec![root], "the root must pass Some(values)".into()))?;
             if values.len() != self.world {
-                return Err(CommError::new(
-                    OP,
-                    vec![root],
-                    format!("the root passed {} values for {} ranks", values.len(), self.world),
-                ));
+                return Err(CommError::new(OP, vec![root], format!("the root passed {} values for {} ranks", values.len(), self.world)));
             }
             let parts: Result<Vec<Vec<u8>>, _> = values.iter().map(|v| encode(OP, v)).collect();
             encode(OP, &parts?)?

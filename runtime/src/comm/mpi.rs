@@ -258,8 +258,7 @@ fn all_reduce_on<T: Reduce>(comm: &SimpleCommunicator, buf: &mut [T], op: Op, dt
         send.extend_from_slice(chunk);
         let n = chunk.len() as i32;
         // SAFETY: both buffers hold `n` elements of the type `dt` describes.
-        let (from, mut into) =
-            unsafe { (DynBuffer::from_raw(send.as_ptr(), n, dt), DynBufferMut::from_raw(chunk.as_mut_ptr(), n, dt)) };
+        let (from, mut into) = unsafe { (DynBuffer::from_raw(send.as_ptr(), n, dt), DynBufferMut::from_raw(chunk.as_mut_ptr(), n, dt)) };
         comm.all_reduce_into(&from, &mut into, system_op(op));
     }
 }
@@ -329,7 +328,11 @@ impl State {
         let total: usize = lengths.iter().sum();
         if total > i32::MAX as usize {
             // Every rank knows every length: they all fail alike.
-            return Err(CommError::new(op, vec![], format!("the ranks' values add up to {total} bytes; over MPI at most 2 GiB move in one {op}")));
+            return Err(CommError::new(
+                op,
+                vec![],
+                format!("the ranks' values add up to {total} bytes; over MPI at most 2 GiB move in one {op}"),
+            ));
         }
         let counts: Vec<i32> = lengths.iter().map(|&l| l as i32).collect();
         let displs: Vec<i32> = counts.iter().scan(0, |at, &c| Some(std::mem::replace(at, *at + c))).collect();

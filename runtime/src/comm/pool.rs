@@ -134,7 +134,14 @@ mod tests {
         assert_eq!(PoolGroup::parse(&g.render()), Some(g));
         let g = PoolGroup { port: 4000, token: "abc".into(), targets: vec![0, 2], host: Some("10.0.0.1".into()) };
         assert_eq!(PoolGroup::parse(&g.render()), Some(g));
-        for junk in ["", "RANCH_POOL_GROUP1 1 t", "RANCH_POOL_GROUP1 x t 0", "RANCH_POOL_GROUP1 1 t 0,a", "OTHER 1 t 0", "RANCH_POOL_GROUP1 1 t 0 h extra"] {
+        for junk in [
+            "",
+            "RANCH_POOL_GROUP1 1 t",
+            "RANCH_POOL_GROUP1 x t 0",
+            "RANCH_POOL_GROUP1 1 t 0,a",
+            "OTHER 1 t 0",
+            "RANCH_POOL_GROUP1 1 t 0 h extra",
+        ] {
             assert_eq!(PoolGroup::parse(junk), None, "{junk}");
         }
     }

@@ -344,7 +344,8 @@ fn layout_of(file: &File, path: &str, world: usize) -> Result<Layout, String> {
 
 impl Group {
     pub fn open(path: &str, rank: usize, world: usize) -> Result<Group, String> {
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("cannot open the group's segment {path}: {e}"))?;
+        let file =
+            OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("cannot open the group's segment {path}: {e}"))?;
         let lay = layout_of(&file, path, world)?;
         let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
         if len != lay.total {
@@ -470,7 +471,9 @@ impl Group {
         CommError::new(
             op,
             if ranks.is_empty() { rank.into_iter().collect() } else { ranks },
-            format!("the group is broken: {who}'s {first} failed earlier in this cell{why}, so no collective can complete until the cell ends"),
+            format!(
+                "the group is broken: {who}'s {first} failed earlier in this cell{why}, so no collective can complete until the cell ends"
+            ),
         )
     }
 
@@ -644,9 +647,7 @@ impl Group {
             self.desc(self.rank, copy, i).store(*w, Ordering::Relaxed);
         }
         self.barrier_phase(p, op)?;
-        let theirs: Vec<Desc> = (0..self.world)
-            .map(|r| std::array::from_fn(|i| self.desc(r, copy, i).load(Ordering::Relaxed)))
-            .collect();
+        let theirs: Vec<Desc> = (0..self.world).map(|r| std::array::from_fn(|i| self.desc(r, copy, i).load(Ordering::Relaxed))).collect();
         match mismatch(op, self.rank, &desc, &theirs, ty) {
             Some((odd, message)) => Err(self.fail(op, odd, message)),
             None => Ok(()),
@@ -948,7 +949,6 @@ unsafe fn copy_out<T>(src: *const T, dst: &mut [T], stream: bool) {
     }
 }
 
-
 fn ranks_text(ranks: &[usize]) -> String {
     let list: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
     format!("rank{} {}", if ranks.len() == 1 { "" } else { "s" }, list.join(", "))
@@ -1011,5 +1011,4 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(create(&format!("/nonexistent-dir/ranch-{}", std::process::id()), 2).is_err());
     }
-
 }

@@ -18,8 +18,8 @@
 use super::call::{Desc, Kind, kind_of, mismatch, type_code, type_tag};
 use super::error::CommError;
 use super::reduce::{Op, Reduce};
-use std::collections::VecDeque;
 use crate::net::listener::{Listener, Rules};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
@@ -74,7 +74,9 @@ pub fn join(book: &str, token: &str, rank: usize, world: usize) -> Result<Group,
     let hello = format!("{HELLO} {token} {rank} {mine}\n");
     let reply = loop {
         (&stream).write_all(hello.as_bytes()).map_err(|e| format!("address book {book}: {e}"))?;
-        stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .map_err(|e| e.to_string())?;
         let mut reply = String::new();
         match BufReader::new((&stream).take(64 << 10)).read_line(&mut reply) {
             Ok(_) if !reply.is_empty() => break reply,
@@ -94,9 +96,15 @@ pub fn join(book: &str, token: &str, rank: usize, world: usize) -> Result<Group,
     match words.next() {
         Some("OK") => {}
         Some("ERR") => return Err(words.collect::<Vec<_>>().join(" ")),
-        _ => return Err(format!("the cell's address book at {book} did not answer (the group did not form within {:.0} s)", timeout().as_secs_f64())),
+        _ => {
+            return Err(format!(
+                "the cell's address book at {book} did not answer (the group did not form within {:.0} s)",
+                timeout().as_secs_f64()
+            ));
+        }
     }
-    let everyone: Vec<SocketAddr> = words.map(|w| w.parse().map_err(|_| format!("bad address {w:?} from the address book"))).collect::<Result<_, _>>()?;
+    let everyone: Vec<SocketAddr> =
+        words.map(|w| w.parse().map_err(|_| format!("bad address {w:?} from the address book"))).collect::<Result<_, _>>()?;
     if everyone.len() != world {
         return Err(format!("the address book names {} ranks, not {world}", everyone.len()));
     }
@@ -206,7 +214,11 @@ impl Group {
             let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
             let allowed = if head[0] == kind { limit } else { MAX_MESSAGE };
             if !matches!(head[0], COLLECTIVE | POINT) || len > MAX_MESSAGE || (len > allowed && (head[0] != kind || keep_head.is_none())) {
-                return Err(self.fail(CommError::new(op, vec![from], format!("rank {from} sent a message of {len} bytes where at most {allowed} fit"))));
+                return Err(self.fail(CommError::new(
+                    op,
+                    vec![from],
+                    format!("rank {from} sent a message of {len} bytes where at most {allowed} fit"),
+                )));
             }
             let keep = if len > allowed { keep_head.unwrap_or(0).min(len as usize) } else { len as usize };
             // Grown as the bytes arrive past what is surely needed: a length is only a claim.
@@ -217,7 +229,8 @@ impl Group {
             }
             let rest = len - keep as u64;
             if rest > 0 {
-                let drained = std::io::copy(&mut (&mut peer.stream).take(rest), &mut std::io::sink()).map_err(|e| self.link_error(op, from, e))?;
+                let drained =
+                    std::io::copy(&mut (&mut peer.stream).take(rest), &mut std::io::sink()).map_err(|e| self.link_error(op, from, e))?;
                 if drained != rest {
                     return Err(self.link_error(op, from, std::io::ErrorKind::UnexpectedEof.into()));
                 }
@@ -231,6 +244,8 @@ impl Group {
 
     /// One collective: every rank's description and data to rank 0, which answers each.
     /// `combine` (on rank 0) makes the answer from every rank's description and data.
+    // The parts of one collective, as every caller names them; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn collective(
         &self,
         op: &'static str,
@@ -339,7 +354,8 @@ impl Group {
             datas.iter().for_each(|d| out.extend_from_slice(d));
             out
         })?;
-        split_gathered(&result, self.world).ok_or_else(|| self.fail(CommError::new(op, vec![0], "rank 0 sent a gathered value that does not decode".into())))
+        split_gathered(&result, self.world)
+            .ok_or_else(|| self.fail(CommError::new(op, vec![0], "rank 0 sent a gathered value that does not decode".into())))
     }
 
     pub fn send_bytes(&self, bytes: &[u8], dest: usize) -> Result<(), CommError> {
@@ -396,7 +412,8 @@ fn decode_answer(a: &[u8]) -> Option<Answer> {
 }
 
 fn split_gathered(bytes: &[u8], world: usize) -> Option<Vec<Vec<u8>>> {
-    let lengths: Vec<usize> = bytes.get(..8 * world)?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8")) as usize).collect();
+    let lengths: Vec<usize> =
+        bytes.get(..8 * world)?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8")) as usize).collect();
     let mut rest = &bytes[8 * world..];
     let mut out = Vec::with_capacity(world);
     for l in lengths {
@@ -435,10 +452,12 @@ mod tests {
                 (&c.2).write_all(reply.as_bytes()).unwrap();
             }
         });
-        let joins: Vec<_> = (0..n).map(|r| {
-            let at = at.clone();
-            std::thread::spawn(move || join(&at, "tok", r, n).unwrap())
-        }).collect();
+        let joins: Vec<_> = (0..n)
+            .map(|r| {
+                let at = at.clone();
+                std::thread::spawn(move || join(&at, "tok", r, n).unwrap())
+            })
+            .collect();
         let g = joins.into_iter().map(|j| j.join().unwrap()).collect();
         serve.join().unwrap();
         g

@@ -59,9 +59,7 @@ pub fn context() -> Result<&'static Gpu, CudaError> {
 
 fn open() -> Result<Gpu, CudaError> {
     let Some(ordinal) = crate::gpu() else {
-        return Err(error(
-            "this rank has no GPU (ranch::gpu() is None: the machine has none, or the launch used --gpus none)",
-        ));
+        return Err(error("this rank has no GPU (ranch::gpu() is None: the machine has none, or the launch used --gpus none)"));
     };
     // cudarc panics when the driver library is missing: ask first.
     // SAFETY: only tries to open the library.

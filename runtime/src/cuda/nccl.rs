@@ -122,7 +122,10 @@ fn form() -> Result<Rc<Nccl>, CommError> {
     // cudarc panics when NCCL is missing: ask first (every rank, so all fail alike).
     // SAFETY: only tries to open the library.
     if !unsafe { sys::is_culib_present() } {
-        return Err(failed(vec![me], "NCCL (libnccl.so.2) cannot be loaded: install it (e.g. pip install nvidia-nccl-cu12, or the distribution's libnccl2)"));
+        return Err(failed(
+            vec![me],
+            "NCCL (libnccl.so.2) cannot be loaded: install it (e.g. pip install nvidia-nccl-cu12, or the distribution's libnccl2)",
+        ));
     }
     let id = if me == 0 { Some(Id::new().map_err(|e| failed(vec![0], format!("ncclGetUniqueId failed: {:?}", e.0)))?) } else { None };
     let bytes: Vec<u8> = comm.broadcast(id.as_ref().map(|id| id.internal().iter().map(|c| *c as u8).collect::<Vec<u8>>()), 0)?;
@@ -253,17 +256,24 @@ impl Nccl {
         let (src, _read) = send.device_ptr(&self.gpu.stream);
         let (dst, _write) = recv.device_ptr_mut(&self.gpu.stream);
         // SAFETY: lengths checked above.
-        self.call("all_gather", |comm, stream| unsafe {
-            nccl::all_gather(src as _, dst as _, count, T::as_nccl_type(), comm, stream)
-        })
+        self.call("all_gather", |comm, stream| unsafe { nccl::all_gather(src as _, dst as _, count, T::as_nccl_type(), comm, stream) })
     }
 
     /// Combines `send` across ranks; rank r gets block r of the result in `recv` (the
     /// send length divided by world_size).
-    pub fn reduce_scatter<T: NcclType, S: DevicePtr<T>, R: DevicePtrMut<T>>(&self, send: &S, recv: &mut R, op: Op) -> Result<(), CommError> {
+    pub fn reduce_scatter<T: NcclType, S: DevicePtr<T>, R: DevicePtrMut<T>>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        op: Op,
+    ) -> Result<(), CommError> {
         let count = recv.len();
         if send.len() != count * crate::comm().world_size() {
-            return Err(CommError::new("reduce_scatter", vec![], format!("send holds {} elements, expected world_size x {count}", send.len())));
+            return Err(CommError::new(
+                "reduce_scatter",
+                vec![],
+                format!("send holds {} elements, expected world_size x {count}", send.len()),
+            ));
         }
         let (src, _read) = send.device_ptr(&self.gpu.stream);
         let (dst, _write) = recv.device_ptr_mut(&self.gpu.stream);

@@ -31,7 +31,8 @@ pub(super) struct AddressBook {
 
 impl AddressBook {
     pub(super) fn start(ip: &str, world: usize, token: &str) -> Result<AddressBook, String> {
-        let listener = Listener::bind((ip, 0), Rules::line(TCP_HELLO, token)).map_err(|e| format!("cannot listen on {ip} for the cell's group: {e}"))?;
+        let listener = Listener::bind((ip, 0), Rules::line(TCP_HELLO, token))
+            .map_err(|e| format!("cannot listen on {ip} for the cell's group: {e}"))?;
         let port = listener.local_addr().port();
         let stop = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(Mutex::new(Vec::new()));
@@ -81,7 +82,10 @@ fn serve(listener: &Listener, world: usize, stop: &AtomicBool, finished: &Mutex<
                 finished.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().filter(|&r| r < world && joined[r].is_none()).collect();
             if !gone.is_empty() {
                 let ranks: Vec<String> = gone.iter().map(usize::to_string).collect();
-                let why = format!("ERR ranks {} of this cell's group finished the cell without joining it (without ranch::comm())\n", ranks.join(", "));
+                let why = format!(
+                    "ERR ranks {} of this cell's group finished the cell without joining it (without ranch::comm())\n",
+                    ranks.join(", ")
+                );
                 for (_, s) in joined.iter_mut().flatten() {
                     let _ = s.write_all(why.as_bytes());
                 }

@@ -297,10 +297,8 @@ pub(super) fn describe_exit(status: std::process::ExitStatus) -> String {
 /// The ranks' values as one list, `[v0, v1, ...]` (their plain-text forms), when every
 /// rank has one.
 fn merged_value(replies: &[RankReply]) -> Option<String> {
-    let plain: Option<Vec<&str>> = replies
-        .iter()
-        .map(|r| r.value.iter().find(|(m, _)| m == "text/plain").map(|(_, v)| v.as_str()))
-        .collect();
+    let plain: Option<Vec<&str>> =
+        replies.iter().map(|r| r.value.iter().find(|(m, _)| m == "text/plain").map(|(_, v)| v.as_str())).collect();
     Some(format!("[{}]", plain?.join(", ")))
 }
 

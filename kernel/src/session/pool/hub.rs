@@ -10,12 +10,12 @@
 
 use super::link::{self, Frame, HELLO};
 use super::relay::HUB_ENV;
+use ranch::__rt::keepalive;
+use ranch::__rt::listener::{Listener, Rules};
 use ranch_magics::channel::{CHANNEL_ENV, Channel};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
-use ranch::__rt::keepalive;
-use ranch::__rt::listener::{Listener, Rules};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -77,7 +77,8 @@ impl Hub {
     ) -> Result<Hub, String> {
         let n = plan.len();
         let rules = Rules { framing: link::hello_progress, max_hello: link::MAX_HELLO, ..Rules::line(HELLO, &spec.token) };
-        let listener = Listener::bind((spec.reach.as_str(), 0), rules).map_err(|e| format!("cannot listen on {} for the pool's ranks: {e}", spec.reach))?;
+        let listener = Listener::bind((spec.reach.as_str(), 0), rules)
+            .map_err(|e| format!("cannot listen on {} for the pool's ranks: {e}", spec.reach))?;
         let hub_addr = match listener.local_addr() {
             std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
             a => a.to_string(),
@@ -97,17 +98,25 @@ impl Hub {
         let mut command = Command::new(&spec.program);
         // What makes this binary a fan-out is not for the ranks (nor the kernel's socket).
         command.env_remove(super::PLAN_ENV).env_remove(REMOTE_ENV).env_remove(super::super::events::SOCKET_ENV);
-        command.args(&spec.args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        command
+            .args(&spec.args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
         // SAFETY: prctl is async-signal-safe. The launcher stops every rank when this process
         // ends however it ends (an interrupt kills it).
         unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
-            });
+            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from));
         }
         let mut launcher = command.spawn().map_err(|e| format!("cannot start {} ({}): {e}", spec.launcher, spec.program))?;
         let tail: Tail = Arc::default();
-        for out in [launcher.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>), launcher.stderr.take().map(|e| Box::new(e) as _)].into_iter().flatten() {
+        for out in
+            [launcher.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>), launcher.stderr.take().map(|e| Box::new(e) as _)]
+                .into_iter()
+                .flatten()
+        {
             let (tail, name) = (tail.clone(), spec.launcher.clone());
             std::thread::spawn(move || {
                 use std::io::BufRead;
@@ -248,7 +257,11 @@ fn accept_ranks(
     let deadline = Instant::now() + Duration::from_secs_f64(spec.start_timeout_s);
     let said = |tail: &Tail| {
         let t = tail.lock().unwrap_or_else(|e| e.into_inner());
-        if t.is_empty() { String::new() } else { format!("; {} said:\n{}", spec.launcher, t.iter().cloned().collect::<Vec<_>>().join("\n")) }
+        if t.is_empty() {
+            String::new()
+        } else {
+            format!("; {} said:\n{}", spec.launcher, t.iter().cloned().collect::<Vec<_>>().join("\n"))
+        }
     };
     while got.iter().any(Option::is_none) {
         let missing = || got.iter().enumerate().filter(|(_, g)| g.is_none()).map(|(r, _)| r.to_string()).collect::<Vec<_>>().join(", ");
@@ -315,10 +328,10 @@ fn serve_rank(
                 }
             }
             Ok(Frame::Events(bytes)) => {
-                if let Some(k) = &mut to_kernel {
-                    if k.write_all(&bytes).is_err() {
-                        to_kernel = None;
-                    }
+                if let Some(k) = &mut to_kernel
+                    && k.write_all(&bytes).is_err()
+                {
+                    to_kernel = None;
                 }
             }
             Ok(Frame::File(name)) => {

@@ -179,7 +179,12 @@ mod tests {
     #[test]
     fn frames_round_trip_and_files_stream() {
         let mut wire = Vec::new();
-        let frames = [Frame::Hello("RANCH-POOL1 t 0 h 1".into()), Frame::Start, Frame::Line("LOAD_AND_RUN /a f".into()), Frame::Events(b"{}\n".to_vec())];
+        let frames = [
+            Frame::Hello("RANCH-POOL1 t 0 h 1".into()),
+            Frame::Start,
+            Frame::Line("LOAD_AND_RUN /a f".into()),
+            Frame::Events(b"{}\n".to_vec()),
+        ];
         for f in &frames {
             write_frame(&mut wire, f).unwrap();
         }

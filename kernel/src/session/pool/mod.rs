@@ -24,13 +24,13 @@ use super::workdir::WorkDir;
 use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
 use evcxr::{CommandContext, EvalCallbacks, EvalContext};
 use group::CellGroup;
-use ranch_magics::hosts::{LauncherKind, Placement};
-use ranch_magics::launch::LaunchPlan;
 use ranch_magics::args::See;
 use ranch_magics::display_op::{self, DisplayOp};
+use ranch_magics::hosts::{LauncherKind, Placement};
+use ranch_magics::launch::LaunchPlan;
 use ranch_magics::supervise::Ending;
-use status::CellStatus;
 use serde_json::Value;
+use status::CellStatus;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
@@ -241,7 +241,8 @@ impl Pool {
     /// already). Identical items leave the pool alone: evcxr keeps the variables of types
     /// that did not change.
     pub(super) fn bring_session_items(&mut self, snapshot: &ranch_magics::program::SessionSnapshot) -> Result<(), CellError> {
-        let deps: Vec<String> = snapshot.deps.iter().filter(|d| !d.trim_start().starts_with("ranch ")).map(|d| format!(":dep {d}")).collect();
+        let deps: Vec<String> =
+            snapshot.deps.iter().filter(|d| !d.trim_start().starts_with("ranch ")).map(|d| format!(":dep {d}")).collect();
         let code = [deps.join("\n"), snapshot.items.items.join("\n")].join("\n");
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&code, &mut hasher);
@@ -250,7 +251,9 @@ impl Pool {
             return Ok(());
         }
         for dep in &deps {
-            self.ctx.execute(dep).map_err(|e| pool_error(format!("the session's `{dep}` could not be added to the pool: {}", e.to_string().trim())))?;
+            self.ctx
+                .execute(dep)
+                .map_err(|e| pool_error(format!("the session's `{dep}` could not be added to the pool: {}", e.to_string().trim())))?;
         }
         if !snapshot.items.items.is_empty() {
             self.ctx
@@ -298,7 +301,8 @@ impl Pool {
         *self.events.status.lock().unwrap() = live_status.then(|| CellStatus::new(ranks, &self.gpus, pids, &hosts));
         let ticker = StatusTicker::start(&self.events);
         let prepared = crate::syntax::with_stdout_flush(code);
-        let group = CellGroup::start(ranks, &self.group_file, self.hosts_reach.as_deref()).map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
+        let group = CellGroup::start(ranks, &self.group_file, self.hosts_reach.as_deref())
+            .map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
         *self.events.group.lock().unwrap() = Some(group);
         let seen = self.events.cell.done_count();
         let mut callbacks = EvalCallbacks { input_reader: &|_| String::new() };
@@ -380,14 +384,10 @@ impl Pool {
             })
             .collect();
         let head = ["rank", "host", "pid", "GPU", "state", "memory"];
-        let title = format!(
-            "pool of {} ranks, up {:.0} s, {} cells run",
-            self.n,
-            self.started.elapsed().as_secs_f64(),
-            self.cells
-        );
+        let title = format!("pool of {} ranks, up {:.0} s, {} cells run", self.n, self.started.elapsed().as_secs_f64(), self.cells);
         let mut text = format!("{title}\n");
-        let widths: Vec<usize> = (0..head.len()).map(|c| rows.iter().map(|r| r[c].len()).chain([head[c].len()]).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> =
+            (0..head.len()).map(|c| rows.iter().map(|r| r[c].len()).chain([head[c].len()]).max().unwrap_or(0)).collect();
         for row in std::iter::once(head.map(str::to_string)).chain(rows.iter().cloned()) {
             let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             text.push_str(cells.join("  ").trim_end());
@@ -445,11 +445,14 @@ pub(super) fn remote_spec(placement: &Placement, private: &Path, n: usize) -> Re
         Err(ranch_magics::launch::CommandError::Io(m)) => return Err(pool_error(m)),
     };
     let libstd = super::host_rust::host_rust().ok().and_then(|h| {
-        std::fs::read_dir(&h.libdir).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libstd-") && n.ends_with(".so"))
-        })
+        std::fs::read_dir(&h.libdir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libstd-") && n.ends_with(".so")))
     });
-    let start_timeout_s = std::env::var("RANCH_POOL_START_TIMEOUT").ok().and_then(|t| t.parse().ok()).filter(|t: &f64| *t > 0.0).unwrap_or(120.0);
+    let start_timeout_s =
+        std::env::var("RANCH_POOL_START_TIMEOUT").ok().and_then(|t| t.parse().ok()).filter(|t: &f64| *t > 0.0).unwrap_or(120.0);
     Ok(Some(RemoteSpec {
         launcher: command.name.to_string(),
         program: command.program,

@@ -13,8 +13,8 @@
 //! the relay (its parent-death signal), and the relay ends when the hub's connection does.
 
 use super::super::events::{MAX_LINE, SOCKET_ENV, for_each_line};
-use super::link::{self, Frame, HELLO};
 use super::RANK_ENV;
+use super::link::{self, Frame, HELLO};
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -135,15 +135,14 @@ impl Relay {
         }
         let _ = reader.get_ref().set_read_timeout(None);
         let events = dir.0.join("events.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&events).map_err(|e| format!("cannot listen at {}: {e}", events.display()))?;
+        let listener =
+            std::os::unix::net::UnixListener::bind(&events).map_err(|e| format!("cannot listen at {}: {e}", events.display()))?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = Command::new(if exe.exists() { exe } else { PathBuf::from("/proc/self/exe") });
         // SAFETY: pthread_sigmask is async-signal-safe. The rank starts with no signal
         // blocked: the relay's stop signals are its own (see run_if_relay).
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                stop_signals().thread_unblock().map_err(std::io::Error::from)
-            });
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || stop_signals().thread_unblock().map_err(std::io::Error::from));
         }
         let mut child = command
             .env_remove(HUB_ENV)
@@ -171,14 +170,12 @@ impl Relay {
     /// Serves the hub until it goes away; returns the exit status.
     fn serve(mut self) -> i32 {
         let cells = self.dir.0.join("cells");
-        loop {
-            let frame = match link::read_frame(&mut self.reader) {
-                Ok(f) => f,
-                // The hub is gone (the pool stopped, or its host did): so is the rank.
-                Err(_) => break,
-            };
+        // Until the hub is gone (the pool stopped, or its host did): then so is the rank.
+        while let Ok(frame) = link::read_frame(&mut self.reader) {
             let ok = match frame {
-                Frame::File(name) => receive_file(&mut self.reader, &self.dir.0, &name).map_err(|e| eprintln!("ranch pool relay: {e}")).is_ok(),
+                Frame::File(name) => {
+                    receive_file(&mut self.reader, &self.dir.0, &name).map_err(|e| eprintln!("ranch pool relay: {e}")).is_ok()
+                }
                 Frame::Group(text) => {
                     let path = self.dir.0.join("group");
                     if text.is_empty() {

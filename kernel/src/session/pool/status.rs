@@ -81,11 +81,11 @@ impl CellStatus {
 
     /// Rank `rank` finished the cell, or panicked in it (the first word stands).
     pub(super) fn ended(&mut self, rank: usize, ending: Ending) {
-        if let Some((b, row)) = self.row(rank) {
-            if !b.has_ended(row) {
-                b.ended(row, &ending);
-                self.worth_showing |= ending != Ending::Success;
-            }
+        if let Some((b, row)) = self.row(rank)
+            && !b.has_ended(row)
+        {
+            b.ended(row, &ending);
+            self.worth_showing |= ending != Ending::Success;
         }
     }
 
