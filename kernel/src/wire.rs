@@ -71,12 +71,6 @@ impl Authenticating for zeromq::RouterRecvHalf {
     }
 }
 
-impl Authenticating for zeromq::RouterSocket {
-    fn trust_peer(&self, identity: &[u8]) {
-        zeromq::RouterSocket::trust_peer(self, identity)
-    }
-}
-
 /// The next message on a ROUTER socket. A peer whose message is signed correctly is
 /// trusted from then on. Messages of the kernel's own session are refused: anyone can
 /// subscribe to IOPub and send what the kernel signed back to it.
