@@ -247,7 +247,9 @@ pub fn supervise_launcher(
                         kept.pop_front();
                     }
                     kept.push_back(line.to_string());
-                    let _ = tx.send(Event::Launcher(line.to_string()));
+                    if !(command.harmless)(line) {
+                        let _ = tx.send(Event::Launcher(line.to_string()));
+                    }
                 };
                 let mut demux = crate::launch::tagged::Demux::new(command.tags, n, stream, &deliver, &launcher_line);
                 rank_output::read_with(pipe, &exited, |bytes| demux.feed(bytes));

@@ -89,6 +89,9 @@ pub struct LauncherCommand {
     pub tags: tagged::TagFormat,
     /// Reads the launcher's own messages for the ranks it says failed.
     pub report: fn(&[String]) -> Vec<Culprit>,
+    /// The launcher's own lines known to be harmless, which the cell does not show (they
+    /// are still read by `report`).
+    pub harmless: fn(&str) -> bool,
 }
 
 impl LauncherCommand {

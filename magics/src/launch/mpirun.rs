@@ -56,7 +56,17 @@ pub fn command(plan: &LaunchPlan, o: &MpirunOptions) -> LauncherCommand {
         env,
         tags: TagFormat::OpenMpi,
         report,
+        harmless,
     }
+}
+
+/// Open MPI's remote-shell starter and the process it forks both put the child in its own
+/// process group; when the child has already run `exec`, the parent's call fails with
+/// EACCES and mpirun warns (`plm:rsh: Warning: setpgid(...) failed in parent with
+/// errno=Permission denied(13)`). The child did it itself, so nothing is wrong: a race
+/// inside Open MPI that would otherwise land in the user's cell now and then.
+pub fn harmless(line: &str) -> bool {
+    line.contains("plm:rsh: Warning: setpgid(") && line.contains("failed in parent with errno=Permission denied")
 }
 
 /// MCA settings that keep Open MPI's out-of-band channel (mpirun and its daemons) and its
@@ -270,6 +280,13 @@ pub(crate) mod tests {
         assert_eq!(Subnet("10.77.5.1".parse().unwrap(), 24).to_string(), "10.77.5.0/24");
         assert!(user_sets("btl", &["--mca".into(), "btl".into(), "self,tcp".into()]));
         assert!(!user_sets("btl", &["--mca".into(), "pml".into(), "btl".into()]));
+    }
+
+    #[test]
+    fn the_setpgid_race_is_harmless_and_other_warnings_are_not() {
+        assert!(harmless("[vm:30526] plm:rsh: Warning: setpgid(30534,30534) failed in parent with errno=Permission denied(13)"));
+        assert!(!harmless("[vm:30526] plm:rsh: Warning: setpgid(30534,30534) failed in parent with errno=No such process(3)"));
+        assert!(!harmless("ORTE was unable to reliably start one or more daemons."));
     }
 
     #[test]

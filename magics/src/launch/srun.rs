@@ -30,7 +30,15 @@ pub fn command(plan: &LaunchPlan, placement: &Placement, o: &SrunOptions) -> Lau
     }
     args.extend(o.extra.iter().cloned());
     args.extend(plan.program_argv());
-    LauncherCommand { name: "srun", program: o.program.clone().unwrap_or_else(|| "srun".into()), args, env, tags: TagFormat::Slurm, report }
+    LauncherCommand {
+        name: "srun",
+        program: o.program.clone().unwrap_or_else(|| "srun".into()),
+        args,
+        env,
+        tags: TagFormat::Slurm,
+        report,
+        harmless: |_| false,
+    }
 }
 
 /// Where the launch's `SLURM_HOSTFILE` is written (in its run directory).
