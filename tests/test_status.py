@@ -33,11 +33,11 @@ def test_the_status_table_is_live_then_settles(kc):
     assert any("running" in m["content"]["data"]["text/plain"] for m in shown[:-1])
     final = run.status()
     lines = final.splitlines()
-    assert lines[0].split() == ["rank", "host", "pid", "GPU", "state", "elapsed", "lines", "progress", "/", "last", "line"]
+    assert lines[0].split() == ["rank", "host", "pid", "GPU", "state", "elapsed", "lines", "progress", "last", "line"]
     for rank in (0, 1):
         row = lines[1 + rank].split()
         assert row[0] == str(rank) and row[2].isdigit() and row[4] == "done", final
-        assert "[##########] 30/30 step 20" in lines[1 + rank], final
+        assert "[##########] 30/30  step 20" in lines[1 + rank], final
         assert row[7] == "3", final  # lines written (elapsed is two words)
     html = run.status("text/html")
     assert "<table" in html and "running..." not in html and "width:100%" in html
@@ -122,7 +122,7 @@ def test_px_cells_show_the_live_table_too(kc):
         for rank in (0, 1):
             row = lines[1 + rank].split()
             assert row[0] == str(rank) and row[2].isdigit() and row[4] == "done", lines
-            assert lines[1 + rank].endswith(f"[##########] 20/20 rank {rank} done"), lines
+            assert lines[1 + rank].endswith(f"[##########] 20/20  rank {rank} done"), lines
         assert run.displays() == [], "progress feeds the table and is not shown otherwise"
         assert run.result() == "[0, 1]"
 

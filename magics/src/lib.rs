@@ -27,6 +27,7 @@ pub mod diagnostic;
 pub mod display_op;
 pub mod driver;
 pub mod gpus;
+pub mod grid;
 pub mod group;
 pub mod hosts;
 pub mod launch;

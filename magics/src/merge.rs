@@ -1,5 +1,6 @@
 //! Turning what the ranks reported into what the notebook shows.
 
+use crate::grid::{Cell, Grid};
 use crate::supervise::{Ending, RunReport, StopReason};
 use ranch::__rt::RankResult;
 use serde_json::{Map, Value};
@@ -49,15 +50,11 @@ pub fn result_bundle(results: &[RankResult], first_rank: usize) -> Option<Map<St
     }
     let shown: Vec<String> = results.iter().map(|r| r.debug.clone().unwrap_or_else(|| format!("<{}>", r.type_name))).collect();
     let plain = format!("[{}]", shown.join(", "));
-    let rows: String = shown
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let r = first_rank + i;
-            format!("<tr><td>{r}</td><td style=\"text-align:left\"><pre>{}</pre></td></tr>", html_escape(v))
-        })
-        .collect();
-    let html = format!("<table><thead><tr><th>rank</th><th style=\"text-align:left\">value</th></tr></thead><tbody>{rows}</tbody></table>");
+    let mut table = Grid::new(&["rank", "value"]).left(&[1]);
+    for (i, v) in shown.iter().enumerate() {
+        table.row([Cell::text((first_rank + i).to_string()), Cell::pre(v.as_str())]);
+    }
+    let html = table.html();
     let mut data = Map::new();
     data.insert("text/plain".into(), Value::String(plain));
     data.insert("text/html".into(), Value::String(html));
@@ -73,10 +70,6 @@ pub fn single_bundle(result: &RankResult) -> Option<Map<String, Value>> {
     let mut data = Map::new();
     data.insert("text/plain".into(), Value::String(shown));
     Some(data)
-}
-
-pub fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// Failed ranks grouped by what happened to them: many ranks failing the same way are one
@@ -210,29 +203,22 @@ pub fn failure_html(report: &RunReport) -> Option<String> {
     if groups.is_empty() {
         return None;
     }
-    // Left-aligned: notebooks right-align table cells, which suits numbers, not messages.
-    let cell = |tag: &str, body: &str| format!("<{tag} style=\"text-align:left\">{body}</{tag}>");
-    let mut html = String::from("<table class=\"ranch-failure\"><thead><tr>");
-    for h in ["ranks", "outcome", "message", "cell line", "last output"] {
-        html.push_str(&cell("th", h));
-    }
-    html.push_str("</tr></thead><tbody>");
+    let mut table = Grid::new(&["ranks", "outcome", "message", "cell line", "last output"]).class("ranch-failure").all_left();
     for (ranks, _) in &groups {
         let first = &report.ranks[ranks[0] - report.first_rank];
         let (mut outcome, message, line) = columns(&first.ending);
         if let Some(host) = &first.host {
             outcome.push_str(&format!(" (host {host})"));
         }
-        let last: Vec<String> = first.last_lines.iter().map(|l| html_escape(l)).collect();
-        html.push_str("<tr>");
-        html.push_str(&cell("td", &html_escape(&ranks_label(ranks))));
-        html.push_str(&cell("td", &html_escape(&outcome)));
-        html.push_str(&cell("td", &html_escape(&message)));
-        html.push_str(&cell("td", &line.map_or(String::new(), |l| l.to_string())));
-        html.push_str(&cell("td", &format!("<pre>{}</pre>", last.join("\n"))));
-        html.push_str("</tr>");
+        table.row([
+            Cell::text(ranks_label(ranks)),
+            Cell::text(outcome),
+            Cell::text(message),
+            Cell::text(line.map_or(String::new(), |l| l.to_string())),
+            Cell::pre(first.last_lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")),
+        ]);
     }
-    html.push_str("</tbody></table>");
+    let html = table.html();
     Some(html)
 }
 

@@ -4,9 +4,9 @@
 //! ended, its wall time, stragglers) when the cell ends. HTML for notebooks, a text table
 //! for console clients.
 
+use crate::grid::{Cell, Grid};
 use crate::supervise::Ending;
 use serde_json::{Map, Value};
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 /// Least time between two redraws.
@@ -132,9 +132,14 @@ impl Board {
         self.drawn = Some(now);
         self.changed = false;
         let rows = self.view(now, finished);
+        let table = table(&rows);
+        let mut html = table.html();
+        if !finished {
+            html.push_str("<div class=\"ranch-status-live\" style=\"font-size:11px;color:#888\">running...</div>");
+        }
         let mut data = Map::new();
-        data.insert("text/html".into(), Value::String(html(&rows, finished)));
-        data.insert("text/plain".into(), Value::String(text(&rows)));
+        data.insert("text/html".into(), Value::String(html));
+        data.insert("text/plain".into(), Value::String(table.text()));
         data
     }
 
@@ -232,77 +237,32 @@ pub fn progress_bundle(done: u64, total: u64) -> Map<String, Value> {
     data
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-fn html(rows: &[RowView], finished: bool) -> String {
-    let mut h = String::from(
-        "<table class=\"ranch-status\" style=\"font-family:monospace;font-size:12px;border-collapse:collapse\">\
-         <thead><tr><th>rank</th><th>host</th><th>pid</th><th>GPU</th><th>state</th><th>elapsed</th>\
-         <th>lines</th><th>last line</th><th>progress</th></tr></thead><tbody>",
-    );
+/// The board's columns: the progress bar before the last line, which is the widest.
+fn table(rows: &[RowView]) -> Grid {
+    let mut table = Grid::new(&["rank", "host", "pid", "GPU", "state", "elapsed", "lines", "progress", "last line"])
+        .class("ranch-status")
+        .style("font-family:monospace;font-size:12px;border-collapse:collapse")
+        .left(&[8]);
     for r in rows {
         let color = match r.ok {
             Some(true) => "#1a7f37",
             Some(false) => "#cf222e",
             None => "#9a6700",
         };
-        let bar = r.progress.map_or(String::new(), |(d, t)| bar_html(d, t));
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"color:{color}\">{}</td><td>{}</td><td>{}</td>\
-             <td style=\"text-align:left\">{}</td><td>{bar}</td></tr>",
-            r.rank,
-            escape(&r.host),
-            r.pid,
-            escape(&r.gpu),
-            escape(&r.state),
-            r.elapsed,
-            r.lines,
-            escape(&r.last_line)
-        );
+        let progress = r.progress.map_or(Cell::text(""), |(d, t)| Cell::markup(bar_text(d, t), bar_html(d, t)));
+        table.row([
+            Cell::text(r.rank.to_string()),
+            Cell::text(r.host.as_str()),
+            Cell::text(r.pid.as_str()),
+            Cell::text(r.gpu.as_str()),
+            Cell::text(r.state.as_str()).style(&format!("color:{color}")),
+            Cell::text(r.elapsed.as_str()),
+            Cell::text(r.lines.to_string()),
+            progress,
+            Cell::text(r.last_line.as_str()),
+        ]);
     }
-    h.push_str("</tbody></table>");
-    if !finished {
-        h.push_str("<div class=\"ranch-status-live\" style=\"font-size:11px;color:#888\">running...</div>");
-    }
-    h
-}
-
-fn text(rows: &[RowView]) -> String {
-    let cells: Vec<[String; 8]> = rows
-        .iter()
-        .map(|r| {
-            let progress = r.progress.map_or(String::new(), |(d, t)| bar_text(d, t));
-            [
-                r.rank.to_string(),
-                r.host.clone(),
-                r.pid.clone(),
-                r.gpu.clone(),
-                r.state.clone(),
-                r.elapsed.clone(),
-                r.lines.to_string(),
-                format!("{progress} {}", r.last_line).trim().to_string(),
-            ]
-        })
-        .collect();
-    let header = ["rank", "host", "pid", "GPU", "state", "elapsed", "lines", "progress / last line"];
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for c in &cells {
-        for (w, v) in widths.iter_mut().zip(c.iter()) {
-            *w = (*w).max(v.chars().count());
-        }
-    }
-    let line = |vals: Vec<&str>| -> String {
-        vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
-    };
-    let mut out = line(header.to_vec());
-    for c in &cells {
-        out.push('\n');
-        out.push_str(&line(c.iter().map(String::as_str).collect()));
-    }
-    out
+    table
 }
 
 #[cfg(test)]

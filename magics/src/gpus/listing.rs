@@ -2,7 +2,7 @@
 
 use super::plan::kernel_visible;
 use super::probe::Discovery;
-use crate::merge::html_escape;
+use crate::grid::{Cell, Grid, escape};
 use serde_json::{Map, Value};
 
 /// The devices as a table (text and HTML): the number `--gpus` uses for each (none when the
@@ -55,34 +55,19 @@ pub fn listing(found: &Discovery, cuda_visible: Option<&str>) -> Map<String, Val
     if !found.devices.is_empty() && found.devices.iter().all(|d| d.utilization_percent.is_none()) {
         notes.push("Free memory and utilisation come from NVML (libnvidia-ml.so.1), which is not here.".to_string());
     }
-    const HEAD: [&str; 8] = ["--gpus", "name", "UUID", "PCI bus", "memory", "free", "busy", "compute"];
-    let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].len()).chain([HEAD[c].len()]).max().unwrap_or(0)).collect();
-    let line =
-        |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string();
+    let mut table = Grid::new(&["--gpus", "name", "UUID", "PCI bus", "memory", "free", "busy", "compute"]);
+    for r in rows {
+        table.row(r.map(Cell::text));
+    }
     let mut text = Vec::new();
-    if !rows.is_empty() {
-        text.push(line(&HEAD.map(String::from)));
-        text.extend(rows.iter().map(|r| line(r)));
+    let mut html = String::new();
+    if !table.is_empty() {
+        text.push(table.text());
+        html.push_str(&table.html());
     }
     text.extend(notes.iter().cloned());
-    let mut html = String::new();
-    if !rows.is_empty() {
-        html.push_str("<table><thead><tr>");
-        for h in HEAD {
-            html.push_str(&format!("<th>{}</th>", html_escape(h)));
-        }
-        html.push_str("</tr></thead><tbody>");
-        for r in &rows {
-            html.push_str("<tr>");
-            for c in r {
-                html.push_str(&format!("<td>{}</td>", html_escape(c)));
-            }
-            html.push_str("</tr>");
-        }
-        html.push_str("</tbody></table>");
-    }
     for n in &notes {
-        html.push_str(&format!("<p>{}</p>", html_escape(n)));
+        html.push_str(&format!("<p>{}</p>", escape(n)));
     }
     let mut data = Map::new();
     data.insert("text/plain".into(), Value::String(text.join("\n")));

@@ -26,6 +26,7 @@ use evcxr::{CommandContext, EvalCallbacks, EvalContext};
 use group::CellGroup;
 use ranch_magics::args::See;
 use ranch_magics::display_op::{self, DisplayOp};
+use ranch_magics::grid::{Cell, Grid, escape};
 use ranch_magics::hosts::{LauncherKind, Placement};
 use ranch_magics::launch::LaunchPlan;
 use ranch_magics::supervise::Ending;
@@ -383,26 +384,13 @@ impl Pool {
                 [rank.to_string(), host, pid.map_or("-".into(), |p| p.to_string()), self.gpus[rank].clone(), state, memory]
             })
             .collect();
-        let head = ["rank", "host", "pid", "GPU", "state", "memory"];
+        let mut table = Grid::new(&["rank", "host", "pid", "GPU", "state", "memory"]);
+        for row in rows {
+            table.row(row.map(Cell::text));
+        }
         let title = format!("pool of {} ranks, up {:.0} s, {} cells run", self.n, self.started.elapsed().as_secs_f64(), self.cells);
-        let mut text = format!("{title}\n");
-        let widths: Vec<usize> =
-            (0..head.len()).map(|c| rows.iter().map(|r| r[c].len()).chain([head[c].len()]).max().unwrap_or(0)).collect();
-        for row in std::iter::once(head.map(str::to_string)).chain(rows.iter().cloned()) {
-            let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-            text.push_str(cells.join("  ").trim_end());
-            text.push('\n');
-        }
-        let esc = ranch_magics::merge::html_escape;
-        let mut html = format!("<p>{}</p><table><tr>", esc(&title));
-        html.extend(head.iter().map(|h| format!("<th>{h}</th>")));
-        html.push_str("</tr>");
-        for row in &rows {
-            html.push_str("<tr>");
-            html.extend(row.iter().map(|c| format!("<td>{}</td>", esc(c))));
-            html.push_str("</tr>");
-        }
-        html.push_str("</table>");
+        let text = format!("{title}\n{}\n", table.text());
+        let html = format!("<p>{}</p>{}", escape(&title), table.html());
         let mut data = MimeBundle::new();
         data.insert("text/plain".into(), Value::String(text));
         data.insert("text/html".into(), Value::String(html));
