@@ -36,6 +36,7 @@ pub mod owned_dir;
 pub mod pool;
 pub mod program;
 pub mod rank_output;
+pub mod report;
 pub mod source;
 pub mod status;
 pub mod supervise;

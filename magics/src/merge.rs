@@ -1,7 +1,7 @@
 //! Turning what the ranks reported into what the notebook shows.
 
 use crate::grid::{Cell, Grid};
-use crate::supervise::{Ending, RunReport, StopReason};
+use crate::report::{Ending, RunReport, StopReason};
 use ranch::__rt::RankResult;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -263,7 +263,7 @@ mod tests {
         assert!(tb[1].contains("rank 1 panicked: other"));
         assert_eq!(panics_failure(&[]), None);
     }
-    use crate::supervise::RankReport;
+    use crate::report::RankReport;
 
     fn res(ty: &str, debug: Option<&str>) -> RankResult {
         RankResult { type_name: ty.into(), debug: debug.map(str::to_string), value: None }

@@ -5,7 +5,7 @@
 //! for console clients.
 
 use crate::grid::{Cell, Grid};
-use crate::supervise::Ending;
+use crate::report::Ending;
 use serde_json::{Map, Value};
 use std::time::{Duration, Instant};
 

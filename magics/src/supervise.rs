@@ -6,6 +6,7 @@ use crate::display_op::DisplayOp;
 use crate::launch::kill_group;
 pub use crate::rank_output::Stream;
 use crate::rank_output::{self, Output};
+use crate::report::{Ending, RankReport, RunReport, StopReason};
 use crate::status::{Board, StatusSetup};
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value};
@@ -52,62 +53,6 @@ pub struct Policy {
     pub first_rank: usize,
     /// The live status table (`None`: `--quiet`).
     pub status: Option<StatusSetup>,
-}
-
-/// How one rank ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ending {
-    Success,
-    Panicked {
-        message: String,
-        line: Option<usize>,
-    },
-    ExitCode(i32),
-    Signal(i32),
-    /// Stopped by the supervisor (another rank failed, timeout, interrupt).
-    Stopped,
-    /// The process could not be started.
-    NotStarted(String),
-    /// Its launcher ended without saying how the rank did (the message says what is known).
-    Lost(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct RankReport {
-    pub ending: Ending,
-    /// The last lines it wrote (stdout and stderr), for error reports.
-    pub last_lines: VecDeque<String>,
-    /// The host it ran on, when a launcher placed it on named hosts.
-    pub host: Option<String>,
-    /// When its process started and when its end was known, from the launch's start (a
-    /// launcher's ranks start with the launcher).
-    pub started: Duration,
-    pub ended: Duration,
-    /// Its backtrace, when it panicked and `RUST_BACKTRACE` asked for one (else empty).
-    pub backtrace: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum StopReason {
-    Timeout {
-        running: Vec<usize>,
-        limit: Duration,
-    },
-    Interrupted,
-    /// `--on-error abort`: this rank failed first.
-    RankFailed(usize),
-}
-
-#[derive(Debug, Clone)]
-pub struct RunReport {
-    pub ranks: Vec<RankReport>,
-    pub stopped: Option<StopReason>,
-    /// From first spawn to last exit.
-    pub elapsed: Duration,
-    /// Global rank of `ranks[0]`.
-    pub first_rank: usize,
-    /// The ranks' process ids (each leads its process group), `None` if not started.
-    pub pids: Vec<Option<u32>>,
 }
 
 enum Event {
@@ -195,7 +140,7 @@ pub fn supervise(
             });
         }
         drop(tx);
-        watch(n, &rx, &Targets::Ranks(&pids), started, run_dir, policy, sink, cancel, panic_line)
+        Watch { targets: Targets::Ranks(&pids), started, run_dir, policy, sink, cancel, panic_line }.run(n, &rx)
     })
 }
 
@@ -229,7 +174,16 @@ pub fn supervise_launcher(
                 let _ = tx.send(Event::Ended(rank, Ending::NotStarted(why.clone()), None));
             }
             drop(tx);
-            return watch(n, &rx, &Targets::Launcher { pid: &pid, name: command.name }, started, run_dir, policy, sink, cancel, panic_line);
+            return Watch {
+                targets: Targets::Launcher { pid: &pid, name: command.name },
+                started,
+                run_dir,
+                policy,
+                sink,
+                cancel,
+                panic_line,
+            }
+            .run(n, &rx);
         }
     };
     *pid.lock().unwrap() = Some(child.id());
@@ -272,7 +226,7 @@ pub fn supervise_launcher(
             }
         });
         drop(tx);
-        watch(n, &rx, &Targets::Launcher { pid, name: command.name }, started, run_dir, policy, sink, cancel, panic_line)
+        Watch { targets: Targets::Launcher { pid, name: command.name }, started, run_dir, policy, sink, cancel, panic_line }.run(n, &rx)
     })
 }
 
@@ -359,72 +313,87 @@ fn silent_failure(command: &crate::launch::LauncherCommand, status: ExitStatus, 
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn watch(
-    n: usize,
-    rx: &mpsc::Receiver<Event>,
-    targets: &Targets,
+/// What the supervisor is given: how to stop the ranks, where their files are, the cell's
+/// policy, where output goes, and how to read a panic's line.
+struct Watch<'a> {
+    targets: Targets<'a>,
     started: Instant,
-    run_dir: &Path,
-    policy: &Policy,
-    sink: &dyn RankSink,
-    cancel: &Cancel,
-    panic_line: &dyn Fn(u32) -> Option<usize>,
-) -> RunReport {
-    let mut ranks: Vec<Option<RankReport>> = vec![None; n];
-    let mut last_lines: Vec<VecDeque<String>> = vec![VecDeque::new(); n];
-    let mut grouped: Vec<Grouped> = (0..n).map(|_| Grouped::default()).collect();
-    let mut stopped: Option<StopReason> = None;
-    let mut kill_at: Option<Instant> = None;
-    let deadline = policy.timeout.map(|t| started + t);
+    run_dir: &'a Path,
+    policy: &'a Policy,
+    sink: &'a dyn RankSink,
+    cancel: &'a Cancel,
+    panic_line: &'a dyn Fn(u32) -> Option<usize>,
+}
 
-    // The signals each rank was sent: a rank only counts as stopped by the supervisor if one
-    // of them ended it (a rank that died of its own SIGKILL while the others were being
-    // stopped is the cause, and is named as such).
-    let mut sent: Vec<Vec<Signal>> = vec![Vec::new(); n];
-    let mut board = policy.status.clone().map(|setup| Board::new((policy.first_rank..policy.first_rank + n).collect(), setup));
-    let mut spawned: Vec<Duration> = vec![Duration::ZERO; n];
-    let mut board_shown = false;
-    let stop_all = |sig: Signal, ranks: &[Option<RankReport>], sent: &mut Vec<Vec<Signal>>| match targets {
-        Targets::Ranks(pids) => {
-            for (r, pid) in pids.lock().unwrap().iter().enumerate() {
-                if let (Some(pid), None) = (pid, &ranks[r]) {
-                    sent[r].push(sig);
-                    kill_group(*pid, sig);
-                }
+/// What the supervisor learns while the ranks run.
+struct Watched {
+    /// Each rank's report, once it ended.
+    ranks: Vec<Option<RankReport>>,
+    last_lines: Vec<VecDeque<String>>,
+    grouped: Vec<Grouped>,
+    stopped: Option<StopReason>,
+    kill_at: Option<Instant>,
+    /// The signals each rank was sent: a rank only counts as stopped by the supervisor if
+    /// one of them ended it (a rank that died of its own SIGKILL while the others were being
+    /// stopped is the cause, and is named as such).
+    sent: Vec<Vec<Signal>>,
+    board: Option<Board>,
+    board_shown: bool,
+    spawned: Vec<Duration>,
+}
+
+/// A rank that ended: how, and on which host.
+type Ended = (usize, Ending, Option<String>);
+
+impl Watch<'_> {
+    fn run(&self, n: usize, rx: &mpsc::Receiver<Event>) -> RunReport {
+        let policy = self.policy;
+        let mut w = Watched {
+            ranks: vec![None; n],
+            last_lines: vec![VecDeque::new(); n],
+            grouped: (0..n).map(|_| Grouped::default()).collect(),
+            stopped: None,
+            kill_at: None,
+            sent: vec![Vec::new(); n],
+            board: policy.status.clone().map(|setup| Board::new((policy.first_rank..policy.first_rank + n).collect(), setup)),
+            board_shown: false,
+            spawned: vec![Duration::ZERO; n],
+        };
+        while w.ranks.iter().any(Option::is_none) {
+            let ended = match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(event) => self.on_event(&mut w, event),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some(ended) = ended {
+                self.on_end(&mut w, ended);
+            }
+            let now = Instant::now();
+            self.enforce(&mut w, now);
+            if let Some(b) = w.board.as_mut().filter(|b| b.due(now)) {
+                self.sink.status(b.render(false), !w.board_shown);
+                w.board_shown = true;
             }
         }
-        Targets::Launcher { pid, .. } => {
-            // The launcher stops its ranks on every host; SIGINT would only be forwarded.
-            let sig = if sig == Signal::SIGINT { Signal::SIGTERM } else { sig };
-            for s in sent.iter_mut() {
-                s.push(sig);
-            }
-            if let Some(pid) = *pid.lock().unwrap() {
-                kill_group(pid, sig);
-            }
-        }
-    };
-    let grace = match targets {
-        Targets::Ranks(_) => GRACE,
-        Targets::Launcher { .. } => LAUNCHER_GRACE,
-    };
+        self.finish(w)
+    }
 
-    while ranks.iter().any(Option::is_none) {
-        // A rank that ended, with how and where.
-        let ended = match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Event::Spawned(rank, pid, at)) => {
-                spawned[rank] = at.saturating_duration_since(started);
-                if let Some(b) = board.as_mut() {
+    /// Feeds the board, the output and the sink; a rank's end is returned.
+    fn on_event(&self, w: &mut Watched, event: Event) -> Option<Ended> {
+        let (policy, sink) = (self.policy, self.sink);
+        match event {
+            Event::Spawned(rank, pid, at) => {
+                w.spawned[rank] = at.saturating_duration_since(self.started);
+                if let Some(b) = w.board.as_mut() {
                     b.pid(rank, Some(pid));
                 }
                 None
             }
-            Ok(Event::Output(Output::Lines(rank, stream, lines))) => {
-                if let Some(b) = board.as_mut() {
+            Event::Output(Output::Lines(rank, stream, lines)) => {
+                if let Some(b) = w.board.as_mut() {
                     b.lines(rank, &lines);
                 }
-                let tail = &mut last_lines[rank];
+                let tail = &mut w.last_lines[rank];
                 for l in &lines {
                     if tail.len() == LAST_LINES {
                         tail.pop_front();
@@ -436,132 +405,169 @@ fn watch(
                     let text: String = lines.iter().map(|l| format!("[{global}] {l}\n")).collect();
                     match policy.group_outputs {
                         GroupOutputs::Order => sink.output(stream, &text),
-                        GroupOutputs::Rank => grouped[rank].keep(stream, text, lines.len()),
+                        GroupOutputs::Rank => w.grouped[rank].keep(stream, text, lines.len()),
                     }
                 }
                 None
             }
-            Ok(Event::Output(Output::Display(rank, data))) => {
+            Event::Output(Output::Display(rank, data)) => {
                 let global = policy.first_rank + rank;
                 if policy.see.shows(global) {
                     sink.display(global, data);
                 }
                 None
             }
-            Ok(Event::Output(Output::Control(rank, DisplayOp::Progress { done, total }))) => {
-                if let Some(b) = board.as_mut() {
+            Event::Output(Output::Control(rank, DisplayOp::Progress { done, total })) => {
+                if let Some(b) = w.board.as_mut() {
                     b.progress(rank, done, total);
                 }
                 None
             }
-            Ok(Event::Output(Output::Control(rank, op))) => {
+            Event::Output(Output::Control(rank, op)) => {
                 let global = policy.first_rank + rank;
                 if policy.see.shows(global) {
                     sink.control(global, op);
                 }
                 None
             }
-            Ok(Event::Exit(rank, status)) => {
-                let by_us = ended_by(&status, &sent[rank]);
-                Some((rank, ending_of(status, run_dir, rank, panic_line, by_us), None))
+            Event::Exit(rank, status) => {
+                let by_us = ended_by(&status, &w.sent[rank]);
+                Some((rank, ending_of(status, self.run_dir, rank, self.panic_line, by_us), None))
             }
-            Ok(Event::Ended(rank, ending, host)) => {
+            Event::Ended(rank, ending, host) => {
                 // A rank the launcher ended after an interrupt or the timeout was stopped by us.
-                let by_us = matches!(stopped, Some(StopReason::Interrupted | StopReason::Timeout { .. }));
+                let by_us = matches!(w.stopped, Some(StopReason::Interrupted | StopReason::Timeout { .. }));
                 let ending = match ending {
-                    Ending::Lost(_) | Ending::Signal(_) | Ending::ExitCode(_) if by_us && !sent[rank].is_empty() => Ending::Stopped,
+                    Ending::Lost(_) | Ending::Signal(_) | Ending::ExitCode(_) if by_us && !w.sent[rank].is_empty() => Ending::Stopped,
                     e => e,
                 };
                 Some((rank, ending, host))
             }
-            Ok(Event::Launcher(line)) => {
-                if let Targets::Launcher { name, .. } = targets {
+            Event::Launcher(line) => {
+                if let Targets::Launcher { name, .. } = self.targets {
                     sink.output(Stream::Stderr, &format!("[{name}] {line}\n"));
                 }
                 None
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+
+    /// Records a rank's end; under `--on-error abort`, a failure stops the others.
+    fn on_end(&self, w: &mut Watched, (rank, ending, host): Ended) {
+        if let Some(b) = w.board.as_mut() {
+            b.ended(rank, &ending);
+        }
+        let failed = ending != Ending::Success && ending != Ending::Stopped;
+        let backtrace = if matches!(ending, Ending::Panicked { .. }) { read_backtrace(self.run_dir, rank) } else { String::new() };
+        w.ranks[rank] = Some(RankReport {
+            ending,
+            last_lines: std::mem::take(&mut w.last_lines[rank]),
+            host,
+            started: w.spawned[rank],
+            ended: self.started.elapsed(),
+            backtrace,
+        });
+        if failed && self.policy.on_error == OnError::Abort && w.stopped.is_none() {
+            w.stopped = Some(StopReason::RankFailed(rank));
+            self.stop_all(w, Signal::SIGTERM);
+            w.kill_at = Some(Instant::now() + self.grace());
+        }
+    }
+
+    /// Interrupt and timeout stop every rank; those still running after the grace are killed.
+    fn enforce(&self, w: &mut Watched, now: Instant) {
+        if w.stopped.is_none() && self.cancel.is_cancelled() {
+            w.stopped = Some(StopReason::Interrupted);
+            self.stop_all(w, Signal::SIGINT);
+            w.kill_at = Some(now + self.grace());
+        }
+        let deadline = self.policy.timeout.map(|t| self.started + t);
+        if w.stopped.is_none() && deadline.is_some_and(|d| now >= d) {
+            let running = (0..w.ranks.len()).filter(|&r| w.ranks[r].is_none()).collect();
+            w.stopped = Some(StopReason::Timeout { running, limit: self.policy.timeout.unwrap_or_default() });
+            self.stop_all(w, Signal::SIGTERM);
+            w.kill_at = Some(now + self.grace());
+        }
+        if w.kill_at.is_some_and(|k| now >= k) {
+            self.stop_all(w, Signal::SIGKILL);
+            w.kill_at = None;
+        }
+    }
+
+    /// Sends `sig` to every rank still running (or to the launcher, which stops its ranks).
+    fn stop_all(&self, w: &mut Watched, sig: Signal) {
+        match &self.targets {
+            Targets::Ranks(pids) => {
+                for (r, pid) in pids.lock().unwrap().iter().enumerate() {
+                    if let (Some(pid), None) = (pid, &w.ranks[r]) {
+                        w.sent[r].push(sig);
+                        kill_group(*pid, sig);
+                    }
+                }
+            }
+            Targets::Launcher { pid, .. } => {
+                // The launcher stops its ranks on every host; SIGINT would only be forwarded.
+                let sig = if sig == Signal::SIGINT { Signal::SIGTERM } else { sig };
+                for s in w.sent.iter_mut() {
+                    s.push(sig);
+                }
+                if let Some(pid) = *pid.lock().unwrap() {
+                    kill_group(pid, sig);
+                }
+            }
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        match self.targets {
+            Targets::Ranks(_) => GRACE,
+            Targets::Launcher { .. } => LAUNCHER_GRACE,
+        }
+    }
+
+    /// The board's final state, whatever the ranks left running killed, output kept for
+    /// `--group-outputs rank` shown, and the report.
+    fn finish(&self, mut w: Watched) -> RunReport {
+        let (policy, sink, n) = (self.policy, self.sink, w.ranks.len());
+        if let Some(b) = w.board.as_mut() {
+            sink.status(b.render(true), !w.board_shown);
+        }
+        // Whatever a rank started is gone with it.
+        let pids: Vec<Option<u32>> = match &self.targets {
+            Targets::Ranks(pids) => pids.lock().unwrap().clone(),
+            Targets::Launcher { .. } => vec![None; n],
         };
-        if let Some((rank, ending, host)) = ended {
-            if let Some(b) = board.as_mut() {
-                b.ended(rank, &ending);
-            }
-            let failed = ending != Ending::Success && ending != Ending::Stopped;
-            let backtrace = if matches!(ending, Ending::Panicked { .. }) { read_backtrace(run_dir, rank) } else { String::new() };
-            ranks[rank] = Some(RankReport {
-                ending,
-                last_lines: std::mem::take(&mut last_lines[rank]),
-                host,
-                started: spawned[rank],
-                ended: started.elapsed(),
-                backtrace,
-            });
-            if failed && policy.on_error == OnError::Abort && stopped.is_none() {
-                stopped = Some(StopReason::RankFailed(rank));
-                stop_all(Signal::SIGTERM, &ranks, &mut sent);
-                kill_at = Some(Instant::now() + grace);
-            }
+        for pid in pids.iter().flatten() {
+            kill_group(*pid, Signal::SIGKILL);
         }
-        let now = Instant::now();
-        if stopped.is_none() && cancel.is_cancelled() {
-            stopped = Some(StopReason::Interrupted);
-            stop_all(Signal::SIGINT, &ranks, &mut sent);
-            kill_at = Some(now + grace);
-        }
-        if stopped.is_none() && deadline.is_some_and(|d| now >= d) {
-            let running = (0..n).filter(|&r| ranks[r].is_none()).collect();
-            stopped = Some(StopReason::Timeout { running, limit: policy.timeout.unwrap_or_default() });
-            stop_all(Signal::SIGTERM, &ranks, &mut sent);
-            kill_at = Some(now + grace);
-        }
-        if kill_at.is_some_and(|k| now >= k) {
-            stop_all(Signal::SIGKILL, &ranks, &mut sent);
-            kill_at = None;
-        }
-        if let Some(b) = board.as_mut().filter(|b| b.due(now)) {
-            sink.status(b.render(false), !board_shown);
-            board_shown = true;
-        }
-    }
-    if let Some(b) = board.as_mut() {
-        sink.status(b.render(true), !board_shown);
-    }
-    // Whatever a rank started is gone with it.
-    let pids: Vec<Option<u32>> = match targets {
-        Targets::Ranks(pids) => pids.lock().unwrap().clone(),
-        Targets::Launcher { .. } => vec![None; n],
-    };
-    for pid in pids.iter().flatten() {
-        kill_group(*pid, Signal::SIGKILL);
-    }
-    if policy.group_outputs == GroupOutputs::Rank {
-        for (rank, g) in grouped.iter().enumerate() {
-            let [out, err] = &g.text;
-            if !out.is_empty() {
-                sink.output(Stream::Stdout, out);
-            }
-            if !err.is_empty() {
-                sink.output(Stream::Stderr, err);
-            }
-            if g.dropped_lines > 0 {
-                let note = format!(
-                    "[{}] ... {} more lines ({} bytes) not shown: --group-outputs rank keeps {} MiB per rank\n",
-                    policy.first_rank + rank,
-                    g.dropped_lines,
-                    g.dropped_bytes,
-                    GROUPED_LIMIT >> 20
-                );
-                sink.output(Stream::Stderr, &note);
+        if policy.group_outputs == GroupOutputs::Rank {
+            for (rank, g) in w.grouped.iter().enumerate() {
+                let [out, err] = &g.text;
+                if !out.is_empty() {
+                    sink.output(Stream::Stdout, out);
+                }
+                if !err.is_empty() {
+                    sink.output(Stream::Stderr, err);
+                }
+                if g.dropped_lines > 0 {
+                    let note = format!(
+                        "[{}] ... {} more lines ({} bytes) not shown: --group-outputs rank keeps {} MiB per rank\n",
+                        policy.first_rank + rank,
+                        g.dropped_lines,
+                        g.dropped_bytes,
+                        GROUPED_LIMIT >> 20
+                    );
+                    sink.output(Stream::Stderr, &note);
+                }
             }
         }
-    }
-    RunReport {
-        ranks: ranks.into_iter().map(|r| r.expect("every rank exited")).collect(),
-        stopped,
-        elapsed: started.elapsed(),
-        first_rank: policy.first_rank,
-        pids,
+        RunReport {
+            ranks: w.ranks.into_iter().map(|r| r.expect("every rank exited")).collect(),
+            stopped: w.stopped,
+            elapsed: self.started.elapsed(),
+            first_rank: policy.first_rank,
+            pids,
+        }
     }
 }
 

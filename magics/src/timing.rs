@@ -1,7 +1,7 @@
 //! `--timing`: where a launch's time went, as a small timeline chart (SVG) and a text
 //! summary: exporting the variables, building, then each rank from its start to its end.
 
-use crate::supervise::{Ending, RunReport};
+use crate::report::{Ending, RunReport};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -96,7 +96,7 @@ fn summary(export: Duration, build: Duration, report: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervise::RankReport;
+    use crate::report::RankReport;
 
     #[test]
     fn every_phase_and_rank_is_a_bar_on_one_axis() {

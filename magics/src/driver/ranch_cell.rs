@@ -351,7 +351,7 @@ impl Launch<'_> {
                 data.insert("text/html".into(), serde_json::Value::String(html));
                 host.display(data, None);
             }
-            let ename = if report.stopped == Some(supervise::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
+            let ename = if report.stopped == Some(crate::report::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
             return Err(Failure { ename: ename.into(), evalue, traceback });
         }
         let results = merge::read_results(self.run_dir, args.n, args.base_rank)

@@ -29,7 +29,7 @@ use ranch_magics::display_op::{self, DisplayOp};
 use ranch_magics::grid::{Cell, Grid, escape};
 use ranch_magics::hosts::{LauncherKind, Placement};
 use ranch_magics::launch::LaunchPlan;
-use ranch_magics::supervise::Ending;
+use ranch_magics::report::Ending;
 use serde_json::Value;
 use status::CellStatus;
 use std::path::{Path, PathBuf};

@@ -7,8 +7,8 @@
 
 use super::super::events::CurrentCell;
 use crate::interpreter::MimeBundle;
+use ranch_magics::report::Ending;
 use ranch_magics::status::{Board, StatusSetup};
-use ranch_magics::supervise::Ending;
 use std::time::{Duration, Instant};
 
 /// How long the ranks run a cell before its table appears (unless they report progress).
