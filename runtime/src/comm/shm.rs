@@ -988,6 +988,121 @@ mod tests {
         assert!(Layout::new(16).total > 64 << 20 && Layout::fitting(16, 64 << 20).is_some());
     }
 
+    /// A segment in /dev/shm for `world` ranks, removed when dropped; `smallest`: with the
+    /// smallest slots and mailboxes `create` falls back to, so that messages take many rounds.
+    struct Segment(String);
+
+    impl Segment {
+        fn new(tag: &str, world: usize, smallest: bool) -> Segment {
+            let path = format!("/dev/shm/ranch-test-{}-{tag}", std::process::id());
+            create(&path, world).unwrap();
+            if smallest {
+                let file = OpenOptions::new().write(true).open(&path).unwrap();
+                file.set_len(Layout::smallest(world).total as u64).unwrap();
+                file.write_all_at(&(MIN_SLOT_BYTES as u64).to_ne_bytes(), 16).unwrap();
+                file.write_all_at(&(MIN_MAILBOX_BYTES as u64).to_ne_bytes(), 24).unwrap();
+            }
+            Segment(path)
+        }
+    }
+
+    impl Drop for Segment {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Rank `rank`'s element `i` in the tests' buffers: exact in f64 when summed.
+    fn element(rank: usize, i: usize) -> f64 {
+        (rank * 1000 + i % 997) as f64
+    }
+
+    /// Every rank a thread of this process, each with its own mapping of one segment, running
+    /// the same sequence of collectives on sizes at the edges of the segment's inline area
+    /// (16 KiB), the smallest slot (64 KiB) and the pipeline's chunk (256 KiB), and beyond
+    /// one slot; every result is checked exactly, on every rank.
+    fn run_ranks(world: usize, smallest: bool) {
+        let tag = format!("collectives-{world}-{smallest}");
+        let segment = Segment::new(&tag, world, smallest);
+        let sizes = [0usize, 1, 2047, 2048, 2049, 8191, 8193, 32_771, 300_001];
+        std::thread::scope(|scope| {
+            for rank in 0..world {
+                let path = &segment.0;
+                scope.spawn(move || {
+                    let g = Group::open(path, rank, world).unwrap();
+                    for (round, &n) in sizes.iter().enumerate() {
+                        let mut buf: Vec<f64> = (0..n).map(|i| element(rank, i)).collect();
+                        g.reduce(&mut buf, Op::Sum, None).unwrap();
+                        let offset = 1000 * world * (world - 1) / 2;
+                        for (i, v) in buf.iter().enumerate() {
+                            assert_eq!(*v, (world * (i % 997) + offset) as f64, "all-reduce of {n}: rank {rank}, element {i}");
+                        }
+                        let root = round % world;
+                        let mut buf: Vec<f64> = if rank == root { (0..n).map(|i| element(root, i)).collect() } else { vec![-1.0; n] };
+                        g.broadcast_slice(&mut buf, root).unwrap();
+                        assert!(buf.iter().enumerate().all(|(i, v)| *v == element(root, i)), "broadcast of {n} from {root}: rank {rank}");
+                        let mine = vec![rank as u8; n / 7 + rank];
+                        let all = g.all_gather_bytes("all_gather", &mine, "u8").unwrap();
+                        for (r, got) in all.iter().enumerate() {
+                            assert!(got.len() == n / 7 + r && got.iter().all(|b| *b == r as u8), "all-gather of {n}: rank {rank} from {r}");
+                        }
+                        // Pairs exchange (0 with 1, 2 with 3): the lower sends first.
+                        let partner = rank ^ 1;
+                        if partner < world {
+                            let bytes: Vec<u8> = (0..n).map(|i| (i + rank) as u8).collect();
+                            let got = if rank < partner {
+                                g.send_bytes(&bytes, partner).unwrap();
+                                g.recv_bytes(partner).unwrap()
+                            } else {
+                                let got = g.recv_bytes(partner).unwrap();
+                                g.send_bytes(&bytes, partner).unwrap();
+                                got
+                            };
+                            assert!(got.len() == n && got.iter().enumerate().all(|(i, b)| *b == (i + partner) as u8), "send of {n}");
+                        }
+                        g.barrier().unwrap();
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn collectives_are_exact_at_every_size_edge_between_threads() {
+        for world in [2, 3, 4] {
+            run_ranks(world, false);
+        }
+    }
+
+    #[test]
+    fn collectives_are_exact_through_the_smallest_slots() {
+        for world in [2, 3, 4] {
+            run_ranks(world, true);
+        }
+    }
+
+    #[test]
+    fn ranks_that_disagree_get_an_error_on_every_rank_not_a_hang() {
+        let segment = Segment::new("mismatch", 2, false);
+        let errors: Vec<String> = std::thread::scope(|scope| {
+            let ranks: Vec<_> = (0..2)
+                .map(|rank| {
+                    let path = &segment.0;
+                    scope.spawn(move || {
+                        let g = Group::open(path, rank, 2).unwrap();
+                        // The same collective with different lengths.
+                        let mut a = vec![1.0f64; 10 + 10 * rank];
+                        g.reduce(&mut a, Op::Sum, None).unwrap_err().to_string()
+                    })
+                })
+                .collect();
+            ranks.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, e) in errors.iter().enumerate() {
+            assert!(e.contains("10") && e.contains("20"), "rank {rank}: {e}");
+        }
+    }
+
     #[test]
     fn a_segment_has_its_memory_when_created_and_opens_with_its_layout() {
         use std::os::unix::fs::MetadataExt;
