@@ -8,3 +8,23 @@ export PATH="$RANCH_VENV/bin:$HOME/.cargo/bin:$PATH"
 # rust-analyzer's `stdx` (built into the kernel through evcxr) is fingerprinted on the CI
 # variable: building with and without it would rebuild half the dependency tree each time.
 cargo_() { env -u CI cargo "$@"; }
+
+# System packages (apt) are installed only with consent: under CI, or when the user set
+# RANCH_SYSTEM_PACKAGES=yes; and only as root where apt exists. Otherwise this says what
+# would be installed and which tests skip without it. Usage: system_packages WHY PKG...
+system_packages() {
+  local why=$1; shift
+  if [ "${CI:-}" != "true" ] && [ "${RANCH_SYSTEM_PACKAGES:-}" != "yes" ]; then
+    echo "==> not installing $* (system packages; $why will skip): to install them, run as root" \
+         "with RANCH_SYSTEM_PACKAGES=yes, or: sudo apt-get install $*" >&2
+    return 1
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "==> $* missing and cannot be installed here (needs root and apt): $why will skip" >&2
+    return 1
+  fi
+  echo "==> installing $* ($why)"
+  { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; } \
+    || { echo "==> installing $* failed: $why will skip" >&2; return 1; }
+}
