@@ -31,6 +31,28 @@ def run(name, **kernel):
     return cells
 
 
+# Where a saved output could name the machine it ran on: home directories, temporary
+# directories, and this checkout and home (wherever they are).
+MACHINE_PATHS = [r"/root/", r"/home/[^/\s\"]+/", r"/Users/[^/\s\"]+/", r"/tmp/", r"/var/tmp/",
+                 re.escape(str(NOTEBOOKS.parent)) + "/", re.escape(str(Path.home())) + "/"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_saved_notebooks_name_no_machine_path_and_tag_their_failures(name):
+    """What the repo ships: outputs a reader on another machine can trust, and a "Run All"
+    that only stops where the notebook says it fails on purpose."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    for i, c in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        outputs = json.dumps(c.outputs)
+        for pattern in MACHINE_PATHS:
+            found = re.search(pattern, outputs)
+            assert not found, f"{name}, code cell {i}: its saved output names a path of the machine it ran on " \
+                              f"({outputs[max(0, found.start() - 60):found.end() + 40]!r})"
+        if any(o.output_type == "error" for o in c.outputs):
+            assert "raises-exception" in c.metadata.get("tags", []), \
+                f"{name}, code cell {i}: a saved failure not tagged raises-exception"
+
+
 def is_status(output):
     return output.get("metadata", {}).get("ranch", {}).get("status") is True
 

@@ -22,7 +22,7 @@ pub fn capture_cargo_progress(cell: Arc<CurrentCell>) -> nix::Result<()> {
                 let Ok(line) = line else { break };
                 let _ = writeln!(log, "{line}");
                 if is_cargo_progress(&line) {
-                    cell.try_stream(Stream::Stderr, &format!("{}\n", line.trim_start()));
+                    cell.try_stream(Stream::Stderr, &format!("{}\n", without_local_path(line.trim_start())));
                 }
             }
         })
@@ -35,8 +35,26 @@ fn is_cargo_progress(line: &str) -> bool {
     ["Compiling ", "Downloaded ", "Downloading ", "Updating ", "Blocking "].iter().any(|p| t.starts_with(p))
 }
 
+/// cargo names a path dependency by its directory (`Compiling ranch v0.1.0 (/home/me/...)`):
+/// the cell shows the crate and version only, so a notebook saved with its outputs carries
+/// no path of the machine it ran on. A git dependency's URL stays.
+fn without_local_path(line: &str) -> &str {
+    match line.find(" (/") {
+        Some(at) if line.ends_with(')') => &line[..at],
+        _ => line,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_path_dependency_is_shown_without_its_directory() {
+        assert_eq!(super::without_local_path("Compiling ranch v0.1.0 (/root/.cache/ranch/runtime-71)"), "Compiling ranch v0.1.0");
+        assert_eq!(super::without_local_path("Compiling serde v1.0.228"), "Compiling serde v1.0.228");
+        let git = "Compiling foo v0.1.0 (https://github.com/o/foo#1a2b3c4d)";
+        assert_eq!(super::without_local_path(git), git);
+    }
+
     #[test]
     fn recognises_cargo_progress() {
         assert!(super::is_cargo_progress("   Compiling serde v1.0.0"));
