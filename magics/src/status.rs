@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 pub const REFRESH: Duration = Duration::from_millis(250);
 /// Longest last line shown (characters).
 const LAST_LINE: usize = 60;
-/// A finished rank is a straggler when it took this much longer than the median rank, and
-/// at least [`STRAGGLER_MIN`] more.
+/// A rank that succeeded is a straggler when it took this much longer than the median rank,
+/// and at least [`STRAGGLER_MIN`] more. (One that failed, or was stopped because another
+/// did, ran as long as the failure let it: it is not slow.)
 const STRAGGLER_RATIO: f64 = 1.25;
 const STRAGGLER_MIN: Duration = Duration::from_millis(500);
 
@@ -153,6 +154,7 @@ impl Board {
             .map(|(i, r)| {
                 let elapsed = walls[i].unwrap_or_else(|| now.duration_since(self.started));
                 let straggler = finished
+                    && matches!(r.ended, Some((_, Ending::Success)))
                     && median.is_some_and(|m| {
                         walls[i].is_some_and(|w| w.as_secs_f64() > m.as_secs_f64() * STRAGGLER_RATIO && w > m + STRAGGLER_MIN)
                     });
@@ -327,5 +329,18 @@ mod tests {
         let straggling: Vec<&str> = plain.lines().filter(|l| l.contains("straggler")).collect();
         assert_eq!(straggling.len(), 1, "{plain}");
         assert!(straggling[0].starts_with("2 "), "{plain}");
+    }
+
+    #[test]
+    fn ranks_stopped_after_a_failure_are_not_stragglers() {
+        let mut b = Board::new(vec![0, 1, 2, 3, 4], StatusSetup::default());
+        let t0 = b.started;
+        b.rows[0].ended = Some((t0 + Duration::from_secs_f64(0.2), Ending::Panicked { message: "boom".into(), line: None }));
+        for r in [1, 2, 3] {
+            b.rows[r].ended = Some((t0 + Duration::from_secs_f64(0.3), Ending::Success));
+        }
+        b.rows[4].ended = Some((t0 + Duration::from_secs_f64(2.0), Ending::Stopped));
+        let plain = b.render(true)["text/plain"].as_str().unwrap().to_string();
+        assert!(!plain.contains("straggler"), "{plain}");
     }
 }
