@@ -39,6 +39,11 @@ class Run:
         return [m["content"]["data"] for m in self.outputs
                 if m["msg_type"] == "display_data" and not is_status(m)]
 
+    def failure_table(self, mime="text/plain"):
+        """The failure table a failed launch shows before its error ("" when none)."""
+        tables = [d for d in self.displays() if 'class="ranch-failure"' in d.get("text/html", "")]
+        return tables[-1].get(mime, "") if tables else ""
+
     def status_messages(self):
         """The status table as shown, then each redraw (display_data, update_display_data...)."""
         return [m for m in self.outputs if is_status(m)]

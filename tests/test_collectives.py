@@ -319,7 +319,7 @@ def test_two_kernels_form_one_group(kc):
                 'if ranch::rank() == 3 {{ println!("about to fail"); panic!("three"); }}\nranch::rank()').replace("PORT", str(port))
         host, joined = in_two_kernels(kc, kc2, fail)
         assert "rank 3 panicked at cell line 2: three" in joined.reply["content"]["evalue"]
-        assert "    [3] about to fail" in joined.error_text()
+        assert "    [3] about to fail" in joined.failure_table(), joined.failure_table()
         assert "rank 3 exited before joining barrier" in host.error_text()
     finally:
         stop(km2, kc2)

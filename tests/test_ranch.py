@@ -174,8 +174,11 @@ def test_a_panicking_rank_stops_the_others_and_is_named(kc):
     assert c["status"] == "error" and c["ename"] == "RankFailed"
     assert c["evalue"] == "rank 1 panicked at cell line 3: bad shard 42"
     text = run.error_text()
-    assert "[1] started 1" in text, "last output lines of the failed rank"
     assert "ranks 0, 2" in text
+    # What the failed rank wrote last is in the table before the error, and said once.
+    table = run.failure_table()
+    assert "last output of rank 1:\n    [1] started 1" in table, table
+    assert "started 1" not in text and text.count("bad shard 42") == 1, text
 
 
 def test_on_error_continue_lets_the_others_finish(kc):

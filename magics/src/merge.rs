@@ -112,16 +112,6 @@ pub fn ranks_label(ranks: &[usize]) -> String {
     format!("rank{} {}", if ranks.len() == 1 { "" } else { "s" }, parts.join(", "))
 }
 
-/// The last line a rank wrote, shortened for a table cell.
-fn last_line(report: &RunReport, rank: usize) -> String {
-    let line = report.ranks[rank - report.first_rank].last_lines.back().map_or("", String::as_str);
-    let mut short: String = line.chars().take(60).collect();
-    if short.len() < line.len() {
-        short.push('…');
-    }
-    short
-}
-
 /// Pool ranks that panicked in a `%%px` cell (each keeps its earlier variables), as
 /// (`evalue`, traceback lines); ranks failing alike are said once. `None` when none did.
 pub fn panics_failure(panics: &[(usize, String)]) -> Option<(String, Vec<String>)> {
@@ -149,41 +139,40 @@ pub fn panics_failure(panics: &[(usize, String)]) -> Option<(String, Vec<String>
     Some((evalue, traceback))
 }
 
-/// A failed run, as (`evalue`, traceback lines). `None` when every rank succeeded.
+/// A failed run, as (`evalue`, traceback lines); `None` when every rank succeeded. The
+/// traceback is short: the headline, one line per way of failing when the headline does not
+/// already say each, a rank's backtrace when it shows the cell's own code, and who was
+/// stopped. What the failing ranks wrote last is in the failure table ([`failure_bundle`]),
+/// which the cell shows before the error, so it is not said twice.
 pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
     let groups = groups(report);
     let stopped: Vec<usize> =
         report.ranks.iter().enumerate().filter(|(_, r)| r.ending == Ending::Stopped).map(|(i, _)| i + report.first_rank).collect();
-    let headline = match &report.stopped {
-        Some(StopReason::Interrupted) => format!("interrupted: stopped all {} ranks", report.ranks.len()),
+    let said = |(ranks, what): &(Vec<usize>, String)| format!("{} {what}", ranks_label(ranks));
+    // The traceback's first line; then each way of failing, unless that line said the only one.
+    let (headline, first, each) = match &report.stopped {
+        Some(StopReason::Interrupted) => {
+            let h = format!("interrupted: stopped all {} ranks", report.ranks.len());
+            (h.clone(), h, true)
+        }
         Some(StopReason::Timeout { running, limit }) => {
             let running: Vec<usize> = running.iter().map(|r| r + report.first_rank).collect();
-            format!("timed out after {:.1}s (--timeout); ranks still running were stopped: {}", limit.as_secs_f64(), list(&running))
+            let h =
+                format!("timed out after {:.1}s (--timeout); ranks still running were stopped: {}", limit.as_secs_f64(), list(&running));
+            (h.clone(), h, true)
         }
         _ if groups.is_empty() => return None,
-        _ => groups.iter().map(|(ranks, what)| format!("{} {what}", ranks_label(ranks))).collect::<Vec<_>>().join("; "),
+        _ if groups.len() == 1 => (said(&groups[0]), said(&groups[0]), false),
+        _ => (groups.iter().map(said).collect::<Vec<_>>().join("; "), format!("ranks failed in {} ways:", groups.len()), true),
     };
-    let mut tb = vec![format!("\x1b[1;31m%%ranch failed\x1b[0m: {headline}")];
-    if !groups.is_empty() {
-        // One row per way of failing: who, what, and the last thing the first of them wrote.
-        let rows: Vec<[String; 3]> =
-            groups.iter().map(|(ranks, what)| [ranks_label(ranks), what.clone(), last_line(report, ranks[0])]).collect();
-        let head = ["ranks".to_string(), "outcome".to_string(), "last output".to_string()];
-        let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).chain([head[c].len()]).max().unwrap_or(0);
-        let (w0, w1) = (width(0), width(1));
-        for r in std::iter::once(&head).chain(&rows) {
-            tb.push(format!("  {:<w0$}  {:<w1$}  {}", r[0], r[1], r[2]).trim_end().to_string());
+    let mut tb = vec![format!("\x1b[1;31m%%ranch failed\x1b[0m: {first}")];
+    for group in &groups {
+        if each {
+            tb.push(format!("  {}", said(group)));
         }
-    }
-    for (ranks, _) in &groups {
-        let rank = ranks[0];
-        let last = &report.ranks[rank - report.first_rank].last_lines;
-        if !last.is_empty() {
-            tb.push(format!("  last output of rank {rank}:"));
-            tb.extend(last.iter().map(|l| format!("    [{rank}] {l}")));
-        }
+        let rank = group.0[0];
         let backtrace = &report.ranks[rank - report.first_rank].backtrace;
-        if !backtrace.is_empty() {
+        if has_cell_frames(backtrace) {
             tb.push(format!("  backtrace of rank {rank} (RUST_BACKTRACE):"));
             tb.extend(backtrace.lines().map(|l| format!("  {l}")));
         }
@@ -195,31 +184,45 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
     Some((headline, tb))
 }
 
-/// The failure as an HTML table (for notebooks, shown before the error): one row per way of
-/// failing, with the ranks, the outcome, its message and cell line, and the last lines the
-/// first of them wrote.
-pub fn failure_html(report: &RunReport) -> Option<String> {
+/// Whether a backtrace shows frames of the cell (the rank program's crate, other than the
+/// `main` it is called from); one made of the runtime's and std's frames alone says nothing.
+fn has_cell_frames(backtrace: &str) -> bool {
+    let own = format!("{}::", crate::program::PACKAGE);
+    backtrace.lines().any(|l| l.contains(&own) && !l.contains("__ranch_main"))
+}
+
+/// The failure as a table, shown before the error: one row per way of failing, with the
+/// ranks, the outcome (and host), its message and cell line, and the last lines the first
+/// of them wrote. `text/plain` (consoles) has the table and those lines below it.
+pub fn failure_bundle(report: &RunReport) -> Option<Map<String, Value>> {
     let groups = groups(report);
     if groups.is_empty() {
         return None;
     }
-    let mut table = Grid::new(&["ranks", "outcome", "message", "cell line", "last output"]).class("ranch-failure").all_left();
+    let head = ["ranks", "outcome", "message", "cell line", "last output"];
+    let mut html = Grid::new(&head).class("ranch-failure").all_left();
+    let mut text = Grid::new(&head[..4]);
+    let mut last_output = Vec::new();
     for (ranks, _) in &groups {
         let first = &report.ranks[ranks[0] - report.first_rank];
         let (mut outcome, message, line) = columns(&first.ending);
         if let Some(host) = &first.host {
             outcome.push_str(&format!(" (host {host})"));
         }
-        table.row([
-            Cell::text(ranks_label(ranks)),
-            Cell::text(outcome),
-            Cell::text(message),
-            Cell::text(line.map_or(String::new(), |l| l.to_string())),
-            Cell::pre(first.last_lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")),
-        ]);
+        let row = [ranks_label(ranks), outcome, message, line.map_or(String::new(), |l| l.to_string())];
+        text.row(row.clone().map(Cell::text));
+        let last: Vec<&str> = first.last_lines.iter().map(String::as_str).collect();
+        html.row(row.into_iter().map(Cell::text).chain([Cell::pre(last.join("\n"))]));
+        if !last.is_empty() {
+            last_output.push(format!("last output of rank {}:", ranks[0]));
+            last_output.extend(last.iter().map(|l| format!("    [{}] {l}", ranks[0])));
+        }
     }
-    let html = table.html();
-    Some(html)
+    let plain = std::iter::once(text.text()).chain(last_output).collect::<Vec<_>>().join("\n");
+    let mut data = Map::new();
+    data.insert("text/plain".into(), Value::String(plain));
+    data.insert("text/html".into(), Value::String(html.html()));
+    Some(data)
 }
 
 /// How a rank failed, as the failure table's outcome, message and cell line.
@@ -337,8 +340,19 @@ mod tests {
         let (evalue, tb) = failure(&report).unwrap();
         assert_eq!(evalue, "rank 1 panicked at cell line 3: boom");
         let all = tb.join("\n");
-        assert!(all.contains("[1] step 1") && all.contains("ranks 2") && all.contains("session is unchanged"));
-        assert!(all.contains("backtrace of rank 1 (RUST_BACKTRACE):\n     3: cell::inner\n     4: cell::main"), "{all}");
+        assert!(all.contains("ranks 2") && all.contains("session is unchanged"), "{all}");
+        assert!(!all.contains("step 1"), "the last output is the table's, not said again: {all}");
+        assert_eq!(all.matches("boom").count(), 1, "{all}");
+        // A backtrace without the cell's own frames says nothing; one with them is shown.
+        assert!(!all.contains("backtrace"), "{all}");
+        let mut with_frames = report.clone();
+        with_frames.ranks[1].backtrace = "   3: ranch_rank::find_bad_record\n   4: ranch_rank::__ranch_cell\n   5: main".into();
+        let all = failure(&with_frames).unwrap().1.join("\n");
+        assert!(all.contains("backtrace of rank 1 (RUST_BACKTRACE):\n     3: ranch_rank::find_bad_record"), "{all}");
+        let table = failure_bundle(&report).unwrap();
+        let plain = table["text/plain"].as_str().unwrap();
+        assert!(plain.starts_with("ranks   outcome   message  cell line\nrank 1  panicked  boom     3"), "{plain}");
+        assert!(plain.ends_with("last output of rank 1:\n    [1] step 1"), "{plain}");
     }
 
     #[test]
@@ -367,12 +381,10 @@ mod tests {
             evalue,
             "ranks 10-14, 16 panicked at cell line 2: out of memory; rank 15 exited with status 3; rank 17 panicked at cell line 2: bad shard"
         );
-        assert_eq!(tb[1].split_whitespace().collect::<Vec<_>>(), ["ranks", "outcome", "last", "output"]);
-        assert!(
-            tb[2].starts_with("  ranks 10-14, 16  panicked at cell line 2: out of memory") && tb[2].ends_with("<out of memory>"),
-            "{tb:?}"
-        );
-        let html = failure_html(&report).unwrap();
+        assert_eq!(tb[0], "\x1b[1;31m%%ranch failed\x1b[0m: ranks failed in 3 ways:");
+        assert_eq!(tb[1], "  ranks 10-14, 16 panicked at cell line 2: out of memory", "{tb:?}");
+        assert_eq!(tb.len(), 5, "three ways, then the session: {tb:?}");
+        let html = failure_bundle(&report).unwrap()["text/html"].as_str().unwrap().to_string();
         assert_eq!(html.matches("<tr>").count(), 4);
         assert!(html.contains(">ranks 10-14, 16</td>") && html.contains("&lt;bad shard&gt;"));
         // The first row: who, how, what the panic said and where.

@@ -345,11 +345,9 @@ impl Launch<'_> {
             host.display(crate::timing::bundle(self.phases.0, self.phases.1, &report), None);
         }
         if let Some((evalue, traceback)) = merge::failure(&report) {
-            // Notebooks get the table as HTML before the error (its text form is in the traceback).
-            if let Some(html) = merge::failure_html(&report) {
-                let mut data = super::Bundle::new();
-                data.insert("text/html".into(), serde_json::Value::String(html));
-                host.display(data, None);
+            // The table, with what the failing ranks wrote last, goes before the short error.
+            if let Some(table) = merge::failure_bundle(&report) {
+                host.display(table, None);
             }
             let ename = if report.stopped == Some(crate::report::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
             return Err(Failure { ename: ename.into(), evalue, traceback });
