@@ -4,6 +4,10 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 "$RANCH_ROOT/install/build.sh"
+# For the user as well, so a JupyterLab, Notebook 7 or VS Code already installed lists
+# "Rust (ranch)"; it records where cargo is, for a Jupyter started without a login shell.
+echo "==> installing the ranch kernelspec for your user (every Jupyter you run finds it)"
+"$RANCH_VENV/bin/ranch-kernel" install --user
 echo "==> running notebooks/quickstart.ipynb through the installed 'ranch' kernel"
 "$RANCH_VENV/bin/python" "$RANCH_ROOT/install/run_notebook.py" "$RANCH_ROOT/notebooks/quickstart.ipynb"
 echo

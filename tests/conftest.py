@@ -14,6 +14,12 @@ import pytest
 from jupyter_client.manager import KernelManager, start_new_kernel
 
 KERNEL = os.environ.get("RANCH_KERNEL_NAME", "ranch")
+# The kernelspec this checkout's build installed into its venv comes first: `install/setup.sh`
+# also installs one for the user (~/.local/share/jupyter, which Jupyter searches before the
+# venv), which may be another checkout's.
+os.environ["JUPYTER_PATH"] = os.pathsep.join(
+    [os.path.join(os.environ.get("RANCH_VENV", os.path.join(os.path.dirname(__file__), "..", ".venv")), "share", "jupyter")]
+    + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

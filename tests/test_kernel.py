@@ -1,9 +1,12 @@
 """End-to-end behaviour of plain cells, through a real Jupyter client."""
+import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import execute, interrupt, local_crate, ok, wait_for_output
+from conftest import execute, interrupt, local_crate, ok, start, stop, wait_for_output
 
 
 def test_execution_count_starts_at_one(fresh_kernel):
@@ -216,3 +219,21 @@ def test_help_is_a_page_and_the_question_mark_operator_still_works(kernel):
     ok(execute(kc, "let maybe: Result<i32, String> = Ok(41);"))
     run = ok(execute(kc, "maybe? + 1"))
     assert run.result() == "42" and run.reply["content"]["payload"] == []
+
+
+def test_a_kernel_started_without_cargo_on_its_path_still_runs_cells():
+    """Jupyter started from a desktop launcher or a service has no ~/.cargo/bin on PATH: the
+    kernelspec's recorded toolchain (RANCH_TOOLCHAIN_PATH) lets the kernel find cargo."""
+    spec = json.loads((Path(os.environ["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / "ranch" / "kernel.json").read_text())
+    assert spec["env"].get("RANCH_TOOLCHAIN_PATH"), spec
+    minimal = "/usr/bin:/bin"
+    assert not any(os.path.isfile(os.path.join(d, "cargo")) for d in minimal.split(":")), "cargo is in /usr/bin here"
+    env = {"PATH": minimal, "HOME": os.environ["HOME"], "LANG": "C.UTF-8"}
+    for keep in ("RANCH_CACHE_DIR", "XDG_CACHE_HOME", "CARGO_HOME", "RUSTUP_HOME", "TMPDIR"):
+        if keep in os.environ:
+            env[keep] = os.environ[keep]
+    km, kc = start(env=env)
+    try:
+        assert ok(execute(kc, "let v: Vec<u64> = (1..=4).collect();\nv.iter().sum::<u64>()", timeout=300)).result() == "10"
+    finally:
+        stop(km, kc)

@@ -65,16 +65,64 @@ fn sys_prefix() -> anyhow::Result<PathBuf> {
     bail!("--sys-prefix needs an active Python environment (VIRTUAL_ENV or CONDA_PREFIX); activate one or use --prefix PATH")
 }
 
+/// Set in kernel.json: the directories where `cargo` and `rustc` were found at install time.
+pub const TOOLCHAIN_PATH_ENV: &str = "RANCH_TOOLCHAIN_PATH";
+
 /// The kernel.json contents. Written with `json!` so no key is ever `null`
 /// (jupyter_client rejects a spec with `"metadata": null` and then lists no kernels at all).
-pub fn kernel_json(exe: &Path) -> serde_json::Value {
+/// `env` is what the kernel is started with on top of the frontend's environment.
+pub fn kernel_json(exe: &Path, env: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
     json!({
         "argv": [exe.to_string_lossy(), "--connection-file", "{connection_file}"],
         "display_name": DISPLAY_NAME,
         "language": "rust",
         "interrupt_mode": "message",
+        "env": env,
         "metadata": {},
     })
+}
+
+/// The toolchain this install found, for a kernel started without a login shell (a desktop
+/// launcher, VS Code, a JupyterHub spawner), whose `PATH` often lacks `~/.cargo/bin`: where
+/// `cargo` and `rustc` are ([`TOOLCHAIN_PATH_ENV`], which the kernel adds to the end of its
+/// `PATH` when they are not on it), and rustup's active toolchain (`RUSTUP_TOOLCHAIN`), so
+/// the kernel builds cells with the toolchain it was installed with.
+pub fn toolchain_env(path: Option<&std::ffi::OsStr>) -> serde_json::Map<String, serde_json::Value> {
+    let mut env = serde_json::Map::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for tool in ["cargo", "rustc"] {
+        if let Some(dir) = path.into_iter().flat_map(std::env::split_paths).find(|d| d.join(tool).is_file())
+            && !dirs.contains(&dir)
+        {
+            dirs.push(dir);
+        }
+    }
+    if let Ok(joined) = std::env::join_paths(&dirs)
+        && !dirs.is_empty()
+    {
+        env.insert(TOOLCHAIN_PATH_ENV.into(), joined.to_string_lossy().into());
+    }
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok().filter(|t| !t.is_empty()).or_else(|| {
+        let out = std::process::Command::new("rustup").args(["show", "active-toolchain"]).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        out.status.success().then(|| text.split_whitespace().next().map(str::to_string)).flatten()
+    });
+    if let Some(t) = toolchain {
+        env.insert("RUSTUP_TOOLCHAIN".into(), t.into());
+    }
+    env
+}
+
+/// `PATH` with the install's toolchain directories added at its end, when `cargo` is not on
+/// it already (`None`: nothing to add). Called once, before the kernel starts any thread.
+pub fn path_with_toolchain(path: Option<&std::ffi::OsStr>, recorded: Option<&std::ffi::OsStr>) -> Option<std::ffi::OsString> {
+    let recorded = recorded.filter(|r| !r.is_empty())?;
+    let mut dirs: Vec<PathBuf> = path.map(|p| std::env::split_paths(p).collect()).unwrap_or_default();
+    if dirs.iter().any(|d| d.join("cargo").is_file()) {
+        return None;
+    }
+    dirs.extend(std::env::split_paths(recorded));
+    std::env::join_paths(dirs).ok()
 }
 
 /// Writes the kernelspec directory and returns its path.
@@ -82,7 +130,8 @@ pub fn install(location: &Location) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?.canonicalize()?;
     let dir = location.kernels_dir()?.join(KERNEL_NAME);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let spec = serde_json::to_string_pretty(&kernel_json(&exe))?;
+    let env = toolchain_env(std::env::var_os("PATH").as_deref());
+    let spec = serde_json::to_string_pretty(&kernel_json(&exe, &env))?;
     std::fs::write(dir.join("kernel.json"), spec + "\n")?;
     std::fs::write(dir.join("logo-32x32.png"), LOGO_32)?;
     std::fs::write(dir.join("logo-64x64.png"), LOGO_64)?;
@@ -105,12 +154,32 @@ mod tests {
 
     #[test]
     fn kernel_json_has_no_nulls_and_uses_message_interrupts() {
-        let spec = kernel_json(Path::new("/opt/ranch-kernel"));
+        let spec = kernel_json(Path::new("/opt/ranch-kernel"), &Default::default());
         let text = spec.to_string();
         assert!(!text.contains("null"), "{text}");
         assert_eq!(spec["interrupt_mode"], "message");
         assert_eq!(spec["argv"][2], "{connection_file}");
         assert_eq!(spec["language"], "rust");
+    }
+
+    #[test]
+    fn the_toolchain_is_recorded_and_added_to_a_path_without_cargo() {
+        let root = std::env::temp_dir().join(format!("ranch-toolchain-{}", std::process::id()));
+        let (bin, other) = (root.join("cargo-bin"), root.join("usr-bin"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(bin.join("cargo"), "").unwrap();
+        std::fs::write(bin.join("rustc"), "").unwrap();
+        let path = std::env::join_paths([&other, &bin]).unwrap();
+        let env = toolchain_env(Some(&path));
+        assert_eq!(env[TOOLCHAIN_PATH_ENV], bin.to_str().unwrap());
+        let recorded = std::ffi::OsString::from(bin.to_str().unwrap());
+        let minimal = std::ffi::OsString::from(other.to_str().unwrap());
+        let fixed = path_with_toolchain(Some(&minimal), Some(&recorded)).unwrap();
+        assert_eq!(std::env::split_paths(&fixed).collect::<Vec<_>>(), [other.clone(), bin.clone()]);
+        assert_eq!(path_with_toolchain(Some(&path), Some(&recorded)), None, "cargo is on PATH already");
+        assert_eq!(path_with_toolchain(Some(&minimal), None), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

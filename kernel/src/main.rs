@@ -95,7 +95,14 @@ fn main() {
 
 fn run_kernel(file: &std::path::Path) -> anyhow::Result<()> {
     let info = ranch_kernel::connection::load(file)?;
-    // First, while this is the only thread: the session sets up its environment.
+    // First, while this is the only thread: the toolchain recorded at install time, when
+    // Jupyter started the kernel without it on PATH (no login shell) ...
+    let recorded = std::env::var_os(install::TOOLCHAIN_PATH_ENV);
+    if let Some(path) = install::path_with_toolchain(std::env::var_os("PATH").as_deref(), recorded.as_deref()) {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("PATH", path) };
+    }
+    // ... and the session sets up its environment.
     let interp = ranch_kernel::session::EvcxrSession::start()?;
     exit_with_parent_frontend();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
