@@ -3,6 +3,8 @@
 # notebook headless through the installed kernel and print what it shows.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+# Preflight: what the build and the kernel need, each missing thing with its fix.
+bash "$RANCH_ROOT/install/doctor.sh" --build || exit 1
 "$RANCH_ROOT/install/build.sh"
 # For the user as well, so a JupyterLab, Notebook 7 or VS Code already installed lists
 # "Rust (ranch)"; it records where cargo is, for a Jupyter started without a login shell.

@@ -4,6 +4,7 @@
 //! seam; `session` is the evcxr-backed interpreter and the only module that talks to evcxr.
 
 pub mod connection;
+pub mod doctor;
 pub mod engine;
 pub mod history;
 pub mod install;

@@ -47,6 +47,9 @@ enum Command {
     Install(Where),
     /// Remove the `ranch` kernelspec.
     Uninstall(Where),
+    /// Check what this machine has for ranch (Rust, rust-src, a C linker, /dev/shm, MPI, GPUs)
+    /// and name the command that fixes each missing thing.
+    Doctor,
 }
 
 fn main() {
@@ -78,6 +81,10 @@ fn main() {
             Some(dir) => println!("Removed kernelspec {} from {}", install::KERNEL_NAME, dir.display()),
             None => println!("No kernelspec {} installed there", install::KERNEL_NAME),
         }),
+        (Some(Command::Doctor), _) => match ranch_kernel::doctor::run() {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(anyhow::anyhow!("cannot run the checks with bash: {e}")),
+        },
         (None, Some(file)) => run_kernel(&file),
         (None, None) => {
             eprintln!(

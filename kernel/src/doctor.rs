@@ -1,0 +1,66 @@
+//! `ranch-kernel doctor`: what this machine lacks for ranch, each with the command that fixes
+//! it. The checks are `install/doctor.sh`, which `install/setup.sh` runs before it builds;
+//! the binary carries that same script, so an installed kernel can run it anywhere.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SCRIPT: &str = include_str!("../../install/doctor.sh");
+/// The checks run a few short commands (`rustc --version`, `df`); a hung one is not waited for.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn command() -> Command {
+    // Found on this process's PATH, not the one the checks run with.
+    let bash = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("bash")).find(|b| b.is_file()))
+        .unwrap_or_else(|| "/bin/bash".into());
+    let mut c = Command::new(bash);
+    c.arg("-c").arg(SCRIPT).arg("ranch-doctor").stdin(Stdio::null());
+    c
+}
+
+/// Runs the checks, printing to this process's stdout; returns the exit status (1: something
+/// required is missing).
+pub fn run() -> std::io::Result<i32> {
+    Ok(command().status()?.code().unwrap_or(1))
+}
+
+/// The checks' report, when something required is missing (for a cell that failed in a way
+/// the machine may be the cause of); `None` when all is there or the checks could not run.
+pub fn findings() -> Option<String> {
+    let mut child = command().stdout(Stdio::piped()).stderr(Stdio::null()).process_group(0).spawn().ok()?;
+    let stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let _ = stdout.take(64 << 10).read_to_string(&mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let text = reader.join().ok()?;
+    (status?.code() == Some(1)).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_script_names_what_is_missing_and_how_to_fix_it() {
+        // A PATH without Rust: the report says so, with rustup's installer.
+        let out = super::command().env("PATH", "/nonexistent").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains("MISSING  Rust (cargo, rustc) is not on PATH") && text.contains("sh.rustup.rs"), "{text}");
+    }
+}
