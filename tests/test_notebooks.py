@@ -125,14 +125,18 @@ def test_monte_carlo_estimates_pi_and_charts_the_speed_up():
     cells = run("monte_carlo.ipynb")
     assert abs(float(text(cells[1])) - 3.14159) < 0.01
     lines = text(cells[5]).splitlines()
+    assert lines[0] == f"on {os.cpu_count()} cores:", lines
+    lines = lines[1:]
     assert [l.split()[0] for l in lines] == ["1", "2", "4"], lines
+    assert all(re.search(r"efficiency \d+%$", l) for l in lines), lines
     for l in lines:
         pi = float(re.search(r"pi = ([\d.]+)", l).group(1))
         assert abs(pi - 3.14159) < 0.01, l
     # Four ranks reported their progress to the end.
     assert status(cells[4]).count("10000000/10000000") == 4
-    chart = [o.data for o in cells[8].outputs if o.output_type == "display_data"]
-    assert len(chart) == 1 and "speed-up" in chart[0]["image/svg+xml"]
+    charts = [o.data["image/svg+xml"] for o in cells[8].outputs if o.output_type == "display_data"]
+    assert len(charts) == 2 and "speed-up" in charts[0] and "efficiency" in charts[1], [c[:200] for c in charts]
+    assert all(f"on {os.cpu_count()} cores" in c for c in charts)
 
 
 def test_gpus_notebook_runs_its_cpu_path_without_a_gpu():
