@@ -3,7 +3,9 @@
 export RANCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ranch/target}"
 export RANCH_VENV="${RANCH_VENV:-$RANCH_ROOT/.venv}"
-export PATH="$RANCH_VENV/bin:$HOME/.cargo/bin:$PATH"
+# Tools the tests use that are built from crates (mdbook), kept beside the build cache.
+export RANCH_TOOLS="${RANCH_TOOLS:-$HOME/.cache/ranch/tools}"
+export PATH="$RANCH_VENV/bin:$HOME/.cargo/bin:$RANCH_TOOLS/bin:$PATH"
 
 # rust-analyzer's `stdx` (built into the kernel through evcxr) is fingerprinted on the CI
 # variable: building with and without it would rebuild half the dependency tree each time.

@@ -5,6 +5,7 @@ source "$(dirname "$0")/env.sh"
 "$RANCH_ROOT/install/build.sh"
 "$RANCH_ROOT/install/mpi.sh"
 "$RANCH_ROOT/install/browser.sh"
+"$RANCH_ROOT/install/mdbook.sh"
 cd "$RANCH_ROOT"
 echo "==> rustfmt and clippy"
 cargo_ fmt --version >/dev/null 2>&1 && cargo_ clippy --version >/dev/null 2>&1 \
