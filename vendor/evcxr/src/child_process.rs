@@ -39,10 +39,14 @@ impl ChildProcess {
         // All arguments after -- get passed to the subprocess, which the user can then access via
         // std::env::args.
         let user_args = std::env::args().skip_while(|arg| arg != "--").skip(1);
+        // ranch: a RUST_BACKTRACE the caller gave the command is kept (the child then needs
+        // not change its own environment to change it).
+        if command.get_envs().all(|(k, _)| k != std::ffi::OsStr::new("RUST_BACKTRACE")) {
+            command.env("RUST_BACKTRACE", "1");
+        }
         command
             .args(user_args)
             .env(runtime::EVCXR_IS_RUNTIME_VAR, "1")
-            .env("RUST_BACKTRACE", "1")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

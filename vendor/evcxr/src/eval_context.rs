@@ -417,10 +417,20 @@ impl EvalContext {
     }
 
     pub fn with_subprocess_command(
+        subprocess_command: std::process::Command,
+    ) -> Result<(EvalContext, EvalContextOutputs), Error> {
+        Self::with_subprocess_command_in(subprocess_command, None)
+    }
+
+    /// ranch: as [`Self::with_subprocess_command`], building in `tmpdir` where evcxr.toml
+    /// names no directory (`None`: `EVCXR_TMPDIR`, else a temporary one). A process with
+    /// two contexts gives each its own directory without changing its environment.
+    pub fn with_subprocess_command_in(
         mut subprocess_command: std::process::Command,
+        tmpdir: Option<PathBuf>,
     ) -> Result<(EvalContext, EvalContextOutputs), Error> {
         let parsed_config = toml_parse::ConfigToml::find_then_parse()?;
-        let tmpdir_var = parsed_config.get_tmp_dir()?;
+        let tmpdir_var = parsed_config.get_tmp_dir(tmpdir)?;
         let tmpdir_path = tmpdir_var.get_path()?;
         let opt_tmpdir = tmpdir_var.get_opt_tmpdir();
         let analyzer = RustAnalyzer::new(&tmpdir_path)?;

@@ -96,10 +96,12 @@ impl ConfigToml {
         }
     }
 
-    pub(crate) fn get_tmp_dir(&self) -> Result<TmpDirVar> {
-        let tmp_dir = match &self.evcxr.tmpdir {
-            Some(from_parse) => TmpDirVar::PathBuf(PathBuf::from(from_parse)),
-            None => match std::env::var("EVCXR_TMPDIR") {
+    // ranch: `given`, the caller's directory, comes before EVCXR_TMPDIR.
+    pub(crate) fn get_tmp_dir(&self, given: Option<PathBuf>) -> Result<TmpDirVar> {
+        let tmp_dir = match (&self.evcxr.tmpdir, given) {
+            (Some(from_parse), _) => TmpDirVar::PathBuf(PathBuf::from(from_parse)),
+            (None, Some(given)) => TmpDirVar::PathBuf(given),
+            (None, None) => match std::env::var("EVCXR_TMPDIR") {
                 Ok(from_env) => TmpDirVar::PathBuf(PathBuf::from(from_env)),
                 _ => TmpDirVar::TmpDir(tempfile::tempdir()?),
             },
