@@ -1,0 +1,39 @@
+//! Nothing of ours changes the process-wide environment (issue 23): `set_var` while another
+//! thread reads the environment through libc (rust-analyzer, cargo's spawns, a cell's code)
+//! is undefined behaviour, and a change meant for one child reaches every child started
+//! meanwhile. What a child needs is given to its `Command`; a process's role and its
+//! configuration come from how it was started (`ranch_magics::role`).
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_code_of_ours_changes_the_process_environment() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
+    let mut files = Vec::new();
+    for src in ["kernel/src", "magics/src", "runtime/src"] {
+        rust_files(&root.join(src), &mut files);
+    }
+    assert!(files.len() > 50, "only {} files found under {}", files.len(), root.display());
+    let mut changes = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if ["set_var(", "remove_var("].iter().any(|call| code.contains(call)) {
+                changes.push(format!("{}:{}: {}", file.strip_prefix(root).unwrap().display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(changes.is_empty(), "these change the process's environment; give the child's Command what it needs instead:\n{}", changes.join("\n"));
+}
