@@ -166,6 +166,7 @@ def test_the_pools_plan_is_in_no_environment_and_the_kernels_own_is_unchanged(po
     # The session and the pool build in directories of their own.
     session = ok(execute(kc, 'std::env::var("EVCXR_TMPDIR").unwrap()', timeout=300)).result()
     ranks = ok(execute(kc, '%px std::env::var("EVCXR_TMPDIR").unwrap()', timeout=300)).result()
+    assert ok(execute(kc, '%px std::env::var("RUST_BACKTRACE").unwrap()')).result() == '["0", "0", "0"]'
     rank_dirs = set(re.findall(r'"([^"]+)"', ranks))
     assert len(rank_dirs) == 1 and session.strip('"') not in rank_dirs, (session, ranks)
     # A `%%ranch` rank is started from the kernel's environment as it is now.

@@ -52,7 +52,9 @@ pub enum Role {
     Janitor(ConfigFd),
     GpuProbe,
     PoolFanout(ConfigFd),
-    PoolRelay { hub: String },
+    PoolRelay {
+        hub: String,
+    },
 }
 
 /// An inherited descriptor holding a role's configuration.

@@ -38,9 +38,7 @@ pub fn start(private: &Path, token_dir: Option<PathBuf>) -> std::io::Result<()> 
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     let config = Config { kernel: std::process::id() as i32, private: private.to_path_buf(), token_dir };
     ranch_magics::role::pass_config(&mut cmd, ranch_magics::role::JANITOR, &serde_json::to_vec(&config).expect("serialises"))?;
-    cmd.stdin(std::process::Stdio::from(read))
-        .stdout(std::process::Stdio::null())
-        .process_group(0);
+    cmd.stdin(std::process::Stdio::from(read)).stdout(std::process::Stdio::null()).process_group(0);
     let child = cmd.spawn()?;
     // Not waited for: it outlives the kernel by design, and exits on its own.
     std::mem::forget(child);

@@ -1,10 +1,35 @@
+//! The binary's roles (`ranch_magics::role`), told once at start from how it was started.
+//!
 //! Nothing of ours changes the process-wide environment (issue 23): `set_var` while another
 //! thread reads the environment through libc (rust-analyzer, cargo's spawns, a cell's code)
 //! is undefined behaviour, and a change meant for one child reaches every child started
-//! meanwhile. What a child needs is given to its `Command`; a process's role and its
-//! configuration come from how it was started (`ranch_magics::role`).
+//! meanwhile. What a child needs is given to its `Command`.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The kernel binary started with `RANCH_ROLE=role`: its exit status and stderr.
+fn start_as(role: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ranch-kernel")).env("RANCH_ROLE", role).output().expect("the binary starts");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_role_that_is_not_one_says_so_and_runs_nothing() {
+    let (code, stderr) = start_as("fanout");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("RANCH_ROLE=\"fanout\" names no role of this binary"), "{stderr}");
+}
+
+#[test]
+fn a_role_without_its_configuration_says_which_descriptor_is_missing() {
+    let (code, stderr) = start_as("pool-fanout:57");
+    assert_eq!(code, Some(97), "{stderr}");
+    assert!(stderr.contains("the pool-fanout process cannot read its configuration from descriptor 57: it is not open"), "{stderr}");
+    let (code, stderr) = start_as("janitor:57");
+    assert_eq!(code, Some(97), "{stderr}");
+    assert!(stderr.contains("the janitor process cannot read its configuration from descriptor 57"), "{stderr}");
+}
 
 fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
@@ -35,5 +60,9 @@ fn no_code_of_ours_changes_the_process_environment() {
             }
         }
     }
-    assert!(changes.is_empty(), "these change the process's environment; give the child's Command what it needs instead:\n{}", changes.join("\n"));
+    assert!(
+        changes.is_empty(),
+        "these change the process's environment; give the child's Command what it needs instead:\n{}",
+        changes.join("\n")
+    );
 }
