@@ -94,8 +94,7 @@ impl Hub {
             }
         }
         let mut command = Command::new(&spec.program);
-        // The relays' role replaces the fan-out's (in `env`); the kernel's socket is not theirs.
-        command.env_remove(super::super::events::SOCKET_ENV);
+        // `env` names the relays' role, in place of the fan-out's this process has.
         command
             .args(&spec.args)
             .envs(env.iter().map(|(k, v)| (k, v)))

@@ -414,7 +414,7 @@ pub(super) fn remote_spec(placement: &Placement, private: &Path, n: usize) -> Re
         run_dir: private.to_path_buf(),
         master_addr: reach.clone(),
         master_port: 0,
-        // The fan-out fills in the addresses once it listens.
+        // The fan-out fills in the addresses once it listens (the hub's in the relays' role).
         env: vec![
             (ranch::__rt::TOKEN_ENV.to_string(), token.clone()),
             (ranch_magics::role::ROLE_ENV.to_string(), String::new()),

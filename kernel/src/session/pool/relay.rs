@@ -34,7 +34,6 @@ const COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
 /// fan-out's reaches. Everything else (the rank's environment, libstd, the cells) it fetches
 /// over its connection to the hub, once the hub has checked the token.
 pub fn run(hub: &str) -> ! {
-    let hub = hub.to_string();
     // The launcher stops ranks with SIGTERM (or SIGINT, SIGHUP): the relay then ends its rank
     // and removes its directory before it goes, instead of dying with files left on the host.
     // Blocked here, before any thread exists, and waited for by one thread.
@@ -52,7 +51,7 @@ pub fn run(hub: &str) -> ! {
             std::process::exit(143)
         });
     }
-    let code = match Relay::start(&hub) {
+    let code = match Relay::start(hub) {
         Ok(relay) => relay.serve(),
         Err(e) => {
             eprintln!("ranch pool relay (rank {}, host {}): {e}", ranch::rank(), hostname());
