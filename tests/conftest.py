@@ -162,8 +162,9 @@ def rank_processes(kernel_pid: int | None = None) -> dict[int, str]:
 
 
 def pool_processes(kernel_pid: int | None = None) -> dict[int, str]:
-    """A pool's fan-out and rank processes (the kernel binary, told so in its environment)
-    below one kernel, or below any kernel this test run started."""
+    """A pool's fan-out and rank processes (the kernel binary, told so in its environment:
+    `RANCH_ROLE=pool-fanout:FD`, `RANCH_POOL_RANK=N`) below one kernel, or below any kernel
+    this test run started."""
     kernels = [kernel_pid] if kernel_pid is not None else STARTED
     found = {}
     for k in kernels:
@@ -173,7 +174,7 @@ def pool_processes(kernel_pid: int | None = None) -> dict[int, str]:
                     env = f.read()
             except OSError:
                 continue
-            if b"RANCH_POOL_PLAN=" in env or b"RANCH_POOL_RANK=" in env:
+            if b"RANCH_ROLE=pool-fanout:" in env or b"RANCH_POOL_RANK=" in env:
                 found[pid] = cmd
     return found
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import execute, interrupt, ok, processes, start, stop, wait_for_output
+from conftest import execute, interrupt, ok, pool_processes, processes, start, stop, wait_for_output
 from simhosts import simulated_hosts
 from test_mpi_backend import needs_mpi_build
 
@@ -279,6 +279,11 @@ def test_a_pool_on_two_hosts_keeps_state_and_moves_variables(hosts, kernel_km):
         assert ok(execute(kc, "%px --targets 3 ranch::comm().world_size()")).result() == "[1]"
         status = ok(execute(kc, "%ranch_status")).result()
         assert re.search(r"^3\s+simhost2\s", status, re.M), status
+        # The fan-out got the launch (the pool's token in it) on a descriptor, not in its
+        # environment; the launcher and the relays have the token (a relay shows it to the hub).
+        environs = {pid: open(f"/proc/{pid}/environ", "rb").read() for pid in pool_processes(kc.pid)}
+        fanouts = [env for env in environs.values() if b"RANCH_ROLE=pool-fanout:" in env]
+        assert len(fanouts) == 1 and b"RANCH_TOKEN=" not in fanouts[0] and b'"token"' not in fanouts[0]
 
 def test_a_pool_across_hosts_reduces_over_tcp(hosts, kernel_km):
     _, kc = kernel_km

@@ -144,6 +144,12 @@ def test_process_crash_is_reported(kernel):
     assert execute(kernel, "5 * 5").result() == "25"
 
 
+def test_backtraces_stay_off_in_cells(kernel):
+    """evcxr's child gets RUST_BACKTRACE=0 on its command (cell code has no debug info, so a
+    backtrace is noise), without it or the kernel changing their own environment."""
+    assert ok(execute(kernel, 'std::env::var("RUST_BACKTRACE").unwrap()', timeout=300)).result() == '"0"'
+
+
 def test_heartbeat(kernel):
     assert kernel.hb_channel.is_beating()
 

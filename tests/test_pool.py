@@ -139,6 +139,43 @@ def test_usage_errors_change_nothing(pool):
     assert ok(execute(kc, "%px ranch::world_size()")).result() == "[3, 3, 3]"
 
 
+def test_the_pools_plan_is_in_no_environment_and_the_kernels_own_is_unchanged(pool):
+    """The fan-out's configuration (every rank's environment; with remote ranks the pool's
+    token) reaches it on an inherited descriptor, not in its environment, which every process
+    below it would inherit and /proc would show. The pool builds in a directory of its own
+    without the kernel changing its environment: processes the kernel starts later (a
+    `%%ranch` rank) see the environment it was started with."""
+    import os
+    _, kc = pool
+    procs = pool_processes(kc.pid)
+    environs = {}
+    for pid in procs:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environs[pid] = f.read().split(b"\0")
+    fanouts = [pid for pid, env in environs.items() if any(v.startswith(b"RANCH_ROLE=pool-fanout:") for v in env)]
+    assert len(fanouts) == 1 and len(procs) == 4, {pid: procs[pid] for pid in procs}
+    fanout = fanouts[0]
+    assert not any(v.startswith((b"RANCH_POOL_PLAN=", b"RANCH_POOL_REMOTE=")) or b'[["' in v for v in environs[fanout])
+    for pid, env in environs.items():
+        if pid != fanout:
+            assert not any(v.startswith(b"RANCH_ROLE=") for v in env), "a rank is evcxr's child, not a fan-out"
+    # The configuration's descriptor was read and closed: no process of the pool holds it.
+    for pid in procs:
+        held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert not any("ranch-role" in h for h in held), (pid, held)
+    # The session and the pool build in directories of their own.
+    session = ok(execute(kc, 'std::env::var("EVCXR_TMPDIR").unwrap()', timeout=300)).result()
+    ranks = ok(execute(kc, '%px std::env::var("EVCXR_TMPDIR").unwrap()', timeout=300)).result()
+    assert ok(execute(kc, '%px std::env::var("RUST_BACKTRACE").unwrap()')).result() == '["0", "0", "0"]'
+    rank_dirs = set(re.findall(r'"([^"]+)"', ranks))
+    assert len(rank_dirs) == 1 and session.strip('"') not in rank_dirs, (session, ranks)
+    # A `%%ranch` rank is started from the kernel's environment as it is now.
+    run = ok(execute(kc, '%%ranch 1\nprintln!("EVCXR_TMPDIR={:?}", std::env::var("EVCXR_TMPDIR").ok());', timeout=600))
+    own = os.environ.get("EVCXR_TMPDIR")
+    want = "None" if own is None else f'Some("{own}")'
+    assert f"EVCXR_TMPDIR={want}" in run.stream(), run.stream()
+
+
 def test_stop_ends_the_ranks_and_a_new_pool_can_start(fresh_kernel):
     _, kc = fresh_kernel
     assert "no pool is running" in execute(kc, "%%px\n1").error_text()

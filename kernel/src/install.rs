@@ -114,14 +114,16 @@ pub fn toolchain_env(path: Option<&std::ffi::OsStr>) -> serde_json::Map<String, 
 }
 
 /// `PATH` with the install's toolchain directories added at its end, when `cargo` is not on
-/// it already (`None`: nothing to add). Called once, before the kernel starts any thread.
+/// it and is where the install found it (`None`: nothing to add, or nothing that would help;
+/// so a kernel that starts again with the result never starts again a second time).
 pub fn path_with_toolchain(path: Option<&std::ffi::OsStr>, recorded: Option<&std::ffi::OsStr>) -> Option<std::ffi::OsString> {
-    let recorded = recorded.filter(|r| !r.is_empty())?;
+    let recorded: Vec<PathBuf> = std::env::split_paths(recorded.filter(|r| !r.is_empty())?).collect();
     let mut dirs: Vec<PathBuf> = path.map(|p| std::env::split_paths(p).collect()).unwrap_or_default();
-    if dirs.iter().any(|d| d.join("cargo").is_file()) {
+    let has_cargo = |dirs: &[PathBuf]| dirs.iter().any(|d| d.join("cargo").is_file());
+    if has_cargo(&dirs) || !has_cargo(&recorded) {
         return None;
     }
-    dirs.extend(std::env::split_paths(recorded));
+    dirs.extend(recorded);
     std::env::join_paths(dirs).ok()
 }
 
@@ -179,6 +181,8 @@ mod tests {
         assert_eq!(std::env::split_paths(&fixed).collect::<Vec<_>>(), [other.clone(), bin.clone()]);
         assert_eq!(path_with_toolchain(Some(&path), Some(&recorded)), None, "cargo is on PATH already");
         assert_eq!(path_with_toolchain(Some(&minimal), None), None);
+        let gone = std::ffi::OsString::from(root.join("gone").to_str().unwrap());
+        assert_eq!(path_with_toolchain(Some(&minimal), Some(&gone)), None, "no cargo where the install found it: nothing helps");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
 use ranch_kernel::install::{self, Location};
+use ranch_magics::role::Role;
 use std::path::PathBuf;
 
 // rust-analyzer, which evcxr runs inside the kernel, allocates heavily; with mimalloc the
@@ -53,24 +54,30 @@ enum Command {
 }
 
 fn main() {
-    // Rank builds use this binary as cargo's RUSTC_WRAPPER.
-    if std::env::var_os(ranch_magics::build::WRAPPER_ENV).is_some() {
-        ranch_magics::build::rustc_wrapper();
+    // What this process is, told once from how it was started (see ranch_magics::role); every
+    // role but the kernel's never returns. Each must start before any other thread exists.
+    match Role::from_env() {
+        Ok(Role::Kernel) => {}
+        // Rank builds use this binary as cargo's RUSTC_WRAPPER.
+        Ok(Role::RustcWrapper) => ranch_magics::build::rustc_wrapper(),
+        // evcxr's own rustc wrapper (used if the user turns off static linking).
+        Ok(Role::EvcxrRustcWrapper) => {
+            evcxr::runtime_hook();
+            unreachable!("evcxr's rustc wrapper exits")
+        }
+        // evcxr's child: serves evcxr's protocol (the session's child, or a pool's rank).
+        Ok(Role::EvcxrChild) => ranch_kernel::session::run_child(),
+        Ok(Role::Janitor(config)) => ranch_kernel::session::run_janitor(config),
+        Ok(Role::GpuProbe) => ranch_magics::gpus::serve_probe(),
+        // A pool's fan-out: evcxr's child, in front of the pool's ranks.
+        Ok(Role::PoolFanout(config)) => ranch_kernel::session::run_pool_fanout(config),
+        // A pool's rank started by a launcher, in front of the rank itself.
+        Ok(Role::PoolRelay { hub }) => ranch_kernel::session::run_pool_relay(&hub),
+        Err(e) => {
+            eprintln!("ranch-kernel: {e}");
+            std::process::exit(2);
+        }
     }
-    // The kernel's janitor is this same binary too (see session/janitor.rs).
-    ranch_kernel::session::run_if_janitor();
-    // And the GPU discovery helper (see ranch_magics::gpus).
-    ranch_magics::gpus::serve_probe_if_asked();
-    // The evcxr child process is this same binary: it serves evcxr's protocol and never
-    // returns (a no-op in the kernel itself).
-    // A pool's fan-out process is evcxr's child too, in front of the pool's ranks.
-    // And a pool's rank started by a launcher, in front of the rank itself.
-    ranch_kernel::session::run_pool_relay_if_asked();
-    ranch_kernel::session::run_pool_fanout_if_asked();
-    ranch_kernel::session::run_child_if_child();
-    // Never returns when this process is evcxr's rustc wrapper (used if the user turns off
-    // static linking).
-    evcxr::runtime_hook();
 
     let cli = Cli::parse();
     let result = match (cli.command, cli.connection_file) {
@@ -102,14 +109,15 @@ fn main() {
 
 fn run_kernel(file: &std::path::Path) -> anyhow::Result<()> {
     let info = ranch_kernel::connection::load(file)?;
-    // First, while this is the only thread: the toolchain recorded at install time, when
-    // Jupyter started the kernel without it on PATH (no login shell) ...
+    // A Jupyter started without a login shell may lack cargo on PATH: the kernel starts
+    // again, as the same process, with the toolchain the kernelspec recorded at install
+    // time added (the environment is given to the new image, never changed in this one).
     let recorded = std::env::var_os(install::TOOLCHAIN_PATH_ENV);
     if let Some(path) = install::path_with_toolchain(std::env::var_os("PATH").as_deref(), recorded.as_deref()) {
-        // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("PATH", path) };
+        use std::os::unix::process::CommandExt;
+        let error = std::process::Command::new(std::env::current_exe()?).args(std::env::args_os().skip(1)).env("PATH", path).exec();
+        return Err(anyhow::anyhow!("cannot start again with the recorded toolchain on PATH: {error}"));
     }
-    // ... and the session sets up its environment.
     let interp = ranch_kernel::session::EvcxrSession::start()?;
     exit_with_parent_frontend();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -9,9 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-/// Set in the environment of a `RUSTC_WRAPPER` process (see [`rustc_wrapper`]).
-pub const WRAPPER_ENV: &str = "RANCH_RUSTC_WRAPPER";
-
 /// Runs as cargo's `RUSTC_WRAPPER` for rank builds: the rank crate itself is linked with a
 /// static libstd (dependencies keep evcxr's `-Cprefer-dynamic` and stay fresh), so a rank
 /// starts without loading libstd.so and runs wherever it is copied. Never returns.
@@ -47,7 +44,7 @@ pub struct Toolchain {
     pub rustflags: String,
     /// evcxr's `Cargo.lock`, copied so dependency versions match.
     pub lockfile: Option<PathBuf>,
-    /// This binary, run as `RUSTC_WRAPPER` with [`WRAPPER_ENV`] set.
+    /// This binary, run as `RUSTC_WRAPPER` in the role [`crate::role::RUSTC_WRAPPER`].
     pub wrapper: Option<PathBuf>,
 }
 
@@ -105,7 +102,7 @@ pub fn build(
         .stderr(Stdio::piped())
         .process_group(0);
     if let Some(wrapper) = &tools.wrapper {
-        cmd.env("RUSTC_WRAPPER", wrapper).env(WRAPPER_ENV, "1");
+        cmd.env("RUSTC_WRAPPER", wrapper).env(crate::role::ROLE_ENV, crate::role::RUSTC_WRAPPER);
     }
     let mut child = cmd.spawn().map_err(|e| BuildError::Failed(format!("cannot run cargo ({}): {e}", tools.cargo.display())))?;
     *handle.0.lock().unwrap() = Some(child.id() as i32);

@@ -17,6 +17,8 @@
 //! - [`status`], [`display_op`], [`timing`]: the live status table, what ranks ask to show,
 //!   and `--timing`'s chart;
 //! - [`merge`], [`diagnostic`]: what the notebook shows.
+//!
+//! [`role`] tells the processes this binary serves as apart, once, at start.
 
 pub mod args;
 pub mod artifacts;
@@ -37,6 +39,7 @@ pub mod pool;
 pub mod program;
 pub mod rank_output;
 pub mod report;
+pub mod role;
 pub mod source;
 pub mod status;
 pub mod supervise;

@@ -45,12 +45,9 @@ impl Marker {
     }
 }
 
-/// In evcxr's child: sets up the output plumbing and serves evcxr's protocol; never returns.
-/// Elsewhere: does nothing. Must run before any other thread exists.
-pub fn run_if_child() {
-    if std::env::var_os("EVCXR_IS_RUNTIME").is_none() {
-        return;
-    }
+/// evcxr's child: sets up the output plumbing and serves evcxr's protocol; never returns.
+/// Must run before any other thread exists.
+pub fn run() -> ! {
     let marker = Marker::new();
     // Without the forwarder, evcxr reads stdout itself and needs its own completion line.
     let end_line = if prepare(&marker) { marker.0.clone() } else { COMPLETE.to_string() };
@@ -110,6 +107,23 @@ fn run_loop(end_line: &str) -> ! {
     std::process::exit(0)
 }
 
+/// Starts an evcxr context whose child is `command` (this binary: the session's child, or a
+/// pool's fan-out, whose ranks inherit what it is given), building in `evcxr_dir`. What the
+/// child needs is given to its command; nothing changes this process's environment.
+pub(super) fn evcxr_context(
+    mut command: std::process::Command,
+    evcxr_dir: &std::path::Path,
+) -> Result<(evcxr::EvalContext, evcxr::EvalContextOutputs), evcxr::Error> {
+    // evcxr asks for backtraces, but cell code has no debug info, so they are noise
+    // (`RANCH_BACKTRACE` keeps them). The patched evcxr keeps what the command says.
+    if std::env::var_os("RANCH_BACKTRACE").is_none() {
+        command.env("RUST_BACKTRACE", "0");
+    }
+    // Where evcxr builds, for the cell's code (and the tools it runs) to find.
+    command.env("EVCXR_TMPDIR", evcxr_dir);
+    evcxr::EvalContext::with_subprocess_command_in(command, Some(evcxr_dir.to_path_buf()))
+}
+
 /// Returns whether the output forwarder runs.
 fn prepare(marker: &Marker) -> bool {
     // A child must not outlive its kernel, even in the middle of a long cell.
@@ -122,11 +136,6 @@ fn prepare(marker: &Marker) -> bool {
     // SAFETY: setting a signal to "ignore" has no handler to be unsafe in.
     unsafe {
         let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
-    }
-    // evcxr asks for backtraces, but cell code has no debug info, so they are noise.
-    if std::env::var_os("RANCH_BACKTRACE").is_none() {
-        // SAFETY: no other thread exists yet in this process.
-        unsafe { std::env::set_var("RUST_BACKTRACE", "0") };
     }
     let Some(path) = std::env::var_os(SOCKET_ENV) else { return false };
     let Ok(events) = UnixStream::connect(&path) else { return false };

@@ -1,9 +1,10 @@
 //! A small process that cleans up after the kernel, however the kernel ends (`kill -9`
 //! included, when the kernel itself can run no code).
 //!
-//! It is this binary started with [`JANITOR_ENV`], in a process group of its own (so a
-//! signal to the kernel's group does not reach it), reading a pipe whose other end only the
-//! kernel holds. The kernel writes `+<pgid>` when it starts a process group it must not
+//! It is this binary started in the role [`ranch_magics::role::JANITOR`], in a process group
+//! of its own (so a signal to the kernel's group does not reach it), with its configuration
+//! ([`Config`]) on an inherited descriptor, reading a pipe whose other end only the kernel
+//! holds. The kernel writes `+<pgid>` when it starts a process group it must not
 //! leave behind (a rank build, a rank) and `-<pgid>` when that group has ended. When the
 //! pipe closes, the kernel is gone: the janitor kills the groups still listed, removes the
 //! kernel's shared-memory segments, its private directory and the group tokens it
@@ -14,8 +15,16 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Set (to the kernel's pid) in the janitor's environment.
-pub const JANITOR_ENV: &str = "RANCH_JANITOR_FOR";
+/// What the janitor cleans up after.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Config {
+    /// The kernel's pid (it names the kernel's shared-memory segments and group tokens).
+    kernel: i32,
+    /// The kernel's private directory.
+    private: PathBuf,
+    /// Where the kernel publishes group tokens.
+    token_dir: Option<PathBuf>,
+}
 
 /// The kernel's end of the pipe.
 static PIPE: Mutex<Option<std::fs::File>> = Mutex::new(None);
@@ -27,12 +36,9 @@ pub fn start(private: &Path, token_dir: Option<PathBuf>) -> std::io::Result<()> 
     // The kernel's end must not leak into its children (they would keep the pipe open).
     nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.env(JANITOR_ENV, std::process::id().to_string())
-        .arg(private)
-        .args(token_dir)
-        .stdin(std::process::Stdio::from(read))
-        .stdout(std::process::Stdio::null())
-        .process_group(0);
+    let config = Config { kernel: std::process::id() as i32, private: private.to_path_buf(), token_dir };
+    ranch_magics::role::pass_config(&mut cmd, ranch_magics::role::JANITOR, &serde_json::to_vec(&config).expect("serialises"))?;
+    cmd.stdin(std::process::Stdio::from(read)).stdout(std::process::Stdio::null()).process_group(0);
     let child = cmd.spawn()?;
     // Not waited for: it outlives the kernel by design, and exits on its own.
     std::mem::forget(child);
@@ -56,11 +62,15 @@ pub fn forget(pgid: i32) {
     tell(&format!("-{pgid}"));
 }
 
-/// The janitor itself; never returns. Does nothing unless this process is a janitor.
-pub fn run_if_janitor() {
-    let Some(kernel) = std::env::var(JANITOR_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
-    let mut args = std::env::args_os().skip(1).map(PathBuf::from);
-    let (private, token_dir) = (args.next(), args.next());
+/// The janitor itself, with its configuration on `config`; never returns.
+pub fn run(config: ranch_magics::role::ConfigFd) -> ! {
+    let role = ranch_magics::role::JANITOR;
+    let config: Config = match config.read(role).map(|c| serde_json::from_slice(&c)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => fail(&format!("a bad configuration: {e}")),
+        Err(e) => fail(&e.to_string()),
+    };
+    let Config { kernel, private, token_dir } = config;
     // Signals meant for the kernel's terminal or session are not for us.
     for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGHUP] {
         // SAFETY: ignoring a signal installs no handler.
@@ -81,14 +91,17 @@ pub fn run_if_janitor() {
     for g in groups {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), nix::sys::signal::Signal::SIGKILL);
     }
-    if let Some(dir) = private {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    let _ = std::fs::remove_dir_all(private);
     remove_segments(kernel);
     if let Some(dir) = token_dir {
         remove_tokens(&dir, kernel);
     }
     std::process::exit(0)
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("ranch-kernel janitor: {message}");
+    std::process::exit(97)
 }
 
 /// `/dev/shm/ranch-<kernel>-*`.

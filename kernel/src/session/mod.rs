@@ -26,17 +26,16 @@ use crate::interpreter::{
     CellContext, CellError, CellOutcome, CompletenessCheck, Completions, Interpreter, Interrupter, MimeBundle, Stream,
 };
 use crate::syntax;
-use evcxr::{CommandContext, EvalCallbacks, EvalContext, EvalOutputs};
+use evcxr::{CommandContext, EvalCallbacks, EvalOutputs};
 use events::{CurrentCell, Listener};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use child::run_if_child as run_child_if_child;
-pub use janitor::run_if_janitor;
-pub use pool::run_if_fanout as run_pool_fanout_if_asked;
-pub use pool::run_if_relay as run_pool_relay_if_asked;
+pub use child::run as run_child;
+pub use janitor::run as run_janitor;
+pub use pool::{run_fanout as run_pool_fanout, run_relay as run_pool_relay};
 
 /// What the interrupter shares with the running cell.
 #[derive(Default)]
@@ -131,8 +130,6 @@ pub struct EvcxrSession {
 
 impl EvcxrSession {
     /// Cheap: the evcxr context (rust-analyzer, the child process) starts in [`warm_up`].
-    /// Call it before the process starts any thread: it sets evcxr's work directory in the
-    /// environment.
     pub fn start() -> anyhow::Result<EvcxrSession> {
         private_dir::remove_stale();
         procs::adopt_orphans();
@@ -142,9 +139,6 @@ impl EvcxrSession {
             crate::log!("no janitor: what this kernel leaves when killed is cleaned by the next kernel only: {e}");
         }
         let workdir = workdir::WorkDir::claim(private.path());
-        // SAFETY: no other thread exists yet (see above), so nothing reads the environment
-        // while it changes.
-        unsafe { std::env::set_var("EVCXR_TMPDIR", workdir.evcxr_dir()) };
         let cell = Arc::new(CurrentCell::default());
         if let Err(e) = kernel_stderr::capture_cargo_progress(cell.clone()) {
             crate::log!("cargo progress will only reach the log: {e}");
@@ -205,7 +199,7 @@ impl EvcxrSession {
             }
             Err(e) => crate::log!("{e}"),
         }
-        let (eval, outputs) = EvalContext::with_subprocess_command(child).map_err(|e| e.to_string())?;
+        let (eval, outputs) = child::evcxr_context(child, self.workdir.evcxr_dir()).map_err(|e| e.to_string())?;
         let mut ctx = CommandContext::with_eval_context(eval);
         *self.run.child.lock().unwrap() = Some(ctx.process_handle());
         // Whatever evcxr itself reads from the child (normally nothing: see `child`).

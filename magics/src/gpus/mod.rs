@@ -9,4 +9,4 @@ mod probe;
 
 pub use listing::listing;
 pub use plan::{Plan, kernel_visible, plan};
-pub use probe::{Device, Discovery, PROBE_ENV, discover, serve_probe_if_asked};
+pub use probe::{Device, Discovery, discover, serve_probe};

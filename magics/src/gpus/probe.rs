@@ -1,7 +1,7 @@
 //! Finding the machine's GPUs with the CUDA driver API (cudarc, loaded at run time).
 //!
-//! The driver is asked in a helper process: the hosting binary started again with
-//! [`PROBE_ENV`] set, which [`serve_probe_if_asked`] answers with one JSON line and exits.
+//! The driver is asked in a helper process: the hosting binary started again in the role
+//! [`crate::role::GPU_PROBE`], which [`serve_probe`] answers with one JSON line and exits.
 //! So the kernel never loads libcuda or creates a context (which would hold GPU memory for
 //! the session's life), a driver that hangs or crashes costs a bounded wait, and the helper
 //! sees every device: it runs without the kernel's `CUDA_VISIBLE_DEVICES`, which the plan
@@ -13,8 +13,6 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Set (to 1) in the environment of the helper process.
-pub const PROBE_ENV: &str = "RANCH_GPU_PROBE";
 /// How long the helper may take (a driver can take seconds to initialise many GPUs).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_ANSWER: u64 = 1 << 20;
@@ -51,7 +49,7 @@ pub fn discover() -> &'static Discovery {
 fn ask_helper() -> Result<Discovery, String> {
     let exe = std::env::current_exe().map_err(|e| format!("GPU discovery: cannot find this program: {e}"))?;
     let mut child = Command::new(exe)
-        .env(PROBE_ENV, "1")
+        .env(crate::role::ROLE_ENV, crate::role::GPU_PROBE)
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         .stdin(Stdio::null())
@@ -107,11 +105,8 @@ fn parse_answer(text: &str) -> Result<Discovery, String> {
     Ok(Discovery { devices, note: v["note"].as_str().map(str::to_string) })
 }
 
-/// In the helper process: answers and exits. Anywhere else: returns at once.
-pub fn serve_probe_if_asked() {
-    if std::env::var_os(PROBE_ENV).is_none() {
-        return;
-    }
+/// The helper process: answers and exits.
+pub fn serve_probe() -> ! {
     let (devices, note) = match probe_here() {
         Ok(found) => found,
         Err(note) => (vec![], Some(note)),

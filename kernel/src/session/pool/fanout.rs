@@ -13,8 +13,9 @@
 //! evcxr's idea of what exists and the ranks' stores never disagree.
 
 use super::super::events::{Event, MAX_LINE, SOCKET_ENV, for_each_line};
-use super::hub::{Hub, REMOTE_ENV, RemoteSpec};
-use super::{PLAN_ENV, RANK_ENV};
+use super::RANK_ENV;
+use super::hub::{Hub, RemoteSpec};
+use ranch_magics::role::{self, ConfigFd};
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::os::unix::net::UnixStream;
@@ -32,10 +33,29 @@ const INPUT_REQUEST: &str = "EVCXR_INPUT_REQUEST";
 const VALUE_LIMIT: usize = 1 << 20;
 const TOO_LARGE: &str = " … (cut: over 1 MiB)";
 
-/// In a pool's fan-out process: serves evcxr and never returns. Elsewhere: does nothing.
-/// Must run before any other thread exists.
-pub fn run_if_fanout() {
-    let Some(plan) = std::env::var_os(PLAN_ENV) else { return };
+/// What the kernel gives the fan-out (on an inherited descriptor, see [`role::pass_config`]):
+/// it holds the pool's token and every rank's environment, which no process below the
+/// fan-out is to see whole.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct Config {
+    /// Every rank's environment.
+    pub plan: Vec<Vec<(String, String)>>,
+    /// How the ranks start elsewhere (`None`: the fan-out spawns them).
+    pub remote: Option<RemoteSpec>,
+    /// The kernel's pool listener, which the ranks (and the fan-out) tell what happens.
+    pub events: Option<std::path::PathBuf>,
+}
+
+impl Config {
+    /// Makes `command` (this binary) a fan-out with this configuration.
+    pub(super) fn pass(&self, command: &mut Command) -> std::io::Result<()> {
+        role::pass_config(command, role::POOL_FANOUT, &serde_json::to_vec(self).expect("the plan serialises"))
+    }
+}
+
+/// A pool's fan-out process, with its [`Config`] on `config`: serves evcxr and never
+/// returns. Must run before any other thread exists.
+pub fn run(config: ConfigFd) -> ! {
     // Tied to the kernel's life, and deaf to the kernel's process group's SIGINT, as
     // evcxr's child is (see child::prepare); the ranks are tied to this process.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
@@ -46,19 +66,14 @@ pub fn run_if_fanout() {
     unsafe {
         let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
     }
-    let plan: Vec<Vec<(String, String)>> = match serde_json::from_str(&plan.to_string_lossy()) {
-        Ok(p) => p,
-        Err(e) => fail(&format!("bad pool plan: {e}")),
+    let config: Config = match config.read(role::POOL_FANOUT).map(|c| serde_json::from_slice(&c)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => fail(&format!("bad pool configuration: {e}")),
+        Err(e) => fail(&e.to_string()),
     };
-    let mut events = std::env::var_os(SOCKET_ENV).and_then(|p| UnixStream::connect(p).ok());
-    let remote: Option<RemoteSpec> = match std::env::var(REMOTE_ENV) {
-        Ok(spec) => match serde_json::from_str(&spec) {
-            Ok(s) => Some(s),
-            Err(e) => fail(&format!("bad pool launch: {e}")),
-        },
-        Err(_) => None,
-    };
-    let mut fanout = match FanOut::start(&plan, remote.as_ref()) {
+    let plan = &config.plan;
+    let mut events = config.events.as_ref().and_then(|p| UnixStream::connect(p).ok());
+    let mut fanout = match FanOut::start(&config) {
         Ok(f) => f,
         Err(e) => fail(&format!("cannot start the pool's ranks: {e}")),
     };
@@ -137,20 +152,23 @@ struct RankReply {
 }
 
 impl FanOut {
-    fn start(plan: &[Vec<(String, String)>], remote: Option<&RemoteSpec>) -> Result<FanOut, String> {
+    fn start(config: &Config) -> Result<FanOut, String> {
         let (tx, lines) = mpsc::channel();
-        if let Some(spec) = remote {
-            let events = std::env::var_os(SOCKET_ENV).map(std::path::PathBuf::from);
-            let hub = Hub::start(plan, spec, tx, events.as_deref())?;
+        if let Some(spec) = &config.remote {
+            let hub = Hub::start(&config.plan, spec, tx, config.events.as_deref())?;
             return Ok(FanOut { ranks: Ranks::Remote(hub), lines, group_file: None });
         }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut children = Vec::new();
         let mut stdins = Vec::new();
-        for (rank, env) in plan.iter().enumerate() {
-            let mut child = Command::new(&exe)
-                .env_remove(PLAN_ENV)
-                .env(RANK_ENV, rank.to_string())
+        for (rank, env) in config.plan.iter().enumerate() {
+            let mut command = Command::new(&exe);
+            // Each rank is evcxr's child (inherited from this process), not a fan-out.
+            command.env_remove(role::ROLE_ENV).env(RANK_ENV, rank.to_string());
+            if let Some(events) = &config.events {
+                command.env(SOCKET_ENV, events);
+            }
+            let mut child = command
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -9,7 +9,6 @@
 //! over the link, so the hosts need no toolchain and no directory shared with this one.
 
 use super::link::{self, Frame, HELLO};
-use super::relay::HUB_ENV;
 use ranch::__rt::keepalive;
 use ranch::__rt::listener::{Listener, Rules};
 use ranch_magics::channel::{CHANNEL_ENV, Channel};
@@ -24,13 +23,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// How the fan-out starts ranks elsewhere (from the kernel, as JSON in `REMOTE_ENV`).
-pub const REMOTE_ENV: &str = "RANCH_POOL_REMOTE";
-
+/// How the fan-out starts ranks elsewhere (from the kernel, in the fan-out's configuration).
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct RemoteSpec {
     /// The launcher's name ("mpirun", "srun"), program, arguments and environment (its
-    /// secrets are in the environment; the hub and channel addresses are filled in here).
+    /// secrets are in the environment; the hub's address, in the relays' role, and the
+    /// channel's are filled in here).
     pub launcher: String,
     pub program: String,
     pub args: Vec<String>,
@@ -89,15 +87,14 @@ impl Hub {
         };
         let mut env = spec.env.clone();
         for (k, v) in env.iter_mut() {
-            if k == HUB_ENV {
-                *v = hub_addr.clone();
+            if k == ranch_magics::role::ROLE_ENV {
+                *v = ranch_magics::role::relay_value(&hub_addr);
             } else if k == CHANNEL_ENV {
                 *v = channel.as_ref().map_or(String::new(), |c| c.addr().to_string());
             }
         }
         let mut command = Command::new(&spec.program);
-        // What makes this binary a fan-out is not for the ranks (nor the kernel's socket).
-        command.env_remove(super::PLAN_ENV).env_remove(REMOTE_ENV).env_remove(super::super::events::SOCKET_ENV);
+        // `env` names the relays' role, in place of the fan-out's this process has.
         command
             .args(&spec.args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -285,6 +282,11 @@ fn accept_ranks(
         let mut w = &stream;
         let mut env = plan[rank].clone();
         env.push((ranch::__rt::KERNEL_DIR_ENV.to_string(), spec.private.to_string_lossy().into_owned()));
+        // As the kernel set it for its children (see `child::evcxr_context`); a launcher
+        // forwards only what it is told to.
+        if let Ok(backtrace) = std::env::var("RUST_BACKTRACE") {
+            env.push(("RUST_BACKTRACE".to_string(), backtrace));
+        }
         let env = serde_json::to_vec(&env).expect("the plan serialises");
         let setup = link::write_frame(&mut w, &Frame::Env(env)).and_then(|_| match &spec.libstd {
             Some(lib) => {

@@ -19,10 +19,10 @@ mod link;
 mod relay;
 mod status;
 
-use super::events::{Connection, CurrentCell, Event, EventHandler, Listener, SOCKET_ENV};
+use super::events::{Connection, CurrentCell, Event, EventHandler, Listener};
 use super::workdir::WorkDir;
 use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
-use evcxr::{CommandContext, EvalCallbacks, EvalContext};
+use evcxr::{CommandContext, EvalCallbacks};
 use group::CellGroup;
 use ranch_magics::args::See;
 use ranch_magics::display_op::{self, DisplayOp};
@@ -37,12 +37,10 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use fanout::run_if_fanout;
+pub use fanout::run as run_fanout;
 pub use hub::RemoteSpec;
-pub use relay::{HUB_ENV, run_if_relay};
+pub use relay::run as run_relay;
 
-/// The fan-out's plan: every rank's environment, as JSON.
-const PLAN_ENV: &str = "RANCH_POOL_PLAN";
 /// A pool rank's index (its output is labelled with it).
 pub const RANK_ENV: &str = "RANCH_POOL_RANK";
 
@@ -190,27 +188,13 @@ impl Pool {
         let workdir = WorkDir::claim_another(private, "pool-work");
         let exe = std::env::current_exe().map_err(|e| pool_error(e.to_string()))?;
         let mut fanout = std::process::Command::new(exe);
-        fanout.env(SOCKET_ENV, listener.path()).env(PLAN_ENV, serde_json::to_string(&plan).expect("plan serialises"));
-        if let Some(spec) = &remote {
-            fanout.env(hub::REMOTE_ENV, serde_json::to_string(spec).expect("the launch serialises"));
-        }
+        let config = fanout::Config { plan, remote, events: Some(listener.path().to_path_buf()) };
+        config.pass(&mut fanout).map_err(|e| pool_error(format!("cannot hand the pool's plan to its fan-out: {e}")))?;
         if let Ok(host) = super::host_rust::host_rust() {
             fanout.env("LD_LIBRARY_PATH", super::host_rust::library_path_with(&host.libdir));
         }
-        // evcxr takes its directory from EVCXR_TMPDIR when a context is made: the pool's
-        // own, so that its builds never touch the session's.
-        let session_dir = std::env::var_os("EVCXR_TMPDIR");
-        // SAFETY: std's environment lock serialises this with every Rust reader; the
-        // kernel's threads do not read the environment through libc.
-        unsafe { std::env::set_var("EVCXR_TMPDIR", workdir.evcxr_dir()) };
-        let made = EvalContext::with_subprocess_command(fanout);
-        // SAFETY: as above.
-        unsafe {
-            match &session_dir {
-                Some(d) => std::env::set_var("EVCXR_TMPDIR", d),
-                None => std::env::remove_var("EVCXR_TMPDIR"),
-            }
-        }
+        // The pool's own directory, so that its builds never touch the session's.
+        let made = super::child::evcxr_context(fanout, workdir.evcxr_dir());
         let (eval, outputs) = made.map_err(|e| pool_error(format!("cannot start the pool: {e}")))?;
         for (rx, stream) in [(outputs.stdout, Stream::Stdout), (outputs.stderr, Stream::Stderr)] {
             let cell = cell.clone();
@@ -418,10 +402,10 @@ pub(super) fn remote_spec(placement: &Placement, private: &Path, n: usize) -> Re
         run_dir: private.to_path_buf(),
         master_addr: reach.clone(),
         master_port: 0,
-        // The fan-out fills in the addresses once it listens.
+        // The fan-out fills in the addresses once it listens (the hub's in the relays' role).
         env: vec![
             (ranch::__rt::TOKEN_ENV.to_string(), token.clone()),
-            (HUB_ENV.to_string(), String::new()),
+            (ranch_magics::role::ROLE_ENV.to_string(), String::new()),
             (ranch_magics::channel::CHANNEL_ENV.to_string(), String::new()),
         ],
         rank_env: Vec::new(),

@@ -23,16 +23,17 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// `host:port` of the fan-out's hub, for a rank on another host.
-pub const HUB_ENV: &str = "RANCH_POOL_HUB";
 /// The line evcxr's child ends a cell with.
 const COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
 
-/// In a relay: serves the hub and never returns. Elsewhere: does nothing. Must run before
+/// A relay of the hub at `hub` (`host:port`): serves it and never returns. Must run before
 /// any other thread exists.
-pub fn run_if_relay() {
-    let Some(hub) = std::env::var_os(HUB_ENV) else { return };
-    let hub = hub.to_string_lossy().into_owned();
+///
+/// Its role and the hub's address come in the environment ([`ranch_magics::role::ROLE_ENV`]),
+/// with the pool's token: the launcher starts it, on another host, where no descriptor of the
+/// fan-out's reaches. Everything else (the rank's environment, libstd, the cells) it fetches
+/// over its connection to the hub, once the hub has checked the token.
+pub fn run(hub: &str) -> ! {
     // The launcher stops ranks with SIGTERM (or SIGINT, SIGHUP): the relay then ends its rank
     // and removes its directory before it goes, instead of dying with files left on the host.
     // Blocked here, before any thread exists, and waited for by one thread.
@@ -50,7 +51,7 @@ pub fn run_if_relay() {
             std::process::exit(143)
         });
     }
-    let code = match Relay::start(&hub) {
+    let code = match Relay::start(hub) {
         Ok(relay) => relay.serve(),
         Err(e) => {
             eprintln!("ranch pool relay (rank {}, host {}): {e}", ranch::rank(), hostname());
@@ -140,12 +141,12 @@ impl Relay {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut command = Command::new(if exe.exists() { exe } else { PathBuf::from("/proc/self/exe") });
         // SAFETY: pthread_sigmask is async-signal-safe. The rank starts with no signal
-        // blocked: the relay's stop signals are its own (see run_if_relay).
+        // blocked: the relay's stop signals are its own (see `run`).
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, || stop_signals().thread_unblock().map_err(std::io::Error::from));
         }
         let mut child = command
-            .env_remove(HUB_ENV)
+            .env_remove(ranch_magics::role::ROLE_ENV)
             .env_remove(ranch::__rt::TOKEN_ENV)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("EVCXR_IS_RUNTIME", "1")
