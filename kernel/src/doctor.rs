@@ -53,8 +53,47 @@ pub fn findings() -> Option<String> {
     (status?.code() == Some(1)).then_some(text)
 }
 
+/// What evcxr, cargo and rustc say when the machine, not the cell, is at fault.
+const ENVIRONMENTAL: [&str; 8] = [
+    "Failed to run rustc",
+    "Error running 'cargo",
+    "linker `cc` not found",
+    "No space left on device",
+    "can't find crate for `std`",
+    "can't find crate for `core`",
+    "error: toolchain '",
+    "could not execute process",
+];
+
+/// Whether an error's text says the machine lacks something.
+pub fn is_environmental(text: &str) -> bool {
+    ENVIRONMENTAL.iter().any(|p| text.contains(p))
+}
+
+/// A cell's error, with what the checks find missing added to its traceback when the error
+/// looks environmental (a missing toolchain, linker or disk space): said where the user
+/// looks, with the command that fixes it.
+pub fn explain(mut error: crate::interpreter::CellError) -> crate::interpreter::CellError {
+    if !is_environmental(&error.evalue) && !error.traceback.iter().any(|l| is_environmental(l)) {
+        return error;
+    }
+    if let Some(report) = findings() {
+        error.traceback.push(String::new());
+        error.traceback.push("This looks like the machine, not the cell: ranch-kernel doctor says".into());
+        error.traceback.extend(report.lines().filter(|l| l.contains("MISSING")).map(str::to_string));
+    }
+    error
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn errors_of_the_machine_are_told_from_errors_of_the_cell() {
+        assert!(super::is_environmental("error: linker `cc` not found\n  = note: No such file or directory"));
+        assert!(super::is_environmental("Error running 'cargo check': No such file or directory (os error 2)"));
+        assert!(!super::is_environmental("error[E0308]: mismatched types"));
+    }
+
     #[test]
     fn the_script_names_what_is_missing_and_how_to_fix_it() {
         // A PATH without Rust: the report says so, with rustup's installer.
