@@ -184,8 +184,7 @@ enum Fed {
     Control(DisplayOp),
 }
 
-const BEGIN: &str = "EVCXR_BEGIN_CONTENT ";
-const END: &str = "EVCXR_END_CONTENT";
+use ranch::__rt::evcxr_lines::{BEGIN_CONTENT as BEGIN, END_CONTENT as END};
 
 impl DisplayParser {
     fn feed(&mut self, line: String) -> Fed {

@@ -33,7 +33,7 @@ pub const POOL_FANOUT: &str = "pool-fanout";
 /// A pool rank's relay on another host; `pool-relay:HOST:PORT` (the hub).
 pub const POOL_RELAY: &str = "pool-relay";
 /// evcxr's contract: set on its child process.
-pub const EVCXR_CHILD_ENV: &str = "EVCXR_IS_RUNTIME";
+pub use ranch::__rt::evcxr_lines::CHILD_ENV as EVCXR_CHILD_ENV;
 /// evcxr's contract: set on cargo when evcxr wraps rustc itself.
 const EVCXR_WRAPPER_ENV: &str = "EVCXR_RUSTC_WRAPPER";
 /// The most a role's configuration holds (a pool's plan: every rank's environment).

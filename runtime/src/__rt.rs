@@ -35,6 +35,31 @@ pub extern "C" fn ranch_pool_cell_end() {
     let _ = std::panic::catch_unwind(crate::comm::end_pool_cell);
 }
 
+/// The lines of evcxr's child protocol (what evcxr's child process writes on its stdout for
+/// evcxr to read), named once for everything of ranch that writes or reads them: the
+/// runtime's display blocks, the kernel's evcxr child, the pool's fan-out and relays, and
+/// the supervisor reading a rank's output.
+pub mod evcxr_lines {
+    /// Starts a display block; the MIME type follows on the same line.
+    pub const BEGIN_CONTENT: &str = "EVCXR_BEGIN_CONTENT ";
+    /// Ends a display block.
+    pub const END_CONTENT: &str = "EVCXR_END_CONTENT";
+    /// The cell's code has finished.
+    pub const EXECUTION_COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
+    /// The cell panicked (written before the child exits).
+    pub const PANIC_NOTIFICATION: &str = "EVCXR_PANIC_NOTIFICATION";
+    /// The cell's tail expression was an `Err`.
+    pub const ERROR_OCCURRED: &str = "EVCXR_ERROR_OCCURRED";
+    /// A variable's type changed; its name follows.
+    pub const VARIABLE_CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
+    /// The cell asks for input.
+    pub const INPUT_REQUEST: &str = "EVCXR_INPUT_REQUEST";
+    /// What every line of the protocol starts with.
+    pub const PREFIX: &str = "EVCXR_";
+    /// Set in the environment of evcxr's child process.
+    pub const CHILD_ENV: &str = "EVCXR_IS_RUNTIME";
+}
+
 /// The shared-memory segment of a launch's group (created and marked by the kernel).
 pub mod group {
     pub use crate::comm::shm_segment::{Header, Layout, create};

@@ -125,7 +125,8 @@ fn emit(op: &str, id: Option<&str>, data: &[(&str, &str)]) {
 /// One block, written at once under stdout's lock (a thread's `println!` cannot land inside).
 fn write_block(body: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = write!(out, "EVCXR_BEGIN_CONTENT {CONTROL_MIME}\n{body}\nEVCXR_END_CONTENT\n");
+    use crate::__rt::evcxr_lines::{BEGIN_CONTENT, END_CONTENT};
+    let _ = write!(out, "{BEGIN_CONTENT}{CONTROL_MIME}\n{body}\n{END_CONTENT}\n");
     let _ = out.flush();
 }
 

@@ -22,11 +22,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-const COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
-const PANIC: &str = "EVCXR_PANIC_NOTIFICATION";
-const BEGIN: &str = "EVCXR_BEGIN_CONTENT ";
-const END: &str = "EVCXR_END_CONTENT";
-const SENTINEL_PREFIX: &[u8] = b"EVCXR_";
+use ranch::__rt::evcxr_lines::{
+    BEGIN_CONTENT as BEGIN, END_CONTENT as END, ERROR_OCCURRED, EXECUTION_COMPLETE as COMPLETE, INPUT_REQUEST, PANIC_NOTIFICATION as PANIC,
+    PREFIX, VARIABLE_CHANGED_TYPE,
+};
+const SENTINEL_PREFIX: &[u8] = PREFIX.as_bytes();
 const PANIC_PREFIX: &[u8] = b"thread '";
 
 /// The line that ends a cell: a prefix evcxr's output never starts with, and a secret
@@ -437,11 +437,11 @@ impl Forwarder {
 /// Where the end-of-cell marker or one of evcxr's protocol lines starts inside `line`
 /// (after unterminated user text).
 fn sentinel_start(line: &str, marker: &str) -> Option<usize> {
-    const SENTINELS: [&str; 5] = [PANIC, BEGIN, "EVCXR_INPUT_REQUEST", "EVCXR_ERROR_OCCURRED", "EVCXR_VARIABLE_CHANGED_TYPE:"];
+    const SENTINELS: [&str; 5] = [PANIC, BEGIN, INPUT_REQUEST, ERROR_OCCURRED, VARIABLE_CHANGED_TYPE];
     if let Some(at) = line.find(marker) {
         return Some(at);
     }
-    line.match_indices("EVCXR_").map(|(i, _)| i).find(|&i| SENTINELS.iter().any(|s| line[i..].starts_with(s)))
+    line.match_indices(PREFIX).map(|(i, _)| i).find(|&i| SENTINELS.iter().any(|s| line[i..].starts_with(s)))
 }
 
 /// Where the first place is from which the rest of `buf` could be (the start of) one of

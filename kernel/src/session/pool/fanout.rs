@@ -22,13 +22,10 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 
-const COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
-const PANIC: &str = "EVCXR_PANIC_NOTIFICATION";
-const BEGIN: &str = "EVCXR_BEGIN_CONTENT ";
-const END: &str = "EVCXR_END_CONTENT";
-const USER_ERROR: &str = "EVCXR_ERROR_OCCURRED";
-const CHANGED_TYPE: &str = "EVCXR_VARIABLE_CHANGED_TYPE:";
-const INPUT_REQUEST: &str = "EVCXR_INPUT_REQUEST";
+use ranch::__rt::evcxr_lines::{
+    BEGIN_CONTENT as BEGIN, END_CONTENT as END, ERROR_OCCURRED as USER_ERROR, EXECUTION_COMPLETE as COMPLETE, INPUT_REQUEST,
+    PANIC_NOTIFICATION as PANIC, VARIABLE_CHANGED_TYPE as CHANGED_TYPE,
+};
 /// The most of one rank's value that is kept (its text form); the rest is cut.
 const VALUE_LIMIT: usize = 1 << 20;
 const TOO_LARGE: &str = " … (cut: over 1 MiB)";

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The line evcxr's child ends a cell with.
-const COMPLETE: &str = "EVCXR_EXECUTION_COMPLETE";
+use ranch::__rt::evcxr_lines::EXECUTION_COMPLETE as COMPLETE;
 
 /// A relay of the hub at `hub` (`host:port`): serves it and never returns. Must run before
 /// any other thread exists.
@@ -149,7 +149,7 @@ impl Relay {
             .env_remove(ranch_magics::role::ROLE_ENV)
             .env_remove(ranch::__rt::TOKEN_ENV)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("EVCXR_IS_RUNTIME", "1")
+            .env(ranch::__rt::evcxr_lines::CHILD_ENV, "1")
             .env(RANK_ENV, ranch::rank().to_string())
             .env(SOCKET_ENV, &events)
             .env(ranch::__rt::POOL_GROUP_ENV, dir.0.join("group"))
