@@ -406,7 +406,10 @@ mod tests {
     #[test]
     fn names_complete_at_the_start_of_a_cell_only() {
         let c = complete_name("%ranch_st", 9).unwrap();
-        assert_eq!(c, NameCompletion { matches: vec!["%ranch_start".into(), "%ranch_status".into(), "%ranch_stop".into()], start: 0, end: 9 });
+        assert_eq!(
+            c,
+            NameCompletion { matches: vec!["%ranch_start".into(), "%ranch_status".into(), "%ranch_stop".into()], start: 0, end: 9 }
+        );
         assert_eq!(complete_name("%%", 2).unwrap().matches, ["%%px", "%%ranch"]);
         assert_eq!(complete_name("%", 1).unwrap().matches.len(), MAGICS.len());
         // The cursor inside the word: the whole word is replaced.

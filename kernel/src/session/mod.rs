@@ -28,8 +28,8 @@ use crate::interpreter::{
 };
 use crate::syntax;
 use evcxr::{CommandContext, EvalCallbacks, EvalOutputs};
-use ranch_magics::magic_table::{self, Lookup};
 use events::{CurrentCell, Listener};
+use ranch_magics::magic_table::{self, Lookup};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

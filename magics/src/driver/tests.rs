@@ -233,11 +233,7 @@ fn an_interrupt_while_exporting_launches_nothing() {
 #[test]
 fn a_gpu_that_is_not_there_is_a_usage_error_before_anything_is_exported() {
     let mut s = FakeSession::new("gpus", &[("a", "u32")]);
-    let e = run(&mut s, &FakeHost::default(),
-            "%%ranch 2 --gpus 0,1
-a + 1",
-        )
-        .unwrap_err();
+    let e = run(&mut s, &FakeHost::default(), "%%ranch 2 --gpus 0,1\na + 1").unwrap_err();
     assert_eq!(e.ename, "UsageError");
     assert!(e.evalue.contains("--gpus"), "{}", e.evalue);
     assert!(s.calls.borrow().exported.is_empty());
@@ -329,11 +325,7 @@ fn push_ships_session_variables_as_mutable_rank_variables() {
     // Moving variables shows no status table; the user's cells do, unless --quiet.
     assert_eq!(calls.live, [false, false, true]);
     drop(calls);
-    run(&mut s, &host,
-            "%%px --quiet
-1",
-        )
-        .unwrap();
+    run(&mut s, &host, "%%px --quiet\n1").unwrap();
     run(&mut s, &host, "%px --quiet 1").unwrap();
     assert_eq!(s.calls.borrow().live[3..], [false, false]);
 }
