@@ -296,7 +296,7 @@ fn no_args(i: Invocation<'_>, call: Call<'static>) -> Result<Call<'static>, Fail
     match i.args.trim() {
         "" => Ok(call),
         "--help" | "-h" => Ok(Call::Help(format!("Usage: {name}\n\n{}.\n", capitalised(i.magic.summary)))),
-        given => Err(usage(format!("{name} takes no arguments, got `{given}` (it shows or does one thing: {})", i.magic.summary))),
+        given => Err(usage(format!("{name} takes no arguments, got `{given}`; nothing was done ({name}: {})", i.magic.summary))),
     }
 }
 
