@@ -243,3 +243,42 @@ def test_a_kernel_started_without_cargo_on_its_path_still_runs_cells():
         assert ok(execute(kc, "let v: Vec<u64> = (1..=4).collect();\nv.iter().sum::<u64>()", timeout=300)).result() == "10"
     finally:
         stop(km, kc)
+
+
+# Every magic ranch has (magics/src/magic_table.rs).
+MAGICS = {"%%ranch", "%in_ddp", "%ranch_start", "%%px", "%px", "%autopx", "%px_push", "%px_pull",
+          "%ranch_status", "%ranch_stop", "%ranch_gpus", "%ranch_clean"}
+
+
+def complete(kc, code, cursor=None):
+    return kc.complete(code, len(code) if cursor is None else cursor, reply=True, timeout=60)["content"]
+
+
+def test_magic_names_complete_at_the_start_of_a_cell(kernel):
+    c = complete(kernel, "%ranch_st")
+    assert (c["status"], c["matches"], c["cursor_start"], c["cursor_end"]) == (
+        "ok", ["%ranch_start", "%ranch_status", "%ranch_stop"], 0, 9), c
+    c = complete(kernel, "%%")
+    assert (c["matches"], c["cursor_start"], c["cursor_end"]) == (["%%px", "%%ranch"], 0, 2), c
+    # The cursor inside the word: the whole word is replaced.
+    c = complete(kernel, "  %ranch_gp 1", 10)
+    assert (c["matches"], c["cursor_start"], c["cursor_end"]) == (["%ranch_gpus"], 2, 11), c
+    # Anywhere else evcxr completes Rust, as before.
+    assert "some_long_name" in complete(kernel, "let some_long_name = 1; some_long_na")["matches"]
+
+
+def test_a_misspelt_magic_names_the_closest_one_and_lists_them_all(kernel):
+    for cell, meant in [("%ranch_stat", "%ranch_status"), ("%%rnach 4\n1 + 1", "%%ranch"), ("%%ranch_start 2", "%ranch_start")]:
+        content = execute(kernel, cell).reply["content"]
+        assert content["status"] == "error" and content["ename"] == "UsageError", content
+        said = content["evalue"]
+        assert said.startswith(f"unknown magic `{cell.split()[0]}`: did you mean `{meant}`?"), said
+        assert all(f"`{m}`" in said for m in MAGICS), said
+
+
+def test_help_lists_every_magic_the_kernel_knows(kernel):
+    known = set(complete(kernel, "%")["matches"])
+    assert known == MAGICS
+    payload = ok(execute(kernel, ":help")).reply["content"]["payload"]
+    listed = {line.split()[0] for line in payload[0]["data"]["text/plain"].splitlines() if line.startswith("  %")}
+    assert listed == known

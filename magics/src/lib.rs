@@ -16,7 +16,9 @@
 //! - [`supervise`], [`rank_output`]: live output, failures, timeout, interrupt;
 //! - [`status`], [`display_op`], [`timing`]: the live status table, what ranks ask to show,
 //!   and `--timing`'s chart;
-//! - [`merge`], [`diagnostic`]: what the notebook shows.
+//! - [`merge`], [`diagnostic`]: what the notebook shows;
+//! - [`magic_table`]: every magic's name, kind, summary and parser (dispatch, `:help`,
+//!   completion and the unknown-magic error read it).
 //!
 //! [`role`] tells the processes this binary serves as apart, once, at start.
 
@@ -33,6 +35,7 @@ pub mod grid;
 pub mod group;
 pub mod hosts;
 pub mod launch;
+pub mod magic_table;
 pub mod merge;
 pub mod owned_dir;
 pub mod pool;

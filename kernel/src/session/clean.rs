@@ -1,31 +1,13 @@
 //! `%ranch_clean [--all]`: frees the disk ranch uses, and says how much.
 
 use super::EvcxrSession;
-use crate::interpreter::{CellContext, CellError, CellOutcome, Stream};
-
-fn usage(msg: impl Into<String>) -> CellError {
-    CellError::new("UsageError", msg)
-}
-
-const CLEAN_HELP: &str = "Usage: %ranch_clean [--all]\n\n\
-Frees disk space ranch uses: this session's built rank programs, and runtime crates of other\n\
-ranch versions that no kernel uses. With --all, also the build directories no running kernel\n\
-uses and this kernel's own (its dependencies are compiled again when next needed).\n";
+use crate::interpreter::{CellContext, CellOutcome, Stream};
 
 impl EvcxrSession {
     /// `%ranch_clean [--all]`: frees the disk ranch uses, and says how much.
-    pub(super) fn ranch_clean(&mut self, args: &str, cx: &CellContext) -> CellOutcome {
+    pub(super) fn ranch_clean(&mut self, all: bool, cx: &CellContext) -> CellOutcome {
         use super::disk::{self, mib};
         use ranch_magics::artifacts::bound_artifacts;
-        let all = match args.split_whitespace().collect::<Vec<_>>()[..] {
-            [] => false,
-            ["--all"] => true,
-            ["--help"] | ["-h"] => {
-                cx.sink.stream(Stream::Stdout, CLEAN_HELP);
-                return Ok(None);
-            }
-            _ => return Err(usage(format!("%ranch_clean takes only --all, got `{}`\n\n{CLEAN_HELP}", args.trim()))),
-        };
         let mut said = Vec::new();
         let artifacts = self.private.path().join("artifacts");
         let (programs, bytes) = bound_artifacts(&artifacts, 0, 0);

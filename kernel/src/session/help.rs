@@ -6,20 +6,6 @@ use super::EvcxrSession;
 use crate::interpreter::{CellContext, CellOutcome, MimeBundle, Stream};
 use serde_json::Value;
 
-const MAGICS: &str = "ranch's magics (each takes --help):
-  %%ranch N [flags]         run the cell in N ranked processes; merge output and values
-  %in_ddp N [flags] EXPR    run a call inside a process group (data-parallel)
-  %ranch_start N [flags]    start a pool of N persistent ranks
-  %%px / %px EXPR           run a cell / a line on the pool's ranks (they keep their variables)
-  %autopx                   run every following cell on the pool (again to stop)
-  %px_push a, b             copy session variables into every rank
-  %px_pull NAME             gather a rank variable into the session as a Vec
-  %ranch_status, %ranch_stop
-  %ranch_gpus               the machine's GPUs
-  %ranch_clean [--all]      free the disk ranch uses
-  NAME?                     the documentation of NAME (a path such as std::vec::Vec::new)
-";
-
 /// `NAME?` or `?NAME`: the path asked about. A session variable followed by `?` is Rust's
 /// `?` operator, not a question.
 fn asked(code: &str) -> Option<&str> {
@@ -53,7 +39,8 @@ impl EvcxrSession {
         if code.trim() == ":help" {
             let evcxr = self.context().ok()?.execute(":help").ok();
             let evcxr = evcxr.and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
-            cx.sink.page(page(format!("{MAGICS}\nevcxr's commands:\n{evcxr}"), None));
+            let magics = ranch_magics::magic_table::listing(&[("NAME?", "the documentation of NAME (a path such as std::vec::Vec::new)")]);
+            cx.sink.page(page(format!("{magics}\nevcxr's commands:\n{evcxr}"), None));
             return Some(Ok(None));
         }
         let name = asked(code)?;

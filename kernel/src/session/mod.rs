@@ -14,6 +14,7 @@ mod help;
 mod host_rust;
 mod janitor;
 mod kernel_stderr;
+mod magic;
 mod pool;
 mod private_dir;
 mod procs;
@@ -28,6 +29,7 @@ use crate::interpreter::{
 use crate::syntax;
 use evcxr::{CommandContext, EvalCallbacks, EvalOutputs};
 use events::{CurrentCell, Listener};
+use ranch_magics::magic_table::{self, Lookup};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -245,33 +247,20 @@ impl EvcxrSession {
     }
 
     fn execute_cell(&mut self, code: &str, cx: &CellContext) -> CellOutcome {
-        if ranch_magics::driver::ranch_cell::is_ranch_cell(code) {
-            return self.drive(cx, |d, s, h| d.ranch(s, h, code));
-        }
-        if let Some(args) = code.trim_start().strip_prefix("%ranch_clean") {
-            return self.ranch_clean(args, cx);
-        }
-        if let Some(args) = code.trim_start().strip_prefix("%ranch_gpus") {
-            return Ok(ranch_magics::driver::ranch_gpus(args)?);
+        match magic_table::lookup(code) {
+            Lookup::Found(magic) => return magic.parse().map_err(CellError::from).and_then(|call| self.run_magic(call, cx)),
+            Lookup::Unknown(failure) => return Err(failure.into()),
+            Lookup::NotMagic => {}
         }
         if let Some(outcome) = self.help(code, cx) {
             return outcome;
         }
-        if let Some(outcome) = self.pool_magic(code, cx) {
-            return outcome;
+        // With %autopx on, Rust cells (not evcxr's `:` commands) go to the pool.
+        if self.autopx && !code.trim_start().starts_with(':') {
+            return self.drive(cx, |_, s, _| ranch_magics::driver::px::run_px(s, code, None, true));
         }
         if let Some(refusal) = refused_command(code) {
             return Err(refusal);
-        }
-        if let Some(magic) = unknown_magic(code) {
-            return Err(CellError::new(
-                "UsageError",
-                format!(
-                    "unknown magic `{magic}`: ranch has `%%ranch N`, `%in_ddp N EXPR` (see `%%ranch --help`), \
-                     the pool's `%ranch_start N`, `%%px`, `%px`, `%autopx`, `%ranch_status`, `%ranch_stop`, \
-                     and `%ranch_gpus`, `%ranch_clean`"
-                ),
-            ));
         }
         self.generation += 1;
         let prepared = syntax::with_stdout_flush(code);
@@ -354,6 +343,9 @@ impl Interpreter for EvcxrSession {
     }
 
     fn complete(&mut self, code: &str, cursor: usize) -> Completions {
+        if let Some(names) = magic::complete_name(code, cursor) {
+            return names;
+        }
         if syntax::refuse_to_parse(code).is_some() {
             return Completions { matches: vec![], start: cursor, end: cursor };
         }
@@ -440,12 +432,6 @@ impl Drop for CellEnd {
         *run.ranch_cancel.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *run.ranch_build.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
-}
-
-/// A `%magic` or `%%magic` ranch does not know (Rust code never starts with `%`).
-fn unknown_magic(code: &str) -> Option<&str> {
-    let first = code.trim_start().lines().next()?;
-    first.starts_with('%').then(|| first.split_whitespace().next().unwrap_or(first))
 }
 
 /// evcxr commands that would break the session's builds.

@@ -1,12 +1,11 @@
 //! The pool's magics on the session: `%ranch_start`, `%ranch_stop`, `%ranch_status`,
-//! `%%px` / `%px`, `%autopx`. The pool itself is in [`super::pool`].
+//! `%autopx` (`%%px` and the others are the driver's). The pool itself is in [`super::pool`].
 
 use super::EvcxrSession;
 use super::driven::CellHost;
 use super::pool::Pool;
 use crate::interpreter::{CellContext, CellError, CellOutcome, Stream};
 use ranch_magics::driver::Session as _;
-use ranch_magics::driver::px::{args_or_help, px_cell, run_px};
 use std::sync::atomic::Ordering;
 
 fn usage(msg: impl Into<String>) -> CellError {
@@ -53,31 +52,8 @@ pub(super) fn no_pool() -> CellError {
 }
 
 impl EvcxrSession {
-    /// The pool's magics; `None` when `code` is none of them (and `%autopx` is off).
-    pub(super) fn pool_magic(&mut self, code: &str, cx: &CellContext) -> Option<CellOutcome> {
-        let c = code.trim_start();
-        let word = c.split_whitespace().next().unwrap_or("");
-        let rest = c[word.len()..].trim();
-        let outcome = match word {
-            "%ranch_start" => self.ranch_start(rest, cx),
-            "%ranch_stop" if rest.is_empty() => self.ranch_stop(cx),
-            "%ranch_status" if rest.is_empty() => self.pool_status(),
-            "%ranch_stop" | "%ranch_status" => Err(usage(format!("{word} takes no arguments"))),
-            "%px_push" => self.drive(cx, |d, s, h| d.px_push(s, h, rest)),
-            "%px_pull" => self.drive(cx, |d, s, h| d.px_pull(s, h, rest)),
-            "%autopx" if rest.is_empty() => self.toggle_autopx(cx),
-            "%autopx" => Err(usage("%autopx takes no arguments: it turns running every cell on the pool on or off")),
-            _ if px_cell(code).is_some() => self.drive(cx, |d, s, h| d.px(s, h, code)),
-            // With %autopx on, Rust cells (not magics, not evcxr's `:` commands) go to the pool.
-            _ if self.autopx && !c.starts_with('%') && !c.starts_with(':') => self.drive(cx, |_, s, _| run_px(s, code, None, true)),
-            _ => return None,
-        };
-        Some(outcome)
-    }
-
-    fn ranch_start(&mut self, args: &str, cx: &CellContext) -> CellOutcome {
+    pub(super) fn ranch_start(&mut self, args: ranch_magics::pool::PoolArgs, cx: &CellContext) -> CellOutcome {
         let host = CellHost::new(cx, &self.run);
-        let Some(args) = args_or_help(ranch_magics::pool::parse(args), &host)? else { return Ok(None) };
         // Before any check that says something (a GPU warning): a refused start changes nothing.
         if let Some(n) = self.pool.as_ref().map(Pool::size).or(self.pool_starting.as_ref().map(|s| s.n)) {
             return Err(usage(format!("a pool of {n} ranks is running: stop it first with `%ranch_stop` (its ranks' variables are lost)")));
@@ -147,7 +123,7 @@ impl EvcxrSession {
     }
 
     /// `%ranch_status`: the pool's ranks, or that it is still starting.
-    fn pool_status(&mut self) -> CellOutcome {
+    pub(super) fn pool_status(&mut self) -> CellOutcome {
         let still_starting = self.pool_starting.as_mut().is_some_and(|s| !s.is_finished());
         if let Some(s) = self.pool_starting.as_ref().filter(|_| still_starting) {
             let text = format!("pool of {} ranks starting ({:.1} s so far)\n", s.n, s.since.elapsed().as_secs_f64());
@@ -159,7 +135,7 @@ impl EvcxrSession {
         self.pool.as_ref().map(|p| Some(p.status())).ok_or_else(no_pool)
     }
 
-    fn ranch_stop(&mut self, cx: &CellContext) -> CellOutcome {
+    pub(super) fn ranch_stop(&mut self, cx: &CellContext) -> CellOutcome {
         self.await_pool()?;
         let pool = self.pool.take().ok_or_else(no_pool)?;
         let n = pool.size();
@@ -169,7 +145,7 @@ impl EvcxrSession {
         Ok(None)
     }
 
-    fn toggle_autopx(&mut self, cx: &CellContext) -> CellOutcome {
+    pub(super) fn toggle_autopx(&mut self, cx: &CellContext) -> CellOutcome {
         self.await_pool()?;
         if self.pool.is_none() && !self.autopx {
             return Err(no_pool());

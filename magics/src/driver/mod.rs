@@ -210,10 +210,7 @@ impl Driver {
 }
 
 /// `%ranch_gpus`: the machine's GPUs, and what `--gpus` numbers mean in this kernel.
-pub fn ranch_gpus(args: &str) -> Outcome {
-    if !args.trim().is_empty() {
-        return Err(usage(format!("%ranch_gpus takes no arguments, got `{}`", args.trim())));
-    }
+pub fn ranch_gpus() -> Outcome {
     let found = crate::gpus::discover();
     Ok(Some(crate::gpus::listing(found, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())))
 }

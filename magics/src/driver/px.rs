@@ -7,7 +7,7 @@
 use super::{Driver, Failure, Host, Outcome, RunDir, SERDE_HINT, Session, usage};
 use crate::args::Out;
 use crate::merge::ranks_label;
-use crate::pool::{Parsed, PoolArgs, PxArgs, RankPlan, Targets, cell_ranks, parse_pull, parse_push, parse_px, session_type, split_px_line};
+use crate::pool::{PoolArgs, PullArgs, PushArgs, PxArgs, RankPlan, Targets, cell_ranks, session_type};
 use crate::program::{SessionSnapshot, Shipped};
 use crate::supervise::Stream;
 use std::path::Path;
@@ -24,35 +24,6 @@ pub trait PoolRanks {
     /// their output reaches the cell as it comes, labelled, with a live status table of
     /// the ranks (`live_status`).
     fn run(&mut self, code: &str, ranks: &[usize], live_status: bool) -> Outcome;
-}
-
-/// A magic's arguments; its help is shown instead (`None`), a bad line is a usage error.
-pub fn args_or_help<T>(parsed: Result<Parsed<T>, String>, host: &dyn Host) -> Result<Option<T>, Failure> {
-    match parsed.map_err(usage)? {
-        Parsed::Help(text) => {
-            host.stream(Stream::Stdout, &text);
-            Ok(None)
-        }
-        Parsed::Run(a) => Ok(Some(a)),
-    }
-}
-
-/// A `%%px` cell or `%px` line: its parsed flags and its body; `None` when `code` is neither.
-pub fn px_cell(code: &str) -> Option<(Result<Parsed<PxArgs>, String>, &str)> {
-    let c = code.trim_start();
-    if let Some(rest) = c.strip_prefix("%%px")
-        && (rest.starts_with(char::is_whitespace) || rest.is_empty())
-    {
-        let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
-        return Some((parse_px(line), body));
-    }
-    if let Some(rest) = c.strip_prefix("%px")
-        && rest.starts_with(char::is_whitespace)
-    {
-        let (flags, expr) = split_px_line(rest);
-        return Some((parse_px(flags), expr));
-    }
-    None
 }
 
 /// Brings the traits `ranch_encode` needs into scope, inside a block of generated code.
@@ -83,22 +54,19 @@ impl Driver {
         })
     }
 
-    /// A `%%px` cell or `%px` line (`code` starts with the magic).
-    pub fn px(&mut self, session: &mut dyn Session, host: &dyn Host, code: &str) -> Outcome {
-        let Some((parsed, body)) = px_cell(code) else { return Err(usage("not a %%px cell")) };
-        let Some(args) = args_or_help(parsed, host)? else { return Ok(None) };
+    /// A `%%px` cell or `%px` line: `body` on the pool's ranks.
+    pub fn px(&mut self, session: &mut dyn Session, args: &PxArgs, body: &str) -> Outcome {
         if !args.share.is_empty() {
             push(session, &args.share)?;
         }
         match &args.out {
-            Some(out) => px_out(session, body, &args, out),
+            Some(out) => px_out(session, body, args, out),
             None => run_px(session, body, args.targets.as_ref(), !args.quiet),
         }
     }
 
     /// `%px_push a, b`: `let mut a: T = <the session's a>;` on every rank.
-    pub fn px_push(&mut self, session: &mut dyn Session, host: &dyn Host, args: &str) -> Outcome {
-        let Some(args) = args_or_help(parse_push(args), host)? else { return Ok(None) };
+    pub fn px_push(&mut self, session: &mut dyn Session, host: &dyn Host, args: &PushArgs) -> Outcome {
         let n = session.pool()?.size();
         let shipped = push(session, &args.names)?;
         let names: Vec<String> = shipped.iter().map(|v| format!("`{}`", v.name)).collect();
@@ -107,8 +75,7 @@ impl Driver {
     }
 
     /// `%px_pull NAME [--out NAME] [--targets R,R]`: the ranks' NAME as `Vec<T>` in the session.
-    pub fn px_pull(&mut self, session: &mut dyn Session, host: &dyn Host, args: &str) -> Outcome {
-        let Some(args) = args_or_help(parse_pull(args), host)? else { return Ok(None) };
+    pub fn px_pull(&mut self, session: &mut dyn Session, host: &dyn Host, args: &PullArgs) -> Outcome {
         let mut pool = session.pool()?;
         let ranks = cell_ranks(args.targets.as_ref(), pool.size()).map_err(usage)?;
         let vars = pool.variables();

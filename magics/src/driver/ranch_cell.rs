@@ -3,7 +3,7 @@
 //! group, supervise them, merge what they report, bind `--out` back into the session.
 
 use super::{BuildTools, Driver, Failure, Host, HostSink, Outcome, RunDir, SERDE_HINT, Session, Stoppable, ranch_error, usage};
-use crate::args::{self, Gpus, Parsed, RanchArgs};
+use crate::args::{self, Gpus, RanchArgs};
 use crate::build::{self, BuildError, BuildHandle};
 use crate::channel::{self, Channel};
 use crate::group::{self, GroupService};
@@ -16,10 +16,16 @@ use crate::{artifacts, merge, source};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Whether a cell is a `%%ranch` cell or an `%in_ddp` line.
-pub fn is_ranch_cell(code: &str) -> bool {
-    let c = code.trim_start();
-    c.starts_with("%%ranch") || c.starts_with("%in_ddp")
+/// A `%%ranch` cell or an `%in_ddp` line, parsed (by [`crate::magic_table`]).
+#[derive(Debug)]
+pub struct RanchLaunch<'a> {
+    pub args: RanchArgs,
+    /// What every rank runs: the cell's body, or `%in_ddp`'s expression.
+    pub body: String,
+    /// `%in_ddp` without `--gather`: the value is the base rank's alone.
+    pub first_rank_only: bool,
+    /// The whole cell, magic line included: compile errors point into it.
+    pub cell: &'a str,
 }
 
 fn interrupted_before_launch(host: &dyn Host) -> Result<(), Failure> {
@@ -31,27 +37,8 @@ fn interrupted_before_launch(host: &dyn Host) -> Result<(), Failure> {
 
 impl Driver {
     /// Runs a `%%ranch` cell or an `%in_ddp` line.
-    pub fn ranch(&mut self, session: &mut dyn Session, host: &dyn Host, code: &str) -> Outcome {
-        let code = code.trim_start();
-        let parsed = match code.strip_prefix("%in_ddp") {
-            // A line magic: the rest of the cell is the expression.
-            Some(rest) => args::parse_in_ddp(&rest.replace('\n', " ")),
-            None => {
-                let magic_line = code.split_once('\n').map_or(code, |(l, _)| l);
-                args::parse(magic_line.trim_start_matches("%%ranch"))
-            }
-        };
-        let (args, body, first_rank_only) = match parsed.map_err(|e| usage(e.0))? {
-            Parsed::Help(text) => {
-                host.stream(supervise::Stream::Stdout, &text);
-                return Ok(None);
-            }
-            Parsed::Run(a) => (a, code.split_once('\n').map_or("", |(_, b)| b).to_string(), false),
-            Parsed::InDdp(a, expr) => {
-                let single = !a.gather;
-                (a, expr, single)
-            }
-        };
+    pub fn ranch(&mut self, session: &mut dyn Session, host: &dyn Host, launch: RanchLaunch<'_>) -> Outcome {
+        let RanchLaunch { args, body, first_rank_only, cell: code } = launch;
         let (rank_deps, rust, rust_line) = source::split_rank_deps(&body).map_err(usage)?;
         let facts = source::body_facts(&rust);
         if args.ctx.as_deref().is_some_and(|c| c.trim().is_empty()) {

@@ -1,10 +1,10 @@
 //! The driver's pipeline against a fake session, pool and host: what is shipped, built,
 //! run and bound, and what a failure leaves unchanged.
 
-use super::px::{PoolRanks, px_cell};
+use super::px::PoolRanks;
 use super::*;
 use crate::args::Out;
-use crate::pool::Parsed;
+use crate::magic_table::{Call, Lookup, lookup};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Mutex;
@@ -179,10 +179,27 @@ impl Host for FakeHost {
     }
 }
 
+/// Runs a driver's magic as the kernel does: looked up and parsed by the magic table.
+fn run(s: &mut FakeSession, host: &FakeHost, code: &str) -> Outcome {
+    let Lookup::Found(magic) = lookup(code) else { panic!("not a magic: {code}") };
+    let mut driver = Driver::default();
+    match magic.parse()? {
+        Call::Help(text) => {
+            host.stream(supervise::Stream::Stdout, &text);
+            Ok(None)
+        }
+        Call::Ranch(launch) => driver.ranch(s, host, *launch),
+        Call::Px { args, body } => driver.px(s, &args, body),
+        Call::PxPush(args) => driver.px_push(s, host, &args),
+        Call::PxPull(args) => driver.px_pull(s, host, &args),
+        other => panic!("not a driver's magic: {other:?}"),
+    }
+}
+
 #[test]
 fn a_missing_shared_variable_is_a_usage_error_and_nothing_is_exported() {
     let mut s = FakeSession::new("share", &[("a", "u32")]);
-    let e = Driver::default().ranch(&mut s, &FakeHost::default(), "%%ranch 2 --share nope\n1").unwrap_err();
+    let e = run(&mut s, &FakeHost::default(), "%%ranch 2 --share nope\n1").unwrap_err();
     assert_eq!(e.ename, "UsageError");
     assert!(e.evalue.contains("no variable `nope`"), "{}", e.evalue);
     assert!(s.calls.borrow().exported.is_empty());
@@ -194,7 +211,7 @@ fn only_what_the_cell_uses_is_shipped_and_an_unshippable_variable_stops_the_laun
     let mut s = FakeSession::new("ship", &[("a", "Vec<u8>"), ("b", "u32"), ("c", "Foo"), ("unused", "u8")]);
     s.unshippable.push(("c".into(), "Foo is not Serialize".into()));
     let code = "%%ranch 2\nlet b = 1;\na.len() + c.0 + b";
-    let e = Driver::default().ranch(&mut s, &FakeHost::default(), code).unwrap_err();
+    let e = run(&mut s, &FakeHost::default(), code).unwrap_err();
     assert_eq!(e.ename, "UnshippableVariable");
     assert!(e.evalue.contains("`c: Foo` (Foo is not Serialize)") && e.evalue.contains("Nothing was launched"), "{}", e.evalue);
     // `b` is the cell's own; `unused` is not mentioned.
@@ -207,7 +224,7 @@ fn only_what_the_cell_uses_is_shipped_and_an_unshippable_variable_stops_the_laun
 fn an_interrupt_while_exporting_launches_nothing() {
     let mut s = FakeSession::new("interrupt", &[("a", "u32")]);
     let host = FakeHost { interrupted: true, ..Default::default() };
-    let e = Driver::default().ranch(&mut s, &host, "%%ranch 2\na + 1").unwrap_err();
+    let e = run(&mut s, &host, "%%ranch 2\na + 1").unwrap_err();
     assert_eq!(e.ename, "Interrupted");
     assert!(e.evalue.contains("nothing was launched"));
     assert!(!s.calls.borrow().toolchain_asked);
@@ -216,14 +233,7 @@ fn an_interrupt_while_exporting_launches_nothing() {
 #[test]
 fn a_gpu_that_is_not_there_is_a_usage_error_before_anything_is_exported() {
     let mut s = FakeSession::new("gpus", &[("a", "u32")]);
-    let e = Driver::default()
-        .ranch(
-            &mut s,
-            &FakeHost::default(),
-            "%%ranch 2 --gpus 0,1
-a + 1",
-        )
-        .unwrap_err();
+    let e = run(&mut s, &FakeHost::default(), "%%ranch 2 --gpus 0,1\na + 1").unwrap_err();
     assert_eq!(e.ename, "UsageError");
     assert!(e.evalue.contains("--gpus"), "{}", e.evalue);
     assert!(s.calls.borrow().exported.is_empty());
@@ -233,7 +243,7 @@ a + 1",
 fn help_is_shown_and_nothing_runs() {
     let mut s = FakeSession::new("help", &[]);
     let host = FakeHost::default();
-    assert_eq!(Driver::default().ranch(&mut s, &host, "%%ranch --help\n1"), Ok(None));
+    assert_eq!(run(&mut s, &host, "%%ranch --help\n1"), Ok(None));
     assert!(host.out.lock().unwrap().contains("Usage"));
     assert!(s.calls.borrow().exported.is_empty() && !s.calls.borrow().toolchain_asked);
 }
@@ -256,14 +266,14 @@ fn out_binds_a_vec_of_the_ranks_type_as_the_session_names_it() {
 #[test]
 fn px_without_a_pool_says_how_to_start_one() {
     let mut s = FakeSession::new("nopool", &[]);
-    let e = Driver::default().px(&mut s, &FakeHost::default(), "%%px\n1").unwrap_err();
+    let e = run(&mut s, &FakeHost::default(), "%%px\n1").unwrap_err();
     assert!(e.evalue.contains("%ranch_start N"));
 }
 
 #[test]
 fn a_px_cell_brings_the_session_items_then_runs_on_every_rank() {
     let mut s = FakeSession::new("px", &[]).with_pool(3, &[]);
-    Driver::default().px(&mut s, &FakeHost::default(), "%%px\nlet x = ranch::rank();").unwrap();
+    run(&mut s, &FakeHost::default(), "%%px\nlet x = ranch::rank();").unwrap();
     let calls = s.calls.borrow();
     assert_eq!(calls.brought_items, 1);
     assert_eq!(calls.ran, [("let x = ranch::rank();".to_string(), vec![0, 1, 2])]);
@@ -273,12 +283,12 @@ fn a_px_cell_brings_the_session_items_then_runs_on_every_rank() {
 fn a_targets_cell_may_not_define_variables_and_checks_its_ranks() {
     let mut s = FakeSession::new("targets", &[]).with_pool(3, &[]);
     let host = FakeHost::default();
-    let e = Driver::default().px(&mut s, &host, "%%px --targets 0,2\nlet y = 1;").unwrap_err();
+    let e = run(&mut s, &host, "%%px --targets 0,2\nlet y = 1;").unwrap_err();
     assert!(e.evalue.contains("cannot define variables"), "{}", e.evalue);
-    let e = Driver::default().px(&mut s, &host, "%px --targets 5 1").unwrap_err();
+    let e = run(&mut s, &host, "%px --targets 5 1").unwrap_err();
     assert!(e.evalue.contains("no rank 5"), "{}", e.evalue);
     assert!(s.calls.borrow().ran.is_empty());
-    Driver::default().px(&mut s, &host, "%px --targets 2,0 { let y = 1; y }").unwrap();
+    run(&mut s, &host, "%px --targets 2,0 { let y = 1; y }").unwrap();
     assert_eq!(s.calls.borrow().ran[0].1, [0, 2]);
 }
 
@@ -286,9 +296,9 @@ fn a_targets_cell_may_not_define_variables_and_checks_its_ranks() {
 fn pull_gathers_a_rank_variable_into_the_session_and_names_what_exists() {
     let mut s = FakeSession::new("pull", &[]).with_pool(3, &[("w", "Vec<f32>")]);
     let host = FakeHost::default();
-    let e = Driver::default().px_pull(&mut s, &host, "nope").unwrap_err();
+    let e = run(&mut s, &host, "%px_pull nope").unwrap_err();
     assert!(e.evalue.contains("no variable `nope` (they have: w)"), "{}", e.evalue);
-    Driver::default().px_pull(&mut s, &host, "w --targets 0,2 --out ws").unwrap();
+    run(&mut s, &host, "%px_pull w --targets 0,2 --out ws").unwrap();
     assert_eq!(s.calls.borrow().bound, [("ws".to_string(), "Vec<f32>".to_string(), vec![0, 2])]);
     assert!(host.out.lock().unwrap().contains("Pulled `w` from ranks 0, 2 into `ws: Vec<Vec<f32>>`"));
     assert!(s.left().is_empty(), "the transfer's directory is removed: {:?}", s.left());
@@ -298,32 +308,25 @@ fn pull_gathers_a_rank_variable_into_the_session_and_names_what_exists() {
 fn push_ships_session_variables_as_mutable_rank_variables() {
     let mut s = FakeSession::new("push", &[("cfg", "Config"), ("other", "u8")]).with_pool(2, &[]);
     let host = FakeHost::default();
-    let e = Driver::default().px_push(&mut s, &host, "cfg, missing").unwrap_err();
+    let e = run(&mut s, &host, "%px_push cfg, missing").unwrap_err();
     assert!(e.evalue.contains("no variable `missing`"));
     assert!(s.calls.borrow().exported.is_empty());
-    Driver::default().px_push(&mut s, &host, "cfg").unwrap();
+    run(&mut s, &host, "%px_push cfg").unwrap();
     let calls = s.calls.borrow();
     assert_eq!(calls.exported, ["cfg"]);
     assert!(calls.ran[0].0.starts_with("let mut cfg: Config = ranch::__rt::load_from::<Config>("), "{}", calls.ran[0].0);
     assert_eq!(calls.ran[0].1, [0, 1]);
     drop(calls);
     // --share on a cell pushes first, to every rank, then runs the cell on its targets.
-    Driver::default().px(&mut s, &host, "%%px --share cfg --targets 1\ncfg.len()").unwrap();
+    run(&mut s, &host, "%%px --share cfg --targets 1\ncfg.len()").unwrap();
     let calls = s.calls.borrow();
     assert!(calls.ran[1].0.starts_with("let mut cfg: Config") && calls.ran[1].1 == [0, 1]);
     assert_eq!(calls.ran[2], ("cfg.len()".to_string(), vec![1]));
     // Moving variables shows no status table; the user's cells do, unless --quiet.
     assert_eq!(calls.live, [false, false, true]);
     drop(calls);
-    Driver::default()
-        .px(
-            &mut s,
-            &host,
-            "%%px --quiet
-1",
-        )
-        .unwrap();
-    Driver::default().px(&mut s, &host, "%px --quiet 1").unwrap();
+    run(&mut s, &host, "%%px --quiet\n1").unwrap();
+    run(&mut s, &host, "%px --quiet 1").unwrap();
     assert_eq!(s.calls.borrow().live[3..], [false, false]);
 }
 
@@ -331,26 +334,10 @@ fn push_ships_session_variables_as_mutable_rank_variables() {
 fn px_out_wraps_the_tail_and_binds_every_rank_value() {
     let mut s = FakeSession::new("pxout", &[]).with_pool(2, &[]);
     let host = FakeHost::default();
-    let e = Driver::default().px(&mut s, &host, "%%px --out v\nlet z = 1;").unwrap_err();
+    let e = run(&mut s, &host, "%%px --out v\nlet z = 1;").unwrap_err();
     assert!(e.evalue.contains("end in an expression"));
-    Driver::default().px(&mut s, &host, "%%px --out v\nvec![ranch::rank() as f32]").unwrap();
+    run(&mut s, &host, "%%px --out v\nvec![ranch::rank() as f32]").unwrap();
     let calls = s.calls.borrow();
     assert!(calls.ran[0].0.contains("let __ranch_out = vec![ranch::rank() as f32];"), "{}", calls.ran[0].0);
     assert_eq!(calls.bound, [("v".to_string(), "Vec<f32>".to_string(), vec![0, 1])]);
-}
-
-#[test]
-fn px_cells_and_lines() {
-    let body = |code| match px_cell(code) {
-        Some((Ok(Parsed::Run(a)), body)) => Some((a.targets.map(|t| t.0), body)),
-        Some(_) => panic!("not a run: {code}"),
-        None => None,
-    };
-    assert_eq!(body("%%px\nlet x = 1;"), Some((None, "let x = 1;")));
-    assert_eq!(body("%%px --targets 1,0\nx"), Some((Some(vec![0, 1]), "x")));
-    assert_eq!(body("%px ranch::rank()"), Some((None, "ranch::rank()")));
-    assert_eq!(body("%px --targets 2 x.len()"), Some((Some(vec![2]), "x.len()")));
-    assert_eq!(body("let x = 1;"), None);
-    assert_eq!(body("%pxfoo"), None);
-    assert!(matches!(px_cell("%%px --bogus\n1"), Some((Err(_), _))));
 }
