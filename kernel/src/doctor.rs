@@ -54,10 +54,11 @@ pub fn findings() -> Option<String> {
 }
 
 /// What evcxr, cargo and rustc say when the machine, not the cell, is at fault.
-const ENVIRONMENTAL: [&str; 8] = [
+const ENVIRONMENTAL: [&str; 9] = [
     "Failed to run rustc",
     "Error running 'cargo",
     "linker `cc` not found",
+    "error: linker `",
     "No space left on device",
     "can't find crate for `std`",
     "can't find crate for `core`",
@@ -73,14 +74,20 @@ pub fn is_environmental(text: &str) -> bool {
 /// A cell's error, with what the checks find missing added to its traceback when the error
 /// looks environmental (a missing toolchain, linker or disk space): said where the user
 /// looks, with the command that fixes it.
-pub fn explain(mut error: crate::interpreter::CellError) -> crate::interpreter::CellError {
-    if !is_environmental(&error.evalue) && !error.traceback.iter().any(|l| is_environmental(l)) {
+pub fn explain(error: crate::interpreter::CellError) -> crate::interpreter::CellError {
+    let environmental = is_environmental(&error.evalue) || error.traceback.iter().any(|l| is_environmental(l));
+    if !environmental {
         return error;
     }
-    if let Some(report) = findings() {
+    with_findings(error, findings())
+}
+
+fn with_findings(mut error: crate::interpreter::CellError, report: Option<String>) -> crate::interpreter::CellError {
+    let missing: Vec<String> = report.iter().flat_map(|r| r.lines()).filter(|l| l.contains("MISSING")).map(str::to_string).collect();
+    if !missing.is_empty() {
         error.traceback.push(String::new());
-        error.traceback.push("This looks like the machine, not the cell: ranch-kernel doctor says".into());
-        error.traceback.extend(report.lines().filter(|l| l.contains("MISSING")).map(str::to_string));
+        error.traceback.push("This looks like the machine, not the cell; `ranch-kernel doctor` finds:".into());
+        error.traceback.extend(missing);
     }
     error
 }
@@ -92,6 +99,21 @@ mod tests {
         assert!(super::is_environmental("error: linker `cc` not found\n  = note: No such file or directory"));
         assert!(super::is_environmental("Error running 'cargo check': No such file or directory (os error 2)"));
         assert!(!super::is_environmental("error[E0308]: mismatched types"));
+    }
+
+    #[test]
+    fn a_machine_error_gets_what_is_missing_and_its_fix() {
+        let error = crate::interpreter::CellError::new("CompilationError", "error: linker `cc` not found");
+        let report =
+            "ranch doctor: ...\n  ok       Rust 1.95.0\n  MISSING  a C compiler and linker (cc): sudo apt-get install build-essential\n";
+        let explained = super::with_findings(error.clone(), Some(report.into()));
+        assert_eq!(explained.traceback.last().unwrap(), "  MISSING  a C compiler and linker (cc): sudo apt-get install build-essential");
+        assert!(!explained.traceback.iter().any(|l| l.contains("ok       Rust")));
+        assert_eq!(
+            super::with_findings(error.clone(), Some("  ok  all\n".into())).traceback,
+            error.traceback,
+            "nothing missing: unchanged"
+        );
     }
 
     #[test]

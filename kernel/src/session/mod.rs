@@ -241,8 +241,9 @@ impl EvcxrSession {
         run.running.store(false, Ordering::SeqCst);
         let ran = result.as_ref().is_ok_and(|o| o.phases.iter().any(|p| p.name == "Execution"));
         // Everything the cell wrote was sent before `Done`; wait for it so the cell's output
-        // precedes its reply.
-        cell.wait_done(seen, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
+        // precedes its reply (on a busy machine the child's last lines can take seconds; the
+        // wait ends as soon as `Done` arrives).
+        cell.wait_done(seen, if ran { Duration::from_secs(10) } else { Duration::from_millis(20) });
         (result, cell.take_panic())
     }
 
@@ -304,12 +305,13 @@ impl EvcxrSession {
                     why.trim()
                 ),
             )),
-            Err(evcxr::Error::CompilationErrors(errors)) => Err(compile_errors(&errors, code, prepared.inserted)),
+            // A missing linker or toolchain shows as a build error: the checks say what to install.
+            Err(evcxr::Error::CompilationErrors(errors)) => Err(crate::doctor::explain(compile_errors(&errors, code, prepared.inserted))),
             Err(evcxr::Error::TypeRedefinedVariablesLost(vars)) => Err(CellError::new(
                 "VariablesLost",
                 format!("These variables were dropped because their type was redefined: {}", vars.join(", ")),
             )),
-            Err(e) => Err(CellError::new("Error", e.to_string().trim().to_string())),
+            Err(e) => Err(crate::doctor::explain(CellError::new("Error", e.to_string().trim().to_string()))),
         }
     }
 }
