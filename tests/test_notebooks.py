@@ -115,6 +115,7 @@ def test_data_parallel_matches_serial_and_plots_its_loss():
     w, b = (float(v) for v in text(cells[2]).strip("()").split(","))
     assert abs(w - 3.0) < 0.1 and abs(b - 0.5) < 0.1
     assert text(cells[4]) == "true", "every rank's parameters equal the serial ones"
+    assert not [o for o in cells[3].outputs if o.output_type == "execute_result"], "`EXPR;` shows no value"
     chart = [o.data for o in cells[7].outputs if o.output_type == "display_data"]
     assert len(chart) == 1 and chart[0]["image/svg+xml"].startswith("<svg") and "mean squared error" in chart[0]["image/svg+xml"]
     first, last = re.match(r"loss: ([\d.]+) at step 1, ([\d.]+) at step 500", text(cells[7])).groups()

@@ -7,7 +7,7 @@
 //! need its evcxr session) and matches every `Call` exhaustively.
 
 use crate::args::{self, RanchArgs};
-use crate::driver::ranch_cell::RanchLaunch;
+use crate::driver::ranch_cell::{RanchLaunch, Shows};
 use crate::driver::{Failure, usage};
 use crate::pool::{self, PoolArgs, PullArgs, PushArgs, PxArgs};
 
@@ -262,23 +262,28 @@ fn parse_ranch(i: Invocation<'_>) -> Result<Call<'_>, Failure> {
         args::Parsed::Help(text) => return Ok(Call::Help(text)),
         args::Parsed::InDdp(..) => unreachable!("args::parse never returns InDdp"),
     };
-    Ok(launch(args, i.body.to_string(), false, i))
+    Ok(launch(args, i.body.to_string(), Shows::EveryRank, i))
 }
 
 fn parse_in_ddp(i: Invocation<'_>) -> Result<Call<'_>, Failure> {
     // A line magic: the rest of the cell is the expression.
     match args::parse_in_ddp(&i.args.replace('\n', " ")).map_err(|e| usage(e.0))? {
         args::Parsed::InDdp(args, expr) => {
-            let first_rank_only = !args.gather;
-            Ok(launch(args, expr, first_rank_only, i))
+            // `EXPR;` runs the call and shows nothing (as in IPython); `--out` still binds.
+            let (expr, shows) = match expr.trim_end().strip_suffix(';') {
+                Some(call) => (call.to_string(), Shows::Nothing),
+                None if args.gather => (expr, Shows::EveryRank),
+                None => (expr, Shows::FirstRank),
+            };
+            Ok(launch(args, expr, shows, i))
         }
         args::Parsed::Help(text) => Ok(Call::Help(text)),
         args::Parsed::Run(_) => unreachable!("args::parse_in_ddp returns InDdp"),
     }
 }
 
-fn launch(args: RanchArgs, body: String, first_rank_only: bool, i: Invocation<'_>) -> Call<'_> {
-    Call::Ranch(Box::new(RanchLaunch { args, body, first_rank_only, cell: i.cell }))
+fn launch(args: RanchArgs, body: String, shows: Shows, i: Invocation<'_>) -> Call<'_> {
+    Call::Ranch(Box::new(RanchLaunch { args, body, shows, cell: i.cell }))
 }
 
 /// `%px [flags] EXPR`: the flags, then the expression (the rest of the cell).
@@ -441,11 +446,13 @@ mod tests {
     #[test]
     fn ranch_cells_and_in_ddp_lines_parse_to_one_launch() {
         let Call::Ranch(l) = parsed("%%ranch 2 --timeout 5\nlet a = 1;\na") else { panic!() };
-        assert_eq!((l.args.n, l.body.as_str(), l.first_rank_only), (2, "let a = 1;\na", false));
+        assert_eq!((l.args.n, l.body.as_str(), l.shows), (2, "let a = 1;\na", Shows::EveryRank));
         let Call::Ranch(l) = parsed("%in_ddp 3 train(\n&cfg)") else { panic!() };
-        assert_eq!((l.args.n, l.body.as_str(), l.first_rank_only, l.cell), (3, "train( &cfg)", true, "%in_ddp 3 train(\n&cfg)"));
+        assert_eq!((l.args.n, l.body.as_str(), l.shows, l.cell), (3, "train( &cfg)", Shows::FirstRank, "%in_ddp 3 train(\n&cfg)"));
         let Call::Ranch(l) = parsed("%in_ddp 3 --gather f()") else { panic!() };
-        assert!(!l.first_rank_only);
+        assert_eq!(l.shows, Shows::EveryRank);
+        let Call::Ranch(l) = parsed("%in_ddp 3 --out p train(&cfg);") else { panic!() };
+        assert_eq!((l.body.as_str(), l.shows), ("train(&cfg)", Shows::Nothing));
         assert!(matches!(parsed("%%ranch --help\n1"), Call::Help(h) if h.contains("Usage")));
         assert!(matches!(parsed("%in_ddp --help"), Call::Help(h) if h.contains("%in_ddp")));
         assert_eq!(found("%%ranch 0\n1").parse().unwrap_err().ename, "UsageError");

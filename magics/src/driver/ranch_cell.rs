@@ -22,10 +22,21 @@ pub struct RanchLaunch<'a> {
     pub args: RanchArgs,
     /// What every rank runs: the cell's body, or `%in_ddp`'s expression.
     pub body: String,
-    /// `%in_ddp` without `--gather`: the value is the base rank's alone.
-    pub first_rank_only: bool,
+    /// What the cell shows of the ranks' values.
+    pub shows: Shows,
     /// The whole cell, magic line included: compile errors point into it.
     pub cell: &'a str,
+}
+
+/// What a launch shows of its ranks' values (`--out` binds them whatever it shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shows {
+    /// Every rank's, in rank order (`%%ranch`, `%in_ddp --gather`).
+    EveryRank,
+    /// The base rank's alone (`%in_ddp`).
+    FirstRank,
+    /// None: `%in_ddp ... EXPR;` (a trailing `;`, as in IPython).
+    Nothing,
 }
 
 fn interrupted_before_launch(host: &dyn Host) -> Result<(), Failure> {
@@ -38,7 +49,7 @@ fn interrupted_before_launch(host: &dyn Host) -> Result<(), Failure> {
 impl Driver {
     /// Runs a `%%ranch` cell or an `%in_ddp` line.
     pub fn ranch(&mut self, session: &mut dyn Session, host: &dyn Host, launch: RanchLaunch<'_>) -> Outcome {
-        let RanchLaunch { args, body, first_rank_only, cell: code } = launch;
+        let RanchLaunch { args, body, shows, cell: code } = launch;
         let (rank_deps, rust, rust_line) = source::split_rank_deps(&body).map_err(usage)?;
         let facts = source::body_facts(&rust);
         if args.ctx.as_deref().is_some_and(|c| c.trim().is_empty()) {
@@ -116,7 +127,7 @@ impl Driver {
         let t_launch = Instant::now();
         let phases = (Duration::from_secs_f64(export_s), Duration::from_secs_f64(build_s));
         let launched = Launch { args: &args, exe: &exe, run_dir: &run_dir.0, program: &program, tools: &tools, phases };
-        let (shown, types) = launched.run(host, gpus.ranks, first_rank_only)?;
+        let (shown, types) = launched.run(host, gpus.ranks, shows)?;
         // The Jupyter server's log gets each phase (bench/ranch.py reads them).
         host.log(&format!("%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s", args.n, t_launch.elapsed().as_secs_f64()));
         if let Some(out) = &args.out {
@@ -209,7 +220,7 @@ impl Launch<'_> {
         &self,
         host: &dyn Host,
         rank_env: Vec<Vec<(String, String)>>,
-        first_rank_only: bool,
+        shows: Shows,
     ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
         let args = self.args;
         let note = |text: &str| host.stream(supervise::Stream::Stderr, text);
@@ -350,7 +361,11 @@ impl Launch<'_> {
             )));
         }
         let types = results.iter().map(|r| r.type_name.clone()).collect();
-        let shown = if first_rank_only { merge::single_bundle(&results[0]) } else { merge::result_bundle(&results, args.base_rank) };
+        let shown = match shows {
+            Shows::EveryRank => merge::result_bundle(&results, args.base_rank),
+            Shows::FirstRank => merge::single_bundle(&results[0]),
+            Shows::Nothing => None,
+        };
         Ok((shown, types))
     }
 }
