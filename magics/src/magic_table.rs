@@ -223,6 +223,28 @@ pub fn listing(more: &[(&str, &str)]) -> String {
     text
 }
 
+/// The guide's magics reference (`docs/src/magics.md`): every magic's synopsis, summary and
+/// `--help` text, as the kernel shows them. A test keeps the file equal to this.
+pub fn reference_markdown() -> String {
+    let mut md = String::from(
+        "# Magics reference\n\n\
+         Generated from the kernel's magic table (`magics/src/magic_table.rs`): what `:help` and\n\
+         each magic's `--help` print. Regenerate with\n\
+         `RANCH_BLESS=1 cargo test -p ranch-magics magics_reference`.\n",
+    );
+    for m in MAGICS {
+        let help = match (Invocation { magic: m, cell: "", args: " --help", body: "" }).parse() {
+            Ok(Call::Help(text)) => text,
+            _ => String::new(),
+        };
+        md.push_str(&format!("\n## `{} {}`\n\n{}.\n", m.invocation(), m.synopsis, m.summary).replace(" `\n", "`\n"));
+        if !help.trim().is_empty() {
+            md.push_str(&format!("\n```text\n{}\n```\n", help.trim_end()));
+        }
+    }
+    md
+}
+
 /// Magic names completing the `%` word the cell starts with, when the cursor is in it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct NameCompletion {
@@ -471,5 +493,19 @@ mod tests {
         assert!(matches!(parsed("%px_push a, b"), Call::PxPush(a) if a.names == ["a", "b"]));
         assert!(matches!(parsed("%px_pull w --out ws"), Call::PxPull(a) if a.out.as_deref() == Some("ws")));
         assert!(matches!(parsed("%ranch_start 2"), Call::RanchStart(a) if a.n == 2));
+    }
+
+    #[test]
+    fn magics_reference_in_the_guide_is_the_tables() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/src/magics.md");
+        let generated = reference_markdown();
+        if std::env::var_os("RANCH_BLESS").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let saved = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(saved == generated, "docs/src/magics.md is not the table's: run RANCH_BLESS=1 cargo test -p ranch-magics magics_reference");
+        for m in MAGICS {
+            assert!(saved.contains(&format!("## `{}", m.invocation())), "{}", m.invocation());
+        }
     }
 }
