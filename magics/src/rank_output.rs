@@ -32,8 +32,10 @@ pub enum Output {
 pub const MAX_LINE: usize = 1 << 20;
 /// Largest display block (`EVCXR_BEGIN_CONTENT` ... `EVCXR_END_CONTENT`).
 pub const MAX_BLOCK: usize = 32 << 20;
-/// How long output is read after the rank exited.
+/// How long output is waited for after the rank exited.
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// What is read after that, of what is already in the pipe (more than a pipe holds).
+const BUFFERED_AFTER_DRAIN: usize = 1 << 20;
 
 /// Where output goes; false when nobody listens any more. It may block (back pressure).
 pub type Deliver<'a> = &'a dyn Fn(Output) -> bool;
@@ -56,15 +58,21 @@ pub fn read_with(pipe: impl Read + AsFd, exited: &OnceLock<Instant>, mut take: i
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut pipe = pipe;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut late_bytes = 0;
     loop {
-        if exited.get().is_some_and(|t| t.elapsed() > DRAIN_AFTER_EXIT) {
-            return;
-        }
+        // Past the drain time nothing more is waited for, but what is already in the pipe is
+        // read: all the process wrote before it exited is there (a reader slowed down by a
+        // busy machine or a full channel must not lose a launcher's last report).
+        let late = exited.get().is_some_and(|t| t.elapsed() > DRAIN_AFTER_EXIT);
         let readable = {
             let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-            matches!(poll(&mut fds, PollTimeout::from(250u16)), Ok(n) if n > 0)
+            let wait = if late { PollTimeout::ZERO } else { PollTimeout::from(250u16) };
+            matches!(poll(&mut fds, wait), Ok(n) if n > 0)
         };
         if !readable {
+            if late {
+                return;
+            }
             continue;
         }
         let n = match pipe.read(&mut buf) {
@@ -73,6 +81,13 @@ pub fn read_with(pipe: impl Read + AsFd, exited: &OnceLock<Instant>, mut take: i
         };
         if take(&buf[..n]).is_err() {
             return;
+        }
+        if late {
+            // A process left running that keeps writing gets no more than a pipe's worth.
+            late_bytes += n;
+            if late_bytes >= BUFFERED_AFTER_DRAIN {
+                return;
+            }
         }
     }
 }
@@ -228,6 +243,26 @@ impl DisplayParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_in_the_pipe_is_read_even_when_the_reader_comes_late() {
+        // The writer exited long ago, but something it left holds the pipe open: what was
+        // written is read, then the reader stops instead of waiting.
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let mut writer = std::fs::File::from(write);
+        std::io::Write::write_all(&mut writer, b"Process name: [[1,1],1]\nExit code: 3\n").unwrap();
+        let exited = OnceLock::new();
+        exited.set(Instant::now() - DRAIN_AFTER_EXIT * 4).unwrap();
+        let mut got = Vec::new();
+        let started = Instant::now();
+        read_with(std::fs::File::from(read), &exited, |b| {
+            got.extend_from_slice(b);
+            Ok(())
+        });
+        assert_eq!(got, b"Process name: [[1,1],1]\nExit code: 3\n");
+        assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
+        drop(writer);
+    }
 
     #[test]
     fn lines_are_split_as_bytes_arrive_and_long_ones_are_cut() {
