@@ -2,7 +2,6 @@
 //! it. The checks are `install/doctor.sh`, which `install/setup.sh` runs before it builds;
 //! the binary carries that same script, so an installed kernel can run it anywhere.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -29,35 +28,16 @@ pub fn run() -> std::io::Result<i32> {
 /// The checks' report, when something required is missing (for a cell that failed in a way
 /// the machine may be the cause of); `None` when all is there or the checks could not run.
 pub fn findings() -> Option<String> {
-    let mut child = command().stdout(Stdio::piped()).stderr(Stdio::null()).process_group(0).spawn().ok()?;
-    let stdout = child.stdout.take()?;
-    let reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut text = String::new();
-        let _ = stdout.take(64 << 10).read_to_string(&mut text);
-        text
-    });
-    let deadline = std::time::Instant::now() + LIMIT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let text = reader.join().ok()?;
-    (status?.code() == Some(1)).then_some(text)
+    let mut command = command();
+    command.stderr(Stdio::null());
+    let (status, text) = ranch_magics::bounded_output::output_within(&mut command, LIMIT, 64 << 10).ok()??;
+    (status.code() == Some(1)).then_some(text)
 }
 
 /// What evcxr, cargo and rustc say when the machine, not the cell, is at fault.
-const ENVIRONMENTAL: [&str; 9] = [
+const ENVIRONMENTAL: [&str; 8] = [
     "Failed to run rustc",
     "Error running 'cargo",
-    "linker `cc` not found",
     "error: linker `",
     "No space left on device",
     "can't find crate for `std`",

@@ -54,18 +54,6 @@ impl Cell {
     }
 }
 
-impl From<String> for Cell {
-    fn from(text: String) -> Cell {
-        Cell::text(text)
-    }
-}
-
-impl From<&str> for Cell {
-    fn from(text: &str) -> Cell {
-        Cell::text(text)
-    }
-}
-
 /// A table: a header and rows of cells.
 #[derive(Debug, Clone)]
 pub struct Grid {
@@ -151,17 +139,10 @@ impl Grid {
         for row in &self.rows {
             h.push_str("<tr>");
             for (c, cell) in row.iter().enumerate() {
-                match (&cell.style, self.left[c]) {
-                    (Some(css), true) => {
-                        let _ = write!(h, "<td style=\"text-align:left;{}\">{}</td>", escape(css), cell.html);
-                    }
-                    (Some(css), false) => {
-                        let _ = write!(h, "<td style=\"{}\">{}</td>", escape(css), cell.html);
-                    }
-                    (None, _) => {
-                        let _ = write!(h, "<td{}>{}</td>", align(c), cell.html);
-                    }
-                }
+                let css: Vec<String> =
+                    self.left[c].then(|| "text-align:left".to_string()).into_iter().chain(cell.style.as_deref().map(escape)).collect();
+                let style = if css.is_empty() { String::new() } else { format!(" style=\"{}\"", css.join(";")) };
+                let _ = write!(h, "<td{style}>{}</td>", cell.html);
             }
             h.push_str("</tr>");
         }

@@ -24,6 +24,7 @@
 
 pub mod args;
 pub mod artifacts;
+pub mod bounded_output;
 pub mod build;
 pub mod cell_body;
 pub mod channel;

@@ -8,10 +8,9 @@
 //! applies itself.
 
 use serde_json::{Value, json};
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the helper may take (a driver can take seconds to initialise many GPUs).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,34 +47,18 @@ pub fn discover() -> &'static Discovery {
 
 fn ask_helper() -> Result<Discovery, String> {
     let exe = std::env::current_exe().map_err(|e| format!("GPU discovery: cannot find this program: {e}"))?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .env(crate::role::ROLE_ENV, crate::role::GPU_PROBE)
         .env_remove("CUDA_VISIBLE_DEVICES")
         .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+        .stderr(Stdio::null());
+    let answer = crate::bounded_output::output_within(&mut command, PROBE_TIMEOUT, MAX_ANSWER)
         .map_err(|e| format!("GPU discovery: cannot start the helper: {e}"))?;
-    let stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.take(MAX_ANSWER).read_to_string(&mut text);
-        text
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() < PROBE_TIMEOUT => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("GPU discovery: the CUDA driver did not answer within {}s", PROBE_TIMEOUT.as_secs()));
-            }
-        }
+    let Some((status, text)) = answer else {
+        return Err(format!("GPU discovery: the CUDA driver did not answer within {}s", PROBE_TIMEOUT.as_secs()));
     };
-    let text = reader.join().unwrap_or_default();
     if !status.success() {
         return Err(format!("GPU discovery: the helper failed ({status}); treating this machine as having no GPU"));
     }
