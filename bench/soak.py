@@ -218,6 +218,23 @@ def stranger_traffic(kc, stop_at, counts):
         h.close()
 
 
+def heartbeat_echoes(port):
+    """Whether a new client's ping on the heartbeat port comes back (a Jupyter server restarts
+    a kernel whose heartbeat stops, and the user loses the session)."""
+    import zmq
+    s = zmq.Context.instance().socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 5000)
+    s.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        s.send(b"ping")
+        return s.recv() == b"ping"
+    except zmq.ZMQError:
+        return False
+    finally:
+        s.close()
+
+
 def stranger_soak(seconds, strangers=4):
     import threading
     km, kc = start()
@@ -247,12 +264,14 @@ def stranger_soak(seconds, strangers=4):
         for t in threads:
             t.join()
         settle(lambda: kernel_fds(pid) > fds0, seconds=15)
-        beating = kc.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"
+        fd_growth = kernel_fds(pid) - fds0
+        answers = kc.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"
         return {"seconds": seconds, "stranger acts": counts["acts"], "acts refused by the kernel": counts["refused"],
-                "cells asked": asked, "cells answered right": answered, "kernel still answers": beating,
+                "cells asked": asked, "cells answered right": answered, "kernel still answers": answers,
+                "heartbeat still echoes": heartbeat_echoes(kc.hb_port),
                 "RSS growth at peak (MiB)": round((rss_peak - rss0) / 2**20, 1),
                 "RSS growth at end (MiB)": round((kernel_rss(pid) - rss0) / 2**20, 1),
-                "fd growth at end": kernel_fds(pid) - fds0}
+                "fd growth at end": fd_growth}
     finally:
         stop(km, kc)
 
@@ -269,7 +288,7 @@ def main():
     if args.strangers:
         for key, value in stranger_soak(args.strangers).items():
             print(f"{key:28} {value}")
-        print("goal: every cell answered right, RSS growth < 64 MiB, fd growth 0")
+        print("goal: every cell answered right, the heartbeat echoes, RSS growth < 64 MiB, fd growth 0")
         return
     if args.quick:
         args.launches, args.kernels = 24, 2

@@ -42,6 +42,7 @@ def test_stranger_soak_in_short_form():
     assert int(figures["stranger acts"]) > 20, out.stdout
     assert figures["cells answered right"] == figures["cells asked"], out.stdout
     assert figures["kernel still answers"] == "True", out.stdout
+    assert figures["heartbeat still echoes"] == "True", out.stdout
     assert float(figures["RSS growth at peak (MiB)"]) < 64, out.stdout
     assert int(figures["fd growth at end"]) <= 0, out.stdout
 

@@ -135,8 +135,10 @@ impl GenericSocketBackend {
                     }
                 },
             };
-            let send_result = match self.peers.get_async(&next_peer_id).await {
-                Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
+            // ranch: no bucket lock is held across the await (RANCH-PATCH.md, item 7).
+            let queue = self.peers.read_sync(&next_peer_id, |_, peer| peer.send_queue.clone());
+            let send_result = match queue {
+                Some(mut send_queue) => send_to_peer_queue(&mut send_queue, message).await,
                 None => continue,
             };
             return match send_result {
@@ -313,7 +315,7 @@ impl MultiPeerBackend for GenericSocketBackend {
             send_queue: queue_sender,
             trust,
         };
-        if self.peers.insert_async(peer_id.clone(), peer).await.is_err() {
+        if self.peers.insert_sync(peer_id.clone(), peer).is_err() {
             log::debug!("Refused a second connection claiming identity {:?}", peer_id);
             return;
         }

@@ -118,7 +118,7 @@ impl MultiPeerBackend for XPubSocketBackend {
             subscriptions: vec![],
             send_queue: queue_sender,
         };
-        if self.subscribers.insert_async(peer_id.clone(), subscriber).await.is_err() {
+        if self.subscribers.insert_sync(peer_id.clone(), subscriber).is_err() {
             log::debug!("Refused a second connection claiming identity {:?}", peer_id);
             return;
         }
@@ -164,17 +164,18 @@ impl SocketSend for XPubSocket {
             Some(frame) => frame,
             None => return Ok(()), // Empty message, nothing to publish
         };
+        // ranch: a synchronous scan, so no bucket lock is held across an await (see
+        // RANCH-PATCH.md, item 7).
         let mut targets = Vec::new();
-        let mut iter = self.backend.subscribers.begin_async().await;
-        while let Some(subscriber) = iter {
+        self.backend.subscribers.iter_sync(|peer_id, subscriber| {
             if subscriber.subscriptions.iter().any(|sub_filter| {
                 sub_filter.len() <= first_frame.len()
                     && sub_filter.as_slice() == &first_frame[0..sub_filter.len()]
             }) {
-                targets.push((subscriber.key().clone(), subscriber.send_queue.clone()));
+                targets.push((peer_id.clone(), subscriber.send_queue.clone()));
             }
-            iter = subscriber.next_async().await;
-        }
+            true
+        });
 
         // ranch: never wait for a subscriber; a full queue drops the message for it.
         let mut dead_peers = Vec::new();
