@@ -126,6 +126,45 @@ def test_interrupt_stops_every_rank_within_two_seconds_and_the_pool_stays_up(poo
     assert ok(execute(kc, "%px ranch::rank()")).result() == "[0, 1, 2]"
 
 
+def test_px_takes_the_flags_of_ranch_cells(pool):
+    """--see, --timing, --timeout and --on-error, as %%ranch has them (defined once)."""
+    _, kc = pool
+    ok(execute(kc, "%%px\nlet kept = ranch::rank();"))
+    run = ok(execute(kc, '%%px --see 1 --timing --quiet\nprintln!("from {}", ranch::rank());\nkept'))
+    assert run.stream() == "[1] from 1\n", run.stream()
+    assert run.result() == "[0, 1, 2]"
+    timing = [d for d in run.displays() if "image/svg+xml" in d]
+    assert len(timing) == 1 and "rank 2" in timing[0]["image/svg+xml"], run.displays()
+    assert timing[0]["text/plain"].startswith("export "), timing[0]["text/plain"]
+    assert "--see 5: the pool has ranks 0..2" in execute(kc, "%%px --see 5\n1").error_text()
+    # The pool's own --see comes back for the next cell.
+    assert sorted(ok(execute(kc, '%%px\nprintln!("again {}", ranch::rank());')).stream().splitlines()) == \
+        [f"[{r}] again {r}" for r in range(3)]
+
+    t0 = time.monotonic()
+    run = execute(kc, "%%px --timeout 1\nstd::thread::sleep(std::time::Duration::from_secs(60));", timeout=120)
+    assert run.error()["ename"] == "Timeout", run.error()
+    assert "Timed out after 1 s (--timeout)" in run.error_text() and "variables are lost" in run.error_text()
+    assert time.monotonic() - t0 < 30
+    assert ok(execute(kc, "%px ranch::rank()")).result() == "[0, 1, 2]"
+
+    # By default one rank's panic lets the others finish (pool ranks are independent) ...
+    slow_panic = '%%px{}\nif ranch::rank() == 1 {{ panic!("one gives up") }}\nstd::thread::sleep(std::time::Duration::from_secs({}));'
+    ok(execute(kc, "%%px\nlet kept = 7;"))
+    t0 = time.monotonic()
+    run = execute(kc, slow_panic.format("", 3), timeout=120)
+    assert run.error()["ename"] == "RankPanicked" and time.monotonic() - t0 >= 3
+    assert ok(execute(kc, "%px kept")).result() == "[7, 7, 7]"
+    # ... and --on-error abort stops them, as %%ranch does: the ranks lose their variables.
+    t0 = time.monotonic()
+    run = execute(kc, slow_panic.format(" --on-error abort", 60), timeout=120)
+    assert run.error()["ename"] == "RankPanicked", run.error()
+    assert "rank 1 panicked: one gives up" in run.error_text()
+    assert "--on-error abort stopped the other ranks" in run.error_text() and "variables are lost" in run.error_text()
+    assert time.monotonic() - t0 < 30
+    assert "cannot find value `kept`" in execute(kc, "%px kept").error_text()
+
+
 def test_usage_errors_change_nothing(pool):
     _, kc = pool
     assert "a pool of 3 ranks is running" in execute(kc, "%ranch_start 2").error_text()

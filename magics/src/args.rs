@@ -62,6 +62,47 @@ pub struct Out {
     pub ty: Option<String>,
 }
 
+/// How a cell's ranks get their inputs, are stopped and are reported: the flags `%%ranch`
+/// and `%%px` share, defined (and so documented) once.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct RunFlags {
+    /// Session variables to copy into every rank first (%%ranch ships those the cell mentions anyway).
+    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_ident)]
+    pub share: Vec<String>,
+    /// Bind the ranks' values as `NAME: Vec<T>` in the session, in rank order (`--out NAME: T` states T).
+    #[arg(long, value_name = "NAME[: T]", value_parser = parse_out)]
+    pub out: Option<Out>,
+    /// When a rank fails: `abort` stops the others, `continue` lets them finish. Default: abort
+    /// for %%ranch, continue for %%px (there abort stops the cell's ranks, and the pool's ranks
+    /// lose their variables, as with an interrupt).
+    #[arg(long, value_enum)]
+    pub on_error: Option<OnError>,
+    /// Stop the cell's ranks after this many seconds (%%px: as an interrupt does).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<f64>,
+    /// Ranks whose output to show: `all` or a list such as `0,2` (%%px: default, the pool's --see).
+    #[arg(long, value_name = "all|R,R", value_parser = parse_see)]
+    pub see: Option<See>,
+    /// No live status table (rank, state, progress...) while the ranks run.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Show the build time and each rank's start and finish as a timeline chart and a summary.
+    #[arg(long)]
+    pub timing: bool,
+}
+
+impl RunFlags {
+    /// `--on-error`, or `default`.
+    pub fn on_error_or(&self, default: OnError) -> OnError {
+        self.on_error.unwrap_or(default)
+    }
+
+    /// `--see`, or `default`.
+    pub fn see_or<'a>(&'a self, default: &'a See) -> &'a See {
+        self.see.as_ref().unwrap_or(default)
+    }
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "%%ranch",
@@ -77,33 +118,14 @@ pub struct RanchArgs {
     /// Number of ranks (processes) to run.
     #[arg(value_name = "N", value_parser = parse_ranks)]
     pub n: usize,
-    /// Session variables to ship to every rank (those the cell mentions are shipped anyway).
-    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_ident)]
-    pub share: Vec<String>,
-    /// Bind the gathered values as `NAME: Vec<T>` in the session (`--out NAME: T` states T).
-    #[arg(long, value_name = "NAME[: T]", value_parser = parse_out)]
-    pub out: Option<Out>,
+    #[command(flatten)]
+    pub run: RunFlags,
     /// Evaluated in every rank before the body and dropped after it (setup/teardown).
     #[arg(long, value_name = "EXPR")]
     pub ctx: Option<String>,
-    /// What to do with the other ranks when one fails.
-    #[arg(long, value_enum, default_value = "abort")]
-    pub on_error: OnError,
-    /// Stop every rank after this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
-    pub timeout: Option<f64>,
     /// How to show the ranks' output.
     #[arg(long, value_enum, default_value = "order")]
     pub group_outputs: GroupOutputs,
-    /// Ranks whose output to show: `all` or a list such as `0,2`.
-    #[arg(long, value_name = "all|R,R", default_value = "all", value_parser = parse_see)]
-    pub see: See,
-    /// No live status table (rank, state, progress...) while the ranks run.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Show the build time and each rank's start and finish as a timeline chart and a summary.
-    #[arg(long)]
-    pub timing: bool,
     /// GPUs to pin ranks to: `auto` (all visible, if any), `none`, or a list such as `0,2`.
     #[arg(long, value_name = "auto|none|D,D", default_value = "auto", value_parser = parse_gpus)]
     pub gpus: Gpus,
@@ -144,6 +166,13 @@ pub struct RanchArgs {
     /// The backend, from --backend and the placement (filled by `parse`).
     #[arg(skip)]
     pub collectives: Backend,
+}
+
+impl RanchArgs {
+    /// `--on-error`: abort unless the cell says otherwise.
+    pub fn on_error(&self) -> OnError {
+        self.run.on_error_or(OnError::Abort)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -300,7 +329,7 @@ pub fn parse(args: &str) -> Result<Parsed, UsageError> {
                 return Err(UsageError("--gather is for %in_ddp; %%ranch always gathers every rank's value".into()));
             }
             // `--see` names global ranks: this kernel's are base..base + N.
-            if let See::Ranks(ranks) = &a.see {
+            if let Some(See::Ranks(ranks)) = &a.run.see {
                 let (first, last) = (a.base_rank, a.base_rank + a.n - 1);
                 if let Some(bad) = ranks.iter().find(|&&r| r < first || r > last) {
                     return Err(UsageError(format!(
@@ -498,12 +527,12 @@ mod tests {
     fn defaults() {
         let a = run("4");
         assert_eq!(a.n, 4);
-        assert_eq!(a.on_error, OnError::Abort);
+        assert_eq!(a.run.on_error, None);
         assert_eq!(a.group_outputs, GroupOutputs::Order);
-        assert_eq!(a.see, See::All);
+        assert_eq!(a.run.see, None);
         assert_eq!(a.gpus, Gpus::Auto);
         assert_eq!(a.gpu_visibility, GpuVisibility::All);
-        assert!(a.out.is_none() && a.share.is_empty() && a.timeout.is_none());
+        assert!(a.run.out.is_none() && a.run.share.is_empty() && a.run.timeout.is_none());
     }
 
     #[test]
@@ -516,24 +545,24 @@ mod tests {
     fn every_flag() {
         let a = run("8 --share a,b --out res: Vec<f64> --ctx 'setup(3)' --on-error continue --timeout 2.5 \
                      --group-outputs rank --see 0,2 --gpus none --gpu-visibility isolate");
-        assert_eq!(a.share, ["a", "b"]);
-        assert_eq!(a.out, Some(Out { name: "res".into(), ty: Some("Vec<f64>".into()) }));
+        assert_eq!(a.run.share, ["a", "b"]);
+        assert_eq!(a.run.out, Some(Out { name: "res".into(), ty: Some("Vec<f64>".into()) }));
         assert_eq!(a.ctx.as_deref(), Some("setup(3)"));
-        assert_eq!(a.on_error, OnError::Continue);
-        assert_eq!(a.timeout, Some(2.5));
+        assert_eq!(a.run.on_error, Some(OnError::Continue));
+        assert_eq!(a.run.timeout, Some(2.5));
         assert_eq!(a.group_outputs, GroupOutputs::Rank);
-        assert_eq!(a.see, See::Ranks(vec![0, 2]));
+        assert_eq!(a.run.see, Some(See::Ranks(vec![0, 2])));
         assert_eq!(a.gpus, Gpus::None);
         assert_eq!(a.gpu_visibility, GpuVisibility::Isolate);
     }
 
     #[test]
     fn out_type_forms() {
-        assert_eq!(run("2 --out r:u8").out.unwrap().ty.as_deref(), Some("u8"));
-        assert_eq!(run("2 --out 'r: (u8, String)'").out.unwrap().ty.as_deref(), Some("(u8, String)"));
-        assert_eq!(run("2 --out r").out.unwrap().ty, None);
-        assert_eq!(run("2 --out r: (u8, String) --see 0").out.unwrap().ty.as_deref(), Some("(u8, String)"));
-        assert_eq!(run("2 --out r:HashMap<String, Vec<u8>>").out.unwrap().ty.as_deref(), Some("HashMap<String, Vec<u8>>"));
+        assert_eq!(run("2 --out r:u8").run.out.unwrap().ty.as_deref(), Some("u8"));
+        assert_eq!(run("2 --out 'r: (u8, String)'").run.out.unwrap().ty.as_deref(), Some("(u8, String)"));
+        assert_eq!(run("2 --out r").run.out.unwrap().ty, None);
+        assert_eq!(run("2 --out r: (u8, String) --see 0").run.out.unwrap().ty.as_deref(), Some("(u8, String)"));
+        assert_eq!(run("2 --out r:HashMap<String, Vec<u8>>").run.out.unwrap().ty.as_deref(), Some("HashMap<String, Vec<u8>>"));
     }
 
     #[test]
@@ -555,7 +584,7 @@ mod tests {
         assert!(err("2 --base-rank 18446744073709551615 --world-size 4 --port 9").contains("do not fit"));
         // Global ranks: a kernel launching ranks 2..3 of 4 shows rank 2, not rank 0.
         assert!(err("2 --world-size 4 --base-rank 2 --port 9 --see 0").contains("ranks 2..3"));
-        assert_eq!(run("2 --world-size 4 --base-rank 2 --port 9 --see 3").see, See::Ranks(vec![3]));
+        assert_eq!(run("2 --world-size 4 --base-rank 2 --port 9 --see 3").run.see, Some(See::Ranks(vec![3])));
         assert!(err("2 --share 1x").contains("not a variable name"));
         assert!(err("2 --out 'r:'").contains("expected a type"));
         assert!(err("2 --ctx 'unclosed").contains("quotes"));
@@ -591,7 +620,7 @@ mod tests {
     fn in_ddp_splits_flags_from_the_expression() {
         match parse_in_ddp("4 --gather --timeout 30 train(&cfg, \"a b\")").unwrap() {
             Parsed::InDdp(a, expr) => {
-                assert_eq!((a.n, a.gather, a.ddp, a.timeout), (4, true, true, Some(30.0)));
+                assert_eq!((a.n, a.gather, a.ddp, a.run.timeout), (4, true, true, Some(30.0)));
                 assert_eq!(expr, "train(&cfg, \"a b\")");
             }
             other => panic!("{other:?}"),

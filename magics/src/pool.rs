@@ -1,7 +1,7 @@
 //! `%ranch_start`: the pool's arguments, and each pool rank's environment; `%%px`'s.
 
 use crate::args::{
-    Backend, GpuVisibility, Gpus, Out, See, join_out_type, parse_gpus, parse_ident, parse_list, parse_out, parse_ranks, parse_see,
+    Backend, GpuVisibility, Gpus, OnError, RunFlags, See, join_out_type, parse_gpus, parse_ident, parse_list, parse_ranks, parse_see,
     parse_timeout,
 };
 use crate::gpus::{Device, plan};
@@ -167,15 +167,16 @@ pub struct PxArgs {
     /// Pool ranks to run on, e.g. `0,2` (default: all). A --targets cell cannot define variables with `let`.
     #[arg(long, value_name = "R,R", value_parser = parse_targets)]
     pub targets: Option<Targets>,
-    /// Bind the ranks' values in the session as `NAME: Vec<T>` (T: Serialize + Deserialize).
-    #[arg(long, value_name = "NAME[: T]", value_parser = parse_out)]
-    pub out: Option<Out>,
-    /// Session variables to copy into every rank first, as `%px_push` does.
-    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_ident)]
-    pub share: Vec<String>,
-    /// No live status table of the ranks.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+impl PxArgs {
+    /// `--on-error`: continue unless the cell says otherwise (pool ranks are independent,
+    /// and stopping them costs their variables).
+    pub fn on_error(&self) -> OnError {
+        self.run.on_error_or(OnError::Continue)
+    }
 }
 
 /// `--targets`: pool ranks, sorted, each once.
@@ -352,8 +353,12 @@ mod tests {
         };
         assert_eq!(run(""), PxArgs::default());
         assert_eq!(run("--targets 2,0,2").targets, Some(Targets(vec![0, 2])));
-        assert!(run("--quiet").quiet && !run("").quiet);
-        assert_eq!(run("--out w: Vec<f64>").out, Some(Out { name: "w".into(), ty: Some("Vec<f64>".into()) }));
+        assert!(run("--quiet").run.quiet && !run("").run.quiet);
+        let a = run("--timeout 2.5 --on-error abort --see 1,3 --timing");
+        assert_eq!((a.run.timeout, a.on_error(), a.run.timing), (Some(2.5), OnError::Abort, true));
+        assert_eq!(a.run.see, Some(See::Ranks(vec![1, 3])));
+        assert_eq!(run("").on_error(), OnError::Continue, "pool ranks are independent unless the cell says so");
+        assert_eq!(run("--out w: Vec<f64>").run.out, Some(crate::args::Out { name: "w".into(), ty: Some("Vec<f64>".into()) }));
         assert!(parse_px("--targets x").unwrap_err().contains("rank numbers"));
         assert!(parse_px("--bogus").is_err());
         assert!(matches!(parse_px("--help"), Ok(Parsed::Help(_))));

@@ -105,6 +105,20 @@ impl Board {
         now.saturating_duration_since(self.started)
     }
 
+    /// Each row's time for `--timing`, from the table's start; a row whose end is not known
+    /// counts as stopped now.
+    pub fn spans(&self) -> Vec<crate::timing::Span> {
+        let now = Instant::now();
+        self.rows
+            .iter()
+            .zip(&self.labels)
+            .map(|(row, &rank)| {
+                let (at, ending) = row.ended.clone().unwrap_or((now, Ending::Stopped));
+                crate::timing::Span { rank, started: Duration::ZERO, ended: at.saturating_duration_since(self.started), ending }
+            })
+            .collect()
+    }
+
     /// Whether rank `rank`'s end is known.
     pub fn has_ended(&self, rank: usize) -> bool {
         self.rows[rank].ended.is_some()

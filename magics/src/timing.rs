@@ -10,34 +10,55 @@ const WIDTH: f64 = 640.0;
 const LABEL: f64 = 70.0;
 const ROW: f64 = 16.0;
 
+/// One rank's time: its rank as the user knows it, when it started and when its end was
+/// known (from the start of the ranks' run), and how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    pub rank: usize,
+    pub started: Duration,
+    pub ended: Duration,
+    pub ending: Ending,
+}
+
 /// The chart and the summary of a launch that exported for `export`, built for `build`, then
 /// ran as `report` says.
 pub fn bundle(export: Duration, build: Duration, report: &RunReport) -> Map<String, Value> {
+    let spans: Vec<Span> = report
+        .ranks
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Span { rank: report.first_rank + i, started: r.started, ended: r.ended, ending: r.ending.clone() })
+        .collect();
+    bundle_spans(export, build, &spans)
+}
+
+/// The chart and the summary of ranks that ran as `spans` say, after `export` and `build`.
+pub fn bundle_spans(export: Duration, build: Duration, spans: &[Span]) -> Map<String, Value> {
     let mut data = Map::new();
-    data.insert("image/svg+xml".into(), Value::String(svg(export, build, report)));
-    data.insert("text/plain".into(), Value::String(summary(export, build, report)));
+    data.insert("image/svg+xml".into(), Value::String(svg(export, build, spans)));
+    data.insert("text/plain".into(), Value::String(summary(export, build, spans)));
     data
 }
 
 /// Bars on one time axis: (label, from, to, colour), seconds from the start of the export.
-fn bars(export: Duration, build: Duration, report: &RunReport) -> Vec<(String, f64, f64, &'static str)> {
+fn bars(export: Duration, build: Duration, spans: &[Span]) -> Vec<(String, f64, f64, &'static str)> {
     let (e, b) = (export.as_secs_f64(), build.as_secs_f64());
     let launch = e + b;
     let mut bars = vec![("export".to_string(), 0.0, e, "#8c959f"), ("build".to_string(), e, launch, "#bf8700")];
-    for (i, r) in report.ranks.iter().enumerate() {
+    for r in spans {
         let colour = match r.ending {
             Ending::Success => "#1a7f37",
             Ending::Stopped => "#8c959f",
             _ => "#cf222e",
         };
         let start = launch + r.started.as_secs_f64();
-        bars.push((format!("rank {}", report.first_rank + i), start, launch + r.ended.as_secs_f64().max(r.started.as_secs_f64()), colour));
+        bars.push((format!("rank {}", r.rank), start, launch + r.ended.as_secs_f64().max(r.started.as_secs_f64()), colour));
     }
     bars
 }
 
-fn svg(export: Duration, build: Duration, report: &RunReport) -> String {
-    let bars = bars(export, build, report);
+fn svg(export: Duration, build: Duration, spans: &[Span]) -> String {
+    let bars = bars(export, build, spans);
     let total = bars.iter().map(|b| b.2).fold(0.0f64, f64::max).max(1e-3);
     let scale = (WIDTH - LABEL - 60.0) / total;
     let height = ROW * (bars.len() as f64 + 2.0);
@@ -72,14 +93,14 @@ fn svg(export: Duration, build: Duration, report: &RunReport) -> String {
     s
 }
 
-fn summary(export: Duration, build: Duration, report: &RunReport) -> String {
+fn summary(export: Duration, build: Duration, spans: &[Span]) -> String {
     let secs = |d: Duration| d.as_secs_f64();
     let mut out = format!("export {:.3} s, build {:.3} s", secs(export), secs(build));
-    if report.ranks.is_empty() {
+    if spans.is_empty() {
         return out;
     }
-    let starts = report.ranks.iter().map(|r| secs(r.started));
-    let ends: Vec<f64> = report.ranks.iter().map(|r| secs(r.ended)).collect();
+    let starts = spans.iter().map(|r| secs(r.started));
+    let ends: Vec<f64> = spans.iter().map(|r| secs(r.ended)).collect();
     let (first, last) = (starts.clone().fold(f64::MAX, f64::min), starts.fold(0.0, f64::max));
     let (slowest, end) = ends.iter().enumerate().fold((0, 0.0), |acc, (i, &e)| if e > acc.1 { (i, e) } else { acc });
     let fastest = ends.iter().copied().fold(f64::MAX, f64::min);
@@ -87,7 +108,7 @@ fn summary(export: Duration, build: Duration, report: &RunReport) -> String {
         out,
         "; ranks started {first:.3}-{last:.3} s after the launch and ended {fastest:.3}-{end:.3} s after it \
          (last: rank {}); total {:.3} s",
-        report.first_rank + slowest,
+        spans[slowest].rank,
         secs(export) + secs(build) + end
     );
     out

@@ -2,17 +2,20 @@
 //! its items and dependencies, binding results, the pool; and the running cell as the
 //! driver's host (output, interrupts, processes left behind).
 
-use super::pool::Pool;
+use super::pool::{CellStop, Pool};
 use super::{EvcxrSession, RunState};
 use crate::interpreter::{CellContext, CellError, MimeBundle, Stream};
+use ranch_magics::args::OnError;
 use ranch_magics::build::Toolchain;
-use ranch_magics::driver::px::PoolRanks;
+use ranch_magics::driver::px::{PoolRanks, PxRun};
 use ranch_magics::driver::{self, BuildTools, Failure, Host, Outcome, Stoppable};
 use ranch_magics::program::{SessionSnapshot, Shipped};
 use ranch_magics::{source, supervise};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// What the session keeps for the driver.
 #[derive(Default)]
@@ -235,17 +238,76 @@ impl PoolRanks for RunningPool<'_> {
         Ok(self.pool.bring_session_items(snapshot)?)
     }
 
-    fn run(&mut self, code: &str, ranks: &[usize], live_status: bool) -> Outcome {
+    fn run(&mut self, code: &str, ranks: &[usize], how: &PxRun) -> Outcome {
         let run = &self.run;
         run.interrupted.store(false, Ordering::SeqCst);
         run.stopped_build.store(false, Ordering::SeqCst);
+        *run.pool_stop.lock().unwrap() = None;
         *run.pool_child.lock().unwrap() = Some(self.pool.process());
         run.running.store(true, Ordering::SeqCst);
-        let interrupted = || run.interrupted.load(Ordering::SeqCst);
+        let (panicked, panics) = std::sync::mpsc::channel();
+        if how.on_error == OnError::Abort {
+            self.pool.on_panic(Some(panicked.clone()));
+        }
+        let watch = CellWatch::start(run.clone(), self.pool.process(), how.timeout, panics);
+        let stopped = || {
+            let own = *run.pool_stop.lock().unwrap();
+            own.or_else(|| run.interrupted.load(Ordering::SeqCst).then_some(CellStop::Interrupt))
+        };
         let stopped_build = || run.stopped_build.load(Ordering::SeqCst);
-        let outcome = self.pool.run(code, ranks, live_status, &interrupted, &stopped_build);
+        let outcome = self.pool.run(code, ranks, how, &stopped, &stopped_build);
+        self.pool.on_panic(None);
+        drop(panicked);
+        watch.end();
         *run.pool_child.lock().unwrap() = None;
         Ok(outcome?)
+    }
+}
+
+/// Stops a pool cell from within, as an interrupt does: once its `--timeout` passes, or when
+/// a rank panics while others still run it under `--on-error abort`.
+struct CellWatch {
+    /// Set (under its lock) once the cell is over, so a late stop touches nothing.
+    over: std::sync::Arc<Mutex<bool>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl CellWatch {
+    fn start(
+        run: std::sync::Arc<RunState>,
+        fanout: std::sync::Arc<Mutex<std::process::Child>>,
+        timeout: Option<Duration>,
+        panics: std::sync::mpsc::Receiver<()>,
+    ) -> CellWatch {
+        use std::sync::mpsc::RecvTimeoutError;
+        let over = std::sync::Arc::new(Mutex::new(false));
+        let done = over.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = timeout.map(|t| std::time::Instant::now() + t);
+            let got = match deadline {
+                Some(d) => panics.recv_timeout(d.saturating_duration_since(std::time::Instant::now())),
+                None => panics.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let cause = match (got, timeout) {
+                (Ok(()), _) => CellStop::Abort,
+                (Err(RecvTimeoutError::Timeout), Some(t)) => CellStop::Timeout(t),
+                _ => return,
+            };
+            let over = done.lock().unwrap();
+            if !*over {
+                *run.pool_stop.lock().unwrap() = Some(cause);
+                run.stop_pool_cell(&fanout);
+            }
+        });
+        CellWatch { over, thread }
+    }
+
+    /// The cell is over: nothing is stopped after this returns.
+    fn end(self) {
+        *self.over.lock().unwrap() = true;
+        // The watcher wakes when the last sender of `panics` is gone, or at its deadline.
+        drop(self.over);
+        let _ = self.thread.join();
     }
 }
 

@@ -57,6 +57,21 @@ struct RunState {
     waiting_for_pool: AtomicBool,
     /// Set while a pool cell runs: the pool's fan-out process.
     pool_child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
+    /// Why a pool cell was stopped by its own flags (`--timeout`, `--on-error abort`).
+    pool_stop: Mutex<Option<pool::CellStop>>,
+}
+
+impl RunState {
+    /// Stops the running pool cell: its build if one runs (nothing ran; every rank keeps its
+    /// variables), else its ranks (evcxr restarts the pool; the cell's error says what was
+    /// lost). The session is not touched.
+    fn stop_pool_cell(&self, fanout: &Mutex<std::process::Child>) {
+        if procs::kill_cargo_builds() {
+            self.stopped_build.store(true, Ordering::SeqCst);
+        } else {
+            let _ = fanout.lock().unwrap().kill();
+        }
+    }
 }
 
 struct EvcxrInterrupter(Arc<RunState>);
@@ -80,14 +95,8 @@ impl Interrupter for EvcxrInterrupter {
             build.stop();
             return;
         }
-        // A pool cell: stop its build, or else its ranks (evcxr restarts the pool, and the
-        // cell's error says the ranks' variables are lost). The session is not touched.
         if let Some(fanout) = &*state.pool_child.lock().unwrap() {
-            if procs::kill_cargo_builds() {
-                state.stopped_build.store(true, Ordering::SeqCst);
-            } else {
-                let _ = fanout.lock().unwrap().kill();
-            }
+            state.stop_pool_cell(fanout);
             return;
         }
         if state.ranch_cell.load(Ordering::SeqCst) {
@@ -258,7 +267,11 @@ impl EvcxrSession {
         }
         // With %autopx on, Rust cells (not evcxr's `:` commands) go to the pool.
         if self.autopx && !code.trim_start().starts_with(':') {
-            return self.drive(cx, |_, s, _| ranch_magics::driver::px::run_px(s, code, None, true));
+            return self.drive(cx, |_, s, _| {
+                use ranch_magics::driver::px::{PxRun, run_px};
+                // `%autopx`: a plain cell, as a `%%px` cell without flags.
+                run_px(s, code, None, PxRun::of(&Default::default()))
+            });
         }
         if let Some(refusal) = refused_command(code) {
             return Err(refusal);

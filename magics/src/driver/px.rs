@@ -5,7 +5,7 @@
 //! removed after the cell.
 
 use super::{Driver, Failure, Host, Outcome, RunDir, SERDE_HINT, Session, usage};
-use crate::args::Out;
+use crate::args::{OnError, Out, See};
 use crate::merge::ranks_label;
 use crate::pool::{PoolArgs, PullArgs, PushArgs, PxArgs, RankPlan, Targets, cell_ranks, session_type};
 use crate::program::{SessionSnapshot, Shipped};
@@ -21,9 +21,45 @@ pub trait PoolRanks {
     /// Brings the session's dependencies and items into the pool (nothing when unchanged).
     fn bring_session_items(&mut self, snapshot: &SessionSnapshot) -> Result<(), Failure>;
     /// Runs `code` on the pool ranks `ranks` (sorted), in a group of just those ranks;
-    /// their output reaches the cell as it comes, labelled, with a live status table of
-    /// the ranks (`live_status`).
-    fn run(&mut self, code: &str, ranks: &[usize], live_status: bool) -> Outcome;
+    /// their output reaches the cell as it comes, labelled, as `how` says.
+    fn run(&mut self, code: &str, ranks: &[usize], how: &PxRun) -> Outcome;
+}
+
+/// How the ranks run one pool cell: what is shown and when the cell is stopped (the
+/// `%%ranch` flags a `%%px` cell takes, see [`crate::args::RunFlags`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PxRun {
+    /// A live status table of the ranks.
+    pub live_status: bool,
+    /// Ranks whose output is shown (`None`: as `%ranch_start --see` said).
+    pub see: Option<See>,
+    /// Stop the ranks (as an interrupt does) after this long.
+    pub timeout: Option<std::time::Duration>,
+    /// `Abort`: stop the other ranks once one panics.
+    pub on_error: OnError,
+    /// Show where the cell's time went (bringing the session's items, building, each rank).
+    pub timing: bool,
+    /// How long bringing the session's items took (filled by [`run_px`]).
+    pub export: std::time::Duration,
+}
+
+impl PxRun {
+    /// A cell of ranch's own (moving variables): no table, nothing shown but failures.
+    pub fn quiet() -> PxRun {
+        PxRun { live_status: false, see: None, timeout: None, on_error: OnError::Continue, timing: false, export: Default::default() }
+    }
+
+    /// A user's cell, as its flags say.
+    pub fn of(args: &PxArgs) -> PxRun {
+        PxRun {
+            live_status: !args.run.quiet,
+            see: args.run.see.clone(),
+            timeout: args.run.timeout.map(std::time::Duration::from_secs_f64),
+            on_error: args.on_error(),
+            timing: args.run.timing,
+            export: Default::default(),
+        }
+    }
 }
 
 /// Brings the traits `ranch_encode` needs into scope, inside a block of generated code.
@@ -56,12 +92,12 @@ impl Driver {
 
     /// A `%%px` cell or `%px` line: `body` on the pool's ranks.
     pub fn px(&mut self, session: &mut dyn Session, args: &PxArgs, body: &str) -> Outcome {
-        if !args.share.is_empty() {
-            push(session, &args.share)?;
+        if !args.run.share.is_empty() {
+            push(session, &args.run.share)?;
         }
-        match &args.out {
+        match &args.run.out {
             Some(out) => px_out(session, body, args, out),
-            None => run_px(session, body, args.targets.as_ref(), !args.quiet),
+            None => run_px(session, body, args.targets.as_ref(), PxRun::of(args)),
         }
     }
 
@@ -88,7 +124,7 @@ impl Driver {
         };
         let dir = transfer_dir(session, "px-pull")?;
         let code = format!("{{ {ENCODE_TRAITS} {} }}", emit(&dir.0, &args.name));
-        run_px(session, &code, args.targets.as_ref(), false)?;
+        run_px(session, &code, args.targets.as_ref(), PxRun::quiet())?;
         let out = Out { name: args.out.clone().unwrap_or_else(|| args.name.clone()), ty: Some(ty.clone()) };
         let ty = bind_pulled(session, &out, &dir.0, &ranks, &format!("`{}`", args.name))?;
         host.stream(Stream::Stdout, &format!("Pulled `{}` from {} into `{}: Vec<{ty}>`.\n", args.name, ranks_label(&ranks), out.name));
@@ -126,25 +162,32 @@ fn push(session: &mut dyn Session, names: &[String]) -> Result<Vec<Shipped>, Fai
             )
         })
         .collect();
-    run_px(session, &code, None, false)?;
+    run_px(session, &code, None, PxRun::quiet())?;
     Ok(shipped)
 }
 
 /// Runs `body` on the pool's ranks (`targets`, or all), after bringing in the session's
-/// items, with a live status table of the ranks unless `live_status` is false.
-pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>, live_status: bool) -> Outcome {
+/// items, as `how` says.
+pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>, mut how: PxRun) -> Outcome {
     let n = session.pool()?.size();
     let ranks = cell_ranks(targets, n).map_err(usage)?;
+    if let Some(See::Ranks(seen)) = &how.see
+        && let Some(bad) = seen.iter().find(|&&r| r >= n)
+    {
+        return Err(usage(format!("--see {bad}: the pool has ranks 0..{}, there is no rank {bad}", n - 1)));
+    }
     if ranks.len() < n && crate::cell_body::defines_variables(body) {
         return Err(usage(
             "a --targets cell cannot define variables with `let`: every rank must have the same variables. \
              Define them on every rank (a %%px cell without --targets), or wrap the cell in a block `{ ... }`",
         ));
     }
+    let started = std::time::Instant::now();
     let snapshot = session.snapshot()?;
     let mut pool = session.pool()?;
     pool.bring_session_items(&snapshot)?;
-    pool.run(body, &ranks, live_status)
+    how.export = started.elapsed();
+    pool.run(body, &ranks, &how)
 }
 
 /// `%%px --out NAME`: the cell, whose tail value each rank also writes, then bound.
@@ -156,7 +199,7 @@ fn px_out(session: &mut dyn Session, body: &str, args: &PxArgs, out: &Out) -> Ou
         format!("{{ {ENCODE_TRAITS} let __ranch_out = {tail}; {} __ranch_out }}", emit(&dir.0, "__ranch_out"))
     })
     .ok_or_else(|| usage("--out needs the cell to end in an expression (each rank's value)"))?;
-    let shown = run_px(session, &wrapped, args.targets.as_ref(), !args.quiet)?;
+    let shown = run_px(session, &wrapped, args.targets.as_ref(), PxRun::of(args))?;
     bind_pulled(session, out, &dir.0, &ranks, "the cell's value")?;
     Ok(shown)
 }

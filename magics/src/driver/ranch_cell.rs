@@ -79,14 +79,14 @@ impl Driver {
         // Which session variables go to the ranks: those the cell (or --ctx) mentions and
         // does not define itself, and --share's.
         let session_vars = session.variables()?;
-        for name in &args.share {
+        for name in &args.run.share {
             if !session_vars.iter().any(|(n, _)| n == name) {
                 return Err(usage(format!("--share {name}: the session has no variable `{name}`")));
             }
         }
         let mentioned = |n: &str| {
             (facts.idents.contains(n) && !facts.locals.contains(n))
-                || args.share.iter().any(|s| s == n)
+                || args.run.share.iter().any(|s| s == n)
                 || args.ctx.as_deref().is_some_and(|c| source::body_facts(c).idents.contains(n))
         };
         let shipped: Vec<Shipped> =
@@ -130,7 +130,7 @@ impl Driver {
         let (shown, types) = launched.run(host, gpus.ranks, shows)?;
         // The Jupyter server's log gets each phase (bench/ranch.py reads them).
         host.log(&format!("%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s", args.n, t_launch.elapsed().as_secs_f64()));
-        if let Some(out) = &args.out {
+        if let Some(out) = &args.run.out {
             bind_out(session, out, &types, &run_dir.0, args.n)?;
         }
         Ok(shown)
@@ -282,12 +282,12 @@ impl Launch<'_> {
         };
         let launcher = launcher_command(args, &plan)?;
         let policy = Policy {
-            on_error: args.on_error,
-            timeout: args.timeout.map(Duration::from_secs_f64),
+            on_error: args.on_error(),
+            timeout: args.run.timeout.map(Duration::from_secs_f64),
             group_outputs: args.group_outputs,
-            see: args.see.clone(),
+            see: args.run.see_or(&args::See::All).clone(),
             first_rank: args.base_rank,
-            status: (!args.quiet).then(|| StatusSetup { hosts: args.placement.rank_hosts(), gpus: rank_gpus(&plan.rank_env) }),
+            status: (!args.run.quiet).then(|| StatusSetup { hosts: args.placement.rank_hosts(), gpus: rank_gpus(&plan.rank_env) }),
         };
         let cancel = Cancel::default();
         host.stoppable(Stoppable::Ranks(cancel.clone()));
@@ -339,7 +339,7 @@ impl Launch<'_> {
         if left > 0 {
             host.log(&format!("stopped {left} processes the ranks left running"));
         }
-        if args.timing {
+        if args.run.timing {
             host.display(crate::timing::bundle(self.phases.0, self.phases.1, &report), None);
         }
         if let Some((evalue, traceback)) = merge::failure(&report) {
@@ -352,7 +352,7 @@ impl Launch<'_> {
         }
         let results = merge::read_results(self.run_dir, args.n, args.base_rank)
             .map_err(|e| Failure::new("RankFailed", format!("{e}. The session is unchanged.")))?;
-        if args.out.is_some()
+        if args.run.out.is_some()
             && let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()")
         {
             return Err(ranch_error(format!(
@@ -403,7 +403,7 @@ fn rank_gpus(rank_env: &[Vec<(String, String)>]) -> Vec<Option<String>> {
 
 /// The command of the launcher that starts every rank (`None`: ranks are spawned here).
 fn launcher_command(args: &RanchArgs, plan: &LaunchPlan) -> Result<Option<LauncherCommand>, Failure> {
-    crate::launch::command_for(&args.placement, args.on_error == args::OnError::Continue, plan).map_err(|e| match e {
+    crate::launch::command_for(&args.placement, args.on_error() == args::OnError::Continue, plan).map_err(|e| match e {
         crate::launch::CommandError::Usage(m) => usage(m),
         crate::launch::CommandError::Io(m) => ranch_error(m),
     })

@@ -1,7 +1,7 @@
 //! The driver's pipeline against a fake session, pool and host: what is shipped, built,
 //! run and bound, and what a failure leaves unchanged.
 
-use super::px::PoolRanks;
+use super::px::{PoolRanks, PxRun};
 use super::*;
 use crate::args::Out;
 use crate::magic_table::{Call, Lookup, lookup};
@@ -132,9 +132,9 @@ impl PoolRanks for FakePoolRef<'_> {
         Ok(())
     }
     /// Each rank "runs" the code: one that emits a value writes it where the code says.
-    fn run(&mut self, code: &str, ranks: &[usize], live_status: bool) -> Outcome {
+    fn run(&mut self, code: &str, ranks: &[usize], how: &PxRun) -> Outcome {
         self.0.calls.borrow_mut().ran.push((code.to_string(), ranks.to_vec()));
-        self.0.calls.borrow_mut().live.push(live_status);
+        self.0.calls.borrow_mut().live.push(how.live_status);
         if let Some(rest) = code.split("emit_to(\"").nth(1) {
             let dir = Path::new(rest.split('"').next().unwrap());
             for &r in ranks {

@@ -26,6 +26,7 @@ use evcxr::{CommandContext, EvalCallbacks};
 use group::CellGroup;
 use ranch_magics::args::See;
 use ranch_magics::display_op::{self, DisplayOp};
+use ranch_magics::driver::px::PxRun;
 use ranch_magics::grid::{Cell, Grid, escape};
 use ranch_magics::hosts::{LauncherKind, Placement};
 use ranch_magics::launch::LaunchPlan;
@@ -34,7 +35,7 @@ use serde_json::Value;
 use status::CellStatus;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub use fanout::run as run_fanout;
@@ -47,8 +48,13 @@ pub const RANK_ENV: &str = "RANCH_POOL_RANK";
 /// What the pool's ranks and fan-out report, applied to the running cell.
 struct PoolEvents {
     cell: Arc<CurrentCell>,
-    /// `--see`: ranks whose output is shown.
+    /// `%ranch_start --see`: ranks whose output is shown, unless the cell says (`cell_see`).
     see: See,
+    cell_see: Mutex<Option<See>>,
+    /// The running cell's ranks that have not finished it yet.
+    ranks_left: std::sync::atomic::AtomicUsize,
+    /// Told when a rank panics while others still run the cell (`--on-error abort`).
+    on_panic: Mutex<Option<mpsc::Sender<()>>>,
     panics: Mutex<Vec<(usize, String)>>,
     exits: Mutex<Vec<(usize, String)>>,
     pids: Mutex<Vec<u32>>,
@@ -63,6 +69,24 @@ struct PoolEvents {
 }
 
 impl PoolEvents {
+    /// Whether rank `rank`'s output is shown (the cell's `--see`, else the pool's).
+    fn shows(&self, rank: usize) -> bool {
+        self.cell_see.lock().unwrap().as_ref().unwrap_or(&self.see).shows(rank)
+    }
+
+    /// A rank of the running cell ended it; `panicked`: by a panic, which stops the others
+    /// under `--on-error abort` if any still run.
+    fn rank_ended(&self, panicked: bool) {
+        use std::sync::atomic::Ordering;
+        let before = self.ranks_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).unwrap_or(0);
+        if panicked
+            && before > 1
+            && let Some(tx) = self.on_panic.lock().unwrap().as_ref()
+        {
+            let _ = tx.send(());
+        }
+    }
+
     fn status(&self, f: impl FnOnce(&mut CellStatus)) {
         if let Some(s) = self.status.lock().unwrap().as_mut() {
             f(s)
@@ -77,7 +101,7 @@ impl EventHandler for PoolEvents {
         }
         match event {
             Event::Rank(r) => conn.rank = Some(r),
-            Event::Stdout(_) | Event::Stderr(_) if conn.rank.is_some_and(|r| !self.see.shows(r)) => {}
+            Event::Stdout(_) | Event::Stderr(_) if conn.rank.is_some_and(|r| !self.shows(r)) => {}
             Event::Stdout(t) => self.cell.stream(Stream::Stdout, &conn.label(Stream::Stdout, &t)),
             Event::Stderr(t) => self.cell.stream(Stream::Stderr, &conn.label(Stream::Stderr, &t)),
             Event::Display(data) => {
@@ -93,9 +117,11 @@ impl EventHandler for PoolEvents {
             Event::Panic(message) => {
                 let rank = conn.rank.unwrap_or(0);
                 self.status(|s| s.ended(rank, Ending::Panicked { message: message.clone(), line: None }));
-                self.panics.lock().unwrap().push((rank, message))
+                self.panics.lock().unwrap().push((rank, message));
+                self.rank_ended(true);
             }
             Event::Done => {
+                self.rank_ended(false);
                 if let Some(rank) = conn.rank {
                     self.status(|s| s.ended(rank, Ending::Success));
                 }
@@ -123,6 +149,17 @@ impl EventHandler for PoolEvents {
             Event::Dispatched { ranks, micros } => crate::log!("%%px {ranks}: dispatch {:.3} ms", micros as f64 / 1000.0),
         }
     }
+}
+
+/// Why a pool cell was stopped before its ranks finished it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum CellStop {
+    /// The user interrupted it.
+    Interrupt,
+    /// Its `--timeout` passed.
+    Timeout(Duration),
+    /// A rank panicked, and `--on-error abort` stopped the others.
+    Abort,
 }
 
 pub(super) struct Pool {
@@ -175,6 +212,9 @@ impl Pool {
         let events = Arc::new(PoolEvents {
             cell: cell.clone(),
             see,
+            cell_see: Mutex::default(),
+            ranks_left: Default::default(),
+            on_panic: Mutex::default(),
             panics: Mutex::default(),
             exits: Mutex::default(),
             pids: Mutex::default(),
@@ -269,21 +309,31 @@ impl Pool {
         self.ctx.process_handle()
     }
 
-    /// Runs `code` on the pool ranks `ranks` (sorted), in a group of those ranks, with a
-    /// live status table (`live_status`). `interrupted` says whether an interrupt stopped it.
+    /// Tells `tx` when a rank panics while others still run the cell (`None`: nobody).
+    pub(super) fn on_panic(&self, tx: Option<mpsc::Sender<()>>) {
+        *self.events.on_panic.lock().unwrap() = tx;
+    }
+
+    /// Runs `code` on the pool ranks `ranks` (sorted), in a group of those ranks, as `how`
+    /// says. `stopped` says whether (and why) the cell was stopped, `stopped_build` whether
+    /// that stopped its build.
     pub(super) fn run(
         &mut self,
         code: &str,
         ranks: &[usize],
-        live_status: bool,
-        interrupted: &dyn Fn() -> bool,
+        how: &PxRun,
+        stopped: &dyn Fn() -> Option<CellStop>,
         stopped_build: &dyn Fn() -> bool,
     ) -> CellOutcome {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
+        *self.events.cell_see.lock().unwrap() = how.see.clone();
+        self.events.ranks_left.store(ranks.len(), std::sync::atomic::Ordering::SeqCst);
         let pids = self.events.pids.lock().unwrap().clone();
         let hosts = self.events.hosts.lock().unwrap().clone();
-        *self.events.status.lock().unwrap() = live_status.then(|| CellStatus::new(ranks, &self.gpus, pids, &hosts));
+        // `--timing` reads the ranks' times off the table, drawn or not.
+        *self.events.status.lock().unwrap() =
+            (how.live_status || how.timing).then(|| CellStatus::new(ranks, &self.gpus, pids, &hosts, how.live_status));
         let ticker = StatusTicker::start(&self.events);
         let prepared = crate::syntax::with_stdout_flush(code);
         let group = CellGroup::start(ranks, &self.group_file, self.hosts_reach.as_deref())
@@ -296,15 +346,24 @@ impl Pool {
         // Every rank's output was sent before its `Done`.
         self.events.cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
         drop(ticker);
+        let stop = stopped();
         if let Some(mut status) = self.events.status.lock().unwrap().take() {
             let exits = self.events.exits.lock().unwrap().clone();
             let died = matches!(result, Err(evcxr::Error::SubprocessTerminated(_)));
             status.finish(&self.events.cell, |rank| match exits.iter().find(|(r, _)| *r == rank) {
                 Some((_, how)) => Ending::Lost(format!("its process {how}")),
-                None if died || interrupted() => Ending::Stopped,
+                None if died || stop.is_some() => Ending::Stopped,
                 None => Ending::Lost("it did not say that it finished the cell".into()),
             });
+            if how.timing {
+                let build =
+                    result.as_ref().map_or(Duration::ZERO, |o| o.phases.iter().filter(|p| p.name != "Execution").map(|p| p.duration).sum());
+                if let Some(spans) = status.spans() {
+                    self.events.cell.display(ranch_magics::timing::bundle_spans(how.export, build, &spans), MimeBundle::new());
+                }
+            }
         }
+        *self.events.cell_see.lock().unwrap() = None;
         drop(self.events.group.lock().unwrap().take());
         self.cells += 1;
         let lost = |what: &str| {
@@ -326,13 +385,31 @@ impl Pool {
                 }
                 Ok(None)
             }
-            Err(_) if interrupted() && stopped_build() => Err(CellError::new(
-                "Interrupted",
-                "Interrupted while compiling: the build was stopped and nothing ran. Every rank's variables are unchanged.",
-            )),
-            Err(evcxr::Error::SubprocessTerminated(_)) if interrupted() => {
-                Err(CellError::new("Interrupted", lost("Interrupted: the ranks were stopped to stop the cell.")))
+            Err(_) if stop.is_some() && stopped_build() => {
+                let (ename, why) = match stop {
+                    Some(CellStop::Timeout(t)) => ("Timeout", format!("Timed out after {} s", t.as_secs_f64())),
+                    _ => ("Interrupted", "Interrupted".to_string()),
+                };
+                Err(CellError::new(
+                    ename,
+                    format!("{why} while compiling: the build was stopped and nothing ran. Every rank's variables are unchanged."),
+                ))
             }
+            Err(evcxr::Error::SubprocessTerminated(_)) if stop == Some(CellStop::Abort) => {
+                let panics = std::mem::take(&mut *self.events.panics.lock().unwrap());
+                let (evalue, mut traceback) =
+                    ranch_magics::merge::panics_failure(&panics).unwrap_or_else(|| ("a rank panicked".into(), Vec::new()));
+                traceback.truncate(traceback.len().saturating_sub(1));
+                traceback.push(lost("--on-error abort stopped the other ranks."));
+                Err(CellError { ename: "RankPanicked".into(), evalue, traceback })
+            }
+            Err(evcxr::Error::SubprocessTerminated(_)) if stop.is_some() => Err(match stop {
+                Some(CellStop::Timeout(t)) => CellError::new(
+                    "Timeout",
+                    lost(&format!("Timed out after {} s (--timeout): the ranks were stopped to stop the cell.", t.as_secs_f64())),
+                ),
+                _ => CellError::new("Interrupted", lost("Interrupted: the ranks were stopped to stop the cell.")),
+            }),
             Err(evcxr::Error::SubprocessTerminated(why)) => {
                 let exits = std::mem::take(&mut *self.events.exits.lock().unwrap());
                 let what = match exits.first() {

@@ -26,12 +26,14 @@ pub(super) struct CellStatus {
     worth_showing: bool,
     id: String,
     shown: bool,
+    /// Drawn in the cell (`false`: kept only for `--timing`).
+    live: bool,
 }
 
 impl CellStatus {
     /// The table of a cell that runs on pool ranks `ranks`; `gpus` and `pids` are every pool
-    /// rank's.
-    pub(super) fn new(ranks: &[usize], gpus: &[String], pids: Vec<u32>, hosts: &[String]) -> CellStatus {
+    /// rank's. `live`: drawn in the cell (else only kept for `--timing`).
+    pub(super) fn new(ranks: &[usize], gpus: &[String], pids: Vec<u32>, hosts: &[String], live: bool) -> CellStatus {
         let gpus = ranks.iter().map(|&r| gpus.get(r).filter(|g| g.as_str() != "-").cloned()).collect();
         let hosts = if hosts.is_empty() { Vec::new() } else { ranks.iter().map(|&r| hosts.get(r).cloned().unwrap_or_default()).collect() };
         CellStatus {
@@ -42,6 +44,7 @@ impl CellStatus {
             worth_showing: false,
             id: ranch_magics::display_op::own_id("px-status"),
             shown: false,
+            live,
         }
     }
 
@@ -113,7 +116,15 @@ impl CellStatus {
         }
     }
 
+    /// Each rank's time in the cell, once the ranks started it.
+    pub(super) fn spans(&self) -> Option<Vec<ranch_magics::timing::Span>> {
+        self.board.as_ref().map(Board::spans)
+    }
+
     fn draw(&mut self, cell: &CurrentCell, finished: bool) {
+        if !self.live {
+            return;
+        }
         let Some(b) = self.board.as_mut() else { return };
         let mut meta = MimeBundle::new();
         meta.insert("ranch".into(), serde_json::json!({ "status": true }));
