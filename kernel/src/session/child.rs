@@ -22,6 +22,10 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+/// A pool rank's index, set by the pool's fan-out for each rank (its output is labelled
+/// with it).
+pub const RANK_ENV: &str = "RANCH_POOL_RANK";
+
 use ranch::__rt::evcxr_lines::{
     BEGIN_CONTENT as BEGIN, END_CONTENT as END, ERROR_OCCURRED, EXECUTION_COMPLETE as COMPLETE, INPUT_REQUEST, PANIC_NOTIFICATION as PANIC,
     PREFIX, VARIABLE_CHANGED_TYPE,
@@ -66,7 +70,7 @@ fn run_loop(end_line: &str) -> ! {
     let mut libraries: Vec<libloading::Library> = Vec::new();
     // A pool's rank calls the runtime before each cell (`--ddp`: form its group) and after it
     // (end its group); see ranch's comm::pool. Only cells that link the runtime have them.
-    let pool_rank = std::env::var_os(super::pool::RANK_ENV).is_some();
+    let pool_rank = std::env::var_os(RANK_ENV).is_some();
     let call = |lib: &libloading::Library, symbol: &str| {
         // SAFETY: the runtime exports these as `extern "C" fn()`.
         if let Ok(f) = unsafe { lib.get::<extern "C" fn()>(symbol.as_bytes()) } {
@@ -159,7 +163,7 @@ fn redirect(events: UnixStream, marker: Marker) -> nix::Result<()> {
     drop((out_w, err_w));
     let mut fwd = Forwarder::new(events, to_evcxr, err_to_evcxr, marker);
     // A pool's rank says which it is, so that the kernel labels its output.
-    if let Some(rank) = std::env::var(super::pool::RANK_ENV).ok().and_then(|r| r.parse().ok()) {
+    if let Some(rank) = std::env::var(RANK_ENV).ok().and_then(|r| r.parse().ok()) {
         fwd.send(Event::Rank(rank));
     }
     std::thread::Builder::new().name("ranch-output".into()).spawn(move || fwd.run(out_r, err_r)).map_err(|_| nix::Error::EAGAIN)?;

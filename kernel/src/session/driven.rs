@@ -214,7 +214,7 @@ impl driver::Session for EvcxrSession {
     fn pool(&mut self) -> Result<Box<dyn PoolRanks + '_>, Failure> {
         self.await_pool()?;
         let run = self.run.clone();
-        let pool = self.pool.as_mut().ok_or_else(super::px::no_pool)?;
+        let pool = self.pool.as_mut().ok_or_else(super::pool::no_pool)?;
         Ok(Box::new(RunningPool { pool, run }))
     }
 }

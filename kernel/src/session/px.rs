@@ -3,7 +3,7 @@
 
 use super::EvcxrSession;
 use super::driven::CellHost;
-use super::pool::Pool;
+use super::pool::{Pool, no_pool};
 use crate::interpreter::{CellContext, CellError, CellOutcome, Stream};
 use ranch_magics::driver::Session as _;
 use std::sync::atomic::Ordering;
@@ -45,10 +45,6 @@ impl Starting {
         while !self.wait(std::time::Duration::from_secs(1)) {}
         self.outcome?.ok()
     }
-}
-
-pub(super) fn no_pool() -> CellError {
-    usage("no pool is running: start one with `%ranch_start N` (N ranks)")
 }
 
 impl EvcxrSession {

@@ -42,8 +42,7 @@ pub use fanout::run as run_fanout;
 pub use hub::RemoteSpec;
 pub use relay::run as run_relay;
 
-/// A pool rank's index (its output is labelled with it).
-pub const RANK_ENV: &str = "RANCH_POOL_RANK";
+pub use super::child::RANK_ENV;
 
 /// What the pool's ranks and fan-out report, applied to the running cell.
 struct PoolEvents {
@@ -186,6 +185,11 @@ pub(super) struct Pool {
 
 fn pool_error(msg: impl Into<String>) -> CellError {
     CellError::new("PoolError", msg)
+}
+
+/// What a pool magic says when no pool runs.
+pub(super) fn no_pool() -> CellError {
+    CellError::new("UsageError", "no pool is running: start one with `%ranch_start N` (N ranks)")
 }
 
 impl Pool {
