@@ -213,6 +213,15 @@ struct Launch<'a> {
     phases: (Duration, Duration),
 }
 
+/// A launch's plan, and what must live while its ranks run (the group's rendezvous service
+/// when this kernel hosts it, and the channel that moves variables, values and the program).
+struct Planned {
+    plan: LaunchPlan,
+    launcher: Option<LauncherCommand>,
+    _service: Option<GroupService>,
+    _channel: Channel,
+}
+
 impl Launch<'_> {
     /// Launches and supervises the ranks; returns what the cell shows and each rank's value's
     /// type.
@@ -222,12 +231,22 @@ impl Launch<'_> {
         rank_env: Vec<Vec<(String, String)>>,
         shows: Shows,
     ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
+        let planned = self.plan(host, rank_env)?;
+        let report = self.supervise(host, &planned);
+        // The channel lives until the values it brought back are read.
+        let merged = self.merge(host, &report, shows);
+        drop(planned);
+        merged
+    }
+
+    /// Where the ranks meet, how they get the program, and the environment of each.
+    fn plan(&self, host: &dyn Host, rank_env: Vec<Vec<(String, String)>>) -> Result<Planned, Failure> {
         let args = self.args;
         let note = |text: &str| host.stream(supervise::Stream::Stderr, text);
         // An address of this host the ranks can reach: the channel's, and MASTER_ADDR unless --addr.
         let reach = args.reach_addr().map_err(usage)?;
         let master_addr = args.addr.clone().unwrap_or_else(|| reach.clone());
-        let (_service, master_port, token) = start_or_join_group(args, &master_addr, &|| host.interrupted(), &note)?;
+        let (service, master_port, token) = start_or_join_group(args, &master_addr, &|| host.interrupted(), &note)?;
         // NCCL under the name cudarc looks for (see crate::gpus::nccl_lib).
         let nccl_dir = self
             .program
@@ -281,6 +300,13 @@ impl Launch<'_> {
             rank_env,
         };
         let launcher = launcher_command(args, &plan)?;
+        Ok(Planned { plan, launcher, _service: service, _channel: channel })
+    }
+
+    /// Runs the ranks to their end (or until stopped), locally or through the launcher,
+    /// leaving no process of theirs behind.
+    fn supervise(&self, host: &dyn Host, planned: &Planned) -> crate::report::RunReport {
+        let (args, plan, launcher) = (self.args, &planned.plan, &planned.launcher);
         let policy = Policy {
             on_error: args.on_error(),
             timeout: args.run.timeout.map(Duration::from_secs_f64),
@@ -296,11 +322,11 @@ impl Launch<'_> {
         }
         let panic_line = |line: u32| self.program.cell_line(line as usize);
         let children_before = host.children();
-        let report = match &launcher {
+        let report = match launcher {
             None => {
                 // Each rank leads a process group, killed with the kernel if it dies first.
                 let spawn = |rank: usize| {
-                    let child = LocalSpawner.spawn_rank(&plan, rank)?;
+                    let child = LocalSpawner.spawn_rank(plan, rank)?;
                     host.watch(child.id() as i32, true);
                     Ok(child)
                 };
@@ -339,12 +365,23 @@ impl Launch<'_> {
         if left > 0 {
             host.log(&format!("stopped {left} processes the ranks left running"));
         }
+        report
+    }
+
+    /// What the cell shows of a run: its timing, its failures, or its values.
+    fn merge(
+        &self,
+        host: &dyn Host,
+        report: &crate::report::RunReport,
+        shows: Shows,
+    ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
+        let args = self.args;
         if args.run.timing {
-            host.display(crate::timing::bundle(self.phases.0, self.phases.1, &report), None);
+            host.display(crate::timing::bundle(self.phases.0, self.phases.1, report), None);
         }
-        if let Some((evalue, traceback)) = merge::failure(&report) {
+        if let Some((evalue, traceback)) = merge::failure(report) {
             // The table, with what the failing ranks wrote last, goes before the short error.
-            if let Some(table) = merge::failure_bundle(&report) {
+            if let Some(table) = merge::failure_bundle(report) {
                 host.display(table, None);
             }
             let ename = if report.stopped == Some(crate::report::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };

@@ -351,25 +351,41 @@ impl Pool {
         self.events.cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
         drop(ticker);
         let stop = stopped();
-        if let Some(mut status) = self.events.status.lock().unwrap().take() {
-            let exits = self.events.exits.lock().unwrap().clone();
-            let died = matches!(result, Err(evcxr::Error::SubprocessTerminated(_)));
-            status.finish(&self.events.cell, |rank| match exits.iter().find(|(r, _)| *r == rank) {
-                Some((_, how)) => Ending::Lost(format!("its process {how}")),
-                None if died || stop.is_some() => Ending::Stopped,
-                None => Ending::Lost("it did not say that it finished the cell".into()),
-            });
-            if how.timing {
-                let build =
-                    result.as_ref().map_or(Duration::ZERO, |o| o.phases.iter().filter(|p| p.name != "Execution").map(|p| p.duration).sum());
-                if let Some(spans) = status.spans() {
-                    self.events.cell.display(ranch_magics::timing::bundle_spans(how.export, build, &spans), MimeBundle::new());
-                }
-            }
-        }
+        self.finish_status(&result, stop, how);
         *self.events.cell_see.lock().unwrap() = None;
         drop(self.events.group.lock().unwrap().take());
         self.cells += 1;
+        self.outcome(result, code, &prepared, stop, stopped_build)
+    }
+
+    /// Leaves the cell's status table in its final state, and shows `--timing`'s chart.
+    fn finish_status(&self, result: &Result<evcxr::EvalOutputs, evcxr::Error>, stop: Option<CellStop>, how: &PxRun) {
+        let Some(mut status) = self.events.status.lock().unwrap().take() else { return };
+        let exits = self.events.exits.lock().unwrap().clone();
+        let died = matches!(result, Err(evcxr::Error::SubprocessTerminated(_)));
+        status.finish(&self.events.cell, |rank| match exits.iter().find(|(r, _)| *r == rank) {
+            Some((_, how)) => Ending::Lost(format!("its process {how}")),
+            None if died || stop.is_some() => Ending::Stopped,
+            None => Ending::Lost("it did not say that it finished the cell".into()),
+        });
+        if how.timing
+            && let Some(spans) = status.spans()
+        {
+            let build =
+                result.as_ref().map_or(Duration::ZERO, |o| o.phases.iter().filter(|p| p.name != "Execution").map(|p| p.duration).sum());
+            self.events.cell.display(ranch_magics::timing::bundle_spans(how.export, build, &spans), MimeBundle::new());
+        }
+    }
+
+    /// What the cell's reply says: its value, or what stopped or failed it.
+    fn outcome(
+        &self,
+        result: Result<evcxr::EvalOutputs, evcxr::Error>,
+        code: &str,
+        prepared: &crate::syntax::Prepared,
+        stop: Option<CellStop>,
+        stopped_build: &dyn Fn() -> bool,
+    ) -> CellOutcome {
         let lost = |what: &str| {
             format!(
                 "{what} The pool was restarted: its {} ranks are up again, but every rank's variables are lost \
