@@ -1,10 +1,10 @@
-//! Reading Rust source with rust-analyzer's parser: the session's items out of the crate
-//! evcxr last built, and what a cell body refers to.
+//! Reading Rust source with rust-analyzer's parser: the session's items out of the user's
+//! crate, and what a cell body refers to.
 
 use ra_ap_syntax::{AstNode, Edition, SourceFile, SyntaxKind, ast, ast::HasAttrs, ast::HasModuleItem, ast::HasName};
 use std::collections::BTreeSet;
 
-/// The session's crate attributes and items, as evcxr last compiled them.
+/// The session's crate attributes and items, as the session last compiled them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionItems {
     /// Inner attributes (`#![...]`), which must stay at the top of a crate.
@@ -15,36 +15,12 @@ pub struct SessionItems {
     pub names: BTreeSet<String>,
 }
 
-/// Items evcxr generates into every cell crate; they are not the user's.
-fn is_generated(item: &ast::Item) -> bool {
-    let name = |n: Option<ast::Name>| n.map(|n| n.text().to_string()).unwrap_or_default();
-    match item {
-        ast::Item::Module(m) => name(m.name()) == "evcxr_internal_runtime",
-        ast::Item::Fn(f) => {
-            let n = name(f.name());
-            n.starts_with("run_user_code_") || n == "evcxr_variable_store" || n == "evcxr_analysis_wrapper"
-        }
-        ast::Item::Struct(s) => name(s.name()) == "EvcxrUserCodeError",
-        ast::Item::Impl(i) => i.self_ty().is_some_and(|t| t.syntax().text().to_string().contains("EvcxrUserCodeError")),
-        _ => false,
-    }
-}
-
-/// Splits evcxr's generated `lib.rs` into the user's attributes and items.
-pub fn session_items(lib_rs: &str) -> SessionItems {
-    let file = SourceFile::parse(lib_rs, Edition::Edition2024).tree();
-    let mut out = SessionItems::default();
-    for attr in file.attrs() {
-        let text = attr.syntax().text().to_string();
-        // evcxr's own lint allowances; the rank program states its own.
-        if !text.contains("allow(unused_imports, unused_mut, dead_code)") {
-            out.inner_attrs.push(text);
-        }
-    }
+/// Splits the user's crate (evcxr's `lib.rs` less what evcxr generates, which the kernel
+/// removes) into its attributes and items.
+pub fn session_items(crate_src: &str) -> SessionItems {
+    let file = SourceFile::parse(crate_src, Edition::Edition2024).tree();
+    let mut out = SessionItems { inner_attrs: file.attrs().map(|a| a.syntax().text().to_string()).collect(), ..Default::default() };
     for item in file.items() {
-        if is_generated(&item) {
-            continue;
-        }
         if let Some(name) = item_name(&item) {
             out.names.insert(name);
         }
@@ -195,7 +171,7 @@ fn dep_line(spec: &str) -> Result<String, String> {
     Ok(format!("{name} = {value}"))
 }
 
-/// The `[profile.dev]` section of evcxr's Cargo.toml, verbatim: the rank program must be
+/// The `[profile.dev]` section of the session's Cargo.toml, verbatim: the rank program must be
 /// built with the same profile for cargo to reuse the session's compiled dependencies.
 pub fn profile_section(cargo_toml: &str) -> String {
     let mut out = String::new();
@@ -217,29 +193,13 @@ pub fn profile_section(cargo_toml: &str) -> String {
 mod tests {
     use super::*;
 
-    const LIB_RS: &str = r#"#![allow(unused_imports, unused_mut, dead_code)]
-#![feature(test)]
-fn cube(x: usize) -> usize { x * x * x }
-#[derive(Debug, Clone)] struct Cfg { steps: usize }
-use std::collections::HashMap;
-impl Cfg { fn twice(&self) -> usize { 2 * self.steps } }
-struct EvcxrUserCodeError {}
-impl<T: std::fmt::Display> From<T> for EvcxrUserCodeError { fn from(_: T) -> Self { Self {} } }
-mod evcxr_internal_runtime { pub struct VariableStore; }
-#[unsafe(no_mangle)]
-pub extern "C" fn run_user_code_7(x: *mut u8) -> *mut u8 { x }
-"#;
-
     #[test]
-    fn keeps_user_items_and_drops_evcxrs() {
-        let s = session_items(LIB_RS);
+    fn session_items_are_the_crates_attributes_and_named_items() {
+        let s = session_items("#![feature(test)]\nfn cube(x: usize) -> usize { x * x * x }\n#[derive(Debug)] struct Cfg;\nuse std::fmt;");
         assert_eq!(s.inner_attrs, ["#![feature(test)]"]);
-        let all = s.items.join("\n");
-        assert!(all.contains("fn cube") && all.contains("struct Cfg") && all.contains("impl Cfg"));
-        assert!(all.contains("#[derive(Debug, Clone)]"), "attributes stay with their item");
-        assert!(all.contains("use std::collections::HashMap;"));
-        assert!(!all.contains("Evcxr") && !all.contains("run_user_code") && !all.contains("evcxr_internal"));
-        assert!(s.names.contains("cube") && s.names.contains("Cfg"));
+        assert_eq!(s.items.len(), 3);
+        assert!(s.items[1].starts_with("#[derive(Debug)]"), "attributes stay with their item");
+        assert!(s.names.contains("cube") && s.names.contains("Cfg") && !s.names.contains("fmt"));
     }
 
     #[test]

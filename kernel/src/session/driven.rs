@@ -132,7 +132,7 @@ impl driver::Session for EvcxrSession {
         let tmpdir = self.evcxr_dir()?;
         let profile = std::fs::read_to_string(tmpdir.join("Cargo.toml")).map(|t| source::profile_section(&t)).unwrap_or_default();
         let snap = SessionSnapshot {
-            items: source::session_items(&lib_rs),
+            items: source::session_items(&super::evcxr_source::user_crate(&lib_rs)),
             deps: deps_text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
             profile,
         };

@@ -9,6 +9,7 @@ mod child;
 mod clean;
 mod disk;
 mod driven;
+mod evcxr_source;
 mod events;
 mod help;
 mod host_rust;
