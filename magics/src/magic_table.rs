@@ -354,19 +354,19 @@ mod tests {
         match lookup(code) {
             Lookup::Found(i) => i,
             Lookup::NotMagic => panic!("not a magic: {code}"),
-            Lookup::Unknown(e) => panic!("unknown: {}", e.evalue),
+            Lookup::Unknown(e) => panic!("unknown: {}", e),
         }
     }
 
     fn parsed(code: &str) -> Call<'_> {
-        found(code).parse().unwrap_or_else(|e| panic!("{code}: {}", e.evalue))
+        found(code).parse().unwrap_or_else(|e| panic!("{code}: {}", e))
     }
 
     fn unknown(code: &str) -> String {
         match lookup(code) {
             Lookup::Unknown(e) => {
-                assert_eq!(e.ename, "UsageError");
-                e.evalue
+                assert_eq!(e.ename(), "UsageError");
+                e.to_string()
             }
             _ => panic!("not an unknown magic: {code}"),
         }
@@ -461,7 +461,7 @@ mod tests {
         assert_eq!(body("%px ranch::rank()"), (None, "ranch::rank()"));
         assert_eq!(body("%px --targets 2 x.len()"), (Some(vec![2]), "x.len()"));
         assert!(found("%%px --bogus\n1").parse().is_err());
-        assert!(found("%px").parse().unwrap_err().evalue.contains("needs an expression"));
+        assert!(found("%px").parse().unwrap_err().to_string().contains("needs an expression"));
         assert!(matches!(parsed("%px --help"), Call::Help(h) if h.contains("--targets")));
     }
 
@@ -477,7 +477,7 @@ mod tests {
         assert_eq!((l.body.as_str(), l.shows), ("train(&cfg)", Shows::Nothing));
         assert!(matches!(parsed("%%ranch --help\n1"), Call::Help(h) if h.contains("Usage")));
         assert!(matches!(parsed("%in_ddp --help"), Call::Help(h) if h.contains("%in_ddp")));
-        assert_eq!(found("%%ranch 0\n1").parse().unwrap_err().ename, "UsageError");
+        assert_eq!(found("%%ranch 0\n1").parse().unwrap_err().ename(), "UsageError");
     }
 
     #[test]
@@ -485,11 +485,11 @@ mod tests {
         assert!(matches!(parsed("%ranch_stop"), Call::RanchStop));
         assert!(matches!(parsed("%autopx\n"), Call::Autopx));
         let e = found("%ranch_status now").parse().unwrap_err();
-        assert!(e.evalue.starts_with("%ranch_status takes no arguments, got `now`"), "{}", e.evalue);
+        assert!(e.to_string().starts_with("%ranch_status takes no arguments, got `now`"), "{}", e.to_string());
         assert!(matches!(parsed("%ranch_gpus --help"), Call::Help(h) if h == "Usage: %ranch_gpus\n\nThe machine's GPUs.\n"));
         assert!(matches!(parsed("%ranch_clean --all"), Call::RanchClean { all: true }));
         assert!(matches!(parsed("%ranch_clean"), Call::RanchClean { all: false }));
-        assert!(found("%ranch_clean --everything").parse().unwrap_err().evalue.contains("takes only --all"));
+        assert!(found("%ranch_clean --everything").parse().unwrap_err().to_string().contains("takes only --all"));
         assert!(matches!(parsed("%px_push a, b"), Call::PxPush(a) if a.names == ["a", "b"]));
         assert!(matches!(parsed("%px_pull w --out ws"), Call::PxPull(a) if a.out.as_deref() == Some("ws")));
         assert!(matches!(parsed("%ranch_start 2"), Call::RanchStart(a) if a.n == 2));

@@ -31,21 +31,22 @@ pub(super) struct DrivenState {
     toolchain: Option<BuildTools>,
 }
 
+/// The one place a magic's failure becomes Jupyter's error.
 impl From<Failure> for CellError {
     fn from(f: Failure) -> CellError {
-        let traceback = if f.traceback.is_empty() { vec![f.evalue.clone()] } else { f.traceback };
-        CellError { ename: f.ename, evalue: f.evalue, traceback }
+        CellError { ename: f.ename().to_string(), evalue: f.to_string(), traceback: f.traceback() }
     }
 }
 
+/// The session's own errors pass through the magics as they are.
 impl From<CellError> for Failure {
     fn from(e: CellError) -> Failure {
-        Failure { ename: e.ename, evalue: e.evalue, traceback: e.traceback }
+        Failure::Session { ename: e.ename, evalue: e.evalue, traceback: e.traceback }
     }
 }
 
 fn ranch_error(msg: impl Into<String>) -> Failure {
-    Failure::new("RanchError", msg)
+    Failure::Ranch(msg.into())
 }
 
 impl EvcxrSession {

@@ -342,7 +342,7 @@ impl Interpreter for EvcxrSession {
         // variables of those types. The persistent work directory keeps it compiled
         // across kernels.
         if let Err(e) = ranch_magics::driver::Session::add_runtime(self) {
-            crate::log!("{}", e.evalue);
+            crate::log!("{}", e);
         }
     }
 

@@ -26,17 +26,70 @@ use std::path::{Path, PathBuf};
 /// A MIME bundle: what a cell shows.
 pub type Bundle = Map<String, Value>;
 
-/// Why a magic's cell failed, as the notebook shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub ename: String,
-    pub evalue: String,
-    pub traceback: Vec<String>,
+/// Why a magic's cell failed: the magics' one error type. The kernel turns it into
+/// Jupyter's `ename`, `evalue` and traceback in one place ([`Failure::ename`], its `Display`,
+/// [`Failure::traceback`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// The magic's line is wrong; nothing was done.
+    #[error("{0}")]
+    Usage(String),
+    /// ranch could not do what the magic asks (its own fault or the machine's).
+    #[error("{0}")]
+    Ranch(String),
+    /// An interrupt stopped the magic before anything ran, or stopped its ranks.
+    #[error("{evalue}")]
+    Interrupted { evalue: String, traceback: Vec<String> },
+    /// Ranks failed (`traceback`: what each did, in short).
+    #[error("{evalue}")]
+    RankFailed { evalue: String, traceback: Vec<String> },
+    /// The rank program does not compile (`traceback`: each diagnostic, drawn on the cell).
+    #[error("{evalue}")]
+    Compilation { evalue: String, traceback: Vec<String> },
+    /// A session variable the ranks need cannot be serialised.
+    #[error("{0}")]
+    Unshippable(String),
+    /// Values could not come back from the ranks into the session.
+    #[error("{0}")]
+    Pull(String),
+    /// The session failed (evcxr, its build, the machine), already in Jupyter's terms.
+    #[error("{evalue}")]
+    Session { ename: String, evalue: String, traceback: Vec<String> },
 }
 
 impl Failure {
-    pub fn new(ename: impl Into<String>, evalue: impl Into<String>) -> Failure {
-        Failure { ename: ename.into(), evalue: evalue.into(), traceback: Vec::new() }
+    /// Jupyter's `ename`: the kind of failure, as notebooks and tests read it.
+    pub fn ename(&self) -> &str {
+        match self {
+            Failure::Usage(_) => "UsageError",
+            Failure::Ranch(_) => "RanchError",
+            Failure::Interrupted { .. } => "Interrupted",
+            Failure::RankFailed { .. } => "RankFailed",
+            Failure::Compilation { .. } => "CompilationError",
+            Failure::Unshippable(_) => "UnshippableVariable",
+            Failure::Pull(_) => "PullError",
+            Failure::Session { ename, .. } => ename,
+        }
+    }
+
+    /// The traceback lines a notebook shows (the value alone when there is no more to say).
+    pub fn traceback(&self) -> Vec<String> {
+        match self {
+            Failure::Interrupted { traceback, .. }
+            | Failure::RankFailed { traceback, .. }
+            | Failure::Compilation { traceback, .. }
+            | Failure::Session { traceback, .. }
+                if !traceback.is_empty() =>
+            {
+                traceback.clone()
+            }
+            _ => vec![self.to_string()],
+        }
+    }
+
+    /// An interrupt stopped it before anything ran: `evalue` says where.
+    pub fn interrupted(evalue: impl Into<String>) -> Failure {
+        Failure::Interrupted { evalue: evalue.into(), traceback: Vec::new() }
     }
 }
 
@@ -44,12 +97,12 @@ impl Failure {
 pub type Outcome = Result<Option<Bundle>, Failure>;
 
 pub(crate) fn usage(msg: impl Into<String>) -> Failure {
-    Failure::new("UsageError", msg)
+    Failure::Usage(msg.into())
 }
 
 /// The magic's own failures (not the cell's).
 pub(crate) fn ranch_error(msg: impl Into<String>) -> Failure {
-    Failure::new("RanchError", msg)
+    Failure::Ranch(msg.into())
 }
 
 /// Advice for a value whose type is not Serialize + Deserialize.

@@ -145,10 +145,10 @@ fn push(session: &mut dyn Session, names: &[String]) -> Result<Vec<Shipped>, Fai
     let dir = transfer_dir(session, "px-push")?;
     let unshippable = session.export(&shipped, &dir.0)?;
     if !unshippable.is_empty() {
-        return Err(Failure::new(
-            "UnshippableVariable",
-            format!("cannot send {} to the ranks. {SERDE_HINT}, or build the value in a %%px cell.", unshippable.join(", ")),
-        ));
+        return Err(Failure::Unshippable(format!(
+            "cannot send {} to the ranks. {SERDE_HINT}, or build the value in a %%px cell.",
+            unshippable.join(", ")
+        )));
     }
     let code: String = shipped
         .iter()
@@ -207,7 +207,7 @@ fn px_out(session: &mut dyn Session, body: &str, args: &PxArgs, out: &Out) -> Ou
 /// Binds `out` in the session to the values ranks `ranks` wrote to `dir`. Returns the
 /// element type.
 fn bind_pulled(session: &mut dyn Session, out: &Out, dir: &Path, ranks: &[usize], what: &str) -> Result<String, Failure> {
-    let error = |msg: String| Failure::new("PullError", msg);
+    let error = Failure::Pull;
     let mut ty = None;
     for &r in ranks {
         let path = ranch::__rt::result_path(dir, r);
@@ -228,7 +228,7 @@ fn bind_pulled(session: &mut dyn Session, out: &Out, dir: &Path, ranks: &[usize]
         error(format!(
             "the ranks' values could not be bound as `{}: Vec<{ty}>` in the session: {}. \
              A type the pool defined must be defined in a session cell too (the pool sees the session's items).",
-            out.name, e.evalue
+            out.name, e
         ))
     })?;
     Ok(ty)

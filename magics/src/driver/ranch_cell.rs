@@ -41,7 +41,7 @@ pub enum Shows {
 
 fn interrupted_before_launch(host: &dyn Host) -> Result<(), Failure> {
     if host.interrupted() {
-        return Err(Failure::new("Interrupted", "Interrupted before the ranks started; nothing was launched. The session is unchanged."));
+        return Err(Failure::interrupted("Interrupted before the ranks started; nothing was launched. The session is unchanged."));
     }
     Ok(())
 }
@@ -143,14 +143,11 @@ fn export_and_snapshot(session: &mut dyn Session, shipped: &[Shipped], vars_dir:
     if !shipped.is_empty() {
         let unshippable = session.export(shipped, vars_dir)?;
         if !unshippable.is_empty() {
-            return Err(Failure::new(
-                "UnshippableVariable",
-                format!(
-                    "these session variables are used by the cell but cannot be sent to the ranks: {}. {SERDE_HINT}, \
+            return Err(Failure::Unshippable(format!(
+                "these session variables are used by the cell but cannot be sent to the ranks: {}. {SERDE_HINT}, \
                      or build the value inside the cell. Nothing was launched.",
-                    unshippable.join(", ")
-                ),
-            ));
+                unshippable.join(", ")
+            )));
         }
     }
     session.snapshot()
@@ -181,15 +178,10 @@ fn build_rank_program(
     let exe = match built {
         Ok(exe) => exe,
         Err(BuildError::Compile(diags)) => {
-            return Err(Failure {
-                ename: "CompilationError".into(),
-                evalue: diags[0].summary(),
-                traceback: diags.iter().map(|d| d.render(cell)).collect(),
-            });
+            return Err(Failure::Compilation { evalue: diags[0].summary(), traceback: diags.iter().map(|d| d.render(cell)).collect() });
         }
         Err(BuildError::Stopped) => {
-            return Err(Failure::new(
-                "Interrupted",
+            return Err(Failure::interrupted(
                 "Interrupted while building the rank program; nothing was launched. The session is unchanged.",
             ));
         }
@@ -384,11 +376,14 @@ impl Launch<'_> {
             if let Some(table) = merge::failure_bundle(report) {
                 host.display(table, None);
             }
-            let ename = if report.stopped == Some(crate::report::StopReason::Interrupted) { "Interrupted" } else { "RankFailed" };
-            return Err(Failure { ename: ename.into(), evalue, traceback });
+            return Err(if report.stopped == Some(crate::report::StopReason::Interrupted) {
+                Failure::Interrupted { evalue, traceback }
+            } else {
+                Failure::RankFailed { evalue, traceback }
+            });
         }
         let results = merge::read_results(self.run_dir, args.n, args.base_rank)
-            .map_err(|e| Failure::new("RankFailed", format!("{e}. The session is unchanged.")))?;
+            .map_err(|e| Failure::RankFailed { evalue: format!("{e}. The session is unchanged."), traceback: Vec::new() })?;
         if args.run.out.is_some()
             && let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()")
         {
@@ -419,7 +414,7 @@ pub(super) fn bind_out(session: &mut dyn Session, out: &args::Out, types: &[Stri
     session.bind(&out.name, &ty, run_dir, &ranks).map_err(|e| {
         ranch_error(format!(
             "the ranks ran, but `{}` could not be bound as Vec<{ty}>: {}. State the type: --out {}: T",
-            out.name, e.evalue, out.name
+            out.name, e, out.name
         ))
     })
 }
@@ -477,10 +472,9 @@ fn start_or_join_group(
             ));
         }
         if interrupted() {
-            return Err(Failure::new(
-                "Interrupted",
-                format!("Interrupted while waiting for the group on port {port}; nothing was launched. The session is unchanged."),
-            ));
+            return Err(Failure::interrupted(format!(
+                "Interrupted while waiting for the group on port {port}; nothing was launched. The session is unchanged."
+            )));
         }
         if Instant::now() >= deadline {
             return Err(usage(format!(

@@ -82,7 +82,7 @@ impl Session for FakeSession {
     }
     fn bind(&mut self, name: &str, ty: &str, dir: &Path, ranks: &[usize]) -> Result<(), Failure> {
         if ty.contains("Unknown") {
-            return Err(Failure::new("Error", "cannot find type `Unknown`"));
+            return Err(Failure::Session { ename: "Error".into(), evalue: "cannot find type `Unknown`".into(), traceback: Vec::new() });
         }
         // The values are there to read when the session binds them.
         for &r in ranks {
@@ -96,7 +96,7 @@ impl Session for FakeSession {
     }
     fn toolchain(&mut self) -> Result<BuildTools, Failure> {
         self.calls.borrow_mut().toolchain_asked = true;
-        Err(Failure::new("NoToolchain", "the fake session builds nothing"))
+        Err(Failure::Session { ename: "NoToolchain".into(), evalue: "the fake session builds nothing".into(), traceback: Vec::new() })
     }
     fn private_dir(&self) -> PathBuf {
         self.dir.clone()
@@ -200,8 +200,8 @@ fn run(s: &mut FakeSession, host: &FakeHost, code: &str) -> Outcome {
 fn a_missing_shared_variable_is_a_usage_error_and_nothing_is_exported() {
     let mut s = FakeSession::new("share", &[("a", "u32")]);
     let e = run(&mut s, &FakeHost::default(), "%%ranch 2 --share nope\n1").unwrap_err();
-    assert_eq!(e.ename, "UsageError");
-    assert!(e.evalue.contains("no variable `nope`"), "{}", e.evalue);
+    assert_eq!(e.ename(), "UsageError");
+    assert!(e.to_string().contains("no variable `nope`"), "{}", e.to_string());
     assert!(s.calls.borrow().exported.is_empty());
     assert!(!s.calls.borrow().toolchain_asked);
 }
@@ -212,8 +212,12 @@ fn only_what_the_cell_uses_is_shipped_and_an_unshippable_variable_stops_the_laun
     s.unshippable.push(("c".into(), "Foo is not Serialize".into()));
     let code = "%%ranch 2\nlet b = 1;\na.len() + c.0 + b";
     let e = run(&mut s, &FakeHost::default(), code).unwrap_err();
-    assert_eq!(e.ename, "UnshippableVariable");
-    assert!(e.evalue.contains("`c: Foo` (Foo is not Serialize)") && e.evalue.contains("Nothing was launched"), "{}", e.evalue);
+    assert_eq!(e.ename(), "UnshippableVariable");
+    assert!(
+        e.to_string().contains("`c: Foo` (Foo is not Serialize)") && e.to_string().contains("Nothing was launched"),
+        "{}",
+        e.to_string()
+    );
     // `b` is the cell's own; `unused` is not mentioned.
     assert_eq!(s.calls.borrow().exported, ["a", "c"]);
     assert!(!s.calls.borrow().toolchain_asked, "nothing was built");
@@ -225,8 +229,8 @@ fn an_interrupt_while_exporting_launches_nothing() {
     let mut s = FakeSession::new("interrupt", &[("a", "u32")]);
     let host = FakeHost { interrupted: true, ..Default::default() };
     let e = run(&mut s, &host, "%%ranch 2\na + 1").unwrap_err();
-    assert_eq!(e.ename, "Interrupted");
-    assert!(e.evalue.contains("nothing was launched"));
+    assert_eq!(e.ename(), "Interrupted");
+    assert!(e.to_string().contains("nothing was launched"));
     assert!(!s.calls.borrow().toolchain_asked);
 }
 
@@ -234,8 +238,8 @@ fn an_interrupt_while_exporting_launches_nothing() {
 fn a_gpu_that_is_not_there_is_a_usage_error_before_anything_is_exported() {
     let mut s = FakeSession::new("gpus", &[("a", "u32")]);
     let e = run(&mut s, &FakeHost::default(), "%%ranch 2 --gpus 0,1\na + 1").unwrap_err();
-    assert_eq!(e.ename, "UsageError");
-    assert!(e.evalue.contains("--gpus"), "{}", e.evalue);
+    assert_eq!(e.ename(), "UsageError");
+    assert!(e.to_string().contains("--gpus"), "{}", e.to_string());
     assert!(s.calls.borrow().exported.is_empty());
 }
 
@@ -260,14 +264,14 @@ fn out_binds_a_vec_of_the_ranks_type_as_the_session_names_it() {
     assert_eq!(s.calls.borrow().bound, [("v".to_string(), "Vec<u64>".to_string(), vec![0, 1, 2])]);
     let given = Out { name: "w".into(), ty: Some("Unknown".into()) };
     let e = ranch_cell::bind_out(&mut s, &given, &[], &dir, 3).unwrap_err();
-    assert!(e.evalue.contains("could not be bound as Vec<Unknown>") && e.evalue.contains("--out w: T"), "{}", e.evalue);
+    assert!(e.to_string().contains("could not be bound as Vec<Unknown>") && e.to_string().contains("--out w: T"), "{}", e.to_string());
 }
 
 #[test]
 fn px_without_a_pool_says_how_to_start_one() {
     let mut s = FakeSession::new("nopool", &[]);
     let e = run(&mut s, &FakeHost::default(), "%%px\n1").unwrap_err();
-    assert!(e.evalue.contains("%ranch_start N"));
+    assert!(e.to_string().contains("%ranch_start N"));
 }
 
 #[test]
@@ -284,9 +288,9 @@ fn a_targets_cell_may_not_define_variables_and_checks_its_ranks() {
     let mut s = FakeSession::new("targets", &[]).with_pool(3, &[]);
     let host = FakeHost::default();
     let e = run(&mut s, &host, "%%px --targets 0,2\nlet y = 1;").unwrap_err();
-    assert!(e.evalue.contains("cannot define variables"), "{}", e.evalue);
+    assert!(e.to_string().contains("cannot define variables"), "{}", e.to_string());
     let e = run(&mut s, &host, "%px --targets 5 1").unwrap_err();
-    assert!(e.evalue.contains("no rank 5"), "{}", e.evalue);
+    assert!(e.to_string().contains("no rank 5"), "{}", e.to_string());
     assert!(s.calls.borrow().ran.is_empty());
     run(&mut s, &host, "%px --targets 2,0 { let y = 1; y }").unwrap();
     assert_eq!(s.calls.borrow().ran[0].1, [0, 2]);
@@ -297,7 +301,7 @@ fn pull_gathers_a_rank_variable_into_the_session_and_names_what_exists() {
     let mut s = FakeSession::new("pull", &[]).with_pool(3, &[("w", "Vec<f32>")]);
     let host = FakeHost::default();
     let e = run(&mut s, &host, "%px_pull nope").unwrap_err();
-    assert!(e.evalue.contains("no variable `nope` (they have: w)"), "{}", e.evalue);
+    assert!(e.to_string().contains("no variable `nope` (they have: w)"), "{}", e.to_string());
     run(&mut s, &host, "%px_pull w --targets 0,2 --out ws").unwrap();
     assert_eq!(s.calls.borrow().bound, [("ws".to_string(), "Vec<f32>".to_string(), vec![0, 2])]);
     assert!(host.out.lock().unwrap().contains("Pulled `w` from ranks 0, 2 into `ws: Vec<Vec<f32>>`"));
@@ -309,7 +313,7 @@ fn push_ships_session_variables_as_mutable_rank_variables() {
     let mut s = FakeSession::new("push", &[("cfg", "Config"), ("other", "u8")]).with_pool(2, &[]);
     let host = FakeHost::default();
     let e = run(&mut s, &host, "%px_push cfg, missing").unwrap_err();
-    assert!(e.evalue.contains("no variable `missing`"));
+    assert!(e.to_string().contains("no variable `missing`"));
     assert!(s.calls.borrow().exported.is_empty());
     run(&mut s, &host, "%px_push cfg").unwrap();
     let calls = s.calls.borrow();
@@ -335,9 +339,22 @@ fn px_out_wraps_the_tail_and_binds_every_rank_value() {
     let mut s = FakeSession::new("pxout", &[]).with_pool(2, &[]);
     let host = FakeHost::default();
     let e = run(&mut s, &host, "%%px --out v\nlet z = 1;").unwrap_err();
-    assert!(e.evalue.contains("end in an expression"));
+    assert!(e.to_string().contains("end in an expression"));
     run(&mut s, &host, "%%px --out v\nvec![ranch::rank() as f32]").unwrap();
     let calls = s.calls.borrow();
     assert!(calls.ran[0].0.contains("let __ranch_out = vec![ranch::rank() as f32];"), "{}", calls.ran[0].0);
     assert_eq!(calls.bound, [("v".to_string(), "Vec<f32>".to_string(), vec![0, 1])]);
+}
+
+#[test]
+fn failures_read_as_jupyter_errors() {
+    let usage = usage("bad flag");
+    assert_eq!((usage.ename(), usage.to_string(), usage.traceback()), ("UsageError", "bad flag".to_string(), vec!["bad flag".to_string()]));
+    let failed = Failure::RankFailed { evalue: "rank 1 panicked".into(), traceback: vec!["table".into(), "rank 1 panicked".into()] };
+    assert_eq!((failed.ename(), failed.traceback().len()), ("RankFailed", 2));
+    let passed = Failure::Session { ename: "CompilationError".into(), evalue: "E0425".into(), traceback: vec![] };
+    assert_eq!((passed.ename(), passed.traceback()), ("CompilationError", vec!["E0425".to_string()]));
+    assert_eq!(Failure::interrupted("stopped").ename(), "Interrupted");
+    assert_eq!(Failure::Unshippable("x".into()).ename(), "UnshippableVariable");
+    assert_eq!(Failure::Pull("x".into()).ename(), "PullError");
 }
