@@ -137,6 +137,9 @@ def test_px_takes_the_flags_of_ranch_cells(pool):
     assert len(timing) == 1 and "rank 2" in timing[0]["image/svg+xml"], run.displays()
     assert timing[0]["text/plain"].startswith("export "), timing[0]["text/plain"]
     assert "--see 5: the pool has ranks 0..2" in execute(kc, "%%px --see 5\n1").error_text()
+    grouped = ok(execute(kc, '%%px --group-outputs rank\nlet r = ranch::rank();\nprintln!("first {r}");\n'
+                             'std::thread::sleep(std::time::Duration::from_millis(300));\nprintln!("second {r}");'))
+    assert grouped.stream().splitlines() == [f"[{r}] {w} {r}" for r in range(3) for w in ("first", "second")], grouped.stream()
     # The pool's own --see comes back for the next cell.
     assert sorted(ok(execute(kc, '%%px\nprintln!("again {}", ranch::rank());')).stream().splitlines()) == \
         [f"[{r}] again {r}" for r in range(3)]

@@ -14,9 +14,10 @@ pub enum OnError {
     Continue,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum GroupOutputs {
     /// Stream lines as they come, each prefixed by its rank.
+    #[default]
     Order,
     /// Show each rank's output together, in rank order, when the cell ends.
     Rank,
@@ -89,6 +90,9 @@ pub struct RunFlags {
     /// Show the build time and each rank's start and finish as a timeline chart and a summary.
     #[arg(long)]
     pub timing: bool,
+    /// How to show the ranks' output.
+    #[arg(long, value_enum, default_value = "order")]
+    pub group_outputs: GroupOutputs,
 }
 
 impl RunFlags {
@@ -123,9 +127,6 @@ pub struct RanchArgs {
     /// Evaluated in every rank before the body and dropped after it (setup/teardown).
     #[arg(long, value_name = "EXPR")]
     pub ctx: Option<String>,
-    /// How to show the ranks' output.
-    #[arg(long, value_enum, default_value = "order")]
-    pub group_outputs: GroupOutputs,
     /// GPUs to pin ranks to: `auto` (all visible, if any), `none`, or a list such as `0,2`.
     #[arg(long, value_name = "auto|none|D,D", default_value = "auto", value_parser = parse_gpus)]
     pub gpus: Gpus,
@@ -528,7 +529,7 @@ mod tests {
         let a = run("4");
         assert_eq!(a.n, 4);
         assert_eq!(a.run.on_error, None);
-        assert_eq!(a.group_outputs, GroupOutputs::Order);
+        assert_eq!(a.run.group_outputs, GroupOutputs::Order);
         assert_eq!(a.run.see, None);
         assert_eq!(a.gpus, Gpus::Auto);
         assert_eq!(a.gpu_visibility, GpuVisibility::All);
@@ -550,7 +551,7 @@ mod tests {
         assert_eq!(a.ctx.as_deref(), Some("setup(3)"));
         assert_eq!(a.run.on_error, Some(OnError::Continue));
         assert_eq!(a.run.timeout, Some(2.5));
-        assert_eq!(a.group_outputs, GroupOutputs::Rank);
+        assert_eq!(a.run.group_outputs, GroupOutputs::Rank);
         assert_eq!(a.run.see, Some(See::Ranks(vec![0, 2])));
         assert_eq!(a.gpus, Gpus::None);
         assert_eq!(a.gpu_visibility, GpuVisibility::Isolate);

@@ -34,6 +34,7 @@ pub mod driver;
 pub mod gpus;
 pub mod grid;
 pub mod group;
+pub mod grouped;
 pub mod hosts;
 pub mod launch;
 pub mod magic_table;

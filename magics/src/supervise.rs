@@ -3,6 +3,7 @@
 
 use crate::args::{GroupOutputs, OnError, See};
 use crate::display_op::DisplayOp;
+use crate::grouped::Grouped;
 use crate::launch::kill_group;
 pub use crate::rank_output::Stream;
 use crate::rank_output::{self, Output};
@@ -79,8 +80,6 @@ const LAST_LINES: usize = 10;
 /// Events in flight between the ranks' readers and the supervisor: a rank writing faster
 /// than the notebook takes its output waits on its own pipe.
 const CHANNEL: usize = 1024;
-/// What `--group-outputs rank` keeps of one rank's output until the end of the cell.
-pub const GROUPED_LIMIT: usize = 16 << 20;
 /// What a rank program returns when the cell panicked (see `program::generate`).
 pub const PANIC_EXIT_CODE: i32 = 101;
 /// Between the polite signal and SIGKILL.
@@ -542,23 +541,7 @@ impl Watch<'_> {
         }
         if policy.group_outputs == GroupOutputs::Rank {
             for (rank, g) in w.grouped.iter().enumerate() {
-                let [out, err] = &g.text;
-                if !out.is_empty() {
-                    sink.output(Stream::Stdout, out);
-                }
-                if !err.is_empty() {
-                    sink.output(Stream::Stderr, err);
-                }
-                if g.dropped_lines > 0 {
-                    let note = format!(
-                        "[{}] ... {} more lines ({} bytes) not shown: --group-outputs rank keeps {} MiB per rank\n",
-                        policy.first_rank + rank,
-                        g.dropped_lines,
-                        g.dropped_bytes,
-                        GROUPED_LIMIT >> 20
-                    );
-                    sink.output(Stream::Stderr, &note);
-                }
+                g.show(policy.first_rank + rank, |stream, text| sink.output(stream, text));
             }
         }
         RunReport {
@@ -567,25 +550,6 @@ impl Watch<'_> {
             elapsed: self.started.elapsed(),
             first_rank: policy.first_rank,
             pids,
-        }
-    }
-}
-
-/// One rank's output kept for `--group-outputs rank`, up to [`GROUPED_LIMIT`].
-#[derive(Default)]
-struct Grouped {
-    text: [String; 2],
-    dropped_lines: usize,
-    dropped_bytes: usize,
-}
-
-impl Grouped {
-    fn keep(&mut self, stream: Stream, text: String, lines: usize) {
-        if self.text[0].len() + self.text[1].len() + text.len() > GROUPED_LIMIT {
-            self.dropped_lines += lines;
-            self.dropped_bytes += text.len();
-        } else {
-            self.text[stream as usize].push_str(&text);
         }
     }
 }

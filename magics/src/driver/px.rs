@@ -5,7 +5,7 @@
 //! removed after the cell.
 
 use super::{Driver, Failure, Host, Outcome, RunDir, SERDE_HINT, Session, usage};
-use crate::args::{OnError, Out, See};
+use crate::args::{GroupOutputs, OnError, Out, See};
 use crate::merge::ranks_label;
 use crate::pool::{PoolArgs, PullArgs, PushArgs, PxArgs, RankPlan, Targets, cell_ranks, session_type};
 use crate::program::{SessionSnapshot, Shipped};
@@ -39,6 +39,8 @@ pub struct PxRun {
     pub on_error: OnError,
     /// Show where the cell's time went (bringing the session's items, building, each rank).
     pub timing: bool,
+    /// `Rank`: each rank's output together, in rank order, when the cell ends.
+    pub group_outputs: GroupOutputs,
     /// How long bringing the session's items took (filled by [`run_px`]).
     pub export: std::time::Duration,
 }
@@ -46,7 +48,15 @@ pub struct PxRun {
 impl PxRun {
     /// A cell of ranch's own (moving variables): no table, nothing shown but failures.
     pub fn quiet() -> PxRun {
-        PxRun { live_status: false, see: None, timeout: None, on_error: OnError::Continue, timing: false, export: Default::default() }
+        PxRun {
+            live_status: false,
+            see: None,
+            timeout: None,
+            on_error: OnError::Continue,
+            timing: false,
+            group_outputs: GroupOutputs::Order,
+            export: Default::default(),
+        }
     }
 
     /// A user's cell, as its flags say.
@@ -57,6 +67,7 @@ impl PxRun {
             timeout: args.run.timeout.map(std::time::Duration::from_secs_f64),
             on_error: args.on_error(),
             timing: args.run.timing,
+            group_outputs: args.run.group_outputs,
             export: Default::default(),
         }
     }

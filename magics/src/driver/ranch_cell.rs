@@ -302,7 +302,7 @@ impl Launch<'_> {
         let policy = Policy {
             on_error: args.on_error(),
             timeout: args.run.timeout.map(Duration::from_secs_f64),
-            group_outputs: args.group_outputs,
+            group_outputs: args.run.group_outputs,
             see: args.run.see_or(&args::See::All).clone(),
             first_rank: args.base_rank,
             status: (!args.run.quiet).then(|| StatusSetup { hosts: args.placement.rank_hosts(), gpus: rank_gpus(&plan.rank_env) }),

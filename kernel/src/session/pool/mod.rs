@@ -24,15 +24,18 @@ use super::workdir::WorkDir;
 use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
 use evcxr::{CommandContext, EvalCallbacks};
 use group::CellGroup;
-use ranch_magics::args::See;
+use ranch_magics::args::{GroupOutputs, See};
 use ranch_magics::display_op::{self, DisplayOp};
 use ranch_magics::driver::px::PxRun;
 use ranch_magics::grid::{Cell, Grid, escape};
+use ranch_magics::grouped::Grouped;
 use ranch_magics::hosts::{LauncherKind, Placement};
 use ranch_magics::launch::LaunchPlan;
+use ranch_magics::rank_output::Stream as RankStream;
 use ranch_magics::report::Ending;
 use serde_json::Value;
 use status::CellStatus;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex, mpsc};
@@ -54,6 +57,8 @@ struct PoolEvents {
     ranks_left: std::sync::atomic::AtomicUsize,
     /// Told when a rank panics while others still run the cell (`--on-error abort`).
     on_panic: Mutex<Option<mpsc::Sender<()>>>,
+    /// `--group-outputs rank`: each of the running cell's ranks' output, shown at its end.
+    grouped: Mutex<Option<BTreeMap<usize, Grouped>>>,
     panics: Mutex<Vec<(usize, String)>>,
     exits: Mutex<Vec<(usize, String)>>,
     pids: Mutex<Vec<u32>>,
@@ -71,6 +76,30 @@ impl PoolEvents {
     /// Whether rank `rank`'s output is shown (the cell's `--see`, else the pool's).
     fn shows(&self, rank: usize) -> bool {
         self.cell_see.lock().unwrap().as_ref().unwrap_or(&self.see).shows(rank)
+    }
+
+    /// A rank's output, labelled: to the cell now, or kept for the cell's end
+    /// (`--group-outputs rank`).
+    fn output(&self, conn: &mut Connection, stream: Stream, text: &str) {
+        let labelled = conn.label(stream, text);
+        if let (Some(rank), Some(grouped)) = (conn.rank, self.grouped.lock().unwrap().as_mut()) {
+            let lines = labelled.matches('\n').count();
+            let kind = if matches!(stream, Stream::Stderr) { RankStream::Stderr } else { RankStream::Stdout };
+            grouped.entry(rank).or_default().keep(kind, labelled, lines);
+            return;
+        }
+        self.cell.stream(stream, &labelled);
+    }
+
+    /// Shows the output `--group-outputs rank` kept, rank by rank.
+    fn show_grouped(&self) {
+        let Some(grouped) = self.grouped.lock().unwrap().take() else { return };
+        for (rank, g) in grouped {
+            g.show(rank, |kind, text| {
+                let stream = if kind == RankStream::Stderr { Stream::Stderr } else { Stream::Stdout };
+                self.cell.stream(stream, text)
+            });
+        }
     }
 
     /// A rank of the running cell ended it; `panicked`: by a panic, which stops the others
@@ -101,8 +130,8 @@ impl EventHandler for PoolEvents {
         match event {
             Event::Rank(r) => conn.rank = Some(r),
             Event::Stdout(_) | Event::Stderr(_) if conn.rank.is_some_and(|r| !self.shows(r)) => {}
-            Event::Stdout(t) => self.cell.stream(Stream::Stdout, &conn.label(Stream::Stdout, &t)),
-            Event::Stderr(t) => self.cell.stream(Stream::Stderr, &conn.label(Stream::Stderr, &t)),
+            Event::Stdout(t) => self.output(conn, Stream::Stdout, &t),
+            Event::Stderr(t) => self.output(conn, Stream::Stderr, &t),
             Event::Display(data) => {
                 let progress = data.get(display_op::CONTROL_MIME).and_then(Value::as_str).and_then(display_op::parse);
                 if let (Some(DisplayOp::Progress { done, total }), Some(rank)) = (&progress, conn.rank) {
@@ -219,6 +248,7 @@ impl Pool {
             cell_see: Mutex::default(),
             ranks_left: Default::default(),
             on_panic: Mutex::default(),
+            grouped: Mutex::default(),
             panics: Mutex::default(),
             exits: Mutex::default(),
             pids: Mutex::default(),
@@ -332,6 +362,7 @@ impl Pool {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
         *self.events.cell_see.lock().unwrap() = how.see.clone();
+        *self.events.grouped.lock().unwrap() = (how.group_outputs == GroupOutputs::Rank).then(BTreeMap::new);
         self.events.ranks_left.store(ranks.len(), std::sync::atomic::Ordering::SeqCst);
         let pids = self.events.pids.lock().unwrap().clone();
         let hosts = self.events.hosts.lock().unwrap().clone();
@@ -350,6 +381,7 @@ impl Pool {
         // Every rank's output was sent before its `Done`.
         self.events.cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
         drop(ticker);
+        self.events.show_grouped();
         let stop = stopped();
         self.finish_status(&result, stop, how);
         *self.events.cell_see.lock().unwrap() = None;
