@@ -319,13 +319,7 @@ impl EvcxrSession {
                     why.trim()
                 ),
             )),
-            // A missing linker or toolchain shows as a build error: the checks say what to install.
-            Err(evcxr::Error::CompilationErrors(errors)) => Err(crate::doctor::explain(compile_errors(&errors, code, prepared.inserted))),
-            Err(evcxr::Error::TypeRedefinedVariablesLost(vars)) => Err(CellError::new(
-                "VariablesLost",
-                format!("These variables were dropped because their type was redefined: {}", vars.join(", ")),
-            )),
-            Err(e) => Err(crate::doctor::explain(CellError::new("Error", e.to_string().trim().to_string()))),
+            Err(e) => Err(cell_error(e, code, prepared.inserted, "")),
         }
     }
 }
@@ -495,7 +489,22 @@ fn panic_error(message: String) -> CellError {
     }
 }
 
-pub(super) fn compile_errors(errors: &[evcxr::CompilationError], cell: &str, inserted: Option<syntax::Insertion>) -> CellError {
+/// What an evcxr context's failure to run `cell` (a plain cell, or a pool cell: `where_`
+/// says " on every rank") says to the user, for failures that mean the same in both (a
+/// stopped or dead process is said by each). A missing linker or toolchain shows as a build
+/// error: the doctor's checks add what to install.
+pub(super) fn cell_error(e: evcxr::Error, cell: &str, inserted: Option<syntax::Insertion>, where_: &str) -> CellError {
+    match e {
+        evcxr::Error::CompilationErrors(errors) => crate::doctor::explain(compile_errors(&errors, cell, inserted)),
+        evcxr::Error::TypeRedefinedVariablesLost(vars) => CellError::new(
+            "VariablesLost",
+            format!("These variables were dropped{where_} because their type was redefined: {}", vars.join(", ")),
+        ),
+        e => crate::doctor::explain(CellError::new("Error", e.to_string().trim().to_string())),
+    }
+}
+
+fn compile_errors(errors: &[evcxr::CompilationError], cell: &str, inserted: Option<syntax::Insertion>) -> CellError {
     let errors: Vec<_> = errors.iter().filter(|e| e.level() == "error").collect();
     if errors.is_empty() {
         return CellError::new("CompilationError", "the cell did not compile");

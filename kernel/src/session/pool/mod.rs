@@ -470,12 +470,7 @@ impl Pool {
                 };
                 Err(CellError::new("RankDied", lost(&what)))
             }
-            Err(evcxr::Error::CompilationErrors(errors)) => Err(super::compile_errors(&errors, code, prepared.inserted)),
-            Err(evcxr::Error::TypeRedefinedVariablesLost(vars)) => Err(CellError::new(
-                "VariablesLost",
-                format!("These variables were dropped on every rank because their type was redefined: {}", vars.join(", ")),
-            )),
-            Err(e) => Err(CellError::new("Error", e.to_string().trim().to_string())),
+            Err(e) => Err(super::cell_error(e, code, prepared.inserted, " on every rank")),
         }
     }
 
