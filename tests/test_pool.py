@@ -112,6 +112,8 @@ def test_a_dead_rank_restarts_the_pool_and_says_what_was_lost(pool):
     after = pids(kc)
     assert len(after) == 3 and not set(after) & set(before)
     assert "cannot find value `doomed`" in execute(kc, "%px doomed").error_text()
+    run = execute(kc, "%%px\nif ranch::rank() == 1 { unsafe { std::ptr::null_mut::<u8>().write_volatile(1) } }")
+    assert "Rank 1 was killed by signal 11 (SIGSEGV): a segmentation fault" in run.error_text(), run.error_text()
 
 
 def test_interrupt_stops_every_rank_within_two_seconds_and_the_pool_stays_up(pool):

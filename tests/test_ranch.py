@@ -28,6 +28,12 @@ def kc():
     stop(km, kc)
 
 
+def test_a_segfault_is_named_as_such(kc):
+    run = execute(kc, "%%ranch 2\nif ranch::rank() == 1 { unsafe { std::ptr::null_mut::<u8>().write_volatile(1) } }\nranch::rank()")
+    assert run.error()["ename"] == "RankFailed", run.error()
+    assert "rank 1 was killed by signal 11 (SIGSEGV): a segmentation fault" in run.error()["evalue"], run.error_text()
+
+
 def test_four_ranks_print_and_return(kc):
     run = ok(execute(kc, '%%ranch 4\nlet r = ranch::rank();\nprintln!("hello from {r} of {}", ranch::world_size());\nr * r',
                      timeout=300))

@@ -28,6 +28,7 @@ pub mod bounded_output;
 pub mod build;
 pub mod cell_body;
 pub mod channel;
+pub mod death;
 pub mod diagnostic;
 pub mod display_op;
 pub mod driver;

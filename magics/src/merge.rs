@@ -240,10 +240,8 @@ fn describe(e: &Ending) -> String {
         Ending::Panicked { message, line: Some(l) } => format!("panicked at cell line {l}: {message}"),
         Ending::Panicked { message, line: None } => format!("panicked: {message}"),
         Ending::ExitCode(c) => format!("exited with status {c}"),
-        Ending::Signal(s) => {
-            let name = nix::sys::signal::Signal::try_from(*s).map(|s| s.as_str().to_string()).unwrap_or(s.to_string());
-            format!("was killed by signal {s} ({name})")
-        }
+        Ending::Signal(s) => crate::death::killed_by(*s, false),
+        Ending::OomKilled => crate::death::killed_by(nix::sys::signal::Signal::SIGKILL as i32, true),
         Ending::NotStarted(why) => format!("could not be started: {why}"),
         Ending::Lost(why) => format!("was lost: {why}"),
         Ending::Success => "succeeded".into(),

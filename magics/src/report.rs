@@ -15,6 +15,8 @@ pub enum Ending {
     },
     ExitCode(i32),
     Signal(i32),
+    /// Killed by the kernel's OOM killer (its count went up when the rank got SIGKILL).
+    OomKilled,
     /// Stopped by the supervisor (another rank failed, timeout, interrupt).
     Stopped,
     /// The process could not be started.

@@ -219,6 +219,7 @@ fn ending_text(e: &Ending) -> String {
         Ending::Panicked { .. } => "panicked".into(),
         Ending::ExitCode(c) => format!("exit {c}"),
         Ending::Signal(s) => format!("killed (signal {s})"),
+        Ending::OomKilled => "killed (out of memory)".into(),
         Ending::Stopped => "stopped".into(),
         Ending::NotStarted(_) => "not started".into(),
         Ending::Lost(_) => "lost".into(),

@@ -339,6 +339,8 @@ struct Watched {
     board: Option<Board>,
     board_shown: bool,
     spawned: Vec<Duration>,
+    /// The OOM killer's count when the ranks started (a rank it killed is named so).
+    oom: crate::death::OomWatch,
 }
 
 /// A rank that ended: how, and on which host.
@@ -357,6 +359,7 @@ impl Watch<'_> {
             board: policy.status.clone().map(|setup| Board::new((policy.first_rank..policy.first_rank + n).collect(), setup)),
             board_shown: false,
             spawned: vec![Duration::ZERO; n],
+            oom: crate::death::OomWatch::start(),
         };
         while w.ranks.iter().any(Option::is_none) {
             let ended = match rx.recv_timeout(Duration::from_millis(20)) {
@@ -431,7 +434,11 @@ impl Watch<'_> {
             }
             Event::Exit(rank, status) => {
                 let by_us = ended_by(&status, &w.sent[rank]);
-                Some((rank, ending_of(status, self.run_dir, rank, self.panic_line, by_us), None))
+                let ending = match ending_of(status, self.run_dir, rank, self.panic_line, by_us) {
+                    Ending::Signal(sig) if sig == Signal::SIGKILL as i32 && w.oom.struck() => Ending::OomKilled,
+                    ending => ending,
+                };
+                Some((rank, ending, None))
             }
             Event::Ended(rank, ending, host) => {
                 // A rank the launcher ended after an interrupt or the timeout was stopped by us.

@@ -15,6 +15,7 @@
 use super::super::events::{Event, MAX_LINE, SOCKET_ENV, for_each_line};
 use super::RANK_ENV;
 use super::hub::{Hub, RemoteSpec};
+use ranch_magics::death::{OomWatch, killed_by};
 use ranch_magics::role::{self, ConfigFd};
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
@@ -124,6 +125,8 @@ fn send(events: &mut Option<UnixStream>, event: &Event) {
 
 struct FanOut {
     ranks: Ranks,
+    /// The OOM killer's count since the ranks started (a rank it killed is named so).
+    oom: OomWatch,
     /// Every rank's protocol lines, `None` when its stdout closed.
     lines: mpsc::Receiver<(usize, Option<String>)>,
     /// Where the kernel says each cell's group is.
@@ -153,7 +156,7 @@ impl FanOut {
         let (tx, lines) = mpsc::channel();
         if let Some(spec) = &config.remote {
             let hub = Hub::start(&config.plan, spec, tx, config.events.as_deref())?;
-            return Ok(FanOut { ranks: Ranks::Remote(hub), lines, group_file: None });
+            return Ok(FanOut { ranks: Ranks::Remote(hub), oom: OomWatch::start(), lines, group_file: None });
         }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut children = Vec::new();
@@ -189,7 +192,7 @@ impl FanOut {
             });
             children.push(child);
         }
-        Ok(FanOut { ranks: Ranks::Local { children, stdins }, lines, group_file: None })
+        Ok(FanOut { ranks: Ranks::Local { children, stdins }, oom: OomWatch::start(), lines, group_file: None })
     }
 
     /// Sends rank `rank` one protocol line (to a remote rank, what the cell needs first).
@@ -290,21 +293,19 @@ impl FanOut {
             return "closed its output pipe and was stopped".into();
         }
         match child.wait() {
-            Ok(status) => describe_exit(status),
+            Ok(status) => describe_exit(status, &mut self.oom),
             Err(e) => format!("ended ({e})"),
         }
     }
 }
 
-/// How a rank's process ended, as its error says.
-pub(super) fn describe_exit(status: std::process::ExitStatus) -> String {
+/// How a rank's process ended, as its error says; `oom`: the OOM killer's count, to name it
+/// when it struck.
+pub(super) fn describe_exit(status: std::process::ExitStatus, oom: &mut OomWatch) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
-            Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
-            Err(_) => format!("was killed by signal {sig}"),
-        },
+        (None, Some(sig)) => killed_by(sig, sig == nix::sys::signal::Signal::SIGKILL as i32 && oom.struck()),
         _ => "ended".into(),
     }
 }

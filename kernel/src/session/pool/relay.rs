@@ -15,6 +15,7 @@
 use super::super::events::{MAX_LINE, SOCKET_ENV, for_each_line};
 use super::RANK_ENV;
 use super::link::{self, Frame, HELLO};
+use ranch_magics::death::OomWatch;
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -164,7 +165,7 @@ impl Relay {
         let stdout = child.stdout.take().expect("piped");
         let child = Arc::new(Mutex::new(child));
         forward_events(listener, writer.clone());
-        forward_protocol(stdout, writer.clone(), dir.0.clone(), child.clone());
+        forward_protocol(stdout, writer.clone(), dir.0.clone(), child.clone(), OomWatch::start());
         Ok(Relay { reader, writer, dir, child, stdin })
     }
 
@@ -265,7 +266,7 @@ fn forward_events(listener: std::os::unix::net::UnixListener, writer: Writer) {
 /// the cell wrote for the kernel (`%px_pull`) do, and the files the cell has loaded or read
 /// are removed (a long session would fill the host's `/tmp`). When the rank's output
 /// closes, how it ended goes last.
-fn forward_protocol(stdout: std::process::ChildStdout, writer: Writer, dir: PathBuf, child: Arc<Mutex<Child>>) {
+fn forward_protocol(stdout: std::process::ChildStdout, writer: Writer, dir: PathBuf, child: Arc<Mutex<Child>>, oom: OomWatch) {
     std::thread::spawn(move || {
         let mirror = dir.join("mirror");
         let mut sent: HashSet<PathBuf> = HashSet::new();
@@ -285,10 +286,11 @@ fn forward_protocol(stdout: std::process::ChildStdout, writer: Writer, dir: Path
         }
         let how = {
             let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+            let mut oom = oom;
             let deadline = Instant::now() + Duration::from_secs(2);
             loop {
                 match child.try_wait() {
-                    Ok(Some(status)) => break super::fanout::describe_exit(status),
+                    Ok(Some(status)) => break super::fanout::describe_exit(status, &mut oom),
                     Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                     _ => {
                         let _ = child.kill();
