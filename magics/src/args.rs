@@ -78,7 +78,7 @@ pub struct RunFlags {
     /// lose their variables, as with an interrupt).
     #[arg(long, value_enum)]
     pub on_error: Option<OnError>,
-    /// Stop the cell's ranks after this many seconds (%%px: as an interrupt does).
+    /// Stop the cell's ranks once they have run this many seconds (the build does not count; %%px: as an interrupt does).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<f64>,
     /// Ranks whose output to show: `all` or a list such as `0,2` (%%px: default, the pool's --see).

@@ -2,7 +2,7 @@
 //! its items and dependencies, binding results, the pool; and the running cell as the
 //! driver's host (output, interrupts, processes left behind).
 
-use super::pool::{CellStop, Pool};
+use super::pool::{CellSignal, CellStop, Pool};
 use super::{EvcxrSession, RunState};
 use crate::interpreter::{CellContext, CellError, MimeBundle, Stream};
 use ranch_magics::args::OnError;
@@ -246,27 +246,25 @@ impl PoolRanks for RunningPool<'_> {
         *run.pool_stop.lock().unwrap() = None;
         *run.pool_child.lock().unwrap() = Some(self.pool.process());
         run.running.store(true, Ordering::SeqCst);
-        let (panicked, panics) = std::sync::mpsc::channel();
-        if how.on_error == OnError::Abort {
-            self.pool.on_panic(Some(panicked.clone()));
-        }
-        let watch = CellWatch::start(run.clone(), self.pool.process(), how.timeout, panics);
+        let (tell, told) = std::sync::mpsc::channel();
+        self.pool.watch_cell(Some(tell));
+        let watch = CellWatch::start(run.clone(), self.pool.process(), how.timeout, how.on_error == OnError::Abort, told);
         let stopped = || {
             let own = *run.pool_stop.lock().unwrap();
             own.or_else(|| run.interrupted.load(Ordering::SeqCst).then_some(CellStop::Interrupt))
         };
         let stopped_build = || run.stopped_build.load(Ordering::SeqCst);
         let outcome = self.pool.run(code, ranks, how, &stopped, &stopped_build);
-        self.pool.on_panic(None);
-        drop(panicked);
+        self.pool.watch_cell(None);
         watch.end();
         *run.pool_child.lock().unwrap() = None;
         Ok(outcome?)
     }
 }
 
-/// Stops a pool cell from within, as an interrupt does: once its `--timeout` passes, or when
-/// a rank panics while others still run it under `--on-error abort`.
+/// Stops a pool cell from within, as an interrupt does: once its `--timeout` has passed
+/// since the ranks started it (its build does not count, as with `%%ranch`), or when a rank
+/// panics while others still run it under `--on-error abort`.
 struct CellWatch {
     /// Set (under its lock) once the cell is over, so a late stop touches nothing.
     over: std::sync::Arc<Mutex<bool>>,
@@ -278,21 +276,28 @@ impl CellWatch {
         run: std::sync::Arc<RunState>,
         fanout: std::sync::Arc<Mutex<std::process::Child>>,
         timeout: Option<Duration>,
-        panics: std::sync::mpsc::Receiver<()>,
+        abort: bool,
+        told: std::sync::mpsc::Receiver<CellSignal>,
     ) -> CellWatch {
         use std::sync::mpsc::RecvTimeoutError;
         let over = std::sync::Arc::new(Mutex::new(false));
         let done = over.clone();
         let thread = std::thread::spawn(move || {
-            let deadline = timeout.map(|t| std::time::Instant::now() + t);
-            let got = match deadline {
-                Some(d) => panics.recv_timeout(d.saturating_duration_since(std::time::Instant::now())),
-                None => panics.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            let cause = match (got, timeout) {
-                (Ok(()), _) => CellStop::Abort,
-                (Err(RecvTimeoutError::Timeout), Some(t)) => CellStop::Timeout(t),
-                _ => return,
+            let mut deadline: Option<std::time::Instant> = None;
+            let cause = loop {
+                let got = match deadline {
+                    Some(d) => told.recv_timeout(d.saturating_duration_since(std::time::Instant::now())),
+                    None => told.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match (got, timeout) {
+                    (Ok(CellSignal::Running), Some(t)) => {
+                        deadline.get_or_insert_with(|| std::time::Instant::now() + t);
+                    }
+                    (Ok(CellSignal::Panicked), _) if abort => break CellStop::Abort,
+                    (Ok(_), _) => {}
+                    (Err(RecvTimeoutError::Timeout), Some(t)) => break CellStop::Timeout(t),
+                    (Err(_), _) => return,
+                }
             };
             let over = done.lock().unwrap();
             if !*over {
@@ -306,7 +311,7 @@ impl CellWatch {
     /// The cell is over: nothing is stopped after this returns.
     fn end(self) {
         *self.over.lock().unwrap() = true;
-        // The watcher wakes when the last sender of `panics` is gone, or at its deadline.
+        // The watcher wakes when the pool lets go of its sender, or at its deadline.
         drop(self.over);
         let _ = self.thread.join();
     }

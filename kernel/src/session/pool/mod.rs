@@ -55,8 +55,9 @@ struct PoolEvents {
     cell_see: Mutex<Option<See>>,
     /// The running cell's ranks that have not finished it yet.
     ranks_left: std::sync::atomic::AtomicUsize,
-    /// Told when a rank panics while others still run the cell (`--on-error abort`).
-    on_panic: Mutex<Option<mpsc::Sender<()>>>,
+    /// Told when the ranks start the cell, and when a rank panics while others still run
+    /// it (for `--timeout` and `--on-error abort`).
+    watcher: Mutex<Option<mpsc::Sender<CellSignal>>>,
     /// `--group-outputs rank`: each of the running cell's ranks' output, shown at its end.
     grouped: Mutex<Option<BTreeMap<usize, Grouped>>>,
     panics: Mutex<Vec<(usize, String)>>,
@@ -107,11 +108,14 @@ impl PoolEvents {
     fn rank_ended(&self, panicked: bool) {
         use std::sync::atomic::Ordering;
         let before = self.ranks_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).unwrap_or(0);
-        if panicked
-            && before > 1
-            && let Some(tx) = self.on_panic.lock().unwrap().as_ref()
-        {
-            let _ = tx.send(());
+        if panicked && before > 1 {
+            self.tell_watcher(CellSignal::Panicked);
+        }
+    }
+
+    fn tell_watcher(&self, signal: CellSignal) {
+        if let Some(tx) = self.watcher.lock().unwrap().as_ref() {
+            let _ = tx.send(signal);
         }
     }
 
@@ -172,11 +176,23 @@ impl EventHandler for PoolEvents {
                 *self.hosts.lock().unwrap() = hosts
             }
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
-            Event::Running => self.status(CellStatus::running),
+            Event::Running => {
+                self.status(CellStatus::running);
+                self.tell_watcher(CellSignal::Running);
+            }
             // The Jupyter server's log gets it (bench/pool.py reads it).
             Event::Dispatched { ranks, micros } => crate::log!("%%px {ranks}: dispatch {:.3} ms", micros as f64 / 1000.0),
         }
     }
+}
+
+/// What the running cell's watcher is told.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum CellSignal {
+    /// The ranks started the cell (its build is over): `--timeout` counts from here.
+    Running,
+    /// A rank panicked while others still run the cell.
+    Panicked,
 }
 
 /// Why a pool cell was stopped before its ranks finished it.
@@ -247,7 +263,7 @@ impl Pool {
             see,
             cell_see: Mutex::default(),
             ranks_left: Default::default(),
-            on_panic: Mutex::default(),
+            watcher: Mutex::default(),
             grouped: Mutex::default(),
             panics: Mutex::default(),
             exits: Mutex::default(),
@@ -343,9 +359,10 @@ impl Pool {
         self.ctx.process_handle()
     }
 
-    /// Tells `tx` when a rank panics while others still run the cell (`None`: nobody).
-    pub(super) fn on_panic(&self, tx: Option<mpsc::Sender<()>>) {
-        *self.events.on_panic.lock().unwrap() = tx;
+    /// Tells `tx` when the ranks start the cell and when a rank panics while others still
+    /// run it (`None`: nobody).
+    pub(super) fn watch_cell(&self, tx: Option<mpsc::Sender<CellSignal>>) {
+        *self.events.watcher.lock().unwrap() = tx;
     }
 
     /// Runs `code` on the pool ranks `ranks` (sorted), in a group of those ranks, as `how`
@@ -437,16 +454,11 @@ impl Pool {
                 }
                 Ok(None)
             }
-            Err(_) if stop.is_some() && stopped_build() => {
-                let (ename, why) = match stop {
-                    Some(CellStop::Timeout(t)) => ("Timeout", format!("Timed out after {} s", t.as_secs_f64())),
-                    _ => ("Interrupted", "Interrupted".to_string()),
-                };
-                Err(CellError::new(
-                    ename,
-                    format!("{why} while compiling: the build was stopped and nothing ran. Every rank's variables are unchanged."),
-                ))
-            }
+            // Only an interrupt stops a build (`--timeout` counts from when the ranks start).
+            Err(_) if stop.is_some() && stopped_build() => Err(CellError::new(
+                "Interrupted",
+                "Interrupted while compiling: the build was stopped and nothing ran. Every rank's variables are unchanged.",
+            )),
             Err(evcxr::Error::SubprocessTerminated(_)) if stop == Some(CellStop::Abort) => {
                 let panics = std::mem::take(&mut *self.events.panics.lock().unwrap());
                 let (evalue, mut traceback) =
