@@ -75,7 +75,8 @@ def test_mpirun_failures_name_the_rank(kernel):
     run = execute(kernel, '%%ranch 2 --launcher mpirun\n'
                           'if ranch::rank() == 1 { std::process::exit(3) }\n'
                           'std::thread::sleep(std::time::Duration::from_secs(20));')
-    assert "rank 1 exited with status 3" in run.error_text(), run.error_text()
+    # What mpirun said goes with a failure: the rank is named from its report.
+    assert "rank 1 exited with status 3" in run.error_text(), run.error_text() + "\n--- the cell's stderr:\n" + run.stream("stderr")
     # mpirun's own report is shown, labelled as its.
     assert "[mpirun]" in run.stream("stderr")
     nothing_left(kernel)
