@@ -102,14 +102,29 @@ impl Driver {
     }
 
     /// A `%%px` cell or `%px` line: `body` on the pool's ranks.
+    /// Every check comes first: a cell with bad flags copies nothing into the ranks.
     pub fn px(&mut self, session: &mut dyn Session, args: &PxArgs, body: &str) -> Outcome {
+        let ranks = cell_ranks_for(session, body, args.targets.as_ref(), args.run.see.as_ref())?;
+        // `--out NAME`: each rank also writes the cell's tail value, then bound in the session.
+        let out = match &args.run.out {
+            Some(out) => Some((out, transfer_dir(session, "px-out")?)),
+            None => None,
+        };
+        let code = match &out {
+            Some((_, dir)) => crate::cell_body::wrap_tail(body, |tail| {
+                format!("{{ {ENCODE_TRAITS} let __ranch_out = {tail}; {} __ranch_out }}", emit(&dir.0, "__ranch_out"))
+            })
+            .ok_or_else(|| usage("--out needs the cell to end in an expression (each rank's value)"))?,
+            None => body.to_string(),
+        };
         if !args.run.share.is_empty() {
             push(session, &args.run.share)?;
         }
-        match &args.run.out {
-            Some(out) => px_out(session, body, args, out),
-            None => run_px(session, body, args.targets.as_ref(), PxRun::of(args)),
+        let shown = run_on(session, &code, &ranks, PxRun::of(args))?;
+        if let Some((out, dir)) = &out {
+            bind_pulled(session, out, &dir.0, &ranks, "the cell's value")?;
         }
+        Ok(shown)
     }
 
     /// `%px_push a, b`: `let mut a: T = <the session's a>;` on every rank.
@@ -179,10 +194,16 @@ fn push(session: &mut dyn Session, names: &[String]) -> Result<Vec<Shipped>, Fai
 
 /// Runs `body` on the pool's ranks (`targets`, or all), after bringing in the session's
 /// items, as `how` says.
-pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>, mut how: PxRun) -> Outcome {
+pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>, how: PxRun) -> Outcome {
+    let ranks = cell_ranks_for(session, body, targets, how.see.as_ref())?;
+    run_on(session, body, &ranks, how)
+}
+
+/// The pool ranks a cell runs on, once its flags and body are known to fit the pool.
+fn cell_ranks_for(session: &mut dyn Session, body: &str, targets: Option<&Targets>, see: Option<&See>) -> Result<Vec<usize>, Failure> {
     let n = session.pool()?.size();
     let ranks = cell_ranks(targets, n).map_err(usage)?;
-    if let Some(See::Ranks(seen)) = &how.see
+    if let Some(See::Ranks(seen)) = see
         && let Some(bad) = seen.iter().find(|&&r| r >= n)
     {
         return Err(usage(format!("--see {bad}: the pool has ranks 0..{}, there is no rank {bad}", n - 1)));
@@ -193,26 +214,17 @@ pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>, 
              Define them on every rank (a %%px cell without --targets), or wrap the cell in a block `{ ... }`",
         ));
     }
+    Ok(ranks)
+}
+
+/// Runs `code` on the pool ranks `ranks`, after bringing in the session's items.
+fn run_on(session: &mut dyn Session, code: &str, ranks: &[usize], mut how: PxRun) -> Outcome {
     let started = std::time::Instant::now();
     let snapshot = session.snapshot()?;
     let mut pool = session.pool()?;
     pool.bring_session_items(&snapshot)?;
     how.export = started.elapsed();
-    pool.run(body, &ranks, &how)
-}
-
-/// `%%px --out NAME`: the cell, whose tail value each rank also writes, then bound.
-fn px_out(session: &mut dyn Session, body: &str, args: &PxArgs, out: &Out) -> Outcome {
-    let n = session.pool()?.size();
-    let ranks = cell_ranks(args.targets.as_ref(), n).map_err(usage)?;
-    let dir = transfer_dir(session, "px-out")?;
-    let wrapped = crate::cell_body::wrap_tail(body, |tail| {
-        format!("{{ {ENCODE_TRAITS} let __ranch_out = {tail}; {} __ranch_out }}", emit(&dir.0, "__ranch_out"))
-    })
-    .ok_or_else(|| usage("--out needs the cell to end in an expression (each rank's value)"))?;
-    let shown = run_px(session, &wrapped, args.targets.as_ref(), PxRun::of(args))?;
-    bind_pulled(session, out, &dir.0, &ranks, "the cell's value")?;
-    Ok(shown)
+    pool.run(code, ranks, &how)
 }
 
 /// Binds `out` in the session to the values ranks `ranks` wrote to `dir`. Returns the

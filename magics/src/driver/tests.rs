@@ -297,6 +297,22 @@ fn a_targets_cell_may_not_define_variables_and_checks_its_ranks() {
 }
 
 #[test]
+fn a_px_cell_with_bad_flags_copies_nothing_into_the_ranks() {
+    let mut s = FakeSession::new("pxbad", &[("a", "u32")]).with_pool(3, &[]);
+    let host = FakeHost::default();
+    for (cell, says) in [
+        ("%%px --share a --see 9\n1", "--see 9: the pool has ranks 0..2"),
+        ("%%px --share a --targets 7\n1", "no rank 7"),
+        ("%%px --share a --out w\nlet z = 1;", "--out needs the cell to end in an expression"),
+    ] {
+        let e = run(&mut s, &host, cell).unwrap_err();
+        assert_eq!(e.ename(), "UsageError", "{cell}");
+        assert!(e.to_string().contains(says), "{cell}: {e}");
+    }
+    assert!(s.calls.borrow().exported.is_empty() && s.calls.borrow().ran.is_empty());
+}
+
+#[test]
 fn pull_gathers_a_rank_variable_into_the_session_and_names_what_exists() {
     let mut s = FakeSession::new("pull", &[]).with_pool(3, &[("w", "Vec<f32>")]);
     let host = FakeHost::default();

@@ -584,7 +584,7 @@ struct StatusTicker {
 impl StatusTicker {
     fn start(events: &Arc<PoolEvents>) -> StatusTicker {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = events.status.lock().unwrap().is_some().then(|| {
+        let thread = events.status.lock().unwrap().as_ref().is_some_and(CellStatus::is_live).then(|| {
             let (events, stop) = (events.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -116,6 +116,11 @@ impl CellStatus {
         }
     }
 
+    /// Whether it is drawn in the cell (else nothing needs redrawing).
+    pub(super) fn is_live(&self) -> bool {
+        self.live
+    }
+
     /// Each rank's time in the cell, once the ranks started it.
     pub(super) fn spans(&self) -> Option<Vec<ranch_magics::timing::Span>> {
         self.board.as_ref().map(Board::spans)
