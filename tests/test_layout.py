@@ -104,3 +104,23 @@ def test_crates_depend_in_one_direction():
     assert "ranch-kernel" not in magics
     assert not {d for d in magics if "jupyter" in d or d == "zeromq"}, f"the magics crate knows no Jupyter: {magics}"
     assert "ranch-magics" in ours("kernel") and "ranch" in magics
+
+
+def test_evcxr_is_reached_through_one_adapter():
+    """evcxr's API, the names it generates into a cell's crate and its `:` commands are
+    known in `session::adapter` only (the child protocol's marker lines are named once, in
+    the runtime's `__rt::evcxr_lines`)."""
+    adapter = ROOT / "kernel" / "src" / "session" / "adapter"
+    assert list(adapter.glob("*.rs")), "the adapter moved: update this test"
+    generated = ("evcxr_internal_runtime", "run_user_code_", "evcxr_variable_store", "EvcxrUserCodeError")
+    commands = (":last_compile_dir", ":show_deps", ":linker", ":load_config")
+    offenders = []
+    for crate in ("kernel", "magics"):
+        for path in (ROOT / crate / "src").rglob("*.rs"):
+            if adapter in path.parents:
+                continue
+            code = "\n".join(l for l in path.read_text().splitlines() if not l.strip().startswith("//"))
+            for needle in ("evcxr::",) + generated + commands:
+                if needle in code:
+                    offenders.append(f"{path.relative_to(ROOT)}: {needle}")
+    assert not offenders, "only session::adapter may talk to evcxr:\n" + "\n".join(offenders)

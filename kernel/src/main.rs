@@ -61,18 +61,15 @@ fn main() {
         // Rank builds use this binary as cargo's RUSTC_WRAPPER.
         Ok(Role::RustcWrapper) => ranch_magics::build::rustc_wrapper(),
         // evcxr's own rustc wrapper (used if the user turns off static linking).
-        Ok(Role::EvcxrRustcWrapper) => {
-            evcxr::runtime_hook();
-            unreachable!("evcxr's rustc wrapper exits")
-        }
+        Ok(Role::EvcxrRustcWrapper) => ranch_kernel::session::run_evcxr_rustc_wrapper(),
         // evcxr's child: serves evcxr's protocol (the session's child, or a pool's rank).
         Ok(Role::EvcxrChild) => ranch_kernel::session::run_child(),
         Ok(Role::Janitor(config)) => ranch_kernel::session::run_janitor(config),
         Ok(Role::GpuProbe) => ranch_magics::gpus::serve_probe(),
         // A pool's fan-out: evcxr's child, in front of the pool's ranks.
-        Ok(Role::PoolFanout(config)) => ranch_kernel::session::run_pool_fanout(config),
+        Ok(Role::PoolFanout(config)) => ranch_magics::ranks::pool::run_fanout(config),
         // A pool's rank started by a launcher, in front of the rank itself.
-        Ok(Role::PoolRelay { hub }) => ranch_kernel::session::run_pool_relay(&hub),
+        Ok(Role::PoolRelay { hub }) => ranch_magics::ranks::pool::run_relay(&hub),
         Err(e) => {
             eprintln!("ranch-kernel: {e}");
             std::process::exit(2);

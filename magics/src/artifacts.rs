@@ -1,6 +1,6 @@
 //! The rank programs a session keeps built, one file per distinct program, so that running
 //! the same cell again launches at once (and their copies in the user's shared directory,
-//! [`crate::launch::shared`]). Bounded in count and bytes; the least recently used go first.
+//! [`crate::ranks::launch::shared`]). Bounded in count and bytes; the least recently used go first.
 //! Only files named as ranch names programs ([`file_name`]) are counted or removed: whatever
 //! else is in the directory is not ranch's.
 

@@ -24,7 +24,7 @@ pub fn output_within(command: &mut Command, limit: Duration, max_bytes: u64) -> 
             Some(status) => break status,
             None if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(5)),
             None => {
-                crate::launch::kill_group(child.id(), nix::sys::signal::Signal::SIGKILL);
+                crate::ranks::launch::kill_group(child.id(), nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 return Ok(None);
             }

@@ -5,7 +5,7 @@
 //!
 //! One request per connection, started by a line `RANCH-CHANNEL1 <token> <request>`:
 //! - `GET <name>`: answered `OK <len>\n` and the bytes of `vars/<name>.bin`, or `ERR <why>\n`;
-//! - `PROGRAM`: the same with the rank program, when the launch ships it (`crate::launch::ship`);
+//! - `PROGRAM`: the same with the rank program, when the launch ships it (`crate::ranks::launch::ship`);
 //! - `PUT result|panic <index> <len>`, then the bytes: answered `OK\n` once on disk.
 //!
 //! A stranger gets nothing: the request line is the hello of a

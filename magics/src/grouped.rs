@@ -1,7 +1,7 @@
 //! `--group-outputs rank`: each rank's output kept while the ranks run and shown together,
 //! in rank order, when they end; bounded per rank, with what did not fit counted and said.
 
-use crate::rank_output::Stream;
+use crate::ranks::rank_output::Stream;
 
 /// Most bytes of one rank's output kept for `--group-outputs rank`.
 pub const GROUPED_LIMIT: usize = 16 << 20;

@@ -9,11 +9,12 @@
 //! - [`program`]: the rank program's crate;
 //! - [`build`], [`artifacts`]: one cargo build, reusing the session's compiled dependencies,
 //!   and the built programs kept for the same cell run again;
-//! - [`gpus`], [`group`], [`hosts`], [`launch`]: GPU pinning, the process group's
-//!   rendezvous and segment, where ranks run, and starting them (spawned here, or by
-//!   `mpirun`/`srun`);
+//! - [`gpus`], [`group`], [`hosts`]: GPU pinning, the process group's rendezvous and
+//!   segment, where ranks run;
+//! - [`ranks`]: the rank layer both `%%ranch` and the pool stand on: starting ranks
+//!   (spawned here, by `mpirun`/`srun`, or a pool's fan-out and relays), their event
+//!   stream, supervision (live output, failures, timeout, interrupt), how they ended;
 //! - [`channel`]: variables to the ranks and results back, over TCP;
-//! - [`supervise`], [`rank_output`]: live output, failures, timeout, interrupt;
 //! - [`status`], [`display_op`], [`timing`]: the live status table, what ranks ask to show,
 //!   and `--timing`'s chart;
 //! - [`merge`], [`diagnostic`]: what the notebook shows;
@@ -28,7 +29,6 @@ pub mod bounded_output;
 pub mod build;
 pub mod cell_body;
 pub mod channel;
-pub mod death;
 pub mod diagnostic;
 pub mod display_op;
 pub mod driver;
@@ -37,17 +37,15 @@ pub mod grid;
 pub mod group;
 pub mod grouped;
 pub mod hosts;
-pub mod launch;
 pub mod magic_table;
 pub mod merge;
 pub mod owned_dir;
 pub mod pool;
 pub mod program;
-pub mod rank_output;
+pub mod ranks;
 pub mod report;
 pub mod role;
 pub mod source;
 pub mod status;
-pub mod supervise;
 pub mod threads;
 pub mod timing;

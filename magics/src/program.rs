@@ -116,7 +116,7 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
          \x20           0\n\
          \x20       }\n",
     );
-    main.push_str(&format!("        Err(_) => {},\n    }}\n}}\n\n", crate::supervise::PANIC_EXIT_CODE));
+    main.push_str(&format!("        Err(_) => {},\n    }}\n}}\n\n", crate::ranks::supervise::PANIC_EXIT_CODE));
     main.push_str(
         "fn __ranch_cell() {\n\
          \x20   use ranch::__rt::{DebugNothing as _, DebugVia as _, ViaNothing as _, ViaSerialize as _};\n",

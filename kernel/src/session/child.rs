@@ -22,9 +22,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-/// A pool rank's index, set by the pool's fan-out for each rank (its output is labelled
-/// with it).
-pub const RANK_ENV: &str = "RANCH_POOL_RANK";
+use ranch_magics::ranks::event::RANK_ENV;
 
 use ranch::__rt::evcxr_lines::{
     BEGIN_CONTENT as BEGIN, END_CONTENT as END, ERROR_OCCURRED, EXECUTION_COMPLETE as COMPLETE, INPUT_REQUEST, PANIC_NOTIFICATION as PANIC,
@@ -109,23 +107,6 @@ fn run_loop(end_line: &str) -> ! {
         let _ = out.flush();
     }
     std::process::exit(0)
-}
-
-/// Starts an evcxr context whose child is `command` (this binary: the session's child, or a
-/// pool's fan-out, whose ranks inherit what it is given), building in `evcxr_dir`. What the
-/// child needs is given to its command; nothing changes this process's environment.
-pub(super) fn evcxr_context(
-    mut command: std::process::Command,
-    evcxr_dir: &std::path::Path,
-) -> Result<(evcxr::EvalContext, evcxr::EvalContextOutputs), evcxr::Error> {
-    // evcxr asks for backtraces, but cell code has no debug info, so they are noise
-    // (`RANCH_BACKTRACE` keeps them). The patched evcxr keeps what the command says.
-    if std::env::var_os("RANCH_BACKTRACE").is_none() {
-        command.env("RUST_BACKTRACE", "0");
-    }
-    // Where evcxr builds, for the cell's code (and the tools it runs) to find.
-    command.env("EVCXR_TMPDIR", evcxr_dir);
-    evcxr::EvalContext::with_subprocess_command_in(command, Some(evcxr_dir.to_path_buf()))
 }
 
 /// Returns whether the output forwarder runs.

@@ -10,7 +10,8 @@ use ranch_magics::build::Toolchain;
 use ranch_magics::driver::px::{PoolRanks, PxRun};
 use ranch_magics::driver::{self, BuildTools, Failure, Host, Outcome, Stoppable};
 use ranch_magics::program::{SessionSnapshot, Shipped};
-use ranch_magics::{source, supervise};
+use ranch_magics::ranks::supervise;
+use ranch_magics::source;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -50,17 +51,15 @@ fn ranch_error(msg: impl Into<String>) -> Failure {
 }
 
 impl EvcxrSession {
-    /// The session's evcxr work directory (`:last_compile_dir`).
+    /// The directory evcxr builds the session's crate in.
     fn evcxr_dir(&mut self) -> Result<PathBuf, Failure> {
-        let ctx = self.context()?;
-        let out = ctx.execute(":last_compile_dir").map_err(|e| ranch_error(e.to_string()))?;
-        Ok(PathBuf::from(out.get("text/plain").unwrap_or_default().trim()))
+        self.context()?.build_dir().map_err(|e| ranch_error(e.to_string()))
     }
 
-    /// The `:dep` line that adds the runtime crate to an evcxr context.
+    /// The dependency line that adds the runtime crate to an evcxr context.
     pub(super) fn runtime_dep(&self) -> Result<String, Failure> {
         let dir = super::runtime_crate::dir().map_err(ranch_error)?;
-        Ok(format!(":dep ranch = {{ path = {:?} }}", dir.to_string_lossy()))
+        Ok(format!("ranch = {{ path = {:?} }}", dir.to_string_lossy()))
     }
 
     /// Runs a magic of the driver on this session, as the cell `cx`. An interrupt meanwhile
@@ -86,7 +85,7 @@ impl EvcxrSession {
 
 impl driver::Session for EvcxrSession {
     fn variables(&mut self) -> Result<Vec<(String, String)>, Failure> {
-        Ok(self.context()?.variables_and_types().map(|(n, t)| (n.to_string(), t.to_string())).collect())
+        Ok(self.context()?.variables())
     }
 
     fn export(&mut self, vars: &[Shipped], dir: &Path) -> Result<Vec<String>, Failure> {
@@ -128,15 +127,11 @@ impl driver::Session for EvcxrSession {
             self.export(&[], &private)?;
         }
         let ctx = self.context()?;
-        let lib_rs = ctx.last_source().map_err(|e| ranch_error(format!("cannot read the session's source: {e}")))?;
-        let deps_text = ctx.execute(":show_deps").ok().and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
+        let user_crate = ctx.user_crate().map_err(|e| ranch_error(format!("cannot read the session's source: {e}")))?;
+        let deps = ctx.dependencies();
         let tmpdir = self.evcxr_dir()?;
         let profile = std::fs::read_to_string(tmpdir.join("Cargo.toml")).map(|t| source::profile_section(&t)).unwrap_or_default();
-        let snap = SessionSnapshot {
-            items: source::session_items(&super::evcxr_source::user_crate(&lib_rs)),
-            deps: deps_text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
-            profile,
-        };
+        let snap = SessionSnapshot { items: source::session_items(&user_crate), deps, profile };
         self.driven.snapshot = Some((generation, snap.clone()));
         Ok(snap)
     }
@@ -172,7 +167,7 @@ impl driver::Session for EvcxrSession {
             crate::log!("removed {old} runtime crates of other ranch versions that no kernel uses");
         }
         let dep = self.runtime_dep()?;
-        self.context()?.execute(&dep).map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
+        self.context()?.add_dependency(&dep).map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
         self.driven.runtime_added = true;
         Ok(())
     }
@@ -183,7 +178,7 @@ impl driver::Session for EvcxrSession {
         }
         let tmpdir = self.evcxr_dir()?;
         let host = super::host_rust::host_rust().map_err(ranch_error)?;
-        let linker = self.context()?.execute(":linker").ok().and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
+        let linker = self.context()?.linker();
         let mut rustflags = String::from("-Cprefer-dynamic");
         if linker.contains("lld") {
             rustflags.push_str(" -Clink-arg=-fuse-ld=lld");

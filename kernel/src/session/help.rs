@@ -37,8 +37,7 @@ impl EvcxrSession {
     /// `:help` or `NAME?`, answered as a page; `None` when `code` is neither.
     pub(super) fn help(&mut self, code: &str, cx: &CellContext) -> Option<CellOutcome> {
         if code.trim() == ":help" {
-            let evcxr = self.context().ok()?.execute(":help").ok();
-            let evcxr = evcxr.and_then(|o| o.get("text/plain").map(str::to_string)).unwrap_or_default();
+            let evcxr = self.context().ok()?.commands_help();
             let magics = ranch_magics::magic_table::listing(&[("NAME?", "the documentation of NAME (a path such as std::vec::Vec::new)")]);
             cx.sink.page(page(format!("{magics}\nevcxr's commands:\n{evcxr}"), None));
             return Some(Ok(None));
@@ -48,11 +47,11 @@ impl EvcxrSession {
             Ok(ctx) => ctx,
             Err(e) => return Some(Err(e)),
         };
-        if ctx.variables_and_types().any(|(v, _)| v == name) {
+        if ctx.variables().iter().any(|(v, _)| v == name) {
             return None; // `x?`: the operator
         }
         // rust-analyzer's hover, with the cursor on the path's last segment.
-        let found = ctx.hover_at(name, name.len()).ok().filter(|(plain, _)| documented(plain));
+        let found = ctx.hover(name, name.len()).filter(|(plain, _)| documented(plain));
         Some(match found {
             Some((plain, html)) => {
                 cx.sink.page(page(plain, Some(html)));

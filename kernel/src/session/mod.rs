@@ -1,15 +1,15 @@
-//! The evcxr-backed interpreter: the only module that talks to evcxr.
+//! The evcxr-backed interpreter (evcxr itself is reached through [`adapter`] only).
 //!
-//! Plain cells go to one evcxr `CommandContext`. Its child process (this binary again)
+//! Plain cells go to one evcxr context. Its child process (this binary again)
 //! streams the cell's output to the kernel through [`events`]; panics, crashes, interrupts
 //! and compile errors become Jupyter errors that say what happened and what was lost.
 
+mod adapter;
 mod cache_dir;
 mod child;
 mod clean;
 mod disk;
 mod driven;
-mod evcxr_source;
 mod events;
 mod help;
 mod host_rust;
@@ -28,7 +28,7 @@ use crate::interpreter::{
     CellContext, CellError, CellOutcome, CompletenessCheck, Completions, Interpreter, Interrupter, MimeBundle, Stream,
 };
 use crate::syntax;
-use evcxr::{CommandContext, EvalCallbacks, EvalOutputs};
+use adapter::{Context, EvalError, Ran};
 use events::{CurrentCell, Listener};
 use ranch_magics::magic_table::{self, Lookup};
 use serde_json::Value;
@@ -36,9 +36,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use adapter::serve_rustc_wrapper as run_evcxr_rustc_wrapper;
 pub use child::run as run_child;
 pub use janitor::run as run_janitor;
-pub use pool::{run_fanout as run_pool_fanout, run_relay as run_pool_relay};
 
 /// What the interrupter shares with the running cell.
 #[derive(Default)]
@@ -49,7 +49,7 @@ struct RunState {
     stopped_build: AtomicBool,
     child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
     /// Set while a `%%ranch` cell's ranks run.
-    ranch_cancel: Mutex<Option<ranch_magics::supervise::Cancel>>,
+    ranch_cancel: Mutex<Option<ranch_magics::ranks::supervise::Cancel>>,
     /// Set while a `%%ranch` cell's rank program builds.
     ranch_build: Mutex<Option<ranch_magics::build::BuildHandle>>,
     /// A `%%ranch` cell is running: an interrupt must never restart evcxr's child.
@@ -119,7 +119,7 @@ impl Interrupter for EvcxrInterrupter {
 }
 
 pub struct EvcxrSession {
-    ctx: Option<CommandContext>,
+    ctx: Option<Context>,
     start_error: Option<String>,
     cell: Arc<CurrentCell>,
     run: Arc<RunState>,
@@ -179,7 +179,7 @@ impl EvcxrSession {
         })
     }
 
-    fn context(&mut self) -> Result<&mut CommandContext, CellError> {
+    fn context(&mut self) -> Result<&mut Context, CellError> {
         if self.ctx.is_none() && self.start_error.is_none() {
             match self.create_context() {
                 Ok(ctx) => self.ctx = Some(ctx),
@@ -198,7 +198,7 @@ impl EvcxrSession {
         }
     }
 
-    fn create_context(&mut self) -> Result<CommandContext, String> {
+    fn create_context(&mut self) -> Result<Context, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = std::process::Command::new(exe);
         if let Some(l) = &self.listener {
@@ -211,45 +211,36 @@ impl EvcxrSession {
             }
             Err(e) => crate::log!("{e}"),
         }
-        let (eval, outputs) = child::evcxr_context(child, self.workdir.evcxr_dir()).map_err(|e| e.to_string())?;
-        let mut ctx = CommandContext::with_eval_context(eval);
-        *self.run.child.lock().unwrap() = Some(ctx.process_handle());
         // Whatever evcxr itself reads from the child (normally nothing: see `child`).
-        for (rx, stream) in [(outputs.stdout, Stream::Stdout), (outputs.stderr, Stream::Stderr)] {
-            let cell = self.cell.clone();
-            std::thread::spawn(move || {
-                for line in rx {
-                    cell.stream(stream, &format!("{line}\n"));
-                }
-            });
-        }
-        if let Err(e) = ctx.execute(":load_config --quiet") {
+        let cell = self.cell.clone();
+        let mut ctx = Context::start(child, self.workdir.evcxr_dir(), move |stream, line| cell.stream(stream, &format!("{line}\n")))?;
+        *self.run.child.lock().unwrap() = Some(ctx.process());
+        if let Err(e) = ctx.load_config() {
             crate::log!("evcxr config not loaded: {e}");
         }
         Ok(ctx)
     }
 
-    fn run_evcxr(&mut self, code: &str, cx: &CellContext) -> (Result<EvalOutputs, evcxr::Error>, Option<String>) {
+    fn run_evcxr(&mut self, code: &str, cx: &CellContext) -> (Result<Ran, EvalError>, Option<String>) {
         let cell = self.cell.clone();
         let run = self.run.clone();
         let input = cx.input.clone();
         let ctx = match self.context() {
             Ok(ctx) => ctx,
-            Err(e) => return (Err(evcxr::Error::Message(e.evalue)), None),
+            Err(e) => return (Err(EvalError::Other(e.evalue)), None),
         };
         let read_input = |prompt: &str, password: bool| match &input {
             Some(i) => i.read_line(prompt, password).unwrap_or_default(),
             None => String::new(),
         };
-        let mut callbacks = EvalCallbacks { input_reader: &|req| read_input(&req.prompt, req.is_password) };
         let _ = cell.take_panic();
         let seen = cell.done_count();
         run.interrupted.store(false, Ordering::SeqCst);
         run.stopped_build.store(false, Ordering::SeqCst);
         run.running.store(true, Ordering::SeqCst);
-        let result = ctx.execute_with_callbacks(code, &mut callbacks);
+        let result = ctx.run(code, &read_input);
         run.running.store(false, Ordering::SeqCst);
-        let ran = result.as_ref().is_ok_and(|o| o.phases.iter().any(|p| p.name == "Execution"));
+        let ran = result.as_ref().is_ok_and(|r| r.executed);
         // Everything the cell wrote was sent before `Done`; wait for it so the cell's output
         // precedes its reply (on a busy machine the child's last lines can take seconds; the
         // wait ends as soon as `Done` arrives).
@@ -283,14 +274,14 @@ impl EvcxrSession {
         let interrupted = self.run.interrupted.load(Ordering::SeqCst);
         let stopped_build = self.run.stopped_build.load(Ordering::SeqCst);
         match result {
-            Ok(outputs) => {
+            Ok(ran) => {
                 if let Some(message) = panic {
                     return Err(panic_error(message));
                 }
-                if let Some(t) = outputs.timing {
+                if let Some(t) = ran.took {
                     cx.sink.stream(Stream::Stdout, &format!("Took {}ms\n", t.as_millis()));
                 }
-                let data = bundle(outputs);
+                let data = ran.data;
                 if prepared.shows_value {
                     return Ok(data);
                 }
@@ -305,13 +296,13 @@ impl EvcxrSession {
                 "Interrupted while compiling: the build was stopped and nothing ran. \
                  Session variables are unchanged.",
             )),
-            Err(evcxr::Error::SubprocessTerminated(_)) if interrupted => Err(CellError::new(
+            Err(EvalError::ProcessDied(_)) if interrupted => Err(CellError::new(
                 "Interrupted",
                 "Interrupted: the process running the cell was restarted to stop it, so all \
                  session variables were lost (fns, types, `use` and `:dep` are kept). \
                  Re-run the cells that define the variables you need.",
             )),
-            Err(evcxr::Error::SubprocessTerminated(why)) => Err(CellError::new(
+            Err(EvalError::ProcessDied(why)) => Err(CellError::new(
                 "ProcessDied",
                 format!(
                     "The process running the cell died ({}). It was restarted: all session \
@@ -361,7 +352,7 @@ impl Interpreter for EvcxrSession {
         }
         let Ok(ctx) = self.context() else { return Completions::default() };
         match ctx.completions(code, cursor) {
-            Ok(c) => Completions { matches: c.completions.into_iter().map(|c| c.code).collect(), start: c.start_offset, end: c.end_offset },
+            Ok(c) => c,
             Err(e) => {
                 crate::log!("completion failed: {e}");
                 Completions { matches: vec![], start: cursor, end: cursor }
@@ -374,7 +365,7 @@ impl Interpreter for EvcxrSession {
             return None;
         }
         let ctx = self.context().ok()?;
-        let (plain, html) = ctx.hover_at(code, cursor).ok()?;
+        let (plain, html) = ctx.hover(code, cursor)?;
         if !help::documented(&plain) {
             return None;
         }
@@ -460,23 +451,6 @@ fn refused_command(code: &str) -> Option<CellError> {
     ))
 }
 
-/// evcxr's result: one entry per MIME type; JSON types carry JSON, not text.
-pub(super) fn bundle(outputs: EvalOutputs) -> Option<MimeBundle> {
-    if outputs.is_empty() {
-        return None;
-    }
-    let data = outputs
-        .content_by_mime_type
-        .into_iter()
-        .map(|(mime, text)| {
-            let value =
-                if mime.contains("json") { serde_json::from_str(&text).unwrap_or(Value::String(text)) } else { Value::String(text) };
-            (mime, value)
-        })
-        .collect();
-    Some(data)
-}
-
 fn panic_error(message: String) -> CellError {
     let message = if message.trim().is_empty() { "the cell panicked".to_string() } else { message };
     CellError {
@@ -493,10 +467,10 @@ fn panic_error(message: String) -> CellError {
 /// says " on every rank") says to the user, for failures that mean the same in both (a
 /// stopped or dead process is said by each). A missing linker or toolchain shows as a build
 /// error: the doctor's checks add what to install.
-pub(super) fn cell_error(e: evcxr::Error, cell: &str, inserted: Option<syntax::Insertion>, where_: &str) -> CellError {
+pub(super) fn cell_error(e: EvalError, cell: &str, inserted: Option<syntax::Insertion>, where_: &str) -> CellError {
     match e {
-        evcxr::Error::CompilationErrors(errors) => crate::doctor::explain(compile_errors(&errors, cell, inserted)),
-        evcxr::Error::TypeRedefinedVariablesLost(vars) => CellError::new(
+        EvalError::Compilation(errors) => crate::doctor::explain(compile_errors(errors, cell, inserted)),
+        EvalError::VariablesLost(vars) => CellError::new(
             "VariablesLost",
             format!("These variables were dropped{where_} because their type was redefined: {}", vars.join(", ")),
         ),
@@ -504,12 +478,11 @@ pub(super) fn cell_error(e: evcxr::Error, cell: &str, inserted: Option<syntax::I
     }
 }
 
-fn compile_errors(errors: &[evcxr::CompilationError], cell: &str, inserted: Option<syntax::Insertion>) -> CellError {
-    let errors: Vec<_> = errors.iter().filter(|e| e.level() == "error").collect();
+fn compile_errors(errors: Vec<ranch_magics::diagnostic::Diagnostic>, cell: &str, inserted: Option<syntax::Insertion>) -> CellError {
     if errors.is_empty() {
         return CellError::new("CompilationError", "the cell did not compile");
     }
-    let diagnostics: Vec<_> = errors.iter().map(|e| render::diagnostic(e, inserted)).collect();
+    let diagnostics: Vec<_> = errors.into_iter().map(|d| render::unshift(d, inserted)).collect();
     CellError {
         ename: "CompilationError".into(),
         evalue: diagnostics[0].summary(),

@@ -18,7 +18,7 @@ mod tests;
 use crate::build::{BuildHandle, Toolchain};
 use crate::display_op::{self, DisplayOp};
 use crate::program::{SessionSnapshot, Shipped};
-use crate::supervise::{self, Cancel, RankSink};
+use crate::ranks::supervise::{self, Cancel, RankSink};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@ use crate::args::{GroupOutputs, OnError, Out, See};
 use crate::merge::ranks_label;
 use crate::pool::{PoolArgs, PullArgs, PushArgs, PxArgs, RankPlan, Targets, cell_ranks, session_type};
 use crate::program::{SessionSnapshot, Shipped};
-use crate::supervise::Stream;
+use crate::ranks::supervise::Stream;
 use std::path::Path;
 
 /// What the driver needs of a running pool.

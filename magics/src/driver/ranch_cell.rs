@@ -8,10 +8,10 @@ use crate::build::{self, BuildError, BuildHandle};
 use crate::channel::{self, Channel};
 use crate::group::{self, GroupService};
 use crate::hosts::LauncherKind;
-use crate::launch::{Delivery, LaunchPlan, Launcher, LauncherCommand, LocalSpawner};
 use crate::program::{self, CellProgram, RankProgram, Shipped};
+use crate::ranks::launch::{Delivery, LaunchPlan, Launcher, LauncherCommand, LocalSpawner};
+use crate::ranks::supervise::{self, Cancel, Policy};
 use crate::status::StatusSetup;
-use crate::supervise::{self, Cancel, Policy};
 use crate::{artifacts, merge, source};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -66,7 +66,7 @@ impl Driver {
             )));
         }
         if args.collectives.mpi_name().is_some() {
-            crate::launch::mpi_build::check().map_err(usage)?;
+            crate::ranks::launch::mpi_build::check().map_err(usage)?;
         }
         // A launcher that starts every rank gives them all one environment: no pinning.
         let gpu_flag = if foreign { Gpus::None } else { args.gpus.clone() };
@@ -256,7 +256,7 @@ impl Launch<'_> {
         let shared_dir = std::env::var_os("RANCH_SHARED_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
         let (exe, delivery) = match (&shared_dir, elsewhere) {
             (Some(dir), true) => {
-                let shared = crate::launch::shared::publish(self.exe, dir).map_err(ranch_error)?;
+                let shared = crate::ranks::launch::shared::publish(self.exe, dir).map_err(ranch_error)?;
                 (shared.path, Delivery::SharedDir { sha256: shared.sha256 })
             }
             (None, true) => (self.exe.to_path_buf(), Delivery::Channel),
@@ -435,9 +435,9 @@ fn rank_gpus(rank_env: &[Vec<(String, String)>]) -> Vec<Option<String>> {
 
 /// The command of the launcher that starts every rank (`None`: ranks are spawned here).
 fn launcher_command(args: &RanchArgs, plan: &LaunchPlan) -> Result<Option<LauncherCommand>, Failure> {
-    crate::launch::command_for(&args.placement, args.on_error() == args::OnError::Continue, plan).map_err(|e| match e {
-        crate::launch::CommandError::Usage(m) => usage(m),
-        crate::launch::CommandError::Io(m) => ranch_error(m),
+    crate::ranks::launch::command_for(&args.placement, args.on_error() == args::OnError::Continue, plan).map_err(|e| match e {
+        crate::ranks::launch::CommandError::Usage(m) => usage(m),
+        crate::ranks::launch::CommandError::Io(m) => ranch_error(m),
     })
 }
 

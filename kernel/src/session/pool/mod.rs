@@ -11,27 +11,20 @@
 //! dies with the cell. Why a second context rather than the session's: the session's
 //! variables stay in the kernel's own child, untouched by what ranks do.
 
-mod address_book;
-mod fanout;
-mod group;
-mod hub;
-mod link;
-mod relay;
 mod status;
 
+use super::adapter::{Context, EvalError, Ran};
 use super::events::{Connection, CurrentCell, Event, EventHandler, Listener};
 use super::workdir::WorkDir;
 use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
-use evcxr::{CommandContext, EvalCallbacks};
-use group::CellGroup;
 use ranch_magics::args::{GroupOutputs, See};
 use ranch_magics::display_op::{self, DisplayOp};
 use ranch_magics::driver::px::PxRun;
 use ranch_magics::grid::{Cell, Grid, escape};
 use ranch_magics::grouped::Grouped;
 use ranch_magics::hosts::{LauncherKind, Placement};
-use ranch_magics::launch::LaunchPlan;
-use ranch_magics::rank_output::Stream as RankStream;
+use ranch_magics::ranks::launch::LaunchPlan;
+use ranch_magics::ranks::rank_output::Stream as RankStream;
 use ranch_magics::report::Ending;
 use serde_json::Value;
 use status::CellStatus;
@@ -41,11 +34,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-pub use fanout::run as run_fanout;
-pub use hub::RemoteSpec;
-pub use relay::run as run_relay;
-
-pub use super::child::RANK_ENV;
+use ranch_magics::ranks::pool::{CellGroup, FanoutConfig, RemoteSpec};
 
 /// What the pool's ranks and fan-out report, applied to the running cell.
 struct PoolEvents {
@@ -208,7 +197,7 @@ pub(super) enum CellStop {
 
 pub(super) struct Pool {
     // Dropped first: closing its child's stdin ends the fan-out, and with it the ranks.
-    ctx: CommandContext,
+    ctx: Context,
     n: usize,
     events: Arc<PoolEvents>,
     /// Each rank's GPU, as its CUDA_VISIBLE_DEVICES says (for the status table).
@@ -278,24 +267,16 @@ impl Pool {
         let workdir = WorkDir::claim_another(private, "pool-work");
         let exe = std::env::current_exe().map_err(|e| pool_error(e.to_string()))?;
         let mut fanout = std::process::Command::new(exe);
-        let config = fanout::Config { plan, remote, events: Some(listener.path().to_path_buf()) };
+        let config = FanoutConfig { plan, remote, events: Some(listener.path().to_path_buf()) };
         config.pass(&mut fanout).map_err(|e| pool_error(format!("cannot hand the pool's plan to its fan-out: {e}")))?;
         if let Ok(host) = super::host_rust::host_rust() {
             fanout.env("LD_LIBRARY_PATH", super::host_rust::library_path_with(&host.libdir));
         }
         // The pool's own directory, so that its builds never touch the session's.
-        let made = super::child::evcxr_context(fanout, workdir.evcxr_dir());
-        let (eval, outputs) = made.map_err(|e| pool_error(format!("cannot start the pool: {e}")))?;
-        for (rx, stream) in [(outputs.stdout, Stream::Stdout), (outputs.stderr, Stream::Stderr)] {
-            let cell = cell.clone();
-            std::thread::spawn(move || {
-                for line in rx {
-                    cell.stream(stream, &format!("{line}\n"));
-                }
-            });
-        }
-        let mut ctx = CommandContext::with_eval_context(eval);
-        ctx.execute(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
+        let forward = cell.clone();
+        let mut ctx = Context::start(fanout, workdir.evcxr_dir(), move |stream, line| forward.stream(stream, &format!("{line}\n")))
+            .map_err(|e| pool_error(format!("cannot start the pool: {e}")))?;
+        ctx.add_dependency(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
         Ok(Pool {
             ctx,
             n,
@@ -316,8 +297,7 @@ impl Pool {
     /// already). Identical items leave the pool alone: evcxr keeps the variables of types
     /// that did not change.
     pub(super) fn bring_session_items(&mut self, snapshot: &ranch_magics::program::SessionSnapshot) -> Result<(), CellError> {
-        let deps: Vec<String> =
-            snapshot.deps.iter().filter(|d| !d.trim_start().starts_with("ranch ")).map(|d| format!(":dep {d}")).collect();
+        let deps: Vec<String> = snapshot.deps.iter().filter(|d| !d.trim_start().starts_with("ranch ")).cloned().collect();
         let code = [deps.join("\n"), snapshot.items.items.join("\n")].join("\n");
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&code, &mut hasher);
@@ -326,9 +306,9 @@ impl Pool {
             return Ok(());
         }
         for dep in &deps {
-            self.ctx
-                .execute(dep)
-                .map_err(|e| pool_error(format!("the session's `{dep}` could not be added to the pool: {}", e.to_string().trim())))?;
+            self.ctx.add_dependency(dep).map_err(|e| {
+                pool_error(format!("the session's dependency `{dep}` could not be added to the pool: {}", e.to_string().trim()))
+            })?;
         }
         if !snapshot.items.items.is_empty() {
             self.ctx
@@ -347,7 +327,7 @@ impl Pool {
 
     /// The ranks' variables and their types, as evcxr writes them.
     pub(super) fn variables(&mut self) -> Vec<(String, String)> {
-        self.ctx.variables_and_types().map(|(n, t)| (n.to_string(), t.to_string())).collect()
+        self.ctx.variables()
     }
 
     pub(super) fn size(&self) -> usize {
@@ -356,7 +336,7 @@ impl Pool {
 
     /// The fan-out process, for interrupts.
     pub(super) fn process(&self) -> Arc<Mutex<Child>> {
-        self.ctx.process_handle()
+        self.ctx.process()
     }
 
     /// Tells `tx` when the ranks start the cell and when a rank panics while others still
@@ -392,9 +372,8 @@ impl Pool {
             .map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
         *self.events.group.lock().unwrap() = Some(group);
         let seen = self.events.cell.done_count();
-        let mut callbacks = EvalCallbacks { input_reader: &|_| String::new() };
-        let result = self.ctx.execute_with_callbacks(&prepared.code, &mut callbacks);
-        let ran = result.as_ref().is_ok_and(|o| o.phases.iter().any(|p| p.name == "Execution"));
+        let result = self.ctx.run(&prepared.code, &|_, _| String::new());
+        let ran = result.as_ref().is_ok_and(|r| r.executed);
         // Every rank's output was sent before its `Done`.
         self.events.cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
         drop(ticker);
@@ -408,10 +387,10 @@ impl Pool {
     }
 
     /// Leaves the cell's status table in its final state, and shows `--timing`'s chart.
-    fn finish_status(&self, result: &Result<evcxr::EvalOutputs, evcxr::Error>, stop: Option<CellStop>, how: &PxRun) {
+    fn finish_status(&self, result: &Result<Ran, EvalError>, stop: Option<CellStop>, how: &PxRun) {
         let Some(mut status) = self.events.status.lock().unwrap().take() else { return };
         let exits = self.events.exits.lock().unwrap().clone();
-        let died = matches!(result, Err(evcxr::Error::SubprocessTerminated(_)));
+        let died = matches!(result, Err(EvalError::ProcessDied(_)));
         status.finish(&self.events.cell, |rank| match exits.iter().find(|(r, _)| *r == rank) {
             Some((_, how)) => Ending::Lost(format!("its process {how}")),
             None if died || stop.is_some() => Ending::Stopped,
@@ -420,8 +399,7 @@ impl Pool {
         if how.timing
             && let Some(spans) = status.spans()
         {
-            let build =
-                result.as_ref().map_or(Duration::ZERO, |o| o.phases.iter().filter(|p| p.name != "Execution").map(|p| p.duration).sum());
+            let build = result.as_ref().map_or(Duration::ZERO, |r| r.build);
             self.events.cell.display(ranch_magics::timing::bundle_spans(how.export, build, &spans), MimeBundle::new());
         }
     }
@@ -429,7 +407,7 @@ impl Pool {
     /// What the cell's reply says: its value, or what stopped or failed it.
     fn outcome(
         &self,
-        result: Result<evcxr::EvalOutputs, evcxr::Error>,
+        result: Result<Ran, EvalError>,
         code: &str,
         prepared: &crate::syntax::Prepared,
         stop: Option<CellStop>,
@@ -443,14 +421,13 @@ impl Pool {
             )
         };
         match result {
-            Ok(outputs) => {
+            Ok(ran) => {
                 let panics = std::mem::take(&mut *self.events.panics.lock().unwrap());
                 if let Some((evalue, traceback)) = ranch_magics::merge::panics_failure(&panics) {
                     return Err(CellError { ename: "RankPanicked".into(), evalue, traceback });
                 }
-                let data = super::bundle(outputs);
                 if prepared.shows_value {
-                    return Ok(data);
+                    return Ok(ran.data);
                 }
                 Ok(None)
             }
@@ -459,7 +436,7 @@ impl Pool {
                 "Interrupted",
                 "Interrupted while compiling: the build was stopped and nothing ran. Every rank's variables are unchanged.",
             )),
-            Err(evcxr::Error::SubprocessTerminated(_)) if stop == Some(CellStop::Abort) => {
+            Err(EvalError::ProcessDied(_)) if stop == Some(CellStop::Abort) => {
                 let panics = std::mem::take(&mut *self.events.panics.lock().unwrap());
                 let (evalue, mut traceback) =
                     ranch_magics::merge::panics_failure(&panics).unwrap_or_else(|| ("a rank panicked".into(), Vec::new()));
@@ -467,14 +444,14 @@ impl Pool {
                 traceback.push(lost("--on-error abort stopped the other ranks."));
                 Err(CellError { ename: "RankPanicked".into(), evalue, traceback })
             }
-            Err(evcxr::Error::SubprocessTerminated(_)) if stop.is_some() => Err(match stop {
+            Err(EvalError::ProcessDied(_)) if stop.is_some() => Err(match stop {
                 Some(CellStop::Timeout(t)) => CellError::new(
                     "Timeout",
                     lost(&format!("Timed out after {} s (--timeout): the ranks were stopped to stop the cell.", t.as_secs_f64())),
                 ),
                 _ => CellError::new("Interrupted", lost("Interrupted: the ranks were stopped to stop the cell.")),
             }),
-            Err(evcxr::Error::SubprocessTerminated(why)) => {
+            Err(EvalError::ProcessDied(why)) => {
                 let exits = std::mem::take(&mut *self.events.exits.lock().unwrap());
                 let what = match exits.first() {
                     Some((rank, how)) => format!("Rank {rank} {how} during the cell."),
@@ -531,7 +508,7 @@ pub(super) fn remote_spec(placement: &Placement, private: &Path, n: usize) -> Re
     let ship = placement.elsewhere();
     let plan = LaunchPlan {
         exe: exe.clone(),
-        delivery: if ship { ranch_magics::launch::Delivery::Channel } else { ranch_magics::launch::Delivery::Path },
+        delivery: if ship { ranch_magics::ranks::launch::Delivery::Channel } else { ranch_magics::ranks::launch::Delivery::Path },
         local_ranks: n,
         world_size: n,
         base_rank: 0,
@@ -546,11 +523,11 @@ pub(super) fn remote_spec(placement: &Placement, private: &Path, n: usize) -> Re
         ],
         rank_env: Vec::new(),
     };
-    let command = match ranch_magics::launch::command_for(placement, false, &plan) {
+    let command = match ranch_magics::ranks::launch::command_for(placement, false, &plan) {
         Ok(Some(c)) => c,
         Ok(None) => return Ok(None),
-        Err(ranch_magics::launch::CommandError::Usage(m)) => return Err(CellError::new("UsageError", m)),
-        Err(ranch_magics::launch::CommandError::Io(m)) => return Err(pool_error(m)),
+        Err(ranch_magics::ranks::launch::CommandError::Usage(m)) => return Err(CellError::new("UsageError", m)),
+        Err(ranch_magics::ranks::launch::CommandError::Io(m)) => return Err(pool_error(m)),
     };
     let libstd = super::host_rust::host_rust().ok().and_then(|h| {
         std::fs::read_dir(&h.libdir)

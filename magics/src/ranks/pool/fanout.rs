@@ -12,11 +12,11 @@
 //! restarts it, which restarts every rank, and forgets the pool's variables, so that
 //! evcxr's idea of what exists and the ranks' stores never disagree.
 
-use super::super::events::{Event, MAX_LINE, SOCKET_ENV, for_each_line};
-use super::RANK_ENV;
 use super::hub::{Hub, RemoteSpec};
-use ranch_magics::death::{OomWatch, killed_by};
-use ranch_magics::role::{self, ConfigFd};
+use crate::ranks::death::{OomWatch, killed_by};
+use crate::ranks::event::RANK_ENV;
+use crate::ranks::event::{Event, MAX_LINE, SOCKET_ENV, for_each_line};
+use crate::role::{self, ConfigFd};
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::os::unix::net::UnixStream;
@@ -35,7 +35,7 @@ const TOO_LARGE: &str = " … (cut: over 1 MiB)";
 /// it holds the pool's token and every rank's environment, which no process below the
 /// fan-out is to see whole.
 #[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct Config {
+pub struct Config {
     /// Every rank's environment.
     pub plan: Vec<Vec<(String, String)>>,
     /// How the ranks start elsewhere (`None`: the fan-out spawns them).
@@ -46,7 +46,7 @@ pub(super) struct Config {
 
 impl Config {
     /// Makes `command` (this binary) a fan-out with this configuration.
-    pub(super) fn pass(&self, command: &mut Command) -> std::io::Result<()> {
+    pub fn pass(&self, command: &mut Command) -> std::io::Result<()> {
         role::pass_config(command, role::POOL_FANOUT, &serde_json::to_vec(self).expect("the plan serialises"))
     }
 }

@@ -7,11 +7,11 @@
 //! hosts it is TCP between them, formed through an [`AddressBook`].
 
 use super::address_book::AddressBook;
+use crate::group::{GroupService, new_token, write_private};
 use ranch::__rt::PoolGroup;
-use ranch_magics::group::{GroupService, new_token, write_private};
 use std::path::{Path, PathBuf};
 
-pub(super) struct CellGroup {
+pub struct CellGroup {
     /// `None` for a cell on one rank (its group is a group of one).
     service: Option<Service>,
     /// Pool ranks of the cell, in group-rank order.
@@ -22,7 +22,7 @@ pub(super) struct CellGroup {
 impl CellGroup {
     /// Starts the cell's service and writes the file the ranks read.
     /// `hosts_reach`: the ranks run on other hosts, which reach this one at that address.
-    pub(super) fn start(ranks: &[usize], file: &Path, hosts_reach: Option<&str>) -> Result<CellGroup, String> {
+    pub fn start(ranks: &[usize], file: &Path, hosts_reach: Option<&str>) -> Result<CellGroup, String> {
         let token = new_token()?;
         let service = match (ranks.len(), hosts_reach) {
             (1, _) => None,
@@ -41,7 +41,7 @@ impl CellGroup {
     }
 
     /// Pool rank `rank` returned from the cell: ranks waiting for it stop waiting.
-    pub(super) fn finished(&self, rank: usize) {
+    pub fn finished(&self, rank: usize) {
         match (&self.service, self.ranks.iter().position(|&x| x == rank)) {
             (Some(Service::Shm(s)), Some(r)) => s.mark_finished(r),
             (Some(Service::Tcp(b)), Some(r)) => b.mark_finished(r),

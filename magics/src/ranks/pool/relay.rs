@@ -12,10 +12,10 @@
 //! The directory and everything in it are removed when the relay ends; the rank dies with
 //! the relay (its parent-death signal), and the relay ends when the hub's connection does.
 
-use super::super::events::{MAX_LINE, SOCKET_ENV, for_each_line};
-use super::RANK_ENV;
 use super::link::{self, Frame, HELLO};
-use ranch_magics::death::OomWatch;
+use crate::ranks::death::OomWatch;
+use crate::ranks::event::RANK_ENV;
+use crate::ranks::event::{MAX_LINE, SOCKET_ENV, for_each_line};
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -30,7 +30,7 @@ use ranch::__rt::evcxr_lines::EXECUTION_COMPLETE as COMPLETE;
 /// A relay of the hub at `hub` (`host:port`): serves it and never returns. Must run before
 /// any other thread exists.
 ///
-/// Its role and the hub's address come in the environment ([`ranch_magics::role::ROLE_ENV`]),
+/// Its role and the hub's address come in the environment ([`crate::role::ROLE_ENV`]),
 /// with the pool's token: the launcher starts it, on another host, where no descriptor of the
 /// fan-out's reaches. Everything else (the rank's environment, libstd, the cells) it fetches
 /// over its connection to the hub, once the hub has checked the token.
@@ -147,7 +147,7 @@ impl Relay {
             std::os::unix::process::CommandExt::pre_exec(&mut command, || stop_signals().thread_unblock().map_err(std::io::Error::from));
         }
         let mut child = command
-            .env_remove(ranch_magics::role::ROLE_ENV)
+            .env_remove(crate::role::ROLE_ENV)
             .env_remove(ranch::__rt::TOKEN_ENV)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env(ranch::__rt::evcxr_lines::CHILD_ENV, "1")

@@ -9,9 +9,9 @@
 //! over the link, so the hosts need no toolchain and no directory shared with this one.
 
 use super::link::{self, Frame, HELLO};
+use crate::channel::{CHANNEL_ENV, Channel};
 use ranch::__rt::keepalive;
 use ranch::__rt::listener::{Listener, Rules};
-use ranch_magics::channel::{CHANNEL_ENV, Channel};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
@@ -87,8 +87,8 @@ impl Hub {
         };
         let mut env = spec.env.clone();
         for (k, v) in env.iter_mut() {
-            if k == ranch_magics::role::ROLE_ENV {
-                *v = ranch_magics::role::relay_value(&hub_addr);
+            if k == crate::role::ROLE_ENV {
+                *v = crate::role::relay_value(&hub_addr);
             } else if k == CHANNEL_ENV {
                 *v = channel.as_ref().map_or(String::new(), |c| c.addr().to_string());
             }

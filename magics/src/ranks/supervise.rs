@@ -4,9 +4,9 @@
 use crate::args::{GroupOutputs, OnError, See};
 use crate::display_op::DisplayOp;
 use crate::grouped::Grouped;
-use crate::launch::kill_group;
-pub use crate::rank_output::Stream;
-use crate::rank_output::{self, Output};
+use crate::ranks::launch::kill_group;
+pub use crate::ranks::rank_output::Stream;
+use crate::ranks::rank_output::{self, Output};
 use crate::report::{Ending, RankReport, RunReport, StopReason};
 use crate::status::{Board, StatusSetup};
 use nix::sys::signal::Signal;
@@ -152,7 +152,7 @@ pub fn supervise(
 #[allow(clippy::too_many_arguments)]
 pub fn supervise_launcher(
     n: usize,
-    command: &crate::launch::LauncherCommand,
+    command: &crate::ranks::launch::LauncherCommand,
     rank_hosts: &[String],
     run_dir: &Path,
     policy: &Policy,
@@ -204,7 +204,7 @@ pub fn supervise_launcher(
                         let _ = tx.send(Event::Launcher(line.to_string()));
                     }
                 };
-                let mut demux = crate::launch::tagged::Demux::new(command.tags, n, stream, &deliver, &launcher_line);
+                let mut demux = crate::ranks::launch::tagged::Demux::new(command.tags, n, stream, &deliver, &launcher_line);
                 rank_output::read_with(pipe, &exited, |bytes| demux.feed(bytes));
                 demux.finish();
             }
@@ -236,7 +236,7 @@ pub fn supervise_launcher(
 /// first, so the first is the one that stopped the job.
 fn launcher_endings(
     n: usize,
-    command: &crate::launch::LauncherCommand,
+    command: &crate::ranks::launch::LauncherCommand,
     status: &std::io::Result<ExitStatus>,
     lines: &[String],
     rank_hosts: &[String],
@@ -246,7 +246,7 @@ fn launcher_endings(
     let mut culprits = (command.report)(lines);
     // Ranks the launcher terminated because another failed are reported too (srun): they
     // were stopped, not the cause.
-    let terminated = crate::launch::RankEnd::Signal(Signal::SIGTERM as i32);
+    let terminated = crate::ranks::launch::RankEnd::Signal(Signal::SIGTERM as i32);
     if culprits.iter().any(|c| c.end != terminated) {
         culprits.retain(|c| c.end != terminated);
     }
@@ -258,8 +258,8 @@ fn launcher_endings(
                 Some(Ending::Success)
             } else if let Some(c) = culprit {
                 let raw = match c.end {
-                    crate::launch::RankEnd::Code(code) => (code & 0xff) << 8,
-                    crate::launch::RankEnd::Signal(sig) => sig & 0x7f,
+                    crate::ranks::launch::RankEnd::Code(code) => (code & 0xff) << 8,
+                    crate::ranks::launch::RankEnd::Signal(sig) => sig & 0x7f,
                 };
                 Some(ending_of(Ok(ExitStatus::from_raw(raw)), run_dir, rank, panic_line, false))
             } else {
@@ -290,7 +290,7 @@ fn launcher_endings(
 
 /// Why ranks were lost when their launcher failed without a word: what it returned, where
 /// its ranks were, and what to check there.
-fn silent_failure(command: &crate::launch::LauncherCommand, status: ExitStatus, rank_hosts: &[String]) -> String {
+fn silent_failure(command: &crate::ranks::launch::LauncherCommand, status: ExitStatus, rank_hosts: &[String]) -> String {
     // mpirun's exit status is its own error code, not a signal's number.
     let how = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
@@ -340,7 +340,7 @@ struct Watched {
     board_shown: bool,
     spawned: Vec<Duration>,
     /// The OOM killer's count when the ranks started (a rank it killed is named so).
-    oom: crate::death::OomWatch,
+    oom: crate::ranks::death::OomWatch,
 }
 
 /// A rank that ended: how, and on which host.
@@ -359,7 +359,7 @@ impl Watch<'_> {
             board: policy.status.clone().map(|setup| Board::new((policy.first_rank..policy.first_rank + n).collect(), setup)),
             board_shown: false,
             spawned: vec![Duration::ZERO; n],
-            oom: crate::death::OomWatch::start(),
+            oom: crate::ranks::death::OomWatch::start(),
         };
         while w.ranks.iter().any(Option::is_none) {
             let ended = match rx.recv_timeout(Duration::from_millis(20)) {
@@ -636,7 +636,7 @@ mod tests {
 
     #[test]
     fn a_launcher_that_fails_silently_is_described_with_its_hosts() {
-        let command = crate::launch::mpirun::command(&crate::launch::mpirun::tests::plan(), &Default::default());
+        let command = crate::ranks::launch::mpirun::command(&crate::ranks::launch::mpirun::tests::plan(), &Default::default());
         let run_dir = std::env::temp_dir().join(format!("ranch-silent-launcher-{}", std::process::id()));
         let hosts = ["simhost1".to_string(), "simhost1".into(), "simhost2".into()];
         let status = Ok(ExitStatus::from_raw(135 << 8));

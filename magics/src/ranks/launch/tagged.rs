@@ -6,7 +6,7 @@
 //! launcher's own text (its error reports). Bounded as a rank's own pipe is: each rank's
 //! lines go through a [`RankText`], and the launcher's lines are cut at [`MAX_LINE`].
 
-use crate::rank_output::{Deliver, MAX_LINE, RankText, Stream};
+use crate::ranks::rank_output::{Deliver, MAX_LINE, RankText, Stream};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +129,7 @@ impl<'a> Demux<'a> {
     }
 
     /// Takes bytes as they come. Err: nobody listens any more.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), crate::rank_output::NobodyListens> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), crate::ranks::rank_output::NobodyListens> {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(bytes);
         let mut at = 0;
@@ -174,7 +174,7 @@ impl<'a> Demux<'a> {
         self.pass(&buf[run..])
     }
 
-    fn pass(&mut self, bytes: &[u8]) -> Result<(), crate::rank_output::NobodyListens> {
+    fn pass(&mut self, bytes: &[u8]) -> Result<(), crate::ranks::rank_output::NobodyListens> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -216,7 +216,7 @@ impl<'a> Demux<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rank_output::Output;
+    use crate::ranks::rank_output::Output;
     use std::sync::Mutex;
 
     /// Feeds `input` in pieces of `step` bytes; returns each rank's lines and the launcher's.
