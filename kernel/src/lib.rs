@@ -1,7 +1,8 @@
 //! ranch-kernel: a Jupyter kernel for Rust on evcxr, with parallel cell magics.
 //!
 //! Layout: `server` (protocol core) serves requests through the [`interpreter::Interpreter`]
-//! seam; `session` is the evcxr-backed interpreter and the only module that talks to evcxr.
+//! seam; `session` is the evcxr-backed interpreter, which reaches evcxr through its one
+//! adapter (`session::adapter`).
 
 pub mod connection;
 pub mod doctor;

@@ -18,29 +18,6 @@ use std::time::{Duration, Instant};
 pub struct Connection {
     /// Set by an [`Event::Rank`].
     pub rank: Option<usize>,
-    /// Whether the next stdout / stderr text starts a line (labels go at line starts).
-    line_start: [bool; 2],
-}
-
-impl Connection {
-    fn new() -> Connection {
-        Connection { rank: None, line_start: [true, true] }
-    }
-
-    /// `text` with `[rank] ` at the start of every line, for a rank's connection.
-    pub fn label(&mut self, stream: Stream, text: &str) -> String {
-        let Some(rank) = self.rank else { return text.to_string() };
-        let at = &mut self.line_start[matches!(stream, Stream::Stderr) as usize];
-        let mut out = String::with_capacity(text.len() + 8);
-        for piece in text.split_inclusive('\n') {
-            if *at {
-                out.push_str(&format!("[{rank}] "));
-            }
-            out.push_str(piece);
-            *at = piece.ends_with('\n');
-        }
-        out
-    }
 }
 
 /// What applies a connection's events (the plain session's cell, or a pool's).
@@ -211,7 +188,7 @@ impl Drop for Listener {
 }
 
 fn read_events(conn: UnixStream, cell: &Arc<dyn EventHandler>) {
-    let mut from = Connection::new();
+    let mut from = Connection::default();
     let each = |line: Vec<u8>| {
         match serde_json::from_slice::<Event>(&line) {
             Ok(event) => cell.apply(&mut from, event),

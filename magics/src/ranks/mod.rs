@@ -6,8 +6,10 @@
 //! - a pool keeps one set alive across cells ([`pool`]: a fan-out in front of evcxr-child
 //!   ranks, spawned here or through relays on other hosts), supervised by the kernel's pool.
 //!
-//! What ranks tell the kernel arrives as one typed [`event::Event`] stream; how a rank
-//! died is worded once ([`death`]).
+//! Both feed one [`view::RankView`] per cell: what the cell shows while its ranks run
+//! (labelled output, `--see`, `--group-outputs`, displays, the live status table, and the
+//! ranks' times for `--timing`). What pool ranks tell the kernel arrives as one typed
+//! [`event::Event`] stream; how a rank died is worded once ([`death`]).
 
 pub mod death;
 pub mod event;
@@ -15,3 +17,4 @@ pub mod launch;
 pub mod pool;
 pub mod rank_output;
 pub mod supervise;
+pub mod view;

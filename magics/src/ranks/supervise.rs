@@ -2,15 +2,14 @@
 //! and what each rank ended with.
 
 use crate::args::{GroupOutputs, OnError, See};
-use crate::display_op::DisplayOp;
-use crate::grouped::Grouped;
 use crate::ranks::launch::kill_group;
 pub use crate::ranks::rank_output::Stream;
 use crate::ranks::rank_output::{self, Output};
+pub use crate::ranks::view::RankSink;
+use crate::ranks::view::{RankView, ViewSetup};
 use crate::report::{Ending, RankReport, RunReport, StopReason};
-use crate::status::{Board, StatusSetup};
+use crate::status::StatusSetup;
 use nix::sys::signal::Signal;
-use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -18,18 +17,6 @@ use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
-
-/// Where rank output goes (the kernel publishes it to the notebook).
-pub trait RankSink: Sync {
-    /// Text made of whole lines, each already prefixed with its rank.
-    fn output(&self, stream: Stream, text: &str);
-    /// A rich output block of one rank.
-    fn display(&self, rank: usize, data: Map<String, Value>);
-    /// The launch's status table: `first` shows it, later calls replace it in place.
-    fn status(&self, _data: Map<String, Value>, _first: bool) {}
-    /// A rank's `ranch::display` request (a display to update in place, clearing output).
-    fn control(&self, _rank: usize, _op: DisplayOp) {}
-}
 
 /// Set by an interrupt; the supervisor stops every rank when it sees it.
 #[derive(Debug, Clone, Default)]
@@ -76,7 +63,6 @@ enum Targets<'a> {
     Launcher { pid: &'a std::sync::Mutex<Option<u32>>, name: &'static str },
 }
 
-const LAST_LINES: usize = 10;
 /// Events in flight between the ranks' readers and the supervisor: a rank writing faster
 /// than the notebook takes its output waits on its own pipe.
 const CHANNEL: usize = 1024;
@@ -328,16 +314,14 @@ struct Watch<'a> {
 struct Watched {
     /// Each rank's report, once it ended.
     ranks: Vec<Option<RankReport>>,
-    last_lines: Vec<VecDeque<String>>,
-    grouped: Vec<Grouped>,
+    /// What the cell shows: output, displays, the status table.
+    view: RankView,
     stopped: Option<StopReason>,
     kill_at: Option<Instant>,
     /// The signals each rank was sent: a rank only counts as stopped by the supervisor if
     /// one of them ended it (a rank that died of its own SIGKILL while the others were being
     /// stopped is the cause, and is named as such).
     sent: Vec<Vec<Signal>>,
-    board: Option<Board>,
-    board_shown: bool,
     spawned: Vec<Duration>,
     /// The OOM killer's count when the ranks started (a rank it killed is named so).
     oom: crate::ranks::death::OomWatch,
@@ -351,16 +335,22 @@ impl Watch<'_> {
         let policy = self.policy;
         let mut w = Watched {
             ranks: vec![None; n],
-            last_lines: vec![VecDeque::new(); n],
-            grouped: (0..n).map(|_| Grouped::default()).collect(),
+            view: RankView::new(ViewSetup {
+                ranks: (policy.first_rank..policy.first_rank + n).collect(),
+                see: policy.see.clone(),
+                group_outputs: policy.group_outputs,
+                live: policy.status.is_some(),
+                status: policy.status.clone(),
+                show_after: Duration::ZERO,
+            }),
             stopped: None,
             kill_at: None,
             sent: vec![Vec::new(); n],
-            board: policy.status.clone().map(|setup| Board::new((policy.first_rank..policy.first_rank + n).collect(), setup)),
-            board_shown: false,
             spawned: vec![Duration::ZERO; n],
             oom: crate::ranks::death::OomWatch::start(),
         };
+        // The table's clock starts with the launch.
+        w.view.running();
         while w.ranks.iter().any(Option::is_none) {
             let ended = match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(event) => self.on_event(&mut w, event),
@@ -372,64 +362,30 @@ impl Watch<'_> {
             }
             let now = Instant::now();
             self.enforce(&mut w, now);
-            if let Some(b) = w.board.as_mut().filter(|b| b.due(now)) {
-                self.sink.status(b.render(false), !w.board_shown);
-                w.board_shown = true;
-            }
+            w.view.tick(now, self.sink);
         }
         self.finish(w)
     }
 
-    /// Feeds the board, the output and the sink; a rank's end is returned.
+    /// Feeds the view; a rank's end is returned.
     fn on_event(&self, w: &mut Watched, event: Event) -> Option<Ended> {
-        let (policy, sink) = (self.policy, self.sink);
+        let (first, sink) = (self.policy.first_rank, self.sink);
         match event {
             Event::Spawned(rank, pid, at) => {
                 w.spawned[rank] = at.saturating_duration_since(self.started);
-                if let Some(b) = w.board.as_mut() {
-                    b.pid(rank, Some(pid));
-                }
+                w.view.pid(rank, Some(pid));
                 None
             }
             Event::Output(Output::Lines(rank, stream, lines)) => {
-                if let Some(b) = w.board.as_mut() {
-                    b.lines(rank, &lines);
-                }
-                let tail = &mut w.last_lines[rank];
-                for l in &lines {
-                    if tail.len() == LAST_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(l.clone());
-                }
-                let global = policy.first_rank + rank;
-                if policy.see.shows(global) {
-                    let text: String = lines.iter().map(|l| format!("[{global}] {l}\n")).collect();
-                    match policy.group_outputs {
-                        GroupOutputs::Order => sink.output(stream, &text),
-                        GroupOutputs::Rank => w.grouped[rank].keep(stream, text, lines.len()),
-                    }
-                }
+                w.view.lines(rank, stream, &lines, sink);
                 None
             }
             Event::Output(Output::Display(rank, data)) => {
-                let global = policy.first_rank + rank;
-                if policy.see.shows(global) {
-                    sink.display(global, data);
-                }
-                None
-            }
-            Event::Output(Output::Control(rank, DisplayOp::Progress { done, total })) => {
-                if let Some(b) = w.board.as_mut() {
-                    b.progress(rank, done, total);
-                }
+                w.view.display(first + rank, data, sink);
                 None
             }
             Event::Output(Output::Control(rank, op)) => {
-                let global = policy.first_rank + rank;
-                if policy.see.shows(global) {
-                    sink.control(global, op);
-                }
+                w.view.control(first + rank, op, sink);
                 None
             }
             Event::Exit(rank, status) => {
@@ -460,14 +416,12 @@ impl Watch<'_> {
 
     /// Records a rank's end; under `--on-error abort`, a failure stops the others.
     fn on_end(&self, w: &mut Watched, (rank, ending, host): Ended) {
-        if let Some(b) = w.board.as_mut() {
-            b.ended(rank, &ending);
-        }
+        w.view.ended(rank, &ending);
         let failed = ending != Ending::Success && ending != Ending::Stopped;
         let backtrace = if matches!(ending, Ending::Panicked { .. }) { read_backtrace(self.run_dir, rank) } else { String::new() };
         w.ranks[rank] = Some(RankReport {
             ending,
-            last_lines: std::mem::take(&mut w.last_lines[rank]),
+            last_lines: w.view.take_last_lines(rank),
             host,
             started: w.spawned[rank],
             ended: self.started.elapsed(),
@@ -534,10 +488,8 @@ impl Watch<'_> {
     /// The board's final state, whatever the ranks left running killed, output kept for
     /// `--group-outputs rank` shown, and the report.
     fn finish(&self, mut w: Watched) -> RunReport {
-        let (policy, sink, n) = (self.policy, self.sink, w.ranks.len());
-        if let Some(b) = w.board.as_mut() {
-            sink.status(b.render(true), !w.board_shown);
-        }
+        let (policy, n) = (self.policy, w.ranks.len());
+        w.view.finish(|_| Ending::Stopped, self.sink);
         // Whatever a rank started is gone with it.
         let pids: Vec<Option<u32>> = match &self.targets {
             Targets::Ranks(pids) => pids.lock().unwrap().clone(),
@@ -545,11 +497,6 @@ impl Watch<'_> {
         };
         for pid in pids.iter().flatten() {
             kill_group(*pid, Signal::SIGKILL);
-        }
-        if policy.group_outputs == GroupOutputs::Rank {
-            for (rank, g) in w.grouped.iter().enumerate() {
-                g.show(policy.first_rank + rank, |stream, text| sink.output(stream, text));
-            }
         }
         RunReport {
             ranks: w.ranks.into_iter().map(|r| r.expect("every rank exited")).collect(),

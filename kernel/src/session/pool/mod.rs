@@ -11,24 +11,21 @@
 //! dies with the cell. Why a second context rather than the session's: the session's
 //! variables stay in the kernel's own child, untouched by what ranks do.
 
-mod status;
-
 use super::adapter::{Context, EvalError, Ran};
 use super::events::{Connection, CurrentCell, Event, EventHandler, Listener};
 use super::workdir::WorkDir;
 use crate::interpreter::{CellError, CellOutcome, MimeBundle, Stream};
-use ranch_magics::args::{GroupOutputs, See};
+use ranch_magics::args::See;
 use ranch_magics::display_op::{self, DisplayOp};
 use ranch_magics::driver::px::PxRun;
 use ranch_magics::grid::{Cell, Grid, escape};
-use ranch_magics::grouped::Grouped;
 use ranch_magics::hosts::{LauncherKind, Placement};
 use ranch_magics::ranks::launch::LaunchPlan;
 use ranch_magics::ranks::rank_output::Stream as RankStream;
+use ranch_magics::ranks::view::{RankSink, RankView, ViewSetup};
 use ranch_magics::report::Ending;
+use ranch_magics::status::StatusSetup;
 use serde_json::Value;
-use status::CellStatus;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex, mpsc};
@@ -36,19 +33,22 @@ use std::time::{Duration, Instant};
 
 use ranch_magics::ranks::pool::{CellGroup, FanoutConfig, RemoteSpec};
 
+/// How long the ranks run a cell before its status table appears (unless they report
+/// progress): pool cells are often quick steps, and a table for each would bury their output.
+const SHOW_STATUS_AFTER: Duration = Duration::from_secs(1);
+
 /// What the pool's ranks and fan-out report, applied to the running cell.
 struct PoolEvents {
     cell: Arc<CurrentCell>,
-    /// `%ranch_start --see`: ranks whose output is shown, unless the cell says (`cell_see`).
+    /// `%ranch_start --see`: ranks whose output is shown, unless the cell says.
     see: See,
-    cell_see: Mutex<Option<See>>,
     /// The running cell's ranks that have not finished it yet.
     ranks_left: std::sync::atomic::AtomicUsize,
     /// Told when the ranks start the cell, and when a rank panics while others still run
     /// it (for `--timeout` and `--on-error abort`).
     watcher: Mutex<Option<mpsc::Sender<CellSignal>>>,
-    /// `--group-outputs rank`: each of the running cell's ranks' output, shown at its end.
-    grouped: Mutex<Option<BTreeMap<usize, Grouped>>>,
+    /// What the running cell shows of its ranks (the same view as a `%%ranch` cell's).
+    view: Mutex<Option<CellView>>,
     panics: Mutex<Vec<(usize, String)>>,
     exits: Mutex<Vec<(usize, String)>>,
     pids: Mutex<Vec<u32>>,
@@ -58,44 +58,67 @@ struct PoolEvents {
     group: Mutex<Option<CellGroup>>,
     /// When the pool started, until its ranks said they run.
     starting: Mutex<Option<Instant>>,
-    /// The running cell's live status table (`None`: `--quiet`, or moving variables).
-    status: Mutex<Option<CellStatus>>,
+}
+
+/// The running cell's view, and the display id of its status table.
+struct CellView {
+    view: RankView,
+    status_id: String,
+}
+
+/// The running cell as the view's sink.
+struct PoolSink<'a> {
+    cell: &'a CurrentCell,
+    status_id: &'a str,
+}
+
+impl RankSink for PoolSink<'_> {
+    fn output(&self, stream: RankStream, text: &str) {
+        self.cell.stream(if stream == RankStream::Stderr { Stream::Stderr } else { Stream::Stdout }, text);
+    }
+
+    fn display(&self, rank: usize, data: MimeBundle) {
+        let mut meta = MimeBundle::new();
+        meta.insert("ranch".into(), serde_json::json!({ "rank": rank }));
+        // A `ranch::display` request (show, update, clear) is carried out there.
+        self.cell.display(data, meta);
+    }
+
+    fn status(&self, data: MimeBundle, first: bool) {
+        let mut meta = MimeBundle::new();
+        meta.insert("ranch".into(), serde_json::json!({ "status": true }));
+        self.cell.display_in_place(data, meta, self.status_id, !first);
+    }
 }
 
 impl PoolEvents {
-    /// Whether rank `rank`'s output is shown (the cell's `--see`, else the pool's).
-    fn shows(&self, rank: usize) -> bool {
-        self.cell_see.lock().unwrap().as_ref().unwrap_or(&self.see).shows(rank)
+    /// Applies `f` to the running cell's view, if a cell runs.
+    fn view(&self, f: impl FnOnce(&mut RankView, &PoolSink)) -> bool {
+        let mut view = self.view.lock().unwrap();
+        let Some(cv) = view.as_mut() else { return false };
+        f(&mut cv.view, &PoolSink { cell: &self.cell, status_id: &cv.status_id });
+        true
     }
 
-    /// A rank's output, labelled: to the cell now, or kept for the cell's end
-    /// (`--group-outputs rank`).
-    fn output(&self, conn: &mut Connection, stream: Stream, text: &str) {
-        let labelled = conn.label(stream, text);
-        if let (Some(rank), Some(grouped)) = (conn.rank, self.grouped.lock().unwrap().as_mut()) {
-            let lines = labelled.matches('\n').count();
-            let kind = if matches!(stream, Stream::Stderr) { RankStream::Stderr } else { RankStream::Stdout };
-            grouped.entry(rank).or_default().keep(kind, labelled, lines);
-            return;
+    /// A rank's output; the fan-out's own (no rank) goes to the cell as it is.
+    fn output(&self, rank: Option<usize>, stream: RankStream, text: &str) {
+        let shown = rank.is_some_and(|rank| self.view(|v, sink| v.text(rank, stream, text, sink)));
+        if !shown {
+            PoolSink { cell: &self.cell, status_id: "" }.output(stream, text);
         }
-        self.cell.stream(stream, &labelled);
     }
 
-    /// Shows the output `--group-outputs rank` kept, rank by rank.
-    fn show_grouped(&self) {
-        let Some(grouped) = self.grouped.lock().unwrap().take() else { return };
-        for (rank, g) in grouped {
-            g.show(rank, |kind, text| {
-                let stream = if kind == RankStream::Stderr { Stream::Stderr } else { Stream::Stdout };
-                self.cell.stream(stream, text)
+    /// Rank `rank` ended the cell as `ending` (a panic's word stands over its `Done`).
+    fn rank_ended(&self, rank: Option<usize>, ending: Ending) {
+        use std::sync::atomic::Ordering;
+        let panicked = matches!(ending, Ending::Panicked { .. });
+        if let Some(rank) = rank {
+            self.view(|v, _| {
+                if let Some(row) = v.row_of(rank) {
+                    v.ended(row, &ending)
+                }
             });
         }
-    }
-
-    /// A rank of the running cell ended it; `panicked`: by a panic, which stops the others
-    /// under `--on-error abort` if any still run.
-    fn rank_ended(&self, panicked: bool) {
-        use std::sync::atomic::Ordering;
         let before = self.ranks_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).unwrap_or(0);
         if panicked && before > 1 {
             self.tell_watcher(CellSignal::Panicked);
@@ -107,45 +130,31 @@ impl PoolEvents {
             let _ = tx.send(signal);
         }
     }
-
-    fn status(&self, f: impl FnOnce(&mut CellStatus)) {
-        if let Some(s) = self.status.lock().unwrap().as_mut() {
-            f(s)
-        }
-    }
 }
 
 impl EventHandler for PoolEvents {
     fn apply(&self, conn: &mut Connection, event: Event) {
-        if let (Some(rank), Event::Stdout(t) | Event::Stderr(t)) = (conn.rank, &event) {
-            self.status(|s| s.text(rank, t));
-        }
         match event {
             Event::Rank(r) => conn.rank = Some(r),
-            Event::Stdout(_) | Event::Stderr(_) if conn.rank.is_some_and(|r| !self.shows(r)) => {}
-            Event::Stdout(t) => self.output(conn, Stream::Stdout, &t),
-            Event::Stderr(t) => self.output(conn, Stream::Stderr, &t),
+            Event::Stdout(t) => self.output(conn.rank, RankStream::Stdout, &t),
+            Event::Stderr(t) => self.output(conn.rank, RankStream::Stderr, &t),
             Event::Display(data) => {
-                let progress = data.get(display_op::CONTROL_MIME).and_then(Value::as_str).and_then(display_op::parse);
-                if let (Some(DisplayOp::Progress { done, total }), Some(rank)) = (&progress, conn.rank) {
-                    self.status(|s| s.progress(rank, *done, *total));
-                    return;
+                let op = data.get(display_op::CONTROL_MIME).and_then(Value::as_str).and_then(display_op::parse);
+                let shown = match (op, conn.rank) {
+                    (Some(op @ DisplayOp::Progress { .. }), Some(rank)) => self.view(|v, sink| v.control(rank, op, sink)),
+                    (_, Some(rank)) => self.view(|v, sink| v.display(rank, data.clone(), sink)),
+                    (_, None) => false,
+                };
+                if !shown {
+                    self.cell.display(data, MimeBundle::new());
                 }
-                let mut meta = MimeBundle::new();
-                meta.insert("ranch".into(), serde_json::json!({ "rank": conn.rank }));
-                self.cell.display(data, meta);
             }
             Event::Panic(message) => {
-                let rank = conn.rank.unwrap_or(0);
-                self.status(|s| s.ended(rank, Ending::Panicked { message: message.clone(), line: None }));
-                self.panics.lock().unwrap().push((rank, message));
-                self.rank_ended(true);
+                self.panics.lock().unwrap().push((conn.rank.unwrap_or(0), message.clone()));
+                self.rank_ended(conn.rank, Ending::Panicked { message, line: None });
             }
             Event::Done => {
-                self.rank_ended(false);
-                if let Some(rank) = conn.rank {
-                    self.status(|s| s.ended(rank, Ending::Success));
-                }
+                self.rank_ended(conn.rank, Ending::Success);
                 if let (Some(rank), Some(group)) = (conn.rank, self.group.lock().unwrap().as_ref()) {
                     group.finished(rank);
                 }
@@ -166,7 +175,7 @@ impl EventHandler for PoolEvents {
             }
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
             Event::Running => {
-                self.status(CellStatus::running);
+                self.view(|v, _| v.running());
                 self.tell_watcher(CellSignal::Running);
             }
             // The Jupyter server's log gets it (bench/pool.py reads it).
@@ -250,17 +259,15 @@ impl Pool {
         let events = Arc::new(PoolEvents {
             cell: cell.clone(),
             see,
-            cell_see: Mutex::default(),
             ranks_left: Default::default(),
             watcher: Mutex::default(),
-            grouped: Mutex::default(),
             panics: Mutex::default(),
             exits: Mutex::default(),
             pids: Mutex::default(),
             hosts: Mutex::default(),
             group: Mutex::default(),
             starting: Mutex::new(Some(Instant::now())),
-            status: Mutex::default(),
+            view: Mutex::default(),
         });
         let listener = Listener::start(events.clone(), private, "pool.sock")
             .map_err(|e| pool_error(format!("cannot listen for the pool's ranks: {e}")))?;
@@ -358,14 +365,8 @@ impl Pool {
     ) -> CellOutcome {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
-        *self.events.cell_see.lock().unwrap() = how.see.clone();
-        *self.events.grouped.lock().unwrap() = (how.group_outputs == GroupOutputs::Rank).then(BTreeMap::new);
         self.events.ranks_left.store(ranks.len(), std::sync::atomic::Ordering::SeqCst);
-        let pids = self.events.pids.lock().unwrap().clone();
-        let hosts = self.events.hosts.lock().unwrap().clone();
-        // `--timing` reads the ranks' times off the table, drawn or not.
-        *self.events.status.lock().unwrap() =
-            (how.live_status || how.timing).then(|| CellStatus::new(ranks, &self.gpus, pids, &hosts, how.live_status));
+        *self.events.view.lock().unwrap() = Some(self.cell_view(ranks, how));
         let ticker = StatusTicker::start(&self.events);
         let prepared = crate::syntax::with_stdout_flush(code);
         let group = CellGroup::start(ranks, &self.group_file, self.hosts_reach.as_deref())
@@ -377,27 +378,53 @@ impl Pool {
         // Every rank's output was sent before its `Done`.
         self.events.cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
         drop(ticker);
-        self.events.show_grouped();
         let stop = stopped();
-        self.finish_status(&result, stop, how);
-        *self.events.cell_see.lock().unwrap() = None;
+        self.finish_view(&result, stop, how);
         drop(self.events.group.lock().unwrap().take());
         self.cells += 1;
         self.outcome(result, code, &prepared, stop, stopped_build)
     }
 
-    /// Leaves the cell's status table in its final state, and shows `--timing`'s chart.
-    fn finish_status(&self, result: &Result<Ran, EvalError>, stop: Option<CellStop>, how: &PxRun) {
-        let Some(mut status) = self.events.status.lock().unwrap().take() else { return };
+    /// What a cell on pool ranks `ranks` shows of them, as `how` says. The status table
+    /// appears once the ranks have run the cell for [`SHOW_STATUS_AFTER`] (or reported
+    /// progress, or one ended badly); `--timing` reads the ranks' times off it, drawn or not.
+    fn cell_view(&self, ranks: &[usize], how: &PxRun) -> CellView {
+        let pids = self.events.pids.lock().unwrap().clone();
+        let hosts = self.events.hosts.lock().unwrap().clone();
+        let status = (how.live_status || how.timing).then(|| StatusSetup {
+            hosts: if hosts.is_empty() { Vec::new() } else { ranks.iter().map(|&r| hosts.get(r).cloned().unwrap_or_default()).collect() },
+            gpus: ranks.iter().map(|&r| self.gpus.get(r).filter(|g| g.as_str() != "-").cloned()).collect(),
+        });
+        let mut view = RankView::new(ViewSetup {
+            ranks: ranks.to_vec(),
+            see: how.see.clone().unwrap_or_else(|| self.events.see.clone()),
+            group_outputs: how.group_outputs,
+            status,
+            live: how.live_status,
+            show_after: SHOW_STATUS_AFTER,
+        });
+        for (row, &rank) in ranks.iter().enumerate() {
+            view.pid(row, pids.get(rank).copied());
+        }
+        CellView { view, status_id: display_op::own_id("px-status") }
+    }
+
+    /// Leaves the cell's status table in its final state, shows the output kept for
+    /// `--group-outputs rank`, and `--timing`'s chart.
+    fn finish_view(&self, result: &Result<Ran, EvalError>, stop: Option<CellStop>, how: &PxRun) {
+        let Some(CellView { mut view, status_id }) = self.events.view.lock().unwrap().take() else { return };
         let exits = self.events.exits.lock().unwrap().clone();
         let died = matches!(result, Err(EvalError::ProcessDied(_)));
-        status.finish(&self.events.cell, |rank| match exits.iter().find(|(r, _)| *r == rank) {
+        let ranks = view.ranks().to_vec();
+        let sink = PoolSink { cell: &self.events.cell, status_id: &status_id };
+        let rest = |row: usize| match exits.iter().find(|(r, _)| *r == ranks[row]) {
             Some((_, how)) => Ending::Lost(format!("its process {how}")),
             None if died || stop.is_some() => Ending::Stopped,
             None => Ending::Lost("it did not say that it finished the cell".into()),
-        });
+        };
+        view.finish(rest, &sink);
         if how.timing
-            && let Some(spans) = status.spans()
+            && let Some(spans) = view.spans()
         {
             let build = result.as_ref().map_or(Duration::ZERO, |r| r.build);
             self.events.cell.display(ranch_magics::timing::bundle_spans(how.export, build, &spans), MimeBundle::new());
@@ -561,12 +588,12 @@ struct StatusTicker {
 impl StatusTicker {
     fn start(events: &Arc<PoolEvents>) -> StatusTicker {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = events.status.lock().unwrap().as_ref().is_some_and(CellStatus::is_live).then(|| {
+        let thread = events.view.lock().unwrap().as_ref().is_some_and(|cv| cv.view.draws()).then(|| {
             let (events, stop) = (events.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
-                    events.status(|s| s.tick(&events.cell));
+                    events.view(|v, sink| v.tick(Instant::now(), sink));
                 }
             })
         });
