@@ -581,6 +581,104 @@ mod tests {
         assert!(!ended_by(&exited(0), &[Signal::SIGTERM]));
     }
 
+    /// The rank layer in-process, with a fake rank set: each rank is a shell script, in its
+    /// own process group as a rank program is.
+    mod fake_ranks {
+        use super::super::*;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        use std::sync::Mutex;
+
+        #[derive(Default)]
+        struct Seen {
+            out: Mutex<Vec<(Stream, String)>>,
+            tables: Mutex<usize>,
+            /// Interrupts the cell when a rank's output arrives (as a user who saw it would).
+            interrupt_on_output: Option<Cancel>,
+        }
+
+        impl RankSink for Seen {
+            fn output(&self, stream: Stream, text: &str) {
+                self.out.lock().unwrap().push((stream, text.to_string()));
+                if let Some(cancel) = &self.interrupt_on_output {
+                    cancel.cancel();
+                }
+            }
+            fn display(&self, _rank: usize, _data: serde_json::Map<String, serde_json::Value>) {}
+            fn status(&self, _data: serde_json::Map<String, serde_json::Value>, _first: bool) {
+                *self.tables.lock().unwrap() += 1;
+            }
+        }
+
+        fn policy(on_error: OnError, timeout: Option<Duration>) -> Policy {
+            Policy {
+                on_error,
+                timeout,
+                group_outputs: GroupOutputs::Order,
+                see: See::All,
+                first_rank: 0,
+                status: Some(StatusSetup::default()),
+            }
+        }
+
+        /// Runs `scripts[rank]` as rank `rank` under `policy`.
+        fn run(scripts: &[&str], policy: &Policy, interrupt: bool) -> (RunReport, Seen) {
+            let cancel = &Cancel::default();
+            let dir = std::env::temp_dir().join(format!("ranch-fake-ranks-{}-{:?}", std::process::id(), std::thread::current().id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let spawn = |rank: usize| {
+                let mut command = Command::new("sh");
+                command.args(["-c", scripts[rank]]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+                command.spawn()
+            };
+            let seen = Seen { interrupt_on_output: Some(cancel.clone()).filter(|_| interrupt), ..Default::default() };
+            let report = supervise(scripts.len(), &spawn, &dir, policy, &seen, cancel, &|_| None);
+            let _ = std::fs::remove_dir_all(&dir);
+            (report, seen)
+        }
+
+        fn endings(report: &RunReport) -> Vec<Ending> {
+            report.ranks.iter().map(|r| r.ending.clone()).collect()
+        }
+
+        #[test]
+        fn output_is_labelled_and_each_ranks_ending_and_last_lines_are_reported() {
+            let (report, seen) =
+                run(&["echo a; echo b", "echo oops >&2; exit 3", "kill -SEGV $$"], &policy(OnError::Continue, None), false);
+            assert_eq!(endings(&report), [Ending::Success, Ending::ExitCode(3), Ending::Signal(11)]);
+            assert_eq!(report.ranks[1].last_lines, ["oops"]);
+            assert_eq!(report.stopped, None);
+            let out = seen.out.lock().unwrap();
+            let stdout: String = out.iter().filter(|(s, _)| *s == Stream::Stdout).map(|(_, t)| t.as_str()).collect();
+            assert_eq!(stdout, "[0] a\n[0] b\n");
+            assert!(out.contains(&(Stream::Stderr, "[1] oops\n".to_string())), "{out:?}");
+            assert!(*seen.tables.lock().unwrap() >= 1, "the status table was shown");
+        }
+
+        #[test]
+        fn a_timeout_stops_every_rank_still_running() {
+            let t = Instant::now();
+            let (report, _) = run(&["exit 0", "sleep 30", "sleep 30"], &policy(OnError::Continue, Some(Duration::from_millis(300))), false);
+            assert!(t.elapsed() < Duration::from_secs(10), "stopped, not waited for: {:?}", t.elapsed());
+            assert_eq!(endings(&report), [Ending::Success, Ending::Stopped, Ending::Stopped]);
+            assert!(matches!(&report.stopped, Some(StopReason::Timeout { running, .. }) if running == &[1, 2]), "{:?}", report.stopped);
+        }
+
+        #[test]
+        fn on_error_abort_stops_the_others_once_one_fails() {
+            let (report, _) = run(&["sleep 30", "exit 2"], &policy(OnError::Abort, None), false);
+            assert_eq!(endings(&report), [Ending::Stopped, Ending::ExitCode(2)]);
+            assert_eq!(report.stopped, Some(StopReason::RankFailed(1)));
+        }
+
+        #[test]
+        fn an_interrupt_stops_the_ranks_and_one_that_ignores_sigint_is_killed() {
+            let (report, _) = run(&["echo started; sleep 30", "trap '' INT; sleep 30"], &policy(OnError::Continue, None), true);
+            assert_eq!(endings(&report), [Ending::Stopped, Ending::Stopped]);
+            assert_eq!(report.stopped, Some(StopReason::Interrupted));
+        }
+    }
+
     #[test]
     fn a_launcher_that_fails_silently_is_described_with_its_hosts() {
         let command = crate::ranks::launch::mpirun::command(&crate::ranks::launch::mpirun::tests::plan(), &Default::default());
