@@ -401,7 +401,7 @@ def test_grouped_output_is_capped_and_says_what_was_dropped(kernel):
     out = run.stream()
     assert len(out) < 2 * (17 << 20), len(out)
     notes = [l for l in run.stream("stderr").splitlines() if "not shown" in l]
-    assert len(notes) == 2 and "--group-outputs rank keeps 16 MiB per rank" in notes[0]
+    assert len(notes) == 2 and "--group-outputs keeps 16 MiB per rank" in notes[0]
     assert rss_kib(kernel.pid) - before < 300_000
 
 

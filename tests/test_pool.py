@@ -142,6 +142,10 @@ def test_px_takes_the_flags_of_ranch_cells(pool):
     grouped = ok(execute(kc, '%%px --group-outputs rank\nlet r = ranch::rank();\nprintln!("first {r}");\n'
                              'std::thread::sleep(std::time::Duration::from_millis(300));\nprintln!("second {r}");'))
     assert grouped.stream().splitlines() == [f"[{r}] {w} {r}" for r in range(3) for w in ("first", "second")], grouped.stream()
+    by_type = ok(execute(kc, '%%px --group-outputs type\nlet r = ranch::rank();\neprintln!("err {r}");\n'
+                             'std::thread::sleep(std::time::Duration::from_millis(100));\nprintln!("out {r}");'))
+    texts = [(m["content"]["name"], m["content"]["text"]) for m in by_type.outputs if m["msg_type"] == "stream"]
+    assert "".join(t for _, t in texts) == "".join(f"[{r}] out {r}\n" for r in range(3)) + "".join(f"[{r}] err {r}\n" for r in range(3)), texts
     # The pool's own --see comes back for the next cell.
     assert sorted(ok(execute(kc, '%%px\nprintln!("again {}", ranch::rank());')).stream().splitlines()) == \
         [f"[{r}] again {r}" for r in range(3)]

@@ -140,6 +140,21 @@ def test_group_outputs_by_rank(kc):
     assert lines == [f"[{r}] {i}" for r in range(3) for i in range(3)]
 
 
+def test_group_outputs_by_type_and_by_ipyparallels_engine(kc):
+    code = ('%%ranch 3 --group-outputs type\nlet r = ranch::rank();\neprintln!("err {r}");\n'
+            'std::thread::sleep(std::time::Duration::from_millis(30));\nprintln!("out {r}");')
+    run = ok(execute(kc, code))
+    # (Without ranch's own note, given before the ranks start on a machine with fewer cores.)
+    streams = [m["content"] for m in run.outputs
+               if m["msg_type"] == "stream" and not m["content"]["text"].startswith("ranch: ")]
+    names = [s["name"] for s in streams]
+    assert names == sorted(names, key=lambda n: n != "stdout"), f"every stdout before every stderr: {streams}"
+    assert "".join(s["text"] for s in streams) == "".join(f"[{r}] out {r}\n" for r in range(3)) + \
+        "".join(f"[{r}] err {r}\n" for r in range(3))
+    code = '%%ranch 2 --group-outputs engine\nfor i in 0..2 { println!("{i}"); std::thread::sleep(std::time::Duration::from_millis(30)); }'
+    assert ok(execute(kc, code)).stream().splitlines() == [f"[{r}] {i}" for r in range(2) for i in range(2)]
+
+
 def test_see_filters_ranks(kc):
     run = ok(execute(kc, '%%ranch 4 --see 0,2\nprintln!("me {}", ranch::rank());\nranch::rank()'))
     assert sorted(run.stream().splitlines()) == ["[0] me 0", "[2] me 2"]

@@ -1,6 +1,8 @@
 """What a notebook user sees while ranks run: the live status table (shown, redrawn in place,
 left in its final state), `ranch::progress`, `--quiet`, `--timing`, and rich output from
 Rust (`ranch::display`), through a real kernel and real ranks."""
+import re
+
 import pytest
 
 from conftest import execute, ok, start, stop
@@ -31,6 +33,8 @@ def test_the_status_table_is_live_then_settles(kc):
     span = run.arrival[run.outputs.index(shown[-1])] - run.arrival[run.outputs.index(shown[0])]
     assert len(updates) <= span / 0.25 + 2, (len(updates), span)
     assert any("running" in m["content"]["data"]["text/plain"] for m in shown[:-1])
+    # While they run, each rank's pace and the time it has left, from its progress.
+    assert any(re.search(r"\] \d+/30 [\d.]+/s ETA \d+ s", m["content"]["data"]["text/plain"]) for m in shown[:-1]), shown
     final = run.status()
     lines = final.splitlines()
     assert lines[0].split() == ["rank", "host", "pid", "GPU", "state", "elapsed", "lines", "progress", "last", "line"]

@@ -19,8 +19,13 @@ pub enum GroupOutputs {
     /// Stream lines as they come, each prefixed by its rank.
     #[default]
     Order,
-    /// Show each rank's output together, in rank order, when the cell ends.
+    /// Show each rank's output together, in rank order, when the cell ends (ipyparallel's
+    /// `engine`).
+    #[value(alias = "engine")]
     Rank,
+    /// Show every rank's stdout, then every rank's stderr, in rank order, when the cell ends
+    /// (ipyparallel's `type`).
+    Type,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -552,6 +557,10 @@ mod tests {
         assert_eq!(a.run.on_error, Some(OnError::Continue));
         assert_eq!(a.run.timeout, Some(2.5));
         assert_eq!(a.run.group_outputs, GroupOutputs::Rank);
+        let engine = RanchArgs::try_parse_from(["4", "--group-outputs", "engine"]).unwrap();
+        assert_eq!(engine.run.group_outputs, GroupOutputs::Rank, "ipyparallel's name");
+        let by_type = RanchArgs::try_parse_from(["4", "--group-outputs", "type"]).unwrap();
+        assert_eq!(by_type.run.group_outputs, GroupOutputs::Type);
         assert_eq!(a.run.see, Some(See::Ranks(vec![0, 2])));
         assert_eq!(a.gpus, Gpus::None);
         assert_eq!(a.gpu_visibility, GpuVisibility::Isolate);

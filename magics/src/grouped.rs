@@ -1,5 +1,6 @@
-//! `--group-outputs rank`: each rank's output kept while the ranks run and shown together,
-//! in rank order, when they end; bounded per rank, with what did not fit counted and said.
+//! `--group-outputs rank|type`: each rank's output kept while the ranks run and shown when
+//! they end, rank by rank or stream by stream; bounded per rank, with what did not fit
+//! counted and said.
 
 use crate::ranks::rank_output::Stream;
 
@@ -28,16 +29,25 @@ impl Grouped {
     /// Hands what was kept of rank `rank` to `emit`: its stdout, its stderr, then a note of
     /// what did not fit.
     pub fn show(&self, rank: usize, mut emit: impl FnMut(Stream, &str)) {
-        let [out, err] = &self.text;
-        if !out.is_empty() {
-            emit(Stream::Stdout, out);
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            self.show_stream(stream, &mut emit);
         }
-        if !err.is_empty() {
-            emit(Stream::Stderr, err);
+        self.show_dropped(rank, emit);
+    }
+
+    /// Hands what was kept of one stream to `emit`.
+    pub fn show_stream(&self, stream: Stream, mut emit: impl FnMut(Stream, &str)) {
+        let text = &self.text[stream as usize];
+        if !text.is_empty() {
+            emit(stream, text);
         }
+    }
+
+    /// Hands a note of what did not fit of rank `rank`, if anything, to `emit`.
+    pub fn show_dropped(&self, rank: usize, mut emit: impl FnMut(Stream, &str)) {
         if self.dropped_lines > 0 {
             let note = format!(
-                "[{rank}] ... {} more lines ({} bytes) not shown: --group-outputs rank keeps {} MiB per rank\n",
+                "[{rank}] ... {} more lines ({} bytes) not shown: --group-outputs keeps {} MiB per rank\n",
                 self.dropped_lines,
                 self.dropped_bytes,
                 GROUPED_LIMIT >> 20

@@ -1,5 +1,5 @@
 //! The live status table of a launch: one row per rank (rank, host, pid, GPU, state, elapsed,
-//! lines written, last line, progress), shown when the ranks start, redrawn in place at most
+//! lines written, last line, progress with its rate and the time left while it runs), shown when the ranks start, redrawn in place at most
 //! every [`REFRESH`] while anything changes, and left in its final state (how each rank
 //! ended, its wall time, stragglers) when the cell ends. HTML for notebooks, a text table
 //! for console clients.
@@ -37,6 +37,8 @@ struct Row {
     /// The line being written, for output that arrives in pieces.
     partial: String,
     progress: Option<(u64, u64)>,
+    /// When the last progress was reported.
+    progress_at: Option<Instant>,
 }
 
 /// The table of one launch.
@@ -60,7 +62,8 @@ impl Board {
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "this host".into());
-        let row = Row { pid: None, ended: None, lines: 0, last_line: String::new(), partial: String::new(), progress: None };
+        let row =
+            Row { pid: None, ended: None, lines: 0, last_line: String::new(), partial: String::new(), progress: None, progress_at: None };
         Board { setup, this_host, started: Instant::now(), rows: vec![row; ranks.len()], labels: ranks, changed: true, drawn: None }
     }
 
@@ -125,8 +128,33 @@ impl Board {
     }
 
     pub fn progress(&mut self, rank: usize, done: u64, total: u64) {
+        self.progress_at(rank, done, total, Instant::now());
+    }
+
+    fn progress_at(&mut self, rank: usize, done: u64, total: u64, at: Instant) {
         self.rows[rank].progress = Some((done.min(total), total));
+        self.rows[rank].progress_at = Some(at);
         self.changed = true;
+    }
+
+    /// A running row's pace: its steps per second since the table started, as of its last
+    /// report, and the time left at that pace (`12.5/s ETA 8 s`); `None` before the first
+    /// step, once it is complete, or once the rank ended.
+    fn pace(&self, row: &Row) -> Option<String> {
+        let ((done, total), at) = (row.progress?, row.progress_at?);
+        let secs = at.saturating_duration_since(self.started).as_secs_f64();
+        if row.ended.is_some() || done == 0 || done >= total || secs <= 0.0 {
+            return None;
+        }
+        let rate = done as f64 / secs;
+        let rate_text = if rate >= 10.0 {
+            format!("{rate:.0}/s")
+        } else if rate >= 0.1 {
+            format!("{rate:.1}/s")
+        } else {
+            format!("{:.1}/min", rate * 60.0)
+        };
+        Some(format!("{rate_text} ETA {}", short_duration((total - done) as f64 / rate)))
     }
 
     pub fn ended(&mut self, rank: usize, ending: &Ending) {
@@ -188,6 +216,7 @@ impl Board {
                     lines: r.lines,
                     last_line: r.last_line.clone(),
                     progress: r.progress,
+                    pace: self.pace(r),
                 }
             })
             .collect()
@@ -206,6 +235,17 @@ struct RowView {
     lines: u64,
     last_line: String,
     progress: Option<(u64, u64)>,
+    pace: Option<String>,
+}
+
+/// Seconds as a person reads them: `8 s`, `3 min 20 s`, `2 h 5 min`.
+fn short_duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Option<Duration> {
@@ -266,7 +306,10 @@ fn table(rows: &[RowView]) -> Grid {
             Some(false) => "#cf222e",
             None => "#9a6700",
         };
-        let progress = r.progress.map_or(Cell::text(""), |(d, t)| Cell::markup(bar_text(d, t), bar_html(d, t)));
+        let pace = r.pace.as_ref().map_or(String::new(), |p| format!(" {p}"));
+        let progress = r.progress.map_or(Cell::text(""), |(d, t)| {
+            Cell::markup(format!("{}{pace}", bar_text(d, t)), format!("{}{}", bar_html(d, t), crate::grid::escape(&pace)))
+        });
         table.row([
             Cell::text(r.rank.to_string()),
             Cell::text(r.host.as_str()),
@@ -309,6 +352,22 @@ mod tests {
         assert!(!last["text/html"].as_str().unwrap().contains("running..."));
         assert!(last["text/plain"].as_str().unwrap().contains("panicked"));
         assert!(!b.due(Instant::now() + REFRESH), "nothing runs, nothing changed");
+    }
+
+    #[test]
+    fn a_running_ranks_pace_and_time_left_follow_its_progress() {
+        let mut b = Board::new(vec![0, 1], StatusSetup::default());
+        let started = b.started;
+        b.progress_at(0, 20, 100, started + Duration::from_secs(2));
+        b.progress_at(1, 3, 1000, started + Duration::from_secs(60));
+        let plain = b.render(false)["text/plain"].as_str().unwrap().to_string();
+        assert!(plain.contains("[##........] 20/100 10/s ETA 8 s"), "{plain}");
+        assert!(plain.contains("3/1000 3.0/min ETA 5 h 32 min"), "{plain}");
+        b.progress_at(0, 100, 100, started + Duration::from_secs(10));
+        b.ended(1, &Ending::Success);
+        let plain = b.render(true)["text/plain"].as_str().unwrap().to_string();
+        assert!(!plain.contains("ETA") && !plain.contains("/s"), "no pace once complete or ended: {plain}");
+        assert_eq!((short_duration(59.4), short_duration(200.0)), ("59 s".to_string(), "3 min 20 s".to_string()));
     }
 
     #[test]

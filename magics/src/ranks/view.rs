@@ -178,7 +178,7 @@ impl RankView {
     fn emit(&mut self, row: usize, stream: Stream, text: String, lines: usize, sink: &dyn RankSink) {
         match self.setup.group_outputs {
             GroupOutputs::Order => sink.output(stream, &text),
-            GroupOutputs::Rank => self.rows[row].grouped.keep(stream, text, lines),
+            GroupOutputs::Rank | GroupOutputs::Type => self.rows[row].grouped.keep(stream, text, lines),
         }
     }
 
@@ -228,7 +228,8 @@ impl RankView {
     }
 
     /// Leaves the table in its final state (rows that did not say how they ended get
-    /// `rest(row)`), and shows the output kept for `--group-outputs rank`, rank by rank.
+    /// `rest(row)`), and shows the output kept for `--group-outputs`: rank by rank, or every
+    /// rank's stdout then every rank's stderr (`type`).
     pub fn finish(&mut self, rest: impl Fn(usize) -> Ending, sink: &dyn RankSink) {
         if let Some(b) = self.board.as_mut() {
             for row in 0..self.setup.ranks.len() {
@@ -241,8 +242,17 @@ impl RankView {
                 self.draw(true, sink);
             }
         }
-        for (row, &rank) in self.rows.iter().zip(&self.setup.ranks) {
-            row.grouped.show(rank, |stream, text| sink.output(stream, text));
+        let emit = |stream, text: &str| sink.output(stream, text);
+        let ranks = self.rows.iter().zip(&self.setup.ranks);
+        match self.setup.group_outputs {
+            GroupOutputs::Order => {}
+            GroupOutputs::Rank => ranks.for_each(|(row, &rank)| row.grouped.show(rank, emit)),
+            GroupOutputs::Type => {
+                for stream in [Stream::Stdout, Stream::Stderr] {
+                    self.rows.iter().for_each(|row| row.grouped.show_stream(stream, emit));
+                }
+                ranks.for_each(|(row, &rank)| row.grouped.show_dropped(rank, emit));
+            }
         }
     }
 
@@ -306,6 +316,19 @@ mod tests {
         assert_eq!(v.take_last_lines(1), ["x"]);
         let spans = v.spans().unwrap();
         assert_eq!((spans[0].ending.clone(), spans[1].ending.clone()), (Ending::Success, Ending::Stopped));
+    }
+
+    #[test]
+    fn grouped_by_type_is_every_ranks_stdout_then_every_ranks_stderr() {
+        let (mut v, sink) = (view(See::All, GroupOutputs::Type, Duration::ZERO), Seen::default());
+        v.lines(1, Stream::Stderr, &["e5".into()], &sink);
+        v.lines(1, Stream::Stdout, &["o5".into()], &sink);
+        v.text(2, Stream::Stderr, "e2\n", &sink);
+        v.text(2, Stream::Stdout, "o2\n", &sink);
+        assert!(sink.0.lock().unwrap().is_empty(), "kept for the end");
+        v.finish(|_| Ending::Success, &sink);
+        let out: Vec<_> = sink.0.lock().unwrap().iter().filter(|l| !l.starts_with("status")).cloned().collect();
+        assert_eq!(out, ["Stdout: [2] o2\n", "Stdout: [5] o5\n", "Stderr: [2] e2\n", "Stderr: [5] e5\n"]);
     }
 
     #[test]
