@@ -364,6 +364,10 @@ def test_a_panicking_rank_brings_its_backtrace_when_rust_backtrace_is_set(backtr
         trace = text.split("backtrace of rank 1 (RUST_BACKTRACE):\n", 1)[1]
         frames = [l for l in trace.splitlines() if re.match(r"\s+\d+: ", l)]
         assert frames and "find_bad_record" in frames[0], trace
+        # Rank programs have line tables: the cell's frame says its line, and no build path shows.
+        assert trace.splitlines()[1].strip() == "at cell line 3", trace
+        assert "/.cache/" not in trace and "src/main.rs" not in trace, trace
+        assert "__ranch_main" not in trace and "catch_unwind" not in trace, "cut below the cell: " + trace
         assert not any(m in f for f in frames for m in ("panicking", "lang_start", "libc_start")), trace
     finally:
         stop(km, kc)

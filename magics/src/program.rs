@@ -39,6 +39,10 @@ pub struct CellProgram {
     pub ddp: bool,
     /// Features of the `ranch` runtime the body needs (`cuda`, `nccl`).
     pub ranch_features: Vec<&'static str>,
+    /// Build the program with line tables, so that a backtrace's frames of the cell say their
+    /// lines: only when backtraces are asked for ([`backtraces_asked`]), since they cost a
+    /// bigger binary (std's debug info is then kept) and a slower link for every new cell.
+    pub line_tables: bool,
 }
 
 /// The generated crate.
@@ -79,6 +83,13 @@ fn with_ranch_features(dep: &str, features: &[&str]) -> String {
     }
 }
 
+/// Whether the environment the ranks inherit asks for backtraces (std's `RUST_LIB_BACKTRACE`,
+/// else `RUST_BACKTRACE`, set to anything but `0`).
+pub fn backtraces_asked() -> bool {
+    let asked = |name| std::env::var(name).ok().map(|v| v != "0");
+    asked("RUST_LIB_BACKTRACE").or_else(|| asked("RUST_BACKTRACE")).unwrap_or(false)
+}
+
 pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
     let mut toml = format!(
         "[package]\nname = \"{PACKAGE}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
@@ -94,6 +105,12 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
     }
     toml.push('\n');
     toml.push_str(&session.profile);
+    // Line tables for the rank program's own crate only (its dependencies keep evcxr's
+    // flags, so they are shared with the session's builds): a backtrace's frames of the
+    // cell then say which cell line they are at.
+    if cell.line_tables {
+        toml.push_str(&format!("\n[profile.dev.package.{PACKAGE}]\ndebug = \"line-tables-only\"\n"));
+    }
     toml.push_str("\n[workspace]\n");
 
     let mut main = String::new();
@@ -239,6 +256,9 @@ mod tests {
         assert_eq!(p.cell_line(p.body_line + 2), None);
         assert!(p.cargo_toml.contains("ranch = { path = \"/r\" }\n"));
         assert!(p.cargo_toml.contains("[profile.dev]\nopt-level = 2\n"));
+        assert!(!p.cargo_toml.contains("debug = "), "no line tables unless backtraces are asked for: {}", p.cargo_toml);
+        let lines = generate(&SessionSnapshot::default(), &CellProgram { body: "1".into(), line_tables: true, ..Default::default() });
+        assert!(lines.cargo_toml.contains("[profile.dev.package.ranch_rank]\ndebug = \"line-tables-only\"\n"), "{}", lines.cargo_toml);
     }
 
     #[test]

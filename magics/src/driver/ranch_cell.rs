@@ -116,6 +116,7 @@ impl Driver {
             has_tail: facts.has_tail,
             ddp: args.ddp,
             ranch_features,
+            line_tables: program::backtraces_asked(),
         };
         let program = program::generate(&snapshot, &cell);
         let tools = session.toolchain()?;

@@ -418,7 +418,8 @@ impl Watch<'_> {
     fn on_end(&self, w: &mut Watched, (rank, ending, host): Ended) {
         w.view.ended(rank, &ending);
         let failed = ending != Ending::Success && ending != Ending::Stopped;
-        let backtrace = if matches!(ending, Ending::Panicked { .. }) { read_backtrace(self.run_dir, rank) } else { String::new() };
+        let backtrace =
+            if matches!(ending, Ending::Panicked { .. }) { read_backtrace(self.run_dir, rank, self.panic_line) } else { String::new() };
         w.ranks[rank] = Some(RankReport {
             ending,
             last_lines: w.view.take_last_lines(rank),
@@ -557,9 +558,41 @@ fn read_panic(run_dir: &Path, rank: usize, panic_line: &dyn Fn(u32) -> Option<us
 }
 
 /// The backtrace rank `rank` sent with its panic report, if any.
-fn read_backtrace(run_dir: &Path, rank: usize) -> String {
+fn read_backtrace(run_dir: &Path, rank: usize, panic_line: &dyn Fn(u32) -> Option<usize>) -> String {
     let report = std::fs::read(ranch::__rt::panic_path(run_dir, rank)).ok().and_then(|b| ranch::__rt::PanicReport::decode(&b).ok());
-    report.map(|p| p.backtrace).unwrap_or_default()
+    report.map(|p| in_cell_lines(&p.backtrace, panic_line)).unwrap_or_default()
+}
+
+/// A backtrace as the cell's author reads it: its frames down to the cell itself (what
+/// ranch runs the cell in is cut), `at .../src/main.rs:L:C` lines (the rank program's line
+/// tables) said as the cell's lines (`at cell line N`), and the toolchain's sources from
+/// `library/` on: no path of the build directory or the toolchain is shown.
+fn in_cell_lines(backtrace: &str, panic_line: &dyn Fn(u32) -> Option<usize>) -> String {
+    const MAIN: &str = "src/main.rs:";
+    let said = |line: &str| {
+        let at = line.find(" at ").filter(|_| line.trim_start().starts_with("at "))?;
+        if let Some(i) = line.find("/lib/rustlib/src/rust/library/") {
+            return Some(format!("{}at {}", &line[..=at], &line[i + "/lib/rustlib/src/rust/".len()..]));
+        }
+        let rest = &line[line.find(MAIN)? + MAIN.len()..];
+        let number: u32 = rest.split(':').next()?.parse().ok()?;
+        Some(match panic_line(number) {
+            Some(cell) => format!("{}at cell line {cell}", &line[..=at]),
+            None => format!("{}at ranch's rank program (main.rs line {number})", &line[..=at]),
+        })
+    };
+    let mut out = Vec::new();
+    let mut in_cell_frame = false;
+    for line in backtrace.lines() {
+        let is_at = line.trim_start().starts_with("at ");
+        if !is_at && in_cell_frame {
+            break; // the frames below the cell are ranch's
+        }
+        let name = line.trim_start().split_once(": ").map(|(_, n)| n);
+        in_cell_frame |= name.is_some_and(|n| n == "__ranch_cell" || n.ends_with("::__ranch_cell"));
+        out.push(said(line).unwrap_or_else(|| line.to_string()));
+    }
+    out.join("\n")
 }
 
 #[cfg(test)]
@@ -677,6 +710,20 @@ mod tests {
             assert_eq!(endings(&report), [Ending::Stopped, Ending::Stopped]);
             assert_eq!(report.stopped, Some(StopReason::Interrupted));
         }
+    }
+
+    #[test]
+    fn backtrace_lines_of_the_rank_program_are_said_as_cell_lines() {
+        let bt = "   3: ranch_rank::find_bad_record\n             at /root/.cache/ranch/work/k1/ranch-rank/src/main.rs:12:9\n\
+                  \x20  4: ranch_rank::__ranch_cell\n             at ./src/main.rs:40:5\n\
+                  \x20  5: core::ops::function::FnOnce::call_once\n             at /rustc/abc/library/core/src/ops/function.rs:250:5";
+        let cell = |line: u32| (line == 12).then_some(3);
+        let said = in_cell_lines(bt, &cell);
+        assert!(said.contains("find_bad_record\n             at cell line 3\n"), "{said}");
+        assert!(said.ends_with("__ranch_cell\n             at ranch's rank program (main.rs line 40)"), "cut below the cell: {said}");
+        let std_frame = "   2: core::panicking::panic\n             at /root/.rustup/toolchains/stable/lib/rustlib/src/rust/library/core/src/panicking.rs:5:1";
+        let said = in_cell_lines(std_frame, &cell);
+        assert!(said.ends_with("             at library/core/src/panicking.rs:5:1") && !said.contains("/root/"), "{said}");
     }
 
     #[test]
