@@ -1,9 +1,11 @@
-"""ranch as a new user meets it: JupyterLab started from the project's venv, driven headless
-in Debian's Chromium by Playwright, opening the quickstart notebook and running it. Asserts
+"""ranch as a new user meets it: JupyterLab, then Jupyter Notebook 7, started from the
+project's venv, driven headless in Debian's Chromium by Playwright, opening the quickstart
+notebook and running it ("Run All"). Asserts
 on what the page shows: the live status table updating and then settling, output labelled by
 rank, a failing rank's report rendered as a table. The screenshots it takes are kept under
-tests/artifacts/browser/ (RANCH_TEST_ARTIFACTS overrides the place); live-cell.png is the
-README's picture (copied to notebooks/images/live-table.png)."""
+tests/artifacts/browser/ (RANCH_TEST_ARTIFACTS overrides the place; Notebook 7's are named
+notebook7-*); Lab's live-cell.png is the README's picture (copied to
+notebooks/images/live-table.png)."""
 from __future__ import annotations
 
 import json
@@ -51,17 +53,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab from the venv, serving a fresh copy of the quickstart (outputs cleared)."""
-    home = tmp_path_factory.mktemp("lab")
+# Each front end: its `jupyter` subcommand, its configurable app, where it opens a notebook,
+# and the prefix of its screenshots.
+FRONT_ENDS = {
+    "lab": ("lab", "LabApp", "lab/tree", ""),
+    "notebook7": ("notebook", "JupyterNotebookApp", "notebooks", "notebook7-"),
+}
+
+
+@pytest.fixture(scope="module", params=list(FRONT_ENDS))
+def lab(request, tmp_path_factory):
+    """JupyterLab (or Notebook 7) from the venv, serving fresh copies of the quickstart and
+    pool notebooks (outputs cleared)."""
+    command, app, opens, shots = FRONT_ENDS[request.param]
+    if command == "notebook" and not (Path(sys.executable).parent / "jupyter-notebook").exists():
+        pytest.skip("Jupyter Notebook 7 is not installed in the venv (install/requirements.txt has it)")
+    home = tmp_path_factory.mktemp(request.param)
     root = home / "notebooks"
     root.mkdir()
-    nb = json.loads((ROOT / "notebooks" / "quickstart.ipynb").read_text())
-    for c in nb["cells"]:
-        if c["cell_type"] == "code":
-            c["outputs"], c["execution_count"] = [], None
-    (root / "quickstart.ipynb").write_text(json.dumps(nb))
+    for name in ("quickstart.ipynb", "pool.ipynb"):
+        nb = json.loads((ROOT / "notebooks" / name).read_text())
+        for c in nb["cells"]:
+            if c["cell_type"] == "code":
+                c["outputs"], c["execution_count"] = [], None
+        (root / name).write_text(json.dumps(nb))
     settings = {
         # Every cell stays in the page (no windowing), so the test can read each one.
         "notebook-extension/tracker": {"windowingMode": "none"},
@@ -76,9 +91,9 @@ def lab(tmp_path_factory):
     jupyter = Path(sys.executable).parent / "jupyter"
     log = open(home / "lab.log", "w")
     proc = subprocess.Popen(
-        [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", f"--ServerApp.root_dir={root}",
-         f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
-         f"--LabApp.user_settings_dir={home / 'settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}",
+        [str(jupyter), command, "--no-browser", f"--port={port}", "--ip=127.0.0.1", f"--ServerApp.root_dir={root}",
+         f"--IdentityProvider.token={token}", f"--{app}.expose_app_in_browser=True",
+         f"--{app}.user_settings_dir={home / 'settings'}", f"--{app}.workspaces_dir={home / 'workspaces'}",
          "--ServerApp.allow_root=True"],
         stdout=log, stderr=subprocess.STDOUT, cwd=root)
     url = f"http://127.0.0.1:{port}"
@@ -90,9 +105,9 @@ def lab(tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                pytest.fail(f"JupyterLab did not start:\n{(home / 'lab.log').read_text()[-3000:]}")
+                pytest.fail(f"jupyter {command} did not start:\n{(home / 'lab.log').read_text()[-3000:]}")
             time.sleep(0.5)
-    yield url, token, home
+    yield f"{url}/{opens}", token, home, shots
     proc.terminate()
     try:
         proc.wait(timeout=30)
@@ -101,19 +116,24 @@ def lab(tmp_path_factory):
     log.close()
 
 
-def test_quickstart_in_jupyterlab(lab):
-    url, token, home = lab
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # only this run's pictures
-    ARTIFACTS.mkdir(parents=True)
+def test_quickstart_in_the_browser(lab):
+    url, token, home, shots = lab
+    # Only this run's pictures: Lab's run clears the folder, Notebook 7's its own.
+    if shots:
+        for old in ARTIFACTS.glob(f"{shots}*"):
+            old.unlink()
+    else:
+        shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         # --no-sandbox: Chromium's sandbox needs user namespaces a container (or root) may lack.
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            run_quickstart(page, url, token)
+            run_quickstart(page, url, token, shots)
         except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "failed.png"), full_page=True)
-            (ARTIFACTS / "lab.log").write_text((home / "lab.log").read_text())
+            page.screenshot(path=str(ARTIFACTS / f"{shots}failed.png"), full_page=True)
+            (ARTIFACTS / f"{shots}lab.log").write_text((home / "lab.log").read_text())
             raise
         finally:
             browser.close()
@@ -129,16 +149,21 @@ def progress(table: str) -> int:
     return max(done, default=0)
 
 
-def run_quickstart(page, url, token):
-    page.goto(f"{url}/lab/tree/quickstart.ipynb?token={token}")
+def start_run_all(page, url, token, notebook):
+    """Opens `notebook`, waits for its kernel, and starts "Run All" (as a user's click)."""
+    page.goto(f"{url}/{notebook}?token={token}")
     page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
-    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+    page.evaluate("() => window.jupyterapp.shell.collapseLeft?.()")
     deadline = time.time() + 120
     while kernel_status(page) != "idle":
         assert time.time() < deadline, f"the ranch kernel did not become idle (status {kernel_status(page)!r})"
         time.sleep(0.25)
     # Not awaited: the command's promise settles only when every cell has run.
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+
+def run_quickstart(page, url, token, shots):
+    start_run_all(page, url, token, "quickstart.ipynb")
 
     # Watch every cell while the notebook runs: the paced cell's table, as it was drawn.
     paced_tables: list[tuple[str, int]] = []
@@ -152,18 +177,18 @@ def run_quickstart(page, url, token):
                 paced_tables.append((table, paced["live"]))
         if paced["live"] and not live_shot and "[*]" in paced["prompt"] and "/40" in "".join(paced["status"]):
             page.locator(".jp-CodeCell", has_text="ranch::progress(i + 1, steps)").scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "live-table.png"))
+            page.screenshot(path=str(ARTIFACTS / f"{shots}live-table.png"))
             live_shot = True
         if paced["live"] and not cell_shot and max(progress(t) for t in paced["status"] or [""]) >= 20:
             # The cell alone, half-way: the README's picture.
-            page.locator(".jp-CodeCell", has_text="ranch::progress(i + 1, steps)").screenshot(path=str(ARTIFACTS / "live-cell.png"))
+            page.locator(".jp-CodeCell", has_text="ranch::progress(i + 1, steps)").screenshot(path=str(ARTIFACTS / f"{shots}live-cell.png"))
             cell_shot = True
         running = [c for c in cells if "[*]" in c["prompt"]]
         if not running and cells[-1]["outputs"]:
             break
         assert time.time() < deadline, f"the notebook did not finish: {[c['input'][:30] for c in running]}"
         time.sleep(0.1)
-    page.screenshot(path=str(ARTIFACTS / "quickstart.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{shots}quickstart.png"), full_page=True)
 
     # The live table was drawn while the ranks ran, redrawn as they progressed, and settled.
     live = [t for t, is_live in paced_tables if is_live]
@@ -187,7 +212,44 @@ def run_quickstart(page, url, token):
     assert "rank 2 found a bad record" in failing["failure"][0] and "panicked" in failing["failure"][0], failing["failure"]
     assert "rank 2 panicked at cell line 5" in failing["outputs"], failing["outputs"]
     page.locator(".jp-CodeCell").last.scroll_into_view_if_needed()
-    page.screenshot(path=str(ARTIFACTS / "failure.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{shots}failure.png"))
     # Nothing else failed.
     errors = [c["input"][:40] for c in cells[:-1] if "Error" in c["outputs"] and "rank 2 found" not in c["outputs"]]
     assert not errors, errors
+
+
+def test_pool_notebook_runs_all_past_its_tagged_panic(lab):
+    """The pool notebook's deliberate panic is tagged `raises-exception`: "Run All" goes on
+    past it to `%ranch_stop` (the front end sends that cell with stop_on_error off, and the
+    kernel then aborts nothing queued behind it)."""
+    url, token, home, shots = lab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            start_run_all(page, url, token, "pool.ipynb")
+            deadline, quiet_since = time.time() + 600, None
+            while True:
+                cells = page.evaluate(CELLS_JS)
+                # Done when nothing has run or been queued for a while (an aborted cell is
+                # never run: its prompt stays empty).
+                busy = any("[*]" in c["prompt"] for c in cells) or kernel_status(page) != "idle"
+                quiet_since = None if busy else quiet_since or time.time()
+                if quiet_since and time.time() - quiet_since > 3 and any(any(ch.isdigit() for ch in c["prompt"]) for c in cells):
+                    break
+                assert time.time() < deadline, f"the pool notebook did not finish: {[c['prompt'] for c in cells]}"
+                time.sleep(0.2)
+            panic = next(i for i, c in enumerate(cells) if 'panic!("rank 2 found a bad record")' in c["input"])
+            assert "rank 2 found a bad record" in cells[panic]["outputs"], cells[panic]
+            after = cells[panic + 1:]
+            assert [c["input"] for c in after] == ["%px shard.len()", "%ranch_status", "%ranch_stop"], after
+            for c in after:
+                assert any(ch.isdigit() for ch in c["prompt"]) and "Error" not in c["outputs"], c
+            assert "Stopped the pool's 4 ranks." in after[-1]["outputs"], after[-1]
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / f"{shots}pool-failed.png"), full_page=True)
+            (ARTIFACTS / f"{shots}pool-lab.log").write_text((home / "lab.log").read_text())
+            raise
+        finally:
+            browser.close()
