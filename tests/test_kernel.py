@@ -218,6 +218,7 @@ def test_help_is_a_page_and_the_question_mark_operator_still_works(kernel):
         return payload[0]["data"]["text/plain"]
     text = page(execute(kc, ":help"))
     assert "%%ranch N" in text and "%ranch_start N" in text and ":dep" in text, text
+    assert "The guide (every magic" in text and "docs/ in ranch's repository" in text, text
     assert "Vec" in page(execute(kc, "std::vec::Vec::new?")), "rust-analyzer's hover of the item"
     run = ok(execute(kc, "no_such_item_here?"))
     assert run.stream() == "No documentation found for `no_such_item_here`.\n" and run.reply["content"]["payload"] == []

@@ -220,6 +220,11 @@ pub fn listing(more: &[(&str, &str)]) -> String {
     for (usage, summary) in &rows {
         text.push_str(&format!("  {usage:width$}{summary}\n"));
     }
+    // The guide has no published address yet: it is read where ranch was installed from.
+    text.push_str(
+        "The guide (every magic, the runtime API, clusters, GPUs, troubleshooting): docs/ in ranch's \
+         repository; `mdbook serve docs` there shows it as a site.\n",
+    );
     text
 }
 
