@@ -1,6 +1,7 @@
 """`%%ranch N` through a real Jupyter client: real rank processes, real merging."""
 import os
 import re
+import shutil
 import signal
 import time
 
@@ -32,6 +33,23 @@ def test_a_segfault_is_named_as_such(kc):
     run = execute(kc, "%%ranch 2\nif ranch::rank() == 1 { unsafe { std::ptr::null_mut::<u8>().write_volatile(1) } }\nranch::rank()")
     assert run.error()["ename"] == "RankFailed", run.error()
     assert "rank 1 was killed by signal 11 (SIGSEGV): a segmentation fault" in run.error()["evalue"], run.error_text()
+
+
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="prlimit (util-linux) is not installed")
+def test_a_rank_past_its_memory_limit_is_named_as_out_of_memory(kc):
+    # Rank 1 limits its own address space (as `ulimit -v` or a job's limit would), then asks
+    # for more: Rust says which allocation failed and aborts.
+    run = execute(kc, "%%ranch 2\n"
+                      "if ranch::rank() == 1 {\n"
+                      '    let me = std::process::id().to_string();\n'
+                      '    assert!(std::process::Command::new("prlimit").args(["--pid", &me, "--as=1000000000"]).status().unwrap().success());\n'
+                      "    let v: Vec<u8> = Vec::with_capacity(2 << 30);\n"
+                      "    std::hint::black_box(&v);\n"
+                      "}\n"
+                      "ranch::rank()")
+    assert run.error()["ename"] == "RankFailed", run.error_text()
+    assert "rank 1 ran out of memory: an allocation of 2.0 GiB failed" in run.error()["evalue"], run.error_text()
+    assert "out of memory" in run.status(), run.status()
 
 
 def test_four_ranks_print_and_return(kc):

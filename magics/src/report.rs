@@ -15,8 +15,16 @@ pub enum Ending {
     },
     ExitCode(i32),
     Signal(i32),
-    /// Killed by the kernel's OOM killer (its count went up when the rank got SIGKILL).
-    OomKilled,
+    /// Killed by the kernel's OOM killer (its count went up when the rank got SIGKILL), with
+    /// the rank's peak resident memory in bytes when known.
+    OomKilled {
+        peak: Option<u64>,
+    },
+    /// An allocation of `bytes` failed (a memory limit such as `ulimit -v`, or the machine),
+    /// and the rank aborted.
+    OutOfMemory {
+        bytes: u64,
+    },
     /// Stopped by the supervisor (another rank failed, timeout, interrupt).
     Stopped,
     /// The process could not be started.

@@ -47,8 +47,8 @@ enum Event {
     /// A rank's process started, with its id.
     Spawned(usize, u32, Instant),
     Output(Output),
-    /// A rank's process exited.
-    Exit(usize, std::io::Result<ExitStatus>),
+    /// A rank's process exited, with its peak memory in bytes when known.
+    Exit(usize, std::io::Result<ExitStatus>, Option<u64>),
     /// A rank started by a launcher ended as its launcher's report says.
     Ended(usize, Ending, Option<String>),
     /// A line the launcher wrote itself.
@@ -100,7 +100,7 @@ pub fn supervise(
                 let mut child = match spawn(rank) {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = tx.send(Event::Exit(rank, Err(e)));
+                        let _ = tx.send(Event::Exit(rank, Err(e), None));
                         return;
                     }
                 };
@@ -116,12 +116,12 @@ pub fn supervise(
                 let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
                 let r1 = std::thread::spawn(reader(file(out.into()), Stream::Stdout));
                 let r2 = std::thread::spawn(reader(file(err.into()), Stream::Stderr));
-                let status = child.wait();
+                let (status, peak) = crate::ranks::death::reap(&mut child);
                 let _ = exited.set(Instant::now());
                 // Every line the rank wrote is delivered before its exit (what something it
                 // left running writes is read for a moment only).
                 let _ = (r1.join(), r2.join());
-                let _ = tx.send(Event::Exit(rank, status));
+                let _ = tx.send(Event::Exit(rank, status, peak));
             });
         }
         drop(tx);
@@ -388,10 +388,10 @@ impl Watch<'_> {
                 w.view.control(first + rank, op, sink);
                 None
             }
-            Event::Exit(rank, status) => {
+            Event::Exit(rank, status, peak) => {
                 let by_us = ended_by(&status, &w.sent[rank]);
                 let ending = match ending_of(status, self.run_dir, rank, self.panic_line, by_us) {
-                    Ending::Signal(sig) if sig == Signal::SIGKILL as i32 && w.oom.struck() => Ending::OomKilled,
+                    Ending::Signal(sig) if sig == Signal::SIGKILL as i32 && w.oom.struck() => Ending::OomKilled { peak },
                     ending => ending,
                 };
                 Some((rank, ending, None))
@@ -416,6 +416,11 @@ impl Watch<'_> {
 
     /// Records a rank's end; under `--on-error abort`, a failure stops the others.
     fn on_end(&self, w: &mut Watched, (rank, ending, host): Ended) {
+        // Rust says which allocation failed before it aborts: the rank ran out of memory.
+        let ending = match (ending, w.view.failed_allocation(rank)) {
+            (Ending::Signal(sig), Some(bytes)) if sig == Signal::SIGABRT as i32 => Ending::OutOfMemory { bytes },
+            (ending, _) => ending,
+        };
         w.view.ended(rank, &ending);
         let failed = ending != Ending::Success && ending != Ending::Stopped;
         let backtrace =

@@ -51,6 +51,9 @@ pub struct ViewSetup {
 struct Row {
     grouped: Grouped,
     last_lines: VecDeque<String>,
+    /// The size of the last allocation Rust said failed (before it aborts; a backtrace may
+    /// follow, so it is not always among the last lines).
+    failed_allocation: Option<u64>,
     /// Whether the next stdout / stderr text starts a line (labels go at line starts).
     mid_line: [bool; 2],
 }
@@ -129,12 +132,15 @@ impl RankView {
         if let Some(b) = self.board() {
             b.lines(row, lines);
         }
-        let tail = &mut self.rows[row].last_lines;
+        let r = &mut self.rows[row];
         for l in lines {
-            if tail.len() == LAST_LINES {
-                tail.pop_front();
+            if r.last_lines.len() == LAST_LINES {
+                r.last_lines.pop_front();
             }
-            tail.push_back(l.clone());
+            r.last_lines.push_back(l.clone());
+            if let Some(bytes) = crate::ranks::death::failed_allocation([l]) {
+                r.failed_allocation = Some(bytes);
+            }
         }
         let rank = self.setup.ranks[row];
         if self.setup.see.shows(rank) {
@@ -210,6 +216,11 @@ impl RankView {
             b.ended(row, ending);
             self.worth_showing |= *ending != Ending::Success;
         }
+    }
+
+    /// The size of the allocation row `row` last said failed, if any.
+    pub fn failed_allocation(&self, row: usize) -> Option<u64> {
+        self.rows[row].failed_allocation
     }
 
     /// The last lines row `row` wrote, for the failure table.

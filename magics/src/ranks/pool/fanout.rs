@@ -13,7 +13,7 @@
 //! evcxr's idea of what exists and the ranks' stores never disagree.
 
 use super::hub::{Hub, RemoteSpec};
-use crate::ranks::death::{OomWatch, killed_by};
+use crate::ranks::death::{OomWatch, how_it_ended};
 use crate::ranks::event::RANK_ENV;
 use crate::ranks::event::{Event, MAX_LINE, SOCKET_ENV, for_each_line};
 use crate::role::{self, ConfigFd};
@@ -277,36 +277,10 @@ impl FanOut {
 
     /// Its output closed: it has ended, or is ending (else it is made to).
     fn how_it_ended(&mut self, rank: usize) -> String {
-        let child = match &mut self.ranks {
-            Ranks::Local { children, .. } => &mut children[rank],
-            Ranks::Remote(hub) => return hub.how_it_ended(rank),
-        };
-        for _ in 0..200 {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        match &mut self.ranks {
+            Ranks::Local { children, .. } => how_it_ended(&mut children[rank], &mut self.oom),
+            Ranks::Remote(hub) => hub.how_it_ended(rank),
         }
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return "closed its output pipe and was stopped".into();
-        }
-        match child.wait() {
-            Ok(status) => describe_exit(status, &mut self.oom),
-            Err(e) => format!("ended ({e})"),
-        }
-    }
-}
-
-/// How a rank's process ended, as its error says; `oom`: the OOM killer's count, to name it
-/// when it struck.
-pub(super) fn describe_exit(status: std::process::ExitStatus, oom: &mut OomWatch) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => killed_by(sig, sig == nix::sys::signal::Signal::SIGKILL as i32 && oom.struck()),
-        _ => "ended".into(),
     }
 }
 

@@ -287,18 +287,7 @@ fn forward_protocol(stdout: std::process::ChildStdout, writer: Writer, dir: Path
         let how = {
             let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
             let mut oom = oom;
-            let deadline = Instant::now() + Duration::from_secs(2);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break super::fanout::describe_exit(status, &mut oom),
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break "closed its output pipe and was stopped".to_string();
-                    }
-                }
-            }
+            crate::ranks::death::how_it_ended(&mut child, &mut oom)
         };
         send(&writer, &Frame::Exit(how));
         // The hub closes the link once it knows; the relay then ends.
