@@ -8,6 +8,7 @@ notebook7-*); Lab's live-cell.png is the README's picture (copied to
 notebooks/images/live-table.png)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -125,15 +126,24 @@ def test_quickstart_in_the_browser(lab):
     else:
         shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with browser_page(home, shots) as page:
+        run_quickstart(page, url, token, shots)
+
+
+@contextlib.contextmanager
+def browser_page(home, shots, what=""):
+    """A page in headless Chromium; when the test fails, a screenshot and the server's log
+    (`{shots}{what}failed.png`, `{shots}{what}lab.log`) are kept with the artifacts."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         # --no-sandbox: Chromium's sandbox needs user namespaces a container (or root) may lack.
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            run_quickstart(page, url, token, shots)
+            yield page
         except BaseException:
-            page.screenshot(path=str(ARTIFACTS / f"{shots}failed.png"), full_page=True)
-            (ARTIFACTS / f"{shots}lab.log").write_text((home / "lab.log").read_text())
+            page.screenshot(path=str(ARTIFACTS / f"{shots}{what}failed.png"), full_page=True)
+            (ARTIFACTS / f"{shots}{what}lab.log").write_text((home / "lab.log").read_text())
             raise
         finally:
             browser.close()
@@ -223,33 +233,23 @@ def test_pool_notebook_runs_all_past_its_tagged_panic(lab):
     past it to `%ranch_stop` (the front end sends that cell with stop_on_error off, and the
     kernel then aborts nothing queued behind it)."""
     url, token, home, shots = lab
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            start_run_all(page, url, token, "pool.ipynb")
-            deadline, quiet_since = time.time() + 600, None
-            while True:
-                cells = page.evaluate(CELLS_JS)
-                # Done when nothing has run or been queued for a while (an aborted cell is
-                # never run: its prompt stays empty).
-                busy = any("[*]" in c["prompt"] for c in cells) or kernel_status(page) != "idle"
-                quiet_since = None if busy else quiet_since or time.time()
-                if quiet_since and time.time() - quiet_since > 3 and any(any(ch.isdigit() for ch in c["prompt"]) for c in cells):
-                    break
-                assert time.time() < deadline, f"the pool notebook did not finish: {[c['prompt'] for c in cells]}"
-                time.sleep(0.2)
-            panic = next(i for i, c in enumerate(cells) if 'panic!("rank 2 found a bad record")' in c["input"])
-            assert "rank 2 found a bad record" in cells[panic]["outputs"], cells[panic]
-            after = cells[panic + 1:]
-            assert [c["input"] for c in after] == ["%px shard.len()", "%ranch_status", "%ranch_stop"], after
-            for c in after:
-                assert any(ch.isdigit() for ch in c["prompt"]) and "Error" not in c["outputs"], c
-            assert "Stopped the pool's 4 ranks." in after[-1]["outputs"], after[-1]
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / f"{shots}pool-failed.png"), full_page=True)
-            (ARTIFACTS / f"{shots}pool-lab.log").write_text((home / "lab.log").read_text())
-            raise
-        finally:
-            browser.close()
+    with browser_page(home, shots, "pool-") as page:
+        start_run_all(page, url, token, "pool.ipynb")
+        deadline, quiet_since = time.time() + 600, None
+        while True:
+            cells = page.evaluate(CELLS_JS)
+            # Done when nothing has run or been queued for a while (an aborted cell is
+            # never run: its prompt stays empty).
+            busy = any("[*]" in c["prompt"] for c in cells) or kernel_status(page) != "idle"
+            quiet_since = None if busy else quiet_since or time.time()
+            if quiet_since and time.time() - quiet_since > 3 and any(any(ch.isdigit() for ch in c["prompt"]) for c in cells):
+                break
+            assert time.time() < deadline, f"the pool notebook did not finish: {[c['prompt'] for c in cells]}"
+            time.sleep(0.2)
+        panic = next(i for i, c in enumerate(cells) if 'panic!("rank 2 found a bad record")' in c["input"])
+        assert "rank 2 found a bad record" in cells[panic]["outputs"], cells[panic]
+        after = cells[panic + 1:]
+        assert [c["input"] for c in after] == ["%px shard.len()", "%ranch_status", "%ranch_stop"], after
+        for c in after:
+            assert any(ch.isdigit() for ch in c["prompt"]) and "Error" not in c["outputs"], c
+        assert "Stopped the pool's 4 ranks." in after[-1]["outputs"], after[-1]
