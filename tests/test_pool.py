@@ -243,7 +243,17 @@ def test_stop_ends_the_ranks_and_a_new_pool_can_start(fresh_kernel):
     ok(execute(kc, "%ranch_start 2 --see 1", timeout=600))
     run = ok(execute(kc, '%%px\nprintln!("from {}", ranch::rank());\nranch::rank()', timeout=600))
     assert run.stream() == "[1] from 1\n" and run.result() == "[0, 1]", (run.stream(), run.result())
+    # %ranch_restart: the same pool again (its --see too), with new ranks and no variables.
+    ok(execute(kc, "%%px\nlet kept = ranch::rank();"))
+    before = set(pool_processes(kc.pid))
+    said = ok(execute(kc, "%ranch_restart", timeout=600)).stream()
+    assert "Stopped the pool's 2 ranks" in said and "Starting a pool of 2 ranks" in said, said
+    run = ok(execute(kc, '%%px\nprintln!("from {}", ranch::rank());\nranch::rank()', timeout=600))
+    assert run.stream() == "[1] from 1\n" and run.result() == "[0, 1]", (run.stream(), run.result())
+    assert before and not set(pool_processes(kc.pid)) & before, "new processes"
+    assert "`kept`" in execute(kc, "%px kept").error_text(), "every rank's variables are gone"
     ok(execute(kc, "%ranch_stop"))
+    assert "no pool is running" in execute(kc, "%ranch_restart").error_text()
     # Stopped while it is still starting: it is waited for, then ended.
     ok(execute(kc, "%ranch_start 3", timeout=600))
     assert "Stopped the pool's 3 ranks" in ok(execute(kc, "%ranch_stop", timeout=600)).stream()

@@ -117,6 +117,13 @@ pub const MAGICS: &[Magic] = &[
         summary: "stop the pool (its ranks' variables are lost)",
         parse: |i| no_args(i, Call::RanchStop),
     },
+    Magic {
+        name: "ranch_restart",
+        kind: Kind::Line,
+        synopsis: "",
+        summary: "restart every rank of the pool, as %ranch_start started it (their variables are lost)",
+        parse: |i| no_args(i, Call::RanchRestart),
+    },
     Magic { name: "ranch_gpus", kind: Kind::Line, synopsis: "", summary: "the machine's GPUs", parse: |i| no_args(i, Call::RanchGpus) },
     Magic { name: "ranch_clean", kind: Kind::Line, synopsis: "[--all]", summary: "free the disk ranch uses", parse: parse_clean },
 ];
@@ -158,6 +165,7 @@ pub enum Call<'a> {
     Autopx,
     RanchStatus,
     RanchStop,
+    RanchRestart,
     RanchGpus,
     RanchClean {
         all: bool,
@@ -488,6 +496,7 @@ mod tests {
     #[test]
     fn magics_without_arguments_refuse_them_and_explain_themselves() {
         assert!(matches!(parsed("%ranch_stop"), Call::RanchStop));
+        assert!(matches!(parsed("%ranch_restart"), Call::RanchRestart));
         assert!(matches!(parsed("%autopx\n"), Call::Autopx));
         let e = found("%ranch_status now").parse().unwrap_err();
         assert!(e.to_string().starts_with("%ranch_status takes no arguments, got `now`"), "{}", e.to_string());

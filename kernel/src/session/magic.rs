@@ -20,6 +20,7 @@ impl EvcxrSession {
             Call::Autopx => self.toggle_autopx(cx),
             Call::RanchStatus => self.pool_status(),
             Call::RanchStop => self.ranch_stop(cx),
+            Call::RanchRestart => self.ranch_restart(cx),
             Call::RanchGpus => Ok(ranch_magics::driver::ranch_gpus()?),
             Call::RanchClean { all } => self.ranch_clean(all, cx),
         }

@@ -131,6 +131,8 @@ pub struct EvcxrSession {
     pool: Option<pool::Pool>,
     /// A pool that `%ranch_start` is starting in the background.
     pool_starting: Option<px::Starting>,
+    /// The arguments the running pool was started with (`%ranch_restart` reuses them).
+    pool_args: Option<ranch_magics::pool::PoolArgs>,
     /// `%autopx`: plain cells run on the pool.
     autopx: bool,
     /// Bumped by every plain cell: the session's items may have changed.
@@ -172,6 +174,7 @@ impl EvcxrSession {
             driven: Default::default(),
             pool: None,
             pool_starting: None,
+            pool_args: None,
             autopx: false,
             generation: 0,
             workdir,

@@ -1,5 +1,5 @@
-//! The pool's magics on the session: `%ranch_start`, `%ranch_stop`, `%ranch_status`,
-//! `%autopx` (`%%px` and the others are the driver's). The pool itself is in [`super::pool`].
+//! The pool's magics on the session: `%ranch_start`, `%ranch_stop`, `%ranch_restart`,
+//! `%ranch_status`, `%autopx` (`%%px` and the others are the driver's). The pool itself is in [`super::pool`].
 
 use super::EvcxrSession;
 use super::driven::CellHost;
@@ -81,6 +81,7 @@ impl EvcxrSession {
             })
             .map_err(|e| CellError::new("PoolError", format!("cannot start the pool: {e}")))?;
         self.pool_starting = Some(Starting { n: args.n, since: std::time::Instant::now(), started: rx, outcome: None });
+        self.pool_args = Some(args.clone());
         cx.sink.stream(
             Stream::Stdout,
             &format!("Starting a pool of {} ranks in the background; %%px cells (and %px, %autopx) wait until it is up.\n", args.n),
@@ -137,8 +138,25 @@ impl EvcxrSession {
         let n = pool.size();
         drop(pool);
         self.autopx = false;
+        self.pool_args = None;
         cx.sink.stream(Stream::Stdout, &format!("Stopped the pool's {n} ranks.\n"));
         Ok(None)
+    }
+
+    /// `%ranch_restart`: the pool stopped and started again with the arguments it was started
+    /// with (every rank's variables, and what `%%px` cells defined, are lost); `%autopx`
+    /// stays as it was.
+    pub(super) fn ranch_restart(&mut self, cx: &CellContext) -> CellOutcome {
+        self.await_pool()?;
+        let args = match (&self.pool, &self.pool_args) {
+            (Some(_), Some(args)) => args.clone(),
+            _ => return Err(no_pool()),
+        };
+        let autopx = self.autopx;
+        self.ranch_stop(cx)?;
+        let started = self.ranch_start(args, cx);
+        self.autopx = autopx && started.is_ok();
+        started
     }
 
     pub(super) fn toggle_autopx(&mut self, cx: &CellContext) -> CellOutcome {
