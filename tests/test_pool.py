@@ -42,6 +42,15 @@ def test_rank_local_state_lives_across_cells(pool):
     assert ok(execute(kc, "%px std::process::id()")).result() == ok(execute(kc, "%px std::process::id()")).result()
 
 
+def test_rank_displays_carry_their_rank_and_follow_see(pool):
+    _, kc = pool
+    run = ok(execute(kc, '%%px --see 0,2\nranch::display::html(format!("<p>rank {}</p>", ranch::rank()));'))
+    shown = [m["content"] for m in run.outputs if m["msg_type"] == "display_data" and "ranch" in m["content"]["metadata"]
+             and "rank" in m["content"]["metadata"]["ranch"]]
+    assert sorted((d["metadata"]["ranch"]["rank"], d["data"]["text/html"]) for d in shown) == \
+        [(0, "<p>rank 0</p>"), (2, "<p>rank 2</p>")], run.outputs
+
+
 def test_px_line_autopx_and_the_session_stay_apart(pool):
     _, kc = pool
     ok(execute(kc, "let x = 99;"))  # the session's own x

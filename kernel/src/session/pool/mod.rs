@@ -140,13 +140,20 @@ impl EventHandler for PoolEvents {
             Event::Stderr(t) => self.output(conn.rank, RankStream::Stderr, &t),
             Event::Display(data) => {
                 let op = data.get(display_op::CONTROL_MIME).and_then(Value::as_str).and_then(display_op::parse);
-                let shown = match (op, conn.rank) {
-                    (Some(op @ DisplayOp::Progress { .. }), Some(rank)) => self.view(|v, sink| v.control(rank, op, sink)),
-                    (_, Some(rank)) => self.view(|v, sink| v.display(rank, data.clone(), sink)),
-                    (_, None) => false,
-                };
-                if !shown {
-                    self.cell.display(data, MimeBundle::new());
+                // (Not copied: a display may be tens of MiB.)
+                let mut running = self.view.lock().unwrap();
+                match (conn.rank, running.as_mut()) {
+                    (Some(rank), Some(CellView { view, status_id })) => {
+                        let sink = PoolSink { cell: &self.cell, status_id };
+                        match op {
+                            Some(op @ DisplayOp::Progress { .. }) => view.control(rank, op, &sink),
+                            _ => view.display(rank, data, &sink),
+                        }
+                    }
+                    _ => {
+                        drop(running);
+                        self.cell.display(data, MimeBundle::new());
+                    }
                 }
             }
             Event::Panic(message) => {
@@ -366,12 +373,12 @@ impl Pool {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
         self.events.ranks_left.store(ranks.len(), std::sync::atomic::Ordering::SeqCst);
-        *self.events.view.lock().unwrap() = Some(self.cell_view(ranks, how));
-        let ticker = StatusTicker::start(&self.events);
-        let prepared = crate::syntax::with_stdout_flush(code);
         let group = CellGroup::start(ranks, &self.group_file, self.hosts_reach.as_deref())
             .map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
         *self.events.group.lock().unwrap() = Some(group);
+        *self.events.view.lock().unwrap() = Some(self.cell_view(ranks, how));
+        let ticker = StatusTicker::start(&self.events);
+        let prepared = crate::syntax::with_stdout_flush(code);
         let seen = self.events.cell.done_count();
         let result = self.ctx.run(&prepared.code, &|_, _| String::new());
         let ran = result.as_ref().is_ok_and(|r| r.executed);
