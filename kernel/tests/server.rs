@@ -108,6 +108,18 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(20), f).await.expect("the kernel answered within 20 s")
 }
 
+/// Connects once the kernel has bound the socket, trying again for up to 20 s.
+async fn until_bound<T, E: std::fmt::Debug, F: Future<Output = Result<T, E>>>(socket: &str, connect: impl Fn() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match connect().await {
+            Ok(connection) => return connection,
+            Err(e) if tokio::time::Instant::now() > deadline => panic!("{socket}: the kernel never accepted a connection: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 async fn start() -> (Frontend, tokio::task::JoinHandle<anyhow::Result<()>>, Arc<AtomicBool>) {
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let (ports, listeners) = jzc::peek_ports_with_listeners(ip, 5).await.expect("free ports");
@@ -125,17 +137,17 @@ async fn start() -> (Frontend, tokio::task::JoinHandle<anyhow::Result<()>>, Arc<
     };
     let shut_down = Arc::new(AtomicBool::new(false));
     let fake = Fake { shut_down: shut_down.clone() };
+    // The ports are let go before the kernel starts: a connection that reached one of these
+    // listeners would be reset when it is dropped.
+    drop(listeners);
     let served = info.clone();
-    let server = tokio::spawn(async move {
-        drop(listeners);
-        ranch_kernel::server::serve(served, Box::new(fake)).await
-    });
+    let server = tokio::spawn(async move { ranch_kernel::server::serve(served, Box::new(fake)).await });
     let session = uuid::Uuid::new_v4().to_string();
     let identity = jzc::peer_identity_for_session(&session).expect("an identity");
-    // The kernel binds as it starts: connections made first are retried by zeromq.
-    let shell = jzc::create_client_shell_connection_with_identity(&info, &session, identity).await.expect("shell");
-    let control = jzc::create_client_control_connection(&info, &session).await.expect("control");
-    let mut iopub = jzc::create_client_iopub_connection(&info, "", &session).await.expect("iopub");
+    // The kernel binds as it starts, and this crate's zeromq does not retry a refused connect.
+    let shell = until_bound("shell", || jzc::create_client_shell_connection_with_identity(&info, &session, identity.clone())).await;
+    let control = until_bound("control", || jzc::create_client_control_connection(&info, &session)).await;
+    let mut iopub = until_bound("iopub", || jzc::create_client_iopub_connection(&info, "", &session)).await;
     jzc::wait_for_iopub_welcome(&mut iopub, Duration::from_secs(20)).await.expect("the kernel welcomes its subscriber");
     (Frontend { shell, control, iopub }, server, shut_down)
 }
