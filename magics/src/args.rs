@@ -98,6 +98,10 @@ pub struct RunFlags {
     /// How to show the ranks' output.
     #[arg(long, value_enum, default_value = "order")]
     pub group_outputs: GroupOutputs,
+    /// Run in the background (alias --noblock): the cell returns once its ranks start, with a job
+    /// name; `%ranch_wait JOB` shows what they gave, `%ranch_cancel JOB` stops them.
+    #[arg(long, visible_alias = "noblock")]
+    pub bg: bool,
 }
 
 impl RunFlags {

@@ -8,7 +8,7 @@
 
 use crate::args::{self, RanchArgs};
 use crate::driver::ranch_cell::{RanchLaunch, Shows};
-use crate::driver::{Failure, usage};
+use crate::driver::{Failure, jobs, usage};
 use crate::pool::{self, PoolArgs, PullArgs, PushArgs, PxArgs};
 
 /// A line magic takes the rest of the cell as its arguments; a cell magic takes the rest of
@@ -124,6 +124,27 @@ pub const MAGICS: &[Magic] = &[
         summary: "restart every rank of the pool, as %ranch_start started it (their variables are lost)",
         parse: |i| no_args(i, Call::RanchRestart),
     },
+    Magic {
+        name: "ranch_jobs",
+        kind: Kind::Line,
+        synopsis: "",
+        summary: "the background jobs (`--bg`): cell, ranks, state, elapsed",
+        parse: |i| no_args(i, Call::RanchJobs),
+    },
+    Magic {
+        name: "ranch_wait",
+        kind: Kind::Line,
+        synopsis: "[JOB] [--timeout S]",
+        summary: "wait for a background job; show what its cell would have and bind its --out",
+        parse: |i| helped(jobs::parse_wait(i.args), Call::RanchWait),
+    },
+    Magic {
+        name: "ranch_cancel",
+        kind: Kind::Line,
+        synopsis: "JOB",
+        summary: "stop a background job's ranks",
+        parse: |i| helped(jobs::parse_cancel(i.args), Call::RanchCancel),
+    },
     Magic { name: "ranch_gpus", kind: Kind::Line, synopsis: "", summary: "the machine's GPUs", parse: |i| no_args(i, Call::RanchGpus) },
     Magic { name: "ranch_clean", kind: Kind::Line, synopsis: "[--all]", summary: "free the disk ranch uses", parse: parse_clean },
 ];
@@ -166,6 +187,9 @@ pub enum Call<'a> {
     RanchStatus,
     RanchStop,
     RanchRestart,
+    RanchJobs,
+    RanchWait(jobs::WaitArgs),
+    RanchCancel(jobs::CancelArgs),
     RanchGpus,
     RanchClean {
         all: bool,

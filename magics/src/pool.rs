@@ -53,7 +53,7 @@ pub enum Parsed<T> {
 }
 
 /// Parses a magic's arguments with clap. `prepare` adjusts the shell-split tokens.
-fn parse_magic<T: Parser>(magic: &str, args: &str, prepare: fn(Vec<String>) -> Vec<String>) -> Result<Parsed<T>, String> {
+pub(crate) fn parse_magic<T: Parser>(magic: &str, args: &str, prepare: fn(Vec<String>) -> Vec<String>) -> Result<Parsed<T>, String> {
     let tokens = shlex::split(args).ok_or_else(|| format!("unbalanced quotes in `{magic} {args}`"))?;
     match T::try_parse_from(prepare(tokens)) {
         Ok(a) => Ok(Parsed::Run(a)),

@@ -239,7 +239,7 @@ struct RowView {
 }
 
 /// Seconds as a person reads them: `8 s`, `3 min 20 s`, `2 h 5 min`.
-fn short_duration(secs: f64) -> String {
+pub fn short_duration(secs: f64) -> String {
     let s = secs.round() as u64;
     match s {
         0..60 => format!("{s} s"),

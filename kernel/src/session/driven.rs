@@ -4,11 +4,11 @@
 
 use super::pool::{CellSignal, CellStop, Pool};
 use super::{EvcxrSession, RunState};
-use crate::interpreter::{CellContext, CellError, MimeBundle, Stream};
+use crate::interpreter::{CellContext, CellError, CellOutcome, MimeBundle, Stream};
 use ranch_magics::args::OnError;
 use ranch_magics::build::Toolchain;
 use ranch_magics::driver::px::{PoolRanks, PxRun};
-use ranch_magics::driver::{self, BuildTools, Failure, Host, Outcome, Stoppable};
+use ranch_magics::driver::{self, BuildTools, Failure, Host, Outcome, Stoppable, jobs};
 use ranch_magics::program::{SessionSnapshot, Shipped};
 use ranch_magics::ranks::supervise;
 use ranch_magics::source;
@@ -207,6 +207,10 @@ impl driver::Session for EvcxrSession {
         self.workdir.rank_crate_dir().to_path_buf()
     }
 
+    fn pool_job(&mut self, job: &str, code: String, ranks: Vec<usize>, how: PxRun) -> Result<jobs::Work, Failure> {
+        self.pool_to_job(job, code, ranks, how)
+    }
+
     fn pool(&mut self) -> Result<Box<dyn PoolRanks + '_>, Failure> {
         self.await_pool()?;
         let run = self.run.clone();
@@ -235,25 +239,119 @@ impl PoolRanks for RunningPool<'_> {
     }
 
     fn run(&mut self, code: &str, ranks: &[usize], how: &PxRun) -> Outcome {
-        let run = &self.run;
-        run.interrupted.store(false, Ordering::SeqCst);
-        run.stopped_build.store(false, Ordering::SeqCst);
-        *run.pool_stop.lock().unwrap() = None;
-        *run.pool_child.lock().unwrap() = Some(self.pool.process());
-        run.running.store(true, Ordering::SeqCst);
-        let (tell, told) = std::sync::mpsc::channel();
-        self.pool.watch_cell(Some(tell));
-        let watch = CellWatch::start(run.clone(), self.pool.process(), how.timeout, how.on_error == OnError::Abort, told);
-        let stopped = || {
-            let own = *run.pool_stop.lock().unwrap();
-            own.or_else(|| run.interrupted.load(Ordering::SeqCst).then_some(CellStop::Interrupt))
-        };
-        let stopped_build = || run.stopped_build.load(Ordering::SeqCst);
-        let outcome = self.pool.run(code, ranks, how, &stopped, &stopped_build);
-        self.pool.watch_cell(None);
-        watch.end();
-        *run.pool_child.lock().unwrap() = None;
-        Ok(outcome?)
+        Ok(run_pool_cell(self.pool, &self.run, code, ranks, how)?)
+    }
+}
+
+/// Runs a pool cell, stoppable through `run` (the session's, or a background job's own): an
+/// interrupt, its `--timeout` and `--on-error abort`.
+fn run_pool_cell(pool: &mut Pool, run: &std::sync::Arc<RunState>, code: &str, ranks: &[usize], how: &PxRun) -> CellOutcome {
+    run.interrupted.store(false, Ordering::SeqCst);
+    run.stopped_build.store(false, Ordering::SeqCst);
+    *run.pool_stop.lock().unwrap() = None;
+    *run.pool_child.lock().unwrap() = Some(pool.process());
+    run.running.store(true, Ordering::SeqCst);
+    let (tell, told) = std::sync::mpsc::channel();
+    pool.watch_cell(Some(tell));
+    let watch = CellWatch::start(run.clone(), pool.process(), how.timeout, how.on_error == OnError::Abort, told);
+    let stopped = || {
+        let own = *run.pool_stop.lock().unwrap();
+        own.or_else(|| run.interrupted.load(Ordering::SeqCst).then_some(CellStop::Interrupt))
+    };
+    let stopped_build = || run.stopped_build.load(Ordering::SeqCst);
+    let outcome = pool.run(code, ranks, how, &stopped, &stopped_build);
+    pool.watch_cell(None);
+    watch.end();
+    *run.pool_child.lock().unwrap() = None;
+    outcome
+}
+
+/// A pool cell's output, kept by the background job that runs it.
+struct JobSink(std::sync::Arc<jobs::JobHost>);
+
+impl crate::interpreter::OutputSink for JobSink {
+    fn stream(&self, stream: Stream, text: &str) {
+        let s = if stream == Stream::Stderr { supervise::Stream::Stderr } else { supervise::Stream::Stdout };
+        self.0.stream(s, text);
+    }
+
+    fn display(&self, data: MimeBundle, metadata: MimeBundle) {
+        let rank = metadata.get("ranch").and_then(|r| r.get("rank")).and_then(serde_json::Value::as_u64).map(|r| r as usize);
+        self.0.display(data, rank);
+    }
+
+    fn display_in_place(&self, data: MimeBundle, metadata: MimeBundle, id: &str, update: bool) {
+        self.0.display_in_place(data, metadata, id, update);
+    }
+
+    fn clear_output(&self) {
+        self.0.clear_output();
+    }
+}
+
+impl EvcxrSession {
+    /// The pool's cells run as the background job `job`: the pool goes to the job's
+    /// thread, and comes back (to [`EvcxrSession::await_pool`]) when the cell is over.
+    fn pool_to_job(&mut self, job: &str, code: String, ranks: Vec<usize>, how: PxRun) -> Result<jobs::Work, Failure> {
+        self.await_pool()?;
+        let mut pool = self.pool.take().ok_or_else(super::pool::no_pool)?;
+        super::procs::spare_builds_in(Some(pool.build_dir()));
+        let (back, returned) = std::sync::mpsc::channel();
+        self.pool_away = Some(super::px::PoolAway { job: job.to_string(), returned });
+        Ok(Box::new(move |host: std::sync::Arc<jobs::JobHost>| {
+            let cell = std::sync::Arc::new(super::events::CurrentCell::default());
+            cell.begin(std::sync::Arc::new(JobSink(host.clone())));
+            pool.output_to(Some(cell));
+            let run = std::sync::Arc::new(RunState::default());
+            let fanout = pool.process().lock().unwrap().id();
+            let cancel = JobCancel::start(host.clone(), run.clone());
+            let outcome = run_pool_cell(&mut pool, &run, &code, &ranks, &how);
+            cancel.end();
+            pool.output_to(None);
+            // A fan-out evcxr restarted on this thread dies when the thread ends: the thread
+            // then lives as long as the pool.
+            if pool.process().lock().unwrap().id() != fanout {
+                let (alive, pool_dropped) = std::sync::mpsc::channel::<()>();
+                pool.keep_spawner(alive);
+                host.linger(Box::new(move || {
+                    let _ = pool_dropped.recv();
+                }));
+            }
+            let _ = back.send(pool);
+            outcome.map(|shown| (shown, Vec::new())).map_err(Failure::from)
+        }))
+    }
+}
+
+/// Stops a background pool cell when its job is cancelled, as an interrupt stops one in
+/// front (the fan-out is ended; a build of the session or of another job is not touched).
+struct JobCancel {
+    over: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl JobCancel {
+    fn start(host: std::sync::Arc<jobs::JobHost>, run: std::sync::Arc<RunState>) -> JobCancel {
+        let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = over.clone();
+        let thread = std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if host.interrupted() {
+                    run.interrupted.store(true, Ordering::SeqCst);
+                    if let Some(fanout) = &*run.pool_child.lock().unwrap() {
+                        let _ = fanout.lock().unwrap().kill();
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        JobCancel { over, thread }
+    }
+
+    fn end(self) {
+        self.over.store(true, Ordering::SeqCst);
+        let _ = self.thread.join();
     }
 }
 
@@ -381,5 +479,37 @@ impl Host for CellHost<'_> {
 
     fn gpus(&self) -> &ranch_magics::gpus::Discovery {
         ranch_magics::gpus::discover()
+    }
+
+    fn background(&self) -> Option<(std::sync::Arc<dyn jobs::Outlet>, usize)> {
+        Some((std::sync::Arc::new(JobOutlet { sink: self.cx.sink.clone() }), self.cx.execution_count))
+    }
+}
+
+/// What a background job keeps of the kernel once its cell is over: that cell's output (its
+/// status table goes on updating there, with that cell as parent) and the kernel's processes.
+struct JobOutlet {
+    sink: std::sync::Arc<dyn crate::interpreter::OutputSink>,
+}
+
+impl jobs::Outlet for JobOutlet {
+    fn status(&self, data: MimeBundle, metadata: MimeBundle, id: &str, update: bool) {
+        self.sink.display_in_place(data, metadata, id, update);
+    }
+
+    fn watch(&self, pgid: i32, running: bool) {
+        if running { super::janitor::watch(pgid) } else { super::janitor::forget(pgid) }
+    }
+
+    fn children(&self) -> HashSet<i32> {
+        super::procs::children()
+    }
+
+    fn end_orphans_in(&self, before: &HashSet<i32>, groups: &[i32]) -> usize {
+        super::procs::end_orphans_in(before, groups)
+    }
+
+    fn log(&self, line: &str) {
+        crate::log!("{line}");
     }
 }

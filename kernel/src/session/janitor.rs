@@ -52,14 +52,29 @@ fn tell(line: &str) {
     }
 }
 
+/// The process groups watched now: launches (a cell's or a background job's) still own
+/// them, so no other launch's clean-up may touch what is in them.
+static WATCHED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
 /// The process group `pgid` must not outlive the kernel.
 pub fn watch(pgid: i32) {
+    WATCHED.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
     tell(&format!("+{pgid}"));
 }
 
 /// The process group `pgid` has ended.
 pub fn forget(pgid: i32) {
+    let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(at) = watched.iter().position(|&g| g == pgid) {
+        watched.swap_remove(at);
+    }
+    drop(watched);
     tell(&format!("-{pgid}"));
+}
+
+/// The process groups a launch still owns (see [`watch`]).
+pub fn watched() -> Vec<i32> {
+    WATCHED.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// The janitor itself, with its configuration on `config`; never returns.

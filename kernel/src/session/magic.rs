@@ -14,13 +14,16 @@ impl EvcxrSession {
             }
             Call::Ranch(launch) => self.drive(cx, |d, s, h| d.ranch(s, h, *launch)),
             Call::RanchStart(args) => self.ranch_start(*args, cx),
-            Call::Px { args, body } => self.drive(cx, |d, s, _| d.px(s, &args, body)),
+            Call::Px { args, body } => self.drive(cx, |d, s, h| d.px(s, h, &args, body)),
             Call::PxPush(args) => self.drive(cx, |d, s, h| d.px_push(s, h, &args)),
             Call::PxPull(args) => self.drive(cx, |d, s, h| d.px_pull(s, h, &args)),
             Call::Autopx => self.toggle_autopx(cx),
             Call::RanchStatus => self.pool_status(),
             Call::RanchStop => self.ranch_stop(cx),
             Call::RanchRestart => self.ranch_restart(cx),
+            Call::RanchJobs => self.drive(cx, |d, _, _| Ok(Some(d.jobs.listing()))),
+            Call::RanchWait(args) => self.drive(cx, |d, s, h| d.jobs.wait(s, h, &args)),
+            Call::RanchCancel(args) => self.drive(cx, |d, _, _| d.jobs.cancel(&args.job)),
             Call::RanchGpus => Ok(ranch_magics::driver::ranch_gpus()?),
             Call::RanchClean { all } => self.ranch_clean(all, cx),
         }

@@ -131,6 +131,8 @@ pub struct EvcxrSession {
     pool: Option<pool::Pool>,
     /// A pool that `%ranch_start` is starting in the background.
     pool_starting: Option<px::Starting>,
+    /// The pool, while a background job's cell has it.
+    pool_away: Option<px::PoolAway>,
     /// The arguments the running pool was started with (`%ranch_restart` reuses them).
     pool_args: Option<ranch_magics::pool::PoolArgs>,
     /// `%autopx`: plain cells run on the pool.
@@ -174,6 +176,7 @@ impl EvcxrSession {
             driven: Default::default(),
             pool: None,
             pool_starting: None,
+            pool_away: None,
             pool_args: None,
             autopx: false,
             generation: 0,
@@ -389,6 +392,10 @@ impl Interpreter for EvcxrSession {
     }
 
     fn shutdown(&mut self) {
+        // Background jobs end first: their ranks are stopped and waited for (and the pool,
+        // if a job had it, comes back to be ended below).
+        self.driver.jobs.end_all();
+        let _ = self.reclaim_pool();
         procs::kill_cargo_builds();
         // The pool's ranks die with its fan-out (their parent-death signal). A start under
         // way ends soon: its build, if any, was just stopped.

@@ -14,6 +14,8 @@ use std::collections::{HashMap, HashSet};
 
 struct Proc {
     ppid: i32,
+    /// Its process group (a rank's orphans keep the rank's).
+    pgrp: i32,
     comm: String,
     zombie: bool,
 }
@@ -29,8 +31,9 @@ fn table() -> HashMap<i32, Proc> {
         let comm = stat[open + 1..close].to_string();
         let mut fields = stat[close + 1..].split_whitespace();
         let zombie = fields.next() == Some("Z");
-        if let Some(ppid) = fields.next().and_then(|s| s.parse().ok()) {
-            procs.insert(pid, Proc { ppid, comm, zombie });
+        let mut number = || fields.next().and_then(|s| s.parse().ok());
+        if let (Some(ppid), Some(pgrp)) = (number(), number()) {
+            procs.insert(pid, Proc { ppid, pgrp, comm, zombie });
         }
     }
     procs
@@ -63,15 +66,32 @@ pub fn children() -> HashSet<i32> {
     table().into_iter().filter(|(_, p)| p.ppid == me).map(|(pid, _)| pid).collect()
 }
 
+/// The kernel's children, with their process groups.
+fn children_and_groups() -> Vec<(i32, i32)> {
+    let me = std::process::id() as i32;
+    table().into_iter().filter(|(_, p)| p.ppid == me).map(|(pid, p)| (pid, p.pgrp)).collect()
+}
+
 /// Stops and reaps the kernel's children that were not among `before` and are not in
-/// `keep`: processes a launch's ranks left behind (and, level by level, what those
-/// started). Returns how many there were.
+/// `keep` nor in a process group a launch still owns ([`super::janitor::watched`]: a
+/// background job's ranks): processes a launch's ranks left behind (and, level by level,
+/// what those started). Returns how many there were.
 pub fn end_new_orphans(before: &HashSet<i32>, keep: &[i32]) -> usize {
+    end_children_where(|pid, pgrp| !before.contains(&pid) && !keep.contains(&pid) && !super::janitor::watched().contains(&pgrp))
+}
+
+/// Stops and reaps the kernel's children not among `before` whose process group is one of
+/// `groups`: what one background job's ranks left running, and nothing of anyone else's.
+pub fn end_orphans_in(before: &HashSet<i32>, groups: &[i32]) -> usize {
+    end_children_where(|pid, pgrp| !before.contains(&pid) && groups.contains(&pgrp))
+}
+
+fn end_children_where(orphan: impl Fn(i32, i32) -> bool) -> usize {
     let mut ended = 0;
     // Killing an orphan orphans its own children, which the kernel then adopts: a few
     // rounds reach down a process tree.
     for _ in 0..8 {
-        let new: Vec<i32> = children().into_iter().filter(|p| !before.contains(p) && !keep.contains(p)).collect();
+        let new: Vec<i32> = children_and_groups().into_iter().filter(|&(pid, pgrp)| orphan(pid, pgrp)).map(|(pid, _)| pid).collect();
         if new.is_empty() {
             break;
         }
@@ -84,22 +104,39 @@ pub fn end_new_orphans(before: &HashSet<i32>, keep: &[i32]) -> usize {
     ended
 }
 
-/// Reaps adopted children that ended (not `keep`, which their owners wait for).
+/// Reaps adopted children that ended (not `keep`, which their owners wait for, nor the
+/// ranks of launches still running, which their supervisors wait for).
 pub fn reap_adopted(keep: &[i32]) {
     let me = std::process::id() as i32;
+    let owned = super::janitor::watched();
     for (pid, p) in table() {
-        if p.ppid == me && p.zombie && !keep.contains(&pid) {
+        if p.ppid == me && p.zombie && !keep.contains(&pid) && !owned.contains(&p.pgrp) {
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
     }
 }
 
-/// Kills every `cargo` the kernel started (and the compilers under it). Returns whether
-/// there was one.
+/// Builds a background job runs (the pool's, while a job has it): an interrupt of the cell
+/// in front does not touch them.
+static SPARED: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+/// Spares (or, `None`, no longer spares) the builds that run in `dir` from
+/// [`kill_cargo_builds`].
+pub fn spare_builds_in(dir: Option<&std::path::Path>) {
+    *SPARED.lock().unwrap_or_else(|e| e.into_inner()) = dir.map(std::path::Path::to_path_buf);
+}
+
+/// Kills every `cargo` the kernel started (and the compilers under it), but those a
+/// background job runs. Returns whether there was one.
 pub fn kill_cargo_builds() -> bool {
     let procs = table();
     let me = std::process::id() as i32;
-    let cargos: Vec<i32> = procs.iter().filter(|(_, p)| p.ppid == me && p.comm == "cargo").map(|(&pid, _)| pid).collect();
+    let spared = SPARED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // cargo runs in the directory of the crate it builds (evcxr's, the pool's, a rank program's).
+    let is_spared =
+        |pid: i32| spared.as_ref().is_some_and(|dir| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)));
+    let cargos: Vec<i32> =
+        procs.iter().filter(|(pid, p)| p.ppid == me && p.comm == "cargo" && !is_spared(**pid)).map(|(&pid, _)| pid).collect();
     for &cargo in &cargos {
         for pid in descendants_of(cargo, &procs).into_iter().chain([cargo]) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

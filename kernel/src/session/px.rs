@@ -47,8 +47,16 @@ impl Starting {
     }
 }
 
+/// The pool, while a background job runs a cell on it.
+pub(super) struct PoolAway {
+    pub(super) job: String,
+    /// The pool, once the job's cell is over.
+    pub(super) returned: std::sync::mpsc::Receiver<Pool>,
+}
+
 impl EvcxrSession {
     pub(super) fn ranch_start(&mut self, args: ranch_magics::pool::PoolArgs, cx: &CellContext) -> CellOutcome {
+        self.reclaim_pool()?;
         let host = CellHost::new(cx, &self.run);
         // Before any check that says something (a GPU warning): a refused start changes nothing.
         if let Some(n) = self.pool.as_ref().map(Pool::size).or(self.pool_starting.as_ref().map(|s| s.n)) {
@@ -89,8 +97,11 @@ impl EvcxrSession {
         Ok(None)
     }
 
-    /// Waits for a pool `%ranch_start` is starting; an interrupt ends the wait only.
+    /// Waits for a pool `%ranch_start` is starting (an interrupt ends the wait only), and
+    /// takes the pool back from a background job that is done with it. A pool busy with a
+    /// job's cell is a usage error: it runs one cell at a time.
     pub(super) fn await_pool(&mut self) -> Result<(), CellError> {
+        self.reclaim_pool()?;
         let Some(starting) = &mut self.pool_starting else { return Ok(()) };
         if !starting.is_finished() {
             let run = self.run.clone();
@@ -117,6 +128,29 @@ impl EvcxrSession {
             }
             Err(e) => Err(CellError { evalue: format!("the pool did not start: {}", e.evalue), ..e }),
         }
+    }
+
+    /// Takes the pool back from a background job that is done with it; a pool still busy
+    /// with a job's cell is a usage error (it runs one cell at a time).
+    pub(super) fn reclaim_pool(&mut self) -> Result<(), CellError> {
+        if let Some(away) = &self.pool_away {
+            match away.returned.try_recv() {
+                Ok(pool) => self.pool = Some(pool),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    let job = &away.job;
+                    return Err(usage(format!(
+                        "the pool is running {job} in the background, and runs one cell at a time: \
+                         `%ranch_wait {job}` waits for it, `%ranch_cancel {job}` stops it. Nothing ran."
+                    )));
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    crate::log!("the pool was lost with background job {}", away.job);
+                }
+            }
+            self.pool_away = None;
+            super::procs::spare_builds_in(None);
+        }
+        Ok(())
     }
 
     /// `%ranch_status`: the pool's ranks, or that it is still starting.

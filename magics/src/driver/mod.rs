@@ -10,6 +10,7 @@
 //! - [`ranch_cell`]: `%%ranch N` and `%in_ddp`: a rank program built once, N fresh processes;
 //! - [`px`]: `%%px`, `%px`, `%px_push`, `%px_pull` on a pool whose ranks keep their state.
 
+pub mod jobs;
 pub mod px;
 pub mod ranch_cell;
 #[cfg(test)]
@@ -52,6 +53,9 @@ pub enum Failure {
     /// Values could not come back from the ranks into the session.
     #[error("{0}")]
     Pull(String),
+    /// A background job is still running where the user waited for its end.
+    #[error("{0}")]
+    StillRunning(String),
     /// The session failed (evcxr, its build, the machine), already in Jupyter's terms.
     #[error("{evalue}")]
     Session { ename: String, evalue: String, traceback: Vec<String> },
@@ -68,6 +72,7 @@ impl Failure {
             Failure::Compilation { .. } => "CompilationError",
             Failure::Unshippable(_) => "UnshippableVariable",
             Failure::Pull(_) => "PullError",
+            Failure::StillRunning(_) => "JobRunning",
             Failure::Session { ename, .. } => ename,
         }
     }
@@ -130,6 +135,12 @@ pub trait Session {
     fn rank_crate_dir(&self) -> PathBuf;
     /// The session's pool, once it is up: a usage error when none runs.
     fn pool(&mut self) -> Result<Box<dyn px::PoolRanks + '_>, Failure>;
+    /// Hands the pool to the background job `job`, which runs `code` on its ranks `ranks` as
+    /// `how` says (the session's items are in already); the pool is the job's until it ends.
+    fn pool_job(&mut self, job: &str, code: String, ranks: Vec<usize>, how: px::PxRun) -> Result<jobs::Work, Failure> {
+        let _ = (job, code, ranks, how);
+        Err(usage("--bg: this session cannot run pool cells in the background"))
+    }
 }
 
 /// A toolchain and the library path its programs run with.
@@ -178,6 +189,11 @@ pub trait Host: Sync {
     }
     /// Clears the cell's output when the next output arrives.
     fn clear_output(&self) {}
+    /// What a background job of this cell needs to outlive it, and the cell's execution
+    /// count (`None`: this host runs nothing in the background).
+    fn background(&self) -> Option<(std::sync::Arc<dyn jobs::Outlet>, usize)> {
+        None
+    }
 }
 
 impl<H: Host + ?Sized> RankSink for HostSink<'_, H> {
@@ -227,6 +243,8 @@ impl<'a, H: ?Sized> HostSink<'a, H> {
 #[derive(Default)]
 pub struct Driver {
     launches: u64,
+    /// Background cells (`--bg`).
+    pub jobs: jobs::Jobs,
     /// The "more ranks than cores" note was given (once per session).
     warned_cores: bool,
 }

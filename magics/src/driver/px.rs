@@ -43,6 +43,9 @@ pub struct PxRun {
     pub group_outputs: GroupOutputs,
     /// How long bringing the session's items took (filled by [`run_px`]).
     pub export: std::time::Duration,
+    /// The cell runs as a background job: its status table is shown at once (it is what
+    /// the cell shows while the job runs), not after a second.
+    pub background: bool,
 }
 
 impl PxRun {
@@ -56,6 +59,7 @@ impl PxRun {
             timing: false,
             group_outputs: GroupOutputs::Order,
             export: Default::default(),
+            background: false,
         }
     }
 
@@ -69,6 +73,7 @@ impl PxRun {
             timing: args.run.timing,
             group_outputs: args.run.group_outputs,
             export: Default::default(),
+            background: false,
         }
     }
 }
@@ -103,8 +108,9 @@ impl Driver {
 
     /// A `%%px` cell or `%px` line: `body` on the pool's ranks.
     /// Every check comes first: a cell with bad flags copies nothing into the ranks.
-    pub fn px(&mut self, session: &mut dyn Session, args: &PxArgs, body: &str) -> Outcome {
+    pub fn px(&mut self, session: &mut dyn Session, host: &dyn Host, args: &PxArgs, body: &str) -> Outcome {
         let ranks = cell_ranks_for(session, body, args.targets.as_ref(), args.run.see.as_ref())?;
+        let background = if args.run.bg { Some(self.background(host)?) } else { None };
         // `--out NAME`: each rank also writes the cell's tail value, then bound in the session.
         let out = match &args.run.out {
             Some(out) => Some((out, transfer_dir(session, "px-out")?)),
@@ -119,6 +125,24 @@ impl Driver {
         };
         if !args.run.share.is_empty() {
             push(session, &args.run.share)?;
+        }
+        if let Some((outlet, cell)) = background {
+            let how = PxRun { background: true, ..PxRun::of(args) };
+            let live_table = how.live_status;
+            let how = bring_items(session, how)?;
+            let name = self.jobs.next_name();
+            let work = session.pool_job(&name, code, ranks.clone(), how)?;
+            let n = ranks.len();
+            let bind = out.map(|(out, dir)| {
+                let out = out.clone();
+                Box::new(move |session: &mut dyn Session, _: &[String]| {
+                    bind_pulled(session, &out, &dir.0, &ranks, "the cell's value").map(drop)
+                }) as super::jobs::Bind
+            });
+            // The pool's ranks run already: the job has no process to start.
+            let name = self.jobs.start(outlet, cell, n, 0, live_table, bind, work)?;
+            host.stream(Stream::Stdout, &super::jobs::started_line(&name, n));
+            return Ok(None);
         }
         let shown = run_on(session, &code, &ranks, PxRun::of(args))?;
         if let Some((out, dir)) = &out {
@@ -218,13 +242,18 @@ fn cell_ranks_for(session: &mut dyn Session, body: &str, targets: Option<&Target
 }
 
 /// Runs `code` on the pool ranks `ranks`, after bringing in the session's items.
-fn run_on(session: &mut dyn Session, code: &str, ranks: &[usize], mut how: PxRun) -> Outcome {
+fn run_on(session: &mut dyn Session, code: &str, ranks: &[usize], how: PxRun) -> Outcome {
+    let how = bring_items(session, how)?;
+    session.pool()?.run(code, ranks, &how)
+}
+
+/// Brings the session's items into the pool before a cell; `how` with the time it took.
+fn bring_items(session: &mut dyn Session, mut how: PxRun) -> Result<PxRun, Failure> {
     let started = std::time::Instant::now();
     let snapshot = session.snapshot()?;
-    let mut pool = session.pool()?;
-    pool.bring_session_items(&snapshot)?;
+    session.pool()?.bring_session_items(&snapshot)?;
     how.export = started.elapsed();
-    pool.run(code, ranks, &how)
+    Ok(how)
 }
 
 /// Binds `out` in the session to the values ranks `ranks` wrote to `dir`. Returns the

@@ -2,7 +2,7 @@
 //! its items and dependencies, build the rank program once, launch N fresh ranks in a
 //! group, supervise them, merge what they report, bind `--out` back into the session.
 
-use super::{BuildTools, Driver, Failure, Host, HostSink, Outcome, RunDir, SERDE_HINT, Session, Stoppable, ranch_error, usage};
+use super::{BuildTools, Driver, Failure, Host, HostSink, Outcome, RunDir, SERDE_HINT, Session, Stoppable, jobs, ranch_error, usage};
 use crate::args::{self, Gpus, RanchArgs};
 use crate::build::{self, BuildError, BuildHandle};
 use crate::channel::{self, Channel};
@@ -14,6 +14,7 @@ use crate::ranks::supervise::{self, Cancel, Policy};
 use crate::status::StatusSetup;
 use crate::{artifacts, merge, source};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A `%%ranch` cell or an `%in_ddp` line, parsed (by [`crate::magic_table`]).
@@ -50,6 +51,8 @@ impl Driver {
     /// Runs a `%%ranch` cell or an `%in_ddp` line.
     pub fn ranch(&mut self, session: &mut dyn Session, host: &dyn Host, launch: RanchLaunch<'_>) -> Outcome {
         let RanchLaunch { args, body, shows, cell: code } = launch;
+        // Checked before anything runs: a cell that cannot go to the background changes nothing.
+        let background = if args.run.bg { Some(self.background(host)?) } else { None };
         let (rank_deps, rust, rust_line) = source::split_rank_deps(&body).map_err(usage)?;
         let facts = source::body_facts(&rust);
         if args.ctx.as_deref().is_some_and(|c| c.trim().is_empty()) {
@@ -125,16 +128,42 @@ impl Driver {
         interrupted_before_launch(host)?;
         let exe = exe?;
         let build_s = t_build.elapsed().as_secs_f64();
-        let t_launch = Instant::now();
         let phases = (Duration::from_secs_f64(export_s), Duration::from_secs_f64(build_s));
-        let launched = Launch { args: &args, exe: &exe, run_dir: &run_dir.0, program: &program, tools: &tools, phases };
-        let (shown, types) = launched.run(host, gpus.ranks, shows)?;
-        // The Jupyter server's log gets each phase (bench/ranch.py reads them).
-        host.log(&format!("%%ranch {}: export {export_s:.4}s build {build_s:.4}s fanout {:.4}s", args.n, t_launch.elapsed().as_secs_f64()));
-        if let Some(out) = &args.run.out {
-            bind_out(session, out, &types, &run_dir.0, args.n)?;
+        let launch = Launch { args, exe, run_dir: Arc::new(run_dir), program, tools, phases };
+        if let Some((outlet, cell)) = background {
+            return self.start_job(host, outlet, cell, launch, gpus.ranks, shows);
+        }
+        let (shown, types) = launch.run(host, gpus.ranks, shows)?;
+        if let Some(out) = &launch.args.run.out {
+            bind_out(session, out, &types, launch.dir(), launch.args.n)?;
         }
         Ok(shown)
+    }
+}
+
+impl Driver {
+    /// Runs a built launch as a background job: returns once its ranks started.
+    fn start_job(
+        &mut self,
+        host: &dyn Host,
+        outlet: Arc<dyn jobs::Outlet>,
+        cell: usize,
+        launch: Launch,
+        rank_env: Vec<Vec<(String, String)>>,
+        shows: Shows,
+    ) -> Outcome {
+        let n = launch.args.n;
+        let bind = launch.args.run.out.clone().map(|out| {
+            let run_dir = launch.run_dir.clone();
+            Box::new(move |session: &mut dyn Session, types: &[String]| bind_out(session, &out, types, &run_dir.0, n)) as jobs::Bind
+        });
+        let live_table = !launch.args.run.quiet;
+        // A launcher (mpirun, srun) is the one process this kernel starts for the ranks.
+        let processes = if launch.args.placement.launcher == LauncherKind::Local { n } else { 1 };
+        let work: jobs::Work = Box::new(move |job: Arc<jobs::JobHost>| launch.run(&*job, rank_env, shows));
+        let name = self.jobs.start(outlet, cell, n, processes, live_table, bind, work)?;
+        host.stream(supervise::Stream::Stdout, &jobs::started_line(&name, n));
+        Ok(None)
     }
 }
 
@@ -195,13 +224,14 @@ fn build_rank_program(
     Ok(artifact)
 }
 
-/// A built rank program, ready to run in N ranks.
-struct Launch<'a> {
-    args: &'a RanchArgs,
-    exe: &'a Path,
-    run_dir: &'a Path,
-    program: &'a RankProgram,
-    tools: &'a BuildTools,
+/// A built rank program, ready to run in N ranks (here, or on a job's thread).
+struct Launch {
+    args: RanchArgs,
+    exe: PathBuf,
+    /// Kept until the values it holds are bound (by the cell, or by `%ranch_wait`).
+    run_dir: Arc<RunDir>,
+    program: RankProgram,
+    tools: BuildTools,
     /// How long exporting and building took (for `--timing`).
     phases: (Duration, Duration),
 }
@@ -215,7 +245,11 @@ struct Planned {
     _channel: Channel,
 }
 
-impl Launch<'_> {
+impl Launch {
+    fn dir(&self) -> &Path {
+        &self.run_dir.0
+    }
+
     /// Launches and supervises the ranks; returns what the cell shows and each rank's value's
     /// type.
     fn run(
@@ -224,29 +258,35 @@ impl Launch<'_> {
         rank_env: Vec<Vec<(String, String)>>,
         shows: Shows,
     ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
+        let started = Instant::now();
         let planned = self.plan(host, rank_env)?;
         let report = self.supervise(host, &planned);
         // The channel lives until the values it brought back are read.
         let merged = self.merge(host, &report, shows);
         drop(planned);
+        // The Jupyter server's log gets each phase (bench/ranch.py reads them).
+        let (export, build) = self.phases;
+        host.log(&format!(
+            "%%ranch {}: export {:.4}s build {:.4}s fanout {:.4}s",
+            self.args.n,
+            export.as_secs_f64(),
+            build.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        ));
         merged
     }
 
     /// Where the ranks meet, how they get the program, and the environment of each.
     fn plan(&self, host: &dyn Host, rank_env: Vec<Vec<(String, String)>>) -> Result<Planned, Failure> {
-        let args = self.args;
+        let args = &self.args;
         let note = |text: &str| host.stream(supervise::Stream::Stderr, text);
         // An address of this host the ranks can reach: the channel's, and MASTER_ADDR unless --addr.
         let reach = args.reach_addr().map_err(usage)?;
         let master_addr = args.addr.clone().unwrap_or_else(|| reach.clone());
         let (service, master_port, token) = start_or_join_group(args, &master_addr, &|| host.interrupted(), &note)?;
         // NCCL under the name cudarc looks for (see crate::gpus::nccl_lib).
-        let nccl_dir = self
-            .program
-            .ranch_features
-            .contains(&"nccl")
-            .then(|| crate::gpus::nccl_lib::link_for_ranks(&self.run_dir.join("lib")))
-            .flatten();
+        let nccl_dir =
+            self.program.ranch_features.contains(&"nccl").then(|| crate::gpus::nccl_lib::link_for_ranks(&self.dir().join("lib"))).flatten();
         let library_path = match nccl_dir {
             Some(dir) => format!("{}:{}", dir.display(), self.tools.library_path),
             None => self.tools.library_path.clone(),
@@ -257,7 +297,7 @@ impl Launch<'_> {
         let shared_dir = std::env::var_os("RANCH_SHARED_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
         let (exe, delivery) = match (&shared_dir, elsewhere) {
             (Some(dir), true) => {
-                let shared = crate::ranks::launch::shared::publish(self.exe, dir).map_err(ranch_error)?;
+                let shared = crate::ranks::launch::shared::publish(&self.exe, dir).map_err(ranch_error)?;
                 (shared.path, Delivery::SharedDir { sha256: shared.sha256 })
             }
             (None, true) => (self.exe.to_path_buf(), Delivery::Channel),
@@ -265,8 +305,8 @@ impl Launch<'_> {
         };
         // Variables go out and results (and the program) come back over TCP: no launch needs
         // a shared directory.
-        let shipped = (delivery == Delivery::Channel).then_some(self.exe);
-        let channel = Channel::start(&reach, &token, self.run_dir, args.n, shipped).map_err(ranch_error)?;
+        let shipped = (delivery == Delivery::Channel).then_some(self.exe.as_path());
+        let channel = Channel::start(&reach, &token, self.dir(), args.n, shipped).map_err(ranch_error)?;
         let mut env = vec![
             ("LD_LIBRARY_PATH".into(), library_path),
             (group::TOKEN_ENV.to_string(), token),
@@ -286,7 +326,7 @@ impl Launch<'_> {
             local_ranks: args.n,
             world_size: args.world(),
             base_rank: args.base_rank,
-            run_dir: self.run_dir.to_path_buf(),
+            run_dir: self.dir().to_path_buf(),
             master_addr,
             master_port,
             env,
@@ -299,7 +339,7 @@ impl Launch<'_> {
     /// Runs the ranks to their end (or until stopped), locally or through the launcher,
     /// leaving no process of theirs behind.
     fn supervise(&self, host: &dyn Host, planned: &Planned) -> crate::report::RunReport {
-        let (args, plan, launcher) = (self.args, &planned.plan, &planned.launcher);
+        let (args, plan, launcher) = (&self.args, &planned.plan, &planned.launcher);
         let policy = Policy {
             on_error: args.on_error(),
             timeout: args.run.timeout.map(Duration::from_secs_f64),
@@ -323,7 +363,7 @@ impl Launch<'_> {
                     host.watch(child.id() as i32, true);
                     Ok(child)
                 };
-                supervise::supervise(args.n, &spawn, self.run_dir, &policy, &HostSink::new(host), &cancel, &panic_line)
+                supervise::supervise(args.n, &spawn, self.dir(), &policy, &HostSink::new(host), &cancel, &panic_line)
             }
             Some(command) => {
                 host.log(&format!("%%ranch {}: {}", args.n, command.shown()));
@@ -337,7 +377,7 @@ impl Launch<'_> {
                     args.n,
                     command,
                     &rank_hosts,
-                    self.run_dir,
+                    self.dir(),
                     &policy,
                     &HostSink::new(host),
                     &cancel,
@@ -368,7 +408,7 @@ impl Launch<'_> {
         report: &crate::report::RunReport,
         shows: Shows,
     ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
-        let args = self.args;
+        let args = &self.args;
         if args.run.timing {
             host.display(crate::timing::bundle(self.phases.0, self.phases.1, report), None);
         }
@@ -383,7 +423,7 @@ impl Launch<'_> {
                 Failure::RankFailed { evalue, traceback }
             });
         }
-        let results = merge::read_results(self.run_dir, args.n, args.base_rank)
+        let results = merge::read_results(self.dir(), args.n, args.base_rank)
             .map_err(|e| Failure::RankFailed { evalue: format!("{e}. The session is unchanged."), traceback: Vec::new() })?;
         if args.run.out.is_some()
             && let Some(r) = results.iter().position(|r| r.value.is_none() && r.type_name != "()")

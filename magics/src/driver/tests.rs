@@ -189,7 +189,7 @@ fn run(s: &mut FakeSession, host: &FakeHost, code: &str) -> Outcome {
             Ok(None)
         }
         Call::Ranch(launch) => driver.ranch(s, host, *launch),
-        Call::Px { args, body } => driver.px(s, &args, body),
+        Call::Px { args, body } => driver.px(s, host, &args, body),
         Call::PxPush(args) => driver.px_push(s, host, &args),
         Call::PxPull(args) => driver.px_pull(s, host, &args),
         other => panic!("not a driver's magic: {other:?}"),
@@ -373,4 +373,78 @@ fn failures_read_as_jupyter_errors() {
     assert_eq!(Failure::interrupted("stopped").ename(), "Interrupted");
     assert_eq!(Failure::Unshippable("x".into()).ename(), "UnshippableVariable");
     assert_eq!(Failure::Pull("x".into()).ename(), "PullError");
+}
+
+#[test]
+fn a_background_cell_where_the_host_runs_no_jobs_is_refused_before_anything_runs() {
+    let mut s = FakeSession::new("bg-refused", &[("a", "u32")]);
+    for code in ["%%ranch 2 --bg\na + 1", "%%ranch 2 --noblock\na + 1"] {
+        let e = run(&mut s, &FakeHost::default(), code).unwrap_err();
+        assert_eq!(e.ename(), "UsageError");
+        assert!(e.to_string().contains("--bg"), "{e}");
+    }
+    assert!(s.calls.borrow().exported.is_empty() && !s.calls.borrow().toolchain_asked);
+}
+
+/// A job's way back to the kernel, recording the status tables it forwards.
+#[derive(Default)]
+struct FakeOutlet {
+    statuses: Mutex<Vec<(String, bool)>>,
+}
+
+impl jobs::Outlet for FakeOutlet {
+    fn status(&self, _: Bundle, _: Bundle, id: &str, update: bool) {
+        self.statuses.lock().unwrap().push((id.to_string(), update));
+    }
+    fn watch(&self, _: i32, _: bool) {}
+    fn children(&self) -> HashSet<i32> {
+        HashSet::new()
+    }
+    fn end_orphans_in(&self, _: &HashSet<i32>, _: &[i32]) -> usize {
+        0
+    }
+    fn log(&self, _: &str) {}
+}
+
+#[test]
+fn a_job_forwards_only_its_table_keeps_a_bounded_record_and_wait_replays_it_and_binds() {
+    let outlet = std::sync::Arc::new(FakeOutlet::default());
+    let mut jobs = jobs::Jobs::default();
+    let status_meta: Bundle = serde_json::from_value(serde_json::json!({"ranch": {"status": true}})).unwrap();
+    let work: jobs::Work = Box::new(move |job: std::sync::Arc<jobs::JobHost>| {
+        job.display_in_place(Bundle::new(), status_meta.clone(), "table", false);
+        job.stream(supervise::Stream::Stdout, "[0] first\n");
+        let big = "x".repeat(jobs::KEPT_BYTES);
+        job.stream(supervise::Stream::Stdout, &big);
+        job.display_in_place(Bundle::new(), status_meta, "table", true);
+        let mut value = Bundle::new();
+        value.insert("text/plain".into(), "[1, 2]".into());
+        Ok((Some(value), vec!["u32".into()]))
+    });
+    let bound = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let record = bound.clone();
+    let bind: jobs::Bind = Box::new(move |_: &mut dyn Session, types: &[String]| {
+        record.lock().unwrap().extend(types.iter().cloned());
+        Ok(())
+    });
+    assert_eq!(jobs.next_name(), "job-1");
+    let name = jobs.start(outlet.clone(), 7, 2, 0, true, Some(bind), work).unwrap();
+    assert_eq!(name, "job-1");
+    assert!(!outlet.statuses.lock().unwrap().is_empty(), "the cell returns once the table is up");
+    let mut s = FakeSession::new("job", &[]);
+    let host = FakeHost::default();
+    let wait = |args: &str| match jobs::parse_wait(args).unwrap() {
+        crate::pool::Parsed::Run(a) => a,
+        crate::pool::Parsed::Help(_) => panic!(),
+    };
+    let shown = jobs.wait(&mut s, &host, &wait("job-1")).unwrap().unwrap();
+    assert_eq!(shown["text/plain"], "[1, 2]");
+    assert_eq!(*outlet.statuses.lock().unwrap(), [("table".into(), false), ("table".into(), true)], "the table, live");
+    assert_eq!(*host.out.lock().unwrap(), "[0] first\n", "what came after the bound was not kept");
+    assert!(host.err.lock().unwrap().contains("1 later outputs of job-1 (16.0 MiB) were not kept"), "{}", host.err.lock().unwrap());
+    assert_eq!(*bound.lock().unwrap(), ["u32"], "--out bound with the ranks' types");
+    let listing = jobs.listing()["text/plain"].as_str().unwrap().to_string();
+    assert!(listing.contains("job-1  [7]   2      done"), "{listing}");
+    assert_eq!(jobs.wait(&mut s, &host, &wait("job-9")).unwrap_err().ename(), "UsageError");
+    assert!(jobs.cancel("job-1").unwrap().unwrap()["text/plain"].as_str().unwrap().contains("already ended"));
 }

@@ -49,7 +49,7 @@ pub fn failed_allocation<'a>(last_lines: impl IntoIterator<Item = &'a String>) -
 }
 
 /// Bytes as a person reads them (`11.2 GiB`, `512.0 MiB`).
-fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -39,7 +39,11 @@ const SHOW_STATUS_AFTER: Duration = Duration::from_secs(1);
 
 /// What the pool's ranks and fan-out report, applied to the running cell.
 struct PoolEvents {
-    cell: Arc<CurrentCell>,
+    /// Where the running cell's output goes: the session's current cell, or a background
+    /// job's (see [`Pool::output_to`]).
+    cell: Mutex<Arc<CurrentCell>>,
+    /// The session's current cell.
+    session_cell: Arc<CurrentCell>,
     /// `%ranch_start --see`: ranks whose output is shown, unless the cell says.
     see: See,
     /// The running cell's ranks that have not finished it yet.
@@ -92,11 +96,17 @@ impl RankSink for PoolSink<'_> {
 }
 
 impl PoolEvents {
+    /// Where the running cell's output goes.
+    fn cell(&self) -> Arc<CurrentCell> {
+        self.cell.lock().unwrap().clone()
+    }
+
     /// Applies `f` to the running cell's view, if a cell runs.
     fn view(&self, f: impl FnOnce(&mut RankView, &PoolSink)) -> bool {
+        let cell = self.cell();
         let mut view = self.view.lock().unwrap();
         let Some(cv) = view.as_mut() else { return false };
-        f(&mut cv.view, &PoolSink { cell: &self.cell, status_id: &cv.status_id });
+        f(&mut cv.view, &PoolSink { cell: &cell, status_id: &cv.status_id });
         true
     }
 
@@ -104,7 +114,7 @@ impl PoolEvents {
     fn output(&self, rank: Option<usize>, stream: RankStream, text: &str) {
         let shown = rank.is_some_and(|rank| self.view(|v, sink| v.text(rank, stream, text, sink)));
         if !shown {
-            PoolSink { cell: &self.cell, status_id: "" }.output(stream, text);
+            PoolSink { cell: &self.cell(), status_id: "" }.output(stream, text);
         }
     }
 
@@ -141,10 +151,11 @@ impl EventHandler for PoolEvents {
             Event::Display(data) => {
                 let op = data.get(display_op::CONTROL_MIME).and_then(Value::as_str).and_then(display_op::parse);
                 // (Not copied: a display may be tens of MiB.)
+                let cell = self.cell();
                 let mut running = self.view.lock().unwrap();
                 match (conn.rank, running.as_mut()) {
                     (Some(rank), Some(CellView { view, status_id })) => {
-                        let sink = PoolSink { cell: &self.cell, status_id };
+                        let sink = PoolSink { cell: &cell, status_id };
                         match op {
                             Some(op @ DisplayOp::Progress { .. }) => view.control(rank, op, &sink),
                             _ => view.display(rank, data, &sink),
@@ -152,7 +163,7 @@ impl EventHandler for PoolEvents {
                     }
                     _ => {
                         drop(running);
-                        self.cell.display(data, MimeBundle::new());
+                        cell.display(data, MimeBundle::new());
                     }
                 }
             }
@@ -165,7 +176,7 @@ impl EventHandler for PoolEvents {
                 if let (Some(rank), Some(group)) = (conn.rank, self.group.lock().unwrap().as_ref()) {
                     group.finished(rank);
                 }
-                self.cell.count_done()
+                self.cell().count_done()
             }
             Event::PoolPids(pids) => {
                 // The Jupyter server's log gets it (bench/pool.py reads it).
@@ -228,6 +239,7 @@ pub(super) struct Pool {
     /// is TCP between them, not this host's shared memory.
     hosts_reach: Option<String>,
     _listener: Listener,
+    /// Where its cells are built.
     _workdir: WorkDir,
     /// Dropped last: ends the thread that spawned the fan-out (see `keep_spawner`).
     _spawner: Option<std::sync::mpsc::Sender<()>>,
@@ -264,7 +276,8 @@ impl Pool {
             .map(|env| env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map_or("-".to_string(), |(_, v)| v.clone()))
             .collect();
         let events = Arc::new(PoolEvents {
-            cell: cell.clone(),
+            cell: Mutex::new(cell.clone()),
+            session_cell: cell,
             see,
             ranks_left: Default::default(),
             watcher: Mutex::default(),
@@ -287,8 +300,8 @@ impl Pool {
             fanout.env("LD_LIBRARY_PATH", super::host_rust::library_path_with(&host.libdir));
         }
         // The pool's own directory, so that its builds never touch the session's.
-        let forward = cell.clone();
-        let mut ctx = Context::start(fanout, workdir.evcxr_dir(), move |stream, line| forward.stream(stream, &format!("{line}\n")))
+        let forward = events.clone();
+        let mut ctx = Context::start(fanout, workdir.evcxr_dir(), move |stream, line| forward.cell().stream(stream, &format!("{line}\n")))
             .map_err(|e| pool_error(format!("cannot start the pool: {e}")))?;
         ctx.add_dependency(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
         Ok(Pool {
@@ -348,6 +361,17 @@ impl Pool {
         self.n
     }
 
+    /// Sends what the pool's cells show to `cell` (a background job's), or (`None`) to the
+    /// session's current cell again.
+    pub(super) fn output_to(&self, cell: Option<Arc<CurrentCell>>) {
+        *self.events.cell.lock().unwrap() = cell.unwrap_or_else(|| self.events.session_cell.clone());
+    }
+
+    /// Where the pool's cells are built.
+    pub(super) fn build_dir(&self) -> &Path {
+        self._workdir.evcxr_dir()
+    }
+
     /// The fan-out process, for interrupts.
     pub(super) fn process(&self) -> Arc<Mutex<Child>> {
         self.ctx.process()
@@ -379,11 +403,12 @@ impl Pool {
         *self.events.view.lock().unwrap() = Some(self.cell_view(ranks, how));
         let ticker = StatusTicker::start(&self.events);
         let prepared = crate::syntax::with_stdout_flush(code);
-        let seen = self.events.cell.done_count();
+        let cell = self.events.cell();
+        let seen = cell.done_count();
         let result = self.ctx.run(&prepared.code, &|_, _| String::new());
         let ran = result.as_ref().is_ok_and(|r| r.executed);
         // Every rank's output was sent before its `Done`.
-        self.events.cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
+        cell.wait_done_n(seen, ranks.len() as u64, if ran { Duration::from_secs(2) } else { Duration::from_millis(20) });
         drop(ticker);
         let stop = stopped();
         self.finish_view(&result, stop, how);
@@ -408,7 +433,7 @@ impl Pool {
             group_outputs: how.group_outputs,
             status,
             live: how.live_status,
-            show_after: SHOW_STATUS_AFTER,
+            show_after: if how.background { Duration::ZERO } else { SHOW_STATUS_AFTER },
         });
         for (row, &rank) in ranks.iter().enumerate() {
             view.pid(row, pids.get(rank).copied());
@@ -423,7 +448,8 @@ impl Pool {
         let exits = self.events.exits.lock().unwrap().clone();
         let died = matches!(result, Err(EvalError::ProcessDied(_)));
         let ranks = view.ranks().to_vec();
-        let sink = PoolSink { cell: &self.events.cell, status_id: &status_id };
+        let cell = self.events.cell();
+        let sink = PoolSink { cell: &cell, status_id: &status_id };
         let rest = |row: usize| match exits.iter().find(|(r, _)| *r == ranks[row]) {
             Some((_, how)) => Ending::Lost(format!("its process {how}")),
             None if died || stop.is_some() => Ending::Stopped,
@@ -434,7 +460,7 @@ impl Pool {
             && let Some(spans) = view.spans()
         {
             let build = result.as_ref().map_or(Duration::ZERO, |r| r.build);
-            self.events.cell.display(ranch_magics::timing::bundle_spans(how.export, build, &spans), MimeBundle::new());
+            cell.display(ranch_magics::timing::bundle_spans(how.export, build, &spans), MimeBundle::new());
         }
     }
 
