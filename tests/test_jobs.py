@@ -80,6 +80,9 @@ def test_a_background_cell_returns_while_its_ranks_run_and_wait_shows_what_it_ga
     assert final and "done" in final[-1]["content"]["data"]["text/plain"], "the table's final state"
     assert "done" in ok(execute(kc, "%ranch_jobs")).result()
     assert not rank_processes(kc.pid)
+    # The job's output, shown again grouped by rank: all of rank 0's before rank 1's.
+    regrouped = ok(execute(kc, "%ranch_output job-1 --group-outputs rank")).stream()
+    assert regrouped.index("[0] step 11 of rank 0") < regrouped.index("[1] step 0 of rank 1"), regrouped
     # The front cell's interrupt-free run and this job did not touch each other: both gave
     # their values; an interrupt of a plain cell does not reach a job either.
     job = ok(execute(kc, SLOW_JOB.replace("--out v", "--out w"), timeout=300))
@@ -168,6 +171,8 @@ def test_a_pool_cell_in_the_background_keeps_the_ranks_state():
         assert busy.error()["ename"] == "UsageError" and "running job-1 in the background" in busy.error_text(), busy.error_text()
         waited = ok(execute(kc, "%ranch_wait job-1", timeout=600))
         assert "[0] tick 9" in waited.stream() and "[1] tick 0" in waited.stream(), waited.stream()
+        by_rank = ok(execute(kc, "%ranch_output job-1")).stream()
+        assert by_rank.index("[0] tick 9") < by_rank.index("[1] tick 0"), by_rank
         assert waited.result() == "[100, 101]", waited.result()
         assert ok(execute(kc, "got")).result() == "[100, 101]", "--out bound by the wait"
         assert ok(execute(kc, "%px steps")).result() == "[10, 10]", "the pool is back, with its ranks' state"
@@ -178,3 +183,23 @@ def test_a_pool_cell_in_the_background_keeps_the_ranks_state():
         assert ok(execute(kc, "%px ranch::rank()", timeout=600)).result() == "[0, 1]"
     finally:
         stop(km, kc)
+
+
+def test_the_last_cells_output_shows_again_grouped_another_way(kernel):
+    km, kc = kernel
+    ok(execute(kc, "%%ranch 2\n"
+                   "for i in 0..3 {\n"
+                   '    println!("out {i} of {}", ranch::rank());\n'
+                   '    eprintln!("err {i} of {}", ranch::rank());\n'
+                   "    std::thread::sleep(std::time::Duration::from_millis(100));\n"
+                   "}", timeout=300))
+    by_rank = ok(execute(kc, "%ranch_output"))
+    out = by_rank.stream()
+    assert out.index("[0] out 2 of 0") < out.index("[1] out 0 of 1"), out
+    assert by_rank.stream("stderr").index("[0] err 2 of 0") < by_rank.stream("stderr").index("[1] err 0 of 1")
+    in_order = ok(execute(kc, "%ranch_output --group-outputs order")).stream()
+    assert in_order.index("[1] out 0 of 1") < in_order.index("[0] out 2 of 0"), in_order
+    only_one = ok(execute(kc, "%ranch_output --group-outputs type --see 1"))
+    assert "[0]" not in only_one.stream() + only_one.stream("stderr")
+    assert only_one.stream() == "".join(f"[1] out {i} of 1\n" for i in range(3))
+    assert execute(kc, "%ranch_output --group-outputs bogus").error()["ename"] == "UsageError"

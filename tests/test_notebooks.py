@@ -171,8 +171,16 @@ def test_pool_notebook_keeps_rank_state_across_cells():
     slope, intercept = re.match(r'"y = ([\d.]+) x \+ ([\d.]+)"', text(cells[10])).groups()
     assert abs(float(slope) - 3) < 0.05 and abs(float(intercept) - 1) < 0.05
     assert text(cells[11]) == "[(1, 0, [1, 3]), (3, 1, [1, 3])]"
-    assert text(cells[18]) == "[250000, 250000, 250000, 250000]"
-    assert "Stopped the pool's 4 ranks" in text(cells[20])
+    # Training in the background: the cell returns with a job name and its table; the
+    # session runs cells meanwhile; the wait shows the ranks' output and binds --out.
+    assert "job-1: 4 ranks run in the background" in text(cells[12])
+    assert any(is_status(o) for o in cells[12].outputs)
+    assert text(cells[13]) == '"the ranks train with lr = 0.5"'
+    assert text(cells[14]).splitlines()[0].split() == ["job", "cell", "ranks", "state", "elapsed"]
+    assert "[0] trained 400 more steps" in text(cells[15]), text(cells[15])
+    assert text(cells[16]) == "(4, true)"
+    assert text(cells[23]) == "[250000, 250000, 250000, 250000]"
+    assert "Stopped the pool's 4 ranks" in text(cells[25])
 
 
 @pytest.fixture

@@ -139,6 +139,13 @@ pub const MAGICS: &[Magic] = &[
         parse: |i| helped(jobs::parse_wait(i.args), Call::RanchWait),
     },
     Magic {
+        name: "ranch_output",
+        kind: Kind::Line,
+        synopsis: "[JOB] [--group-outputs order|rank|type] [--see R,R]",
+        summary: "show again what the last cell's (or a job's) ranks wrote, grouped another way",
+        parse: |i| helped(jobs::parse_output(i.args), Call::RanchOutput),
+    },
+    Magic {
         name: "ranch_cancel",
         kind: Kind::Line,
         synopsis: "JOB",
@@ -190,6 +197,7 @@ pub enum Call<'a> {
     RanchJobs,
     RanchWait(jobs::WaitArgs),
     RanchCancel(jobs::CancelArgs),
+    RanchOutput(jobs::OutputArgs),
     RanchGpus,
     RanchClean {
         all: bool,

@@ -335,6 +335,7 @@ mod tests {
             elapsed: Default::default(),
             first_rank: 0,
             pids: vec![],
+            transcript: Default::default(),
         };
         let (evalue, tb) = failure(&report).unwrap();
         assert_eq!(evalue, "rank 1 panicked at cell line 3: boom");
@@ -374,7 +375,8 @@ mod tests {
             backtrace: String::new(),
         };
         ranks[9 - 2] = panic("bad shard");
-        let report = RunReport { ranks, stopped: None, elapsed: Default::default(), first_rank: 10, pids: vec![] };
+        let report =
+            RunReport { ranks, stopped: None, elapsed: Default::default(), first_rank: 10, pids: vec![], transcript: Default::default() };
         let (evalue, tb) = failure(&report).unwrap();
         assert_eq!(
             evalue,

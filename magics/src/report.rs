@@ -69,4 +69,6 @@ pub struct RunReport {
     pub first_rank: usize,
     /// The ranks' process ids (each leads its process group), `None` if not started.
     pub pids: Vec<Option<u32>>,
+    /// What the ranks wrote, for `%ranch_output`.
+    pub transcript: crate::transcript::Transcript,
 }

@@ -135,6 +135,7 @@ mod tests {
             elapsed: Duration::from_secs(3),
             first_rank: 4,
             pids: vec![],
+            transcript: Default::default(),
         };
         let b = bundle(Duration::from_millis(100), Duration::from_millis(900), &report);
         let svg = b["image/svg+xml"].as_str().unwrap();

@@ -241,6 +241,10 @@ impl PoolRanks for RunningPool<'_> {
     fn run(&mut self, code: &str, ranks: &[usize], how: &PxRun) -> Outcome {
         Ok(run_pool_cell(self.pool, &self.run, code, ranks, how)?)
     }
+
+    fn take_transcript(&mut self) -> Option<ranch_magics::transcript::Transcript> {
+        self.pool.take_transcript()
+    }
 }
 
 /// Runs a pool cell, stoppable through `run` (the session's, or a background job's own): an
@@ -308,6 +312,9 @@ impl EvcxrSession {
             let outcome = run_pool_cell(&mut pool, &run, &code, &ranks, &how);
             cancel.end();
             pool.output_to(None);
+            if let Some(transcript) = pool.take_transcript() {
+                host.keep_transcript(transcript);
+            }
             // A fan-out evcxr restarted on this thread dies when the thread ends: the thread
             // then lives as long as the pool.
             if pool.process().lock().unwrap().id() != fanout {

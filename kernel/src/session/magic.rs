@@ -23,6 +23,7 @@ impl EvcxrSession {
             Call::RanchRestart => self.ranch_restart(cx),
             Call::RanchJobs => self.drive(cx, |d, _, _| Ok(Some(d.jobs.listing()))),
             Call::RanchWait(args) => self.drive(cx, |d, s, h| d.jobs.wait(s, h, &args)),
+            Call::RanchOutput(args) => self.drive(cx, |d, _, h| d.ranch_output(h, &args)),
             Call::RanchCancel(args) => self.drive(cx, |d, _, _| d.jobs.cancel(&args.job)),
             Call::RanchGpus => Ok(ranch_magics::driver::ranch_gpus()?),
             Call::RanchClean { all } => self.ranch_clean(all, cx),

@@ -265,11 +265,7 @@ impl EvcxrSession {
         }
         // With %autopx on, Rust cells (not evcxr's `:` commands) go to the pool.
         if self.autopx && !code.trim_start().starts_with(':') {
-            return self.drive(cx, |_, s, _| {
-                use ranch_magics::driver::px::{PxRun, run_px};
-                // `%autopx`: a plain cell, as a `%%px` cell without flags.
-                run_px(s, code, None, PxRun::of(&Default::default()))
-            });
+            return self.drive(cx, |d, s, _| d.autopx_cell(s, code));
         }
         if let Some(refusal) = refused_command(code) {
             return Err(refusal);

@@ -12,6 +12,7 @@
 use super::{Bundle, Failure, Host, Outcome, Session, Stoppable, usage};
 use crate::grid::{Cell, Grid};
 use crate::ranks::supervise::{Cancel, Stream};
+use crate::transcript::Transcript;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,30 @@ pub struct WaitArgs {
 pub struct CancelArgs {
     /// The job.
     pub job: String,
+}
+
+/// `%ranch_output`'s arguments.
+#[derive(clap::Parser, Debug, Clone, PartialEq)]
+#[command(
+    name = "%ranch_output",
+    no_binary_name = true,
+    disable_version_flag = true,
+    about = "Show again what the ranks of the last cell (or of a background job) wrote, grouped another way",
+    after_help = "Example:\n  %ranch_output --group-outputs rank\n  %ranch_output job-2 --group-outputs type --see 0"
+)]
+pub struct OutputArgs {
+    /// A background job (default: the last cell that ran ranks in front).
+    pub job: Option<String>,
+    /// `order`: as it came; `rank` (or `engine`): rank by rank; `type`: every rank's stdout, then every rank's stderr.
+    #[arg(long, value_enum, default_value = "rank")]
+    pub group_outputs: crate::args::GroupOutputs,
+    /// Only these ranks' output.
+    #[arg(long, value_name = "R,R", value_delimiter = ',')]
+    pub see: Option<Vec<usize>>,
+}
+
+pub fn parse_output(args: &str) -> Result<crate::pool::Parsed<OutputArgs>, String> {
+    crate::pool::parse_magic("%ranch_output", args, |t| t)
 }
 
 pub fn parse_wait(args: &str) -> Result<crate::pool::Parsed<WaitArgs>, String> {
@@ -141,6 +166,8 @@ pub struct JobHost {
     progress: (Mutex<Started>, Condvar),
     /// What the job's thread does once the job's end is recorded (see [`JobHost::linger`]).
     after: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// What the job's ranks wrote, once they are done (`%ranch_output JOB`).
+    transcript: Mutex<Option<Transcript>>,
 }
 
 /// How far a job has got, for the cell that starts it to return once its ranks run.
@@ -161,7 +188,13 @@ impl JobHost {
             groups: Mutex::new(Vec::new()),
             progress: Default::default(),
             after: Mutex::new(None),
+            transcript: Mutex::new(None),
         }
+    }
+
+    /// Keeps what the job's ranks wrote, for `%ranch_output JOB`.
+    pub fn keep_transcript(&self, transcript: Transcript) {
+        *self.transcript.lock().unwrap() = Some(transcript);
     }
 
     /// Keeps the job's thread for `f` after the job ended: a process the thread started
@@ -516,6 +549,37 @@ impl Jobs {
 }
 
 impl super::Driver {
+    /// Keeps what the ranks of a cell in front wrote, for `%ranch_output`.
+    pub(super) fn keep_output(&mut self, transcript: Option<Transcript>) {
+        if transcript.is_some() {
+            self.last_output = transcript;
+        }
+    }
+
+    /// `%ranch_output`: what the last cell's (or a job's) ranks wrote, grouped as asked.
+    pub fn ranch_output(&self, host: &dyn Host, args: &OutputArgs) -> Outcome {
+        let transcript = match &args.job {
+            Some(name) => {
+                let job = self.jobs.find(Some(name))?;
+                if !job.ended() {
+                    return Err(Failure::StillRunning(format!(
+                        "{name} is still running: `%ranch_wait {name}` waits for it, then its output can be shown again"
+                    )));
+                }
+                job.host.transcript.lock().unwrap().clone()
+            }
+            None => self.last_output.clone(),
+        };
+        let Some(transcript) = transcript else {
+            return Err(usage("no cell has run ranks yet (`%ranch_output` shows again what a cell's ranks wrote)"));
+        };
+        if transcript.is_empty() {
+            host.stream(Stream::Stdout, "(the ranks wrote nothing)\n");
+        }
+        transcript.show(args.group_outputs, args.see.as_deref(), |stream, text| host.stream(stream, text));
+        Ok(None)
+    }
+
     /// What a background cell needs of its host, checked before anything runs (a cell that
     /// cannot go to the background changes nothing).
     pub(super) fn background(&mut self, host: &dyn Host) -> Result<(Arc<dyn Outlet>, usize), Failure> {

@@ -245,6 +245,8 @@ pub struct Driver {
     launches: u64,
     /// Background cells (`--bg`).
     pub jobs: jobs::Jobs,
+    /// What the ranks of the last cell in front wrote (`%ranch_output`).
+    last_output: Option<crate::transcript::Transcript>,
     /// The "more ranks than cores" note was given (once per session).
     warned_cores: bool,
 }

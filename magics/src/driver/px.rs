@@ -23,6 +23,10 @@ pub trait PoolRanks {
     /// Runs `code` on the pool ranks `ranks` (sorted), in a group of just those ranks;
     /// their output reaches the cell as it comes, labelled, as `how` says.
     fn run(&mut self, code: &str, ranks: &[usize], how: &PxRun) -> Outcome;
+    /// What the ranks of the last cell wrote (once: it is handed over).
+    fn take_transcript(&mut self) -> Option<crate::transcript::Transcript> {
+        None
+    }
 }
 
 /// How the ranks run one pool cell: what is shown and when the cell is stopped (the
@@ -144,7 +148,9 @@ impl Driver {
             host.stream(Stream::Stdout, &super::jobs::started_line(&name, n));
             return Ok(None);
         }
-        let shown = run_on(session, &code, &ranks, PxRun::of(args))?;
+        let shown = run_on(session, &code, &ranks, PxRun::of(args));
+        self.keep_output(session.pool().ok().and_then(|mut p| p.take_transcript()));
+        let shown = shown?;
         if let Some((out, dir)) = &out {
             bind_pulled(session, out, &dir.0, &ranks, "the cell's value")?;
         }
@@ -214,6 +220,15 @@ fn push(session: &mut dyn Session, names: &[String]) -> Result<Vec<Shipped>, Fai
         .collect();
     run_px(session, &code, None, PxRun::quiet())?;
     Ok(shipped)
+}
+
+impl Driver {
+    /// An `%autopx` cell: a plain cell, as a `%%px` cell without flags.
+    pub fn autopx_cell(&mut self, session: &mut dyn Session, code: &str) -> Outcome {
+        let shown = run_px(session, code, None, PxRun::of(&Default::default()));
+        self.keep_output(session.pool().ok().and_then(|mut p| p.take_transcript()));
+        shown
+    }
 }
 
 /// Runs `body` on the pool's ranks (`targets`, or all), after bringing in the session's

@@ -12,6 +12,7 @@ use crate::program::{self, CellProgram, RankProgram, Shipped};
 use crate::ranks::launch::{Delivery, LaunchPlan, Launcher, LauncherCommand, LocalSpawner};
 use crate::ranks::supervise::{self, Cancel, Policy};
 use crate::status::StatusSetup;
+use crate::transcript::Transcript;
 use crate::{artifacts, merge, source};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,7 +134,9 @@ impl Driver {
         if let Some((outlet, cell)) = background {
             return self.start_job(host, outlet, cell, launch, gpus.ranks, shows);
         }
-        let (shown, types) = launch.run(host, gpus.ranks, shows)?;
+        let (given, transcript) = launch.run(host, gpus.ranks, shows);
+        self.last_output = Some(transcript);
+        let (shown, types) = given?;
         if let Some(out) = &launch.args.run.out {
             bind_out(session, out, &types, launch.dir(), launch.args.n)?;
         }
@@ -160,7 +163,11 @@ impl Driver {
         let live_table = !launch.args.run.quiet;
         // A launcher (mpirun, srun) is the one process this kernel starts for the ranks.
         let processes = if launch.args.placement.launcher == LauncherKind::Local { n } else { 1 };
-        let work: jobs::Work = Box::new(move |job: Arc<jobs::JobHost>| launch.run(&*job, rank_env, shows));
+        let work: jobs::Work = Box::new(move |job: Arc<jobs::JobHost>| {
+            let (given, transcript) = launch.run(&*job, rank_env, shows);
+            job.keep_transcript(transcript);
+            given
+        });
         let name = self.jobs.start(outlet, cell, n, processes, live_table, bind, work)?;
         host.stream(supervise::Stream::Stdout, &jobs::started_line(&name, n));
         Ok(None)
@@ -251,16 +258,15 @@ impl Launch {
     }
 
     /// Launches and supervises the ranks; returns what the cell shows and each rank's value's
-    /// type.
-    fn run(
-        &self,
-        host: &dyn Host,
-        rank_env: Vec<Vec<(String, String)>>,
-        shows: Shows,
-    ) -> Result<(Option<super::Bundle>, Vec<String>), Failure> {
+    /// type (or why it failed), and what the ranks wrote.
+    fn run(&self, host: &dyn Host, rank_env: Vec<Vec<(String, String)>>, shows: Shows) -> (jobs::Given, Transcript) {
         let started = Instant::now();
-        let planned = self.plan(host, rank_env)?;
-        let report = self.supervise(host, &planned);
+        let planned = match self.plan(host, rank_env) {
+            Ok(planned) => planned,
+            Err(e) => return (Err(e), Transcript::default()),
+        };
+        let mut report = self.supervise(host, &planned);
+        let transcript = std::mem::take(&mut report.transcript);
         // The channel lives until the values it brought back are read.
         let merged = self.merge(host, &report, shows);
         drop(planned);
@@ -273,7 +279,7 @@ impl Launch {
             build.as_secs_f64(),
             started.elapsed().as_secs_f64()
         ));
-        merged
+        (merged, transcript)
     }
 
     /// Where the ranks meet, how they get the program, and the environment of each.

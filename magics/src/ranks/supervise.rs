@@ -510,6 +510,7 @@ impl Watch<'_> {
             elapsed: self.started.elapsed(),
             first_rank: policy.first_rank,
             pids,
+            transcript: w.view.take_transcript(),
         }
     }
 }

@@ -6,11 +6,11 @@
 
 use crate::args::{GroupOutputs, See};
 use crate::display_op::DisplayOp;
-use crate::grouped::Grouped;
 use crate::ranks::rank_output::Stream;
 use crate::report::Ending;
 use crate::status::{Board, StatusSetup};
 use crate::timing::Span;
+use crate::transcript::Transcript;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -49,7 +49,6 @@ pub struct ViewSetup {
 
 #[derive(Default)]
 struct Row {
-    grouped: Grouped,
     last_lines: VecDeque<String>,
     /// The size of the last allocation Rust said failed (before it aborts; a backtrace may
     /// follow, so it is not always among the last lines).
@@ -71,6 +70,8 @@ pub struct RankView {
     worth_showing: bool,
     /// Line starts of ranks outside the cell that still write (a pool rank's thread).
     others: BTreeMap<usize, [bool; 2]>,
+    /// What the ranks wrote (that `--see` shows), for `--group-outputs` and `%ranch_output`.
+    transcript: Transcript,
 }
 
 impl RankView {
@@ -79,6 +80,7 @@ impl RankView {
         RankView {
             rows: (0..n).map(|_| Row::default()).collect(),
             pids: vec![None; n],
+            transcript: Transcript::new(setup.ranks.clone()),
             setup,
             board: None,
             shown: false,
@@ -180,12 +182,17 @@ impl RankView {
         }
     }
 
-    /// Labelled output of a row: to the cell now, or kept for the end.
+    /// Labelled output of a row: to the cell now (`--group-outputs order`), and kept.
     fn emit(&mut self, row: usize, stream: Stream, text: String, lines: usize, sink: &dyn RankSink) {
-        match self.setup.group_outputs {
-            GroupOutputs::Order => sink.output(stream, &text),
-            GroupOutputs::Rank | GroupOutputs::Type => self.rows[row].grouped.keep(stream, text, lines),
+        if self.setup.group_outputs == GroupOutputs::Order {
+            sink.output(stream, &text);
         }
+        self.transcript.keep(row, stream, text, lines);
+    }
+
+    /// What the ranks wrote, once the cell is over (for `%ranch_output`).
+    pub fn take_transcript(&mut self) -> Transcript {
+        std::mem::take(&mut self.transcript)
     }
 
     /// A rich output block of rank `rank`.
@@ -253,17 +260,8 @@ impl RankView {
                 self.draw(true, sink);
             }
         }
-        let emit = |stream, text: &str| sink.output(stream, text);
-        let ranks = self.rows.iter().zip(&self.setup.ranks);
-        match self.setup.group_outputs {
-            GroupOutputs::Order => {}
-            GroupOutputs::Rank => ranks.for_each(|(row, &rank)| row.grouped.show(rank, emit)),
-            GroupOutputs::Type => {
-                for stream in [Stream::Stdout, Stream::Stderr] {
-                    self.rows.iter().for_each(|row| row.grouped.show_stream(stream, emit));
-                }
-                ranks.for_each(|(row, &rank)| row.grouped.show_dropped(rank, emit));
-            }
+        if self.setup.group_outputs != GroupOutputs::Order {
+            self.transcript.show(self.setup.group_outputs, None, |stream, text| sink.output(stream, text));
         }
     }
 
@@ -339,7 +337,7 @@ mod tests {
         assert!(sink.0.lock().unwrap().is_empty(), "kept for the end");
         v.finish(|_| Ending::Success, &sink);
         let out: Vec<_> = sink.0.lock().unwrap().iter().filter(|l| !l.starts_with("status")).cloned().collect();
-        assert_eq!(out, ["Stdout: [2] o2\n", "Stdout: [5] o5\n", "Stderr: [2] e2\n", "Stderr: [5] e5\n"]);
+        assert_eq!(out, ["Stdout: [2] o2\n[5] o5\n", "Stderr: [2] e2\n[5] e5\n"], "rank by rank in each stream");
     }
 
     #[test]

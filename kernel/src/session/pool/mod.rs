@@ -231,6 +231,8 @@ pub(super) struct Pool {
     gpus: Vec<String>,
     started: Instant,
     cells: u64,
+    /// What the ranks of the last cell wrote (`%ranch_output`).
+    transcript: Mutex<Option<ranch_magics::transcript::Transcript>>,
     /// Hash of the session items last brought in.
     session_items: Option<u64>,
     /// Where each cell's group is said (the ranks' `POOL_GROUP_ENV`).
@@ -311,6 +313,7 @@ impl Pool {
             gpus,
             started: Instant::now(),
             cells: 0,
+            transcript: Mutex::new(None),
             session_items: None,
             group_file: Pool::group_file(private),
             hosts_reach,
@@ -359,6 +362,11 @@ impl Pool {
 
     pub(super) fn size(&self) -> usize {
         self.n
+    }
+
+    /// What the ranks of the last cell wrote, handed over once.
+    pub(super) fn take_transcript(&mut self) -> Option<ranch_magics::transcript::Transcript> {
+        self.transcript.lock().unwrap().take()
     }
 
     /// Sends what the pool's cells show to `cell` (a background job's), or (`None`) to the
@@ -456,6 +464,7 @@ impl Pool {
             None => Ending::Lost("it did not say that it finished the cell".into()),
         };
         view.finish(rest, &sink);
+        *self.transcript.lock().unwrap() = Some(view.take_transcript());
         if how.timing
             && let Some(spans) = view.spans()
         {
