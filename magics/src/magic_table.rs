@@ -120,9 +120,9 @@ pub const MAGICS: &[Magic] = &[
     Magic {
         name: "ranch_restart",
         kind: Kind::Line,
-        synopsis: "",
-        summary: "restart every rank of the pool, as %ranch_start started it (their variables are lost)",
-        parse: |i| no_args(i, Call::RanchRestart),
+        synopsis: "[--targets R,R]",
+        summary: "restart the pool's ranks: all, as %ranch_start started them (variables lost), or some alone",
+        parse: |i| helped(pool::parse_restart(i.args), Call::RanchRestart),
     },
     Magic {
         name: "ranch_jobs",
@@ -193,7 +193,7 @@ pub enum Call<'a> {
     Autopx,
     RanchStatus,
     RanchStop,
-    RanchRestart,
+    RanchRestart(pool::RestartArgs),
     RanchJobs,
     RanchWait(jobs::WaitArgs),
     RanchCancel(jobs::CancelArgs),
@@ -528,7 +528,13 @@ mod tests {
     #[test]
     fn magics_without_arguments_refuse_them_and_explain_themselves() {
         assert!(matches!(parsed("%ranch_stop"), Call::RanchStop));
-        assert!(matches!(parsed("%ranch_restart"), Call::RanchRestart));
+        assert!(matches!(parsed("%ranch_restart"), Call::RanchRestart(a) if a.targets.is_none()));
+        assert!(matches!(parsed("%ranch_restart --targets 2,0"), Call::RanchRestart(a) if a.targets == Some(pool::Targets(vec![0, 2]))));
+        assert!(matches!(parsed("%ranch_jobs"), Call::RanchJobs));
+        assert!(
+            matches!(parsed("%ranch_wait job-2 --timeout 5"), Call::RanchWait(a) if a.job.as_deref() == Some("job-2") && a.timeout == Some(5.0))
+        );
+        assert!(found("%ranch_cancel").parse().is_err(), "a job to cancel is required");
         assert!(matches!(parsed("%autopx\n"), Call::Autopx));
         let e = found("%ranch_status now").parse().unwrap_err();
         assert!(e.to_string().starts_with("%ranch_status takes no arguments, got `now`"), "{}", e.to_string());

@@ -246,6 +246,27 @@ pub struct PushArgs {
     pub names: Vec<String>,
 }
 
+/// `%ranch_restart`'s arguments.
+#[derive(Parser, Debug, Clone, PartialEq)]
+#[command(
+    name = "%ranch_restart",
+    no_binary_name = true,
+    disable_version_flag = true,
+    about = "Restart the pool's ranks: all of them as %ranch_start started them (every rank's variables are lost), \
+             or --targets alone (the others keep their variables)",
+    after_help = "A rank restarted alone has none of the pool's variables; it sits out the pool's cells while the pool \
+                  holds variables (evcxr loads every variable in every cell).\n\nExample:\n  %ranch_restart --targets 2"
+)]
+pub struct RestartArgs {
+    /// Pool ranks to restart alone, e.g. `2` or `0,3` (default: the whole pool).
+    #[arg(long, value_name = "R,R", value_parser = parse_targets)]
+    pub targets: Option<Targets>,
+}
+
+pub fn parse_restart(args: &str) -> Result<Parsed<RestartArgs>, String> {
+    parse_magic("%ranch_restart", args, |t| t)
+}
+
 pub fn parse_pull(args: &str) -> Result<Parsed<PullArgs>, String> {
     parse_magic("%px_pull", args, |t| t)
 }

@@ -245,6 +245,10 @@ impl PoolRanks for RunningPool<'_> {
     fn take_transcript(&mut self) -> Option<ranch_magics::transcript::Transcript> {
         self.pool.take_transcript()
     }
+
+    fn sitting_out(&mut self) -> Vec<usize> {
+        self.pool.sitting_out()
+    }
 }
 
 /// Runs a pool cell, stoppable through `run` (the session's, or a background job's own): an

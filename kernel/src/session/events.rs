@@ -106,6 +106,7 @@ impl CurrentCell {
             | Event::PoolPids(_)
             | Event::PoolHosts(_)
             | Event::RankExited { .. }
+            | Event::RankRestarted { .. }
             | Event::Running
             | Event::Dispatched { .. } => {}
         }

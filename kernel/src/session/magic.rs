@@ -20,7 +20,7 @@ impl EvcxrSession {
             Call::Autopx => self.toggle_autopx(cx),
             Call::RanchStatus => self.pool_status(),
             Call::RanchStop => self.ranch_stop(cx),
-            Call::RanchRestart => self.ranch_restart(cx),
+            Call::RanchRestart(args) => self.ranch_restart(args, cx),
             Call::RanchJobs => self.drive(cx, |d, _, _| Ok(Some(d.jobs.listing()))),
             Call::RanchWait(args) => self.drive(cx, |d, s, h| d.jobs.wait(s, h, &args)),
             Call::RanchOutput(args) => self.drive(cx, |d, _, h| d.ranch_output(h, &args)),

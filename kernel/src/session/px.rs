@@ -180,8 +180,23 @@ impl EvcxrSession {
     /// `%ranch_restart`: the pool stopped and started again with the arguments it was started
     /// with (every rank's variables, and what `%%px` cells defined, are lost); `%autopx`
     /// stays as it was.
-    pub(super) fn ranch_restart(&mut self, cx: &CellContext) -> CellOutcome {
+    pub(super) fn ranch_restart(&mut self, restart: ranch_magics::pool::RestartArgs, cx: &CellContext) -> CellOutcome {
         self.await_pool()?;
+        if let Some(targets) = restart.targets {
+            let pool = self.pool.as_mut().ok_or_else(no_pool)?;
+            let ranks = ranch_magics::pool::cell_ranks(Some(&targets), pool.size()).map_err(usage)?;
+            pool.restart_ranks(&ranks)?;
+            let names: Vec<String> = ranks.iter().map(usize::to_string).collect();
+            cx.sink.stream(
+                Stream::Stdout,
+                &format!(
+                    "Restarted rank{} {} alone, without variables; the other ranks keep what they have.\n",
+                    if names.len() > 1 { "s" } else { "" },
+                    names.join(", ")
+                ),
+            );
+            return Ok(None);
+        }
         let args = match (&self.pool, &self.pool_args) {
             (Some(_), Some(args)) => args.clone(),
             _ => return Err(no_pool()),

@@ -23,6 +23,11 @@ pub trait PoolRanks {
     /// Runs `code` on the pool ranks `ranks` (sorted), in a group of just those ranks;
     /// their output reaches the cell as it comes, labelled, as `how` says.
     fn run(&mut self, code: &str, ranks: &[usize], how: &PxRun) -> Outcome;
+    /// Ranks that sit the cells out: restarted alone, they lack the variables the pool
+    /// holds (evcxr loads every stored variable in every cell).
+    fn sitting_out(&mut self) -> Vec<usize> {
+        Vec::new()
+    }
     /// What the ranks of the last cell wrote (once: it is handed over).
     fn take_transcript(&mut self) -> Option<crate::transcript::Transcript> {
         None
@@ -240,14 +245,33 @@ pub fn run_px(session: &mut dyn Session, body: &str, targets: Option<&Targets>, 
 
 /// The pool ranks a cell runs on, once its flags and body are known to fit the pool.
 fn cell_ranks_for(session: &mut dyn Session, body: &str, targets: Option<&Targets>, see: Option<&See>) -> Result<Vec<usize>, Failure> {
-    let n = session.pool()?.size();
+    let mut pool = session.pool()?;
+    let (n, out) = (pool.size(), pool.sitting_out());
+    drop(pool);
     let ranks = cell_ranks(targets, n).map_err(usage)?;
+    if targets.is_some()
+        && let Some(r) = ranks.iter().find(|r| out.contains(r))
+    {
+        return Err(usage(format!(
+            "--targets {r}: rank {r} was restarted alone and has none of the pool's variables, so it runs no cell \
+             while the pool holds variables; `%ranch_restart` starts every rank afresh"
+        )));
+    }
+    // A rank restarted alone sits the cells out: the others are all the pool has.
+    let ranks: Vec<usize> = ranks.into_iter().filter(|r| !out.contains(r)).collect();
+    if ranks.is_empty() {
+        return Err(usage(
+            "every rank of the cell was restarted alone and has none of the pool's variables: \
+             `%ranch_restart` starts every rank afresh",
+        ));
+    }
+    let live = n - out.len();
     if let Some(See::Ranks(seen)) = see
         && let Some(bad) = seen.iter().find(|&&r| r >= n)
     {
         return Err(usage(format!("--see {bad}: the pool has ranks 0..{}, there is no rank {bad}", n - 1)));
     }
-    if ranks.len() < n && crate::cell_body::defines_variables(body) {
+    if ranks.len() < live && crate::cell_body::defines_variables(body) {
         return Err(usage(
             "a --targets cell cannot define variables with `let`: every rank must have the same variables. \
              Define them on every rank (a %%px cell without --targets), or wrap the cell in a block `{ ... }`",

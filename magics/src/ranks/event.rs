@@ -83,6 +83,12 @@ pub enum Event {
         rank: usize,
         how: String,
     },
+    /// From a pool's fan-out process: a rank whose process ended was started again alone
+    /// (process `pid`), without the variables it had.
+    RankRestarted {
+        rank: usize,
+        pid: u32,
+    },
     /// From a pool's fan-out process: the cell's ranks start running it now.
     Running,
     /// From a pool's fan-out process: microseconds from evcxr's `LOAD_AND_RUN` to the last

@@ -62,6 +62,10 @@ struct PoolEvents {
     group: Mutex<Option<CellGroup>>,
     /// When the pool started, until its ranks said they run.
     starting: Mutex<Option<Instant>>,
+    /// Ranks the fan-out restarted alone: they have none of the pool's variables.
+    stateless: Mutex<std::collections::BTreeSet<usize>>,
+    /// Ranks restarted during the running cell.
+    restarted: Mutex<Vec<usize>>,
 }
 
 /// The running cell's view, and the display id of its status table.
@@ -192,6 +196,24 @@ impl EventHandler for PoolEvents {
                 *self.hosts.lock().unwrap() = hosts
             }
             Event::RankExited { rank, how } => self.exits.lock().unwrap().push((rank, how)),
+            Event::RankRestarted { rank, pid } => {
+                if let Some(p) = self.pids.lock().unwrap().get_mut(rank) {
+                    *p = pid;
+                }
+                self.stateless.lock().unwrap().insert(rank);
+                self.restarted.lock().unwrap().push(rank);
+                // If it ran the cell: it ended it, its group stops waiting for it, and the
+                // cell's wait for its `Done` is over.
+                let how = self.exits.lock().unwrap().iter().rev().find(|(r, _)| *r == rank).map(|(_, how)| how.clone());
+                let ran = self.view.lock().unwrap().as_ref().is_some_and(|cv| cv.view.row_of(rank).is_some());
+                if ran {
+                    self.rank_ended(Some(rank), Ending::Lost(format!("its process {}", how.unwrap_or_else(|| "ended".into()))));
+                    if let Some(group) = self.group.lock().unwrap().as_ref() {
+                        group.finished(rank);
+                    }
+                    self.cell().count_done();
+                }
+            }
             Event::Running => {
                 self.view(|v, _| v.running());
                 self.tell_watcher(CellSignal::Running);
@@ -290,6 +312,8 @@ impl Pool {
             group: Mutex::default(),
             starting: Mutex::new(Some(Instant::now())),
             view: Mutex::default(),
+            stateless: Mutex::default(),
+            restarted: Mutex::default(),
         });
         let listener = Listener::start(events.clone(), private, "pool.sock")
             .map_err(|e| pool_error(format!("cannot listen for the pool's ranks: {e}")))?;
@@ -404,7 +428,27 @@ impl Pool {
     ) -> CellOutcome {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
+        self.events.restarted.lock().unwrap().clear();
         self.events.ranks_left.store(ranks.len(), std::sync::atomic::Ordering::SeqCst);
+        // A rank restarted alone that the cell names runs again (the pool holds no variables).
+        let mut stateless = self.events.stateless.lock().unwrap();
+        ranks.iter().for_each(|r| {
+            stateless.remove(r);
+        });
+        if !stateless.is_empty() {
+            let out: Vec<String> = stateless.iter().map(usize::to_string).collect();
+            self.events.cell().stream(
+                Stream::Stderr,
+                &format!(
+                    "ranch: rank{} {} sit{} this cell out: restarted alone, without the pool's variables \
+                     (`%ranch_restart` starts every rank afresh)\n",
+                    if out.len() > 1 { "s" } else { "" },
+                    out.join(", "),
+                    if out.len() > 1 { "" } else { "s" }
+                ),
+            );
+        }
+        drop(stateless);
         let group = CellGroup::start(ranks, &self.group_file, self.hosts_reach.as_deref())
             .map_err(|e| pool_error(format!("cannot form the cell's group: {e}")))?;
         *self.events.group.lock().unwrap() = Some(group);
@@ -489,6 +533,10 @@ impl Pool {
                 self.n
             )
         };
+        let restarted = std::mem::take(&mut *self.events.restarted.lock().unwrap());
+        if result.is_ok() && !restarted.is_empty() {
+            return Err(self.restarted_alone(&restarted));
+        }
         match result {
             Ok(ran) => {
                 let panics = std::mem::take(&mut *self.events.panics.lock().unwrap());
@@ -532,6 +580,64 @@ impl Pool {
         }
     }
 
+    /// The cell's error when ranks' processes ended and were restarted alone: who, how,
+    /// and that the others kept their variables.
+    fn restarted_alone(&self, restarted: &[usize]) -> CellError {
+        let exits = self.events.exits.lock().unwrap().clone();
+        let mut said: Vec<String> = restarted
+            .iter()
+            .map(|r| {
+                let how = exits.iter().rev().find(|(e, _)| e == r).map_or("ended", |(_, how)| how.as_str());
+                format!("Rank {r} {how}.")
+            })
+            .collect();
+        let kept: Vec<String> = (0..self.n).filter(|r| !restarted.contains(r)).map(|r| r.to_string()).collect();
+        let names: Vec<String> = restarted.iter().map(usize::to_string).collect();
+        said.push(format!(
+            "Only {} restarted: ranks {} kept their variables; {} none, and sit{} out the pool's cells while \
+             the pool holds variables (`%ranch_restart` starts every rank afresh).",
+            if names.len() == 1 { format!("rank {} was", names[0]) } else { format!("ranks {} were", names.join(", ")) },
+            if kept.is_empty() { "(none)".to_string() } else { kept.join(", ") },
+            if names.len() == 1 { "it has" } else { "they have" },
+            if names.len() == 1 { "s" } else { "" },
+        ));
+        let evalue = said.join(" ");
+        CellError { ename: "RankDied".into(), traceback: vec![evalue.clone()], evalue }
+    }
+
+    /// Ranks restarted alone, which sit the cells out while the pool holds variables.
+    pub(super) fn sitting_out(&mut self) -> Vec<usize> {
+        let stateless: Vec<usize> = self.events.stateless.lock().unwrap().iter().copied().collect();
+        if stateless.is_empty() || self.ctx.variables().is_empty() {
+            return Vec::new();
+        }
+        stateless
+    }
+
+    /// Restarts ranks `ranks` alone (`%ranch_restart --targets`): their processes are
+    /// stopped and the fan-out starts each again, without variables (it does so before any
+    /// cell: a no-op cell is run for it). Ranks on other hosts are restarted all together.
+    pub(super) fn restart_ranks(&mut self, ranks: &[usize]) -> Result<(), CellError> {
+        if self.hosts_reach.is_some() || !self.events.hosts.lock().unwrap().is_empty() {
+            return Err(CellError::new(
+                "UsageError",
+                "--targets: ranks on other hosts are restarted all together (`%ranch_restart` without --targets)",
+            ));
+        }
+        let pids = self.events.pids.lock().unwrap().clone();
+        let stopped: Vec<u32> = ranks.iter().filter_map(|&r| pids.get(r).copied()).collect();
+        for &pid in &stopped {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stopped.iter().any(|&pid| process_state(pid).is_some()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let restarted = self.ctx.execute("()");
+        self.events.restarted.lock().unwrap().clear();
+        restarted.map_err(|e| pool_error(format!("the ranks could not be started again: {}", e.to_string().trim())))
+    }
+
     /// `%ranch_status`: one row per rank.
     pub(super) fn status(&self) -> MimeBundle {
         let pids = self.events.pids.lock().unwrap().clone();
@@ -546,6 +652,7 @@ impl Pool {
                     (None, Some(_)) => ("up".to_string(), "-".to_string()),
                     (None, None) => ("gone".to_string(), "-".to_string()),
                 };
+                let state = if self.events.stateless.lock().unwrap().contains(&rank) { format!("{state}, no variables") } else { state };
                 let host = hosts.get(rank).cloned().unwrap_or_else(|| this_host.clone());
                 [rank.to_string(), host, pid.map_or("-".into(), |p| p.to_string()), self.gpus[rank].clone(), state, memory]
             })

@@ -7,10 +7,14 @@
 //! panic or `?` error if any rank had one, and the variables whose type changed.
 //!
 //! Output does not pass through here: each rank's output forwarder sends it to the
-//! kernel's pool listener, labelled with its rank. A rank whose process ends mid-cell is
-//! reported to the kernel ([`Event::RankExited`]) and this process exits: evcxr then
-//! restarts it, which restarts every rank, and forgets the pool's variables, so that
-//! evcxr's idea of what exists and the ranks' stores never disagree.
+//! kernel's pool listener, labelled with its rank. A rank whose process ends (in a cell, or
+//! between cells, or stopped by `%ranch_restart --targets`) is reported to the kernel
+//! ([`Event::RankExited`]) and started again alone ([`Event::RankRestarted`]): the other
+//! ranks keep their variables. The new process has none, while evcxr loads every stored
+//! variable in every cell, so it sits out the cells ([`FanOut::stateless`]) until the kernel
+//! names it among a cell's ranks again (when the pool holds no variables). Ranks on other
+//! hosts are not restarted alone: their death ends this process, evcxr restarts it, which
+//! restarts every rank and forgets the pool's variables.
 
 use super::hub::{Hub, RemoteSpec};
 use crate::ranks::death::{OomWatch, how_it_ended};
@@ -70,15 +74,16 @@ pub fn run(config: ConfigFd) -> ! {
         Err(e) => fail(&e.to_string()),
     };
     let plan = &config.plan;
-    let mut events = config.events.as_ref().and_then(|p| UnixStream::connect(p).ok());
-    let mut fanout = match FanOut::start(&config) {
+    let events = config.events.as_ref().and_then(|p| UnixStream::connect(p).ok());
+    let mut fanout = match FanOut::start(&config, events) {
         Ok(f) => f,
         Err(e) => fail(&format!("cannot start the pool's ranks: {e}")),
     };
-    match &fanout.ranks {
-        Ranks::Local { children, .. } => send(&mut events, &Event::PoolPids(children.iter().map(Child::id).collect())),
-        Ranks::Remote(hub) => send(&mut events, &Event::PoolHosts(hub.hosts.clone())),
-    }
+    let started = match &fanout.ranks {
+        Ranks::Local(local) => Event::PoolPids(local.children.iter().map(Child::id).collect()),
+        Ranks::Remote(hub) => Event::PoolHosts(hub.hosts.clone()),
+    };
+    fanout.send(&started);
     // The kernel says which ranks run a `%%px` cell in the cell's group file; without one
     // (the session's items brought in) every rank runs it.
     let group_file = plan.first().and_then(|env| env.iter().find(|(k, _)| k == ranch::__rt::POOL_GROUP_ENV)).map(|(_, v)| v.clone());
@@ -87,23 +92,24 @@ pub fn run(config: ConfigFd) -> ! {
         let Ok(line) = line else { break };
         if line.starts_with("LOAD_AND_RUN ") {
             let t = std::time::Instant::now();
-            let all: Vec<usize> = (0..plan.len()).collect();
-            let targets = group_file
+            // The kernel's ranks for a `%%px` cell; without a group file, every rank that
+            // has its state (what evcxr runs to bring the session's items in).
+            let named = group_file
                 .as_ref()
                 .and_then(|f| ranch::__rt::PoolGroup::read(std::path::Path::new(f)).ok())
                 .map(|g| g.targets.into_iter().filter(|&r| r < plan.len()).collect::<Vec<_>>())
-                .filter(|t| !t.is_empty())
-                .unwrap_or(all);
-            send(&mut events, &Event::Running);
+                .filter(|t| !t.is_empty());
+            fanout.send(&Event::Running);
+            let targets = fanout.targets(named);
             if let Err((rank, how)) = fanout.run(&line, &targets) {
-                send(&mut events, &Event::RankExited { rank, how });
+                fanout.send(&Event::RankExited { rank, how });
                 // The other ranks die with this process (their parent-death signal; remote
                 // ones when their links close).
                 drop(fanout);
                 std::process::exit(1);
             }
             let micros = t.elapsed().as_micros() as u64;
-            send(&mut events, &Event::Dispatched { ranks: targets.len(), micros });
+            fanout.send(&Event::Dispatched { ranks: targets.len(), micros });
         }
     }
     drop(fanout);
@@ -115,28 +121,76 @@ fn fail(message: &str) -> ! {
     std::process::exit(97)
 }
 
-fn send(events: &mut Option<UnixStream>, event: &Event) {
-    if let Some(s) = events {
-        let mut line = serde_json::to_vec(event).expect("events serialise");
-        line.push(b'\n');
-        let _ = s.write_all(&line);
-    }
-}
+/// A rank's protocol line (`None`: its stdout closed), with the rank and which of its
+/// processes wrote it (a restarted rank's old reader may still speak).
+type RankLine = (usize, u64, Option<String>);
 
 struct FanOut {
     ranks: Ranks,
     /// The OOM killer's count since the ranks started (a rank it killed is named so).
     oom: OomWatch,
-    /// Every rank's protocol lines, `None` when its stdout closed.
-    lines: mpsc::Receiver<(usize, Option<String>)>,
+    /// Every rank's protocol lines.
+    lines: mpsc::Receiver<RankLine>,
     /// Where the kernel says each cell's group is.
     group_file: Option<std::path::PathBuf>,
+    /// The kernel's pool listener.
+    events: Option<UnixStream>,
+    /// Ranks restarted alone: they have no variables, so they run no cell unless the kernel
+    /// names them.
+    stateless: BTreeSet<usize>,
 }
 
 /// The rank processes: children of this one, or relays on other hosts.
 enum Ranks {
-    Local { children: Vec<Child>, stdins: Vec<ChildStdin> },
+    Local(LocalRanks),
     Remote(Hub),
+}
+
+/// Ranks this process spawned, and how to spawn one again.
+struct LocalRanks {
+    exe: std::path::PathBuf,
+    plan: Vec<Vec<(String, String)>>,
+    events: Option<std::path::PathBuf>,
+    children: Vec<Child>,
+    stdins: Vec<ChildStdin>,
+    /// Each rank's process: bumped when it is restarted.
+    generation: Vec<u64>,
+    lines: mpsc::Sender<RankLine>,
+}
+
+impl LocalRanks {
+    /// Spawns rank `rank`'s process, with a thread that reads its protocol lines.
+    fn spawn(&self, rank: usize, generation: u64) -> Result<(Child, ChildStdin), String> {
+        let mut command = Command::new(&self.exe);
+        // Each rank is evcxr's child (inherited from this process), not a fan-out.
+        command.env_remove(role::ROLE_ENV).env(RANK_ENV, rank.to_string());
+        if let Some(events) = &self.events {
+            command.env(SOCKET_ENV, events);
+        }
+        let mut child = command
+            .envs(self.plan[rank].iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let tx = self.lines.clone();
+        std::thread::spawn(move || {
+            let mut open = true;
+            let each = |line: Vec<u8>| {
+                open = tx.send((rank, generation, Some(String::from_utf8_lossy(&line).into_owned()))).is_ok();
+                open
+            };
+            for_each_line(stdout, each, || {
+                eprintln!("ranch pool: a line of more than {} MiB from rank {rank} was dropped", MAX_LINE >> 20)
+            });
+            if open {
+                let _ = tx.send((rank, generation, None));
+            }
+        });
+        Ok((child, stdin))
+    }
 }
 
 /// What one rank said about the running cell.
@@ -152,78 +206,140 @@ struct RankReply {
 }
 
 impl FanOut {
-    fn start(config: &Config) -> Result<FanOut, String> {
+    fn start(config: &Config, events: Option<UnixStream>) -> Result<FanOut, String> {
         let (tx, lines) = mpsc::channel();
+        let (oom, stateless) = (OomWatch::start(), BTreeSet::new());
         if let Some(spec) = &config.remote {
-            let hub = Hub::start(&config.plan, spec, tx, config.events.as_deref())?;
-            return Ok(FanOut { ranks: Ranks::Remote(hub), oom: OomWatch::start(), lines, group_file: None });
-        }
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut children = Vec::new();
-        let mut stdins = Vec::new();
-        for (rank, env) in config.plan.iter().enumerate() {
-            let mut command = Command::new(&exe);
-            // Each rank is evcxr's child (inherited from this process), not a fan-out.
-            command.env_remove(role::ROLE_ENV).env(RANK_ENV, rank.to_string());
-            if let Some(events) = &config.events {
-                command.env(SOCKET_ENV, events);
-            }
-            let mut child = command
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .map_err(|e| e.to_string())?;
-            stdins.push(child.stdin.take().expect("piped"));
-            let stdout = child.stdout.take().expect("piped");
-            let tx = tx.clone();
+            // The hub's relays speak for their ranks (always their first process).
+            let (relay_tx, relay_lines) = mpsc::channel::<(usize, Option<String>)>();
             std::thread::spawn(move || {
-                let mut open = true;
-                let each = |line: Vec<u8>| {
-                    open = tx.send((rank, Some(String::from_utf8_lossy(&line).into_owned()))).is_ok();
-                    open
-                };
-                for_each_line(stdout, each, || {
-                    eprintln!("ranch pool: a line of more than {} MiB from rank {rank} was dropped", MAX_LINE >> 20)
-                });
-                if open {
-                    let _ = tx.send((rank, None));
+                for (rank, line) in relay_lines {
+                    if tx.send((rank, 0, line)).is_err() {
+                        break;
+                    }
                 }
             });
-            children.push(child);
+            let hub = Hub::start(&config.plan, spec, relay_tx, config.events.as_deref())?;
+            return Ok(FanOut { ranks: Ranks::Remote(hub), oom, lines, group_file: None, events, stateless });
         }
-        Ok(FanOut { ranks: Ranks::Local { children, stdins }, oom: OomWatch::start(), lines, group_file: None })
+        let mut local = LocalRanks {
+            exe: std::env::current_exe().map_err(|e| e.to_string())?,
+            plan: config.plan.clone(),
+            events: config.events.clone(),
+            children: Vec::new(),
+            stdins: Vec::new(),
+            generation: vec![0; config.plan.len()],
+            lines: tx,
+        };
+        for rank in 0..config.plan.len() {
+            let (child, stdin) = local.spawn(rank, 0)?;
+            local.children.push(child);
+            local.stdins.push(stdin);
+        }
+        Ok(FanOut { ranks: Ranks::Local(local), oom, lines, group_file: None, events, stateless })
+    }
+
+    /// Tells the kernel's pool listener.
+    fn send(&mut self, event: &Event) {
+        if let Some(s) = &mut self.events {
+            let mut line = serde_json::to_vec(event).expect("events serialise");
+            line.push(b'\n');
+            let _ = s.write_all(&line);
+        }
+    }
+
+    /// The ranks that run a cell: those the kernel named (a rank restarted alone among
+    /// them runs again), else every rank with its state. Local ranks that ended since the
+    /// last cell are restarted first (and sit this cell out unless named).
+    fn targets(&mut self, named: Option<Vec<usize>>) -> Vec<usize> {
+        let known = self.stateless.clone();
+        if let Ranks::Local(local) = &mut self.ranks {
+            let ended: Vec<usize> = (0..local.children.len()).filter(|&r| !matches!(local.children[r].try_wait(), Ok(None))).collect();
+            for rank in ended {
+                let how = self.how_it_ended(rank);
+                if self.restart(rank, how).is_err() {
+                    break;
+                }
+            }
+        }
+        match named {
+            // The kernel names a stateless rank it knows of only when the pool holds no
+            // variables; one restarted just now it could not know of.
+            Some(named) => {
+                let runs: Vec<usize> = named.into_iter().filter(|rank| known.contains(rank) || !self.stateless.contains(rank)).collect();
+                for rank in &runs {
+                    self.stateless.remove(rank);
+                }
+                runs
+            }
+            None => (0..self.size()).filter(|r| !self.stateless.contains(r)).collect(),
+        }
+    }
+
+    /// Rank `rank`'s process ended (`how`): it is said to the kernel and started again alone,
+    /// without state. `Err` when it cannot be (a rank on another host, or its spawn failed).
+    fn restart(&mut self, rank: usize, how: String) -> Result<(), (usize, String)> {
+        let Ranks::Local(local) = &mut self.ranks else { return Err((rank, how)) };
+        let generation = local.generation[rank] + 1;
+        let (child, stdin) = match local.spawn(rank, generation) {
+            Ok(spawned) => spawned,
+            Err(e) => return Err((rank, format!("{how}, and could not be started again ({e})"))),
+        };
+        let pid = child.id();
+        local.children[rank] = child;
+        local.stdins[rank] = stdin;
+        local.generation[rank] = generation;
+        self.stateless.insert(rank);
+        self.send(&Event::RankExited { rank, how });
+        self.send(&Event::RankRestarted { rank, pid });
+        Ok(())
     }
 
     /// Sends rank `rank` one protocol line (to a remote rank, what the cell needs first).
     fn send_line(&mut self, rank: usize, line: &str) -> std::io::Result<()> {
         match &mut self.ranks {
-            Ranks::Local { stdins, .. } => writeln!(stdins[rank], "{line}").and_then(|_| stdins[rank].flush()),
+            Ranks::Local(local) => writeln!(local.stdins[rank], "{line}").and_then(|_| local.stdins[rank].flush()),
             Ranks::Remote(hub) => hub.send_line(rank, line, self.group_file.as_deref()),
         }
     }
 
     fn size(&self) -> usize {
         match &self.ranks {
-            Ranks::Local { children, .. } => children.len(),
+            Ranks::Local(local) => local.children.len(),
             Ranks::Remote(hub) => hub.hosts.len(),
         }
     }
 
-    /// Runs one cell on the ranks `targets` and answers evcxr; `Err` names a rank whose
-    /// process ended, and how.
+    /// Runs one cell on the ranks `targets` and answers evcxr. A local rank whose process
+    /// ends meanwhile is restarted alone and drops out of the cell; `Err` names a rank whose
+    /// process ended and could not be (a rank on another host), and how.
     fn run(&mut self, line: &str, targets: &[usize]) -> Result<(), (usize, String)> {
+        let mut running: Vec<usize> = Vec::with_capacity(targets.len());
         for &rank in targets {
             if self.send_line(rank, line).is_err() {
-                return Err((rank, self.how_it_ended(rank)));
+                let how = self.how_it_ended(rank);
+                self.restart(rank, how)?;
+            } else {
+                running.push(rank);
             }
         }
         let n = self.size();
         let mut replies: Vec<RankReply> = (0..n).map(|_| RankReply::default()).collect();
         let mut changed = BTreeSet::new();
-        while targets.iter().any(|&r| !replies[r].complete) {
-            let Ok((rank, line)) = self.lines.recv() else { return Err((0, "its output pipe failed".into())) };
-            let Some(line) = line else { return Err((rank, self.how_it_ended(rank))) };
+        while running.iter().any(|&r| !replies[r].complete) {
+            let Ok((rank, generation, line)) = self.lines.recv() else { return Err((0, "its output pipe failed".into())) };
+            if let Ranks::Local(local) = &self.ranks
+                && local.generation[rank] != generation
+            {
+                continue; // the old process of a restarted rank
+            }
+            let Some(line) = line else {
+                let how = self.how_it_ended(rank);
+                self.restart(rank, how)?;
+                running.retain(|&r| r != rank);
+                replies[rank] = RankReply::default();
+                continue;
+            };
             let reply = &mut replies[rank];
             if let Some((mime, mut body)) = reply.block.take() {
                 if line == END {
@@ -261,7 +377,7 @@ impl FanOut {
         for name in &changed {
             let _ = writeln!(out, "{CHANGED_TYPE}{name}");
         }
-        let replies: Vec<RankReply> = replies.into_iter().enumerate().filter(|(r, _)| targets.contains(r)).map(|(_, r)| r).collect();
+        let replies: Vec<RankReply> = replies.into_iter().enumerate().filter(|(r, _)| running.contains(r)).map(|(_, r)| r).collect();
         if let Some(list) = merged_value(&replies) {
             let _ = writeln!(out, "{BEGIN}text/plain\n{list}\n{END}");
         }
@@ -278,7 +394,7 @@ impl FanOut {
     /// Its output closed: it has ended, or is ending (else it is made to).
     fn how_it_ended(&mut self, rank: usize) -> String {
         match &mut self.ranks {
-            Ranks::Local { children, .. } => how_it_ended(&mut children[rank], &mut self.oom),
+            Ranks::Local(local) => how_it_ended(&mut local.children[rank], &mut self.oom),
             Ranks::Remote(hub) => hub.how_it_ended(rank),
         }
     }
