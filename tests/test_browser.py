@@ -229,8 +229,8 @@ def run_quickstart(page, url, token, shots):
 
 
 def test_pool_notebook_runs_all_past_its_tagged_panic(lab):
-    """The pool notebook's deliberate panic is tagged `raises-exception`: "Run All" goes on
-    past it to `%ranch_stop` (the front end sends that cell with stop_on_error off, and the
+    """The pool notebook's deliberate failures (a panic, a rank killed) are tagged
+    `raises-exception`: "Run All" goes on past them to `%ranch_stop` (the front end sends that cell with stop_on_error off, and the
     kernel then aborts nothing queued behind it)."""
     url, token, home, shots = lab
     with browser_page(home, shots, "pool-") as page:
@@ -249,7 +249,11 @@ def test_pool_notebook_runs_all_past_its_tagged_panic(lab):
         panic = next(i for i, c in enumerate(cells) if 'panic!("rank 2 found a bad record")' in c["input"])
         assert "rank 2 found a bad record" in cells[panic]["outputs"], cells[panic]
         after = cells[panic + 1:]
-        assert [c["input"] for c in after] == ["%px shard.len()", "%ranch_status", "%ranch_stop"], after
+        assert [c["input"].strip().splitlines()[0] for c in after] == \
+            ["%px shard.len()", "%%px", "%px shard.len()", "%ranch_status", "%ranch_stop"], after
+        # The second deliberate failure: rank 3 killed, restarted alone.
+        killed = after[1]
+        assert "Rank 3 was killed by signal 9" in killed["outputs"], killed
         for c in after:
-            assert any(ch.isdigit() for ch in c["prompt"]) and "Error" not in c["outputs"], c
+            assert any(ch.isdigit() for ch in c["prompt"]) and (c is killed or "Error" not in c["outputs"]), c
         assert "Stopped the pool's 4 ranks." in after[-1]["outputs"], after[-1]

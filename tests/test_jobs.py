@@ -154,6 +154,7 @@ def test_a_pool_cell_in_the_background_keeps_the_ranks_state():
     try:
         ok(execute(kc, "%ranch_start 2", timeout=600))
         ok(execute(kc, "%%px\nlet mut steps = 0u64;", timeout=600))
+        ok(execute(kc, "%autopx"))
         started = ok(execute(kc, "%%px --bg --out got\n"
                                  "for i in 0..10u64 {\n"
                                  "    ranch::progress(i + 1, 10);\n"
@@ -165,7 +166,11 @@ def test_a_pool_cell_in_the_background_keeps_the_ranks_state():
         assert "job-1: 2 ranks run in the background" in started.stream(), started.stream()
         assert started.status_messages(), "the pool cell's table is shown in its cell"
         assert "tick" not in started.stream()
-        # The session runs cells meanwhile; the pool, busy with the job, says so.
+        # The pool, busy with the job, says so (to %autopx's cells too); %autopx goes off,
+        # and the session runs cells meanwhile.
+        busy = execute(kc, "1 + 2")
+        assert busy.error()["ename"] == "UsageError" and "running job-1 in the background" in busy.error_text(), busy.error_text()
+        assert "%autopx off" in ok(execute(kc, "%autopx")).stream()
         assert ok(execute(kc, "1 + 2")).result() == "3"
         busy = execute(kc, "%px steps")
         assert busy.error()["ename"] == "UsageError" and "running job-1 in the background" in busy.error_text(), busy.error_text()

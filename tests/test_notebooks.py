@@ -159,8 +159,8 @@ def test_gpus_notebook_runs_its_cpu_path_without_a_gpu():
 def test_pool_notebook_keeps_rank_state_across_cells():
     cells = run("pool.ipynb")
     errors = [(i, o.ename) for i, c in enumerate(cells) for o in c.outputs if o.output_type == "error"]
-    # Only the cell tagged raises-exception fails, and it names its rank.
-    assert [cells[i].metadata.get("tags") for i, _ in errors] == [["raises-exception"]], errors
+    # Only the cells tagged raises-exception fail, and they name their rank.
+    assert [cells[i].metadata.get("tags") for i, _ in errors] == [["raises-exception"]] * 2, errors
     assert "rank 2 panicked" in cells[errors[0][0]].outputs[-1].evalue
     assert text(cells[1]) == "[250000, 250000, 250000, 250000]"
     assert sorted(l for l in text(cells[2]).splitlines() if l.startswith("[")) [0].startswith("[0] rank 0 holds 250000 values")
@@ -180,7 +180,13 @@ def test_pool_notebook_keeps_rank_state_across_cells():
     assert "[0] trained 400 more steps" in text(cells[15]), text(cells[15])
     assert text(cells[16]) == "(4, true)"
     assert text(cells[23]) == "[250000, 250000, 250000, 250000]"
-    assert "Stopped the pool's 4 ranks" in text(cells[25])
+    # Rank 3 killed with SIGKILL: restarted alone; ranks 0-2 kept their shards.
+    assert "Rank 3 was killed by signal 9 (SIGKILL)" in cells[24].outputs[-1].evalue
+    assert "ranks 0, 1, 2 kept their variables" in cells[24].outputs[-1].evalue
+    assert text(cells[25]).endswith("[250000, 250000, 250000]"), text(cells[25])
+    assert "rank 3 sits this cell out" in text(cells[25])
+    assert "no variables" in text(cells[26])
+    assert "Stopped the pool's 4 ranks" in text(cells[27])
 
 
 @pytest.fixture

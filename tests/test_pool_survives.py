@@ -15,29 +15,38 @@ def pids(kc):
 def test_a_rank_that_dies_is_restarted_alone_and_the_others_keep_their_variables():
     km, kc = start()
     try:
-        ok(execute(kc, "%ranch_start 3", timeout=600))
+        ok(execute(kc, "%ranch_start 4", timeout=600))
         ok(execute(kc, "%%px\nlet mut kept = vec![ranch::rank() as u64; 4];", timeout=600))
         before = pids(kc)
-        died = execute(kc, "%%px\nif ranch::rank() == 1 { std::process::abort(); }\nkept.push(7);", timeout=600)
+        # Killed with SIGKILL in the middle of a cell (as the OOM killer does).
+        died = execute(kc, "%%px\nif ranch::rank() == 2 {\n"
+                           '    std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status().unwrap();\n'
+                           "    std::thread::sleep(std::time::Duration::from_secs(5));\n"
+                           "}\nkept.push(7);", timeout=600)
         assert died.error()["ename"] == "RankDied", died.error_text()
         said = died.error_text()
-        assert "Rank 1 " in said and "SIGABRT" in said, said
-        assert "Only rank 1 was restarted: ranks 0, 2 kept their variables" in said, said
-        # The survivors kept their variables (and what the cell did to them); rank 1 sits out.
+        assert "Rank 2 was killed by signal 9 (SIGKILL)." in said, said
+        assert "Only rank 2 was restarted: ranks 0, 1, 3 kept their variables; it has none" in said, said
+        # The other three kept their variables (and what the cell did to them); rank 2 sits out.
         run = ok(execute(kc, "%px kept.len()"))
-        assert run.result() == "[5, 5]", run.result()
-        assert "rank 1 sits this cell out" in run.stream("stderr"), run.stream("stderr")
+        assert run.result() == "[5, 5, 5]", run.result()
+        assert "rank 2 sits this cell out" in run.stream("stderr"), run.stream("stderr")
         after = pids(kc)
-        assert len(after) == 2 and after == [before[0], before[2]], (before, after)
+        assert after == [before[0], before[1], before[3]], (before, after)
         status = ok(execute(kc, "%ranch_status")).result()
-        assert "no variables" in next(l for l in status.splitlines() if l.startswith("1 ")), status
-        refused = execute(kc, "%px --targets 1 ranch::rank()")
+        assert "no variables" in next(l for l in status.splitlines() if l.startswith("2 ")), status
+        refused = execute(kc, "%px --targets 2 ranch::rank()")
         assert refused.error()["ename"] == "UsageError" and "restarted alone" in refused.error_text()
 
-        # Killed between cells (as the OOM killer would): found and said by the next cell.
-        os.kill(after[1], signal.SIGKILL)
+        # An abort (a C library's, `panic = "abort"`): said as such.
+        died = execute(kc, "%%px\nif ranch::rank() == 1 { std::process::abort(); }", timeout=600)
+        assert "Rank 1 " in died.error_text() and "SIGABRT" in died.error_text(), died.error_text()
+        assert "ranks 0, 3 kept their variables" in died.error_text(), died.error_text()
+
+        # Killed between cells: found and said by the next cell.
+        os.kill(after[2], signal.SIGKILL)
         found = execute(kc, "%px kept.len()", timeout=600)
-        assert found.error()["ename"] == "RankDied" and "Rank 2 was killed by signal 9" in found.error_text(), found.error_text()
+        assert found.error()["ename"] == "RankDied" and "Rank 3 was killed by signal 9" in found.error_text(), found.error_text()
         assert ok(execute(kc, "%px kept.len()")).result() == "[5]"
 
         # On purpose: the last rank with variables, alone; then no rank can run a cell.
@@ -46,6 +55,6 @@ def test_a_rank_that_dies_is_restarted_alone_and_the_others_keep_their_variables
         nobody = execute(kc, "%px kept.len()")
         assert nobody.error()["ename"] == "UsageError" and "%ranch_restart" in nobody.error_text()
         ok(execute(kc, "%ranch_restart", timeout=600))
-        assert ok(execute(kc, "%px ranch::rank()", timeout=600)).result() == "[0, 1, 2]"
+        assert ok(execute(kc, "%px ranch::rank()", timeout=600)).result() == "[0, 1, 2, 3]"
     finally:
         stop(km, kc)

@@ -209,7 +209,10 @@ impl EvcxrSession {
     }
 
     pub(super) fn toggle_autopx(&mut self, cx: &CellContext) -> CellOutcome {
-        self.await_pool()?;
+        // Turning it off needs no pool (one busy with a background job included).
+        if !self.autopx {
+            self.await_pool()?;
+        }
         if self.pool.is_none() && !self.autopx {
             return Err(no_pool());
         }

@@ -591,7 +591,9 @@ impl Pool {
                 format!("Rank {r} {how}.")
             })
             .collect();
-        let kept: Vec<String> = (0..self.n).filter(|r| !restarted.contains(r)).map(|r| r.to_string()).collect();
+        // Those restarted earlier have no variables to keep either.
+        let stateless = self.events.stateless.lock().unwrap().clone();
+        let kept: Vec<String> = (0..self.n).filter(|r| !restarted.contains(r) && !stateless.contains(r)).map(|r| r.to_string()).collect();
         let names: Vec<String> = restarted.iter().map(usize::to_string).collect();
         said.push(format!(
             "Only {} restarted: ranks {} kept their variables; {} none, and sit{} out the pool's cells while \
