@@ -78,3 +78,10 @@ def test_hosts_benchmark_runs_in_short_form():
         pytest.skip(out.stdout.strip())
     for what in ("4 KiB", "64 MiB", "hier/MPI", "pool/MPI", "mpirun, 2 hosts (MPI started)", "bare mpirun /bin/true"):
         assert what in out.stdout, out.stdout
+
+
+def test_map_benchmark_runs_in_short_form():
+    out = subprocess.run([sys.executable, str(BENCH / "map.py"), "--quick"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for what in ("map ", "shard ", "x ideal", "shard/map (median)"):
+        assert what in out.stdout, out.stdout

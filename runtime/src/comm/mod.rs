@@ -311,6 +311,16 @@ impl Comm {
         Ok(())
     }
 
+    /// Claims the next `chunk` of map `seq`'s `len` items from the counter the ranks share:
+    /// its first item (`Some(None)` when all are taken), or `None` where the ranks share no
+    /// memory (the caller then deals chunks out round robin).
+    pub(crate) fn claim(&self, seq: u32, chunk: u32, len: u32) -> Result<Option<Option<u32>>, CommError> {
+        match self.group("map")?.get() {
+            Some(Via::Shm(g)) => Ok(Some(g.claim(seq, chunk, len))),
+            _ => Ok(None),
+        }
+    }
+
     /// Waits until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<(), CommError> {
         match self.group("barrier")?.get() {

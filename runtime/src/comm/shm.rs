@@ -38,6 +38,8 @@ const EXITED_OFF: usize = 64;
 /// Header words (u32 in the low half of a u64 word): the wake-up word, sleeping waiters.
 const EPOCH_WORD: usize = 5;
 const SLEEPERS_WORD: usize = 6;
+/// `ranch::map`'s shared counter: the map's number (high half) and its next item (low half).
+const MAP_WORD: usize = 7;
 /// How long a sleeping waiter sleeps before it looks again at what a wake-up would have
 /// told it (a safety net: every change wakes it).
 const RECHECK: Duration = Duration::from_millis(50);
@@ -398,6 +400,26 @@ impl Group {
 
     fn sleepers(&self) -> &AtomicU32 {
         self.at(8 * SLEEPERS_WORD)
+    }
+
+    /// Claims the next `chunk` of the `len` items of map number `seq` (see `crate::map`): its
+    /// first item, or `None` when all are taken. The first claim of a map starts it at 0: a
+    /// map starts only after the one before has ended on every rank (its results are
+    /// gathered), so the counter never holds a later map's position.
+    pub fn claim(&self, seq: u32, chunk: u32, len: u32) -> Option<u32> {
+        let word = self.word(MAP_WORD);
+        let mut seen = word.load(Ordering::Acquire);
+        loop {
+            let start = if (seen >> 32) as u32 == seq { seen as u32 } else { 0 };
+            if start >= len {
+                return None;
+            }
+            let next = (u64::from(seq) << 32) | u64::from(start.saturating_add(chunk).min(len));
+            match word.compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(start),
+                Err(now) => seen = now,
+            }
+        }
     }
 
     /// After a change others may wait for: wakes the sleepers, if any. (The fence pairs
@@ -1078,6 +1100,35 @@ mod tests {
     fn collectives_are_exact_through_the_smallest_slots() {
         for world in [2, 3, 4] {
             run_ranks(world, true);
+        }
+    }
+
+    #[test]
+    fn a_maps_items_are_each_claimed_once_across_ranks_and_maps() {
+        let segment = Segment::new("map", 3, false);
+        let claimed: Vec<Vec<(u32, u32)>> = std::thread::scope(|scope| {
+            let ranks: Vec<_> = (0..3)
+                .map(|rank| {
+                    let path = &segment.0;
+                    scope.spawn(move || {
+                        let g = Group::open(path, rank, 3).unwrap();
+                        let mut mine = Vec::new();
+                        for (seq, len) in [(1u32, 1000u32), (2, 7)] {
+                            while let Some(start) = g.claim(seq, 3, len) {
+                                mine.push((seq, start));
+                            }
+                            g.barrier().unwrap(); // a map ends on every rank before the next
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            ranks.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (seq, len) in [(1u32, 1000u32), (2, 7)] {
+            let mut starts: Vec<u32> = claimed.iter().flatten().filter(|(s, _)| *s == seq).map(|(_, start)| *start).collect();
+            starts.sort_unstable();
+            assert_eq!(starts, (0..len).step_by(3).collect::<Vec<_>>(), "map {seq}: every chunk once");
         }
     }
 
