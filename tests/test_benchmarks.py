@@ -85,3 +85,10 @@ def test_map_benchmark_runs_in_short_form():
     assert out.returncode == 0, out.stderr[-2000:]
     for what in ("map ", "shard ", "x ideal", "shard/map (median)"):
         assert what in out.stdout, out.stdout
+
+
+def test_shared_array_benchmark_runs_in_short_form():
+    out = subprocess.run([sys.executable, str(BENCH / "shared.py"), "--quick"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for what in ("shipped ", "shared ", "private memory", "shipped/shared"):
+        assert what in out.stdout, out.stdout

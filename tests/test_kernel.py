@@ -248,7 +248,7 @@ def test_a_kernel_started_without_cargo_on_its_path_still_runs_cells():
 
 # Every magic ranch has (magics/src/magic_table.rs).
 MAGICS = {"%%ranch", "%in_ddp", "%ranch_start", "%%px", "%px", "%autopx", "%px_push", "%px_pull",
-          "%ranch_status", "%ranch_stop", "%ranch_restart", "%ranch_jobs", "%ranch_wait", "%ranch_output", "%ranch_cancel",
+          "%ranch_status", "%ranch_stop", "%ranch_restart", "%ranch_jobs", "%ranch_wait", "%ranch_output", "%ranch_cancel", "%ranch_share",
           "%ranch_gpus", "%ranch_clean"}
 
 

@@ -152,6 +152,13 @@ pub const MAGICS: &[Magic] = &[
         summary: "stop a background job's ranks",
         parse: |i| helped(jobs::parse_cancel(i.args), Call::RanchCancel),
     },
+    Magic {
+        name: "ranch_share",
+        kind: Kind::Line,
+        synopsis: "NAME",
+        summary: "make the session's NAME: Vec<T> of numbers a shared array that ranks map without copying",
+        parse: parse_share,
+    },
     Magic { name: "ranch_gpus", kind: Kind::Line, synopsis: "", summary: "the machine's GPUs", parse: |i| no_args(i, Call::RanchGpus) },
     Magic { name: "ranch_clean", kind: Kind::Line, synopsis: "[--all]", summary: "free the disk ranch uses", parse: parse_clean },
 ];
@@ -198,6 +205,7 @@ pub enum Call<'a> {
     RanchWait(jobs::WaitArgs),
     RanchCancel(jobs::CancelArgs),
     RanchOutput(jobs::OutputArgs),
+    RanchShare(String),
     RanchGpus,
     RanchClean {
         all: bool,
@@ -381,6 +389,20 @@ const CLEAN_HELP: &str = "Usage: %ranch_clean [--all]\n\n\
 Frees disk space ranch uses: this session's built rank programs, and runtime crates of other\n\
 ranch versions that no kernel uses. With --all, also the build directories no running kernel\n\
 uses and this kernel's own (its dependencies are compiled again when next needed).\n";
+
+const SHARE_HELP: &str = "Usage: %ranch_share NAME\n\nMake the session's `NAME: Vec<T>` (T: a number type, or an array of them) a \
+`ranch::shared::Array<T>` named NAME in shared memory: ranks on this host map it without copying (a cell naming NAME \
+sends its name; in a rank, `ranch::shared::Array::<T>::attach(\"NAME\")`), and what they write is seen in the \
+session. Ranks that write must write disjoint parts, or take turns separated by a barrier.\n\nExample:\n  \
+let grid: Vec<f64> = vec![0.0; 1 << 20];\n  %ranch_share grid\n";
+
+fn parse_share(i: Invocation<'_>) -> Result<Call<'_>, Failure> {
+    match i.args.split_whitespace().collect::<Vec<_>>()[..] {
+        ["--help"] | ["-h"] => Ok(Call::Help(SHARE_HELP.into())),
+        [name] => Ok(Call::RanchShare(args::parse_ident(name).map_err(usage)?)),
+        _ => Err(usage(format!("%ranch_share takes one variable's name, got `{}`\n\n{SHARE_HELP}", i.args.trim()))),
+    }
+}
 
 fn parse_clean(i: Invocation<'_>) -> Result<Call<'_>, Failure> {
     match i.args.split_whitespace().collect::<Vec<_>>()[..] {

@@ -20,6 +20,7 @@ mod info;
 mod map;
 mod net;
 mod shard;
+pub mod shared;
 mod stale;
 
 #[doc(hidden)]

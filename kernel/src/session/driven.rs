@@ -136,6 +136,12 @@ impl driver::Session for EvcxrSession {
         Ok(snap)
     }
 
+    fn execute(&mut self, code: &str) -> Result<(), Failure> {
+        self.context()?.execute(code).map_err(|e| ranch_error(e.to_string().trim().to_string()))?;
+        self.generation += 1;
+        Ok(())
+    }
+
     fn bind(&mut self, name: &str, ty: &str, dir: &Path, ranks: &[usize]) -> Result<(), Failure> {
         let list: Vec<String> = ranks.iter().map(usize::to_string).collect();
         let code = format!(

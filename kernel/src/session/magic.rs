@@ -25,6 +25,7 @@ impl EvcxrSession {
             Call::RanchWait(args) => self.drive(cx, |d, s, h| d.jobs.wait(s, h, &args)),
             Call::RanchOutput(args) => self.drive(cx, |d, _, h| d.ranch_output(h, &args)),
             Call::RanchCancel(args) => self.drive(cx, |d, _, _| d.jobs.cancel(&args.job)),
+            Call::RanchShare(name) => self.drive(cx, |d, s, h| d.ranch_share(s, h, &name)),
             Call::RanchGpus => Ok(ranch_magics::driver::ranch_gpus()?),
             Call::RanchClean { all } => self.ranch_clean(all, cx),
         }

@@ -210,6 +210,8 @@ impl EvcxrSession {
         if let Some(l) = &self.listener {
             child.env(events::SOCKET_ENV, l.path());
         }
+        // Shared arrays are named after this kernel (its janitor removes them).
+        child.env(ranch::shared::KERNEL_ENV, std::process::id().to_string());
         // The child loads each cell's library; see `host_rust` for why it needs this.
         match host_rust::host_rust() {
             Ok(host) => {

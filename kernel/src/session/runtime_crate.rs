@@ -10,6 +10,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../../runtime/src/lib.rs")),
     ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
     ("src/map.rs", include_str!("../../../runtime/src/map.rs")),
+    ("src/shared.rs", include_str!("../../../runtime/src/shared.rs")),
     ("src/channel.rs", include_str!("../../../runtime/src/channel.rs")),
     ("src/net/mod.rs", include_str!("../../../runtime/src/net/mod.rs")),
     ("src/net/keepalive.rs", include_str!("../../../runtime/src/net/keepalive.rs")),

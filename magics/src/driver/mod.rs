@@ -13,6 +13,7 @@
 pub mod jobs;
 pub mod px;
 pub mod ranch_cell;
+pub mod share;
 #[cfg(test)]
 mod tests;
 
@@ -123,6 +124,8 @@ pub trait Session {
     fn export(&mut self, vars: &[Shipped], dir: &Path) -> Result<Vec<String>, Failure>;
     /// The session's items, dependencies and build profile, as rank programs need them.
     fn snapshot(&mut self) -> Result<SessionSnapshot, Failure>;
+    /// Runs `code` in the session (ranch's own code: a binding it makes).
+    fn execute(&mut self, code: &str) -> Result<(), Failure>;
     /// `let name: Vec<ty>` in the session, from the values ranks `ranks` wrote to `dir`.
     fn bind(&mut self, name: &str, ty: &str, dir: &Path, ranks: &[usize]) -> Result<(), Failure>;
     /// Makes the `ranch` runtime crate a dependency of the session (cells may call it).

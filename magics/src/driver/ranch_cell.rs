@@ -315,6 +315,8 @@ impl Launch {
         let channel = Channel::start(&reach, &token, self.dir(), args.n, shipped).map_err(ranch_error)?;
         let mut env = vec![
             ("LD_LIBRARY_PATH".into(), library_path),
+            // Shared arrays are named after this kernel.
+            (ranch::shared::KERNEL_ENV.to_string(), std::process::id().to_string()),
             (group::TOKEN_ENV.to_string(), token),
             (channel::CHANNEL_ENV.to_string(), channel.addr().to_string()),
         ];

@@ -15,6 +15,8 @@ struct Calls {
     exported: Vec<String>,
     toolchain_asked: bool,
     bound: Vec<(String, String, Vec<usize>)>,
+    /// Code run in the session.
+    executed: Vec<String>,
     brought_items: usize,
     /// Each pool run: its code and ranks.
     ran: Vec<(String, Vec<usize>)>,
@@ -79,6 +81,10 @@ impl Session for FakeSession {
     }
     fn snapshot(&mut self) -> Result<SessionSnapshot, Failure> {
         Ok(SessionSnapshot::default())
+    }
+    fn execute(&mut self, code: &str) -> Result<(), Failure> {
+        self.calls.borrow_mut().executed.push(code.to_string());
+        Ok(())
     }
     fn bind(&mut self, name: &str, ty: &str, dir: &Path, ranks: &[usize]) -> Result<(), Failure> {
         if ty.contains("Unknown") {

@@ -16,7 +16,7 @@ mod mpi;
 mod pool;
 mod reduce;
 mod rendezvous;
-mod shm;
+pub(crate) mod shm;
 mod stream_copy;
 mod tcp;
 

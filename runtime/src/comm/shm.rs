@@ -172,7 +172,7 @@ fn free_bytes(file: &File) -> Option<u64> {
 
 /// Gives `file` its `len` bytes of memory now (`fallocate`); on a filesystem that cannot
 /// reserve, the file is sparse, as it always was.
-fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+pub(crate) fn reserve(file: &File, len: u64) -> std::io::Result<()> {
     // SAFETY: a plain system call on a descriptor we own.
     if unsafe { ffi::fallocate(file.as_raw_fd(), 0, 0, len as i64) } == 0 {
         return Ok(());
@@ -259,7 +259,7 @@ impl Drop for Header {
     }
 }
 
-mod ffi {
+pub(crate) mod ffi {
     use std::ffi::c_void;
     // From the C library std already links; the libc crate would be one more dependency
     // for every notebook session.

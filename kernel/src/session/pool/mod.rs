@@ -322,6 +322,8 @@ impl Pool {
         let mut fanout = std::process::Command::new(exe);
         let config = FanoutConfig { plan, remote, events: Some(listener.path().to_path_buf()) };
         config.pass(&mut fanout).map_err(|e| pool_error(format!("cannot hand the pool's plan to its fan-out: {e}")))?;
+        // Shared arrays are named after this kernel; the ranks inherit it from the fan-out.
+        fanout.env(ranch::shared::KERNEL_ENV, std::process::id().to_string());
         if let Ok(host) = super::host_rust::host_rust() {
             fanout.env("LD_LIBRARY_PATH", super::host_rust::library_path_with(&host.libdir));
         }
