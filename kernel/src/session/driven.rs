@@ -263,6 +263,7 @@ fn run_pool_cell(pool: &mut Pool, run: &std::sync::Arc<RunState>, code: &str, ra
     run.interrupted.store(false, Ordering::SeqCst);
     run.stopped_build.store(false, Ordering::SeqCst);
     *run.pool_stop.lock().unwrap() = None;
+    *run.pool_build_dir.lock().unwrap() = Some(pool.build_dir().to_path_buf());
     *run.pool_child.lock().unwrap() = Some(pool.process());
     run.running.store(true, Ordering::SeqCst);
     let (tell, told) = std::sync::mpsc::channel();
@@ -353,12 +354,15 @@ impl JobCancel {
         let done = over.clone();
         let thread = std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
+                // Once the cell runs (its fan-out known, its flags reset): its build, or its
+                // ranks, are stopped as an interrupt stops a cell in front.
                 if host.interrupted() {
-                    run.interrupted.store(true, Ordering::SeqCst);
-                    if let Some(fanout) = &*run.pool_child.lock().unwrap() {
-                        let _ = fanout.lock().unwrap().kill();
+                    let fanout = run.pool_child.lock().unwrap().clone();
+                    if let Some(fanout) = fanout {
+                        run.interrupted.store(true, Ordering::SeqCst);
+                        run.stop_pool_cell(&fanout);
+                        return;
                     }
-                    return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -56,8 +56,9 @@ struct RunState {
     ranch_cell: AtomicBool,
     /// Set while a cell waits for the pool to start: an interrupt only ends the wait.
     waiting_for_pool: AtomicBool,
-    /// Set while a pool cell runs: the pool's fan-out process.
+    /// Set while a pool cell runs: the pool's fan-out process, and where its cells build.
     pool_child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
+    pool_build_dir: Mutex<Option<std::path::PathBuf>>,
     /// Why a pool cell was stopped by its own flags (`--timeout`, `--on-error abort`).
     pool_stop: Mutex<Option<pool::CellStop>>,
 }
@@ -67,7 +68,10 @@ impl RunState {
     /// variables), else its ranks (evcxr restarts the pool; the cell's error says what was
     /// lost). The session is not touched.
     fn stop_pool_cell(&self, fanout: &Mutex<std::process::Child>) {
-        if procs::kill_cargo_builds() {
+        // Only the pool's own build: a cell in front (when this one is a background job's)
+        // may be building too.
+        let dir = self.pool_build_dir.lock().unwrap().clone();
+        if dir.is_some_and(|dir| procs::kill_cargo_builds_in(&dir)) {
             self.stopped_build.store(true, Ordering::SeqCst);
         } else {
             let _ = fanout.lock().unwrap().kill();
@@ -391,9 +395,10 @@ impl Interpreter for EvcxrSession {
 
     fn shutdown(&mut self) {
         // Background jobs end first: their ranks are stopped and waited for (and the pool,
-        // if a job had it, comes back to be ended below).
+        // if a job had it, comes back to be ended below). Then every build goes, a job's too.
         self.driver.jobs.end_all();
         let _ = self.reclaim_pool();
+        procs::spare_builds_in(None);
         procs::kill_cargo_builds();
         // The pool's ranks die with its fan-out (their parent-death signal). A start under
         // way ends soon: its build, if any, was just stopped.

@@ -73,11 +73,15 @@ fn children_and_groups() -> Vec<(i32, i32)> {
 }
 
 /// Stops and reaps the kernel's children that were not among `before` and are not in
-/// `keep` nor in a process group a launch still owns ([`super::janitor::watched`]: a
-/// background job's ranks): processes a launch's ranks left behind (and, level by level,
-/// what those started). Returns how many there were.
+/// `keep`, nor in a process group a launch still owns ([`super::janitor::watched`]: a
+/// background job's ranks), nor in the kernel's own group (what evcxr starts: its builds,
+/// a pool's fan-out, which a background job may be using): processes a launch's ranks left
+/// behind (and, level by level, what those started). Returns how many there were.
 pub fn end_new_orphans(before: &HashSet<i32>, keep: &[i32]) -> usize {
-    end_children_where(|pid, pgrp| !before.contains(&pid) && !keep.contains(&pid) && !super::janitor::watched().contains(&pgrp))
+    let own = nix::unistd::getpgrp().as_raw();
+    end_children_where(|pid, pgrp| {
+        !before.contains(&pid) && !keep.contains(&pid) && pgrp != own && !super::janitor::watched().contains(&pgrp)
+    })
 }
 
 /// Stops and reaps the kernel's children not among `before` whose process group is one of
@@ -109,8 +113,10 @@ fn end_children_where(orphan: impl Fn(i32, i32) -> bool) -> usize {
 pub fn reap_adopted(keep: &[i32]) {
     let me = std::process::id() as i32;
     let owned = super::janitor::watched();
+    // What evcxr started (in the kernel's group) is waited for by evcxr.
+    let own = nix::unistd::getpgrp().as_raw();
     for (pid, p) in table() {
-        if p.ppid == me && p.zombie && !keep.contains(&pid) && !owned.contains(&p.pgrp) {
+        if p.ppid == me && p.zombie && !keep.contains(&pid) && !owned.contains(&p.pgrp) && p.pgrp != own {
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
     }
@@ -123,20 +129,36 @@ static SPARED: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::
 /// Spares (or, `None`, no longer spares) the builds that run in `dir` from
 /// [`kill_cargo_builds`].
 pub fn spare_builds_in(dir: Option<&std::path::Path>) {
-    *SPARED.lock().unwrap_or_else(|e| e.into_inner()) = dir.map(std::path::Path::to_path_buf);
+    *SPARED.lock().unwrap_or_else(|e| e.into_inner()) = dir.map(resolved);
+}
+
+/// `dir` as a process's working directory reads (`/proc/<pid>/cwd` has no symbolic links).
+fn resolved(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// Kills every `cargo` the kernel started (and the compilers under it), but those a
 /// background job runs. Returns whether there was one.
 pub fn kill_cargo_builds() -> bool {
+    let spared = SPARED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    kill_cargo_builds_where(|cwd| spared.as_ref().is_none_or(|dir| !cwd.is_some_and(|cwd| cwd.starts_with(dir))))
+}
+
+/// Kills the `cargo` builds that run in `dir` (a pool's cells), and the compilers under them.
+/// Returns whether there was one.
+pub fn kill_cargo_builds_in(dir: &std::path::Path) -> bool {
+    let dir = resolved(dir);
+    kill_cargo_builds_where(|cwd| cwd.is_some_and(|cwd| cwd.starts_with(&dir)))
+}
+
+/// Kills the kernel's `cargo` children whose working directory `chosen` picks (cargo runs
+/// in the directory of the crate it builds: evcxr's, the pool's, a rank program's).
+fn kill_cargo_builds_where(chosen: impl Fn(Option<&std::path::Path>) -> bool) -> bool {
     let procs = table();
     let me = std::process::id() as i32;
-    let spared = SPARED.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    // cargo runs in the directory of the crate it builds (evcxr's, the pool's, a rank program's).
-    let is_spared =
-        |pid: i32| spared.as_ref().is_some_and(|dir| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)));
+    let cwd = |pid: i32| std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
     let cargos: Vec<i32> =
-        procs.iter().filter(|(pid, p)| p.ppid == me && p.comm == "cargo" && !is_spared(**pid)).map(|(&pid, _)| pid).collect();
+        procs.iter().filter(|(pid, p)| p.ppid == me && p.comm == "cargo" && chosen(cwd(**pid).as_deref())).map(|(&pid, _)| pid).collect();
     for &cargo in &cargos {
         for pid in descendants_of(cargo, &procs).into_iter().chain([cargo]) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

@@ -125,8 +125,33 @@ struct Record {
     status: Option<(String, Bundle, Bundle)>,
 }
 
+/// What each kept output costs besides its text (so that many empty ones are bounded too).
+const ITEM_COST: usize = 64;
+
 impl Record {
     fn keep(&mut self, item: Kept, bytes: usize) {
+        let bytes = bytes + ITEM_COST;
+        match &item {
+            // What came before is cleared when the cell is shown again: not kept.
+            Kept::Clear => {
+                self.kept.clear();
+                self.bytes = 0;
+            }
+            // A display updated in place: only its latest state is shown again.
+            Kept::InPlace { id, update: true, .. } => {
+                let earlier = self.kept.iter().position(|k| matches!(k, Kept::InPlace { id: i, .. } if i == id));
+                if let Some(at) = earlier {
+                    let Kept::InPlace { data, metadata, .. } = item else { unreachable!() };
+                    if let Kept::InPlace { data: d, metadata: m, .. } = &mut self.kept[at] {
+                        let old = size_of(d) + size_of(m) + ITEM_COST;
+                        self.bytes = self.bytes.saturating_sub(old) + bytes;
+                        (*d, *m) = (data, metadata);
+                    }
+                    return;
+                }
+            }
+            _ => {}
+        }
         if self.bytes + bytes > KEPT_BYTES {
             self.dropped += 1;
             self.dropped_bytes += bytes;
@@ -217,11 +242,19 @@ impl JobHost {
         self.progress.1.notify_all();
     }
 
-    /// Waits (at most `limit`) until the job's `processes` processes (its ranks, or the
-    /// launcher that starts them) run and, with `table`, its status table is shown; or it ended.
-    fn wait_started(&self, processes: usize, table: bool, limit: Duration) {
-        let started = self.progress.0.lock().unwrap();
-        let _ = self.progress.1.wait_timeout_while(started, limit, |s| !s.ended && (s.processes < processes || (table && !s.table_shown)));
+    /// Waits (at most `limit`, or until `stop` says so) until the job's `processes`
+    /// processes (its ranks, or the launcher that starts them) run and, with `table`, its
+    /// status table is shown; or it ended.
+    fn wait_started(&self, processes: usize, table: bool, limit: Duration, stop: &dyn Fn() -> bool) {
+        let deadline = Instant::now() + limit;
+        let mut started = self.progress.0.lock().unwrap();
+        while !started.ended && (started.processes < processes || (table && !started.table_shown)) {
+            let now = Instant::now();
+            if stop() || now >= deadline {
+                return;
+            }
+            started = self.progress.1.wait_timeout(started, (deadline - now).min(Duration::from_millis(100))).unwrap().0;
+        }
     }
 }
 
@@ -316,6 +349,8 @@ struct Job {
     started: Instant,
     host: Arc<JobHost>,
     end: Arc<(Mutex<Option<Ended>>, Condvar)>,
+    /// `%ranch_wait` showed what it gave (it goes first when room is made).
+    waited: AtomicBool,
     /// Not joined: it may linger after the job (see [`JobHost::linger`]).
     _thread: std::thread::JoinHandle<()>,
     bind: Option<Bind>,
@@ -380,7 +415,8 @@ impl Jobs {
         if self.list.len() < JOBS_MAX {
             return Ok(());
         }
-        match self.list.iter().position(Job::ended) {
+        let waited = self.list.iter().position(|j| j.ended() && j.waited.load(Ordering::Relaxed));
+        match waited.or_else(|| self.list.iter().position(Job::ended)) {
             Some(oldest) => {
                 drop(self.list.remove(oldest));
                 Ok(())
@@ -394,7 +430,7 @@ impl Jobs {
 
     /// Starts `work` as the job [`next_name`](Self::next_name) of `ranks` ranks for the cell
     /// numbered `cell`; returns once its `processes` processes run and (`live_table`) its
-    /// status table is up, or it ended.
+    /// status table is up, or it ended, or `stop` says so (an interrupt: the job runs on).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
@@ -405,6 +441,7 @@ impl Jobs {
         live_table: bool,
         bind: Option<Bind>,
         work: Work,
+        stop: &dyn Fn() -> bool,
     ) -> Result<String, Failure> {
         self.make_room()?;
         self.started += 1;
@@ -417,7 +454,11 @@ impl Jobs {
             .name(name.clone())
             .stack_size(JOB_STACK)
             .spawn(move || {
-                let given = work(job_host.clone());
+                // A panic in the job is its failure, not a job that never ends.
+                let given = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(job_host.clone()))).unwrap_or_else(|panic| {
+                    let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                    Err(super::ranch_error(format!("the job failed inside ranch: {}", why.unwrap_or_else(|| "a panic".into()))))
+                });
                 *job_end.0.lock().unwrap() = Some(Ended { given, took: started.elapsed() });
                 job_end.1.notify_all();
                 job_host.advance(|s| s.ended = true);
@@ -427,8 +468,8 @@ impl Jobs {
                 }
             })
             .map_err(|e| super::ranch_error(format!("cannot start a thread for the job: {e}")))?;
-        let job = Job { name: name.clone(), cell, ranks, started, host, end, _thread: thread, bind };
-        job.host.wait_started(processes, live_table, Duration::from_secs(30));
+        let job = Job { name: name.clone(), cell, ranks, started, host, end, waited: AtomicBool::new(false), _thread: thread, bind };
+        job.host.wait_started(processes, live_table, Duration::from_secs(30), stop);
         self.list.push(job);
         Ok(name)
     }
@@ -486,6 +527,7 @@ impl Jobs {
             )));
         }
         self.replay(job, host);
+        job.waited.store(true, Ordering::Relaxed);
         let ended = job.end.0.lock().unwrap();
         let Some(Ended { given, .. }) = &*ended else { unreachable!("waited for its end") };
         let (shown, types) = given.clone()?;
@@ -600,4 +642,26 @@ fn text(s: &str) -> Bundle {
     let mut b = Bundle::new();
     b.insert("text/plain".into(), Value::String(s.into()));
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clears_and_updates_in_place_keep_a_jobs_record_small() {
+        let mut r = Record::default();
+        let shown = |i: usize| Kept::InPlace { data: text(&i.to_string()), metadata: Bundle::new(), id: "bar".into(), update: i > 0 };
+        for i in 0..100_000 {
+            r.keep(shown(i), 8);
+        }
+        assert_eq!(r.kept.len(), 1, "one display, in its latest state");
+        let Kept::InPlace { data, .. } = &r.kept[0] else { panic!() };
+        assert_eq!(data["text/plain"], "99999");
+        for i in 0..100_000 {
+            r.keep(Kept::Clear, 0);
+            r.keep(Kept::Stream(Stream::Stdout, format!("{i}\n")), 6);
+        }
+        assert!(r.kept.len() <= 2 && r.bytes < 1000 && r.dropped == 0, "{} kept, {} bytes", r.kept.len(), r.bytes);
+    }
 }

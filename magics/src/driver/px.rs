@@ -149,7 +149,7 @@ impl Driver {
                 }) as super::jobs::Bind
             });
             // The pool's ranks run already: the job has no process to start.
-            let name = self.jobs.start(outlet, cell, n, 0, live_table, bind, work)?;
+            let name = self.jobs.start(outlet, cell, n, 0, live_table, bind, work, &|| host.interrupted())?;
             host.stream(Stream::Stdout, &super::jobs::started_line(&name, n));
             return Ok(None);
         }
@@ -174,7 +174,12 @@ impl Driver {
     /// `%px_pull NAME [--out NAME] [--targets R,R]`: the ranks' NAME as `Vec<T>` in the session.
     pub fn px_pull(&mut self, session: &mut dyn Session, host: &dyn Host, args: &PullArgs) -> Outcome {
         let mut pool = session.pool()?;
-        let ranks = cell_ranks(args.targets.as_ref(), pool.size()).map_err(usage)?;
+        let mut ranks = cell_ranks(args.targets.as_ref(), pool.size()).map_err(usage)?;
+        // Ranks restarted alone have none of the variables: pulled from the others.
+        let out = pool.sitting_out();
+        if args.targets.is_none() {
+            ranks.retain(|r| !out.contains(r));
+        }
         let vars = pool.variables();
         drop(pool);
         let Some((_, ty)) = vars.iter().find(|(v, _)| *v == args.name) else {

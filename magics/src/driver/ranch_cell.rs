@@ -168,7 +168,7 @@ impl Driver {
             job.keep_transcript(transcript);
             given
         });
-        let name = self.jobs.start(outlet, cell, n, processes, live_table, bind, work)?;
+        let name = self.jobs.start(outlet, cell, n, processes, live_table, bind, work, &|| host.interrupted())?;
         host.stream(supervise::Stream::Stdout, &jobs::started_line(&name, n));
         Ok(None)
     }

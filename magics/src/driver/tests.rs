@@ -434,7 +434,7 @@ fn a_job_forwards_only_its_table_keeps_a_bounded_record_and_wait_replays_it_and_
         Ok(())
     });
     assert_eq!(jobs.next_name(), "job-1");
-    let name = jobs.start(outlet.clone(), 7, 2, 0, true, Some(bind), work).unwrap();
+    let name = jobs.start(outlet.clone(), 7, 2, 0, true, Some(bind), work, &|| false).unwrap();
     assert_eq!(name, "job-1");
     assert!(!outlet.statuses.lock().unwrap().is_empty(), "the cell returns once the table is up");
     let mut s = FakeSession::new("job", &[]);

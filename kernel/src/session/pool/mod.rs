@@ -66,6 +66,8 @@ struct PoolEvents {
     stateless: Mutex<std::collections::BTreeSet<usize>>,
     /// Ranks restarted during the running cell.
     restarted: Mutex<Vec<usize>>,
+    /// Ranks that said they finished the running cell.
+    done: Mutex<std::collections::BTreeSet<usize>>,
 }
 
 /// The running cell's view, and the display id of its status table.
@@ -176,6 +178,9 @@ impl EventHandler for PoolEvents {
                 self.rank_ended(conn.rank, Ending::Panicked { message, line: None });
             }
             Event::Done => {
+                if let Some(rank) = conn.rank {
+                    self.done.lock().unwrap().insert(rank);
+                }
                 self.rank_ended(conn.rank, Ending::Success);
                 if let (Some(rank), Some(group)) = (conn.rank, self.group.lock().unwrap().as_ref()) {
                     group.finished(rank);
@@ -206,7 +211,8 @@ impl EventHandler for PoolEvents {
                 // cell's wait for its `Done` is over.
                 let how = self.exits.lock().unwrap().iter().rev().find(|(r, _)| *r == rank).map(|(_, how)| how.clone());
                 let ran = self.view.lock().unwrap().as_ref().is_some_and(|cv| cv.view.row_of(rank).is_some());
-                if ran {
+                // (A rank that said it finished and died after is counted already.)
+                if ran && !self.done.lock().unwrap().contains(&rank) {
                     self.rank_ended(Some(rank), Ending::Lost(format!("its process {}", how.unwrap_or_else(|| "ended".into()))));
                     if let Some(group) = self.group.lock().unwrap().as_ref() {
                         group.finished(rank);
@@ -314,6 +320,7 @@ impl Pool {
             view: Mutex::default(),
             stateless: Mutex::default(),
             restarted: Mutex::default(),
+            done: Mutex::default(),
         });
         let listener = Listener::start(events.clone(), private, "pool.sock")
             .map_err(|e| pool_error(format!("cannot listen for the pool's ranks: {e}")))?;
@@ -431,6 +438,7 @@ impl Pool {
         self.events.panics.lock().unwrap().clear();
         self.events.exits.lock().unwrap().clear();
         self.events.restarted.lock().unwrap().clear();
+        self.events.done.lock().unwrap().clear();
         self.events.ranks_left.store(ranks.len(), std::sync::atomic::Ordering::SeqCst);
         // A rank restarted alone that the cell names runs again (the pool holds no variables).
         let mut stateless = self.events.stateless.lock().unwrap();

@@ -254,7 +254,8 @@ impl FanOut {
     fn targets(&mut self, named: Option<Vec<usize>>) -> Vec<usize> {
         let known = self.stateless.clone();
         if let Ranks::Local(local) = &mut self.ranks {
-            let ended: Vec<usize> = (0..local.children.len()).filter(|&r| !matches!(local.children[r].try_wait(), Ok(None))).collect();
+            // Looked at without reaping (WNOWAIT): the reaper learns its peak memory.
+            let ended: Vec<usize> = (0..local.children.len()).filter(|&r| has_ended(&local.children[r])).collect();
             for rank in ended {
                 let how = self.how_it_ended(rank);
                 if self.restart(rank, how).is_err() {
@@ -398,6 +399,13 @@ impl FanOut {
             Ranks::Remote(hub) => hub.how_it_ended(rank),
         }
     }
+}
+
+/// Whether `child` has ended, looked at without reaping it.
+fn has_ended(child: &Child) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    !matches!(waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT), Ok(WaitStatus::StillAlive))
 }
 
 /// The ranks' values as one list, `[v0, v1, ...]` (their plain-text forms), when every
