@@ -312,7 +312,7 @@ impl EvcxrSession {
         let mut pool = self.pool.take().ok_or_else(super::pool::no_pool)?;
         super::procs::spare_builds_in(Some(pool.build_dir()));
         let (back, returned) = std::sync::mpsc::channel();
-        self.pool_away = Some(super::px::PoolAway { job: job.to_string(), returned });
+        self.pool_away = Some(super::pool::PoolAway { job: job.to_string(), returned });
         Ok(Box::new(move |host: std::sync::Arc<jobs::JobHost>| {
             let cell = std::sync::Arc::new(super::events::CurrentCell::default());
             cell.begin(std::sync::Arc::new(JobSink(host.clone())));

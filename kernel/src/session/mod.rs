@@ -136,7 +136,7 @@ pub struct EvcxrSession {
     /// A pool that `%ranch_start` is starting in the background.
     pool_starting: Option<px::Starting>,
     /// The pool, while a background job's cell has it.
-    pool_away: Option<px::PoolAway>,
+    pool_away: Option<pool::PoolAway>,
     /// The arguments the running pool was started with (`%ranch_restart` reuses them).
     pool_args: Option<ranch_magics::pool::PoolArgs>,
     /// `%autopx`: plain cells run on the pool.

@@ -47,13 +47,6 @@ impl Starting {
     }
 }
 
-/// The pool, while a background job runs a cell on it.
-pub(super) struct PoolAway {
-    pub(super) job: String,
-    /// The pool, once the job's cell is over.
-    pub(super) returned: std::sync::mpsc::Receiver<Pool>,
-}
-
 impl EvcxrSession {
     pub(super) fn ranch_start(&mut self, args: ranch_magics::pool::PoolArgs, cx: &CellContext) -> CellOutcome {
         self.reclaim_pool()?;

@@ -275,6 +275,13 @@ pub(super) struct Pool {
     _spawner: Option<std::sync::mpsc::Sender<()>>,
 }
 
+/// The pool, while a background job runs a cell on it.
+pub(super) struct PoolAway {
+    pub(super) job: String,
+    /// The pool, once the job's cell is over.
+    pub(super) returned: std::sync::mpsc::Receiver<Pool>,
+}
+
 fn pool_error(msg: impl Into<String>) -> CellError {
     CellError::new("PoolError", msg)
 }
