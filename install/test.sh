@@ -17,6 +17,8 @@ cargo_ test --release --locked --workspace
 echo "==> the runtime's GPU features build (no CUDA needed: it is loaded at run time)"
 cargo_ check --release --locked -p ranch --features cuda
 cargo_ check --release --locked -p ranch --features nccl
+echo "==> the runtime's candle collectives (feature candle)"
+cargo_ clippy --release --locked -p ranch --features candle -- -D warnings
 if command -v mpicc >/dev/null 2>&1; then
   echo "==> the runtime's MPI feature builds (against this host's MPI; install/mpi.sh installs it)"
   cargo_ check --release --locked -p ranch --features mpi

@@ -59,14 +59,20 @@ pub struct BodyFacts {
     pub has_tail: bool,
 }
 
-/// Features of the `ranch` runtime a body needs: `cuda` when it names `ranch::cuda`, and
-/// `nccl` when it also names `nccl`.
+/// Features of the `ranch` runtime a body needs: `cuda` when it names `ranch::cuda` (`nccl`
+/// when it also names `nccl`), and `candle` when it names `ranch` and `candle` (a path or a
+/// `use ranch::{candle, ..}`).
 pub fn ranch_features(body: &str) -> Vec<&'static str> {
     let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-    if !compact.contains("ranch::cuda") {
-        return vec![];
+    let idents = body_facts(body).idents;
+    let mut features = vec![];
+    if compact.contains("ranch::cuda") {
+        features.push(if idents.contains("nccl") { "nccl" } else { "cuda" });
     }
-    if body_facts(body).idents.contains("nccl") { vec!["nccl"] } else { vec!["cuda"] }
+    if idents.contains("ranch") && idents.contains("candle") {
+        features.push("candle");
+    }
+    features
 }
 
 pub fn body_facts(body: &str) -> BodyFacts {
@@ -208,6 +214,10 @@ mod tests {
         assert_eq!(ranch_features("let g = ranch::cuda::context()?;"), ["cuda"]);
         assert_eq!(ranch_features("let n = ranch :: cuda :: nccl()?;"), ["nccl"]);
         assert_eq!(ranch_features("use ranch::cuda;\nlet n = cuda::nccl()?;"), ["nccl"]);
+        assert_eq!(ranch_features("let y = ranch::candle::all_reduce_sum(&x)?;"), ["candle"]);
+        assert_eq!(ranch_features("use ranch::{candle, rank};"), ["candle"]);
+        assert!(ranch_features("let t = candle_core::Tensor::zeros(3, F32, &dev)?; ranch::rank()").is_empty());
+        assert_eq!(ranch_features("ranch::cuda::context()?; ranch :: candle::replicate(&w)?"), ["cuda", "candle"]);
     }
 
     #[test]

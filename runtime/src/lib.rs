@@ -11,6 +11,8 @@
 //! assert_eq!(ranch::shard(&data), &data[..]);
 //! ```
 
+#[cfg(feature = "candle")]
+pub mod candle;
 mod channel;
 mod comm;
 #[cfg(feature = "cuda")]
