@@ -107,3 +107,16 @@ let x = candle_core::Tensor::zeros(3, candle_core::DType::U32, &candle_core::Dev
 ranch::candle::all_reduce_sum(&x)?;''', timeout=600)
     text = run.error_text()
     assert "U32 tensors are not supported" in text and "to_dtype" in text, text
+
+
+def test_session_fns_and_plain_cells_can_name_ranch_candle_once_the_session_has_candle(candle):
+    # The session's own runtime got `candle` with the `:dep`: a fn defined in a plain cell
+    # compiles, runs alone as a world of one, and runs data-parallel through `%in_ddp`.
+    ok(execute(candle, r'''fn summed_grad(x: f64) -> candle_core::Result<f64> {
+    let v = candle_core::Var::new(&[x], &candle_core::Device::Cpu)?;
+    let loss = ranch::candle::replicate(v.as_tensor())?.sqr()?.sum_all()?;
+    Ok(loss.backward()?.get(v.as_tensor()).unwrap().to_vec1::<f64>()?[0])
+}''', timeout=600))
+    assert ok(execute(candle, "summed_grad(3.0).unwrap()")).result() == "6.0"
+    run = ok(execute(candle, "%in_ddp --gather 4 summed_grad(3.0).unwrap()", timeout=600))
+    assert run.result() == "[24.0, 24.0, 24.0, 24.0]", run.result()

@@ -419,10 +419,13 @@ pub fn parse_in_ddp(line: &str) -> Result<Parsed, UsageError> {
     let tokens = raw_tokens(line).ok_or_else(|| UsageError(format!("unbalanced quotes in `%in_ddp {line}`")))?;
     let mut i = 0;
     let mut expr_start = None;
+    let mut seen_n = false;
     while i < tokens.len() {
         let (t, start) = (&tokens[i].0, tokens[i].1);
-        if i == 0 && !t.starts_with("--") {
-            i += 1; // N
+        if !seen_n && !t.starts_with("--") {
+            // N: first, or after flags (`%in_ddp --gather 4 f()`, as the usage line has it).
+            seen_n = true;
+            i += 1;
             continue;
         }
         if t.starts_with("--") {
@@ -444,7 +447,9 @@ pub fn parse_in_ddp(line: &str) -> Result<Parsed, UsageError> {
     let gather = raw_tokens(flags).unwrap_or_default().iter().any(|(t, _)| t == "--gather");
     let flags_without_gather: Vec<String> =
         raw_tokens(flags).unwrap_or_default().into_iter().map(|(t, _)| t).filter(|t| t != "--gather").collect();
-    match parse(&shlex::try_join(flags_without_gather.iter().map(String::as_str)).unwrap_or_default())? {
+    let parsed = parse(&shlex::try_join(flags_without_gather.iter().map(String::as_str)).unwrap_or_default())
+        .map_err(|e| UsageError(e.0.replace("%%ranch <N>", "%in_ddp [OPTIONS] <N> <EXPR>")))?;
+    match parsed {
         Parsed::Help(h) => Ok(Parsed::Help(h.replace("%%ranch", "%in_ddp").replace("<N>", "<N> <EXPR>"))),
         Parsed::InDdp(..) => unreachable!("parse never returns InDdp"),
         Parsed::Run(mut a) => {
@@ -611,6 +616,10 @@ mod tests {
         assert!(err("2 --world-size 4 --base-rank 3 --port 1").contains("do not fit"));
         assert!(err("2 --world-size 4").contains("--port"));
         assert!(err("2 --gather").contains("%in_ddp"));
+        match parse_in_ddp("--gather 4 --timeout 5 f(2)") {
+            Ok(Parsed::InDdp(a, expr)) => assert!(a.gather && a.n == 4 && expr == "f(2)", "{a:?} {expr}"),
+            other => panic!("{other:?}"),
+        }
         assert!(err("2 --backend nccl").contains("nccl"));
     }
 

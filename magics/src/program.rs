@@ -74,13 +74,28 @@ pub const PACKAGE: &str = "ranch_rank";
 /// they are).
 fn with_ranch_features(dep: &str, features: &[&str]) -> String {
     let is_ranch = dep.split('=').next().is_some_and(|name| name.trim() == "ranch");
-    match dep.trim_end().strip_suffix('}') {
-        Some(head) if is_ranch && !features.is_empty() => {
-            let list: Vec<String> = features.iter().map(|f| format!("\"{f}\"")).collect();
-            format!("{}, features = [{}] }}", head.trim_end().trim_end_matches(','), list.join(", "))
+    let Some(head) = dep.trim_end().strip_suffix('}').filter(|_| is_ranch && !features.is_empty()) else {
+        return dep.to_string();
+    };
+    // The session's own `ranch` may name features already (`candle`, once the session has
+    // candle): one list with both.
+    let (head, mut list) = match head.find("features") {
+        Some(at) => {
+            let (open, close) = (head[at..].find('[').map(|i| at + i), head[at..].find(']').map(|i| at + i));
+            let (Some(open), Some(close)) = (open, close) else { return dep.to_string() };
+            let had: Vec<String> = head[open + 1..close].split(',').map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect();
+            (format!("{}{}", &head[..at], &head[close + 1..]), had)
         }
-        _ => dep.to_string(),
+        None => (head.to_string(), vec![]),
+    };
+    for f in features {
+        let quoted = format!("\"{f}\"");
+        if !list.contains(&quoted) {
+            list.push(quoted);
+        }
     }
+    let head = head.trim_end().trim_end_matches(',').replace(", ,", ",");
+    format!("{head}, features = [{}] }}", list.join(", "))
 }
 
 /// Whether the environment the ranks inherit asks for backtraces (std's `RUST_LIB_BACKTRACE`,
@@ -245,6 +260,10 @@ mod tests {
         let toml = generate(&session, &cell).cargo_toml;
         assert!(toml.contains("ranch = { path = \"/r\", features = [\"nccl\"] }\nrand = \"0.8\"\n"), "{toml}");
         assert_eq!(with_ranch_features("ranchy = { path = \"/x\" }", &["cuda"]), "ranchy = { path = \"/x\" }");
+        // A session whose runtime has candle already: one features list.
+        let dep = "ranch = { path = \"/r\", features = [\"candle\"] }";
+        assert_eq!(with_ranch_features(dep, &["cuda", "candle"]), "ranch = { path = \"/r\", features = [\"candle\", \"cuda\"] }");
+        assert_eq!(with_ranch_features(dep, &[]), dep);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use std::time::Duration;
 pub(super) struct DrivenState {
     /// `ranch` is a dependency of the session.
     runtime_added: bool,
+    /// The session's `ranch` has its `candle` feature.
+    runtime_candle: bool,
     /// Held while this kernel uses its runtime version (see `disk`).
     runtime_in_use: Option<super::disk::RuntimeInUse>,
     /// The session's items and deps, with the session generation they were read at.
@@ -60,6 +62,24 @@ impl EvcxrSession {
     pub(super) fn runtime_dep(&self) -> Result<String, Failure> {
         let dir = super::runtime_crate::dir().map_err(ranch_error)?;
         Ok(format!("ranch = {{ path = {:?} }}", dir.to_string_lossy()))
+    }
+
+    /// After a plain cell that added candle (`:dep candle-core`), the session runtime gets
+    /// its `candle` feature, so session fns (for `%in_ddp`) and pool cells can name
+    /// `ranch::candle`. Changing a dependency drops the variables of the session's own
+    /// types, as the cell's `:dep` just did; a struct the cell defined after it is dropped too.
+    pub(super) fn add_candle_to_runtime(&mut self, code: &str) -> Result<(), Failure> {
+        if self.driven.runtime_candle || !self.driven.runtime_added || !super::adapter::adds_dependency(code, "candle-core") {
+            return Ok(());
+        }
+        let dep = self.runtime_dep()?;
+        let dep = format!("{}, features = [\"candle\"] }}", dep.trim_end_matches('}').trim_end());
+        self.context()?.add_dependency(&dep).map_err(|e| {
+            ranch_error(format!("candle was added, but the ranch runtime's `candle` feature could not be: {}", e.to_string().trim()))
+        })?;
+        self.driven.runtime_candle = true;
+        self.generation += 1;
+        Ok(())
     }
 
     /// Runs a magic of the driver on this session, as the cell `cx`. An interrupt meanwhile

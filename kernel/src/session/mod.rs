@@ -279,6 +279,9 @@ impl EvcxrSession {
         self.generation += 1;
         let prepared = syntax::with_stdout_flush(code);
         let (result, panic) = self.run_evcxr(&prepared.code, cx);
+        if result.is_ok() {
+            self.add_candle_to_runtime(code).map_err(CellError::from)?;
+        }
         let interrupted = self.run.interrupted.load(Ordering::SeqCst);
         let stopped_build = self.run.stopped_build.load(Ordering::SeqCst);
         match result {

@@ -166,6 +166,16 @@ impl Context {
 }
 
 /// evcxr's result: one entry per MIME type; JSON types carry JSON, not text.
+/// Whether `code` adds the crate `package` with a `:dep` line (by name, or renamed with
+/// `package = "..."`).
+pub fn adds_dependency(code: &str, package: &str) -> bool {
+    code.lines().any(|line| {
+        let Some(dep) = line.trim_start().strip_prefix(":dep ") else { return false };
+        let name = dep.split(['=', ' ']).next().unwrap_or("").trim();
+        name.replace('_', "-") == package || dep.contains(&format!("package = \"{package}\""))
+    })
+}
+
 fn bundle(outputs: evcxr::EvalOutputs) -> Option<MimeBundle> {
     if outputs.is_empty() {
         return None;
@@ -214,4 +224,15 @@ fn diagnostic(err: &evcxr::CompilationError) -> Diagnostic {
 pub fn serve_rustc_wrapper() -> ! {
     evcxr::runtime_hook();
     unreachable!("evcxr's rustc wrapper exits")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cell_adding_a_crate_is_recognised() {
+        assert!(super::adds_dependency(":dep serde = \"1\"\n:dep candle-core = { version = \"0.11\" }\nlet x = 1;", "candle-core"));
+        assert!(super::adds_dependency(":dep candle = { package = \"candle-core\", version = \"0.11\" }", "candle-core"));
+        assert!(super::adds_dependency(":dep candle_core = \"0.11\"", "candle-core"));
+        assert!(!super::adds_dependency(":dep candle-nn = \"0.11\"\n// :dep candle-core", "candle-core"));
+    }
 }

@@ -364,10 +364,12 @@ impl Pool {
     }
 
     /// Brings the session's dependencies and items into the pool (its `ranch` is there
-    /// already). Identical items leave the pool alone: evcxr keeps the variables of types
+    /// already, without features). Identical items leave the pool alone: evcxr keeps the variables of types
     /// that did not change.
     pub(super) fn bring_session_items(&mut self, snapshot: &ranch_magics::program::SessionSnapshot) -> Result<(), CellError> {
-        let deps: Vec<String> = snapshot.deps.iter().filter(|d| !d.trim_start().starts_with("ranch ")).cloned().collect();
+        // The pool's own `ranch` is the session's, unless the session's has features (candle).
+        let deps: Vec<String> =
+            snapshot.deps.iter().filter(|d| !d.trim_start().starts_with("ranch ") || d.contains("features")).cloned().collect();
         let code = [deps.join("\n"), snapshot.items.items.join("\n")].join("\n");
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&code, &mut hasher);
