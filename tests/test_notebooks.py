@@ -122,6 +122,20 @@ def test_data_parallel_matches_serial_and_plots_its_loss():
     assert float(last) < float(first) / 100
 
 
+def test_candle_notebook_trains_like_serial_on_2_and_4_ranks_and_splits_a_layer_exactly():
+    cells = run("candle_ddp.ipynb")
+    stdout = lambda c: "".join(o.text for o in c.outputs if o.output_type == "stream" and o.name == "stdout")
+    curves = stdout(cells[6])
+    gaps = re.search(r"largest gap from serial: (\S+) on 2 ranks, (\S+) on 4 ranks", curves)
+    assert gaps and all(float(g) < 1e-4 for g in gaps.groups()), curves
+    rows = [line.split() for line in curves.splitlines()[1:] if line.strip()[:1].isdigit()]
+    assert len(rows) == 9 and float(rows[-1][1]) < float(rows[0][1]) / 3, "the model learned: " + curves
+    chart = [o.data for o in cells[7].outputs if o.output_type == "display_data"]
+    assert len(chart) == 1 and chart[0]["image/svg+xml"].startswith("<svg") and "4 ranks" in chart[0]["image/svg+xml"]
+    split = re.search(r"w1 (\S+), b1 (\S+), w2 (\S+), b2 (\S+)", stdout(cells[10]))
+    assert split and all(float(g) < 1e-6 for g in split.groups()), stdout(cells[10])
+
+
 def test_monte_carlo_estimates_pi_and_charts_the_speed_up():
     cells = run("monte_carlo.ipynb")
     assert abs(float(text(cells[1])) - 3.14159) < 0.01
