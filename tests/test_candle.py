@@ -120,3 +120,13 @@ def test_session_fns_and_plain_cells_can_name_ranch_candle_once_the_session_has_
     assert ok(execute(candle, "summed_grad(3.0).unwrap()")).result() == "6.0"
     run = ok(execute(candle, "%in_ddp --gather 4 summed_grad(3.0).unwrap()", timeout=600))
     assert run.result() == "[24.0, 24.0, 24.0, 24.0]", run.result()
+
+
+def test_pool_cells_can_name_ranch_candle(candle):
+    ok(execute(candle, "%ranch_start 2", timeout=600))
+    try:
+        run = ok(execute(candle, "%%px\nlet t = candle_core::Tensor::new(&[ranch::rank() as f32 + 1.0], &candle_core::Device::Cpu).unwrap();\n"
+                                 "ranch::candle::all_reduce_sum(&t).unwrap().to_vec1::<f32>().unwrap()[0]", timeout=900))
+        assert "3.0" in run.result() and "1.0" not in run.result(), run.result()
+    finally:
+        execute(candle, "%ranch_stop", timeout=120)
