@@ -71,6 +71,35 @@ def test_ranks_on_two_hosts_get_variables_and_return_values(hosts, kernel_km):
     nothing_left_on(hosts)
 
 
+def test_a_shared_array_is_copied_once_to_each_host_and_removed_after(hosts, kernel_km):
+    _, kc = kernel_km
+    a, b = hosts.addresses
+    ok(execute(kc, "let across: Vec<f64> = (0..100_000).map(|i| i as f64).collect();"))
+    ok(execute(kc, "%ranch_share across"))
+    try:
+        run = ok(execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2\n"
+                             "let g = across;\n"
+                             f"let host = {HOSTNAME};\n"
+                             'let maps = std::fs::read_to_string("/proc/self/maps").unwrap();\n'
+                             'let copy = maps.lines().find(|l| l.contains("hostarray")).and_then(|l| l.split_whitespace().last()).unwrap_or("none").to_string();\n'
+                             "ranch::comm().barrier().unwrap(); // every rank has mapped it before its maker lets go\n"
+                             'format!("{host} {} {copy}", g.iter().sum::<f64>())', timeout=300))
+        rows = [r.split() for r in re.findall(r'"([^"]*)"', run.result())]
+        assert len(rows) == 4 and all(r[1] == "4999950000" for r in rows), run.result()
+        copies = {host: {r[2] for r in rows if r[0] == host} for host in ("simhost1", "simhost2")}
+        # One copy per host, mapped by both of its ranks; each host its own.
+        assert all(len(c) == 1 and "-hostarray-" in next(iter(c)) for c in copies.values()), copies
+        assert copies["simhost1"] != copies["simhost2"], copies
+        nothing_left_on(hosts)
+        # A name the session has no array of is refused by the kernel, and nothing is left.
+        run = execute(kc, f"%%ranch 2 --hosts {a}:1,{b}:1\n"
+                          'ranch::shared::Array::<f64>::attach("nosuch").map(|a| a.len()).map_err(|e| e.to_string())')
+        assert "no shared array `nosuch` in the session" in run.result(), run.result()
+        nothing_left_on(hosts)
+    finally:
+        execute(kc, "drop(across);")
+
+
 def test_a_rank_killed_on_host_2_is_named_with_its_host(hosts, kernel_km):
     _, kc = kernel_km
     a, b = hosts.addresses

@@ -6,6 +6,8 @@
 //! One request per connection, started by a line `RANCH-CHANNEL1 <token> <request>`:
 //! - `GET <name>`: answered `OK <len>\n` and the bytes of `vars/<name>.bin`, or `ERR <why>\n`;
 //! - `PROGRAM`: the same with the rank program, when the launch ships it (`crate::ranks::launch::ship`);
+//! - `ARRAY <name>`: the same with the file of this kernel's shared array `name`, for ranks
+//!   on other hosts to make their host's copy (the runtime's `shared::host_copy`);
 //! - `PUT result|panic <index> <len>`, then the bytes: answered `OK\n` once on disk.
 //!
 //! A stranger gets nothing: the request line is the hello of a
@@ -123,6 +125,7 @@ fn serve(shared: &Shared, Admitted { stream, words, .. }: Admitted) {
             let file = shared.program.as_ref().map(std::fs::File::open);
             return send_file(file, "this launch ships no program", out);
         }
+        ["ARRAY", name] => return send_file(Some(shared_array(name)), &format!("no shared array `{name}` in the session"), out),
         ["PUT", kind @ ("result" | "panic"), index, len] => {
             let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
             receive(shared, kind, index, len, &stream)
@@ -140,6 +143,18 @@ fn send_variable(shared: &Shared, name: &str, out: &TcpStream) {
     let valid = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_alphanumeric() || c == '_');
     let file = valid.then(|| std::fs::File::open(shared.run_dir.join("vars").join(format!("{name}.bin"))));
     send_file(file, &format!("no variable {name:?} was shipped"), out);
+}
+
+/// This kernel's shared array `name`: a file of this user's own, never a link.
+fn shared_array(name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = ranch::__rt::shared_array_file(name).map_err(std::io::Error::other)?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::other("not an array of this user's"));
+    }
+    Ok(file)
 }
 
 /// `OK <len>` and the file's bytes, or `ERR <missing>`.

@@ -15,6 +15,12 @@ pub use crate::info::BASE_RANK_ENV;
 pub use crate::net::{keepalive, listener};
 pub use crate::stale::remove_stale;
 
+/// The file of this kernel's shared array `name` (the name checked), for the kernel's
+/// channel to send to hosts that need a copy.
+pub fn shared_array_file(name: &str) -> Result<String, String> {
+    crate::shared::path_of(name).map_err(|e| e.to_string())
+}
+
 /// The symbols a pool rank calls in each cell's library before the cell runs and when it
 /// has returned.
 pub const POOL_CELL_BEGIN: &str = "ranch_pool_cell_begin";

@@ -77,23 +77,36 @@ fn reply_line(reader: &mut impl BufRead, addr: &str) -> Result<String, Failed> {
 
 /// The bytes of shipped variable `name`.
 pub(crate) fn fetch(addr: &str, name: &str) -> Result<Vec<u8>, String> {
+    fetch_streamed(addr, &format!("GET {name}"), MAX_VARIABLE, |len, body| {
+        let mut bytes = Vec::with_capacity(len.min(1 << 30) as usize);
+        body.read_to_end(&mut bytes).map_err(|e| format!("reading variable `{name}`: {e}"))?;
+        if bytes.len() as u64 != len {
+            return Err(format!("variable `{name}`: {} of {len} bytes came", bytes.len()));
+        }
+        Ok(bytes)
+    })
+}
+
+/// Answers `request` (`OK <len>` and the bytes) by handing the announced length, at most
+/// `max`, and the body to `take`; asked again while the kernel does not answer.
+pub(crate) fn fetch_streamed<T>(
+    addr: &str,
+    request: &str,
+    max: u64,
+    mut take: impl FnMut(u64, &mut dyn Read) -> Result<T, String>,
+) -> Result<T, String> {
     retrying(|| {
-        let stream = open(addr, &format!("GET {name}"))?;
+        let stream = open(addr, request)?;
         let mut reader = BufReader::new(stream);
         let line = reply_line(&mut reader, addr)?;
         let len: u64 = line
             .strip_prefix("OK ")
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| Failed::Final(format!("the kernel's channel answered {line:?}")))?;
-        if len > MAX_VARIABLE {
-            return Err(Failed::Final(format!("the kernel's channel announced {len} bytes")));
+        if len > max {
+            return Err(Failed::Final(format!("the kernel's channel announced {len} bytes, more than {max}")));
         }
-        let mut bytes = Vec::with_capacity(len.min(1 << 30) as usize);
-        reader.take(len).read_to_end(&mut bytes).map_err(|e| Failed::Final(format!("reading variable `{name}`: {e}")))?;
-        if bytes.len() as u64 != len {
-            return Err(Failed::Final(format!("variable `{name}`: {} of {len} bytes came", bytes.len())));
-        }
-        Ok(bytes)
+        take(len, &mut reader.take(len)).map_err(Failed::Final)
     })
 }
 

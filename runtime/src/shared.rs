@@ -12,12 +12,19 @@
 //! rank attaches to the same memory. Memory model: the bytes are shared, nothing more;
 //! ranks that write must write disjoint parts, or take turns separated by
 //! `ranch::comm().barrier()`; the session sees what the ranks wrote once their cell is over.
+//!
+//! Ranks of a launch on other hosts get one copy per host ([`host_copy`]); their writes stay
+//! on their host.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+
+mod host_copy;
+
+const O_NOFOLLOW: i32 = 0o400000;
 
 /// Names the kernel's segments: the kernel sets it for its session and ranks.
 pub const KERNEL_ENV: &str = "RANCH_KERNEL_PID";
@@ -62,8 +69,8 @@ fn error(msg: impl Into<String>) -> SharedError {
 }
 
 /// The header before the data: magic, element size, length, and the element type's tag.
-const HEADER: usize = 4096;
-const MAGIC: u64 = 0x3141_5241_4843_4e52; // "RNCHARA1"
+pub(crate) const HEADER: usize = 4096;
+pub(crate) const MAGIC: u64 = 0x3141_5241_4843_4e52; // "RNCHARA1"
 
 /// A typed array in shared memory (see the module's documentation).
 pub struct Array<T: Plain> {
@@ -72,7 +79,7 @@ pub struct Array<T: Plain> {
     len: usize,
     map_len: usize,
     /// Made by this process: its drop removes the name.
-    owner: Option<String>,
+    owner: Option<std::path::PathBuf>,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -82,7 +89,7 @@ unsafe impl<T: Plain> Send for Array<T> {}
 unsafe impl<T: Plain> Sync for Array<T> {}
 
 /// The file of array `name` of this kernel.
-fn path_of(name: &str) -> Result<String, SharedError> {
+pub(crate) fn path_of(name: &str) -> Result<String, SharedError> {
     let ok = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !ok {
         return Err(error(format!("`{name}` is not an array name: use 1 to 64 letters, digits or `_`")));
@@ -120,7 +127,7 @@ impl<T: Plain> Array<T> {
         })();
         match made {
             Ok(mut array) => {
-                array.owner = Some(path);
+                array.owner = Some(path.into());
                 Ok(array)
             }
             Err(e) => {
@@ -137,15 +144,29 @@ impl<T: Plain> Array<T> {
         Ok(array)
     }
 
-    /// The array named `name`, made by the session or another rank of this host.
+    /// The array named `name`, made by the session or another rank of this host. A rank of
+    /// a launch on another host than the kernel's gets this host's copy: made and filled
+    /// from the kernel's channel by the first rank of the launch that asks on this host,
+    /// mapped by the others (see the module's documentation).
     pub fn attach(name: &str) -> Result<Array<T>, SharedError> {
         let path = path_of(name)?;
-        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| {
-            error(format!(
+        match OpenOptions::new().read(true).write(true).custom_flags(O_NOFOLLOW).open(&path) {
+            Ok(file) => Array::open(file, name, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && crate::channel::address().is_some() => host_copy::attach(name),
+            Err(e) => Err(error(format!(
                 "no shared array `{name}` on this host ({e}): arrays live on the kernel's host, made with \
                  `%ranch_share {name}` or `ranch::shared::Array::create`"
-            ))
-        })?;
+            ))),
+        }
+    }
+
+    /// Maps the array file `file` (at `path`) after checking it is this user's own, a ranch
+    /// array, of element type `T`, and as long as its header says.
+    fn open(file: std::fs::File, name: &str, path: &str) -> Result<Array<T>, SharedError> {
+        let meta = file.metadata().map_err(|e| error(format!("cannot read the shared array `{name}`: {e}")))?;
+        if meta.uid() != crate::comm::shm::ffi::euid() || meta.mode() & 0o077 != 0 {
+            return Err(error(format!("{path} is not a shared array of this user's (its owner or mode is another's): not used")));
+        }
         let mut header = [0u8; 64];
         file.read_exact_at(&mut header, 0).map_err(|e| error(format!("cannot read the shared array `{name}`: {e}")))?;
         let word = |i: usize| u64::from_ne_bytes(header[8 * i..8 * i + 8].try_into().expect("8 bytes"));
@@ -162,10 +183,10 @@ impl<T: Plain> Array<T> {
             )));
         }
         let len = word(2) as usize;
-        let bytes = HEADER + len * size_of::<T>();
-        let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if actual < bytes as u64 {
-            return Err(error(format!("the shared array `{name}` is {actual} bytes, shorter than its {len} elements")));
+        let bytes =
+            len.checked_mul(size_of::<T>()).and_then(|b| b.checked_add(HEADER)).ok_or_else(|| error("the array's header is corrupt"))?;
+        if meta.len() < bytes as u64 {
+            return Err(error(format!("the shared array `{name}` is {} bytes, shorter than its {len} elements", meta.len())));
         }
         map(&file, name, len, bytes)
     }

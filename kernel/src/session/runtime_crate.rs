@@ -11,6 +11,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/info.rs", include_str!("../../../runtime/src/info.rs")),
     ("src/map.rs", include_str!("../../../runtime/src/map.rs")),
     ("src/shared.rs", include_str!("../../../runtime/src/shared.rs")),
+    ("src/shared/host_copy.rs", include_str!("../../../runtime/src/shared/host_copy.rs")),
     ("src/candle.rs", include_str!("../../../runtime/src/candle.rs")),
     ("src/channel.rs", include_str!("../../../runtime/src/channel.rs")),
     ("src/net/mod.rs", include_str!("../../../runtime/src/net/mod.rs")),

@@ -271,6 +271,17 @@ pub(crate) mod ffi {
     pub const MAP_SHARED: i32 = 0x01;
 
     unsafe extern "C" {
+        fn geteuid() -> u32;
+        pub fn flock(fd: i32, operation: i32) -> i32;
+    }
+    pub const LOCK_EX: i32 = 2;
+
+    pub fn euid() -> u32 {
+        // SAFETY: a plain system call without arguments.
+        unsafe { geteuid() }
+    }
+
+    unsafe extern "C" {
         pub fn fallocate(fd: i32, mode: i32, offset: i64, len: i64) -> i32;
         pub fn fstatvfs(fd: i32, buf: *mut Statvfs) -> i32;
     }

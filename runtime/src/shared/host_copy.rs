@@ -1,0 +1,142 @@
+//! A shared array on a host other than the kernel's: one copy per host and launch, made
+//! and filled once from the kernel's channel by the first rank of the launch that asks on
+//! this host, and mapped by the launch's other ranks there.
+//!
+//! The copy is `/dev/shm/ranch-<maker pid>-hostarray-<launch>-<name>` (the launch named by a
+//! hash of its token, which is secret). Ranks find it by scanning `/dev/shm` while holding
+//! `flock` on the directory, so two ranks never both make one (the lock goes with the
+//! process, however it ends). Its header's magic is written last: a rank that finds the copy
+//! still being filled waits for it, and gives up if the maker died. The maker removes the
+//! name when its `Array` is dropped (mappings stay valid); what a maker killed with SIGKILL
+//! leaves is removed by the next ranch launch on the host (its name starts with the pid).
+//! Writes to a host's copy stay on that host: the session never sees them.
+
+use super::{Array, HEADER, MAGIC, Plain, SharedError, error};
+use crate::comm::shm::ffi;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SHM: &str = "/dev/shm";
+/// How long a rank waits for another to fill this host's copy.
+const FILL_WAIT: Duration = Duration::from_secs(600);
+/// Largest array a host copy takes (the kernel's are bounded by its memory anyway).
+const MAX_BYTES: u64 = 1 << 40;
+
+/// What the scan under the lock found: a copy to wait for, or the one this rank made.
+enum Found {
+    Made(File, PathBuf),
+    Theirs(PathBuf, u32),
+}
+
+pub(super) fn attach<T: Plain>(name: &str) -> Result<Array<T>, SharedError> {
+    let addr = crate::channel::address().ok_or_else(|| error("no kernel channel"))?;
+    let suffix = format!("-hostarray-{}-{name}", launch_tag());
+    let found = {
+        let dir = File::open(SHM).map_err(|e| error(format!("cannot open {SHM}: {e}")))?;
+        // SAFETY: a plain system call on a descriptor we own; the lock goes with it.
+        if unsafe { ffi::flock(dir.as_raw_fd(), ffi::LOCK_EX) } != 0 {
+            return Err(error(format!("cannot lock {SHM}: {}", std::io::Error::last_os_error())));
+        }
+        match find(&suffix) {
+            Some((path, maker)) => Found::Theirs(path, maker),
+            None => {
+                let path = PathBuf::from(SHM).join(format!("ranch-{}{suffix}", std::process::id()));
+                let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path);
+                let file = file.map_err(|e| error(format!("cannot make this host's copy of the shared array `{name}` in {SHM}: {e}")))?;
+                Found::Made(file, path)
+            }
+        }
+    };
+    match found {
+        Found::Made(file, path) => {
+            let array = fill(&file, &addr, name).and_then(|()| Array::open(file, name, &path.to_string_lossy()));
+            match array {
+                Ok(mut array) => {
+                    array.owner = Some(path);
+                    Ok(array)
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(e)
+                }
+            }
+        }
+        Found::Theirs(path, maker) => {
+            wait_filled(&path, maker, name)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(super::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| error(format!("this host's copy of the shared array `{name}` went away: {e}")))?;
+            Array::open(file, name, &path.to_string_lossy())
+        }
+    }
+}
+
+/// This launch's tag: a hash of its token (the same in every rank of the launch).
+fn launch_tag() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    std::env::var(crate::comm::TOKEN_ENV).unwrap_or_default().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// This launch's copy on this host, made by a live process of this user: its path and maker.
+fn find(suffix: &str) -> Option<(PathBuf, u32)> {
+    let me = ffi::euid();
+    std::fs::read_dir(SHM).ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid: u32 = name.strip_prefix("ranch-")?.strip_suffix(suffix)?.parse().ok()?;
+        let meta = entry.metadata().ok()?; // not followed: a link is not a copy
+        (meta.is_file() && meta.uid() == me && Path::new("/proc").join(pid.to_string()).exists()).then(|| (entry.path(), pid))
+    })
+}
+
+/// Streams the kernel's array file into `file`, its magic last.
+fn fill(file: &File, addr: &str, name: &str) -> Result<(), SharedError> {
+    crate::channel::fetch_streamed(addr, &format!("ARRAY {name}"), MAX_BYTES, |len, body| {
+        if len < HEADER as u64 {
+            return Err(format!("the kernel sent {len} bytes for the shared array `{name}`, less than a header"));
+        }
+        crate::comm::shm::reserve(file, len)
+            .map_err(|e| format!("cannot reserve {} MiB in {SHM} for this host's copy of the shared array `{name}`: {e}", len >> 20))?;
+        let mut header = vec![0u8; HEADER];
+        body.read_exact(&mut header).map_err(|e| format!("the shared array `{name}` did not arrive: {e}"))?;
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut at = HEADER as u64;
+        while at < len {
+            let n = body.read(&mut chunk).map_err(|e| format!("the shared array `{name}` did not arrive: {e}"))?;
+            if n == 0 {
+                return Err(format!("the shared array `{name}`: {at} of {len} bytes came"));
+            }
+            file.write_all_at(&chunk[..n], at).map_err(|e| format!("cannot write this host's copy of `{name}`: {e}"))?;
+            at += n as u64;
+        }
+        // The magic last: until then other ranks wait.
+        file.write_all_at(&header[8..], 8).and_then(|()| file.write_all_at(&header[..8], 0)).map_err(|e| e.to_string())
+    })
+    .map_err(|e| error(format!("cannot copy the shared array `{name}` to this host: {e}")))
+}
+
+/// Waits until `path` has its magic; fails when its maker died first or it went away.
+fn wait_filled(path: &Path, maker: u32, name: &str) -> Result<(), SharedError> {
+    let deadline = Instant::now() + FILL_WAIT;
+    loop {
+        let mut magic = [0u8; 8];
+        let read = File::open(path).and_then(|f| f.read_exact_at(&mut magic, 0));
+        if read.is_ok() && u64::from_ne_bytes(magic) == MAGIC {
+            return Ok(());
+        }
+        if !path.exists() || !Path::new("/proc").join(maker.to_string()).exists() {
+            return Err(error(format!("the rank (pid {maker}) copying the shared array `{name}` to this host failed")));
+        }
+        if Instant::now() >= deadline {
+            return Err(error(format!("this host's copy of the shared array `{name}` was not filled within {} s", FILL_WAIT.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
