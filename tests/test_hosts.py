@@ -100,6 +100,35 @@ def test_a_shared_array_is_copied_once_to_each_host_and_removed_after(hosts, ker
         execute(kc, "drop(across);")
 
 
+def test_map_across_hosts_hands_each_hosts_items_to_whichever_of_its_ranks_is_free(hosts, kernel_km):
+    _, kc = kernel_km
+    a, b = hosts.addresses
+    # 32 items, one per chunk: host 1 gets the even chunks, host 2 the odd ones (dealt in
+    # advance), and on each host the rank that is slow per item takes fewer of them.
+    run = ok(execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2\n"
+                         f"let host = {HOSTNAME};\n"
+                         "let items: Vec<u32> = (0..32).collect();\n"
+                         "let done = ranch::map(&items, |&i| {\n"
+                         "    let ms = if ranch::local_rank() == 0 { 60 } else { 5 };\n"
+                         "    std::thread::sleep(std::time::Duration::from_millis(ms));\n"
+                         "    (i, ranch::rank(), host.clone())\n"
+                         "}).unwrap();\n"
+                         "if ranch::rank() == 0 { for (i, r, h) in &done { println!(\"item {i} rank {r} {h}\"); } }\n"
+                         "done.len()", timeout=300))
+    assert run.result() == "[32, 32, 32, 32]", run.result()
+    done = [line.split() for line in run.stream().splitlines() if " item " in line]
+    assert [int(d[2]) for d in done] == list(range(32)), "every item once, in order"
+    for host, parity in [("simhost1", 0), ("simhost2", 1)]:
+        items = [int(d[2]) for d in done if d[5] == host]
+        assert items and all(i % 2 == parity for i in items), (host, items)
+        by_rank = {}
+        for d in done:
+            if d[5] == host:
+                by_rank[int(d[4])] = by_rank.get(int(d[4]), 0) + 1
+        slow, fast = sorted(by_rank)  # local rank 0 is the host's first global rank
+        assert by_rank[slow] < by_rank[fast], f"{host}: the slow rank took {by_rank[slow]} of its host's 16, the fast one {by_rank[fast]}"
+
+
 def test_a_rank_killed_on_host_2_is_named_with_its_host(hosts, kernel_km):
     _, kc = kernel_km
     a, b = hosts.addresses

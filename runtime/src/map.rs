@@ -5,9 +5,11 @@
 //! ones works on while the others wait. `map` hands the items out in chunks from a counter
 //! the ranks share (a word of the group's shared memory on one host), so a rank takes the
 //! next chunk as soon as it is free; then every rank's results are gathered in item order.
-//! Where the ranks share no memory (a pool across hosts over TCP, MPI), chunks are dealt out
-//! round robin instead: the results are the same, the balance is static. In a plain cell it
-//! is a serial `map`.
+//! Across hosts (the hierarchical MPI group, `%%ranch` on several hosts), the chunks are
+//! dealt to the hosts in advance, interleaved, and each host's ranks take its chunks from
+//! their host's counter. Where ranks share no memory (a pool across hosts over TCP, flat
+//! MPI), chunks are dealt out round robin: the results are the same, the balance is static.
+//! In a plain cell it is a serial `map`.
 
 use crate::comm::{Comm, CommError};
 use serde::Serialize;

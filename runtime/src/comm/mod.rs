@@ -311,12 +311,15 @@ impl Comm {
         Ok(())
     }
 
-    /// Claims the next `chunk` of map `seq`'s `len` items from the counter the ranks share:
-    /// its first item (`Some(None)` when all are taken), or `None` where the ranks share no
-    /// memory (the caller then deals chunks out round robin).
+    /// Claims the next `chunk` of map `seq`'s `len` items from the counter the ranks share
+    /// (across hosts: their host's, over the host's share of the chunks): its first item
+    /// (`Some(None)` when all are taken), or `None` where the ranks share no memory (the
+    /// caller then deals chunks out round robin).
     pub(crate) fn claim(&self, seq: u32, chunk: u32, len: u32) -> Result<Option<Option<u32>>, CommError> {
         match self.group("map")?.get() {
             Some(Via::Shm(g)) => Ok(Some(g.claim(seq, chunk, len))),
+            #[cfg(feature = "mpi")]
+            Some(Via::Mpi(state)) => Ok(state.claim(seq, chunk, len)),
             _ => Ok(None),
         }
     }

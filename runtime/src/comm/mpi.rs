@@ -43,6 +43,9 @@ struct Host {
     /// The global rank of each of the host's ranks, by their rank on the host.
     ranks: Vec<usize>,
     name: String,
+    /// This host's place among the hosts, and how many there are (for `map`).
+    index: u32,
+    hosts: u32,
     /// The leaders' communicator, on a host's first rank when there are several hosts.
     leaders: Option<SimpleCommunicator>,
 }
@@ -156,6 +159,8 @@ fn host_group(world: &SimpleCommunicator) -> Option<Host> {
     let mut everywhere = 0i32;
     world.all_reduce_into(&(group.is_ok() as i32), &mut everywhere, SystemOperation::min());
     let leaders = world.split_by_color(if local == 0 { Color::with_value(0) } else { Color::undefined() });
+    let mut place = leaders.as_ref().map_or([0u32, 1], |l| [l.rank() as u32, l.size() as u32]);
+    node.process_at_rank(0).broadcast_into(&mut place[..]);
     if everywhere == 0 {
         if world.rank() == 0 {
             eprintln!("ranch: a host could not form its shared-memory group; collectives use flat MPI");
@@ -166,6 +171,8 @@ fn host_group(world: &SimpleCommunicator) -> Option<Host> {
         group: group.ok()?,
         ranks: ranks.into_iter().map(|r| r as usize).collect(),
         name: mpi::environment::processor_name().unwrap_or_default(),
+        index: place[0],
+        hosts: place[1].max(1),
         leaders: leaders.filter(|l| l.size() > 1),
     })
 }
@@ -280,6 +287,18 @@ impl State {
             Some((odd, message)) => Err(CommError::new(op, odd, message)),
             None => Ok(theirs),
         }
+    }
+
+    /// `map`'s next chunk in a hierarchical group: chunk `k` of the map belongs to host
+    /// `k % hosts` (dealt out in advance, interleaved so that costly runs of items spread
+    /// over the hosts), and the host's ranks take its chunks from their host's shared
+    /// counter as they are free. `None` in a flat group (the caller deals round robin).
+    pub fn claim(&self, seq: u32, chunk: u32, len: u32) -> Option<Option<u32>> {
+        let host = self.host.as_ref()?;
+        let chunks = len.div_ceil(chunk.max(1));
+        let ours = chunks.saturating_sub(host.index).div_ceil(host.hosts);
+        let j = host.group.claim(seq, 1, ours);
+        Some(j.map(|j| (j * host.hosts + host.index) * chunk))
     }
 
     pub fn barrier(&self) -> Result<(), CommError> {
