@@ -9,6 +9,7 @@
 //! returns a [`CommError`] naming the operation and the ranks, instead of hanging.
 
 mod call;
+mod direct;
 mod error;
 mod futex;
 #[cfg(feature = "mpi")]
