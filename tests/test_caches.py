@@ -129,7 +129,7 @@ def test_disk_use_stays_bounded_and_ranch_clean_frees_it(tmp_path):
             ok(execute(kc, f"{i} + 1"))
         assert not unused.exists() and in_use.exists(), "unused versions go, used ones stay"
         left = libcode_count(cache)
-        assert left >= 6
+        assert left >= 5, "the context's start-up build (the runtime in it) and four cells"
     finally:
         stop(km, kc)
     km, kc = kernel_on(cache)

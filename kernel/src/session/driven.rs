@@ -64,6 +64,41 @@ impl EvcxrSession {
         Ok(format!("ranch = {{ path = {:?} }}", dir.to_string_lossy()))
     }
 
+    /// Unpacks this version's runtime crate (locked first: a kernel of another ranch
+    /// version, tidying, then leaves it alone), removes versions no kernel uses, and gives
+    /// the dependency line that adds it.
+    fn unpack_runtime(&mut self) -> Result<String, Failure> {
+        let dir = super::runtime_crate::dir().map_err(ranch_error)?;
+        if self.driven.runtime_in_use.is_none() {
+            let _ = std::fs::create_dir_all(dir.parent().expect("has parent"));
+            self.driven.runtime_in_use = super::disk::use_runtime(&dir).ok();
+        }
+        let dir = super::runtime_crate::unpack().map_err(|e| ranch_error(format!("cannot unpack the ranch runtime crate: {e}")))?;
+        let target = self.workdir.target_dir();
+        let old = super::disk::remove_unused_runtimes(dir.parent().expect("in the cache directory"), &dir, &[target]);
+        if old > 0 {
+            crate::log!("removed {old} runtime crates of other ranch versions that no kernel uses");
+        }
+        self.runtime_dep()
+    }
+
+    /// The dependencies the session's context starts with: the runtime crate, added before
+    /// the user defines anything (adding a dependency later changes the identity of every
+    /// session type, and evcxr then drops the variables of those types) and built by
+    /// evcxr's own start-up build, so the first cell waits for one build, not two.
+    pub(super) fn runtime_for_start(&mut self) -> Vec<String> {
+        match self.unpack_runtime() {
+            Ok(dep) => {
+                self.driven.runtime_added = true;
+                vec![dep]
+            }
+            Err(e) => {
+                crate::log!("{e}");
+                vec![]
+            }
+        }
+    }
+
     /// After a plain cell that added candle (`:dep candle-core`), the session runtime gets
     /// its `candle` feature, so session fns (for `%in_ddp`) and pool cells can name
     /// `ranch::candle`. Changing a dependency drops the variables of the session's own
@@ -174,25 +209,14 @@ impl driver::Session for EvcxrSession {
         Ok(())
     }
 
-    /// Adds the embedded `ranch` crate to the session once.
+    /// Adds the embedded `ranch` crate to the session once (normally it is there from the
+    /// context's start: see [`EvcxrSession::runtime_for_start`]).
     fn add_runtime(&mut self) -> Result<(), Failure> {
+        self.context()?;
         if self.driven.runtime_added {
             return Ok(());
         }
-        // Locked before it is unpacked: a kernel of another ranch version, tidying, then
-        // leaves it alone.
-        let dir = super::runtime_crate::dir().map_err(ranch_error)?;
-        if self.driven.runtime_in_use.is_none() {
-            let _ = std::fs::create_dir_all(dir.parent().expect("has parent"));
-            self.driven.runtime_in_use = super::disk::use_runtime(&dir).ok();
-        }
-        let dir = super::runtime_crate::unpack().map_err(|e| ranch_error(format!("cannot unpack the ranch runtime crate: {e}")))?;
-        let target = self.workdir.target_dir();
-        let old = super::disk::remove_unused_runtimes(dir.parent().expect("in the cache directory"), &dir, &[target]);
-        if old > 0 {
-            crate::log!("removed {old} runtime crates of other ranch versions that no kernel uses");
-        }
-        let dep = self.runtime_dep()?;
+        let dep = self.unpack_runtime()?;
         self.context()?.add_dependency(&dep).map_err(|e| ranch_error(format!("cannot add the ranch runtime crate to the session: {e}")))?;
         self.driven.runtime_added = true;
         Ok(())

@@ -225,7 +225,9 @@ impl EvcxrSession {
         }
         // Whatever evcxr itself reads from the child (normally nothing: see `child`).
         let cell = self.cell.clone();
-        let mut ctx = Context::start(child, self.workdir.evcxr_dir(), move |stream, line| cell.stream(stream, &format!("{line}\n")))?;
+        let deps = self.runtime_for_start();
+        let mut ctx =
+            Context::start(child, self.workdir.evcxr_dir(), &deps, move |stream, line| cell.stream(stream, &format!("{line}\n")))?;
         *self.run.child.lock().unwrap() = Some(ctx.process());
         if let Err(e) = ctx.load_config() {
             crate::log!("evcxr config not loaded: {e}");
@@ -333,10 +335,8 @@ impl Interpreter for EvcxrSession {
         let _ = std::thread::Builder::new().name("gpu-discovery".into()).spawn(|| {
             ranch_magics::gpus::discover();
         });
-        // The runtime crate is added before the user defines anything: adding a dependency
-        // later changes the TypeId of every session type, and evcxr then drops the
-        // variables of those types. The persistent work directory keeps it compiled
-        // across kernels.
+        // The context starts with the runtime crate in it (see `runtime_for_start`); the
+        // persistent work directory keeps it compiled across kernels.
         if let Err(e) = ranch_magics::driver::Session::add_runtime(self) {
             crate::log!("{}", e);
         }

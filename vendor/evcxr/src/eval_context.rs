@@ -426,8 +426,19 @@ impl EvalContext {
     /// names no directory (`None`: `EVCXR_TMPDIR`, else a temporary one). A process with
     /// two contexts gives each its own directory without changing its environment.
     pub fn with_subprocess_command_in(
+        subprocess_command: std::process::Command,
+        tmpdir: Option<PathBuf>,
+    ) -> Result<(EvalContext, EvalContextOutputs), Error> {
+        Self::with_subprocess_command_and_deps(subprocess_command, tmpdir, &[])
+    }
+
+    /// ranch: as [`Self::with_subprocess_command_in`], with `deps` (name, configuration, as
+    /// `:dep name = configuration` gives them) in the state before the first build, so the
+    /// context's warm-up build is the only one: a `:dep` after it builds again.
+    pub fn with_subprocess_command_and_deps(
         mut subprocess_command: std::process::Command,
         tmpdir: Option<PathBuf>,
+        deps: &[(String, String)],
     ) -> Result<(EvalContext, EvalContextOutputs), Error> {
         let parsed_config = toml_parse::ConfigToml::find_then_parse()?;
         let tmpdir_var = parsed_config.get_tmp_dir(tmpdir)?;
@@ -443,7 +454,11 @@ impl EvalContext {
         let (stdout_sender, stdout_receiver) = crossbeam_channel::unbounded();
         let (stderr_sender, stderr_receiver) = crossbeam_channel::unbounded();
         let child_process = ChildProcess::new(subprocess_command, stderr_sender)?;
-        let initial_state = ContextState::new(initial_config.clone());
+        let mut initial_state = ContextState::new(initial_config.clone());
+        // ranch: the caller's dependencies, before the warm-up build below.
+        for (name, config) in deps {
+            initial_state.add_dep(name, config)?;
+        }
         let mut context = EvalContext {
             _tmpdir: opt_tmpdir,
             committed_state: initial_state,

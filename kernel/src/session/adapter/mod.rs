@@ -64,8 +64,15 @@ impl Context {
     /// Starts a context whose child is `command` (this binary: the session's child, or a
     /// pool's fan-out, whose ranks inherit what it is given), building in `dir`. Lines that
     /// evcxr itself reads from the child go to `forward`. What the child needs is given to
-    /// its command; nothing changes this process's environment.
-    pub fn start(mut command: Command, dir: &Path, forward: impl Fn(Stream, String) + Clone + Send + 'static) -> Result<Context, String> {
+    /// its command; nothing changes this process's environment. `deps` (`Cargo.toml` lines)
+    /// are in the context from its start, built by evcxr's own start-up build: adding them
+    /// with [`Context::add_dependency`] afterwards would build everything again.
+    pub fn start(
+        mut command: Command,
+        dir: &Path,
+        deps: &[String],
+        forward: impl Fn(Stream, String) + Clone + Send + 'static,
+    ) -> Result<Context, String> {
         // evcxr asks for backtraces, but cell code has no debug info, so they are noise
         // (`RANCH_BACKTRACE` keeps them). The patched evcxr keeps what the command says.
         if std::env::var_os("RANCH_BACKTRACE").is_none() {
@@ -73,8 +80,13 @@ impl Context {
         }
         // Where evcxr builds, for the cell's code (and the tools it runs) to find.
         command.env("EVCXR_TMPDIR", dir);
+        let deps: Vec<(String, String)> = deps
+            .iter()
+            .map(|line| line.split_once('=').map(|(name, config)| (name.trim().to_string(), config.trim().to_string())))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("not a dependency line: {deps:?}"))?;
         let (eval, outputs) =
-            evcxr::EvalContext::with_subprocess_command_in(command, Some(dir.to_path_buf())).map_err(|e| e.to_string())?;
+            evcxr::EvalContext::with_subprocess_command_and_deps(command, Some(dir.to_path_buf()), &deps).map_err(|e| e.to_string())?;
         for (rx, stream) in [(outputs.stdout, Stream::Stdout), (outputs.stderr, Stream::Stderr)] {
             let forward = forward.clone();
             std::thread::spawn(move || {

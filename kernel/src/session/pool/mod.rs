@@ -343,9 +343,11 @@ impl Pool {
         }
         // The pool's own directory, so that its builds never touch the session's.
         let forward = events.clone();
-        let mut ctx = Context::start(fanout, workdir.evcxr_dir(), move |stream, line| forward.cell().stream(stream, &format!("{line}\n")))
-            .map_err(|e| pool_error(format!("cannot start the pool: {e}")))?;
-        ctx.add_dependency(runtime_dep).map_err(|e| pool_error(format!("cannot add the ranch runtime crate to the pool: {e}")))?;
+        // The runtime is in the pool's context from its start: built once, with evcxr's own start-up build.
+        let deps = [runtime_dep.to_string()];
+        let ctx =
+            Context::start(fanout, workdir.evcxr_dir(), &deps, move |stream, line| forward.cell().stream(stream, &format!("{line}\n")))
+                .map_err(|e| pool_error(format!("cannot start the pool: {e}")))?;
         Ok(Pool {
             ctx,
             n,
