@@ -25,7 +25,6 @@ const FILES: &[(&str, &str)] = &[
     ("src/cuda/nccl.rs", include_str!("../../../runtime/src/cuda/nccl.rs")),
     ("src/comm/mod.rs", include_str!("../../../runtime/src/comm/mod.rs")),
     ("src/comm/call.rs", include_str!("../../../runtime/src/comm/call.rs")),
-    ("src/comm/direct.rs", include_str!("../../../runtime/src/comm/direct.rs")),
     ("src/comm/error.rs", include_str!("../../../runtime/src/comm/error.rs")),
     ("src/comm/futex.rs", include_str!("../../../runtime/src/comm/futex.rs")),
     ("src/comm/stream_copy.rs", include_str!("../../../runtime/src/comm/stream_copy.rs")),

@@ -9,7 +9,6 @@
 //! returns a [`CommError`] naming the operation and the ranks, instead of hanging.
 
 mod call;
-mod direct;
 mod error;
 mod futex;
 #[cfg(feature = "mpi")]

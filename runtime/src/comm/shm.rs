@@ -62,9 +62,10 @@ const INLINE_BYTES: usize = 16 << 10;
 /// The bytes per chunk of a large collective: small enough that the slots' working set
 /// stays in cache (256 KiB measured best for 2 and 4 ranks, against 64 KiB to 2 MiB).
 const PIPELINE_CHUNK: usize = 256 << 10;
-/// Broadcasts of at least this many bytes read the root's buffer directly (see `direct`):
-/// below it, the pipeline's barriers cost less than the system calls.
-const DIRECT_MIN_BYTES: usize = 1 << 20;
+/// The bytes per chunk of a large broadcast (at most half a slot): 2 MiB took 64 MiB to 2
+/// ranks in 4.7-5.2 ms against 8.2 ms with 256 KiB chunks, to 4 in 11.5-14.3 ms against
+/// 13.9-15.7 ms (`bench/collectives.py`).
+const BROADCAST_CHUNK: usize = 2 << 20;
 const PAGE: usize = 4096;
 
 /// Where everything is in a segment for `world` ranks.
@@ -730,10 +731,7 @@ impl Group {
             return Ok(());
         }
         self.begin(&mut p, name, desc)?;
-        if root.is_none() && std::mem::size_of_val(buf) >= DIRECT_MIN_BYTES && self.all_reduce_direct(&mut p, buf, op)? {
-            return Ok(());
-        }
-        let cut = self.pipeline::<T>(buf.len());
+        let cut = self.pipeline::<T>(buf.len(), PIPELINE_CHUNK);
         let (chunks, range, at) = (cut.count(), |k| cut.range(k), |slot, k| cut.at::<T>(slot, k));
 
         // A rank's own share of each chunk never goes through its slot: only this rank
@@ -794,10 +792,11 @@ impl Group {
         Ok(())
     }
 
-    /// How a buffer of `len` values of `T` is cut into pipelined chunks.
-    fn pipeline<T>(&self, len: usize) -> Pipeline {
+    /// How a buffer of `len` values of `T` is cut into pipelined chunks of at most
+    /// `chunk_bytes` (and half a slot).
+    fn pipeline<T>(&self, len: usize, chunk_bytes: usize) -> Pipeline {
         let half = self.lay.slot_bytes / 2;
-        let per_chunk = (PIPELINE_CHUNK.min(half) / std::mem::size_of::<T>().max(1)).max(1);
+        let per_chunk = (chunk_bytes.min(half) / std::mem::size_of::<T>().max(1)).max(1);
         Pipeline { per_chunk, len, half }
     }
 
@@ -821,12 +820,10 @@ impl Group {
             return Ok(());
         }
         self.begin(&mut p, OP, desc)?;
-        if std::mem::size_of_val(buf) >= DIRECT_MIN_BYTES && self.broadcast_direct(&mut p, buf, root)? {
-            return Ok(());
-        }
         // Pipelined as in `reduce`: in phase j the others copy chunk j - 1 out while the
-        // root copies chunk j into the other half of slot 0.
-        let cut = self.pipeline::<T>(buf.len());
+        // root copies chunk j into the other half of slot 0. Chunks of half a slot: nothing
+        // is combined, so a working set in cache gains less than fewer barriers do.
+        let cut = self.pipeline::<T>(buf.len(), BROADCAST_CHUNK);
         let (chunks, range, at) = (cut.count(), |k| cut.range(k), |k| cut.at::<T>(self.slot(0), k));
         // Streaming stores: the ranks other than the root never read their buffer, so plain
         // stores would first read every line of it from memory.
@@ -847,125 +844,6 @@ impl Group {
             }
         }
         Ok(())
-    }
-
-    /// Word `i` of the start of rank `rank`'s slot: where direct reads are arranged.
-    fn slot_word(&self, rank: usize, i: usize) -> *mut u64 {
-        self.slot(rank).wrapping_add(8 * i).cast::<u64>()
-    }
-
-    /// A large all-reduce by direct reads ([`super::direct`]), with four barriers in all:
-    /// each rank names its buffer and checks that it can read every other's; then rank r
-    /// combines its share of the buffer (as `shard_range` cuts it) from every rank's, in
-    /// rank order, into its own buffer; then reads every other rank's finished share from
-    /// that rank's buffer into its own. Each byte of the result is combined once, by its
-    /// share's rank, so every rank gets the same bits. False (nothing done, after a barrier
-    /// ending the reading of the slots) when some rank cannot read another's memory.
-    fn all_reduce_direct<T: Reduce>(&self, p: &mut Progress, buf: &mut [T], op: Op) -> Result<bool, CommError> {
-        const OP: &str = "all_reduce";
-        let size = std::mem::size_of::<T>();
-        let word = |r: usize, i: usize| self.slot_word(r, i);
-        let (world, me) = (self.world, self.rank);
-        super::direct::allow_readers();
-        // SAFETY: each rank writes only the first words of its own slot, in the phase after
-        // `begin`'s barrier, and reads the others' after the next barrier (as in `reduce`).
-        let all = unsafe {
-            word(me, 0).write_volatile(u64::from(std::process::id()));
-            word(me, 1).write_volatile(buf.as_ptr() as u64);
-            self.barrier_phase(p, OP)?;
-            let mut probe = [0u8; 1];
-            let can = (0..world)
-                .filter(|&r| r != me)
-                .all(|r| super::direct::read(word(r, 0).read_volatile() as u32, word(r, 1).read_volatile(), &mut probe));
-            word(me, 2).write_volatile(u64::from(can));
-            self.barrier_phase(p, OP)?;
-            (0..world).all(|r| word(r, 2).read_volatile() == 1)
-        };
-        if !all {
-            self.barrier_phase(p, OP)?;
-            return Ok(false);
-        }
-        // SAFETY: the slots' words stay as written until the next collective's first barrier.
-        let peer = |r: usize| unsafe { (word(r, 0).read_volatile() as u32, word(r, 1).read_volatile()) };
-        let unreadable = |r: usize| self.fail(OP, vec![r], format!("rank {me} could no longer read rank {r}'s buffer"));
-        let as_bytes = |v: &mut [T]| {
-            let len = std::mem::size_of_val(v);
-            // SAFETY: any bit pattern is a value of `T` (plain numbers), so its bytes may be written.
-            unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), len) }
-        };
-        // Reduce-scatter: this rank's share, combined chunk by chunk in a buffer that stays
-        // in cache. Others read only their own shares of this buffer meanwhile.
-        let share = crate::shard_range(buf.len(), me, world);
-        let per_chunk = (PIPELINE_CHUNK / size.max(1)).max(1);
-        let (mut acc, mut theirs) = (vec![buf[0]; per_chunk.min(share.len())], vec![buf[0]; per_chunk.min(share.len())]);
-        let mut at = share.start;
-        while at < share.end {
-            let n = per_chunk.min(share.end - at);
-            let (acc, theirs) = (&mut acc[..n], &mut theirs[..n]);
-            for r in 0..world {
-                let dst: &mut [T] = if r == 0 { &mut *acc } else { &mut *theirs };
-                if r == me {
-                    dst.copy_from_slice(&buf[at..at + n]);
-                } else {
-                    let (pid, addr) = peer(r);
-                    if !super::direct::read(pid, addr + (at * size) as u64, as_bytes(dst)) {
-                        return Err(unreadable(r));
-                    }
-                }
-                if r > 0 {
-                    T::combine_slice(acc, theirs, op);
-                }
-            }
-            buf[at..at + n].copy_from_slice(acc);
-            at += n;
-        }
-        self.barrier_phase(p, OP)?;
-        // All-gather: every other rank's finished share, straight into this buffer.
-        for r in (0..world).filter(|&r| r != me) {
-            let theirs = crate::shard_range(buf.len(), r, world);
-            let (pid, addr) = peer(r);
-            if !super::direct::read(pid, addr + (theirs.start * size) as u64, as_bytes(&mut buf[theirs])) {
-                return Err(unreadable(r));
-            }
-        }
-        // Nobody returns (and changes its buffer) while another may still read it.
-        self.barrier_phase(p, OP)?;
-        Ok(true)
-    }
-
-    /// A large broadcast in one copy per receiver ([`super::direct`]): the root names its
-    /// buffer in its slot; after a barrier each receiver reads it straight from the root's
-    /// memory and says in its own slot whether it could; after a second barrier every rank
-    /// knows whether all could (false: nothing is done, after a third barrier that ends the
-    /// reading of the slots, and the caller copies through the segment instead).
-    fn broadcast_direct<T: Reduce>(&self, p: &mut Progress, buf: &mut [T], root: usize) -> Result<bool, CommError> {
-        const OP: &str = "broadcast_slice";
-        let bytes = std::mem::size_of_val(buf);
-        let word = |r: usize, i: usize| self.slot_word(r, i);
-        // SAFETY: each rank writes only the first words of its own slot, in the phase after
-        // `begin`'s barrier (as `reduce` writes its slot), and reads others' after the next.
-        unsafe {
-            if self.rank == root {
-                super::direct::allow_readers();
-                word(root, 0).write_volatile(u64::from(std::process::id()));
-                word(root, 1).write_volatile(buf.as_ptr() as u64);
-                word(root, 2).write_volatile(bytes as u64);
-            }
-            self.barrier_phase(p, OP)?;
-            if self.rank != root {
-                let (pid, addr, len) = (word(root, 0).read_volatile(), word(root, 1).read_volatile(), word(root, 2).read_volatile());
-                // SAFETY: `buf` is this rank's to write; any bit pattern is a value of `T`.
-                let dst = std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), bytes);
-                let read = len == bytes as u64 && super::direct::read(pid as u32, addr, dst);
-                word(self.rank, 0).write_volatile(u64::from(read));
-            }
-            self.barrier_phase(p, OP)?;
-            let all = (0..self.world).filter(|&r| r != root).all(|r| word(r, 0).read_volatile() == 1);
-            if !all {
-                self.barrier_phase(p, OP)?;
-            }
-            Ok(all)
-        }
     }
 
     /// Every rank's bytes, on every rank, in rounds of at most a slot each. `ty` names the
@@ -1183,20 +1061,13 @@ mod tests {
     /// (16 KiB), the smallest slot (64 KiB) and the pipeline's chunk (256 KiB), and beyond
     /// one slot; every result is checked exactly, on every rank.
     fn run_ranks(world: usize, smallest: bool) {
-        run_ranks_refusing(world, smallest, false);
-    }
-
-    /// `refusing`: odd ranks cannot read others' memory directly (large broadcasts then go
-    /// through the segment for every rank).
-    fn run_ranks_refusing(world: usize, smallest: bool, refusing: bool) {
-        let tag = format!("collectives-{world}-{smallest}-{refusing}");
+        let tag = format!("collectives-{world}-{smallest}");
         let segment = Segment::new(&tag, world, smallest);
         let sizes = [0usize, 1, 2047, 2048, 2049, 8191, 8193, 32_771, 300_001];
         std::thread::scope(|scope| {
             for rank in 0..world {
                 let path = &segment.0;
                 scope.spawn(move || {
-                    crate::comm::direct::REFUSED.with(|r| r.set(refusing && rank % 2 == 1));
                     let g = Group::open(path, rank, world).unwrap();
                     for (round, &n) in sizes.iter().enumerate() {
                         let mut buf: Vec<f64> = (0..n).map(|i| element(rank, i)).collect();
@@ -1239,13 +1110,6 @@ mod tests {
     fn collectives_are_exact_at_every_size_edge_between_threads() {
         for world in [2, 3, 4] {
             run_ranks(world, false);
-        }
-    }
-
-    #[test]
-    fn large_broadcasts_are_exact_when_some_ranks_cannot_read_the_root_directly() {
-        for world in [2, 3] {
-            run_ranks_refusing(world, false, true);
         }
     }
 
