@@ -127,7 +127,7 @@ def fmt(key, t):
 
 def main():
     quick = "--quick" in sys.argv
-    compute, scale, repeats = (1.0, 10, 1) if quick else (10.0, 1, 5)
+    compute, scale, repeats = (1.0, 10, 1) if quick else (float(os.environ.get("BENCH_COMPUTE", 10)), 1, 5)
     have_mpi = ensure_mpi(quick)
     build = tempfile.mkdtemp()
     exe = os.path.join(build, "mpi_collectives")
@@ -148,6 +148,10 @@ def main():
                 ours.append(ranch_times(kc, n, compute, scale))
                 if have_mpi:
                     theirs.append(mpi_times(n, exe, compute, scale))
+                # Each run's large figures, for how stable they are.
+                print(f"run: {n} ranks: ranch " + " ".join(f"{k} {fmt(k, ours[-1][k]).strip()}" for k in ("allreduce_64m", "bcast_64m"))
+                      + ("; MPI " + " ".join(f"{k} {fmt(k, theirs[-1][k]).strip()}" for k in ("allreduce_64m", "bcast_64m")) if theirs else ""),
+                      file=sys.stderr, flush=True)
             rows.append((n, ours, theirs))
     finally:
         kc.stop_channels()
