@@ -455,9 +455,10 @@ impl EvalContext {
         let (stderr_sender, stderr_receiver) = crossbeam_channel::unbounded();
         let child_process = ChildProcess::new(subprocess_command, stderr_sender)?;
         let mut initial_state = ContextState::new(initial_config.clone());
-        // ranch: the caller's dependencies, before the warm-up build below.
+        // ranch: the caller's dependencies, before the warm-up build below. Not validated
+        // with `cargo metadata` as `:dep` does (a cargo run of its own): the build checks them.
         for (name, config) in deps {
-            initial_state.add_dep(name, config)?;
+            initial_state.external_deps.insert(name.clone(), ExternalCrate::new(name.clone(), config.clone())?);
         }
         let mut context = EvalContext {
             _tmpdir: opt_tmpdir,
