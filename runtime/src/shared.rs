@@ -40,10 +40,15 @@ pub unsafe trait Plain: Copy + Send + Sync + 'static {
 }
 
 macro_rules! plain {
-    ($($t:ty),*) => { $(
-        // SAFETY: a numeric type: every bit pattern is a value, no pointers.
-        unsafe impl Plain for $t { const TAG: &'static str = stringify!($t); }
-    )* };
+    ($($t:ty),*) => {
+        $(
+            // SAFETY: a numeric type: every bit pattern is a value, no pointers.
+            unsafe impl Plain for $t { const TAG: &'static str = stringify!($t); }
+        )*
+        /// The names of the element types that are [`Plain`] (besides arrays of them), for
+        /// the kernel to tell which session vectors can be shared.
+        pub const PLAIN_TYPES: &[&str] = &[$(stringify!($t)),*];
+    };
 }
 plain!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
 

@@ -4,9 +4,8 @@
 
 use super::{Driver, Host, Outcome, Session, usage};
 use crate::ranks::supervise::Stream;
-
-/// Element types an array may hold (the runtime's `Plain` numbers).
-const PLAIN: &[&str] = &["u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32", "f64"];
+// Element types an array may hold: the runtime's `Plain` numbers.
+use ranch::shared::PLAIN_TYPES as PLAIN;
 
 /// The element type of `Vec<T>` when T is plain data (a number, or an array of numbers).
 fn plain_element(ty: &str) -> Option<&str> {
