@@ -130,3 +130,13 @@ def test_pool_cells_can_name_ranch_candle(candle):
         assert "3.0" in run.result() and "1.0" not in run.result(), run.result()
     finally:
         execute(candle, "%ranch_stop", timeout=120)
+
+
+def test_ranks_that_disagree_on_tracking_gradients_are_told_before_any_backward_waits(candle):
+    run = execute(candle, r'''%%ranch 2
+use candle_core::{Device, Tensor, Var};
+let x = Tensor::new(&[1f32, 2.0], &Device::Cpu)?;
+let x = if ranch::rank() == 0 { Var::from_tensor(&x)?.as_tensor().clone() } else { x };
+ranch::candle::broadcast(&x, 0)?;''', timeout=600)
+    text = run.error_text()
+    assert "tracks gradients on ranks 0 only" in text, text

@@ -448,7 +448,7 @@ pub fn parse_in_ddp(line: &str) -> Result<Parsed, UsageError> {
     let flags_without_gather: Vec<String> =
         raw_tokens(flags).unwrap_or_default().into_iter().map(|(t, _)| t).filter(|t| t != "--gather").collect();
     let parsed = parse(&shlex::try_join(flags_without_gather.iter().map(String::as_str)).unwrap_or_default())
-        .map_err(|e| UsageError(e.0.replace("%%ranch <N>", "%in_ddp [OPTIONS] <N> <EXPR>")))?;
+        .map_err(|e| UsageError(e.0.replace("%%ranch", "%in_ddp").replace("<N>", "<N> <EXPR>")))?;
     match parsed {
         Parsed::Help(h) => Ok(Parsed::Help(h.replace("%%ranch", "%in_ddp").replace("<N>", "<N> <EXPR>"))),
         Parsed::InDdp(..) => unreachable!("parse never returns InDdp"),
@@ -616,6 +616,11 @@ mod tests {
         assert!(err("2 --world-size 4 --base-rank 3 --port 1").contains("do not fit"));
         assert!(err("2 --world-size 4").contains("--port"));
         assert!(err("2 --gather").contains("%in_ddp"));
+        let e = match parse_in_ddp("--gather") {
+            Err(UsageError(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert!(e.contains("%in_ddp") && !e.contains("%%ranch"), "{e}");
         match parse_in_ddp("--gather 4 --timeout 5 f(2)") {
             Ok(Parsed::InDdp(a, expr)) => assert!(a.gather && a.n == 4 && expr == "f(2)", "{a:?} {expr}"),
             other => panic!("{other:?}"),

@@ -125,7 +125,11 @@ fn serve(shared: &Shared, Admitted { stream, words, .. }: Admitted) {
             let file = shared.program.as_ref().map(std::fs::File::open);
             return send_file(file, "this launch ships no program", out);
         }
-        ["ARRAY", name] => return send_file(Some(shared_array(name)), &format!("no shared array `{name}` in the session"), out),
+        ["ARRAY", name] => {
+            let missing =
+                format!("no shared array `{name}` in the session (make it with `%ranch_share {name}` or `ranch::shared::Array::create`)");
+            return send_file(Some(shared_array(name)), &missing, out);
+        }
         ["PUT", kind @ ("result" | "panic"), index, len] => {
             let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
             receive(shared, kind, index, len, &stream)

@@ -79,7 +79,13 @@ fn with_ranch_features(dep: &str, features: &[&str]) -> String {
     };
     // The session's own `ranch` may name features already (`candle`, once the session has
     // candle): one list with both.
-    let (head, mut list) = match head.find("features") {
+    // The `features` key itself: not `default-features`, nor "features" inside a path.
+    let key = head.match_indices("features").map(|(at, _)| at).find(|&at| {
+        let before = head[..at].trim_end().chars().last();
+        let after = head[at + "features".len()..].trim_start();
+        matches!(before, Some('{' | ',')) && after.starts_with('=') && !after.trim_start_matches('=').trim_start().starts_with('"')
+    });
+    let (head, mut list) = match key {
         Some(at) => {
             let (open, close) = (head[at..].find('[').map(|i| at + i), head[at..].find(']').map(|i| at + i));
             let (Some(open), Some(close)) = (open, close) else { return dep.to_string() };
@@ -264,6 +270,12 @@ mod tests {
         let dep = "ranch = { path = \"/r\", features = [\"candle\"] }";
         assert_eq!(with_ranch_features(dep, &["cuda", "candle"]), "ranch = { path = \"/r\", features = [\"candle\", \"cuda\"] }");
         assert_eq!(with_ranch_features(dep, &[]), dep);
+        // `default-features`, and "features" in a path, are not the features list.
+        let dep = "ranch = { path = \"/x/features\", default-features = false }";
+        assert_eq!(
+            with_ranch_features(dep, &["candle"]),
+            "ranch = { path = \"/x/features\", default-features = false, features = [\"candle\"] }"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 /// The element-wise sum of `t` over every rank, on every rank (same shape everywhere).
 /// Backward: the gradients, summed over ranks.
 pub fn all_reduce_sum(t: &Tensor) -> Result<Tensor> {
+    agree("ranch::candle::all_reduce_sum", t)?;
     on_host(t, |t| t.apply_op1(Collective::AllReduceSum))
 }
 
@@ -37,6 +38,7 @@ pub fn all_reduce_sum(t: &Tensor) -> Result<Tensor> {
 /// over ranks, at `root`; zero elsewhere.
 pub fn broadcast(t: &Tensor, root: usize) -> Result<Tensor> {
     check_root("broadcast", root)?;
+    agree("ranch::candle::broadcast", t)?;
     on_host(t, |t| t.apply_op1(Collective::Broadcast { root }))
 }
 
@@ -48,6 +50,7 @@ pub fn all_gather(t: &Tensor, dim: usize) -> Result<Tensor> {
         candle_core::bail!("ranch::candle::all_gather: dim {dim} is out of range for a tensor of {rank_dims} dimension(s)");
     }
     let t = if rank_dims == 0 { t.reshape(1)? } else { t.clone() };
+    agree("ranch::candle::all_gather", &t)?;
     // The op stacks the ranks' tensors on a new leading axis; moving that axis next to `dim`
     // and merging the two is candle's own (differentiable) work.
     let stacked = on_host(&t, |t| t.apply_op1(Collective::AllGather))?;
@@ -63,6 +66,7 @@ pub fn all_gather(t: &Tensor, dim: usize) -> Result<Tensor> {
 /// over ranks. For parameters replicated on every rank (data parallelism): each rank's
 /// gradient is then the gradient of the sum of the ranks' losses.
 pub fn replicate(t: &Tensor) -> Result<Tensor> {
+    agree("ranch::candle::replicate", t)?;
     on_host(t, |t| t.apply_op1(Collective::Replicate))
 }
 
@@ -117,16 +121,13 @@ impl Collective {
     /// and shape.
     fn run<T: Reduce + Default>(self, mine: Vec<T>, shape: &Shape) -> std::result::Result<(Vec<T>, Shape), CommError> {
         let comm = comm();
-        let name = self.op_name();
         match self {
             Collective::AllReduceSum => {
-                same_shape(name, shape)?;
                 let mut buf = mine;
                 comm.all_reduce(&mut buf, Op::Sum).map(|()| (buf, shape.clone()))
             }
             Collective::Replicate => Ok((mine, shape.clone())),
             Collective::Broadcast { root } => {
-                same_shape(name, shape)?;
                 let mut buf = mine;
                 comm.broadcast_slice(&mut buf, root).map(|()| (buf, shape.clone()))
             }
@@ -140,7 +141,6 @@ impl Collective {
                 })
             }
             Collective::AllGather => {
-                same_shape(name, shape)?;
                 // Each rank's part in its own slot, zeros elsewhere: one all-reduce fills
                 // every slot (adding zeros changes no value).
                 let (n, world) = (mine.len(), comm.world_size());
@@ -168,30 +168,46 @@ impl Collective {
     }
 }
 
-/// Fails on every rank, naming the ranks that differ, when the ranks' shapes differ (their
-/// element counts alone can agree while the shapes do not).
-fn same_shape(op: &'static str, shape: &Shape) -> std::result::Result<(), CommError> {
+/// Fails on every rank when the ranks' tensors differ in shape (their element counts alone
+/// can agree while the shapes do not) or in whether they track gradients (a rank whose
+/// input tracks none would skip the backward collective that the others wait in).
+fn agree(op: &'static str, t: &Tensor) -> Result<()> {
+    const WORDS: usize = 11;
     let comm = comm();
     if comm.world_size() == 1 {
         return Ok(());
     }
-    // [rank count, dims...] padded to 8 dims; max of x and of -x gives max and min at once.
-    let mut mine = vec![shape.dims().len() as i64];
-    mine.extend(shape.dims().iter().map(|&d| d as i64));
-    mine.resize(9, -1);
+    // [tracks, rank count, the first 8 dims, a hash of the rest]; the max of x and of -x
+    // give the max and the min at once.
+    let dims = t.dims();
+    let mut mine = vec![i64::from(t.track_op()), dims.len() as i64];
+    mine.extend(dims.iter().take(8).map(|&d| d as i64));
+    mine.resize(WORDS - 1, -1);
+    mine.push({
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        dims.get(8..).unwrap_or(&[]).hash(&mut h);
+        (h.finish() >> 2) as i64
+    });
     let mut both: Vec<i64> = mine.iter().copied().chain(mine.iter().map(|x| -x)).collect();
-    comm.all_reduce(&mut both, Op::Max)?;
-    let (max, neg_min) = both.split_at(9);
+    comm.all_reduce(&mut both, Op::Max).map_err(comm_error)?;
+    let (max, neg_min) = both.split_at(WORDS);
     if max.iter().zip(neg_min).all(|(a, b)| *a == -*b) {
         return Ok(());
     }
-    let all = comm.all_gather(&shape.dims().to_vec())?;
-    let shapes: Vec<String> = all.iter().enumerate().map(|(r, d)| format!("rank {r}: {d:?}")).collect();
-    Err(CommError::new(
-        op,
-        vec![],
-        format!("the ranks' tensors have different shapes ({}); every rank must pass the same shape", shapes.join(", ")),
-    ))
+    let all: Vec<(Vec<usize>, bool)> = comm.all_gather(&(dims.to_vec(), t.track_op())).map_err(comm_error)?;
+    let what = if all.iter().any(|(d, _)| d != &all[0].0) {
+        let shapes: Vec<String> = all.iter().enumerate().map(|(r, (d, _))| format!("rank {r}: {d:?}")).collect();
+        format!("the ranks' tensors have different shapes ({}); every rank must pass the same shape", shapes.join(", "))
+    } else {
+        let tracking: Vec<String> = all.iter().enumerate().filter(|(_, (_, g))| *g).map(|(r, _)| r.to_string()).collect();
+        format!(
+            "the tensor tracks gradients on ranks {} only: every rank must pass a tensor that tracks them (e.g. from a `Var`), \
+             or none, or the backward pass would wait for ranks that skip it",
+            tracking.join(", ")
+        )
+    };
+    Err(comm_error(CommError::new(op, vec![], what)))
 }
 
 /// The elements of a contiguous layout ([`on_host`] makes every input contiguous).

@@ -99,6 +99,11 @@ impl EvcxrSession {
         }
     }
 
+    /// The context started without the runtime after all (see `create_context`).
+    pub(super) fn runtime_not_added(&mut self) {
+        self.driven.runtime_added = false;
+    }
+
     /// After a plain cell that added candle (`:dep candle-core`), the session runtime gets
     /// its `candle` feature, so session fns (for `%in_ddp`) and pool cells can name
     /// `ranch::candle`. Changing a dependency drops the variables of the session's own

@@ -208,8 +208,9 @@ impl EvcxrSession {
         }
     }
 
-    fn create_context(&mut self) -> Result<Context, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    /// The command evcxr starts as the session's child: this binary.
+    fn child_command(&self) -> std::process::Command {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
         let mut child = std::process::Command::new(exe);
         if let Some(l) = &self.listener {
             child.env(events::SOCKET_ENV, l.path());
@@ -223,11 +224,25 @@ impl EvcxrSession {
             }
             Err(e) => crate::log!("{e}"),
         }
+        child
+    }
+
+    fn create_context(&mut self) -> Result<Context, String> {
         // Whatever evcxr itself reads from the child (normally nothing: see `child`).
         let cell = self.cell.clone();
         let deps = self.runtime_for_start();
-        let mut ctx =
-            Context::start(child, self.workdir.evcxr_dir(), &deps, move |stream, line| cell.stream(stream, &format!("{line}\n")))?;
+        let forward = move |stream, line: String| cell.stream(stream, &format!("{line}\n"));
+        let mut ctx = match Context::start(self.child_command(), self.workdir.evcxr_dir(), &deps, forward.clone()) {
+            Ok(ctx) => ctx,
+            // The runtime would not build (offline on a first use, a broken cache): the
+            // session starts without it, and ranch's magics say why when they need it.
+            Err(e) if !deps.is_empty() => {
+                crate::log!("evcxr did not start with the ranch runtime ({e}); starting without it");
+                self.runtime_not_added();
+                Context::start(self.child_command(), self.workdir.evcxr_dir(), &[], forward)?
+            }
+            Err(e) => return Err(e),
+        };
         *self.run.child.lock().unwrap() = Some(ctx.process());
         if let Err(e) = ctx.load_config() {
             crate::log!("evcxr config not loaded: {e}");

@@ -279,6 +279,7 @@ pub(crate) mod ffi {
         pub fn flock(fd: i32, operation: i32) -> i32;
     }
     pub const LOCK_EX: i32 = 2;
+    pub const LOCK_NB: i32 = 4;
 
     pub fn euid() -> u32 {
         // SAFETY: a plain system call without arguments.

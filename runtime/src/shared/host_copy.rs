@@ -20,10 +20,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const SHM: &str = "/dev/shm";
-/// How long a rank waits for another to fill this host's copy.
-const FILL_WAIT: Duration = Duration::from_secs(600);
+/// How long a rank waits for the lock on `/dev/shm` (anyone can take it: a stranger holding
+/// it makes the attach fail, never hang).
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long a rank waits for another to fill this host's copy, at most: it stops waiting
+/// sooner when the maker dies, and the maker's own reads from the kernel are bounded.
+const FILL_WAIT: Duration = Duration::from_secs(3600);
 /// Largest array a host copy takes (the kernel's are bounded by its memory anyway).
 const MAX_BYTES: u64 = 1 << 40;
+const O_NONBLOCK: i32 = 0o4000;
 
 /// What the scan under the lock found: a copy to wait for, or the one this rank made.
 enum Found {
@@ -36,10 +41,9 @@ pub(super) fn attach<T: Plain>(name: &str) -> Result<Array<T>, SharedError> {
     let suffix = format!("-hostarray-{}-{name}", launch_tag());
     let found = {
         let dir = File::open(SHM).map_err(|e| error(format!("cannot open {SHM}: {e}")))?;
-        // SAFETY: a plain system call on a descriptor we own; the lock goes with it.
-        if unsafe { ffi::flock(dir.as_raw_fd(), ffi::LOCK_EX) } != 0 {
-            return Err(error(format!("cannot lock {SHM}: {}", std::io::Error::last_os_error())));
-        }
+        lock(&dir)?;
+        // Copies whose maker was killed (by the MPI watchdog, a parent's death) go first.
+        crate::stale::remove_stale(Path::new(SHM), "ranch-");
         match find(&suffix) {
             Some((path, maker)) => Found::Theirs(path, maker),
             None => {
@@ -65,13 +69,14 @@ pub(super) fn attach<T: Plain>(name: &str) -> Result<Array<T>, SharedError> {
             }
         }
         Found::Theirs(path, maker) => {
-            wait_filled(&path, maker, name)?;
+            // Opened once, never a link or a FIFO; then watched through the descriptor.
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
-                .custom_flags(super::O_NOFOLLOW)
+                .custom_flags(super::O_NOFOLLOW | O_NONBLOCK)
                 .open(&path)
                 .map_err(|e| error(format!("this host's copy of the shared array `{name}` went away: {e}")))?;
+            wait_filled(&file, maker, name)?;
             Array::open(file, name, &path.to_string_lossy())
         }
     }
@@ -122,16 +127,39 @@ fn fill(file: &File, addr: &str, name: &str) -> Result<(), SharedError> {
     .map_err(|e| error(format!("cannot copy the shared array `{name}` to this host: {e}")))
 }
 
-/// Waits until `path` has its magic; fails when its maker died first or it went away.
-fn wait_filled(path: &Path, maker: u32, name: &str) -> Result<(), SharedError> {
-    let deadline = Instant::now() + FILL_WAIT;
+/// Takes the lock on `/dev/shm`, waiting at most [`LOCK_WAIT`].
+fn lock(dir: &File) -> Result<(), SharedError> {
+    let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        let mut magic = [0u8; 8];
-        let read = File::open(path).and_then(|f| f.read_exact_at(&mut magic, 0));
-        if read.is_ok() && u64::from_ne_bytes(magic) == MAGIC {
+        // SAFETY: a plain system call on a descriptor we own; the lock goes with it.
+        if unsafe { ffi::flock(dir.as_raw_fd(), ffi::LOCK_EX | ffi::LOCK_NB) } == 0 {
             return Ok(());
         }
-        if !path.exists() || !Path::new("/proc").join(maker.to_string()).exists() {
+        if Instant::now() >= deadline {
+            return Err(error(format!(
+                "{SHM} stayed locked by another process for {} s ({}): cannot make this host's copy of a shared array",
+                LOCK_WAIT.as_secs(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until the copy open as `file` has its magic; fails when its maker died first, or
+/// it was removed, or it is not a copy of this user's.
+fn wait_filled(file: &File, maker: u32, name: &str) -> Result<(), SharedError> {
+    let deadline = Instant::now() + FILL_WAIT;
+    loop {
+        let meta = file.metadata().map_err(|e| error(format!("this host's copy of the shared array `{name}`: {e}")))?;
+        if !meta.is_file() || meta.uid() != ffi::euid() {
+            return Err(error(format!("this host's copy of the shared array `{name}` is not a file of this user's: not used")));
+        }
+        let mut magic = [0u8; 8];
+        if file.read_exact_at(&mut magic, 0).is_ok() && u64::from_ne_bytes(magic) == MAGIC {
+            return Ok(());
+        }
+        if meta.nlink() == 0 || !Path::new("/proc").join(maker.to_string()).exists() {
             return Err(error(format!("the rank (pid {maker}) copying the shared array `{name}` to this host failed")));
         }
         if Instant::now() >= deadline {

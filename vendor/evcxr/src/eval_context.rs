@@ -473,9 +473,14 @@ impl EvalContext {
             stdout: stdout_receiver,
             stderr: stderr_receiver,
         };
-        if context.committed_state.linker() == "lld" && context.eval("42").is_err() {
+        // ranch: with lld, a failed first build may be lld's or the dependencies': after
+        // switching to the system linker the build is tried again, and a failure then is
+        // the context's (upstream returned a context whose every build failed).
+        let lld_failed = context.committed_state.linker() == "lld" && context.eval("42").is_err();
+        if lld_failed {
             context.committed_state.set_linker("system".to_owned());
-        } else {
+        }
+        if lld_failed || context.committed_state.linker() != "lld" {
             // We need to eval something anyway, otherwise rust-analyzer crashes when trying to get
             // completions. Not 100% sure. Just writing Cargo.toml isn't sufficient.
             if let Err(error) = context.eval("42") {

@@ -345,9 +345,16 @@ impl Pool {
         let forward = events.clone();
         // The runtime is in the pool's context from its start: built once, with evcxr's own start-up build.
         let deps = [runtime_dep.to_string()];
+        let seen = events.cell().done_count();
         let ctx =
             Context::start(fanout, workdir.evcxr_dir(), &deps, move |stream, line| forward.cell().stream(stream, &format!("{line}\n")))
                 .map_err(|e| pool_error(format!("cannot start the pool: {e}")))?;
+        // evcxr's start ran code on every rank; each rank's `Done` for it travels on its own
+        // (from other hosts, through the relays) and may come after evcxr has returned. Had
+        // it come during the first cell, that cell would take it for its rank finishing.
+        if !events.cell().wait_done_n(seen, n as u64, Duration::from_secs(30)) {
+            crate::log!("pool: not every rank reported the end of evcxr's start-up run within 30 s");
+        }
         Ok(Pool {
             ctx,
             n,
