@@ -107,6 +107,9 @@ let x = candle_core::Tensor::zeros(3, candle_core::DType::U32, &candle_core::Dev
 ranch::candle::all_reduce_sum(&x)?;''', timeout=600)
     text = run.error_text()
     assert "U32 tensors are not supported" in text and "to_dtype" in text, text
+    run = execute(candle, "%%ranch 2\n"
+                          "ranch::candle::broadcast(&candle_core::Tensor::new(&[1f32], &candle_core::Device::Cpu)?, 5)?;", timeout=600)
+    assert "root 5 is not a rank of this group of 2" in run.error_text(), run.error_text()
 
 
 def test_session_fns_and_plain_cells_can_name_ranch_candle_once_the_session_has_candle(candle):

@@ -72,7 +72,7 @@ pub const PACKAGE: &str = "ranch_rank";
 
 /// The session's `ranch = { path = ".." }` line with `features` added (other lines as
 /// they are).
-fn with_ranch_features(dep: &str, features: &[&str]) -> String {
+pub fn with_ranch_features(dep: &str, features: &[&str]) -> String {
     let is_ranch = dep.split('=').next().is_some_and(|name| name.trim() == "ranch");
     let Some(head) = dep.trim_end().strip_suffix('}').filter(|_| is_ranch && !features.is_empty()) else {
         return dep.to_string();

@@ -112,8 +112,7 @@ impl EvcxrSession {
         if self.driven.runtime_candle || !self.driven.runtime_added || !super::adapter::adds_dependency(code, "candle-core") {
             return Ok(());
         }
-        let dep = self.runtime_dep()?;
-        let dep = format!("{}, features = [\"candle\"] }}", dep.trim_end_matches('}').trim_end());
+        let dep = ranch_magics::program::with_ranch_features(&self.runtime_dep()?, &["candle"]);
         self.context()?.add_dependency(&dep).map_err(|e| {
             ranch_error(format!("candle was added, but the ranch runtime's `candle` feature could not be: {}", e.to_string().trim()))
         })?;
