@@ -100,21 +100,21 @@ def test_a_shared_array_is_copied_once_to_each_host_and_removed_after(hosts, ker
         execute(kc, "drop(across);")
 
 
-def test_map_across_hosts_hands_each_hosts_items_to_whichever_of_its_ranks_is_free(hosts, kernel_km):
-    _, kc = kernel_km
-    a, b = hosts.addresses
-    # 32 items, one per chunk: host 1 gets the even chunks, host 2 the odd ones (dealt in
-    # advance), and on each host the rank that is slow per item takes fewer of them.
-    run = ok(execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2\n"
-                         f"let host = {HOSTNAME};\n"
-                         "let items: Vec<u32> = (0..32).collect();\n"
-                         "let done = ranch::map(&items, |&i| {\n"
-                         "    let ms = if ranch::local_rank() == 0 { 60 } else { 5 };\n"
-                         "    std::thread::sleep(std::time::Duration::from_millis(ms));\n"
-                         "    (i, ranch::rank(), host.clone())\n"
-                         "}).unwrap();\n"
-                         "if ranch::rank() == 0 { for (i, r, h) in &done { println!(\"item {i} rank {r} {h}\"); } }\n"
-                         "done.len()", timeout=300))
+MAP_BODY = (f"let host = {HOSTNAME};\n"
+            "let items: Vec<u32> = (0..32).collect();\n"
+            "let done = ranch::map(&items, |&i| {\n"
+            # The first rank of each host (ranks 0 and 2) is slow per item.
+            "    let ms = if ranch::rank() % 2 == 0 { 60 } else { 5 };\n"
+            "    std::thread::sleep(std::time::Duration::from_millis(ms));\n"
+            "    (i, ranch::rank(), host.clone())\n"
+            "}).unwrap();\n"
+            "if ranch::rank() == 0 { for (i, r, h) in &done { println!(\"item {i} rank {r} {h}\"); } }\n"
+            "done.len()")
+
+
+def assert_map_dealt_per_host(run):
+    """32 items, one per chunk: host 1 got the even chunks, host 2 the odd ones (dealt in
+    advance), and on each host the rank that is slow per item took fewer of them."""
     assert run.result() == "[32, 32, 32, 32]", run.result()
     done = [line.split() for line in run.stream().splitlines() if " item " in line]
     assert [int(d[2]) for d in done] == list(range(32)), "every item once, in order"
@@ -125,8 +125,14 @@ def test_map_across_hosts_hands_each_hosts_items_to_whichever_of_its_ranks_is_fr
         for d in done:
             if d[5] == host:
                 by_rank[int(d[4])] = by_rank.get(int(d[4]), 0) + 1
-        slow, fast = sorted(by_rank)  # local rank 0 is the host's first global rank
+        slow, fast = sorted(by_rank)  # the host's first rank is the slow one
         assert by_rank[slow] < by_rank[fast], f"{host}: the slow rank took {by_rank[slow]} of its host's 16, the fast one {by_rank[fast]}"
+
+
+def test_map_across_hosts_hands_each_hosts_items_to_whichever_of_its_ranks_is_free(hosts, kernel_km):
+    _, kc = kernel_km
+    a, b = hosts.addresses
+    assert_map_dealt_per_host(ok(execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2\n" + MAP_BODY, timeout=300)))
 
 
 def test_a_rank_killed_on_host_2_is_named_with_its_host(hosts, kernel_km):
@@ -370,6 +376,38 @@ def test_a_pool_across_hosts_reduces_over_tcp(hosts, kernel_km):
                              "let r = if ranch::rank() == 2 { c.barrier() } else { c.all_reduce(&mut [1u8], ranch::Op::Sum) };\n"
                              "r.map_err(|e| e.to_string()).unwrap_err()", timeout=120))
         assert run.result().count("the ranks called different collectives here") == 4, run.result()
+        # The session's shared array: one copy per host for the cell, mapped by that host's
+        # ranks through the pool's own array channel, and gone when the cell let go of it.
+        ok(execute(kc, "let pooled: Vec<f64> = (0..100_000).map(|i| i as f64).collect();"))
+        ok(execute(kc, "%ranch_share pooled"))
+        try:
+            cell = ("%%px\n{\n"
+                    'let g = ranch::shared::Array::<f64>::attach("pooled").unwrap();\n'
+                    f"let host = {HOSTNAME};\n"
+                    'let maps = std::fs::read_to_string("/proc/self/maps").unwrap();\n'
+                    'let copy = maps.lines().find(|l| l.contains("hostarray")).and_then(|l| l.split_whitespace().last()).unwrap_or("none").to_string();\n'
+                    "ranch::comm().barrier().unwrap();\n"
+                    'format!("{host} {} {copy}", g.iter().sum::<f64>())\n}')
+            seen = []
+            for _ in range(2):
+                run = ok(execute(kc, cell, timeout=300))
+                rows = [r.split() for r in re.findall(r'"([^"]*)"', run.result())]
+                assert len(rows) == 4 and all(r[1] == "4999950000" for r in rows), run.result()
+                copies = {host: {r[2] for r in rows if r[0] == host} for host in ("simhost1", "simhost2")}
+                assert all(len(c) == 1 and "-hostarray-" in next(iter(c)) for c in copies.values()), copies
+                assert copies["simhost1"] != copies["simhost2"], copies
+                seen.append(copies)
+                deadline = time.monotonic() + 10
+                while [f for f in ranch_files_on(hosts) if "hostarray" in f] and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert [f for f in ranch_files_on(hosts) if "hostarray" in f] == [], "a cell's copies outlived it"
+            assert seen[0]["simhost1"] != seen[1]["simhost1"], "each cell makes its own copies"
+        finally:
+            execute(kc, "drop(pooled);")
+        # map: each host's chunks go to whichever of its ranks is free (a counter the host's
+        # ranks share, formed over TCP at the first map), as in %%ranch.
+        assert_map_dealt_per_host(ok(execute(kc, "%%px\n" + MAP_BODY, timeout=300)))
+        assert [f for f in ranch_files_on(hosts) if "-host-" in f] == [], "the hosts' segments are unlinked once mapped"
 
 
 def test_a_pool_rank_killed_on_host_2_is_named_and_the_pool_comes_back(hosts, kernel_km):

@@ -10,6 +10,9 @@
 //!   on other hosts to make their host's copy (the runtime's `shared::host_copy`);
 //! - `PUT result|panic <index> <len>`, then the bytes: answered `OK\n` once on disk.
 //!
+//! A pool on other hosts has a channel of its own that serves only `ARRAY`
+//! ([`Channel::arrays_only`]), under a token its ranks get in [`CHANNEL_TOKEN_ENV`].
+//!
 //! A stranger gets nothing: the request line is the hello of a
 //! [`Listener`](ranch::__rt::listener::Listener), which closes on a wrong token without a
 //! reply and bounds what strangers hold (one deadline of [`HELLO_TIMEOUT`] in all for the
@@ -27,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use ranch::__rt::{CHANNEL_ENV, CHANNEL_HELLO};
+pub use ranch::__rt::{CHANNEL_ENV, CHANNEL_HELLO, CHANNEL_TOKEN_ENV};
 
 pub const MAX_CONNECTIONS: usize = 64;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,7 +47,9 @@ pub struct Channel {
 }
 
 struct Shared {
-    run_dir: PathBuf,
+    /// Where shipped variables are and results land (`None`: a channel that serves only
+    /// the session's shared arrays, see [`Channel::arrays_only`]).
+    run_dir: Option<PathBuf>,
     /// The rank program, for ranks on hosts that cannot read it here.
     program: Option<PathBuf>,
     ranks: usize,
@@ -58,6 +63,17 @@ impl Channel {
     /// Listens on `ip` (a free port) for the `ranks` ranks of the launch whose run
     /// directory is `run_dir`, serving `program` to ranks that ask for it.
     pub fn start(ip: &str, token: &str, run_dir: &Path, ranks: usize, program: Option<&Path>) -> Result<Channel, String> {
+        Channel::listen(ip, token, Some(run_dir), ranks, program)
+    }
+
+    /// A channel that serves only the session's shared arrays (`ARRAY`): a pool's ranks on
+    /// other hosts make their host's copies from it. Its token is not the pool's, which
+    /// the ranks never see.
+    pub fn arrays_only(ip: &str, token: &str) -> Result<Channel, String> {
+        Channel::listen(ip, token, None, 0, None)
+    }
+
+    fn listen(ip: &str, token: &str, run_dir: Option<&Path>, ranks: usize, program: Option<&Path>) -> Result<Channel, String> {
         let rules = Rules { max_hello: MAX_LINE, hello_deadline: HELLO_TIMEOUT, ..Rules::line(CHANNEL_HELLO, token) };
         let listener = Listener::bind((ip, 0), rules).map_err(|e| format!("cannot listen on {ip} for the ranks' channel: {e}"))?;
         let addr = match listener.local_addr() {
@@ -66,7 +82,7 @@ impl Channel {
         };
         let max_body = std::env::var("RANCH_MAX_RESULT_MIB").ok().and_then(|m| m.parse::<u64>().ok()).map_or(MAX_RESULT, |m| m << 20);
         let shared = Arc::new(Shared {
-            run_dir: run_dir.to_path_buf(),
+            run_dir: run_dir.map(Path::to_path_buf),
             program: program.map(Path::to_path_buf),
             ranks,
             max_body,
@@ -145,7 +161,7 @@ fn serve(shared: &Shared, Admitted { stream, words, .. }: Admitted) {
 
 fn send_variable(shared: &Shared, name: &str, out: &TcpStream) {
     let valid = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_alphanumeric() || c == '_');
-    let file = valid.then(|| std::fs::File::open(shared.run_dir.join("vars").join(format!("{name}.bin"))));
+    let file = shared.run_dir.as_ref().filter(|_| valid).map(|dir| std::fs::File::open(dir.join("vars").join(format!("{name}.bin"))));
     send_file(file, &format!("no variable {name:?} was shipped"), out);
 }
 
@@ -177,6 +193,7 @@ fn send_file(file: Option<std::io::Result<std::fs::File>>, missing: &str, mut ou
 }
 
 fn receive(shared: &Shared, kind: &str, index: &str, len: &str, body: impl Read) -> Result<(), String> {
+    let Some(run_dir) = &shared.run_dir else { return Err("this channel takes no results".to_string()) };
     let index: usize = index.parse().map_err(|_| "bad rank")?;
     let len: u64 = len.parse().map_err(|_| "bad length")?;
     if index >= shared.ranks {
@@ -191,8 +208,8 @@ fn receive(shared: &Shared, kind: &str, index: &str, len: &str, body: impl Read)
         return Err(format!("rank {index} sent its {kind} already"));
     }
     let path = match kind {
-        "result" => ranch::__rt::result_path(&shared.run_dir, index),
-        _ => ranch::__rt::panic_path(&shared.run_dir, index),
+        "result" => ranch::__rt::result_path(run_dir, index),
+        _ => ranch::__rt::panic_path(run_dir, index),
     };
     // Each request its own file: two threads of a rank may panic at once.
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -262,5 +279,16 @@ mod tests {
         assert_eq!(request(&a, &long, b""), "");
         drop(ch);
         std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn an_arrays_only_channel_serves_arrays_and_nothing_else() {
+        let ch = Channel::arrays_only("127.0.0.1", "arr").unwrap();
+        let a = ch.addr().to_string();
+        assert!(request(&a, "RANCH-CHANNEL1 arr ARRAY nosuch\n", b"").starts_with("ERR no shared array `nosuch`"));
+        assert!(request(&a, "RANCH-CHANNEL1 arr GET x\n", b"").starts_with("ERR no variable"));
+        assert!(request(&a, "RANCH-CHANNEL1 arr PROGRAM\n", b"").starts_with("ERR"));
+        assert_eq!(request(&a, "RANCH-CHANNEL1 arr PUT result 0 5\n", b"hello"), "ERR this channel takes no results\n");
+        assert_eq!(request(&a, "RANCH-CHANNEL1 other ARRAY x\n", b""), "", "a stranger gets no byte");
     }
 }

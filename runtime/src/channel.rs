@@ -9,6 +9,9 @@ use std::time::Duration;
 
 /// Where the kernel's channel listens.
 pub const CHANNEL_ENV: &str = "RANCH_CHANNEL";
+/// The channel's token where it is not the launch's ([`crate::comm::TOKEN_ENV`]): a
+/// pool's ranks on other hosts have a channel of their own, for shared arrays.
+pub const CHANNEL_TOKEN_ENV: &str = "RANCH_CHANNEL_TOKEN";
 /// First word of every request.
 pub const CHANNEL_HELLO: &str = "RANCH-CHANNEL1";
 
@@ -43,7 +46,9 @@ fn retrying<T>(mut attempt: impl FnMut() -> Result<T, Failed>) -> Result<T, Stri
 }
 
 fn open(addr: &str, request: &str) -> Result<TcpStream, Failed> {
-    let token = std::env::var(crate::comm::TOKEN_ENV).map_err(|_| Failed::Final(format!("{} is not set", crate::comm::TOKEN_ENV)))?;
+    let token = std::env::var(CHANNEL_TOKEN_ENV)
+        .or_else(|_| std::env::var(crate::comm::TOKEN_ENV))
+        .map_err(|_| Failed::Final(format!("{} is not set", crate::comm::TOKEN_ENV)))?;
     let targets: Vec<_> = addr.to_socket_addrs().map_err(|e| Failed::Final(format!("channel address {addr}: {e}")))?.collect();
     let mut last = format!("channel address {addr} resolves to nothing");
     for t in targets {

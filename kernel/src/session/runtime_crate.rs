@@ -27,6 +27,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/comm/call.rs", include_str!("../../../runtime/src/comm/call.rs")),
     ("src/comm/error.rs", include_str!("../../../runtime/src/comm/error.rs")),
     ("src/comm/futex.rs", include_str!("../../../runtime/src/comm/futex.rs")),
+    ("src/comm/host_share.rs", include_str!("../../../runtime/src/comm/host_share.rs")),
     ("src/comm/stream_copy.rs", include_str!("../../../runtime/src/comm/stream_copy.rs")),
     ("src/comm/reduce.rs", include_str!("../../../runtime/src/comm/reduce.rs")),
     ("src/comm/mpi.rs", include_str!("../../../runtime/src/comm/mpi.rs")),

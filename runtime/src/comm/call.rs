@@ -19,9 +19,11 @@ pub enum Kind {
     // Not collectives, but they can break the group too.
     Send,
     Recv,
+    /// What `ranch::map` agrees on before it hands out items (see `host_share`).
+    Map,
 }
 
-pub const KINDS: [(Kind, &str); 10] = [
+pub const KINDS: [(Kind, &str); 11] = [
     (Kind::Barrier, "barrier"),
     (Kind::AllReduce, "all_reduce"),
     (Kind::Reduce, "reduce"),
@@ -32,6 +34,7 @@ pub const KINDS: [(Kind, &str); 10] = [
     (Kind::Scatter, "scatter"),
     (Kind::Send, "send"),
     (Kind::Recv, "recv"),
+    (Kind::Map, "map"),
 ];
 
 pub fn kind_of(op: &str) -> Kind {

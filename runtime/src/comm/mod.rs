@@ -11,6 +11,7 @@
 mod call;
 mod error;
 mod futex;
+mod host_share;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod pool;
@@ -320,7 +321,8 @@ impl Comm {
             Some(Via::Shm(g)) => Ok(Some(g.claim(seq, chunk, len))),
             #[cfg(feature = "mpi")]
             Some(Via::Mpi(state)) => Ok(state.claim(seq, chunk, len)),
-            _ => Ok(None),
+            Some(Via::Tcp(g)) => g.claim(seq, chunk, len),
+            None => Ok(None),
         }
     }
 

@@ -22,6 +22,7 @@
 
 use super::call::{Desc, Kind, kind_of, mismatch, type_code, type_tag};
 use super::error::CommError;
+use super::host_share::HostShare;
 use super::reduce::{Op, Reduce};
 use super::shm;
 use mpi::collective::SystemOperation;
@@ -39,13 +40,11 @@ const MESSAGE_TAG: i32 = 17;
 
 /// This host's ranks, in a hierarchical group.
 struct Host {
-    group: shm::Group,
+    /// The host's shared-memory group and its place among the hosts.
+    share: HostShare,
     /// The global rank of each of the host's ranks, by their rank on the host.
     ranks: Vec<usize>,
     name: String,
-    /// This host's place among the hosts, and how many there are (for `map`).
-    index: u32,
-    hosts: u32,
     /// The leaders' communicator, on a host's first rank when there are several hosts.
     leaders: Option<SimpleCommunicator>,
 }
@@ -107,7 +106,7 @@ pub fn finalize() {
     let mut held = lock(&STATE);
     if let Some(Ok(state)) = held.take() {
         if let Some(host) = &state.host {
-            host.group.mark_finished();
+            host.share.group.mark_finished();
         }
         let _flight = Flight::start("MPI_Finalize");
         drop(state);
@@ -141,7 +140,7 @@ fn host_group(world: &SimpleCommunicator) -> Option<Host> {
     node.all_gather_into(&world.rank(), &mut ranks[..]);
     let mut path = [0u8; 96];
     if local == 0 {
-        match create_segment(size) {
+        match shm::create_unique(size) {
             Ok(p) if p.len() <= path.len() => path[..p.len()].copy_from_slice(p.as_bytes()),
             Ok(_) => {}
             Err(e) => eprintln!("ranch: rank {}: cannot create this host's shared-memory group: {e}", crate::rank()),
@@ -168,27 +167,11 @@ fn host_group(world: &SimpleCommunicator) -> Option<Host> {
         return None;
     }
     Some(Host {
-        group: group.ok()?,
+        share: HostShare { group: group.ok()?, index: place[0], hosts: place[1].max(1) },
         ranks: ranks.into_iter().map(|r| r as usize).collect(),
         name: mpi::environment::processor_name().unwrap_or_default(),
-        index: place[0],
-        hosts: place[1].max(1),
         leaders: leaders.filter(|l| l.size() > 1),
     })
-}
-
-/// A new segment for `world` ranks in /dev/shm, named so that no one can guess it, and by
-/// this process: one left by a rank killed before every rank of its host mapped it is
-/// removed by the next (as the kernel's are).
-fn create_segment(world: usize) -> std::io::Result<String> {
-    use std::io::Read;
-    crate::stale::remove_stale(std::path::Path::new("/dev/shm"), "ranch-");
-    let mut random = [0u8; 12];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let path = format!("/dev/shm/ranch-{}-host-{hex}", std::process::id());
-    shm::create(&path, world)?;
-    Ok(path)
 }
 
 /// Marks an MPI call as in progress while it lives.
@@ -289,16 +272,10 @@ impl State {
         }
     }
 
-    /// `map`'s next chunk in a hierarchical group: chunk `k` of the map belongs to host
-    /// `k % hosts` (dealt out in advance, interleaved so that costly runs of items spread
-    /// over the hosts), and the host's ranks take its chunks from their host's shared
-    /// counter as they are free. `None` in a flat group (the caller deals round robin).
+    /// `map`'s next chunk in a hierarchical group (see [`HostShare::claim`]); `None` in a
+    /// flat group (the caller deals round robin).
     pub fn claim(&self, seq: u32, chunk: u32, len: u32) -> Option<Option<u32>> {
-        let host = self.host.as_ref()?;
-        let chunks = len.div_ceil(chunk.max(1));
-        let ours = chunks.saturating_sub(host.index).div_ceil(host.hosts);
-        let j = host.group.claim(seq, 1, ours);
-        Some(j.map(|j| (j * host.hosts + host.index) * chunk))
+        Some(self.host.as_ref()?.share.claim(seq, chunk, len))
     }
 
     pub fn barrier(&self) -> Result<(), CommError> {
@@ -391,13 +368,13 @@ impl Host {
     fn all_reduce<T: Reduce>(&self, buf: &mut [T], op: Op, dt: DatatypeRef<'static>) -> Result<(), CommError> {
         let alone = self.ranks.len() == 1;
         if !alone {
-            self.group.reduce(buf, op, Some(0)).map_err(|e| self.named(e))?;
+            self.share.group.reduce(buf, op, Some(0)).map_err(|e| self.named(e))?;
         }
         if let Some(leaders) = &self.leaders {
             all_reduce_on(leaders, buf, op, dt);
         }
         if !alone {
-            self.group.broadcast_slice(buf, 0).map_err(|e| self.named(e))?;
+            self.share.group.broadcast_slice(buf, 0).map_err(|e| self.named(e))?;
         }
         Ok(())
     }

@@ -135,6 +135,20 @@ impl Layout {
     }
 }
 
+/// A new segment for `world` ranks in /dev/shm, named so that no one can guess it, and by
+/// this process: one left by a rank killed before every rank of its host mapped it is
+/// removed by the next (as the kernel's are). For a host's own group (see `host_share`).
+pub(super) fn create_unique(world: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    crate::stale::remove_stale(std::path::Path::new("/dev/shm"), "ranch-");
+    let mut random = [0u8; 12];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let path = format!("/dev/shm/ranch-{}-host-{hex}", std::process::id());
+    create(&path, world)?;
+    Ok(path)
+}
+
 /// Creates the segment of a launch (kernel side), its memory reserved: `/dev/shm` is a
 /// tmpfs whose pages exist only once touched, so a sparse segment in a full one would kill
 /// the ranks with SIGBUS in the middle of a collective. When the full-speed layout does not

@@ -17,12 +17,13 @@
 
 use super::call::{Desc, Kind, kind_of, mismatch, type_code, type_tag};
 use super::error::CommError;
+use super::host_share::HostShare;
 use super::reduce::{Op, Reduce};
 use crate::net::listener::{Listener, Rules};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// First word of a rank's line to the address book, and of each mesh connection.
@@ -47,6 +48,8 @@ pub struct Group {
     peers: Vec<Option<Mutex<Peer>>>,
     /// Set once an operation failed: the links may hold half a message.
     broken: Mutex<Option<String>>,
+    /// The ranks on this host: formed at the first `map` (`None` inside: some host could not).
+    host: OnceLock<Option<HostShare>>,
 }
 
 fn timeout() -> Duration {
@@ -124,7 +127,7 @@ pub fn join(book: &str, token: &str, rank: usize, world: usize) -> Result<Group,
             _ => {}
         }
     }
-    Ok(Group { rank, world, peers, broken: Mutex::new(None) })
+    Ok(Group { rank, world, peers, broken: Mutex::new(None), host: OnceLock::new() })
 }
 
 fn ready(s: TcpStream) -> Result<Peer, String> {
@@ -310,6 +313,16 @@ impl Group {
             head[1..].copy_from_slice(&(answer.len() as u64).to_le_bytes());
             let _ = peer.stream.write_all(&head).and_then(|_| peer.stream.write_all(answer));
         }
+    }
+
+    /// `map`'s next chunk from this host's counter (see [`HostShare::claim`]), the host's
+    /// group formed at the first call (collective); `None` where it could not be.
+    pub fn claim(&self, seq: u32, chunk: u32, len: u32) -> Result<Option<Option<u32>>, CommError> {
+        if self.host.get().is_none() {
+            let formed = super::host_share::form_over_tcp(self, self.rank)?;
+            let _ = self.host.set(formed);
+        }
+        Ok(self.host.get().and_then(Option::as_ref).map(|h| h.claim(seq, chunk, len)))
     }
 
     pub fn barrier(&self) -> Result<(), CommError> {

@@ -3,7 +3,7 @@
 //! this host, and mapped by the launch's other ranks there.
 //!
 //! The copy is `/dev/shm/ranch-<maker pid>-hostarray-<launch>-<name>` (the launch named by a
-//! hash of its token, which is secret). Ranks find it by scanning `/dev/shm` while holding
+//! hash of its token, which is secret; in a pool, of the cell's). Ranks find it by scanning `/dev/shm` while holding
 //! `flock` on the directory, so two ranks never both make one (the lock goes with the
 //! process, however it ends). Its header's magic is written last: a rank that finds the copy
 //! still being filled waits for it, and gives up if the maker died. The maker removes the
@@ -82,11 +82,15 @@ pub(super) fn attach<T: Plain>(name: &str) -> Result<Array<T>, SharedError> {
     }
 }
 
-/// This launch's tag: a hash of its token (the same in every rank of the launch).
+/// Names this launch's copies on this host: a hash of the launch's token, which is secret.
+/// A pool's ranks live across cells, so there it is the cell's group token: each cell
+/// makes its own copies, and an array the session made again is never read stale.
 fn launch_tag() -> String {
     use std::hash::{Hash, Hasher};
+    let cell = std::env::var_os(crate::comm::POOL_GROUP_ENV).and_then(|p| crate::comm::PoolGroup::read(Path::new(&p)).ok());
+    let secret = cell.map(|g| g.token).or_else(|| std::env::var(crate::comm::TOKEN_ENV).ok()).unwrap_or_default();
     let mut h = std::hash::DefaultHasher::new();
-    std::env::var(crate::comm::TOKEN_ENV).unwrap_or_default().hash(&mut h);
+    secret.hash(&mut h);
     format!("{:016x}", h.finish())
 }
 

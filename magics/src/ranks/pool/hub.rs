@@ -7,9 +7,11 @@
 //! The relays fetch this binary over the launch's channel (as `%%ranch` ranks fetch their
 //! program) unless `RANCH_SHARED_DIR` holds a copy; the cells' libraries and libstd come
 //! over the link, so the hosts need no toolchain and no directory shared with this one.
+//! The ranks get a channel of their own, which serves only the session's shared arrays
+//! (each host's copy is made from it; the pool's token never reaches a rank).
 
 use super::link::{self, Frame, HELLO};
-use crate::channel::{CHANNEL_ENV, Channel};
+use crate::channel::{CHANNEL_ENV, CHANNEL_TOKEN_ENV, Channel};
 use ranch::__rt::keepalive;
 use ranch::__rt::listener::{Listener, Rules};
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,8 @@ pub(super) struct Hub {
     private: PathBuf,
     launcher: Child,
     _channel: Option<Channel>,
+    /// Serves the session's shared arrays to the ranks (their hosts' copies).
+    _arrays: Channel,
 }
 
 /// The launcher's last lines, for messages.
@@ -85,6 +89,10 @@ impl Hub {
             Some(exe) => Some(Channel::start(&spec.reach, &spec.token, &spec.private, n, Some(exe))?),
             None => None,
         };
+        // The ranks' own channel, under a token of its own: the pool's stays with the relays.
+        let arrays_token = crate::group::new_token()?;
+        let arrays = Channel::arrays_only(&spec.reach, &arrays_token)?;
+        let arrays_env = [(CHANNEL_ENV.to_string(), arrays.addr().to_string()), (CHANNEL_TOKEN_ENV.to_string(), arrays_token)];
         let mut env = spec.env.clone();
         for (k, v) in env.iter_mut() {
             if k == crate::role::ROLE_ENV {
@@ -128,7 +136,7 @@ impl Hub {
                 }
             });
         }
-        let accepted = accept_ranks(&listener, plan, spec, &mut launcher, &tail);
+        let accepted = accept_ranks(&listener, plan, spec, &arrays_env, &mut launcher, &tail);
         let streams = match accepted {
             Ok(s) => s,
             Err(e) => {
@@ -146,7 +154,16 @@ impl Hub {
             std::thread::spawn(move || serve_rank(rank, stream, to_kernel, lines, ended, &private));
             hosts.push(host);
         }
-        Ok(Hub { writers, hosts, ended, sent: vec![HashSet::new(); n], private: spec.private.clone(), launcher, _channel: channel })
+        Ok(Hub {
+            writers,
+            hosts,
+            ended,
+            sent: vec![HashSet::new(); n],
+            private: spec.private.clone(),
+            launcher,
+            _channel: channel,
+            _arrays: arrays,
+        })
     }
 
     /// Sends rank `rank` a protocol line; before a cell's `LOAD_AND_RUN`, the cell's library,
@@ -246,6 +263,7 @@ fn accept_ranks(
     listener: &Listener,
     plan: &[Vec<(String, String)>],
     spec: &RemoteSpec,
+    arrays_env: &[(String, String)],
     launcher: &mut Child,
     tail: &Tail,
 ) -> Result<Vec<(TcpStream, String)>, String> {
@@ -282,6 +300,7 @@ fn accept_ranks(
         let mut w = &stream;
         let mut env = plan[rank].clone();
         env.push((ranch::__rt::KERNEL_DIR_ENV.to_string(), spec.private.to_string_lossy().into_owned()));
+        env.extend_from_slice(arrays_env);
         // As the kernel set it for its children (see `child::evcxr_context`); a launcher
         // forwards only what it is told to.
         if let Ok(backtrace) = std::env::var("RUST_BACKTRACE") {
