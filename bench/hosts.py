@@ -5,7 +5,8 @@ Times all-reduce (f32 sum) of 4 KiB and 64 MiB over 4 ranks on 2 hosts with ranc
 hierarchical backend (the default across hosts: shared memory inside a host, MPI between
 host leaders), with `--backend mpi` (flat MPI through ranch), and with a C program calling
 `MPI_Allreduce` directly (bench/mpi_collectives.c) over the same hosts and MCA settings,
-and in a pool on the same hosts (`%ranch_start 4 --hosts`: TCP through the group's rank 0);
+and in a pool on the same hosts (`%ranch_start 4 --hosts`: TCP, by host for large buffers:
+shared memory inside a host, a ring of the hosts' leaders between them);
 and what a launch costs: a trivial `%%ranch 4` cell (program already built) with the local
 launcher, with mpirun on this host, and with mpirun on the two hosts (which starts MPI in
 every rank), beside a bare `mpirun ... /bin/true`. Prints figures and ratios; asserts
@@ -129,6 +130,7 @@ def main():
     finally:
         next(gen, None)  # removes the simulated hosts
     print("all-reduce, 4 ranks on 2 simulated hosts (f32 sum; median seconds per call)")
+    print("(x/MPI: time over MPI_Allreduce's; below 1 is faster than MPI)")
     print(f"{'size':<8}{'hierarchical':>14}{'ranch mpi':>14}{'pool tcp':>12}{'MPI_Allreduce':>16}{'hier/MPI':>10}{'flat/MPI':>10}{'pool/MPI':>10}")
     for label, i, key in (("4 KiB", 0, "allreduce_4k"), ("64 MiB", 1, "allreduce_64m")):
         ref = mpi[key]

@@ -34,7 +34,8 @@ const FILES: &[(&str, &str)] = &[
     ("src/comm/pool.rs", include_str!("../../../runtime/src/comm/pool.rs")),
     ("src/comm/rendezvous.rs", include_str!("../../../runtime/src/comm/rendezvous.rs")),
     ("src/comm/shm.rs", include_str!("../../../runtime/src/comm/shm.rs")),
-    ("src/comm/tcp.rs", include_str!("../../../runtime/src/comm/tcp.rs")),
+    ("src/comm/tcp/mod.rs", include_str!("../../../runtime/src/comm/tcp/mod.rs")),
+    ("src/comm/tcp/hosts.rs", include_str!("../../../runtime/src/comm/tcp/hosts.rs")),
 ];
 
 /// Where this version of the crate is unpacked.

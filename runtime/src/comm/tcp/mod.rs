@@ -15,9 +15,10 @@
 //! against what was agreed (collectives) or [`MAX_MESSAGE`]; a peer that closes its link
 //! (it finished the cell, or died) fails the operation with its rank.
 
+mod hosts;
+
 use super::call::{Desc, Kind, kind_of, mismatch, type_code, type_tag};
 use super::error::CommError;
-use super::host_share::HostShare;
 use super::reduce::{Op, Reduce};
 use crate::net::listener::{Listener, Rules};
 use std::collections::VecDeque;
@@ -48,8 +49,9 @@ pub struct Group {
     peers: Vec<Option<Mutex<Peer>>>,
     /// Set once an operation failed: the links may hold half a message.
     broken: Mutex<Option<String>>,
-    /// The ranks on this host: formed at the first `map` (`None` inside: some host could not).
-    host: OnceLock<Option<HostShare>>,
+    /// The ranks on this host and the hosts' leaders: formed at the first `map` or large
+    /// collective (`None` inside: some host could not).
+    hosts: OnceLock<Option<hosts::Hosts>>,
 }
 
 fn timeout() -> Duration {
@@ -127,7 +129,7 @@ pub fn join(book: &str, token: &str, rank: usize, world: usize) -> Result<Group,
             _ => {}
         }
     }
-    Ok(Group { rank, world, peers, broken: Mutex::new(None), host: OnceLock::new() })
+    Ok(Group { rank, world, peers, broken: Mutex::new(None), hosts: OnceLock::new() })
 }
 
 fn ready(s: TcpStream) -> Result<Peer, String> {
@@ -186,19 +188,8 @@ impl Group {
     }
 
     fn write_message(&self, op: &'static str, to: usize, kind: u8, parts: &[&[u8]]) -> Result<(), CommError> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut peer = self.lock(to);
-        let mut head = [0u8; 9];
-        head[0] = kind;
-        head[1..].copy_from_slice(&(len as u64).to_le_bytes());
-        let mut write = || -> std::io::Result<()> {
-            peer.stream.write_all(&head)?;
-            for p in parts {
-                peer.stream.write_all(p)?;
-            }
-            peer.stream.flush()
-        };
-        write().map_err(|e| self.link_error(op, to, e))
+        write_framed(&mut peer.stream, kind, parts).map_err(|e| self.link_error(op, to, e))
     }
 
     /// The next message of `kind` from `from`, at most `limit` bytes (others are kept). With
@@ -206,6 +197,19 @@ impl Group {
     /// returned and the rest is read and dropped (a rank that called another collective).
     fn read_message(&self, op: &'static str, from: usize, kind: u8, limit: u64, keep_head: Option<usize>) -> Result<Vec<u8>, CommError> {
         let mut peer = self.lock(from);
+        self.read_from(op, from, &mut peer, kind, limit, keep_head)
+    }
+
+    /// [`read_message`](Self::read_message) from a peer whose lock the caller holds.
+    fn read_from(
+        &self,
+        op: &'static str,
+        from: usize,
+        peer: &mut Peer,
+        kind: u8,
+        limit: u64,
+        keep_head: Option<usize>,
+    ) -> Result<Vec<u8>, CommError> {
         if kind == POINT {
             if let Some(m) = peer.kept.pop_front() {
                 return Ok(m);
@@ -315,14 +319,10 @@ impl Group {
         }
     }
 
-    /// `map`'s next chunk from this host's counter (see [`HostShare::claim`]), the host's
-    /// group formed at the first call (collective); `None` where it could not be.
+    /// `map`'s next chunk from this host's counter (see `HostShare::claim`), the hosts
+    /// formed at the first call (collective); `None` where they could not be.
     pub fn claim(&self, seq: u32, chunk: u32, len: u32) -> Result<Option<Option<u32>>, CommError> {
-        if self.host.get().is_none() {
-            let formed = super::host_share::form_over_tcp(self, self.rank)?;
-            let _ = self.host.set(formed);
-        }
-        Ok(self.host.get().and_then(Option::as_ref).map(|h| h.claim(seq, chunk, len)))
+        Ok(self.hosts("map")?.map(|h| h.share.claim(seq, chunk, len)))
     }
 
     pub fn barrier(&self) -> Result<(), CommError> {
@@ -332,6 +332,9 @@ impl Group {
     pub fn reduce<T: Reduce>(&self, buf: &mut [T], op: Op, root: Option<usize>) -> Result<(), CommError> {
         let name = if root.is_some() { "reduce" } else { "all_reduce" };
         let desc = [kind_of(name) as u64, type_code(T::NAME, Some(op)), buf.len() as u64, root.map_or(0, |r| r as u64 + 1)];
+        if std::mem::size_of_val(buf) >= hosts::MIN_BYTES && self.reduce_by_hosts(name, desc, buf, op, root)? {
+            return Ok(());
+        }
         let n = buf.len();
         let result = self.collective(name, desc, bytes_of(buf), std::mem::size_of_val(buf) as u64, None, false, |_, datas| {
             let mut acc: Vec<T> = vec_of::<T>(&datas[0], n);
@@ -350,6 +353,9 @@ impl Group {
     pub fn broadcast_slice<T: Reduce>(&self, buf: &mut [T], root: usize) -> Result<(), CommError> {
         const OP: &str = "broadcast_slice";
         let desc = [Kind::BroadcastSlice as u64, type_code(T::NAME, None), buf.len() as u64, root as u64 + 1];
+        if std::mem::size_of_val(buf) >= hosts::MIN_BYTES && self.broadcast_by_hosts(OP, desc, buf, root)? {
+            return Ok(());
+        }
         let mine: &[u8] = if self.rank == root { bytes_of(buf) } else { &[] };
         let size = std::mem::size_of_val(buf);
         let result = self.collective(OP, desc, mine, size as u64, None, true, |_, mut datas| std::mem::take(&mut datas[root]))?;
@@ -386,6 +392,19 @@ impl Group {
         }
         self.read_message("recv", src, POINT, MAX_MESSAGE, None)
     }
+}
+
+/// One message: its kind, its length, then its parts.
+fn write_framed(stream: &mut impl Write, kind: u8, parts: &[&[u8]]) -> std::io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut head = [0u8; 9];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(len as u64).to_le_bytes());
+    stream.write_all(&head)?;
+    for p in parts {
+        stream.write_all(p)?;
+    }
+    stream.flush()
 }
 
 fn to_itself(op: &'static str, rank: usize) -> CommError {
@@ -446,7 +465,7 @@ mod tests {
     use std::net::TcpListener;
 
     /// A group of `n` ranks on threads, joined through a tiny address book.
-    fn groups(n: usize) -> Vec<Group> {
+    pub(super) fn groups(n: usize) -> Vec<Group> {
         let book = TcpListener::bind("127.0.0.1:0").unwrap();
         let at = book.local_addr().unwrap().to_string();
         let serve = std::thread::spawn(move || {
@@ -476,7 +495,7 @@ mod tests {
         g
     }
 
-    fn on_each<R: Send + 'static>(gs: Vec<Group>, f: impl Fn(&Group) -> R + Send + Sync + Copy + 'static) -> Vec<R> {
+    pub(super) fn on_each<R: Send + 'static>(gs: Vec<Group>, f: impl Fn(&Group) -> R + Send + Sync + Copy + 'static) -> Vec<R> {
         let hs: Vec<_> = gs.into_iter().map(|g| std::thread::spawn(move || f(&g))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     }
