@@ -72,19 +72,28 @@ def pool_allreduce(kc, hosts, rounds, iters):
         execute(kc, "%ranch_stop", timeout=60)
 
 
-def plain_mpi(sim, hosts, quick):
-    """bench/mpi_collectives.c over the same hosts: {allreduce_4k, allreduce_64m, ...}."""
+def mpi_program(sim, hosts, args, runs=1):
+    """Runs bench/mpi_collectives.c over the same hosts with `args`: its last line of output
+    and the median seconds of `runs` launches."""
     # Outside /tmp: each simulated host has a /tmp of its own.
     build = tempfile.mkdtemp(prefix="ranch-bench-", dir="/var/tmp")
     exe = os.path.join(build, "mpi_collectives")
     try:
         subprocess.run(["mpicc", "-O2", "-o", exe, os.path.join(HERE, "mpi_collectives.c")], check=True)
-        cmd = ["mpirun", "-np", "4", "--host", hosts, "--allow-run-as-root", *sim.mpirun_args.split(),
-               exe, "0.1", "10" if quick else "1"]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])
+        cmd = ["mpirun", "-np", "4", "--host", hosts, "--allow-run-as-root", *sim.mpirun_args.split(), exe, *args]
+        samples, out = [], ""
+        for _ in range(runs):
+            t = time.monotonic()
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+            samples.append(time.monotonic() - t)
+        return (out.strip().splitlines() or [""])[-1], statistics.median(samples)
     finally:
         subprocess.run(["rm", "-rf", build])
+
+
+def plain_mpi(sim, hosts, quick):
+    """bench/mpi_collectives.c over the same hosts: {allreduce_4k, allreduce_64m, ...}."""
+    return json.loads(mpi_program(sim, hosts, ["0.1", "10" if quick else "1"])[0])
 
 
 def launch_costs(kc, sim, hosts, launches):
@@ -105,6 +114,7 @@ def launch_costs(kc, sim, hosts, launches):
         subprocess.run(bare, check=True, capture_output=True)
         samples.append(time.monotonic() - t)
     costs["bare mpirun /bin/true, 2 hosts"] = statistics.median(samples)
+    costs["mpirun of a C program that starts MPI, 2 hosts"] = mpi_program(sim, hosts, ["start"], launches)[1]
     return costs
 
 
@@ -139,7 +149,10 @@ def main():
     print("launch cost: a trivial %%ranch 4 cell end to end (median seconds)")
     base = costs["local launcher (this host)"]
     for name, s in costs.items():
-        print(f"  {name:<34}{s:>8.3f}  ({s / base:.1f}x local)")
+        print(f"  {name:<48}{s:>8.3f}  ({s / base:.1f}x local)")
+    ranch_hosts = costs["mpirun, 2 hosts (MPI started)"]
+    print(f"%%ranch across 2 hosts / bare mpirun: {ranch_hosts / costs['bare mpirun /bin/true, 2 hosts']:.2f}x; "
+          f"/ an MPI program's start: {ranch_hosts / costs['mpirun of a C program that starts MPI, 2 hosts']:.2f}x")
 
 
 if __name__ == "__main__":
