@@ -135,6 +135,30 @@ def test_map_across_hosts_hands_each_hosts_items_to_whichever_of_its_ranks_is_fr
     assert_map_dealt_per_host(ok(execute(kc, f"%%ranch 4 --hosts {a}:2,{b}:2\n" + MAP_BODY, timeout=300)))
 
 
+THREADS = 'std::fs::read_dir("/proc/self/task").unwrap().count()'
+
+
+def test_mpi_is_started_only_by_code_that_names_a_collective(hosts):
+    """MPI's start is most of a launch across hosts: a cell whose code names no collective
+    skips it (its ranks stay single-threaded: MPI's start adds its progress threads), one
+    that names one in the cell or in a session fn it calls starts it."""
+    a, b = hosts.addresses
+    cell = f"%%ranch 4 --hosts {a}:2,{b}:2\n"
+    # A kernel of its own: the session fn below goes into every later launch's program.
+    km, kc = start(env=dict(os.environ, RANCH_MPIRUN_ARGS=hosts.mpirun_args))
+    try:
+        assert ok(execute(kc, cell + THREADS, timeout=300)).result() == "[1, 1, 1, 1]"
+        # Iterators' own `map` is not ranch's: no group for it.
+        run = ok(execute(kc, cell + f"let v: Vec<u32> = (0..3).map(|x| x * 2).collect();\n(v.len(), {THREADS})", timeout=300))
+        assert run.result() == "[(3, 1), (3, 1), (3, 1), (3, 1)]", run.result()
+        ok(execute(kc, "fn world_of_group() -> usize { ranch::comm().world_size() }"))
+        run = ok(execute(kc, cell + f"(world_of_group(), {THREADS} > 1)", timeout=300))
+        assert run.result() == "[(4, true), (4, true), (4, true), (4, true)]", run.result()
+        nothing_left_on(hosts)
+    finally:
+        stop(km, kc)
+
+
 def test_a_rank_killed_on_host_2_is_named_with_its_host(hosts, kernel_km):
     _, kc = kernel_km
     a, b = hosts.addresses

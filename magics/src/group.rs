@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Environment a launch gives its ranks: the group's token, the collective timeout.
-pub use ranch::__rt::{BACKEND_ENV, TIMEOUT_ENV, TOKEN_ENV};
+pub use ranch::__rt::{BACKEND_ENV, NO_GROUP, TIMEOUT_ENV, TOKEN_ENV};
 
 /// Connections that have not yet said who they are, at most.
 pub const MAX_PENDING: usize = 64;

@@ -39,6 +39,9 @@ pub struct CellProgram {
     pub ddp: bool,
     /// Features of the `ranch` runtime the body needs (`cuda`, `nccl`).
     pub ranch_features: Vec<&'static str>,
+    /// The body or the session's items may use the process group (see
+    /// [`crate::source::names_group`]): where the group is MPI, it is started only then.
+    pub uses_group: bool,
     /// Build the program with line tables, so that a backtrace's frames of the cell say their
     /// lines: only when backtraces are asked for ([`backtraces_asked`]), since they cost a
     /// bigger binary (std's debug info is then kept) and a slower link for every new cell.
@@ -51,6 +54,8 @@ pub struct RankProgram {
     pub cargo_toml: String,
     /// Features of the `ranch` runtime it is built with.
     pub ranch_features: Vec<&'static str>,
+    /// Its code may use the process group ([`CellProgram::uses_group`]).
+    pub uses_group: bool,
     pub main_rs: String,
     /// 1-based line of `main.rs` holding the body's first line.
     pub body_line: usize,
@@ -220,6 +225,7 @@ pub fn generate(session: &SessionSnapshot, cell: &CellProgram) -> RankProgram {
     RankProgram {
         cargo_toml: toml,
         ranch_features: cell.ranch_features.clone(),
+        uses_group: cell.uses_group,
         main_rs: main,
         body_line,
         body_lines: cell.body.lines().count().max(1),

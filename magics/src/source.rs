@@ -75,6 +75,23 @@ pub fn ranch_features(body: &str) -> Vec<&'static str> {
     features
 }
 
+/// Names of the runtime's parts that use the launch's process group. `map` is one too, but
+/// only as `ranch::map` (iterators have a `map` of their own).
+const GROUP_NAMES: [&str; 3] = ["comm", "candle", "nccl"];
+
+/// Whether `code` (a cell's body and the session's items it runs with) may use the process
+/// group: a launch whose code names no part of the runtime that does starts no group. A name
+/// is enough (a fn of the user's called `comm` starts a group it does not need: only time is
+/// lost); a use that names none of these cannot be written, and fails with a clear error.
+pub fn names_group(code: &str) -> bool {
+    let compact: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    let idents = body_facts(code).idents;
+    GROUP_NAMES.iter().any(|n| idents.contains(*n))
+        || compact.contains("ranch::map")
+        || compact.contains("useranch::*")
+        || (compact.contains("useranch::{") && idents.contains("map"))
+}
+
 pub fn body_facts(body: &str) -> BodyFacts {
     let text = format!("fn __ranch_body() {{\n{body}\n}}");
     let file = SourceFile::parse(&text, Edition::Edition2024).tree();
@@ -211,6 +228,13 @@ mod tests {
     #[test]
     fn cuda_bodies_turn_the_runtime_features_on() {
         assert!(ranch_features("ranch::rank()").is_empty());
+        assert!(!names_group("let r = ranch::rank(); let v: Vec<u32> = (0..4).map(|x| x + r as u32).collect();"));
+        assert!(names_group("let m = ranch::map(&v, |x| x + 1)?;"));
+        assert!(names_group("use ranch::{map, rank};\nlet m = map(&v, |x| x + 1)?;"));
+        assert!(names_group("use ranch::*;\nlet m = something(&v);"));
+        assert!(names_group("use ranch::comm as c;\nc().barrier()?;"));
+        assert!(names_group("fn step() { let c = ranch::comm(); }"));
+        assert!(names_group("macro_rules! sync { () => { ranch::comm().barrier().unwrap() } }"));
         assert_eq!(ranch_features("let g = ranch::cuda::context()?;"), ["cuda"]);
         assert_eq!(ranch_features("let n = ranch :: cuda :: nccl()?;"), ["nccl"]);
         assert_eq!(ranch_features("use ranch::cuda;\nlet n = cuda::nccl()?;"), ["nccl"]);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::channel::{CHANNEL_ENV, CHANNEL_HELLO, CHANNEL_TOKEN_ENV};
 pub use crate::comm::collective_timeout;
-pub use crate::comm::{BACKEND_ENV, NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TCP_HELLO, TIMEOUT_ENV, TOKEN_ENV};
+pub use crate::comm::{BACKEND_ENV, NO_GROUP, NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TCP_HELLO, TIMEOUT_ENV, TOKEN_ENV};
 pub use crate::info::BASE_RANK_ENV;
 pub use crate::net::{keepalive, listener};
 pub use crate::stale::remove_stale;

@@ -107,6 +107,8 @@ impl Driver {
         let snapshot = snapshot?;
         let export_s = t_export.elapsed().as_secs_f64();
         let mut ranch_features = source::ranch_features(&format!("{rust}\n{}", args.ctx.as_deref().unwrap_or("")));
+        let uses_group =
+            args.ddp || source::names_group(&format!("{rust}\n{}\n{}", args.ctx.as_deref().unwrap_or(""), snapshot.items.items.join("\n")));
         if args.collectives.mpi_name().is_some() {
             ranch_features.push("mpi");
         }
@@ -120,6 +122,7 @@ impl Driver {
             has_tail: facts.has_tail,
             ddp: args.ddp,
             ranch_features,
+            uses_group,
             line_tables: program::backtraces_asked(),
         };
         let program = program::generate(&snapshot, &cell);
@@ -326,7 +329,10 @@ impl Launch {
             env.push((group::TIMEOUT_ENV.to_string(), t.to_string()));
         }
         if let Some(name) = args.collectives.mpi_name() {
-            env.push((group::BACKEND_ENV.to_string(), name.to_string()));
+            // MPI is started only by a launch whose code may use the group: its start is
+            // most of what a launch across hosts costs.
+            let backend = if self.program.uses_group { name } else { group::NO_GROUP };
+            env.push((group::BACKEND_ENV.to_string(), backend.to_string()));
         }
         let plan = LaunchPlan {
             exe,

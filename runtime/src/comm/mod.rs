@@ -44,6 +44,9 @@ pub const TIMEOUT_ENV: &str = "RANCH_COLLECTIVE_TIMEOUT";
 /// or `hierarchical` (shared memory inside each host, MPI between hosts). Needs the
 /// runtime's `mpi` feature.
 pub const BACKEND_ENV: &str = "RANCH_BACKEND";
+/// [`BACKEND_ENV`] of a launch whose code names no collective (the kernel looked): no group
+/// is started, so its ranks skip MPI's start.
+pub const NO_GROUP: &str = "none";
 
 /// The MPI flavour this launch asks for (`Some(hierarchical)`), in a group of several.
 fn mpi_flavour() -> Option<Result<bool, String>> {
@@ -53,6 +56,7 @@ fn mpi_flavour() -> Option<Result<bool, String>> {
     match std::env::var(BACKEND_ENV).ok()?.as_str() {
         "mpi" => Some(Ok(false)),
         "hierarchical" => Some(Ok(true)),
+        NO_GROUP => None,
         other => Some(Err(format!("{BACKEND_ENV}={other} is not a backend (mpi, hierarchical)"))),
     }
 }
@@ -195,6 +199,14 @@ impl Comm {
             return pool::join(std::path::Path::new(&path));
         }
         let (rank, world) = (crate::rank(), crate::world_size());
+        if world > 1 && std::env::var(BACKEND_ENV).is_ok_and(|b| b == NO_GROUP) {
+            let why = format!(
+                "rank {rank}: this launch started no process group: ranch starts MPI only for code that names \
+                 ranch::comm, map, candle or nccl, and found none in the cell or the session's items (name \
+                 ranch::comm() in the cell to have one)"
+            );
+            return Comm { rank, world, backend: Backend::Broken(why) };
+        }
         if let Some(flavour) = mpi_flavour() {
             return Comm { rank, world, backend: Self::mpi_backend(flavour) };
         }
