@@ -437,6 +437,7 @@ impl Interpreter for EvcxrSession {
         self.listener = None;
         // The process exits without running destructors: remove what is ours now.
         let _ = std::fs::remove_dir_all(self.private.path());
+        self.workdir.end();
     }
 }
 

@@ -104,6 +104,20 @@ impl Drop for WorkDir {
         if let Some(t) = &self.temporary {
             let _ = std::fs::remove_dir_all(t);
         }
+        self.end();
+    }
+}
+
+impl WorkDir {
+    /// Measures the target as its kernel ends (and empties it past the limit), so the next
+    /// kernel's start need not walk it (tens of thousands of files: a tenth of a second).
+    /// Called by the kernel's shutdown, which exits without running destructors.
+    pub fn end(&self) {
+        if let Some(lock) = &self._lock {
+            let target = self.target_dir();
+            keep_within_limit(&target, target_limit());
+            record_size(lock, disk_usage(&target));
+        }
     }
 }
 
@@ -115,7 +129,7 @@ fn claim_persistent(base: &Path) -> std::io::Result<Option<(PathBuf, Flock<File>
     for n in 0..MAX_DIRS {
         let lock_path = base.join(format!("{n}.lock"));
         // Past the one we take, only directories that exist are looked at.
-        let file = match File::options().create(claimed.is_none()).truncate(false).write(true).open(&lock_path) {
+        let file = match File::options().create(claimed.is_none()).truncate(false).read(true).write(true).open(&lock_path) {
             Ok(f) => f,
             Err(_) if claimed.is_some() => continue,
             Err(e) => return Err(e),
@@ -127,7 +141,12 @@ fn claim_persistent(base: &Path) -> std::io::Result<Option<(PathBuf, Flock<File>
             let _ = lock.set_modified(SystemTime::now());
             make_private_dir(&root)?;
             let target = root.join("evcxr").join("target");
-            keep_within_limit(&target, target_limit());
+            // The size the last kernel here recorded as it ended; measured now only when it
+            // did not end cleanly. Cleared meanwhile: if this kernel is killed, the next measures.
+            if recorded_size(&lock).is_none_or(|size| size > target_limit()) {
+                keep_within_limit(&target, target_limit());
+            }
+            let _ = lock.set_len(0);
             super::disk::remove_old_cells(&target);
             claimed = Some((root, lock));
         } else if is_unused(&lock_path) {
@@ -136,6 +155,23 @@ fn claim_persistent(base: &Path) -> std::io::Result<Option<(PathBuf, Flock<File>
         }
     }
     Ok(claimed)
+}
+
+/// The target's size in bytes that the lock file holds (written by the kernel that last
+/// held it, as it ended).
+fn recorded_size(lock: &File) -> Option<u64> {
+    use std::io::Read;
+    let mut text = String::new();
+    lock.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+fn record_size(lock: &File, size: u64) {
+    use std::os::unix::fs::FileExt;
+    let text = size.to_string();
+    if lock.set_len(0).is_ok() {
+        let _ = lock.write_all_at(text.as_bytes(), 0);
+    }
 }
 
 /// Removes every build directory under `base` that no kernel holds. Returns how many, and
@@ -196,6 +232,25 @@ mod tests {
         drop(lock2);
         let (again, _) = claim_persistent(&base).unwrap().unwrap();
         assert_eq!(again, second, "a released directory is taken again");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_kernel_that_ends_records_the_size_and_one_killed_leaves_none() {
+        let base = scratch("record");
+        let (root, lock) = claim_persistent(&base).unwrap().unwrap();
+        let target = root.join("evcxr/target");
+        std::fs::create_dir_all(target.join("deps")).unwrap();
+        std::fs::write(target.join("deps/lib"), vec![0u8; 1000]).unwrap();
+        assert_eq!(recorded_size(&lock), None, "cleared while a kernel holds it");
+        let dir = WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), _lock: Some(lock), temporary: None };
+        drop(dir);
+        let lock_file = base.join("0.lock");
+        assert_eq!(std::fs::read_to_string(&lock_file).unwrap(), "1000", "recorded as the kernel ended");
+        let (_, lock) = claim_persistent(&base).unwrap().unwrap();
+        assert_eq!(recorded_size(&lock), None, "the next kernel clears it");
+        drop(lock);
+        assert_eq!(std::fs::read_to_string(&lock_file).unwrap(), "", "a killed kernel records nothing");
         std::fs::remove_dir_all(&base).unwrap();
     }
 
