@@ -7,7 +7,9 @@ First cell = from starting the kernel to the result of `1 + 1`, sent as soon as 
 answers `kernel_info` (what nbclient and papermill do):
 - cold: on empty cache directories (`XDG_CACHE_HOME`, `RANCH_CACHE_DIR`), as on a machine
   that never ran the kernel (crates already downloaded);
-- warm: a second kernel on the cache directories the cold one left.
+- warm: later kernels on the cache directories the cold one left, ranch's and
+  evcxr_jupyter's alternating (5 of each; the figure is their median), each shut down as a
+  notebook server does (a shutdown request).
 
 `--quick` measures ranch only, warm only, with fewer cells (a smoke run for the suite)."""
 import argparse
@@ -50,30 +52,52 @@ def measure(name, cache, cells=10, calls=5):
         return figures
     finally:
         kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        km.shutdown_kernel(now=False)
 
 
-def cold_and_warm(name, quick=False):
-    with tempfile.TemporaryDirectory(prefix="ranch-latency-") as cache:
-        if quick:
-            measure(name, cache, cells=0)
-            return {"warm": measure(name, cache, cells=3, calls=2)}
-        return {"cold": measure(name, cache, cells=0), "warm": measure(name, cache)}
+WARM_RUNS = 5
+
+
+def cold_and_warm(names, quick=False):
+    """{name: {"cold": figures, "warm": figures}}: the warm figures are medians over
+    alternating kernels of each name."""
+    caches = {n: tempfile.TemporaryDirectory(prefix="ranch-latency-") for n in names}
+    try:
+        out = {n: {"cold": measure(n, caches[n].name, cells=0)} for n in names}
+        runs = {n: [] for n in names}
+        for i in range(1 if quick else WARM_RUNS):
+            for n in names:
+                cells = (3, 2) if quick else (10, 5)
+                runs[n].append(measure(n, caches[n].name, *(cells if i == 0 else (0, 0))))
+        for n in names:
+            first = [r["start to first result"] for r in runs[n]]
+            warm = dict(runs[n][0])
+            warm["start to kernel_info_reply"] = statistics.median(r["start to kernel_info_reply"] for r in runs[n])
+            warm["start to first result"] = statistics.median(first)
+            print(f"{n}: warm start to first result, each run: {', '.join(f'{f:.2f}' for f in first)} s", file=sys.stderr)
+            out[n]["warm"] = warm
+            if quick:
+                del out[n]["cold"]
+        return out
+    finally:
+        for c in caches.values():
+            c.cleanup()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="ranch only, warm only, fewer cells")
     args = parser.parse_args()
-    ranch = cold_and_warm("ranch", args.quick)
     other_name = os.environ.get("EVCXR_KERNEL_NAME", "rust")
-    evcxr = None
+    names = ["ranch"]
     if not args.quick:
         try:
             KernelSpecManager().get_kernel_spec(other_name)
-            evcxr = cold_and_warm(other_name)
+            names.append(other_name)
         except NoSuchKernel:
             print(f"(no '{other_name}' kernelspec: run bench/install_evcxr_jupyter.sh to compare)")
+    figures = cold_and_warm(names, args.quick)
+    ranch, evcxr = figures["ranch"], figures.get(other_name)
     print(f"{'metric':42} {'ranch':>9} {'evcxr_jupyter':>14} {'ratio':>7}")
     for when, figures in ranch.items():
         for key, value in figures.items():
