@@ -8,7 +8,8 @@
 //! - `PROGRAM`: the same with the rank program, when the launch ships it (`crate::ranks::launch::ship`);
 //! - `ARRAY <name>`: the same with the file of this kernel's shared array `name`, for ranks
 //!   on other hosts to make their host's copy (the runtime's `shared::host_copy`);
-//! - `PUT result|panic <index> <len>`, then the bytes: answered `OK\n` once on disk.
+//! - `PUT result|panic|exit <index> <len>`, then the bytes: answered `OK\n` once on disk
+//!   (`exit`: the rank's process exited before its cell returned).
 //!
 //! A pool on other hosts has a channel of its own that serves only `ARRAY`
 //! ([`Channel::arrays_only`]), under a token its ranks get in [`CHANNEL_TOKEN_ENV`].
@@ -146,7 +147,7 @@ fn serve(shared: &Shared, Admitted { stream, words, .. }: Admitted) {
                 format!("no shared array `{name}` in the session (make it with `%ranch_share {name}` or `ranch::shared::Array::create`)");
             return send_file(Some(shared_array(name)), &missing, out);
         }
-        ["PUT", kind @ ("result" | "panic"), index, len] => {
+        ["PUT", kind @ ("result" | "panic" | "exit"), index, len] => {
             let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
             receive(shared, kind, index, len, &stream)
         }
@@ -209,6 +210,7 @@ fn receive(shared: &Shared, kind: &str, index: &str, len: &str, body: impl Read)
     }
     let path = match kind {
         "result" => ranch::__rt::result_path(run_dir, index),
+        "exit" => ranch::__rt::exit_path(run_dir, index),
         _ => ranch::__rt::panic_path(run_dir, index),
     };
     // Each request its own file: two threads of a rank may panic at once.

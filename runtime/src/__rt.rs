@@ -166,7 +166,22 @@ pub fn panic_path(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank-{rank}.panic"))
 }
 
-/// Hands `kind` ("result", "panic") to the kernel through the launch's channel.
+/// Written when the rank's process exits (`std::process::exit`) before its cell returned:
+/// a launcher may say only that "a process" exited with a code.
+pub fn exit_path(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!("rank-{rank}.exit"))
+}
+
+/// Set once the cell has returned: an exit before that is reported (see [`exit_path`]).
+static RETURNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_exit() {
+    if !RETURNED.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = report("exit", b"");
+    }
+}
+
+/// Hands `kind` ("result", "panic", "exit") to the kernel through the launch's channel.
 fn report(kind: &str, bytes: &[u8]) -> Result<(), String> {
     let addr = crate::channel::address().ok_or_else(|| format!("{CHANNEL_ENV} is not set: this program was not started by ranch"))?;
     crate::channel::put(&addr, kind, crate::info::launch_index(), bytes)
@@ -295,12 +310,18 @@ pub fn init_rank() {
         // this crate, and each dependency slows every cell's build a little.
         unsafe extern "C" {
             fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+            fn atexit(callback: extern "C" fn()) -> i32;
         }
         const PR_SET_PDEATHSIG: i32 = 1;
         const SIGKILL: u64 = 9;
         // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
         unsafe {
             prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        }
+        // SAFETY: registers a function with no arguments that only reads an atomic and
+        // makes one bounded request; exit runs it once.
+        unsafe {
+            atexit(on_exit);
         }
     }
     let expected = std::env::var(PARENT_PID_ENV).ok().and_then(|p| p.parse::<u32>().ok());
@@ -321,6 +342,7 @@ pub fn init_rank() {
 /// Last thing a rank program does when the cell returned: ranks still waiting for this
 /// one in a collective learn that it finished without joining.
 pub fn finish_rank() {
+    RETURNED.store(true, std::sync::atomic::Ordering::SeqCst);
     crate::comm::finish();
     crate::comm::end_backend();
 }

@@ -230,6 +230,15 @@ fn launcher_endings(
     panic_line: &dyn Fn(u32) -> Option<usize>,
 ) -> Vec<(usize, Ending, Option<String>)> {
     let mut culprits = (command.report)(lines);
+    // mpirun may say only that one process returned a non-zero code (its own status is that
+    // code) without naming it: the one rank that exited before its cell returned is it.
+    if let (true, Ok(Some(code))) = (culprits.is_empty(), status.as_ref().map(|s| s.code().filter(|&c| c != 0))) {
+        let exited: Vec<usize> =
+            (0..n).filter(|&r| ranch::__rt::exit_path(run_dir, r).exists() && !ranch::__rt::panic_path(run_dir, r).exists()).collect();
+        if let [rank] = exited[..] {
+            culprits.push(crate::ranks::launch::Culprit { rank, host: None, end: crate::ranks::launch::RankEnd::Code(code) });
+        }
+    }
     // Ranks the launcher terminated because another failed are reported too (srun): they
     // were stopped, not the cause.
     let terminated = crate::ranks::launch::RankEnd::Signal(Signal::SIGTERM as i32);
@@ -748,5 +757,21 @@ mod tests {
         assert!(silent.contains("home and working directories") && !silent.contains("above"), "{silent}");
         assert_eq!(lost(&[" ".into()]), silent, "blank lines say nothing either");
         assert!(lost(&["ORTE was unable to start".into()]).ends_with("its messages are above"));
+    }
+
+    #[test]
+    fn the_rank_that_exited_is_named_where_mpirun_names_none() {
+        let command = crate::ranks::launch::mpirun::command(&crate::ranks::launch::mpirun::tests::plan(), &Default::default());
+        let run_dir = std::env::temp_dir().join(format!("ranch-exited-rank-{}", std::process::id()));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let said = ["Primary job  terminated normally, but 1 process returned".to_string()];
+        let endings = |code: i32| launcher_endings(3, &command, &Ok(ExitStatus::from_raw(code << 8)), &said, &[], &run_dir, &|_| None);
+        assert!(matches!(endings(3)[0].1, Ending::Lost(_)), "no rank exited early: none is blamed");
+        std::fs::write(ranch::__rt::exit_path(&run_dir, 1), b"").unwrap();
+        let e = endings(3);
+        assert_eq!(e[0].0, 1);
+        assert_eq!(e[0].1, Ending::ExitCode(3));
+        assert!(matches!(e[1].1, Ending::Stopped), "{:?}", e[1].1);
+        std::fs::remove_dir_all(&run_dir).unwrap();
     }
 }
