@@ -148,7 +148,14 @@ pub fn failure(report: &RunReport) -> Option<(String, Vec<String>)> {
     let groups = groups(report);
     let stopped: Vec<usize> =
         report.ranks.iter().enumerate().filter(|(_, r)| r.ending == Ending::Stopped).map(|(i, _)| i + report.first_rank).collect();
-    let said = |(ranks, what): &(Vec<usize>, String)| format!("{} {what}", ranks_label(ranks));
+    let said = |(ranks, what): &(Vec<usize>, String)| {
+        // "rank 1 was lost", "ranks 0, 1 were lost".
+        let what = match what.strip_prefix("was ") {
+            Some(rest) if ranks.len() > 1 => format!("were {rest}"),
+            _ => what.clone(),
+        };
+        format!("{} {what}", ranks_label(ranks))
+    };
     // The traceback's first line; then each way of failing, unless that line said the only one.
     let (headline, first, each) = match &report.stopped {
         Some(StopReason::Interrupted) => {
@@ -375,6 +382,16 @@ mod tests {
             backtrace: String::new(),
         };
         ranks[9 - 2] = panic("bad shard");
+        let lost = |why: &str| RankReport { ending: Ending::Lost(why.into()), ..ranks[5].clone() };
+        let two_lost = RunReport {
+            ranks: vec![lost("mpirun failed"), lost("mpirun failed")],
+            stopped: None,
+            elapsed: Default::default(),
+            first_rank: 0,
+            pids: vec![],
+            transcript: Default::default(),
+        };
+        assert_eq!(failure(&two_lost).unwrap().0, "ranks 0, 1 were lost: mpirun failed");
         let report =
             RunReport { ranks, stopped: None, elapsed: Default::default(), first_rank: 10, pids: vec![], transcript: Default::default() };
         let (evalue, tb) = failure(&report).unwrap();
