@@ -176,8 +176,11 @@ pub fn exit_path(dir: &Path, rank: usize) -> PathBuf {
 static RETURNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_exit() {
-    if !RETURNED.load(std::sync::atomic::Ordering::SeqCst) {
-        let _ = report("exit", b"");
+    if !RETURNED.load(std::sync::atomic::Ordering::SeqCst)
+        && let Some(addr) = crate::channel::address()
+    {
+        // Once: the process is ending, and a kernel that is gone must not hold it.
+        let _ = crate::channel::put_once(&addr, "exit", crate::info::launch_index(), b"");
     }
 }
 

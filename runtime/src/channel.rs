@@ -117,12 +117,19 @@ pub(crate) fn fetch_streamed<T>(
 
 /// Sends this rank's `kind` ("result" or "panic") and waits until the kernel has it.
 pub(crate) fn put(addr: &str, kind: &str, index: usize, bytes: &[u8]) -> Result<(), String> {
-    retrying(|| {
-        let mut stream = open(addr, &format!("PUT {kind} {index} {}", bytes.len()))?;
-        stream.write_all(bytes).map_err(|e| Failed::Unanswered(format!("sending the {kind}: {e}")))?;
-        match reply_line(&mut BufReader::new(stream), addr)?.as_str() {
-            "OK" => Ok(()),
-            other => Err(Failed::Final(format!("the kernel's channel answered {other:?}"))),
-        }
-    })
+    retrying(|| put_attempt(addr, kind, index, bytes))
+}
+
+/// [`put`], tried once: for what a rank says as its process exits, which must not wait.
+pub(crate) fn put_once(addr: &str, kind: &str, index: usize, bytes: &[u8]) -> Result<(), String> {
+    put_attempt(addr, kind, index, bytes).map_err(|(Failed::Unanswered(why) | Failed::Final(why))| why)
+}
+
+fn put_attempt(addr: &str, kind: &str, index: usize, bytes: &[u8]) -> Result<(), Failed> {
+    let mut stream = open(addr, &format!("PUT {kind} {index} {}", bytes.len()))?;
+    stream.write_all(bytes).map_err(|e| Failed::Unanswered(format!("sending the {kind}: {e}")))?;
+    match reply_line(&mut BufReader::new(stream), addr)?.as_str() {
+        "OK" => Ok(()),
+        other => Err(Failed::Final(format!("the kernel's channel answered {other:?}"))),
+    }
 }
