@@ -115,7 +115,7 @@ pub(crate) fn fetch_streamed<T>(
     })
 }
 
-/// Sends this rank's `kind` ("result" or "panic") and waits until the kernel has it.
+/// Sends this rank's `kind` ("result", "panic" or "exit") and waits until the kernel has it.
 pub(crate) fn put(addr: &str, kind: &str, index: usize, bytes: &[u8]) -> Result<(), String> {
     retrying(|| put_attempt(addr, kind, index, bytes))
 }

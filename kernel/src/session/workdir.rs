@@ -33,7 +33,7 @@ pub struct WorkDir {
     evcxr: PathBuf,
     rank: PathBuf,
     /// Held for the kernel's life.
-    _lock: Option<Flock<File>>,
+    lock: Option<Flock<File>>,
     /// Removed when the kernel ends (no persistent directory was free).
     temporary: Option<PathBuf>,
 }
@@ -56,11 +56,11 @@ impl WorkDir {
         let temporary_root = || private.join(name);
         if let Some(dir) = user_dir {
             let temp = temporary_root();
-            return WorkDir { evcxr: PathBuf::from(dir), rank: temp.join("rank"), _lock: None, temporary: Some(temp) };
+            return WorkDir { evcxr: PathBuf::from(dir), rank: temp.join("rank"), lock: None, temporary: Some(temp) };
         }
         let temporary = || {
             let temp = temporary_root();
-            WorkDir { evcxr: temp.join("evcxr"), rank: temp.join("rank"), _lock: None, temporary: Some(temp) }
+            WorkDir { evcxr: temp.join("evcxr"), rank: temp.join("rank"), lock: None, temporary: Some(temp) }
         };
         let base = match super::cache_dir::root() {
             Ok(root) => root.join("work"),
@@ -70,7 +70,7 @@ impl WorkDir {
             }
         };
         match claim_persistent(&base) {
-            Ok(Some((root, lock))) => WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), _lock: Some(lock), temporary: None },
+            Ok(Some((root, lock))) => WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), lock: Some(lock), temporary: None },
             outcome => {
                 if let Err(e) = outcome {
                     crate::log!("no persistent work directory in {} ({e}); this kernel builds from scratch", base.display());
@@ -113,7 +113,7 @@ impl WorkDir {
     /// kernel's start need not walk it (tens of thousands of files: a tenth of a second).
     /// Called by the kernel's shutdown, which exits without running destructors.
     pub fn end(&self) {
-        if let Some(lock) = &self._lock {
+        if let Some(lock) = &self.lock {
             let target = self.target_dir();
             keep_within_limit(&target, target_limit());
             record_size(lock, disk_usage(&target));
@@ -243,7 +243,7 @@ mod tests {
         std::fs::create_dir_all(target.join("deps")).unwrap();
         std::fs::write(target.join("deps/lib"), vec![0u8; 1000]).unwrap();
         assert_eq!(recorded_size(&lock), None, "cleared while a kernel holds it");
-        let dir = WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), _lock: Some(lock), temporary: None };
+        let dir = WorkDir { evcxr: root.join("evcxr"), rank: root.join("rank"), lock: Some(lock), temporary: None };
         drop(dir);
         let lock_file = base.join("0.lock");
         assert_eq!(std::fs::read_to_string(&lock_file).unwrap(), "1000", "recorded as the kernel ended");
