@@ -30,3 +30,19 @@ system_packages() {
       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; } \
     || { echo "==> installing $* failed: $why will skip" >&2; return 1; }
 }
+
+# The toolchain components ranch uses: rust-src (completion and `name?` read the standard
+# library's source), rustfmt and clippy (the test command). A rustup toolchain ships
+# without rust-src; rustup adds it for this user, no root needed. Without rustup the
+# doctor names what is missing.
+rust_components() {
+  command -v rustup >/dev/null 2>&1 || return 0
+  local have want=() c
+  have=$(rustup component list --installed 2>/dev/null) || return 0
+  for c in rust-src rustfmt clippy; do
+    grep -q "^$c" <<<"$have" || want+=("$c")
+  done
+  [ ${#want[@]} -eq 0 ] && return 0
+  echo "==> adding the Rust components ranch uses: ${want[*]} (rustup component add)"
+  rustup component add "${want[@]}" || echo "==> rustup could not add ${want[*]}" >&2
+}

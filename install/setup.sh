@@ -3,6 +3,7 @@
 # notebook headless through the installed kernel and print what it shows.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+rust_components
 # Preflight: what the build and the kernel need, each missing thing with its fix.
 bash "$RANCH_ROOT/install/doctor.sh" --build || exit 1
 "$RANCH_ROOT/install/build.sh"

@@ -2,6 +2,7 @@
 # The README's second command: every test. Builds and installs first (idempotent).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+rust_components
 "$RANCH_ROOT/install/build.sh"
 "$RANCH_ROOT/install/mpi.sh"
 "$RANCH_ROOT/install/browser.sh"
