@@ -21,8 +21,8 @@ cargo_ check --release --locked -p ranch --features nccl
 echo "==> the runtime's candle collectives (feature candle)"
 cargo_ clippy --release --locked -p ranch --features candle -- -D warnings
 if command -v mpicc >/dev/null 2>&1; then
-  echo "==> the runtime's MPI feature builds (against this host's MPI; install/mpi.sh installs it)"
-  cargo_ check --release --locked -p ranch --features mpi
+  echo "==> the runtime's MPI feature builds and its unit tests pass (against this host's MPI; install/mpi.sh installs it)"
+  cargo_ test --release --locked -p ranch --features mpi --lib comm::mpi
 fi
 echo "==> end-to-end tests through Jupyter clients"
 "$RANCH_VENV/bin/python" -m pytest tests "$@"

@@ -26,8 +26,9 @@ use super::host_share::HostShare;
 use super::reduce::{Op, Reduce};
 use super::shm;
 use mpi::collective::SystemOperation;
-use mpi::datatype::{DatatypeRef, DynBuffer, DynBufferMut, PartitionMut};
+use mpi::datatype::{DatatypeRef, DynBufferMut, PartitionMut};
 use mpi::environment::Universe;
+use mpi::raw::AsRaw;
 use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 use std::sync::{Mutex, MutexGuard};
@@ -37,6 +38,89 @@ use std::time::{Duration, Instant};
 const CHUNK: usize = 1 << 28;
 /// The tag of `send`/`recv` messages.
 const MESSAGE_TAG: i32 = 17;
+/// Bytes of a rank's description in an agreement's block.
+const DESC: usize = 32;
+/// The most data a rank's agreement block carries (see [`State::agree`]).
+const MOST_INLINE: usize = 4096;
+/// What every rank's agreement blocks may add up to, with their data.
+const INLINE_TOTAL: usize = 32 << 10;
+
+/// Bytes of data each rank's agreement block carries in a flat group of `size` ranks: up
+/// to 4 KiB, while the blocks of all ranks stay within 32 KiB (so that agreeing, which
+/// every collective and barrier does, stays as cheap as a small all-gather at any scale).
+/// None in a hierarchical group, whose small all-reduce goes through each host's shared
+/// memory and costs less than an all-gather across the hosts.
+fn inline_bytes(size: usize, flat: bool) -> usize {
+    if !flat {
+        return 0;
+    }
+    (INLINE_TOTAL / size.max(1)).saturating_sub(DESC).min(MOST_INLINE) / 8 * 8
+}
+
+/// What the ranks said in an agreement: their descriptions and their blocks.
+struct Agreed {
+    theirs: Vec<Desc>,
+    blocks: Vec<u8>,
+    /// Bytes of each block.
+    block: usize,
+}
+
+/// A rank's block in an agreement of blocks of `DESC + inline` bytes: its description,
+/// then `data` if it fits.
+fn block_of(desc: Desc, data: &[u8], inline: usize) -> Vec<u8> {
+    let mut block = vec![0u8; DESC + inline];
+    for (at, word) in block.chunks_exact_mut(8).zip(desc) {
+        at.copy_from_slice(&word.to_le_bytes());
+    }
+    if data.len() <= inline {
+        block[DESC..DESC + data.len()].copy_from_slice(data);
+    }
+    block
+}
+
+impl Agreed {
+    /// The ranks' blocks, in rank order.
+    fn from_blocks(blocks: Vec<u8>, inline: usize) -> Agreed {
+        let block = DESC + inline;
+        let word = |b: &[u8], i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        let theirs = blocks.chunks_exact(block).map(|b| [word(b, 0), word(b, 1), word(b, 2), word(b, 3)]).collect();
+        Agreed { theirs, blocks, block }
+    }
+
+    /// Whether every rank's data of `len` bytes came in its block.
+    fn carries(&self, len: usize) -> bool {
+        len <= self.block - DESC
+    }
+
+    /// The first `len` bytes of data rank `r` sent with its description.
+    fn payload(&self, r: usize, len: usize) -> &[u8] {
+        &self.blocks[r * self.block + DESC..r * self.block + DESC + len]
+    }
+
+    /// Rank `r`'s data, into `buf` (of the length every rank agreed on).
+    fn copy_out<T: Reduce>(&self, r: usize, buf: &mut [T]) {
+        let from = self.payload(r, size_of_val(buf));
+        // SAFETY: `from` holds exactly `buf`'s bytes, which rank `r` took from a `[T]` of
+        // this length, and every bit pattern of a Reduce type (numbers) is a value.
+        unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), buf.as_mut_ptr() as *mut u8, from.len()) };
+    }
+
+    /// Every rank's data combined element-wise in rank order, into `buf`.
+    fn combine<T: Reduce>(&self, buf: &mut [T], op: Op) {
+        self.copy_out(0, buf);
+        let mut theirs = buf.to_vec();
+        for r in 1..self.theirs.len() {
+            self.copy_out(r, &mut theirs);
+            T::combine_slice(buf, &theirs, op);
+        }
+    }
+}
+
+/// A slice of numbers as its bytes.
+fn bytes_of<T: Reduce>(buf: &[T]) -> &[u8] {
+    // SAFETY: Reduce types are plain numbers: no padding, every byte initialised.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, size_of_val(buf)) }
+}
 
 /// This host's ranks, in a hierarchical group.
 struct Host {
@@ -54,7 +138,34 @@ struct Host {
 pub struct State {
     world: SimpleCommunicator,
     host: Option<Host>,
+    /// The library's `MPI_IN_PLACE`, where it is known (see [`in_place`]).
+    in_place: Option<InPlace>,
+    /// Bytes of data an agreement carries (see [`inline_bytes`]).
+    inline: usize,
     _universe: Universe,
+}
+
+/// `MPI_IN_PLACE`: a send buffer that says "the data is in the receive buffer".
+#[derive(Clone, Copy)]
+struct InPlace(*const std::ffi::c_void);
+
+/// `MPI_IN_PLACE` of the MPI library this rank runs on. rsmpi does not export it, and it is
+/// a macro, not a symbol: Open MPI's `mpi.h` defines it as `(void *) 1`, MPICH's (and its
+/// derivatives': Intel MPI, MVAPICH, Cray MPICH) as `(void *) -1`; both are fixed parts of
+/// their ABIs. For any other library, `None`: collectives then copy the buffer first.
+fn in_place() -> Option<InPlace> {
+    in_place_of(&mpi::environment::library_version().ok()?)
+}
+
+fn in_place_of(library: &str) -> Option<InPlace> {
+    let known = |names: &[&str]| names.iter().any(|n| library.contains(n));
+    if known(&["Open MPI"]) {
+        Some(InPlace(std::ptr::without_provenance(1)))
+    } else if known(&["MPICH", "Intel(R) MPI", "MVAPICH"]) {
+        Some(InPlace(std::ptr::without_provenance(usize::MAX)))
+    } else {
+        None
+    }
 }
 
 // SAFETY: MPI handles are plain values; MPI is initialised for serialised use from any
@@ -128,7 +239,8 @@ fn start(hierarchical: bool) -> Result<State, String> {
         ));
     }
     let host = if hierarchical { host_group(&world) } else { None };
-    Ok(State { world, host, _universe: universe })
+    let inline = inline_bytes(size, host.is_none());
+    Ok(State { world, host, in_place: in_place(), inline, _universe: universe })
 }
 
 /// Forms this host's shared-memory group and the leaders' communicator (collective). `None`
@@ -240,16 +352,43 @@ fn datatype<T: Reduce>(op: &'static str) -> Result<DatatypeRef<'static>, CommErr
         .ok_or_else(|| CommError::new(op, vec![], format!("`{}` has no MPI datatype: use one of ranch's Reduce types", T::NAME)))
 }
 
-/// `buf` combined element-wise across `comm`'s ranks, in place.
-fn all_reduce_on<T: Reduce>(comm: &SimpleCommunicator, buf: &mut [T], op: Op, dt: DatatypeRef<'static>) {
-    let mut send: Vec<T> = Vec::with_capacity(buf.len().min(CHUNK));
+/// `buf` combined element-wise across `comm`'s ranks, in place: into `root` only (the
+/// other ranks' buffers are left as they were), or into every rank (`root` None).
+fn reduce_on<T: Reduce>(
+    comm: &SimpleCommunicator,
+    buf: &mut [T],
+    op: Op,
+    root: Option<usize>,
+    dt: DatatypeRef<'static>,
+    in_place: Option<InPlace>,
+) {
+    let mut copy: Vec<T> = Vec::new();
+    let me = comm.rank() as usize;
     for chunk in buf.chunks_mut(CHUNK) {
-        send.clear();
-        send.extend_from_slice(chunk);
         let n = chunk.len() as i32;
-        // SAFETY: both buffers hold `n` elements of the type `dt` describes.
-        let (from, mut into) = unsafe { (DynBuffer::from_raw(send.as_ptr(), n, dt), DynBufferMut::from_raw(chunk.as_mut_ptr(), n, dt)) };
-        comm.all_reduce_into(&from, &mut into, system_op(op));
+        let data = chunk.as_mut_ptr() as *mut std::ffi::c_void;
+        // The send buffer: the data itself where this rank receives nothing (a reduce's
+        // other ranks), else MPI_IN_PLACE, else a copy (a library whose MPI_IN_PLACE is
+        // unknown).
+        let send = match (root, in_place) {
+            (Some(r), _) if r != me => data as *const std::ffi::c_void,
+            (_, Some(InPlace(p))) => p,
+            _ => {
+                copy.clear();
+                copy.extend_from_slice(chunk);
+                copy.as_ptr() as *const std::ffi::c_void
+            }
+        };
+        let (dt, op, raw) = (dt.as_raw(), system_op(op).as_raw(), comm.as_raw());
+        // SAFETY: `data` (and `send`, unless MPI_IN_PLACE) hold `n` elements of the type
+        // `dt` describes; a reduce's non-root ranks pass their data as the send buffer and
+        // receive nothing into it.
+        unsafe {
+            match root {
+                None => mpi::ffi::MPI_Allreduce(send, data, n, dt, op, raw),
+                Some(r) => mpi::ffi::MPI_Reduce(send, data, n, dt, op, r as i32, raw),
+            };
+        }
     }
 }
 
@@ -259,16 +398,20 @@ impl State {
     }
 
     /// Checks that every rank calls what this one does (collective). `lengths_differ`: the
-    /// length may differ between ranks (gathers); the descriptions are returned.
-    fn agree(&self, op: &'static str, desc: Desc, ty: Option<&str>, lengths_differ: bool) -> Result<Vec<Desc>, CommError> {
-        let mut all = vec![0u64; 4 * self.world.size() as usize];
-        self.world.all_gather_into(&desc[..], &mut all[..]);
-        let theirs: Vec<Desc> = all.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    /// length may differ between ranks (gathers). Every rank sends one block of the same
+    /// size, whatever it calls (a different size would truncate, which aborts an MPI job):
+    /// its description, then `inline` where that fits (see [`inline_bytes`]). So a small
+    /// collective's data moves in this same call, one MPI collective instead of two: on
+    /// MPI's latency, that halves what a small all-reduce costs.
+    fn agree(&self, op: &'static str, desc: Desc, ty: Option<&str>, lengths_differ: bool, inline: &[u8]) -> Result<Agreed, CommError> {
+        let mut blocks = vec![0u8; (DESC + self.inline) * self.world.size() as usize];
+        self.world.all_gather_into(&block_of(desc, inline, self.inline)[..], &mut blocks[..]);
+        let agreed = Agreed::from_blocks(blocks, self.inline);
         let shape = |d: &Desc| if lengths_differ { [d[0], d[1], 0, d[3]] } else { *d };
-        let compared: Vec<Desc> = theirs.iter().map(shape).collect();
+        let compared: Vec<Desc> = agreed.theirs.iter().map(shape).collect();
         match mismatch(op, self.rank(), &shape(&desc), &compared, ty) {
             Some((odd, message)) => Err(CommError::new(op, odd, message)),
-            None => Ok(theirs),
+            None => Ok(agreed),
         }
     }
 
@@ -281,7 +424,7 @@ impl State {
     pub fn barrier(&self) -> Result<(), CommError> {
         let _flight = Flight::start("barrier");
         // Agreeing on the call is a barrier already.
-        self.agree("barrier", [Kind::Barrier as u64, 0, 0, 0], None, false).map(drop)
+        self.agree("barrier", [Kind::Barrier as u64, 0, 0, 0], None, false, &[]).map(drop)
     }
 
     /// `all_reduce` (`root` None) or `reduce` to `root` (other ranks keep their buffers).
@@ -290,12 +433,21 @@ impl State {
         let dt = datatype::<T>(name)?;
         let _flight = Flight::start(name);
         let desc = [kind_of(name) as u64, type_code(T::NAME, Some(op)), buf.len() as u64, root.map_or(0, |r| r as u64 + 1)];
-        self.agree(name, desc, None, false)?;
-        let keep = root.filter(|&r| r != self.rank()).map(|_| buf.to_vec());
-        match &self.host {
-            Some(host) => host.all_reduce(buf, op, dt)?,
-            None => all_reduce_on(&self.world, buf, op, dt),
+        let agreed = self.agree(name, desc, None, false, bytes_of(buf))?;
+        if agreed.carries(size_of_val(buf)) {
+            // Every rank's data came with the agreement (the lengths agree, so every rank
+            // knows it did): combined here in rank order, the same on every rank.
+            if root.is_none_or(|r| r == self.rank()) {
+                agreed.combine(buf, op);
+            }
+            return Ok(());
         }
+        let Some(host) = &self.host else {
+            reduce_on(&self.world, buf, op, root, dt, self.in_place);
+            return Ok(());
+        };
+        let keep = root.filter(|&r| r != self.rank()).map(|_| buf.to_vec());
+        host.all_reduce(buf, op, dt, self.in_place)?;
         if let Some(mine) = keep {
             buf.copy_from_slice(&mine);
         }
@@ -306,7 +458,12 @@ impl State {
         const OP: &str = "broadcast_slice";
         let dt = datatype::<T>(OP)?;
         let _flight = Flight::start(OP);
-        self.agree(OP, [Kind::BroadcastSlice as u64, type_code(T::NAME, None), buf.len() as u64, root as u64 + 1], None, false)?;
+        let desc = [Kind::BroadcastSlice as u64, type_code(T::NAME, None), buf.len() as u64, root as u64 + 1];
+        let agreed = self.agree(OP, desc, None, false, if self.rank() == root { bytes_of(buf) } else { &[] })?;
+        if agreed.carries(size_of_val(buf)) {
+            agreed.copy_out(root, buf);
+            return Ok(());
+        }
         let from = self.world.process_at_rank(root as i32);
         for chunk in buf.chunks_mut(CHUNK) {
             // SAFETY: the chunk holds `len` elements of the type `dt` describes.
@@ -319,8 +476,11 @@ impl State {
     /// Every rank's bytes, in rank order (`ty`: the Rust type they encode).
     pub fn all_gather_bytes(&self, op: &'static str, mine: &[u8], ty: &str) -> Result<Vec<Vec<u8>>, CommError> {
         let _flight = Flight::start(op);
-        let theirs = self.agree(op, [kind_of(op) as u64, type_tag(ty), mine.len() as u64, 0], Some(ty), true)?;
-        let lengths: Vec<usize> = theirs.iter().map(|d| d[2] as usize).collect();
+        let agreed = self.agree(op, [kind_of(op) as u64, type_tag(ty), mine.len() as u64, 0], Some(ty), true, mine)?;
+        let lengths: Vec<usize> = agreed.theirs.iter().map(|d| d[2] as usize).collect();
+        if lengths.iter().all(|&l| agreed.carries(l)) {
+            return Ok(lengths.iter().enumerate().map(|(r, &l)| agreed.payload(r, l).to_vec()).collect());
+        }
         let total: usize = lengths.iter().sum();
         if total > i32::MAX as usize {
             // Every rank knows every length: they all fail alike.
@@ -365,13 +525,13 @@ impl State {
 
 impl Host {
     /// Inside the host through shared memory, between hosts through the leaders.
-    fn all_reduce<T: Reduce>(&self, buf: &mut [T], op: Op, dt: DatatypeRef<'static>) -> Result<(), CommError> {
+    fn all_reduce<T: Reduce>(&self, buf: &mut [T], op: Op, dt: DatatypeRef<'static>, in_place: Option<InPlace>) -> Result<(), CommError> {
         let alone = self.ranks.len() == 1;
         if !alone {
             self.share.group.reduce(buf, op, Some(0)).map_err(|e| self.named(e))?;
         }
         if let Some(leaders) = &self.leaders {
-            all_reduce_on(leaders, buf, op, dt);
+            reduce_on(leaders, buf, op, None, dt, in_place);
         }
         if !alone {
             self.share.group.broadcast_slice(buf, 0).map_err(|e| self.named(e))?;
@@ -384,5 +544,63 @@ impl Host {
         let ranks = e.ranks.iter().filter_map(|&r| self.ranks.get(r).copied()).collect();
         let numbering: Vec<String> = self.ranks.iter().enumerate().map(|(l, g)| format!("{l}={g}")).collect();
         CommError::new(e.op, ranks, format!("on host {} (ranks counted on the host: {}): {}", self.name, numbering.join(" "), e.message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_place_is_known_for_open_mpi_and_mpich_only() {
+        let addr = |p: Option<InPlace>| p.map(|InPlace(p)| p as usize);
+        assert_eq!(addr(in_place_of("Open MPI v4.1.4, package: Debian OpenMPI, ident: 4.1.4")), Some(1));
+        assert_eq!(addr(in_place_of("MPICH Version:\t4.0.2\nMPICH Release date: ...")), Some(usize::MAX));
+        assert_eq!(addr(in_place_of("Intel(R) MPI Library 2021.10 for Linux* OS")), Some(usize::MAX));
+        assert_eq!(addr(in_place_of("Microsoft MPI 10.1")), None);
+    }
+
+    /// What `agree` hands back from 3 ranks' blocks, as the all-gather concatenates them.
+    fn agreed(data: &[&[u8]], inline: usize) -> Agreed {
+        let blocks = data.iter().enumerate().flat_map(|(r, d)| block_of([2, 7, d.len() as u64, r as u64], d, inline)).collect();
+        Agreed::from_blocks(blocks, inline)
+    }
+
+    #[test]
+    fn small_data_moves_with_the_agreement_and_combines_in_rank_order() {
+        let data: Vec<Vec<f64>> = (0..3).map(|r| (0..512).map(|i| (i * (r + 1)) as f64 + 0.1).collect()).collect();
+        let got = agreed(&data.iter().map(|d| bytes_of(d)).collect::<Vec<_>>(), inline_bytes(3, true));
+        assert!(got.carries(4096));
+        assert_eq!(got.theirs[1], [2, 7, 4096, 1]);
+        let mut sum = vec![0.0f64; 512];
+        got.combine(&mut sum, Op::Sum);
+        let serial: Vec<f64> = (0..512).map(|i| data[0][i] + data[1][i] + data[2][i]).collect();
+        assert_eq!(sum, serial);
+        let mut from_2 = vec![0.0f64; 512];
+        got.copy_out(2, &mut from_2);
+        assert_eq!(from_2, data[2]);
+    }
+
+    #[test]
+    fn a_gathers_lengths_may_differ_and_data_too_large_is_left_out() {
+        let big = vec![9u8; MOST_INLINE + 1];
+        let got = agreed(&[b"ab", b"", &big], MOST_INLINE);
+        assert_eq!(got.payload(0, 2), b"ab");
+        assert_eq!(got.payload(1, 0), b"");
+        assert_eq!(got.theirs[2], [2, 7, MOST_INLINE as u64 + 1, 2]);
+        assert!(!got.carries(MOST_INLINE + 1));
+        assert!(got.payload(2, MOST_INLINE).iter().all(|&b| b == 0), "too large: not inlined");
+    }
+
+    #[test]
+    fn agreements_stay_small_at_scale_and_carry_nothing_in_a_hierarchy() {
+        assert_eq!(inline_bytes(4, true), 4096);
+        assert_eq!(inline_bytes(8, true), 4064);
+        assert_eq!(inline_bytes(1000, true), 0);
+        assert!((1..5000).all(|n| n * (DESC + inline_bytes(n, true)) <= INLINE_TOTAL.max(n * DESC)));
+        assert_eq!(inline_bytes(4, false), 0);
+        let got = agreed(&[b"ab", b"cd"], 0);
+        assert!(got.carries(0) && !got.carries(2));
+        assert_eq!(got.theirs[1], [2, 7, 2, 1]);
     }
 }
