@@ -36,26 +36,46 @@ from simhosts import simulated_hosts  # noqa: E402
 CELL = """%%ranch 4 --hosts {hosts}{backend} --see 0
 use std::time::Instant;
 let c = ranch::comm();
-// Median over rounds of the mean of `iters` calls.
-let time = |rounds: usize, iters: usize, f: &mut dyn FnMut()| {{
-    let mut t: Vec<f64> = (0..rounds).map(|_| {{ c.barrier().unwrap(); let t = Instant::now(); for _ in 0..iters {{ f(); }} t.elapsed().as_secs_f64() / iters as f64 }}).collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+// Median over rounds of the mean of `iters` calls: of ranch's all_reduce and, in launches
+// that started MPI, of MPI's own MPI_Allreduce in the same ranks, alternating round by round
+// (launches vary more from one to the next than the two differ).
+let time = |rounds: usize, iters: usize, buf: &mut [f32]| {{
+    let mut t = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {{
+        for raw in [false, true] {{
+            if raw && !{raw_on} {{ continue; }}
+            c.barrier().unwrap();
+            let s = Instant::now();
+            for _ in 0..iters {{ if raw {{ {raw_call} }} else {{ c.all_reduce(buf, ranch::Op::Sum).unwrap() }} }}
+            t[raw as usize].push(s.elapsed().as_secs_f64() / iters as f64);
+        }}
+    }}
+    t.map(|mut v| {{ v.sort_by(f64::total_cmp); v.get(v.len() / 2).copied().unwrap_or(0.0) }})
 }};
 let mut small = vec![1.0f32; 1024];
 let mut large = vec![1.0f32; 16 << 20];
-time(1, 20, &mut || c.all_reduce(&mut small, ranch::Op::Sum).unwrap());
-let allreduce_4k = time({rounds}, {iters}, &mut || c.all_reduce(&mut small, ranch::Op::Sum).unwrap());
-let allreduce_64m = time({rounds}, 1, &mut || c.all_reduce(&mut large, ranch::Op::Sum).unwrap());
-(allreduce_4k, allreduce_64m)"""
+time(1, 20, &mut small);
+time(1, 1, &mut large);
+let [allreduce_4k, raw_4k] = time({rounds}, {iters}, &mut small);
+let [allreduce_64m, raw_64m] = time({rounds}, 1, &mut large);
+(allreduce_4k, allreduce_64m, raw_4k, raw_64m)"""
+
+
+def cell(hosts, backend, rounds, iters, raw):
+    """The timing cell; `raw`: also time MPI's own all-reduce (a launch that started MPI)."""
+    call = "ranch::__rt::mpi_all_reduce_sum(buf).unwrap()" if raw else "unreachable!()"
+    return CELL.format(hosts=hosts, backend=backend, rounds=rounds, iters=iters, raw_on=str(raw).lower(), raw_call=call)
+
+
+def figures(run):
+    """Rank 0's (ranch 4 KiB, ranch 64 MiB, MPI 4 KiB, MPI 64 MiB) seconds."""
+    assert run.reply["content"]["status"] == "ok", run.error_text()
+    first = run.result().strip("[]").split("), (")[0].strip("()")
+    return tuple(float(x) for x in first.split(","))
 
 
 def ranch_allreduce(kc, hosts, backend, rounds, iters):
-    run = execute(kc, CELL.format(hosts=hosts, backend=backend, rounds=rounds, iters=iters), timeout=600)
-    assert run.reply["content"]["status"] == "ok", run.error_text()
-    first = run.result().strip("[]").split("), (")[0].strip("()")
-    small, large = (float(x) for x in first.split(","))
-    return small, large
+    return figures(execute(kc, cell(hosts, backend, rounds, iters, True), timeout=600))
 
 
 def pool_allreduce(kc, hosts, rounds, iters):
@@ -63,12 +83,9 @@ def pool_allreduce(kc, hosts, rounds, iters):
     run = execute(kc, f"%ranch_start 4 --hosts {hosts}", timeout=600)
     assert run.reply["content"]["status"] == "ok", run.error_text()
     try:
-        body = CELL.format(hosts=hosts, backend="", rounds=rounds, iters=iters).split("\n", 1)[1]
+        body = cell(hosts, "", rounds, iters, False).split("\n", 1)[1]
         # In braces: a pool keeps top-level variables, and a closure cannot be kept.
-        run = execute(kc, "%%px --quiet\n{\n" + body + "\n}", timeout=600)
-        assert run.reply["content"]["status"] == "ok", run.error_text()
-        first = run.result().strip("[]").split("), (")[0].strip("()")
-        return tuple(float(x) for x in first.split(","))
+        return figures(execute(kc, "%%px --quiet\n{\n" + body + "\n}", timeout=600))
     finally:
         execute(kc, "%ranch_stop", timeout=60)
 
@@ -143,11 +160,18 @@ def main():
     finally:
         next(gen, None)  # removes the simulated hosts
     print("all-reduce, 4 ranks on 2 simulated hosts (f32 sum; median seconds per call)")
-    print("(x/MPI: time over MPI_Allreduce's; below 1 is faster than MPI)")
+    print("(x/MPI: time over MPI_Allreduce's; below 1 is faster than MPI. MPI in a separate launch:")
+    print(" bench/mpi_collectives.c; MPI in the same ranks: MPI_Allreduce called in ranch's launch,")
+    print(" alternating with ranch's all_reduce round by round)")
     print(f"{'size':<8}{'hierarchical':>14}{'ranch mpi':>14}{'pool tcp':>12}{'MPI_Allreduce':>16}{'hier/MPI':>10}{'flat/MPI':>10}{'pool/MPI':>10}")
     for label, i, key in (("4 KiB", 0, "allreduce_4k"), ("64 MiB", 1, "allreduce_64m")):
         ref = mpi[key]
         print(f"{label:<8}{hier[i]:>14.6f}{flat[i]:>14.6f}{pool[i]:>12.6f}{ref:>16.6f}{hier[i] / ref:>10.2f}{flat[i] / ref:>10.2f}{pool[i] / ref:>10.2f}")
+    print("in the same ranks (each launch's own MPI_Allreduce):")
+    print(f"{'size':<8}{'hierarchical':>14}{'its MPI':>10}{'hier/MPI':>10}{'ranch mpi':>14}{'its MPI':>10}{'flat/MPI':>10}")
+    for label, i in (("4 KiB", 0), ("64 MiB", 1)):
+        h, hr, f, fr = hier[i], hier[i + 2], flat[i], flat[i + 2]
+        print(f"{label:<8}{h:>14.6f}{hr:>10.6f}{h / hr:>10.2f}{f:>14.6f}{fr:>10.6f}{f / fr:>10.2f}")
     print()
     print("launch cost: a trivial %%ranch 4 cell end to end (median seconds)")
     base = costs["local launcher (this host)"]

@@ -76,7 +76,7 @@ def test_hosts_benchmark_runs_in_short_form():
     assert out.returncode == 0, out.stderr[-2000:]
     if out.stdout.startswith("skipped:"):
         pytest.skip(out.stdout.strip())
-    for what in ("4 KiB", "64 MiB", "hier/MPI", "pool/MPI", "mpirun, 2 hosts  ", "mpirun, 2 hosts, one barrier (MPI started)",
+    for what in ("4 KiB", "64 MiB", "hier/MPI", "pool/MPI", "in the same ranks", "flat/MPI", "mpirun, 2 hosts  ", "mpirun, 2 hosts, one barrier (MPI started)",
                  "bare mpirun /bin/true", "an MPI program's start"):
         assert what in out.stdout, out.stdout
 

@@ -13,7 +13,7 @@ mod error;
 mod futex;
 mod host_share;
 #[cfg(feature = "mpi")]
-mod mpi;
+pub(crate) mod mpi;
 mod pool;
 mod reduce;
 mod rendezvous;

@@ -523,6 +523,19 @@ impl State {
     }
 }
 
+/// `MPI_Allreduce` of `buf` (sum, in place where ranch knows how) over every rank, with
+/// no agreement first: what a C program calls. For `bench/hosts.py`, which times it beside
+/// ranch's collectives in the same ranks: launches of four busy-polling ranks on two cores
+/// vary more from one to the next than ranch differs from MPI.
+pub fn raw_all_reduce_sum(buf: &mut [f32]) -> Result<(), CommError> {
+    const OP: &str = "raw MPI_Allreduce";
+    let held = hold();
+    let state = usable(&held, OP)?;
+    let _flight = Flight::start(OP);
+    reduce_on(&state.world, buf, Op::Sum, None, datatype::<f32>(OP)?, state.in_place);
+    Ok(())
+}
+
 impl Host {
     /// Inside the host through shared memory, between hosts through the leaders.
     fn all_reduce<T: Reduce>(&self, buf: &mut [T], op: Op, dt: DatatypeRef<'static>, in_place: Option<InPlace>) -> Result<(), CommError> {
