@@ -228,6 +228,67 @@ def test_help_is_a_page_and_the_question_mark_operator_still_works(kernel):
     assert run.result() == "42" and run.reply["content"]["payload"] == []
 
 
+CUSTOM_DISPLAYS = r"""
+#[derive(Debug)]
+pub struct Page(pub u32);
+impl Page {
+    pub fn evcxr_display(&self) {
+        println!("EVCXR_BEGIN_CONTENT text/html\n<b>page {}</b>\nEVCXR_END_CONTENT", self.0);
+    }
+}
+#[derive(Debug)]
+pub struct Card(pub u32);
+pub trait Show { fn evcxr_display(&self); }
+impl Show for Card {
+    fn evcxr_display(&self) {
+        println!("EVCXR_BEGIN_CONTENT text/html\n<i>card {}</i>\nEVCXR_END_CONTENT", self.0);
+    }
+}
+pub struct Opaque;
+"""
+
+
+def test_a_cells_value_is_shown_after_one_build_and_its_own_display_still_wins(tmp_path):
+    """evcxr built `(value).evcxr_display();` first and, for every type without that method
+    (nearly all), built the cell again with the value formatted: two builds per cell. Its
+    patched copy (vendor/evcxr/RANCH-PATCH.md, 5) shows a value after one build, and a type's
+    own `evcxr_display` still wins, inherent or through a trait of the user's. Builds are
+    counted by a rustc wrapper (cargo runs it for every rustc it starts)."""
+    count = tmp_path / "builds"
+    wrapper = tmp_path / "rustc-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho build >> "{count}"\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    km, kc = start(env={**os.environ, "RUSTC_WRAPPER": str(wrapper)})
+
+    def built(code):
+        """The cell's run and how many times rustc ran for it."""
+        before = len(count.read_text().splitlines()) if count.exists() else 0
+        run = execute(kc, code, timeout=300)
+        return run, len(count.read_text().splitlines()) - before
+
+    try:
+        ok(execute(kc, CUSTOM_DISPLAYS, timeout=300))
+        ok(execute(kc, "1 + 1", timeout=300))
+        for code, shown in [("40 + 2", "42"), ("let v = vec![1, 2];\nv.clone()", "[1, 2]"),
+                            ('String::from("a")', '"a"'), ("Some(2.5f32)", "Some(2.5)")]:
+            run, builds = built(code)
+            assert ok(run).result() == shown, code
+            assert builds == 1, f"{code!r} took {builds} builds"
+        run, builds = built("Page(3)")
+        assert ok(run).result("text/html") == "<b>page 3</b>" and builds == 1, (run.outputs, builds)
+        # A trait of the user's that names evcxr_display too: ambiguous in the first build,
+        # so evcxr's own call is built next, and the card shows as its trait says.
+        run, builds = built("Card(4)")
+        assert ok(run).result("text/html") == "<i>card 4</i>", run.outputs
+        run, builds = built("Opaque")
+        assert run.reply["content"]["status"] == "error" and "Debug" in run.error_text(), run.error_text()
+        ok(execute(kc, ":fmt {:#?}", timeout=60))
+        run, builds = built("vec![7]")
+        assert ok(run).result() == "[\n    7,\n]" and builds == 1, (run.result(), builds)
+    finally:
+        stop(km, kc)
+
+
 def test_a_kernel_started_without_cargo_on_its_path_still_runs_cells():
     """Jupyter started from a desktop launcher or a service has no ~/.cargo/bin on PATH: the
     kernelspec's recorded toolchain (RANCH_TOOLCHAIN_PATH) lets the kernel find cargo."""

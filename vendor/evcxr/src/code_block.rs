@@ -362,6 +362,17 @@ impl CodeBlock {
         (&CodeKind::Unknown, 0)
     }
 
+    /// ranch: the fallback of a block that is only a line with a fallback.
+    pub(crate) fn nested_fallback(&self) -> Option<&CodeBlock> {
+        match self.segments.as_slice() {
+            [segment] => match &segment.kind {
+                CodeKind::WithFallback(inner) => Some(inner),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub(crate) fn apply_fallback(&mut self, fallback: &CodeBlock) {
         let mut replacement_segments = Vec::new();
         for segment in std::mem::take(&mut self.segments) {

@@ -179,10 +179,18 @@ impl CompilationError {
         }
         let mut code_origins = get_code_origins(&json, code_block);
         let mut user_error_json = None;
+        // ranch: an ambiguous `evcxr_display` (E0034, a trait of the user's names it too)
+        // has its candidates, in the user's code, in children: the error stays on its line
+        // with a fallback, so that the fallback applies (see `display_in_one_build`).
+        let ambiguous_display = json["code"]["code"].as_str() == Some("E0034")
+            && code_origins
+                .iter()
+                .any(|k| matches!(k, CodeKind::WithFallback(_)));
         if let Value::Array(children) = &json["children"] {
             for child in children {
                 let child_origins = get_code_origins(child, code_block);
-                if !code_origins.iter().any(|k| k.is_user_supplied())
+                if !ambiguous_display
+                    && !code_origins.iter().any(|k| k.is_user_supplied())
                     && child_origins.iter().any(|k| k.is_user_supplied())
                 {
                     // Use the child instead of the top-level error.

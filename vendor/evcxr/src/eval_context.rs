@@ -301,6 +301,27 @@ const SEND_TEXT_PLAIN_DEF: &str = stringify!(
     }
 );
 
+/// ranch: the final expression's display, tried in one build. evcxr first built
+/// `(expr).evcxr_display();` and, when that failed (as it does for every type without an
+/// `evcxr_display` method), built again with the expression formatted: two builds for most
+/// cells. This calls `evcxr_display` through a trait local to the block, implemented for
+/// every type the output format (`{:?}` or `{:#?}`) formats: a type's own (inherent)
+/// `evcxr_display` still comes first in method lookup, and any other type is formatted as
+/// the fallback formats it. It fails where evcxr's first attempt failed too (an integer
+/// literal's `{integer}`, a type that cannot be formatted), and then the fallback builds as
+/// before; where a trait of the user's also names `evcxr_display` (ambiguous, E0034),
+/// evcxr's own first attempt is tried next (see `attempt_to_fix_error`).
+fn display_in_one_build(expression: &str, format: &str) -> String {
+    format!(
+        "{{ {SEND_TEXT_PLAIN_DEF}\n\
+         trait EvcxrDisplayOrFormat {{ fn evcxr_display(&self); }}\n\
+         impl<T: ?Sized + ::std::fmt::Debug> EvcxrDisplayOrFormat for T {{\n\
+         fn evcxr_display(&self) {{ evcxr_send_text_plain(&format!(\"{format}\", self)); }}\n\
+         }}\n\
+         ({expression}).evcxr_display(); }}"
+    )
+}
+
 const GET_TYPE_NAME_DEF: &str = stringify!(
     /// Shorten a type name. Convert "core::option::Option<alloc::string::String>" into "Option<String>".
     pub fn evcxr_shorten_type(t: &str) -> String {
@@ -1041,6 +1062,14 @@ impl EvalContext {
                 }
                 CodeKind::WithFallback(fallback) => {
                     user_code.apply_fallback(fallback);
+                    // ranch: after the one-build display (`display_in_one_build`) failed,
+                    // evcxr's own `.evcxr_display()` can only succeed where a trait of the
+                    // user's made the call ambiguous; otherwise straight to the fallback.
+                    if let Some(inner) = fallback.nested_fallback() {
+                        if error.code() != Some("E0034") {
+                            user_code.apply_fallback(inner);
+                        }
+                    }
                     fixed_errors.insert("Fallback");
                 }
                 CodeKind::OriginalUserCode(_) | CodeKind::OtherUserCode => {
@@ -1849,13 +1878,26 @@ impl ContextState {
             } else if ast::Expr::can_cast(node.kind()) {
                 if statement_index == num_statements - 1 {
                     if self.config.display_final_expression {
-                        code_out = code_out.code_with_fallback(
-                            // First we try calling .evcxr_display().
-                            CodeBlock::new()
-                                .generated("(")
-                                .with_segment(segment.clone())
-                                .generated(").evcxr_display();")
-                                .code_string(),
+                        // ranch: see `display_in_one_build`.
+                        let evcxr_display_first = CodeBlock::new()
+                            .generated("(")
+                            .with_segment(segment.clone())
+                            .generated(").evcxr_display();")
+                            .code_string();
+                        let debug_format = self.config.output_format == "{:?}"
+                            || self.config.output_format == "{:#?}";
+                        let (first, second) = if debug_format && !self.config.display_types {
+                            (
+                                display_in_one_build(
+                                    &CodeBlock::new().with_segment(segment.clone()).code_string(),
+                                    &self.config.output_format,
+                                ),
+                                Some(evcxr_display_first),
+                            )
+                        } else {
+                            (evcxr_display_first, None)
+                        };
+                        let debug_fallback =
                             // If that fails, we try debug format.
                             if self.config.display_types {
                                 CodeBlock::new()
@@ -1876,8 +1918,14 @@ impl ContextState {
                                 ))
                                 .with_segment(segment)
                                 .generated(")));")
-                                },
-                            );
+                                };
+                        code_out = match second {
+                            Some(second) => code_out.code_with_fallback(
+                                first,
+                                CodeBlock::new().code_with_fallback(second, debug_fallback),
+                            ),
+                            None => code_out.code_with_fallback(first, debug_fallback),
+                        };
                     } else {
                         code_out = code_out
                             .generated("let _ = ")
