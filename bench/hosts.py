@@ -63,7 +63,7 @@ let [allreduce_64m, raw_64m] = time({rounds}, 1, &mut large);
 
 def cell(hosts, backend, rounds, iters, raw):
     """The timing cell; `raw`: also time MPI's own all-reduce (a launch that started MPI)."""
-    call = "ranch::__rt::mpi_all_reduce_sum(buf).unwrap()" if raw else "unreachable!()"
+    call = "ranch::__mpi_all_reduce_sum(buf).unwrap()" if raw else "unreachable!()"
     return CELL.format(hosts=hosts, backend=backend, rounds=rounds, iters=iters, raw_on=str(raw).lower(), raw_call=call)
 
 

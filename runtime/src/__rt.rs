@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 
 pub use crate::channel::{CHANNEL_ENV, CHANNEL_HELLO, CHANNEL_TOKEN_ENV};
 pub use crate::comm::collective_timeout;
-/// MPI's own all-reduce in a rank started with `--backend mpi|hierarchical`, for the
-/// benchmarks (see its docs).
-#[cfg(feature = "mpi")]
-pub use crate::comm::mpi::raw_all_reduce_sum as mpi_all_reduce_sum;
 pub use crate::comm::{BACKEND_ENV, NO_GROUP, NO_SERVICE, POOL_DDP_ENV, POOL_GROUP_ENV, PoolGroup, TCP_HELLO, TIMEOUT_ENV, TOKEN_ENV};
 pub use crate::info::BASE_RANK_ENV;
 pub use crate::net::{keepalive, listener};

@@ -28,6 +28,11 @@ mod stale;
 #[doc(hidden)]
 pub mod __rt;
 
+/// MPI's own all-reduce in a rank started with `--backend mpi|hierarchical`, for
+/// `bench/hosts.py` (see its docs).
+#[cfg(feature = "mpi")]
+#[doc(hidden)]
+pub use comm::mpi::raw_all_reduce_sum as __mpi_all_reduce_sum;
 pub use comm::{Comm, CommError, Op, Reduce, comm};
 pub use display::progress;
 pub use info::{gpu, local_rank, local_world_size, rank, seed, world_size};
