@@ -32,6 +32,10 @@ let mut big = vec![1u32; 3 << 20];
 c.all_reduce(&mut big, ranch::Op::Sum)?;
 let mut red = vec![r as u64 + 1; 4];
 c.reduce(&mut red, ranch::Op::Prod, 1)?;
+// Too large to move with the ranks' agreement: MPI_Reduce (flat) or the host's group.
+let mut bigred = vec![r as u32 + 1; 1 << 12];
+c.reduce(&mut bigred, ranch::Op::Sum, 2)?;
+let bigred_kept = bigred.iter().all(|&x| x == if r == 2 { 6 } else { r as u32 + 1 });
 let mut b = if r == 2 { vec![7i64, 8, 9] } else { vec![0; 3] };
 c.broadcast_slice(&mut b, 2)?;
 let word: String = c.broadcast(if r == 0 { Some("hi".to_string()) } else { None }, 0)?;
@@ -41,7 +45,7 @@ let s: usize = c.scatter(if r == 1 { Some((0..n).map(|i| i * 100).collect()) } e
 if r == 0 { c.send(&vec![1.5f32, 2.5], 1)?; }
 let got: Vec<f32> = if r == 1 { c.recv(0)? } else { vec![] };
 c.barrier()?;
-(v[999], m[0], big.iter().all(|&x| x == n as u32), red, b, word, all, g, s, got)
+(v[999], m[0], big.iter().all(|&x| x == n as u32) && bigred_kept, red, b, word, all, g, s, got)
 """
 
 EXPECTED = [
