@@ -307,10 +307,11 @@ const SEND_TEXT_PLAIN_DEF: &str = stringify!(
 /// cells. This calls `evcxr_display` through a trait local to the block, implemented for
 /// every type the output format (`{:?}` or `{:#?}`) formats: a type's own (inherent)
 /// `evcxr_display` still comes first in method lookup, and any other type is formatted as
-/// the fallback formats it. It fails where evcxr's first attempt failed too (an integer
-/// literal's `{integer}`, a type that cannot be formatted), and then the fallback builds as
-/// before; where a trait of the user's also names `evcxr_display` (ambiguous, E0034),
-/// evcxr's own first attempt is tried next (see `attempt_to_fix_error`).
+/// the fallback formats it (an integer literal's `{integer}` too: the one candidate method
+/// applies to every integer type). Where it fails (a type that cannot be formatted, an
+/// error in the expression), the fallback builds as before; where a trait of the user's
+/// also names `evcxr_display` (ambiguous, E0034), evcxr's own first attempt is tried next
+/// (see `attempt_to_fix_error`).
 fn display_in_one_build(expression: &str, format: &str) -> String {
     format!(
         "{{ {SEND_TEXT_PLAIN_DEF}\n\
@@ -1888,10 +1889,7 @@ impl ContextState {
                             || self.config.output_format == "{:#?}";
                         let (first, second) = if debug_format && !self.config.display_types {
                             (
-                                display_in_one_build(
-                                    &CodeBlock::new().with_segment(segment.clone()).code_string(),
-                                    &self.config.output_format,
-                                ),
+                                display_in_one_build(&segment.code, &self.config.output_format),
                                 Some(evcxr_display_first),
                             )
                         } else {
